@@ -1,0 +1,58 @@
+"""Command messages on the JOBS stream (ARCHITECTURE.md §4)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+EventTable = Literal["webhook", "texting", "broadcast"]
+
+
+class _Command(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    command_id: UUID = Field(default_factory=uuid4)
+    requested_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    requested_by: str = "system"
+
+
+class SweepRequested(_Command):
+    """Run the pending sweep now. ``slot`` is the schedule slot (message id) or None."""
+
+    slot: str | None = None
+    ignore_min_age: bool = False
+
+
+class ReplayRequested(_Command):
+    """Re-deliver events, either by id or by a range of the WEBHOOKS stream."""
+
+    event_ids: list[UUID] = Field(default_factory=list)
+    event_table: EventTable = "webhook"
+    subject: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    from_seq: int | None = Field(default=None, ge=1)
+    to_seq: int | None = Field(default=None, ge=1)
+    force: bool = False
+    dry_run: bool = False
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> ReplayRequested:
+        if not self.event_ids and self.subject is None:
+            raise ValueError("a replay needs event_ids or a subject filter")
+        if self.from_seq and self.to_seq and self.to_seq < self.from_seq:
+            raise ValueError("to_seq must be >= from_seq")
+        if self.since and self.until and self.until < self.since:
+            raise ValueError("until must be after since")
+        return self
+
+
+class ReconcileRequested(_Command):
+    """Re-check mappings against vendor state (spec/outbound.md rule R)."""
+
+    entity_type: Literal["contact", "call", "list"] = "contact"
+    direction: Literal["aloware_to_ghl", "ghl_to_aloware"] = "ghl_to_aloware"
+    limit: int = Field(default=500, ge=1, le=10_000)

@@ -1,0 +1,93 @@
+"""Stream and durable-consumer definitions (ARCHITECTURE.md §4).
+
+Plain data: services turn these into nats-py ``StreamConfig``/``ConsumerConfig``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+WEBHOOKS_STREAM = "WEBHOOKS"
+JOBS_STREAM = "JOBS"
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A JetStream stream."""
+
+    name: str
+    subjects: tuple[str, ...]
+    description: str
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A durable pull consumer shared by every replica of one service."""
+
+    durable: str
+    stream: str
+    filter_subjects: tuple[str, ...]
+    description: str
+    max_deliver: int = 11
+    ack_wait_s: float = 60.0
+    backoff_s: tuple[float, ...] = field(default=(5, 30, 60, 120, 240, 480, 960, 1920, 3600, 3600))
+    max_ack_pending: int = 1000
+
+
+WEBHOOKS = StreamSpec(WEBHOOKS_STREAM, ("webhooks.>",), "Accepted webhook events")
+JOBS = StreamSpec(JOBS_STREAM, ("jobs.>",), "Operator and scheduler commands")
+STREAMS = (WEBHOOKS, JOBS)
+
+RECORDER = ConsumerSpec(
+    "recorder",
+    WEBHOOKS_STREAM,
+    ("webhooks.>",),
+    "Writes every accepted event into PostgreSQL",
+    max_ack_pending=5000,
+)
+GHL_SYNC = ConsumerSpec(
+    "ghl-sync",
+    WEBHOOKS_STREAM,
+    ("webhooks.aloware.>", "webhooks.texting.>", "webhooks.broadcast.>", "webhooks.ghl.contact.>"),
+    "Rules that write into GHL",
+    max_ack_pending=100,
+)
+ALOWARE_SYNC = ConsumerSpec(
+    "aloware-sync",
+    WEBHOOKS_STREAM,
+    (
+        "webhooks.ghl.contact.>",
+        "webhooks.ghl.tag.>",
+        "webhooks.ghl.opportunity.>",
+        "webhooks.aloware.contact.>",
+        "webhooks.texting.>",
+    ),
+    "Rules that write into Aloware",
+    max_ack_pending=50,
+)
+VERITY_SYNC = ConsumerSpec(
+    "verity-sync",
+    WEBHOOKS_STREAM,
+    ("webhooks.ghl.>",),
+    "Rules that write into Verity",
+    max_ack_pending=100,
+)
+JOBS_CONSUMER = ConsumerSpec(
+    "jobs",
+    JOBS_STREAM,
+    ("jobs.>",),
+    "Sweeps, replays and reconciliation",
+    max_deliver=5,
+    ack_wait_s=300.0,
+    backoff_s=(30, 60, 120, 300),
+    max_ack_pending=4,
+)
+CONSUMERS = (RECORDER, GHL_SYNC, ALOWARE_SYNC, VERITY_SYNC, JOBS_CONSUMER)
+
+
+def consumer(durable: str) -> ConsumerSpec:
+    """Look a consumer up by durable name."""
+    for spec in CONSUMERS:
+        if spec.durable == durable:
+            return spec
+    raise KeyError(durable)

@@ -1,0 +1,1 @@
+"""Alembic environment and revisions (a package so it ships with the distribution)."""

@@ -1,0 +1,37 @@
+"""Alembic entry points used by ``dfm migrate`` and the test rig."""
+
+from __future__ import annotations
+
+import io
+from importlib import resources
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+
+def alembic_config(database_url: str, *, stdout: io.TextIOBase | None = None) -> Config:
+    """An Alembic config pointing at the bundled ``migrations`` package."""
+    location = Path(str(resources.files("migrations")))
+    cfg = Config(stdout=stdout) if stdout is not None else Config()
+    cfg.set_main_option("script_location", str(location))
+    cfg.set_main_option("path_separator", "os")
+    cfg.attributes["database_url"] = database_url
+    return cfg
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    """Apply migrations up to ``revision``. Synchronous: call from a thread inside a loop."""
+    command.upgrade(alembic_config(database_url), revision)
+
+
+def downgrade(database_url: str, revision: str) -> None:
+    """Revert migrations down to ``revision`` (``base`` reverts everything)."""
+    command.downgrade(alembic_config(database_url), revision)
+
+
+def current(database_url: str) -> str:
+    """The current revision(s), as Alembic prints them."""
+    out = io.StringIO()
+    command.current(alembic_config(database_url, stdout=out))
+    return out.getvalue().strip()

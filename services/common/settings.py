@@ -1,0 +1,313 @@
+"""The one configuration object (STYLE.md §5), built from the environment at process start.
+
+Every variable of spec/inbound.md §6 and spec/outbound.md §0.4 plus the architecture's
+NATS, stream and port variables. Which variables are *required* depends on the service
+that runs (a webhook-only deployment needs no Clerk key): see ``REQUIRED_BY_SERVICE`` and
+``Settings.require``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+GHL_ED25519_PUBLIC_KEY = """-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEAi2HR1srL4o18O8BRa7gVJY7G7bupbN3H9AwJrHCDiOg=
+-----END PUBLIC KEY-----"""
+
+GHL_RSA_PUBLIC_KEY = """-----BEGIN PUBLIC KEY-----
+MIICIjANBgkqhkiG9w0BAQEFAAOCAg8AMIICCgKCAgEAokvo/r9tVgcfZ5DysOSC
+Frm602qYV0MaAiNnX9O8KxMbiyRKWeL9JpCpVpt4XHIcBOK4u3cLSqJGOLaPuXw6
+dO0t6Q/ZVdAV5Phz+ZtzPL16iCGeK9po6D6JHBpbi989mmzMryUnQJezlYJ3DVfB
+csedpinheNnyYeFXolrJvcsjDtfAeRx5ByHQmTnSdFUzuAnC9/GepgLT9SM4nCpv
+uxmZMxrJt5Rw+VUaQ9B8JSvbMPpez4peKaJPZHBbU3OdeCVx5klVXXZQGNHOs8gF
+3kvoV5rTnXV0IknLBXlcKKAQLZcY/Q9rG6Ifi9c+5vqlvHPCUJFT5XUGG5RKgOKU
+J062fRtN+rLYZUV+BjafxQauvC8wSWeYja63VSUruvmNj8xkx2zE/Juc+yjLjTXp
+IocmaiFeAO6fUtNjDeFVkhf5LNb59vECyrHD2SQIrhgXpO4Q3dVNA5rw576PwTzN
+h/AMfHKIjE4xQA1SZuYJmNnmVZLIZBlQAF9Ntd03rfadZ+yDiOXCCs9FkHibELhC
+HULgCsnuDJHcrGNd5/Ddm5hxGQ0ASitgHeMZ0kcIOwKDOzOU53lDza6/Y09T7sYJ
+PQe7z0cvj7aE4B+Ax1ZoZGPzpJlZtGXCsu9aTEGEnKzmsFqwcSsnw3JB31IGKAyk
+T1hhTiaCeIY/OwwwNUY2yvcCAwEAAQ==
+-----END PUBLIC KEY-----"""
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _flag_exactly_true(value: Any) -> bool:
+    """Original semantics: enabled only when the string is exactly ``true`` (spec R4)."""
+    if isinstance(value, bool):
+        return value
+    return value is not None and str(value) == "true"
+
+
+def _flag_unless_false(value: Any) -> bool:
+    """Original semantics: enabled unless the string is exactly ``false`` (spec R4)."""
+    if isinstance(value, bool):
+        return value
+    return value is None or str(value) != "false"
+
+
+def _json_object_or_empty(value: Any) -> Any:
+    """``ALOWARE_STATUS_TO_SEQUENCE``: invalid JSON means ``{}`` (spec/inbound.md §6.1)."""
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value) if value.strip() else {}
+        except ValueError:
+            return {}
+        return parsed if isinstance(parsed, dict) else {}
+    return value
+
+
+def _postgres_url(value: Any) -> Any:
+    """Accept ``postgresql://`` URLs, including socket URLs with an empty host."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme.split("+")[0] not in ("postgres", "postgresql") or not rest:
+        raise ValueError("expected a PostgreSQL URL such as postgresql://user@host:5432/db")
+    return text
+
+
+def _choice_or_default(default: str, allowed: tuple[str, ...]) -> Any:
+    def parse(value: Any) -> Any:
+        return value if value in allowed else default
+
+    return parse
+
+
+# A secret that may hold several comma-separated values (rotation, spec C5).
+SecretList = Annotated[list[SecretStr], NoDecode, BeforeValidator(_split_commas)]
+CsvList = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
+FlagTrue = Annotated[bool, NoDecode, BeforeValidator(_flag_exactly_true)]
+FlagUnlessFalse = Annotated[bool, NoDecode, BeforeValidator(_flag_unless_false)]
+
+
+class ConfigError(Exception):
+    """A required variable is missing or a value is malformed. ``str()`` is one line."""
+
+
+class Settings(BaseSettings):
+    """All configuration. Field names are the environment variable names, lower-cased."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="ignore", env_ignore_empty=True, validate_default=True
+    )
+
+    # --- runtime and database -------------------------------------------------------------
+    database_url: Annotated[str | None, BeforeValidator(_postgres_url)] = None
+    node_env: Literal["development", "production", "test"] = "development"
+    base_url: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+    db_max_connections: int = Field(default=10, ge=1, le=500)
+    db_idle_timeout: int = Field(default=30, ge=1)
+    db_connection_timeout: int = Field(default=10, ge=1)
+    dfm_data_dir: str = ".dfm"
+
+    # --- NATS and streams (ARCHITECTURE.md §4) --------------------------------------------
+    nats_url: CsvList = Field(default_factory=list)
+    dfm_stream_replicas: int = Field(default=1, ge=1, le=5)
+    dfm_stream_max_age: float = Field(default=7 * 24 * 3600, gt=0, description="seconds")
+    dfm_stream_duplicate_window: float = Field(default=7200, gt=0, description="seconds")
+    dfm_publish_timeout: float = Field(default=2.0, gt=0, description="seconds")
+
+    # --- server ports ---------------------------------------------------------------------
+    ingress_port: int = Field(default=3002, ge=1, le=65535)
+    gateway_port: int = Field(
+        default=3001, ge=1, le=65535, validation_alias=AliasChoices("gateway_port", "port")
+    )
+    sandbox_port: int = Field(default=3099, ge=1, le=65535)
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+
+    # --- GHL --------------------------------------------------------------------------------
+    ghl_api_key: SecretStr | None = None
+    ghl_location_id: str | None = None
+    ghl_calendar_id: str | None = None
+    ghl_base_url: str = "https://services.leadconnectorhq.com"
+    ghl_webhook_secret: SecretStr | None = None
+    ghl_conversation_provider_id: str | None = None
+    ghl_client_id: str | None = None
+    ghl_client_secret: SecretStr | None = None
+    ghl_oauth_redirect_uri: str | None = None
+    ghl_provider_message_type: str = "SMS"
+    ghl_cf_aloware_contact_id: str | None = None
+    ghl_cf_lead_source: str | None = None
+    ghl_cf_intake_source: str | None = None
+    ghl_assigned_agent_field_key: str = "assignedAgent"
+    ghl_rate_limit_per_10s: int = Field(default=80, ge=1, le=100)
+    ghl_rate_limit_per_day: int = Field(default=180_000, ge=1)
+    ghl_note_max_chars: int = Field(default=50_000, ge=100)
+    ghl_set_dnd_on_optout: FlagTrue = False
+    ghl_webhook_ed25519_public_key: str = GHL_ED25519_PUBLIC_KEY
+    ghl_webhook_rsa_public_key: str = GHL_RSA_PUBLIC_KEY
+    ghl_accept_legacy_rsa: bool = True
+    ghl_webhook_verify_mode: Literal["enforce", "log_only"] = "enforce"
+    ghl_webhook_max_age_s: int = Field(default=7200, ge=60)
+    ghl_workflow_webhook_token: SecretList = Field(default_factory=list)
+
+    # --- Aloware ----------------------------------------------------------------------------
+    aloware_api_token: SecretStr | None = None
+    aloware_base_url: str = "https://app.aloware.com/api/v1"
+    aloware_max_rps: float = Field(default=5, gt=0)
+    aloware_webhook_basic_user: str | None = None
+    aloware_webhook_basic_pass: SecretList = Field(default_factory=list)
+    aloware_webhook_bearer_token: SecretList = Field(default_factory=list)
+    aloware_webhook_allowed_events: CsvList = Field(default_factory=list)
+    aloware_status_to_sequence: Annotated[
+        dict[str, str], NoDecode, BeforeValidator(_json_object_or_empty)
+    ] = Field(default_factory=dict)
+    enable_aloware_sequences: FlagTrue = False
+
+    # --- Verity, texting, Clerk --------------------------------------------------------------
+    verity_base_url: str | None = None
+    verity_api_key: SecretStr | None = None
+    verity_webhook_secret: SecretList = Field(default_factory=list)
+    verity_database_url: str | None = None
+    verity_catalog_path: str | None = None
+    verity_proxy_timeout_s: float = Field(default=60, gt=0)
+    texting_sync_to_aloware: FlagTrue = False
+    texting_accept_plain_secret: bool = True
+    broadcast_accept_plain_secret: bool = True
+    clerk_secret_key: SecretStr | None = None
+    clerk_service_user_id: str | None = None
+    clerk_authorized_parties: CsvList = Field(default_factory=list)
+    clerk_jwt_key: str | None = None
+    clerk_jwks_url: str | None = None
+    mcp_base_url: str = "http://localhost:3002"
+
+    # --- middleware secrets ------------------------------------------------------------------
+    df_middleware_api_key: SecretList = Field(default_factory=list)
+    df_admin_secret: SecretList = Field(default_factory=list)
+    x_df_jobs_secret: SecretList = Field(default_factory=list)
+    dfm_insecure_allow_unsigned: CsvList = Field(default_factory=list)
+    webhook_max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+
+    # --- gateway ------------------------------------------------------------------------------
+    gateway_forward_headers: CsvList = Field(default_factory=list)
+    cors_allowed_origins: CsvList = Field(default_factory=list)
+    rate_limit_max: int = Field(default=100, ge=1)
+    webhook_rate_limit_max: int = Field(default=1000, ge=1)
+    admin_rate_limit_max: int = Field(default=50, ge=1)
+
+    # --- jobs, retries, sweep, alerts --------------------------------------------------------
+    jobs_batch_size: int = Field(default=100, ge=1, le=10_000)
+    retry_max_attempts: int = Field(default=11, ge=1, le=100)
+    retry_base_delay_s: float = Field(default=60, gt=0)
+    retry_max_delay_s: float = Field(default=3600, gt=0)
+    sweep_cron: str = "*/5 * * * *"
+    sweep_pending_min_age_s: int = Field(default=120, ge=0)
+    sweep_stale_processing_s: int = Field(default=900, ge=1)
+    reconcile_cron: str | None = None
+    alert_webhook_url: str | None = None
+    echo_window_seconds: int = Field(default=600, ge=1)
+
+    # --- routing, lists, features ------------------------------------------------------------
+    contact_source_of_truth: Annotated[
+        Literal["ghl", "aloware", "merge"],
+        BeforeValidator(_choice_or_default("merge", ("ghl", "aloware", "merge"))),
+    ] = "merge"
+    sync_ghl_contacts_to_aloware: bool = True
+    sync_aloware_contacts_to_ghl: bool = True
+    agent_list_keys: CsvList = Field(
+        default_factory=lambda: ["CALL_NOW", "NEW_LEADS", "FOLLOW_UP", "HOT"]
+    )
+    default_agent_key: str = "UNASSIGNED"
+    enable_agent_list_sync: FlagUnlessFalse = True
+    enable_power_dialer_lists: FlagTrue = False
+    tag_match_mode: Annotated[
+        Literal["exact", "case_insensitive", "regex"],
+        BeforeValidator(
+            _choice_or_default("case_insensitive", ("exact", "case_insensitive", "regex"))
+        ),
+    ] = "case_insensitive"
+    default_phone_region: str = Field(default="US", min_length=2, max_length=2)
+
+    # --- other components (listed so the object is complete) -----------------------------
+    elevenlabs_webhook_secret: SecretStr | None = None
+    openai_api_key: SecretStr | None = None
+
+    @field_validator("ghl_location_id", "aloware_webhook_basic_user", mode="before")
+    @classmethod
+    def _trim(cls, value: Any) -> Any:
+        return value.strip() if isinstance(value, str) else value
+
+    # --------------------------------------------------------------------------------------
+    def require(self, *names: str) -> None:
+        """Raise ``ConfigError`` naming the first of ``names`` that is unset or empty."""
+        for name in names:
+            value = getattr(self, name)
+            if value is None or value == [] or value == "":
+                hint = REQUIRED_HINTS.get(name, "a non-empty value")
+                raise ConfigError(f"{name.upper()} is required: expected {hint}")
+
+    def require_for(self, service: str) -> None:
+        """Check the variables ``service`` cannot start without."""
+        self.require(*REQUIRED_BY_SERVICE.get(service, ()))
+
+    @property
+    def database_url_str(self) -> str:
+        """The database URL as a plain string (raises when unset)."""
+        self.require("database_url")
+        assert self.database_url is not None
+        return self.database_url
+
+
+REQUIRED_HINTS: dict[str, str] = {
+    "database_url": "a PostgreSQL URL such as postgresql://user:pass@host:5432/dbname",
+    "nats_url": "comma-separated NATS server URLs such as nats://127.0.0.1:4222",
+    "ghl_api_key": "the GHL private integration token",
+    "ghl_location_id": "the GHL location id",
+    "aloware_api_token": "the Aloware API token",
+    "df_admin_secret": "the admin API secret (comma-separated values allowed for rotation)",
+    "x_df_jobs_secret": "the jobs API secret (comma-separated values allowed for rotation)",
+    "df_middleware_api_key": "the gateway API key (comma-separated values allowed)",
+    "clerk_secret_key": "the Clerk secret key",
+}
+
+_INFRA = ("database_url", "nats_url")
+REQUIRED_BY_SERVICE: dict[str, tuple[str, ...]] = {
+    "migrate": ("database_url",),
+    "ingress": (*_INFRA, "df_admin_secret", "x_df_jobs_secret"),
+    "recorder": _INFRA,
+    "ghl-sync": (*_INFRA, "ghl_api_key", "ghl_location_id"),
+    "aloware-sync": (*_INFRA, "aloware_api_token", "ghl_api_key", "ghl_location_id"),
+    "verity-sync": _INFRA,
+    "jobs": _INFRA,
+    "scheduler": ("nats_url",),
+    "gateway": ("df_middleware_api_key",),
+    "mcp": ("clerk_secret_key",),
+    "sandbox": (),
+    "events": ("database_url",),
+    "replay": ("nats_url",),
+    "trace": ("database_url",),
+}
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = error.get("loc") or ("?",)
+    name = str(loc[0]).upper()
+    message = str(error.get("msg", "invalid value"))
+    return f"{name} is malformed: {message}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build ``Settings`` from the environment, turning validation errors into one line."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc.errors()[0])) from None

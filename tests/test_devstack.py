@@ -1,0 +1,107 @@
+"""``dfm up`` brings up NATS + PostgreSQL + migrations + streams and stops them on Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import nats
+import pytest
+
+from services.common.broker import ensure_topology
+from services.common.embedded import EmbeddedNats
+from services.common.settings import Settings
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _child_pids(parent: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(parent)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+@pytest.mark.slow
+async def test_dfm_up_with_nothing_configured_runs_until_ctrl_c(tmp_path: Path) -> None:
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "DFM_DATA_DIR": str(tmp_path / "data"),
+        "DFM_UP_SERVICES": "",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(120):
+            while True:
+                line = await asyncio.to_thread(proc.stdout.readline)
+                assert line, "dfm up exited early:\n" + "".join(lines)
+                lines.append(line)
+                if line.startswith("ready"):
+                    break
+        text = "".join(lines)
+        nats_url = re.search(r"NATS\s+(nats://\S+) \(embedded", text)
+        pg_url = re.search(r"PostgreSQL\s+(postgresql://\S+) \(embedded\)", text)
+        assert nats_url and pg_url, text
+        assert "migrations  0001 (head)" in text
+
+        nc = await nats.connect(nats_url.group(1))
+        try:
+            js = nc.jetstream()
+            assert (await js.stream_info("WEBHOOKS")).config.subjects == ["webhooks.>"]
+            assert (await js.stream_info("JOBS")).config.subjects == ["jobs.>"]
+            names = {c.name for c in await js.consumers_info("WEBHOOKS")}
+            assert {"recorder", "ghl-sync", "aloware-sync", "verity-sync"} <= names
+        finally:
+            await nc.close()
+        conn = await asyncpg.connect(pg_url.group(1))
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM webhook_events") == 0
+        finally:
+            await conn.close()
+        children = _child_pids(proc.pid)
+        assert proc.poll() is None
+
+        proc.send_signal(signal.SIGINT)
+        rest = await asyncio.to_thread(proc.communicate, timeout=60)
+        assert proc.returncode == 0, "".join(lines) + (rest[0] or "")
+        assert "stopped" in (rest[0] or "")
+        nats_pid = [p for p in children if _alive(p)]
+        assert nats_pid == [], "processes left running after Ctrl-C"
+        with pytest.raises(OSError):
+            await asyncpg.connect(pg_url.group(1), timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def test_topology_creation_is_idempotent(nats_server: EmbeddedNats) -> None:
+    settings = Settings(nats_url=nats_server.url)
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await ensure_topology(js, settings)
+        await ensure_topology(js, settings)
+        info = await js.stream_info("WEBHOOKS")
+        assert info.config.duplicate_window == settings.dfm_stream_duplicate_window
+        consumer = await js.consumer_info("WEBHOOKS", "ghl-sync")
+        assert consumer.config.max_deliver == 11
+        assert consumer.config.filter_subjects and "webhooks.aloware.>" in consumer.config.filter_subjects
+    finally:
+        await nc.close()
