@@ -26,10 +26,13 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def settings_for(service: str) -> Settings:
+SERVICES = ("ingress", "recorder")
+
+
+def settings_for(service: str, env_file: str | None = None) -> Settings:
     """Load settings and check what ``service`` needs; one clear line and exit 2 if not."""
     try:
-        settings = load_settings()
+        settings = load_settings(env_file=env_file)
         settings.require_for(service)
     except ConfigError as exc:
         fail(str(exc))
@@ -39,7 +42,11 @@ def settings_for(service: str) -> Settings:
 @app.command()
 def up() -> None:
     """Run the whole stack: embedded NATS/PostgreSQL when unconfigured, then every service."""
-    from services.common.devstack import start_infrastructure, wait_until_interrupted
+    from services.common.devstack import (
+        start_infrastructure,
+        start_services,
+        wait_until_interrupted,
+    )
 
     settings = settings_for("up")
     data_dir = Path(settings.dfm_data_dir).resolve()
@@ -49,6 +56,12 @@ def up() -> None:
     except Exception as exc:  # any start-up failure is reported in one line
         fail(f"could not start the stack: {exc}", code=1)
     try:
+        wanted = [s for s in settings.dfm_up_services if s != "none"]
+        unknown = sorted(set(wanted) - set(SERVICES))
+        if unknown:
+            fail(f"DFM_UP_SERVICES names unknown services: {', '.join(unknown)}")
+        effective = load_settings(**{k.lower(): v for k, v in stack.env.items()})
+        start_services(stack, wanted, effective, typer.echo)
         typer.echo("ready: press Ctrl-C to stop")
         code = wait_until_interrupted(stack, typer.echo)
     finally:
@@ -56,6 +69,50 @@ def up() -> None:
         stack.stop()
         typer.echo("stopped")
     raise typer.Exit(code)
+
+
+@app.command()
+def run(
+    service: Annotated[str, typer.Argument(help=f"one of: {', '.join(SERVICES)}")],
+) -> None:
+    """Run one service in the foreground (configuration from the environment)."""
+    from services.common.logging import configure_logging
+
+    if service not in SERVICES:
+        fail(f"unknown service {service!r}: expected one of {', '.join(SERVICES)}")
+    settings = settings_for(service)
+    configure_logging(service, settings.log_level, settings.log_format)
+    if service == "ingress":
+        from services.ingress.main import run as run_ingress
+
+        run_ingress(settings)
+    elif service == "recorder":
+        from services.recorder.main import run as run_recorder
+
+        run_recorder(settings)
+
+
+@app.command()
+def send(
+    fixture: Annotated[Path, typer.Argument(help="a JSON body, e.g. tests/fixtures/webhooks/ghl/ContactCreate.json")],
+    source: Annotated[str, typer.Option(help="ghl, ghl_provider, aloware, texting or broadcast")],
+    url: Annotated[str | None, typer.Option(help="ingress base URL (default: local ingress)")] = None,
+    fresh: Annotated[bool, typer.Option(help="new webhookId/timestamp/messageId so it is not a duplicate")] = False,
+) -> None:
+    """Post a fixture to the ingress, signed with the configured secrets."""
+    from services.common.sender import build_request, post
+
+    data_dir = Path(load_settings().dfm_data_dir)
+    stack_env = data_dir / "stack.env"
+    settings = settings_for("send", env_file=str(stack_env) if stack_env.exists() else None)
+    try:
+        body, request = build_request(settings, fixture.read_bytes(), source, fresh=fresh)
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
+    base = url or f"http://127.0.0.1:{settings.ingress_port}"
+    status, answer = post(base, request, body)
+    typer.echo(f"{status} {answer}")
+    raise typer.Exit(0 if status < 400 else 1)
 
 
 @migrate_app.command("upgrade")

@@ -22,6 +22,7 @@ from pathlib import Path
 from services.common.db import migrate
 from services.common.embedded import EmbeddedNats, EmbeddedPostgres
 from services.common.settings import Settings, load_settings
+from services.common.signing import generate_ed25519, load_private_key, private_pem, public_pem
 
 # Dev-only secrets generated once per data dir when the operator set none.
 DEV_SECRET_VARS = (
@@ -94,6 +95,26 @@ def dev_secrets(data_dir: Path, configured: Settings) -> dict[str, str]:
     return out
 
 
+def dev_ghl_signing_key(data_dir: Path, configured: Settings) -> dict[str, str]:
+    """Sandbox mode only (no GHL credentials): a dev Ed25519 key `dfm send` signs with.
+
+    Its public key is accepted next to GHL's published one, so real GHL bodies still verify.
+    """
+    if configured.ghl_api_key is not None or configured.dfm_ghl_signing_key_file:
+        return {}
+    key_file = data_dir / "dev-ghl-signing-key.pem"
+    if not key_file.exists():
+        key, _ = generate_ed25519()
+        key_file.write_text(private_pem(key))
+        key_file.chmod(0o600)
+    dev_public = public_pem(load_private_key(key_file)).strip()
+    keys = configured.ghl_webhook_ed25519_public_key.strip() + "\n\n" + dev_public
+    return {
+        "DFM_GHL_SIGNING_KEY_FILE": str(key_file),
+        "GHL_WEBHOOK_ED25519_PUBLIC_KEY": keys.replace("\n", "\\n"),
+    }
+
+
 def start_infrastructure(settings: Settings, data_dir: Path, say: Callable[[str], None]) -> Stack:
     """Attach to configured NATS/PostgreSQL or start embedded ones; migrate; make streams."""
     stack = Stack(data_dir=data_dir)
@@ -111,11 +132,15 @@ def start_infrastructure(settings: Settings, data_dir: Path, say: Callable[[str]
             stack.env["DATABASE_URL"] = stack.postgres.url()
             say(f"PostgreSQL  {stack.env['DATABASE_URL']} (embedded)")
         stack.env.update(dev_secrets(data_dir, settings))
+        stack.env.update(dev_ghl_signing_key(data_dir, settings))
+        stack.env.setdefault("GHL_LOCATION_ID", settings.ghl_location_id or "ghlLocationDemo00001")
         effective = load_settings(**{k.lower(): v for k, v in stack.env.items()})
         migrate.upgrade(effective.database_url_str)
         say(f"migrations  {migrate.current(effective.database_url_str)}")
         asyncio.run(_topology(effective))
         say("streams     WEBHOOKS (webhooks.>), JOBS (jobs.>) and durable consumers ready")
+        _write_env_file(data_dir / "stack.env", stack.env)
+        say(f"environment {data_dir / 'stack.env'} (used by `dfm send`)")
     except BaseException:
         stack.stop()
         raise
@@ -138,6 +163,17 @@ def start_service(stack: Stack, service: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([sys.executable, "-m", "services.cli", "run", service], env=env)
     stack.children[service] = proc
     return proc
+
+
+def start_services(stack: Stack, services: list[str], settings: Settings,
+                   say: Callable[[str], None]) -> None:
+    """Start each named service; print where the HTTP ones listen."""
+    for service in services:
+        start_service(stack, service)
+        if service == "ingress":
+            say(f"ingress     http://127.0.0.1:{settings.ingress_port} (webhooks, health, metrics)")
+        else:
+            say(f"{service:<11} running")
 
 
 def wait_until_interrupted(stack: Stack, say: Callable[[str], None]) -> int:

@@ -6,12 +6,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,13 +120,14 @@ class EmbeddedPostgres:
     def start(self) -> EmbeddedPostgres:
         """Start (or attach to) the server for ``data_dir``."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        # pgserver's platformdirs wants a runtime dir; containers and CI often have none.
-        os.environ.setdefault("XDG_RUNTIME_DIR", str(self.data_dir.parent))
-        import pgserver  # imported lazily: only needed when no DATABASE_URL is set
-
         mode = "delete" if self.delete_on_stop else "stop"
         try:
-            self._server = pgserver.get_server(self.data_dir, cleanup_mode=mode)
+            with warnings.catch_warnings():
+                # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers); harmless.
+                warnings.simplefilter("ignore")
+                import pgserver  # lazily: only needed when no DATABASE_URL is set
+
+                self._server = pgserver.get_server(self.data_dir, cleanup_mode=mode)
         except Exception as exc:  # pgserver raises plain exceptions from initdb/pg_ctl
             raise EmbeddedError(f"embedded PostgreSQL failed to start: {exc}") from exc
         return self

@@ -118,6 +118,13 @@ class Settings(BaseSettings):
     db_idle_timeout: int = Field(default=30, ge=1)
     db_connection_timeout: int = Field(default=10, ge=1)
     dfm_data_dir: str = ".dfm"
+    dfm_up_services: CsvList = Field(
+        default_factory=lambda: ["ingress", "recorder"],
+        description="services `dfm up` starts (comma-separated)",
+    )
+    dfm_ghl_signing_key_file: str | None = Field(
+        default=None, description="dev/sandbox only: Ed25519 private key used by `dfm send`"
+    )
 
     # --- NATS and streams (ARCHITECTURE.md §4) --------------------------------------------
     nats_url: CsvList = Field(default_factory=list)
@@ -294,6 +301,8 @@ REQUIRED_BY_SERVICE: dict[str, tuple[str, ...]] = {
     "sandbox": (),
     "events": ("database_url",),
     "replay": ("nats_url",),
+    "send": (),
+    "up": (),
     "trace": ("database_url",),
 }
 
@@ -305,9 +314,10 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{name} is malformed: {message}"
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Build ``Settings`` from the environment, turning validation errors into one line."""
+def load_settings(env_file: str | None = None, **overrides: Any) -> Settings:
+    """Build ``Settings`` from the environment (and ``env_file``, which the environment
+    overrides), turning validation errors into one line."""
     try:
-        return Settings(**overrides)
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
         raise ConfigError(_describe(exc.errors()[0])) from None

@@ -1,0 +1,396 @@
+"""The ingress HTTP app: the only door for webhook senders (ARCHITECTURE.md §5).
+
+Per request: read the raw body (capped) → authenticate → parse → classify → publish with
+the dedupe key as ``Nats-Msg-Id`` → answer. Nothing here calls a vendor (C8) and no body
+ever produces a 5xx (C9).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+from uuid import uuid4
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from contracts.envelope import AuthInfo, WebhookEvent
+from services.common.db.session import create_engine
+from services.common.logging import get_logger
+from services.common.settings import Settings
+from services.ingress import metrics
+from services.ingress.auth import (
+    AuthFailure,
+    GhlVerifier,
+    authenticate_aloware,
+    authenticate_ghl,
+    authenticate_verity,
+    check_ghl_freshness,
+    configured_sources,
+)
+from services.ingress.classify import (
+    Classification,
+    Classified,
+    Ignored,
+    Rejected,
+    classify_aloware,
+    classify_broadcast,
+    classify_ghl,
+    classify_provider,
+    classify_texting,
+)
+from services.ingress.publisher import Accepted, Duplicate, EventPublisher
+
+log = get_logger(__name__)
+
+WEBHOOK_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    },
+    "responses": {
+        "200": {"description": "accepted, duplicate or ignored"},
+        "400": {"description": "invalid JSON"},
+        "401": {"description": "bad credentials"},
+        "413": {"description": "body too large"},
+        "422": {"description": "missing required fields"},
+        "429": {"description": "not durable now (GHL); retry after Retry-After"},
+        "503": {"description": "not durable now; retry after Retry-After"},
+    },
+}
+RETRY_AFTER_S = "60"
+
+
+class BodyTooLarge(Exception):
+    """The request body exceeds ``WEBHOOK_MAX_BODY_BYTES``."""
+
+
+class InvalidBody(Exception):
+    """The body is not a JSON object."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing more than ``limit`` bytes without reading it all (C2)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_object(body: bytes) -> dict[str, Any]:
+    """Parse a UTF-8 JSON object (C3); anything else is ``InvalidBody``."""
+    try:
+        value = json.loads(body, parse_constant=_no_constants)
+    except (ValueError, RecursionError):
+        raise InvalidBody("invalid_json") from None
+    if not isinstance(value, dict):
+        raise InvalidBody("body_must_be_a_json_object")
+    return value
+
+
+def _reply(http_status: int, outcome: str, **fields: Any) -> tuple[str, JSONResponse]:
+    headers = {"Retry-After": RETRY_AFTER_S} if http_status in (429, 503) else None
+    return outcome, JSONResponse(fields, status_code=http_status, headers=headers)
+
+
+def _rejected(status: int, outcome: str, error: str) -> tuple[str, JSONResponse]:
+    return _reply(status, outcome, success=False, status="rejected", error=error)
+
+
+class Ingress:
+    """Request handling with its dependencies made explicit (no module globals)."""
+
+    def __init__(self, settings: Settings, publisher: EventPublisher, engine: Any) -> None:
+        self.settings = settings
+        self.publisher = publisher
+        self.engine = engine
+        self.ghl_verifier = GhlVerifier.from_settings(settings)
+        self.draining = False
+
+    async def handle(
+        self,
+        request: Request,
+        source: str,
+        authenticate: Callable[[Request, bytes], AuthInfo],
+        classify: Callable[[dict[str, Any]], Classification],
+    ) -> Response:
+        """Run one webhook through the pipeline and record metrics for it."""
+        started = time.perf_counter()
+        try:
+            outcome, response = await self._pipeline(request, source, authenticate, classify)
+        except Exception:  # a bug must not become a 500: the sender retries, dedupe holds
+            log.exception("webhook_unexpected_error", source=source)
+            outcome, response = _reply(
+                429 if source in ("ghl", "ghl_provider") else 503, "unavailable",
+                success=False, status="unavailable", error="try_again_later",
+            )
+        metrics.REQUESTS.labels(source, outcome).inc()
+        metrics.REQUEST_DURATION.labels(source, outcome).observe(time.perf_counter() - started)
+        return response
+
+    async def _pipeline(
+        self,
+        request: Request,
+        source: str,
+        authenticate: Callable[[Request, bytes], AuthInfo],
+        classify: Callable[[dict[str, Any]], Classification],
+    ) -> tuple[str, JSONResponse]:
+        try:
+            body = await read_body(request, self.settings.webhook_max_body_bytes)
+        except BodyTooLarge:
+            return _rejected(413, "too_large", "body_too_large")
+        try:
+            auth = authenticate(request, body)
+        except AuthFailure as failure:
+            metrics.AUTH_FAILURES.labels(source, failure.reason).inc()
+            if not (source == "ghl" and self.settings.ghl_webhook_verify_mode == "log_only"):
+                log.info("webhook_unauthorized", source=source, reason=failure.reason)
+                return _rejected(401, "unauthorized", failure.reason)
+            auth = AuthInfo(method="insecure", verified=False)
+        try:
+            payload = parse_object(body)
+        except InvalidBody as exc:
+            return _rejected(400, "invalid", exc.error)
+        if source in ("ghl", "ghl_provider"):
+            try:
+                check_ghl_freshness(payload, auth, self.settings.ghl_webhook_max_age_s)
+            except AuthFailure as failure:
+                metrics.AUTH_FAILURES.labels(source, failure.reason).inc()
+                return _rejected(401, "unauthorized", failure.reason)
+        result = classify(payload)
+        if isinstance(result, Rejected):
+            return _rejected(422, "invalid", result.error)
+        if isinstance(result, Ignored):
+            outcome = "ping" if result.reason == "test_ping" else "filtered"
+            message = "Test ping received" if outcome == "ping" else None
+            fields: dict[str, Any] = {"success": True, "status": "ignored", "reason": result.reason}
+            if message:
+                fields["message"] = message
+            else:
+                fields["ignored"] = True
+            return _reply(200, outcome, **fields)
+        return await self._publish(source, result, auth, payload, body)
+
+    async def _publish(
+        self,
+        source: str,
+        result: Classified,
+        auth: AuthInfo,
+        payload: dict[str, Any],
+        body: bytes,
+    ) -> tuple[str, JSONResponse]:
+        event_id = uuid4()
+        event = WebhookEvent(
+            event_id=event_id,
+            source=result.source,
+            event_name=result.event_name,
+            event_type=result.event_type,
+            canonical_type=result.canonical_type,
+            entity_type=result.entity_type,
+            entity_id=result.entity_id,
+            dedupe_key=result.dedupe_key,
+            received_at=datetime.now(UTC),
+            location_id=result.location_id,
+            auth=auth,
+            outcome_hint=result.outcome_hint,
+            payload=payload,
+            payload_raw_b64=base64.b64encode(body).decode() if source.startswith("ghl") else None,
+        )
+        published = await self.publisher.publish(event)
+        bound = {
+            "event_id": str(event_id),
+            "correlation_id": str(event_id),
+            "source": source,
+            "canonical_type": result.canonical_type,
+            "dedupe_key": result.dedupe_key,
+        }
+        if isinstance(published, Accepted):
+            log.info("webhook_accepted", outcome="accepted", stream_seq=published.seq, **bound)
+            fields: dict[str, Any] = {
+                "success": True,
+                "status": "accepted",
+                "id": str(event_id),
+                "message": "Webhook received",
+            }
+            if result.outcome_hint:
+                fields["outcome"], _, fields["reason"] = result.outcome_hint.partition(":")
+            return _reply(200, "accepted", **fields)
+        if isinstance(published, Duplicate):
+            log.info("webhook_duplicate", outcome="duplicate", **bound)
+            return _reply(
+                200,
+                "duplicate",
+                success=True,
+                status="duplicate",
+                id=str(published.first_id) if published.first_id else None,
+                message="Duplicate event ignored",
+            )
+        log.error("webhook_unavailable", outcome="unavailable", reason=published.reason, **bound)
+        status = 429 if source in ("ghl", "ghl_provider") else 503
+        return _reply(
+            status, "unavailable", success=False, status="unavailable", error="try_again_later"
+        )
+
+    # --- per-source authentication and classification ------------------------------------
+    def auth_ghl(self, request: Request, body: bytes) -> AuthInfo:
+        return authenticate_ghl(
+            self.settings, self.ghl_verifier, request.headers, request.query_params, body
+        )
+
+    def auth_provider(self, request: Request, body: bytes) -> AuthInfo:
+        return authenticate_ghl(
+            self.settings, self.ghl_verifier, request.headers, request.query_params, body,
+            provider=True,
+        )
+
+    def auth_aloware(self, request: Request, body: bytes) -> AuthInfo:
+        return authenticate_aloware(self.settings, request.headers)
+
+    def auth_texting(self, request: Request, body: bytes) -> AuthInfo:
+        return authenticate_verity(
+            self.settings, request.headers, body, source="texting",
+            signature_headers=("x-texting-signature", "x-signature"),
+            plain_header="x-texting-secret",
+            accept_plain=self.settings.texting_accept_plain_secret,
+        )
+
+    def auth_broadcast(self, request: Request, body: bytes) -> AuthInfo:
+        return authenticate_verity(
+            self.settings, request.headers, body, source="broadcast",
+            signature_headers=("x-broadcast-signature", "x-signature"),
+            plain_header="x-df-broadcast-secret",
+            accept_plain=self.settings.broadcast_accept_plain_secret,
+        )
+
+    def classify_ghl(self, payload: dict[str, Any]) -> Classification:
+        return classify_ghl(payload, expected_location_id=self.settings.ghl_location_id)
+
+    def classify_provider(self, payload: dict[str, Any]) -> Classification:
+        return classify_provider(payload, region=self.settings.default_phone_region)
+
+    def classify_aloware(self, payload: dict[str, Any]) -> Classification:
+        return classify_aloware(payload, allow_list=self.settings.aloware_webhook_allowed_events)
+
+    def classify_broadcast(self, payload: dict[str, Any]) -> Classification:
+        return classify_broadcast(payload, received_at=datetime.now(UTC))
+
+    # --- health --------------------------------------------------------------------------
+    async def health(self) -> tuple[int, dict[str, Any]]:
+        """Readiness: PostgreSQL, NATS, stream, configured sources (spec §7.1)."""
+        checks: dict[str, Any] = {}
+        try:
+            async with asyncio.timeout(2):
+                async with self.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:  # any failure of the probe is a failed check, reported
+            checks["database"] = f"error: {type(exc).__name__}"
+        checks["nats"] = "ok" if self.publisher.nats_connected else "error: disconnected"
+        checks["stream"] = "ok" if await self.publisher.stream_present() else "error: missing"
+        for source, ok in configured_sources(self.settings).items():
+            checks[f"config_{source}"] = "configured" if ok else "unconfigured"
+        # NATS down is survivable (outbox), PostgreSQL down is survivable (stream); both not.
+        infra_ok = checks["database"] == "ok" or checks["nats"] == "ok"
+        ready = infra_ok and checks["stream"] == "ok" and not self.draining
+        if self.draining:
+            checks["draining"] = True
+        body = {
+            "status": "ok" if ready else "degraded",
+            "timestamp": datetime.now(UTC).isoformat(),
+            "service": "df-middleware-ingress",
+            "checks": checks,
+        }
+        return (200 if ready else 503), body
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the ingress app; NATS and PostgreSQL connections open in the lifespan."""
+    engine = create_engine(settings, pool_size=min(settings.db_max_connections, 5))
+    publisher = EventPublisher(settings, engine)
+    ingress = Ingress(settings, publisher, engine)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        for source, ok in configured_sources(settings).items():
+            if not ok and source not in settings.dfm_insecure_allow_unsigned:
+                log.error("webhook_source_unconfigured_fails_closed", source=source)
+        for source in settings.dfm_insecure_allow_unsigned:
+            log.warning("webhook_source_accepts_unsigned_requests", source=source)
+        await publisher.start()
+        try:
+            yield
+        finally:
+            await publisher.close()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="DF-Middleware ingress",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Webhook ingress: authenticated, durable before 2xx, deduplicated.",
+    )
+    app.state.ingress = ingress
+
+    def webhook(path: str, source: str, auth: Any, classify: Any, *, alias: str | None = None) -> None:
+        async def endpoint(request: Request) -> Response:
+            return await ingress.handle(request, source, auth, classify)
+
+        endpoint.__name__ = f"webhook_{source}" + ("_alias" if alias else "")
+        app.add_api_route(
+            path, endpoint, methods=["POST"], openapi_extra=WEBHOOK_BODY_DOC,
+            summary=f"{source} webhook", response_class=JSONResponse,
+        )
+
+    webhook("/api/webhooks/ghl", "ghl", ingress.auth_ghl, ingress.classify_ghl)
+    webhook(
+        "/api/webhooks/ghl/provider-delivery", "ghl_provider", ingress.auth_provider,
+        ingress.classify_provider,
+    )
+    webhook("/api/webhooks/aloware", "aloware", ingress.auth_aloware, ingress.classify_aloware)
+    webhook(
+        "/api/integrations/aloware/webhook", "aloware", ingress.auth_aloware,
+        ingress.classify_aloware, alias="w4",
+    )
+    webhook("/api/webhooks/texting", "texting", ingress.auth_texting, classify_texting)
+    webhook(
+        "/api/webhooks/broadcast", "broadcast", ingress.auth_broadcast, ingress.classify_broadcast
+    )
+
+    @app.get("/api/health", summary="readiness with dependency checks")
+    async def health() -> JSONResponse:
+        status, body = await ingress.health()
+        return JSONResponse(body, status_code=status)
+
+    @app.get("/api/health/live", summary="liveness, no dependency calls")
+    async def live() -> JSONResponse:
+        return JSONResponse({"status": "ok", "service": "df-middleware-ingress"})
+
+    async def prometheus() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_api_route("/metrics", prometheus, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/api/metrics", prometheus, methods=["GET"], include_in_schema=False)
+    return app

@@ -1,0 +1,249 @@
+"""Durable before 2xx (spec/inbound.md C7): JetStream PubAck, else the PostgreSQL outbox.
+
+The outbox is drained back to the stream by every ingress replica (``FOR UPDATE SKIP
+LOCKED``), with the original ``Nats-Msg-Id`` so JetStream's duplicate window drops an event
+that did reach the stream before the ack was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.errors import Error as JsError
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts.envelope import HEADER_EVENT_ID, WebhookEvent
+from contracts.streams import WEBHOOKS_STREAM
+from services.common.broker import connect
+from services.common.db.models import IngressOutbox
+from services.common.logging import get_logger
+from services.common.settings import Settings
+from services.ingress import metrics
+
+log = get_logger(__name__)
+
+NATS_ERRORS = (
+    TimeoutError,
+    asyncio.TimeoutError,
+    nats.errors.Error,
+    JsError,
+    OSError,
+)
+DB_ERRORS = (SQLAlchemyError, OSError, TimeoutError, asyncio.TimeoutError)
+DRAIN_BATCH = 500
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """On the stream (``seq``) or in the outbox (``seq`` None)."""
+
+    seq: int | None
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """Already accepted earlier; ``first_id`` when it could be read back."""
+
+    first_id: UUID | None
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """Neither NATS nor PostgreSQL could take the event."""
+
+    reason: str
+
+
+PublishResult = Accepted | Duplicate | Unavailable
+
+
+class EventPublisher:
+    """Publishes accepted events; owns the NATS connection and the outbox drainer."""
+
+    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = asyncio.Event()
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect in the background (the ingress serves from the outbox meanwhile)."""
+        self._tasks.append(asyncio.create_task(self._connect_forever(), name="nats-connect"))
+        self._tasks.append(asyncio.create_task(self._drain_forever(), name="outbox-drain"))
+
+    async def close(self) -> None:
+        """Stop background work, flush and close the NATS connection."""
+        self._closing.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._nc is not None and not self._nc.is_closed:
+            with contextlib.suppress(*NATS_ERRORS):
+                await self._nc.drain()
+
+    async def _connect_forever(self) -> None:
+        delay = 0.2
+        while not self._closing.is_set():
+            try:
+                self._nc = await connect(self._settings, name="dfm-ingress")
+                self._js = self._nc.jetstream(timeout=self._settings.dfm_publish_timeout)
+                log.info("nats_connected", servers=self._settings.nats_url)
+                return
+            except NATS_ERRORS as exc:
+                log.warning("nats_connect_failed", error=type(exc).__name__, retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    @property
+    def nats_connected(self) -> bool:
+        """True while the NATS connection is up."""
+        return self._nc is not None and self._nc.is_connected
+
+    async def stream_present(self) -> bool:
+        """True when the WEBHOOKS stream answers."""
+        if self._js is None or not self.nats_connected:
+            return False
+        try:
+            await self._js.stream_info(WEBHOOKS_STREAM)
+        except NATS_ERRORS:
+            return False
+        return True
+
+    # --- publishing ------------------------------------------------------------------------
+    async def publish(self, event: WebhookEvent) -> PublishResult:
+        """Make ``event`` durable; never raises for infrastructure trouble."""
+        body = event.to_bytes()
+        headers = event.nats_headers()
+        started = time.perf_counter()
+        try:
+            if self._js is not None and self.nats_connected:
+                try:
+                    ack = await self._js.publish(
+                        event.subject,
+                        body,
+                        headers=headers,
+                        timeout=self._settings.dfm_publish_timeout,
+                    )
+                except NATS_ERRORS as exc:
+                    log.warning(
+                        "publish_failed_using_outbox",
+                        event_id=str(event.event_id),
+                        error=type(exc).__name__,
+                    )
+                else:
+                    if ack.duplicate:
+                        return Duplicate(await self._first_id(ack.seq))
+                    return Accepted(ack.seq)
+            return await self._to_outbox(event.subject, event.dedupe_key, headers, body)
+        finally:
+            metrics.PUBLISH_DURATION.observe(time.perf_counter() - started)
+
+    async def _first_id(self, seq: int) -> UUID | None:
+        """Event id of the first acceptance, read back from the stream (best effort)."""
+        if self._js is None:
+            return None
+        try:
+            msg = await self._js.get_msg(WEBHOOKS_STREAM, seq)
+        except NATS_ERRORS:
+            return None
+        value = (msg.headers or {}).get(HEADER_EVENT_ID)
+        try:
+            return UUID(value) if value else None
+        except ValueError:
+            return None
+
+    async def _to_outbox(
+        self, subject: str, dedupe_key: str, headers: dict[str, str], body: bytes
+    ) -> PublishResult:
+        stmt = (
+            insert(IngressOutbox)
+            .values(subject=subject, dedupe_key=dedupe_key, headers=headers, body=body)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(IngressOutbox.id)
+        )
+        try:
+            async with asyncio.timeout(self._settings.dfm_publish_timeout * 2):
+                async with self._engine.begin() as conn:
+                    inserted = (await conn.execute(stmt)).scalar_one_or_none()
+        except DB_ERRORS as exc:
+            log.error("event_not_durable", dedupe_key=dedupe_key, error=type(exc).__name__)
+            return Unavailable(type(exc).__name__)
+        if inserted is None:
+            return Duplicate(None)
+        metrics.OUTBOX_WRITES.inc()
+        return Accepted(None)
+
+    # --- outbox drain ----------------------------------------------------------------------
+    async def drain_outbox_once(self) -> int:
+        """Publish up to one batch of outbox rows; returns how many reached the stream."""
+        if self._js is None or not self.nats_connected:
+            return 0
+        published = 0
+        async with self._engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(IngressOutbox.id, IngressOutbox.subject, IngressOutbox.headers,
+                           IngressOutbox.body)
+                    .where(IngressOutbox.published_at.is_(None))
+                    .order_by(IngressOutbox.created_at)
+                    .limit(DRAIN_BATCH)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            done: list[Any] = []
+            for row in rows:
+                try:
+                    await self._js.publish(
+                        row.subject, row.body, headers=dict(row.headers),
+                        timeout=self._settings.dfm_publish_timeout,
+                    )
+                except NATS_ERRORS:
+                    break
+                done.append(row.id)
+            if done:
+                await conn.execute(
+                    update(IngressOutbox)
+                    .where(IngressOutbox.id.in_(done))
+                    .values(published_at=func.now())
+                )
+                published = len(done)
+        return published
+
+    async def outbox_depth(self) -> int:
+        """Rows not yet on the stream."""
+        async with self._engine.connect() as conn:
+            count = await conn.scalar(
+                select(func.count()).select_from(IngressOutbox)
+                .where(IngressOutbox.published_at.is_(None))
+            )
+        return int(count or 0)
+
+    async def _drain_forever(self) -> None:
+        while not self._closing.is_set():
+            try:
+                moved = await self.drain_outbox_once()
+                if moved:
+                    log.info("outbox_drained", published=moved)
+                metrics.OUTBOX_DEPTH.set(await self.outbox_depth())
+            except DB_ERRORS as exc:
+                log.warning("outbox_drain_failed", error=type(exc).__name__)
+                moved = 0
+            if moved < DRAIN_BATCH:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), timeout=1.0)

@@ -1,0 +1,29 @@
+"""``dfm run recorder``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from contracts.streams import RECORDER
+from services.common.consumer import PullConsumer
+from services.common.db.session import create_engine
+from services.common.runtime import on_termination
+from services.common.settings import Settings
+from services.recorder.service import Recorder
+
+
+async def serve(settings: Settings) -> None:
+    """Record events until SIGTERM/SIGINT, then finish the batch in hand and exit."""
+    engine = create_engine(settings)
+    recorder = Recorder(engine, settings.default_phone_region)
+    consumer = PullConsumer(settings, RECORDER, recorder.handle, batch=500, fetch_timeout=0.5)
+    on_termination(asyncio.get_running_loop(), consumer.stop)
+    try:
+        await consumer.run()
+    finally:
+        await engine.dispose()
+
+
+def run(settings: Settings) -> None:
+    """Blocking entry point."""
+    asyncio.run(serve(settings))

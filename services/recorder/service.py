@@ -1,0 +1,126 @@
+"""The recorder: every accepted event gets its PostgreSQL row within seconds (spec §4.2).
+
+Consumes ``webhooks.>`` in batches and inserts into ``webhook_events``,
+``texting_webhook_events`` or ``broadcast_webhook_events`` with
+``ON CONFLICT (dedupe_key) DO NOTHING`` — the permanent dedupe that outlives the stream's
+duplicate window. Acks only after the transaction commits.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import defaultdict
+from typing import Any
+
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts.envelope import WebhookEvent
+from contracts.payloads.texting import normalise_texting
+from contracts.subjects import Source
+from services.common.db.models import BroadcastWebhookEvent, TextingWebhookEvent, WebhookEvent as WebhookRow
+from services.common.logging import get_logger
+from services.common.phone import to_e164
+
+log = get_logger(__name__)
+RETRY_DELAY_S = 2.0
+
+
+def _status(event: WebhookEvent) -> dict[str, Any]:
+    if event.outcome_hint:
+        outcome, _, reason = event.outcome_hint.partition(":")
+        return {"status": "done", "outcome": outcome, "outcome_reason": reason,
+                "processed_at": event.received_at}
+    return {"status": "pending", "outcome": None, "outcome_reason": None, "processed_at": None}
+
+
+def row_for(event: WebhookEvent, stream_seq: int | None, region: str) -> tuple[type[Any], dict[str, Any]]:
+    """The table and column values recording ``event``."""
+    common = {
+        "id": event.event_id,
+        "received_at": event.received_at,
+        "payload_json": event.payload,
+        "dedupe_key": event.dedupe_key,
+        "stream_seq": stream_seq,
+        **_status(event),
+    }
+    if event.source is Source.TEXTING:
+        msg = normalise_texting(event.payload)
+        return TextingWebhookEvent, {
+            **common,
+            "event_type": event.event_name,
+            "canonical_type": event.canonical_type,
+            "entity_type": event.entity_type.value,
+            "entity_id": event.entity_id,
+            "conversation_id": msg.conversation_id,
+            "from_number": to_e164(msg.from_number, region),
+            "to_number": to_e164(msg.to_number, region),
+        }
+    if event.source is Source.BROADCAST:
+        return BroadcastWebhookEvent, {
+            **common, "broadcast_id": event.entity_id, "event_type": event.event_name,
+        }
+    raw = base64.b64decode(event.payload_raw_b64) if event.payload_raw_b64 else None
+    return WebhookRow, {
+        **common,
+        "source": event.source.value,
+        "event_type": event.event_name,
+        "event_token": event.event_type,
+        "canonical_type": event.canonical_type,
+        "entity_type": event.entity_type.value,
+        "entity_id": event.entity_id,
+        "location_id": event.location_id,
+        "payload_raw": raw,
+    }
+
+
+class Recorder:
+    """Batch handler writing event rows."""
+
+    def __init__(self, engine: AsyncEngine, region: str = "US") -> None:
+        self._engine = engine
+        self._region = region
+        self.recorded = 0
+        self.duplicates = 0
+
+    async def handle(self, msgs: list[Msg]) -> None:
+        """Insert every parseable event of the batch in one transaction, then ack."""
+        by_table: dict[type[Any], list[dict[str, Any]]] = defaultdict(list)
+        good: list[Msg] = []
+        for msg in msgs:
+            try:
+                event = WebhookEvent.from_bytes(msg.data)
+            except (ValidationError, ValueError) as exc:
+                log.error("malformed_event_terminated", subject=msg.subject,
+                          error=str(exc).splitlines()[0])
+                await msg.term()
+                continue
+            table, values = row_for(event, msg.metadata.sequence.stream, self._region)
+            by_table[table].append(values)
+            good.append(msg)
+        if not good:
+            return
+        try:
+            inserted = 0
+            async with self._engine.begin() as conn:
+                for table, rows in by_table.items():
+                    stmt = (
+                        insert(table).values(rows)
+                        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+                        .returning(table.id)
+                    )
+                    inserted += len((await conn.execute(stmt)).all())
+        except SQLAlchemyError as exc:
+            log.warning("record_failed_will_retry", error=type(exc).__name__, batch=len(good))
+            for msg in good:
+                await msg.nak(delay=RETRY_DELAY_S)
+            return
+        self.recorded += inserted
+        self.duplicates += len(good) - inserted
+        if len(good) > inserted:
+            log.info("duplicates_beyond_stream_window", count=len(good) - inserted)
+        for msg in good:
+            await msg.ack()
