@@ -72,6 +72,9 @@ class PullConsumer:
                     continue
                 await self._handler(msgs)
         finally:
+            # Acks of the last batch are flushed; an idle pull request needs no drain.
             with contextlib.suppress(Exception):
-                await self._nc.drain()
+                await self._nc.flush(timeout=2)
+            with contextlib.suppress(Exception):
+                await self._nc.close()
             log.info("consumer_stopped", consumer=self._spec.durable)

@@ -111,13 +111,17 @@ def parse_object(body: bytes) -> dict[str, Any]:
     return value
 
 
-def _reply(http_status: int, outcome: str, **fields: Any) -> tuple[str, JSONResponse]:
+def _reply(http_status: int, metric: str, fields: dict[str, Any]) -> tuple[str, JSONResponse]:
+    """(metric outcome label, response); 429/503 carry ``Retry-After``."""
     headers = {"Retry-After": RETRY_AFTER_S} if http_status in (429, 503) else None
-    return outcome, JSONResponse(fields, status_code=http_status, headers=headers)
+    return metric, JSONResponse(fields, status_code=http_status, headers=headers)
 
 
-def _rejected(status: int, outcome: str, error: str) -> tuple[str, JSONResponse]:
-    return _reply(status, outcome, success=False, status="rejected", error=error)
+def _rejected(http_status: int, metric: str, error: str) -> tuple[str, JSONResponse]:
+    return _reply(http_status, metric, {"success": False, "status": "rejected", "error": error})
+
+
+UNAVAILABLE = {"success": False, "status": "unavailable", "error": "try_again_later"}
 
 
 class Ingress:
@@ -144,8 +148,7 @@ class Ingress:
         except Exception:  # a bug must not become a 500: the sender retries, dedupe holds
             log.exception("webhook_unexpected_error", source=source)
             outcome, response = _reply(
-                429 if source in ("ghl", "ghl_provider") else 503, "unavailable",
-                success=False, status="unavailable", error="try_again_later",
+                429 if source in ("ghl", "ghl_provider") else 503, "unavailable", UNAVAILABLE
             )
         metrics.REQUESTS.labels(source, outcome).inc()
         metrics.REQUEST_DURATION.labels(source, outcome).observe(time.perf_counter() - started)
@@ -191,7 +194,7 @@ class Ingress:
                 fields["message"] = message
             else:
                 fields["ignored"] = True
-            return _reply(200, outcome, **fields)
+            return _reply(200, outcome, fields)
         return await self._publish(source, result, auth, payload, body)
 
     async def _publish(
@@ -237,22 +240,18 @@ class Ingress:
             }
             if result.outcome_hint:
                 fields["outcome"], _, fields["reason"] = result.outcome_hint.partition(":")
-            return _reply(200, "accepted", **fields)
+            return _reply(200, "accepted", fields)
         if isinstance(published, Duplicate):
             log.info("webhook_duplicate", outcome="duplicate", **bound)
-            return _reply(
-                200,
-                "duplicate",
-                success=True,
-                status="duplicate",
-                id=str(published.first_id) if published.first_id else None,
-                message="Duplicate event ignored",
-            )
+            return _reply(200, "duplicate", {
+                "success": True,
+                "status": "duplicate",
+                "id": str(published.first_id) if published.first_id else None,
+                "message": "Duplicate event ignored",
+            })
         log.error("webhook_unavailable", outcome="unavailable", reason=published.reason, **bound)
         status = 429 if source in ("ghl", "ghl_provider") else 503
-        return _reply(
-            status, "unavailable", success=False, status="unavailable", error="try_again_later"
-        )
+        return _reply(status, "unavailable", UNAVAILABLE)
 
     # --- per-source authentication and classification ------------------------------------
     def auth_ghl(self, request: Request, body: bytes) -> AuthInfo:
