@@ -24,8 +24,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import HEADER_EVENT_ID, WebhookEvent
-from contracts.streams import WEBHOOKS_STREAM
-from services.common.broker import connect
+from contracts.streams import STREAMS, WEBHOOKS_STREAM
+from services.common.broker import connect, ensure_stream
 from services.common.db.models import IngressOutbox
 from services.common.logging import get_logger
 from services.common.settings import Settings
@@ -103,6 +103,8 @@ class EventPublisher:
             try:
                 self._nc = await connect(self._settings, name="dfm-ingress")
                 self._js = self._nc.jetstream(timeout=self._settings.dfm_publish_timeout)
+                for spec in STREAMS:
+                    await ensure_stream(self._js, spec, self._settings)
                 log.info("nats_connected", servers=self._settings.nats_url)
                 return
             except NATS_ERRORS as exc:
