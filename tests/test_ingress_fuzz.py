@@ -84,7 +84,7 @@ def credentials(path: str, body: bytes, mode: str) -> dict[str, str]:
 garbage_headers = st.dictionaries(
     st.sampled_from(["x-ghl-signature", "x-wh-signature", "authorization", "x-signature",
                      "x-texting-secret", "content-type", "x-df-webhook-token"]),
-    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60),
+    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60).map(str.strip),
     max_size=3,
 )
 
