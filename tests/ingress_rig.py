@@ -27,7 +27,7 @@ from services.common.signing import (
     hmac_hex,
     public_pem,
 )
-from services.ingress.app import create_app
+from services.ingress.app import create_asgi
 from services.recorder.service import Recorder
 
 
@@ -60,7 +60,7 @@ async def running_ingress(settings: Settings) -> AsyncIterator[str]:
     """Serve the ingress app on a free loopback port; yields its base URL."""
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="error",
+        create_asgi(settings), host="127.0.0.1", port=port, log_level="error",
         lifespan="on", access_log=False,
     )
     server = uvicorn.Server(config)

@@ -11,6 +11,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 
 REDACTED = "[REDACTED]"
@@ -48,8 +49,11 @@ def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapp
 def configure_logging(service: str, level: str = "info", fmt: str = "json") -> None:
     """Configure structlog and the stdlib root logger once per process."""
     numeric = getattr(logging, level.upper(), logging.INFO)
+    json_logs = fmt == "json"
     renderer: Any = (
-        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer(serializer=orjson.dumps)
+        if json_logs
+        else structlog.dev.ConsoleRenderer()
     )
     structlog.configure(
         processors=[
@@ -61,7 +65,11 @@ def configure_logging(service: str, level: str = "info", fmt: str = "json") -> N
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=(
+            structlog.BytesLoggerFactory(file=sys.stderr.buffer)
+            if json_logs
+            else structlog.PrintLoggerFactory(file=sys.stderr)
+        ),
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=service)

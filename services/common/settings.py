@@ -135,6 +135,7 @@ class Settings(BaseSettings):
 
     # --- server ports ---------------------------------------------------------------------
     ingress_port: int = Field(default=3002, ge=1, le=65535)
+    dfm_ingress_workers: int = Field(default=1, ge=1, le=64, description="uvicorn processes")
     gateway_port: int = Field(
         default=3001, ge=1, le=65535, validation_alias=AliasChoices("gateway_port", "port")
     )
