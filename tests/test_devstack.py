@@ -11,11 +11,12 @@ import sys
 from pathlib import Path
 
 import asyncpg
+import httpx
 import nats
 import pytest
 
 from services.common.broker import ensure_topology
-from services.common.embedded import EmbeddedNats
+from services.common.embedded import EmbeddedNats, free_port
 from services.common.settings import Settings
 
 
@@ -34,11 +35,12 @@ def _child_pids(parent: int) -> list[int]:
 
 @pytest.mark.slow
 async def test_dfm_up_with_nothing_configured_runs_until_ctrl_c(tmp_path: Path) -> None:
+    port = free_port()
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(tmp_path),
         "DFM_DATA_DIR": str(tmp_path / "data"),
-        "DFM_UP_SERVICES": "",
+        "INGRESS_PORT": str(port),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "up"],
@@ -75,7 +77,34 @@ async def test_dfm_up_with_nothing_configured_runs_until_ctrl_c(tmp_path: Path) 
         finally:
             await conn.close()
         children = _child_pids(proc.pid)
+        assert len(children) >= 3  # nats-server, ingress, recorder (+ postgres's own tree)
         assert proc.poll() is None
+
+        # the stack is usable: a fixture sent with `dfm send` is accepted and recorded
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            async with asyncio.timeout(30):
+                while True:
+                    try:
+                        if (await client.get("/api/health")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass  # ingress still starting
+                    await asyncio.sleep(0.1)
+        fixture = Path(__file__).parent / "fixtures/webhooks/aloware/contact-created.json"
+        sent = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "services.cli", "send", str(fixture), "--source", "aloware"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        assert '"status":"accepted"' in sent.stdout or '"status":"duplicate"' in sent.stdout
+        conn = await asyncpg.connect(pg_url.group(1))
+        try:
+            async with asyncio.timeout(15):
+                while not await conn.fetchval("SELECT count(*) FROM webhook_events"):
+                    await asyncio.sleep(0.1)
+        finally:
+            await conn.close()
 
         proc.send_signal(signal.SIGINT)
         rest = await asyncio.to_thread(proc.communicate, timeout=60)
