@@ -45,30 +45,36 @@ RECORDER = ConsumerSpec(
     "Writes every accepted event into PostgreSQL",
     max_ack_pending=5000,
 )
+# Sync consumers subscribe only to the subjects whose rules exist, so an event no rule
+# handles yet stays visibly `pending` instead of being marked done by a consumer that
+# cannot act on it. Each rule issue widens these filters.
 GHL_SYNC = ConsumerSpec(
     "ghl-sync",
     WEBHOOKS_STREAM,
-    ("webhooks.aloware.>", "webhooks.texting.>", "webhooks.broadcast.>", "webhooks.ghl.contact.>"),
+    ("webhooks.aloware.contact.contact_created", "webhooks.aloware.contact.contact_updated"),
     "Rules that write into GHL",
+    max_deliver=50,  # our own attempt budget (RETRY_MAX_ATTEMPTS) decides `dead`
     max_ack_pending=100,
 )
 ALOWARE_SYNC = ConsumerSpec(
     "aloware-sync",
     WEBHOOKS_STREAM,
     (
-        "webhooks.ghl.contact.>",
-        "webhooks.ghl.tag.>",
-        "webhooks.ghl.opportunity.>",
-        "webhooks.aloware.contact.>",
-        "webhooks.texting.>",
+        "webhooks.ghl.contact.contact_create",
+        "webhooks.ghl.contact.contact_update",
+        "webhooks.ghl.contact.contact_tag_update",
+        "webhooks.ghl.contact.contact_created",
+        "webhooks.ghl.contact.contact_updated",
+        "webhooks.ghl.contact.contact_changed",
     ),
     "Rules that write into Aloware",
+    max_deliver=50,
     max_ack_pending=50,
 )
 VERITY_SYNC = ConsumerSpec(
     "verity-sync",
     WEBHOOKS_STREAM,
-    ("webhooks.ghl.>",),
+    ("webhooks.verity_pending_rules",),  # no rule yet; see the note above GHL_SYNC
     "Rules that write into Verity",
     max_ack_pending=100,
 )

@@ -26,7 +26,14 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-SERVICES = ("ingress", "recorder")
+SERVICES = ("ingress", "recorder", "ghl-sync", "aloware-sync", "sandbox")
+RUNNERS = {
+    "ingress": "services.ingress.main",
+    "recorder": "services.recorder.main",
+    "ghl-sync": "services.ghl_sync.main",
+    "aloware-sync": "services.aloware_sync.main",
+    "sandbox": "services.sandbox.main",
+}
 
 
 def settings_for(service: str, env_file: str | None = None) -> Settings:
@@ -61,7 +68,10 @@ def up() -> None:
         if unknown:
             fail(f"DFM_UP_SERVICES names unknown services: {', '.join(unknown)}")
         effective = load_settings(**{k.lower(): v for k, v in stack.env.items()})
-        start_services(stack, wanted, effective, typer.echo)
+        try:
+            start_services(stack, wanted, effective, typer.echo)
+        except RuntimeError as exc:
+            fail(f"could not start the stack: {exc}", code=1)
         typer.echo("ready: press Ctrl-C to stop")
         code = wait_until_interrupted(stack, typer.echo)
     finally:
@@ -82,14 +92,9 @@ def run(
         fail(f"unknown service {service!r}: expected one of {', '.join(SERVICES)}")
     settings = settings_for(service)
     configure_logging(service, settings.log_level, settings.log_format)
-    if service == "ingress":
-        from services.ingress.main import run as run_ingress
+    import importlib
 
-        run_ingress(settings)
-    elif service == "recorder":
-        from services.recorder.main import run as run_recorder
-
-        run_recorder(settings)
+    importlib.import_module(RUNNERS[service]).run(settings)
 
 
 @app.command()
@@ -100,6 +105,8 @@ def send(
     fresh: Annotated[bool, typer.Option(help="new webhookId/timestamp/messageId so it is not a duplicate")] = False,
 ) -> None:
     """Post a fixture to the ingress, signed with the configured secrets."""
+    import httpx
+
     from services.common.sender import build_request, post
 
     data_dir = Path(load_settings().dfm_data_dir)
@@ -110,7 +117,10 @@ def send(
     except (OSError, ValueError) as exc:
         fail(str(exc))
     base = url or f"http://127.0.0.1:{settings.ingress_port}"
-    status, answer = post(base, request, body)
+    try:
+        status, answer = post(base, request, body)
+    except httpx.HTTPError as exc:
+        fail(f"could not reach the ingress at {base}: {type(exc).__name__} (is `dfm up` running?)", code=1)
     typer.echo(f"{status} {answer}")
     raise typer.Exit(0 if status < 400 else 1)
 

@@ -19,8 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 from services.common.db import migrate
-from services.common.embedded import EmbeddedNats, EmbeddedPostgres
+from services.common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from services.common.settings import Settings, load_settings
 from services.common.signing import generate_ed25519, load_private_key, private_pem, public_pem
 
@@ -115,6 +117,24 @@ def dev_ghl_signing_key(data_dir: Path, configured: Settings) -> dict[str, str]:
     }
 
 
+def sandbox_env(settings: Settings, say: Callable[[str], None]) -> dict[str, str]:
+    """Sandbox vendors when no vendor credentials are set: point every client at them."""
+    if settings.ghl_api_key is not None or settings.aloware_api_token is not None:
+        say("vendors     real (credentials configured)")
+        return {}
+    port = settings.sandbox_port if "sandbox_port" in settings.model_fields_set else free_port()
+    base = f"http://127.0.0.1:{port}"
+    say(f"vendors     sandbox at {base} (no vendor credentials set)")
+    return {
+        "SANDBOX_PORT": str(port),
+        "GHL_BASE_URL": f"{base}/ghl",
+        "GHL_API_KEY": "sandbox-ghl-key",
+        "ALOWARE_BASE_URL": f"{base}/aloware/api/v1",
+        "ALOWARE_API_TOKEN": "sandbox-aloware-token",
+        "DFM_SANDBOX_WEBHOOK_URL": f"http://127.0.0.1:{settings.ingress_port}",
+    }
+
+
 def start_infrastructure(settings: Settings, data_dir: Path, say: Callable[[str], None]) -> Stack:
     """Attach to configured NATS/PostgreSQL or start embedded ones; migrate; make streams."""
     stack = Stack(data_dir=data_dir)
@@ -134,6 +154,7 @@ def start_infrastructure(settings: Settings, data_dir: Path, say: Callable[[str]
         stack.env.update(dev_secrets(data_dir, settings))
         stack.env.update(dev_ghl_signing_key(data_dir, settings))
         stack.env.setdefault("GHL_LOCATION_ID", settings.ghl_location_id or "ghlLocationDemo00001")
+        stack.env.update(sandbox_env(settings, say))
         effective = load_settings(**{k.lower(): v for k, v in stack.env.items()})
         migrate.upgrade(effective.database_url_str)
         say(f"migrations  {migrate.current(effective.database_url_str)}")
@@ -168,12 +189,32 @@ def start_service(stack: Stack, service: str) -> subprocess.Popen[bytes]:
 def start_services(stack: Stack, services: list[str], settings: Settings,
                    say: Callable[[str], None]) -> None:
     """Start each named service; print where the HTTP ones listen."""
+    if "SANDBOX_PORT" in stack.env:
+        sandbox = f"http://127.0.0.1:{stack.env['SANDBOX_PORT']}"
+        wait_http(sandbox + "/_sandbox/calls", start_service(stack, "sandbox"))
+        say(f"sandbox     {sandbox} (/_sandbox/calls, /_sandbox/ghl/contacts)")
     for service in services:
-        start_service(stack, service)
+        proc = start_service(stack, service)
         if service == "ingress":
-            say(f"ingress     http://127.0.0.1:{settings.ingress_port} (webhooks, health, metrics)")
+            ingress = f"http://127.0.0.1:{settings.ingress_port}"
+            wait_http(ingress + "/api/health/live", proc)
+            say(f"ingress     {ingress} (webhooks, health, metrics)")
         else:
             say(f"{service:<11} running")
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Block until ``url`` answers, so "ready" means ready; fail if the process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with code {proc.returncode} during start-up")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
 
 
 def wait_until_interrupted(stack: Stack, say: Callable[[str], None]) -> int:

@@ -119,8 +119,11 @@ class Settings(BaseSettings):
     db_connection_timeout: int = Field(default=10, ge=1)
     dfm_data_dir: str = ".dfm"
     dfm_up_services: CsvList = Field(
-        default_factory=lambda: ["ingress", "recorder"],
+        default_factory=lambda: ["ingress", "recorder", "ghl-sync", "aloware-sync"],
         description="services `dfm up` starts (comma-separated)",
+    )
+    dfm_sandbox_webhook_url: str | None = Field(
+        default=None, description="sandbox only: ingress base URL the fake vendors post webhooks to"
     )
     dfm_ghl_signing_key_file: str | None = Field(
         default=None, description="dev/sandbox only: Ed25519 private key used by `dfm send`"

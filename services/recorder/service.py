@@ -8,7 +8,6 @@ duplicate window. Acks only after the transaction commits.
 
 from __future__ import annotations
 
-import base64
 from collections import defaultdict
 from typing import Any
 
@@ -19,62 +18,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import WebhookEvent
-from contracts.payloads.texting import normalise_texting
-from contracts.subjects import Source
-from services.common.db.models import BroadcastWebhookEvent, TextingWebhookEvent, WebhookEvent as WebhookRow
+from services.common.events import row_for
 from services.common.logging import get_logger
-from services.common.phone import to_e164
 
 log = get_logger(__name__)
 RETRY_DELAY_S = 2.0
-
-
-def _status(event: WebhookEvent) -> dict[str, Any]:
-    if event.outcome_hint:
-        outcome, _, reason = event.outcome_hint.partition(":")
-        return {"status": "done", "outcome": outcome, "outcome_reason": reason,
-                "processed_at": event.received_at}
-    return {"status": "pending", "outcome": None, "outcome_reason": None, "processed_at": None}
-
-
-def row_for(event: WebhookEvent, stream_seq: int | None, region: str) -> tuple[type[Any], dict[str, Any]]:
-    """The table and column values recording ``event``."""
-    common = {
-        "id": event.event_id,
-        "received_at": event.received_at,
-        "payload_json": event.payload,
-        "dedupe_key": event.dedupe_key,
-        "stream_seq": stream_seq,
-        **_status(event),
-    }
-    if event.source is Source.TEXTING:
-        msg = normalise_texting(event.payload)
-        return TextingWebhookEvent, {
-            **common,
-            "event_type": event.event_name,
-            "canonical_type": event.canonical_type,
-            "entity_type": event.entity_type.value,
-            "entity_id": event.entity_id,
-            "conversation_id": msg.conversation_id,
-            "from_number": to_e164(msg.from_number, region),
-            "to_number": to_e164(msg.to_number, region),
-        }
-    if event.source is Source.BROADCAST:
-        return BroadcastWebhookEvent, {
-            **common, "broadcast_id": event.entity_id, "event_type": event.event_name,
-        }
-    raw = base64.b64decode(event.payload_raw_b64) if event.payload_raw_b64 else None
-    return WebhookRow, {
-        **common,
-        "source": event.source.value,
-        "event_type": event.event_name,
-        "event_token": event.event_type,
-        "canonical_type": event.canonical_type,
-        "entity_type": event.entity_type.value,
-        "entity_id": event.entity_id,
-        "location_id": event.location_id,
-        "payload_raw": raw,
-    }
 
 
 class Recorder:

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -355,6 +356,9 @@ class ContactMapping(Base):
     updated_at: Mapped[datetime] = _now()
     ghl_conversation_id: Mapped[str | None] = mapped_column(Text)
     ghl_deleted_at: Mapped[datetime | None] = _ts()
+    # newest source-event time applied per direction: older events never overwrite it (R2)
+    aloware_event_at: Mapped[datetime | None] = _ts()
+    ghl_event_at: Mapped[datetime | None] = _ts()
 
     __table_args__ = (
         UniqueConstraint("aloware_contact_id", name="contact_mappings_aloware_contact_id_unique"),
@@ -615,3 +619,15 @@ EVENT_TABLES: dict[str, type[Base]] = {
     "texting": TextingWebhookEvent,
     "broadcast": BroadcastWebhookEvent,
 }
+
+
+class RateBudgetBucket(Base):
+    """Requests sent per vendor budget key and second, shared by every replica (spec 2.1)."""
+
+    __tablename__ = "rate_budget_buckets"
+
+    key: Mapped[str] = mapped_column(Text, nullable=False)
+    bucket: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    count: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+
+    __table_args__ = (PrimaryKeyConstraint("key", "bucket"),)

@@ -1,0 +1,90 @@
+"""aloware-sync: rules whose write target is Aloware. Implemented so far: CG (GHL contact
+created/updated/tags changed → Aloware contact) with merge modes and echo suppression."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts.envelope import WebhookEvent
+from services.aloware_sync.rules.contact import aloware_form, plan_existing
+from services.clients.aloware import AlowareClient
+from services.clients.ghl import GhlClient
+from services.common.delivery import Outcome
+from services.common.errors import RetryLater
+from services.common.settings import Settings
+from services.common.sync import store
+from services.common.sync.contact import aloware_to_canonical, ghl_to_canonical
+
+CG_TYPES = ("contact.created", "contact.updated", "contact.tags_changed")
+
+
+class AlowareSync:
+    """Dispatches events to Aloware-writing rules."""
+
+    def __init__(self, settings: Settings, engine: AsyncEngine, ghl: GhlClient,
+                 aloware: AlowareClient) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.ghl = ghl
+        self.aloware = aloware
+
+    async def handle(self, event: WebhookEvent, attempt: int) -> Outcome:
+        """The dispatch table (spec/outbound.md §1.1) for what is implemented."""
+        if event.source.value == "ghl" and event.canonical_type in CG_TYPES:
+            if not self.settings.sync_ghl_contacts_to_aloware:
+                return Outcome("skipped", "ghl_contact_sync_disabled")
+            return await self.sync_ghl_contact(event, attempt)
+        return Outcome("skipped", f"Unhandled GHL event type: {event.event_name}")
+
+    async def sync_ghl_contact(self, event: WebhookEvent, attempt: int) -> Outcome:
+        """CG-1 … CG-7."""
+        started = datetime.now(UTC)
+        ghl_id = event.entity_id
+        common = {"direction": "ghl_to_aloware", "entity_type": "contact", "source_id": ghl_id,
+                  "started_at": started, "correlation_id": str(event.event_id), "attempt": attempt}
+        region = self.settings.default_phone_region
+        current = await self.ghl.get_contact(ghl_id)
+        if current is None:
+            async with self.engine.begin() as conn:
+                await store.log_sync(conn, status="skipped", rule="CG-1", message="ghl_contact_not_found", **common)
+            return Outcome("skipped", "ghl_contact_not_found")
+        ghl = ghl_to_canonical(current, region)
+        if not ghl.phone:
+            async with self.engine.begin() as conn:
+                await store.log_sync(conn, status="skipped", rule="CG-2", message="no_phone_for_aloware", **common)
+            return Outcome("skipped", "no_phone_for_aloware")
+        async with self.engine.begin() as conn:
+            await store.lock_contact(conn, store.contact_lock_key(ghl.phone, ghl_id=ghl_id))
+            if await store.is_echo(conn, "ghl", ghl_id, ghl.projection_hash(), self.settings.echo_window_seconds):
+                await store.log_sync(conn, status="skipped", rule="LP-1", message="middleware-originated", **common)
+                return Outcome("echo", "middleware-originated")
+            record = await self.aloware.lookup_by_phone(ghl.phone)
+            wrote, decisions = False, []
+            if record is None:
+                await self.aloware.upsert_contact(aloware_form(ghl), force_update=False)
+                record = await self.aloware.lookup_by_phone(ghl.phone)
+                if record is None:
+                    raise RetryLater(None, "Aloware contact not found right after create")
+                await store.record_write(conn, "aloware", record.id,
+                                         aloware_to_canonical(record, region).projection_hash())
+                wrote = True
+            else:
+                alo = aloware_to_canonical(record, region)
+                target, ghl_back, decisions = plan_existing(ghl, alo, self.settings.contact_source_of_truth)
+                if target is not None:
+                    await self.aloware.upsert_contact(aloware_form(target), force_update=True)
+                    await store.record_write(conn, "aloware", record.id, target.projection_hash())
+                    wrote = True
+                if ghl_back:
+                    updated = await self.ghl.update_contact(ghl_id, ghl_back)
+                    await store.record_write(conn, "ghl", ghl_id, ghl_to_canonical(updated, region).projection_hash())
+                    wrote = True
+            await store.upsert_mapping(conn, ghl_id=ghl_id, aloware_id=record.id, phone=ghl.phone,
+                                       email=ghl.email, direction="bidirectional",
+                                       ghl_event_at=event.received_at)
+            await store.log_sync(conn, status="success" if wrote else "skipped", rule="CG",
+                                 target_id=record.id, message=None if wrote else "no_changes",
+                                 details={"decisions": [d.as_dict() for d in decisions]} or None, **common)
+        return Outcome("applied") if wrote else Outcome("skipped", "no_changes")

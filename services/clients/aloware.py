@@ -1,0 +1,90 @@
+"""Aloware client: contact lookup by phone and the Lead (forms) API (spec/outbound.md §2.3)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from contracts.payloads._types import IdStr, Tags
+from services.clients.http import VendorHttp, parse_body
+from services.common.errors import Permanent
+
+
+class AlowareContactRecord(BaseModel):
+    """A contact as A2 returns it."""
+
+    model_config = ConfigDict(extra="allow")
+    id: IdStr
+    phone_number: str | None = None
+    email: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    timezone: str | None = None
+    country: str | None = None
+    state: str | None = None
+    city: str | None = None
+    lead_source: str | None = None
+    intake_source: str | None = None
+    disposition_status: str | None = None
+    is_dnc: bool | None = None
+    tags: Tags = Field(default_factory=list)
+
+
+class RequestPacer:
+    """At most ``rps`` requests per second from this process (``ALOWARE_MAX_RPS``)."""
+
+    def __init__(self, rps: float) -> None:
+        self._interval = 1.0 / rps
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        async with self._lock:
+            now = time.monotonic()
+            delay = self._next - now
+            self._next = max(now, self._next) + self._interval
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class AlowareClient:
+    """API-token calls: token in the query for GET, in the JSON body for POST."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_token: str,
+        *,
+        max_rps: float = 5,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._token = api_token
+        self._pacer = RequestPacer(max_rps)
+        self._http = VendorHttp("aloware", base_url, transport=transport)
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def lookup_by_phone(self, phone: str) -> AlowareContactRecord | None:
+        """A2; None only for Aloware's 404 "Contact not found." (BUG-02)."""
+        await self._pacer.wait()
+        response = await self._http.request(
+            "GET", "/webhook/contact/phone-number", "contact.lookup",
+            params={"api_token": self._token, "phone_number": phone}, passthrough=(404, 400),
+        )
+        if response.status_code == 404:
+            return None
+        if response.status_code == 400:
+            raise Permanent(f"aloware 400 at contact.lookup: {parse_body(response)}")
+        return AlowareContactRecord.model_validate(response.json())
+
+    async def upsert_contact(self, fields: dict[str, Any], *, force_update: bool) -> None:
+        """A3: the Lead API. Returns nothing (the API returns no id; look up by phone)."""
+        await self._pacer.wait()
+        body = {**fields, "force_update": force_update, "api_token": self._token}
+        await self._http.request("POST", "/webhook/forms", "forms", json=body)

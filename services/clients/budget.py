@@ -1,0 +1,71 @@
+"""GHL's 100 requests / 10 s per location, held by all replicas together (invariant 6).
+
+Why PostgreSQL rather than NATS KV: every consumer already holds a database pool, the
+budget is small (≈8 requests/s), and a transaction with an advisory lock gives an exact
+sliding window across replicas in one round trip; KV would need compare-and-set retries
+under contention. Buckets are one second wide; a request is allowed when the sum over the
+last ``window_s`` buckets is below the limit. When the budget is empty the caller gets
+``RetryLater(counts_as_attempt=False)`` and the message is nak'ed with that delay.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common.errors import RetryLater
+
+_LOCK = text("SELECT pg_advisory_xact_lock(hashtext('rate:' || CAST(:key AS text)))")
+_ACQUIRE = text(
+    """
+    WITH used AS (
+        SELECT coalesce(sum(count), 0) AS n, min(bucket) AS oldest
+        FROM rate_budget_buckets
+        WHERE key = CAST(:key AS text) AND bucket > CAST(:now AS bigint) - CAST(:window AS bigint)
+    ),
+    take AS (
+        INSERT INTO rate_budget_buckets (key, bucket, count)
+        SELECT CAST(:key AS text), CAST(:now AS bigint), 1 FROM used
+        WHERE used.n < CAST(:limit AS bigint)
+        ON CONFLICT (key, bucket) DO UPDATE SET count = rate_budget_buckets.count + 1
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM take) AS granted, (SELECT oldest FROM used) AS oldest
+    """
+)
+_PURGE = text(
+    "DELETE FROM rate_budget_buckets WHERE key = CAST(:key AS text) AND bucket <= CAST(:now AS bigint) - 60"
+)
+
+
+class RateBudget:
+    """A shared sliding-window budget under ``key``."""
+
+    def __init__(self, engine: AsyncEngine, key: str, limit: int, window_s: int = 10) -> None:
+        self._engine = engine
+        self.key = key
+        self.limit = limit
+        self.window_s = window_s
+        self._last_purge = 0
+
+    async def acquire(self) -> None:
+        """Take one request from the budget or raise ``RetryLater`` with the wait."""
+        now = int(time.time())
+        async with self._engine.begin() as conn:
+            await conn.execute(_LOCK, {"key": self.key})
+            row = (
+                await conn.execute(
+                    _ACQUIRE,
+                    {"key": self.key, "now": now, "window": self.window_s, "limit": self.limit},
+                )
+            ).one()
+            if now - self._last_purge >= 30:
+                await conn.execute(_PURGE, {"key": self.key, "now": now})
+                self._last_purge = now
+        if row.granted:
+            return
+        oldest = row.oldest if row.oldest is not None else now
+        delay = max(1.0, oldest + self.window_s - now)
+        raise RetryLater(delay, f"rate budget {self.key} empty", counts_as_attempt=False)

@@ -1,0 +1,128 @@
+"""GoHighLevel API v2 client for contacts, tags, notes and users (spec/outbound.md §2.2)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from contracts.payloads._types import Tags
+from services.clients.http import VendorHttp, parse_body
+from services.common.errors import Permanent
+
+CONTACTS_VERSION = "2021-07-28"
+USERS_VERSION = "2021-07-28"
+
+Acquire = Callable[[], Awaitable[None]]
+
+
+async def _no_budget() -> None:
+    return None
+
+
+class GhlCustomFieldValue(BaseModel):
+    """A custom field as GHL returns it on a contact."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    value: Any = None
+
+
+class GhlContact(BaseModel):
+    """The contact fields the sync rules read (G1)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    id: str
+    first_name: str | None = Field(default=None, alias="firstName")
+    last_name: str | None = Field(default=None, alias="lastName")
+    email: str | None = None
+    phone: str | None = None
+    timezone: str | None = None
+    country: str | None = None
+    state: str | None = None
+    city: str | None = None
+    tags: Tags = Field(default_factory=list)
+    custom_fields: list[GhlCustomFieldValue] = Field(default_factory=list, alias="customFields")
+    assigned_to: str | None = Field(default=None, alias="assignedTo")
+    dnd: bool | None = None
+    date_updated: str | None = Field(default=None, alias="dateUpdated")
+
+
+class GhlClient:
+    """Private-integration-token calls, each counted against the shared rate budget."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        location_id: str,
+        *,
+        acquire: Acquire = _no_budget,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.location_id = location_id
+        self._acquire = acquire
+        self._http = VendorHttp(
+            "ghl", base_url, headers={"Authorization": f"Bearer {api_key}"}, transport=transport
+        )
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def _call(self, method: str, path: str, endpoint: str, **kwargs: Any) -> httpx.Response:
+        await self._acquire()
+        headers = {"Version": CONTACTS_VERSION, **kwargs.pop("headers", {})}
+        return await self._http.request(method, path, endpoint, headers=headers, **kwargs)
+
+    async def get_contact(self, contact_id: str) -> GhlContact | None:
+        """G1; None when GHL says 404."""
+        response = await self._call("GET", f"/contacts/{contact_id}", "contacts.get", passthrough=(404,))
+        if response.status_code == 404:
+            return None
+        return GhlContact.model_validate(response.json()["contact"])
+
+    async def find_duplicate(self, *, phone: str | None = None, email: str | None = None) -> str | None:
+        """G2: the id of the contact GHL considers a duplicate by phone or e-mail."""
+        params = {"locationId": self.location_id}
+        if phone:
+            params["number"] = phone
+        elif email:
+            params["email"] = email
+        else:
+            return None
+        response = await self._call("GET", "/contacts/search/duplicate", "contacts.duplicate", params=params)
+        contact = response.json().get("contact")
+        return str(contact["id"]) if isinstance(contact, dict) and contact.get("id") else None
+
+    async def create_contact(self, fields: dict[str, Any]) -> tuple[str, bool]:
+        """G3: (contact id, created). A duplicate 400 with ``meta.contactId`` returns that id."""
+        body = {**fields, "locationId": self.location_id}
+        response = await self._call("POST", "/contacts/", "contacts.create", json=body, passthrough=(400,))
+        if response.status_code == 400:
+            payload = parse_body(response)
+            meta = payload.get("meta") if isinstance(payload, dict) else None
+            if isinstance(meta, dict) and meta.get("contactId"):
+                return str(meta["contactId"]), False
+            raise Permanent(f"ghl 400 at contacts.create: {payload}")
+        return str(response.json()["contact"]["id"]), True
+
+    async def update_contact(self, contact_id: str, fields: dict[str, Any]) -> GhlContact:
+        """G4: only the changed scalar fields (never tags or notes)."""
+        response = await self._call("PUT", f"/contacts/{contact_id}", "contacts.update", json=fields)
+        return GhlContact.model_validate(response.json()["contact"])
+
+    async def add_tags(self, contact_id: str, tags: list[str]) -> None:
+        """G5: additive."""
+        await self._call("POST", f"/contacts/{contact_id}/tags", "contacts.tags.add", json={"tags": tags})
+
+    async def remove_tags(self, contact_id: str, tags: list[str]) -> None:
+        """G6."""
+        await self._call("DELETE", f"/contacts/{contact_id}/tags", "contacts.tags.remove", json={"tags": tags})
+
+    async def create_note(self, contact_id: str, body: str) -> str:
+        """G7: returns the note id."""
+        response = await self._call("POST", f"/contacts/{contact_id}/notes", "contacts.notes.create", json={"body": body})
+        return str(response.json()["note"]["id"])

@@ -1,0 +1,144 @@
+"""Shared vendor HTTP plumbing (spec/outbound.md §2.1): one pooled AsyncClient per vendor,
+timeouts, metrics, redacted logging, and one mapping of failures to RetryLater/Permanent."""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+from prometheus_client import Counter, Histogram
+
+from services.common.errors import Permanent, RetryLater
+from services.common.logging import get_logger
+
+log = get_logger(__name__)
+
+VENDOR_REQUESTS = Counter(
+    "dfm_vendor_requests_total", "Calls to vendor APIs", ["vendor", "endpoint", "status"]
+)
+VENDOR_DURATION = Histogram(
+    "dfm_vendor_request_duration_seconds", "Vendor API latency", ["vendor", "endpoint"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+TIMEOUTS = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=5.0)
+RETRYABLE_STATUS = frozenset({408, 409, 423, 425, 429})
+_SECRET_QUERY = re.compile(r"(api_token|token|key)=[^&]+", re.I)
+DEFAULT_RETRY_S = 60.0
+
+
+class VendorError(Exception):
+    """A vendor answered with a status we do not treat as success."""
+
+    def __init__(self, vendor: str, status: int, body: Any, url: str) -> None:
+        super().__init__(f"{vendor} {status} at {url}")
+        self.vendor = vendor
+        self.status = status
+        self.body = body
+        self.url = url
+
+
+def redact_url(url: str) -> str:
+    """A URL without secrets in its query."""
+    return _SECRET_QUERY.sub(r"\1=[REDACTED]", url)
+
+
+def retry_delay(headers: Mapping[str, str], default: float = DEFAULT_RETRY_S) -> float:
+    """Delay for a 429: Retry-After, else the GHL interval header when the budget is 0."""
+    retry_after = headers.get("retry-after")
+    if retry_after:
+        try:
+            return max(0.0, float(retry_after))
+        except ValueError:
+            pass
+    if headers.get("x-ratelimit-remaining") == "0":
+        interval = headers.get("x-ratelimit-interval-milliseconds")
+        if interval and interval.isdigit():
+            return int(interval) / 1000
+    return default * random.uniform(0.8, 1.2)
+
+
+def parse_body(response: httpx.Response) -> Any:
+    """JSON body when there is one, else the text."""
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
+class VendorHttp:
+    """An AsyncClient for one vendor with metrics and error mapping."""
+
+    def __init__(
+        self,
+        vendor: str,
+        base_url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int = 20,
+    ) -> None:
+        self.vendor = vendor
+        self.client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={"Accept": "application/json", **(headers or {})},
+            timeout=TIMEOUTS,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self.client.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        endpoint: str,
+        *,
+        ok: tuple[int, ...] = (200, 201),
+        passthrough: tuple[int, ...] = (),
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """Send; return the response for ``ok`` and ``passthrough`` statuses, else raise.
+
+        ``passthrough`` statuses (e.g. a 404 meaning "not found", a 400 duplicate) are
+        returned for the caller to interpret; anything else becomes RetryLater or Permanent.
+        """
+        started = time.perf_counter()
+        status = "error"
+        try:
+            response = await self.client.request(method, path, **kwargs)
+            status = str(response.status_code)
+        except httpx.TimeoutException as exc:
+            raise RetryLater(None, f"{self.vendor} timeout: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            raise RetryLater(None, f"{self.vendor} unreachable: {type(exc).__name__}") from exc
+        finally:
+            elapsed = time.perf_counter() - started
+            VENDOR_REQUESTS.labels(self.vendor, endpoint, status).inc()
+            VENDOR_DURATION.labels(self.vendor, endpoint).observe(elapsed)
+            log.info("vendor_call", vendor=self.vendor, method=method, endpoint=endpoint,
+                     status=status, duration_ms=round(elapsed * 1000, 1))
+        code = response.status_code
+        if code in ok or code in passthrough:
+            return response
+        url = redact_url(str(response.request.url))
+        if code == 429:
+            raise RetryLater(retry_delay(response.headers), f"{self.vendor} 429 at {endpoint}")
+        if code >= 500 or code in RETRYABLE_STATUS:
+            raise RetryLater(None, f"{self.vendor} {code} at {endpoint}")
+        body = parse_body(response)
+        raise Permanent(f"{self.vendor} {code} at {endpoint}: {_short(body)}") from VendorError(
+            self.vendor, code, body, url
+        )
+
+
+def _short(body: Any) -> str:
+    text = body if isinstance(body, str) else str(body.get("message", body)) if isinstance(body, dict) else str(body)
+    return text[:200]

@@ -1,0 +1,274 @@
+"""Per-consumer event state and the delivery loop every sync consumer shares.
+
+For each message: make sure the event's row exists (permanent dedupe: a duplicate outside
+the stream window is acked and not processed), refuse quarantined events, claim the
+consumer's ``event_deliveries`` row (a finished delivery is never re-run), run the rule,
+then record the outcome and the event's aggregate status *before* acking (spec/inbound.md
+§4.2, spec/outbound.md §0.1). Errors decide delivery (STYLE.md §4): RetryLater → nak with
+the delay (error, or dead once the budget is spent), Permanent → dead and terminate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from nats.aio.msg import Msg
+from prometheus_client import Counter, Histogram
+from pydantic import ValidationError
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts.envelope import WebhookEvent
+from contracts.streams import CONSUMERS, RECORDER, ConsumerSpec
+from services.common.db.models import EVENT_TABLES, EventDelivery
+from services.common.errors import Permanent, RetryLater
+from services.common.events import row_for
+from services.common.logging import get_logger
+from services.common.settings import Settings
+
+log = get_logger(__name__)
+
+OutcomeName = Literal["applied", "skipped", "ignored", "echo"]
+EVENTS = Counter("dfm_events_total", "Event outcomes per consumer",
+                 ["consumer", "canonical_type", "status", "outcome"])
+PROCESSING = Histogram("dfm_event_processing_duration_seconds", "Rule duration",
+                       ["consumer", "canonical_type"])
+ATTEMPTS = Histogram("dfm_event_attempts", "Attempts an event needed", ["consumer"],
+                     buckets=(1, 2, 3, 5, 8, 11, 20))
+MALFORMED = Counter("dfm_malformed_messages_total", "Stream messages that are not envelopes",
+                    ["consumer"])
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a rule did: ``applied``, ``skipped``, ``ignored`` or ``echo`` (with a reason)."""
+
+    outcome: OutcomeName
+    reason: str | None = None
+
+
+Rule = Callable[[WebhookEvent, int], Awaitable[Outcome]]
+
+
+def event_table(event: WebhookEvent) -> str:
+    """Which event table holds ``event``: webhook, texting or broadcast."""
+    return {"texting": "texting", "broadcast": "broadcast"}.get(event.source.value, "webhook")
+
+
+def _matches(pattern: str, subject: str) -> bool:
+    p, s = pattern.split("."), subject.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return len(s) > i
+        if i >= len(s) or (token != "*" and token != s[i]):
+            return False
+    return len(p) == len(s)
+
+
+def expected_consumers(subject: str) -> list[str]:
+    """The consumers (recorder excluded) whose filters take ``subject``."""
+    return [
+        spec.durable for spec in CONSUMERS
+        if spec is not RECORDER and any(_matches(f, subject) for f in spec.filter_subjects)
+    ]
+
+
+def aggregate(statuses: list[str]) -> str:
+    """Event status from its deliveries (spec/inbound.md §4.2)."""
+    if not statuses:
+        return "pending"
+    for status in ("dead", "error", "processing", "pending"):
+        if status in statuses:
+            return status
+    return "done"
+
+
+class DeliveryLedger:
+    """Reads and writes ``event_deliveries`` and the event's own row for one consumer."""
+
+    def __init__(self, engine: AsyncEngine, consumer: str, settings: Settings) -> None:
+        self._engine = engine
+        self.consumer = consumer
+        self._settings = settings
+
+    async def begin(self, event: WebhookEvent, stream_seq: int | None) -> int | None:
+        """Claim this consumer's delivery; the attempt number, or None to skip (ack)."""
+        table_name = event_table(event)
+        table, values = row_for(event, stream_seq, self._settings.default_phone_region)
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                insert(table).values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"])
+            )
+            row = (
+                await conn.execute(
+                    select(table.id, table.status).where(table.dedupe_key == event.dedupe_key)
+                )
+            ).one()
+            if row.id != event.event_id:
+                log.info("duplicate_event_skipped", event_id=str(event.event_id), first_id=str(row.id))
+                return None
+            if row.status == "quarantined" or event.outcome_hint:
+                return None
+            claimed = (
+                await conn.execute(
+                    insert(EventDelivery)
+                    .values(event_id=event.event_id, consumer=self.consumer, event_table=table_name,
+                            status="processing", attempts=1, claimed_at=datetime.now(UTC))
+                    .on_conflict_do_update(
+                        index_elements=["event_id", "consumer"],
+                        set_={"status": "processing", "attempts": EventDelivery.attempts + 1,
+                              "claimed_at": datetime.now(UTC), "updated_at": datetime.now(UTC)},
+                        where=EventDelivery.status.in_(("pending", "processing", "error")),
+                    )
+                    .returning(EventDelivery.attempts)
+                )
+            ).scalar_one_or_none()
+            if claimed is None:
+                return None
+            await self._aggregate(conn, event, table)
+        return int(claimed)
+
+    async def finish(
+        self,
+        event: WebhookEvent,
+        status: str,
+        *,
+        outcome: Outcome | None = None,
+        error: str | None = None,
+        next_attempt_at: datetime | None = None,
+        refund_attempt: bool = False,
+    ) -> None:
+        """Record the delivery's end state and the event's aggregate, in one transaction."""
+        table = EVENT_TABLES[event_table(event)]
+        values: dict[str, Any] = {
+            "status": status, "updated_at": datetime.now(UTC), "next_attempt_at": next_attempt_at,
+            "outcome": outcome.outcome if outcome else None,
+            "outcome_reason": outcome.reason if outcome else None,
+        }
+        if error is not None:
+            values["last_error"] = error[:2000]
+        if refund_attempt:
+            values["attempts"] = EventDelivery.attempts - 1
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(EventDelivery)
+                .where(EventDelivery.event_id == event.event_id, EventDelivery.consumer == self.consumer)
+                .values(**values)
+            )
+            await self._aggregate(conn, event, table, error=error, next_attempt_at=next_attempt_at)
+
+    async def _aggregate(self, conn: Any, event: WebhookEvent, table: Any, *,
+                         error: str | None = None, next_attempt_at: datetime | None = None) -> None:
+        current = (
+            await conn.execute(select(table.status).where(table.id == event.event_id).with_for_update())
+        ).scalar_one_or_none()
+        if current is None or current == "quarantined":
+            return
+        rows = (
+            await conn.execute(
+                select(EventDelivery.consumer, EventDelivery.status, EventDelivery.outcome,
+                       EventDelivery.outcome_reason, EventDelivery.attempts)
+                .where(EventDelivery.event_id == event.event_id)
+            )
+        ).all()
+        by_consumer = {r.consumer: r for r in rows}
+        statuses = [by_consumer[c].status if c in by_consumer else "pending"
+                    for c in expected_consumers(event.subject)] or [r.status for r in rows]
+        status = aggregate(statuses)
+        values: dict[str, Any] = {"status": status,
+                                  "attempts": max((r.attempts for r in rows), default=0)}
+        if status == "done":
+            outcomes = [r.outcome for r in rows if r.outcome]
+            best = next((o for o in ("applied", "echo", "skipped", "ignored") if o in outcomes), None)
+            reasons = [r.outcome_reason for r in rows if r.outcome == best and r.outcome_reason]
+            values.update(outcome=best, outcome_reason=reasons[0] if reasons else None,
+                          processed_at=datetime.now(UTC), error_message=None, next_attempt_at=None)
+        elif status == "processing":
+            values["claimed_at"] = datetime.now(UTC)
+        elif status in ("error", "dead") and error:
+            values.update(error_message=error[:2000], last_error_at=datetime.now(UTC),
+                          next_attempt_at=next_attempt_at)
+        await conn.execute(update(table).where(table.id == event.event_id).values(**values))
+
+
+def backoff_delay(settings: Settings, attempt: int) -> float:
+    """``min(base · 2^(n−1), max)`` with ±20 % jitter, n = attempts made (spec §4.3)."""
+    base = settings.retry_base_delay_s * (2 ** max(0, attempt - 1))
+    return min(base, settings.retry_max_delay_s) * random.uniform(0.8, 1.2)
+
+
+class EventConsumer:
+    """Runs ``rule`` for every message of one durable consumer, with the ledger around it."""
+
+    def __init__(self, settings: Settings, spec: ConsumerSpec, engine: AsyncEngine, rule: Rule) -> None:
+        self._settings = settings
+        self._spec = spec
+        self._rule = rule
+        self.ledger = DeliveryLedger(engine, spec.durable, settings)
+
+    async def handle_batch(self, msgs: list[Msg]) -> None:
+        """Process a fetched batch concurrently (rules serialise per contact themselves)."""
+        await asyncio.gather(*(self.handle(msg) for msg in msgs))
+
+    async def handle(self, msg: Msg) -> None:
+        """One message, end to end."""
+        try:
+            event = WebhookEvent.from_bytes(msg.data)
+        except (ValidationError, ValueError) as exc:
+            MALFORMED.labels(self._spec.durable).inc()
+            log.error("malformed_message_terminated", consumer=self._spec.durable,
+                      subject=msg.subject, error=str(exc).splitlines()[0])
+            await msg.term()
+            return
+        seq = msg.metadata.sequence.stream if msg.metadata else None
+        attempt = await self.ledger.begin(event, seq)
+        if attempt is None:
+            await msg.ack()
+            return
+        bound = {"event_id": str(event.event_id), "consumer": self._spec.durable,
+                 "canonical_type": event.canonical_type, "subject": event.subject}
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            outcome = await self._rule(event, attempt)
+        except RetryLater as exc:
+            await self._retry(msg, event, attempt, exc, bound)
+        except Permanent as exc:
+            log.warning("event_dead", reason=exc.reason, attempt=attempt, **bound)
+            await self.ledger.finish(event, "dead", error=exc.reason)
+            EVENTS.labels(self._spec.durable, event.canonical_type, "dead", "").inc()
+            await msg.term()
+        except Exception as exc:  # an unexpected bug: retried with back-off, then dead
+            log.exception("rule_failed", attempt=attempt, **bound)
+            await self._retry(msg, event, attempt, RetryLater(None, f"{type(exc).__name__}: {exc}"), bound)
+        else:
+            await self.ledger.finish(event, "done", outcome=outcome)
+            PROCESSING.labels(self._spec.durable, event.canonical_type).observe(loop.time() - started)
+            ATTEMPTS.labels(self._spec.durable).observe(attempt)
+            EVENTS.labels(self._spec.durable, event.canonical_type, "done", outcome.outcome).inc()
+            log.info("event_done", outcome=outcome.outcome, reason=outcome.reason, attempt=attempt, **bound)
+            await msg.ack()
+
+    async def _retry(self, msg: Msg, event: WebhookEvent, attempt: int, exc: RetryLater,
+                     bound: dict[str, Any]) -> None:
+        if exc.counts_as_attempt and attempt >= self._settings.retry_max_attempts:
+            log.warning("event_dead", reason=f"retry budget spent: {exc.reason}", attempt=attempt, **bound)
+            await self.ledger.finish(event, "dead", error=f"retry budget spent: {exc.reason}")
+            EVENTS.labels(self._spec.durable, event.canonical_type, "dead", "").inc()
+            await msg.term()
+            return
+        delay = exc.delay if exc.delay is not None else backoff_delay(self._settings, attempt)
+        await self.ledger.finish(
+            event, "error", error=exc.reason,
+            next_attempt_at=datetime.now(UTC) + timedelta(seconds=delay),
+            refund_attempt=not exc.counts_as_attempt,
+        )
+        log.info("event_retry", reason=exc.reason, delay_s=round(delay, 2), attempt=attempt, **bound)
+        await msg.nak(delay=delay)
+

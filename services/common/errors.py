@@ -1,0 +1,28 @@
+"""The two error families that decide delivery (STYLE.md §4)."""
+
+from __future__ import annotations
+
+
+class RetryLater(Exception):
+    """Try again after ``delay`` seconds (429, 5xx, timeouts, empty rate budget).
+
+    ``counts_as_attempt`` is False when the delay is our own rate budget's doing
+    (spec/inbound.md §4.3: that must not spend the retry budget).
+    """
+
+    def __init__(
+        self, delay: float | None, reason: str, *, counts_as_attempt: bool = True
+    ) -> None:
+        super().__init__(reason)
+        # None: use the retry policy's back-off (RETRY_BASE_DELAY_S doubling, capped)
+        self.delay = None if delay is None else max(0.0, delay)
+        self.reason = reason
+        self.counts_as_attempt = counts_as_attempt
+
+
+class Permanent(Exception):
+    """Retrying cannot help (4xx that is not transient, invalid payload): terminate and record."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -1,0 +1,123 @@
+"""Database side of the sync rules: per-contact locks, mappings, echo ledger, sync_log."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.common.db.models import ContactMapping, OutboundWrite, SyncLog
+from services.common.errors import Permanent
+
+
+async def lock_contact(conn: AsyncConnection, key: str) -> None:
+    """Serialise every rule touching this contact until the transaction ends (spec §0.1)."""
+    await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "contact:" + key})
+
+
+def contact_lock_key(phone: str | None, ghl_id: str | None = None, aloware_id: str | None = None) -> str:
+    """E.164 phone if known, else ``ghl:<id>``, else ``aloware:<id>``."""
+    if phone:
+        return phone
+    if ghl_id:
+        return f"ghl:{ghl_id}"
+    return f"aloware:{aloware_id}"
+
+
+async def mapping_by_aloware(conn: AsyncConnection, aloware_id: str) -> Any:
+    return (await conn.execute(select(ContactMapping).where(ContactMapping.aloware_contact_id == aloware_id))).first()
+
+
+async def mapping_by_ghl(conn: AsyncConnection, ghl_id: str) -> Any:
+    return (await conn.execute(select(ContactMapping).where(ContactMapping.ghl_contact_id == ghl_id))).first()
+
+
+async def drop_mapping(conn: AsyncConnection, ghl_id: str) -> None:
+    await conn.execute(delete(ContactMapping).where(ContactMapping.ghl_contact_id == ghl_id))
+
+
+async def upsert_mapping(
+    conn: AsyncConnection,
+    *,
+    ghl_id: str,
+    aloware_id: str | None,
+    phone: str | None,
+    email: str | None,
+    direction: str,
+    aloware_event_at: datetime | None = None,
+    ghl_event_at: datetime | None = None,
+) -> None:
+    """CA-7/CG-7: upsert on the GHL id; a different non-null Aloware id is a conflict."""
+    existing = await mapping_by_ghl(conn, ghl_id)
+    if existing and aloware_id and existing.aloware_contact_id not in (None, aloware_id):
+        raise Permanent(
+            f"mapping_conflict: GHL {ghl_id} is mapped to Aloware {existing.aloware_contact_id}, not {aloware_id}"
+        )
+    now = datetime.now(UTC)
+    values: dict[str, Any] = {"last_synced_at": now, "updated_at": now}
+    if aloware_id:
+        values["aloware_contact_id"] = aloware_id
+    if phone:
+        values["phone_number"] = phone
+    if email:
+        values["email"] = email.lower()
+    if aloware_event_at:
+        values["aloware_event_at"] = aloware_event_at
+    if ghl_event_at:
+        values["ghl_event_at"] = ghl_event_at
+    await conn.execute(
+        pg_insert(ContactMapping)
+        .values(ghl_contact_id=ghl_id, sync_direction=direction, **values)
+        .on_conflict_do_update(index_elements=["ghl_contact_id"], set_=values)
+    )
+
+
+async def record_write(conn: AsyncConnection, system: str, entity_id: str, field_hash: str) -> None:
+    """LP-1: remember our own write so its webhook echo is recognised."""
+    await conn.execute(insert(OutboundWrite).values(system=system, entity_id=entity_id, field_hash=field_hash))
+
+
+async def is_echo(conn: AsyncConnection, system: str, entity_id: str, field_hash: str, window_s: int) -> bool:
+    """True when we wrote exactly this projection of this record within the window."""
+    since = datetime.now(UTC) - timedelta(seconds=window_s)
+    found = await conn.scalar(
+        select(func.count()).select_from(OutboundWrite).where(
+            OutboundWrite.system == system, OutboundWrite.entity_id == entity_id,
+            OutboundWrite.field_hash == field_hash, OutboundWrite.written_at >= since,
+        )
+    )
+    return bool(found)
+
+
+async def log_sync(
+    conn: AsyncConnection,
+    *,
+    direction: str,
+    entity_type: str,
+    source_id: str,
+    status: str,
+    started_at: datetime,
+    correlation_id: str,
+    rule: str,
+    attempt: int,
+    target_id: str | None = None,
+    message: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """One ``sync_log`` row per rule execution (spec/outbound.md §0.3)."""
+    await conn.execute(
+        insert(SyncLog).values(
+            direction=direction, entity_type=entity_type, entity_id=source_id, source_id=source_id,
+            target_id=target_id, status=status, started_at=started_at, finished_at=datetime.now(UTC),
+            error_message=message, correlation_id=correlation_id, rule=rule, attempt=attempt,
+            details=details,
+        )
+    )
+
+
+async def mark_mapping_synced(conn: AsyncConnection, ghl_id: str) -> None:
+    await conn.execute(update(ContactMapping).where(ContactMapping.ghl_contact_id == ghl_id)
+                       .values(last_synced_at=datetime.now(UTC)))

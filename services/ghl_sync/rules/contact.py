@@ -1,0 +1,57 @@
+"""Rules CA (spec/outbound.md §1.2): Aloware contact → GHL contact, as pure planners."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from services.common.sync.contact import GHL_NAMES, CanonicalContact
+from services.common.sync.merge import changed_fields, target_for_ghl
+
+
+@dataclass(frozen=True)
+class CustomFieldIds:
+    """GHL custom-field ids for CA-6 (unset → not written)."""
+
+    aloware_contact_id: str | None = None
+    lead_source: str | None = None
+    intake_source: str | None = None
+
+
+def custom_fields(ids: CustomFieldIds, aloware_id: str, lead_source: str | None,
+                  intake_source: str | None) -> list[dict[str, str]]:
+    """CA-6 in GHL's array form."""
+    out = []
+    for field_id, value in ((ids.aloware_contact_id, aloware_id), (ids.lead_source, lead_source),
+                            (ids.intake_source, intake_source)):
+        if field_id and value:
+            out.append({"id": field_id, "field_value": value})
+    return out
+
+
+def create_fields(incoming: CanonicalContact, disposition: str | None,
+                  customs: list[dict[str, str]]) -> dict[str, Any]:
+    """CA-3 body (table 1.4.1) without ``locationId``, which the client adds."""
+    body: dict[str, Any] = {GHL_NAMES[k]: v for k, v in _fields(incoming).items() if v}
+    body["source"] = "aloware"
+    if disposition:
+        body["tags"] = [disposition]
+    if customs:
+        body["customFields"] = customs
+    return body
+
+
+def update_fields(current: CanonicalContact, incoming: CanonicalContact, mode: str) -> dict[str, Any]:
+    """CA-4: only the fields that differ under the source-of-truth mode; never tags/notes."""
+    target = target_for_ghl(current, incoming, mode)
+    return {GHL_NAMES[k]: v for k, v in changed_fields(current, target).items()}
+
+
+def missing_tags(current_tags: tuple[str, ...] | list[str], wanted: list[str]) -> list[str]:
+    """CA-5/LP-2: tags to add, compared case-insensitively (GHL lower-cases tags ⚠)."""
+    have = {t.lower() for t in current_tags}
+    return [t for t in wanted if t and t.lower() not in have]
+
+
+def _fields(contact: CanonicalContact) -> dict[str, Any]:
+    return {k: getattr(contact, k) for k in GHL_NAMES}

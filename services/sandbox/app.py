@@ -1,0 +1,387 @@
+"""Sandbox vendors: stateful fake GHL and Aloware served over real HTTP (`dfm run sandbox`).
+
+The fake GHL enforces the bearer token, the per-endpoint ``Version`` header, 100 requests /
+10 s per location with the real ``X-RateLimit-*`` headers and 429, and validates every
+request against GHL's OpenAPI (422 when invalid). The fake Aloware checks ``api_token``.
+Both record every call, accept injected faults through ``/_sandbox/faults``, and after each
+write emit the webhook the real vendor would send to ``DFM_SANDBOX_WEBHOOK_URL`` (the
+ingress), signed like the real sender, so echo suppression is tested end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from services.common.logging import get_logger
+from services.common.phone import to_e164
+from services.common.settings import Settings
+from services.common.signing import basic_auth, ghl_ed25519_signature, load_private_key
+from services.sandbox.openapi_check import GhlOpenApi
+
+log = get_logger(__name__)
+GHL_PREFIX = "/ghl"
+ALOWARE_PREFIX = "/aloware/api/v1"
+
+
+@dataclass
+class Fault:
+    """An injected failure for the next ``count`` matching calls."""
+
+    vendor: str
+    count: int
+    status: int | None = None
+    latency_ms: int = 0
+    path_contains: str = ""
+    retry_after: int | None = None
+
+
+@dataclass
+class SandboxState:
+    """Everything the fakes hold; reset by ``POST /_sandbox/reset``."""
+
+    ghl_contacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ghl_notes: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: collections.defaultdict(list))
+    aloware_contacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    ghl_window: dict[str, collections.deque[float]] = field(
+        default_factory=lambda: collections.defaultdict(collections.deque)
+    )
+    aloware_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(7_100_001))
+
+
+class Sandbox:
+    """The fake vendors' behaviour, independent of routing."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state = SandboxState()
+        self.openapi = GhlOpenApi()
+        self.ghl_token = settings.ghl_api_key.get_secret_value() if settings.ghl_api_key else "sandbox-ghl-key"
+        self.aloware_token = (
+            settings.aloware_api_token.get_secret_value() if settings.aloware_api_token else "sandbox-aloware-token"
+        )
+        self.rate_limit = 100
+        self.webhook_url = settings.dfm_sandbox_webhook_url
+        self._signing_key = (
+            load_private_key(Path(settings.dfm_ghl_signing_key_file))
+            if settings.dfm_ghl_signing_key_file else None
+        )
+        self._client: httpx.AsyncClient | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+
+    # --- plumbing -----------------------------------------------------------------------
+    async def start(self) -> None:
+        self._client = httpx.AsyncClient(timeout=10)
+
+    async def stop(self) -> None:
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+
+    def record(self, vendor: str, method: str, path: str, status: int, body: Any, query: dict[str, str]) -> None:
+        self.state.calls.append({"vendor": vendor, "method": method, "path": path, "status": status,
+                                 "body": body, "query": query, "at": time.time()})
+
+    async def fault_for(self, vendor: str, path: str) -> Fault | None:
+        for fault in self.state.faults:
+            if fault.vendor == vendor and fault.path_contains in path and fault.count > 0:
+                fault.count -= 1
+                if fault.latency_ms:
+                    await asyncio.sleep(fault.latency_ms / 1000)
+                return fault if fault.status else None
+        return None
+
+    def emit(self, path: str, headers: dict[str, str], body: bytes) -> None:
+        """POST a webhook to the ingress in the background (like the vendor would)."""
+        if not self.webhook_url or self._client is None:
+            return
+        task = asyncio.create_task(self._post(path, headers, body))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _post(self, path: str, headers: dict[str, str], body: bytes) -> None:
+        assert self._client is not None
+        try:
+            await self._client.post(self.webhook_url.rstrip("/") + path, content=body,
+                                    headers={"content-type": "application/json", **headers})
+        except httpx.HTTPError as exc:
+            log.warning("sandbox_webhook_failed", error=type(exc).__name__)
+
+    # --- GHL ------------------------------------------------------------------------------
+    def ghl_rate_headers(self, location: str) -> dict[str, str]:
+        window = self.state.ghl_window[location]
+        now = time.monotonic()
+        while window and window[0] <= now - 10:
+            window.popleft()
+        return {
+            "X-RateLimit-Limit-Daily": "200000",
+            "X-RateLimit-Daily-Remaining": "199000",
+            "X-RateLimit-Interval-Milliseconds": "10000",
+            "X-RateLimit-Max": str(self.rate_limit),
+            "X-RateLimit-Remaining": str(max(0, self.rate_limit - len(window))),
+        }
+
+    def ghl_webhook(self, kind: str, contact: dict[str, Any]) -> None:
+        if self._signing_key is None:
+            return
+        body = json.dumps({
+            "type": kind, "locationId": contact.get("locationId"), **contact,
+            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "webhookId": str(uuid.uuid4()),
+        }).encode()
+        self.emit("/api/webhooks/ghl", {"x-ghl-signature": ghl_ed25519_signature(self._signing_key, body)}, body)
+
+    def ghl_find(self, *, phone: str | None = None, email: str | None = None) -> dict[str, Any] | None:
+        for contact in self.state.ghl_contacts.values():
+            if phone and contact.get("phone") == phone:
+                return contact
+            if email and (contact.get("email") or "").lower() == email.lower():
+                return contact
+        return None
+
+    # --- Aloware ------------------------------------------------------------------------
+    def aloware_find(self, phone: str) -> dict[str, Any] | None:
+        for contact in self.state.aloware_contacts.values():
+            if contact.get("phone_number") == phone:
+                return contact
+        return None
+
+    def aloware_webhook(self, event: str, contact: dict[str, Any]) -> None:
+        user = self.settings.aloware_webhook_basic_user
+        passwords = self.settings.aloware_webhook_basic_pass
+        if not user or not passwords:
+            return
+        body = json.dumps({"event": event, "body": contact}).encode()
+        self.emit("/api/webhooks/aloware",
+                  {"authorization": basic_auth(user, passwords[0].get_secret_value())}, body)
+
+
+GHL_CONTACT_FIELDS = (
+    "firstName", "lastName", "name", "email", "phone", "address1", "city", "state", "postalCode",
+    "website", "timezone", "dnd", "dndSettings", "source", "dateOfBirth", "country",
+    "companyName", "assignedTo",
+)
+ALOWARE_FIELDS = ("first_name", "last_name", "name", "email", "timezone", "country", "state",
+                  "city", "lead_source", "intake_source")
+
+
+def create_sandbox_app(settings: Settings) -> FastAPI:
+    """The fakes as one ASGI app: GHL under /ghl, Aloware under /aloware/api/v1."""
+    sandbox = Sandbox(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await sandbox.start()
+        yield
+        await sandbox.stop()
+
+    app = FastAPI(title="DF-Middleware sandbox vendors", lifespan=lifespan)
+    app.state.sandbox = sandbox
+
+    # --- admin ----------------------------------------------------------------------------
+    @app.get("/_sandbox/calls")
+    async def calls(vendor: str | None = None) -> JSONResponse:
+        found = [c for c in sandbox.state.calls if vendor in (None, c["vendor"])]
+        return JSONResponse(found)
+
+    @app.post("/_sandbox/faults")
+    async def faults(request: Request) -> JSONResponse:
+        spec = await request.json()
+        sandbox.state.faults.append(Fault(**spec))
+        return JSONResponse({"ok": True})
+
+    @app.post("/_sandbox/reset")
+    async def reset() -> JSONResponse:
+        sandbox.state = SandboxState()
+        return JSONResponse({"ok": True})
+
+    @app.get("/_sandbox/ghl/contacts")
+    async def ghl_contacts() -> JSONResponse:
+        return JSONResponse(list(sandbox.state.ghl_contacts.values()))
+
+    @app.get("/_sandbox/aloware/contacts")
+    async def aloware_contacts() -> JSONResponse:
+        return JSONResponse(list(sandbox.state.aloware_contacts.values()))
+
+    @app.post("/_sandbox/rate-limit")
+    async def set_rate_limit(request: Request) -> JSONResponse:
+        sandbox.rate_limit = int((await request.json())["per_10s"])
+        return JSONResponse({"ok": True})
+
+    # --- fake GHL -----------------------------------------------------------------------
+    @app.api_route(GHL_PREFIX + "/{path:path}", methods=["GET", "POST", "PUT", "DELETE"])
+    async def ghl(path: str, request: Request) -> Response:
+        method, rel = request.method, "/" + path
+        raw = await request.body()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = "<invalid json>"
+        query = dict(request.query_params)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        location = query.get("locationId") or (body.get("locationId") if isinstance(body, dict) else None) \
+            or settings.ghl_location_id or "sandbox-location"
+
+        def answer(status: int, payload: Any, extra: dict[str, str] | None = None) -> JSONResponse:
+            sandbox.record("ghl", method, rel, status, body, query)
+            return JSONResponse(payload, status_code=status,
+                                headers={**sandbox.ghl_rate_headers(location), **(extra or {})})
+
+        if headers.get("authorization") != f"Bearer {sandbox.ghl_token}":
+            return answer(401, {"statusCode": 401, "message": "Invalid JWT"})
+        window = sandbox.state.ghl_window[location]
+        sandbox.ghl_rate_headers(location)  # drops expired entries
+        if len(window) >= sandbox.rate_limit:
+            return answer(429, {"statusCode": 429, "message": "Too Many Requests"})
+        window.append(time.monotonic())
+        fault = await sandbox.fault_for("ghl", rel)
+        if fault is not None:
+            extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else None
+            return answer(fault.status or 500, {"statusCode": fault.status, "message": "injected"}, extra)
+        problems = sandbox.openapi.problems(method, rel, headers, query, body)
+        if problems:
+            log.error("sandbox_invalid_request", vendor="ghl", method=method, path=rel, problems=problems)
+            return answer(422, {"statusCode": 422, "message": problems, "error": "Unprocessable Entity"})
+        return answer(*_ghl_route(sandbox, method, rel, query, body, location))
+
+    # --- fake Aloware ---------------------------------------------------------------------
+    @app.api_route(ALOWARE_PREFIX + "/{path:path}", methods=["GET", "POST"])
+    async def aloware(path: str, request: Request) -> Response:
+        method, rel = request.method, "/" + path
+        raw = await request.body()
+        body = json.loads(raw) if raw else {}
+        query = dict(request.query_params)
+
+        def answer(status: int, payload: Any) -> JSONResponse:
+            sandbox.record("aloware", method, rel, status, {k: v for k, v in body.items() if k != "api_token"},
+                           {k: v for k, v in query.items() if k != "api_token"})
+            return JSONResponse(payload, status_code=status)
+
+        token = query.get("api_token") if method == "GET" else body.get("api_token")
+        if token != sandbox.aloware_token:
+            return answer(401, {"error": "Unauthenticated."})
+        fault = await sandbox.fault_for("aloware", rel)
+        if fault is not None:
+            return answer(fault.status or 500, {"error": "injected"})
+        return answer(*_aloware_route(sandbox, method, rel, query, body))
+
+    return app
+
+
+def _ghl_route(sandbox: Sandbox, method: str, path: str, query: dict[str, str], body: Any,
+               location: str) -> tuple[int, Any]:
+    state = sandbox.state
+    parts = [p for p in path.split("/") if p]
+    if parts == ["contacts", "search", "duplicate"]:
+        phone = to_e164(query.get("number")) if query.get("number") else None
+        return 200, {"contact": sandbox.ghl_find(phone=phone, email=query.get("email"))}
+    if parts == ["contacts"] and method == "POST":
+        phone = to_e164(body.get("phone")) if body.get("phone") else None
+        existing = sandbox.ghl_find(phone=phone, email=body.get("email"))
+        if existing:
+            return 400, {"statusCode": 400, "message": "This location does not allow duplicated contacts.",
+                         "meta": {"contactId": existing["id"], "contactName": existing.get("firstName"),
+                                  "matchingField": "phone" if phone else "email"}}
+        contact_id = "sbx" + uuid.uuid4().hex[:17]
+        contact = {"id": contact_id, "locationId": location,
+                   **{k: body[k] for k in GHL_CONTACT_FIELDS if k in body},
+                   "tags": [t.lower() for t in body.get("tags", [])],
+                   "customFields": [{"id": f["id"], "value": f.get("field_value", f.get("value"))}
+                                    for f in body.get("customFields", []) if isinstance(f, dict) and "id" in f],
+                   "dateAdded": datetime.now(UTC).isoformat(), "dateUpdated": datetime.now(UTC).isoformat()}
+        if phone:
+            contact["phone"] = phone
+        state.ghl_contacts[contact_id] = contact
+        sandbox.ghl_webhook("ContactCreate", contact)
+        return 201, {"contact": contact}
+    if len(parts) >= 2 and parts[0] == "contacts":
+        contact = state.ghl_contacts.get(parts[1])
+        if contact is None:
+            return 404, {"statusCode": 404, "message": "Contact not found"}
+        if len(parts) == 2 and method == "GET":
+            return 200, {"contact": contact}
+        if len(parts) == 2 and method == "PUT":
+            changed = False
+            for key in GHL_CONTACT_FIELDS:
+                if key in body and contact.get(key) != body[key]:
+                    contact[key] = to_e164(body[key]) if key == "phone" else body[key]
+                    changed = True
+            if changed:
+                contact["dateUpdated"] = datetime.now(UTC).isoformat()
+                sandbox.ghl_webhook("ContactUpdate", contact)
+            return 200, {"succeded": True, "contact": contact}
+        if len(parts) == 2 and method == "DELETE":
+            del state.ghl_contacts[parts[1]]
+            sandbox.ghl_webhook("ContactDelete", contact)
+            return 200, {"succeded": True}
+        if parts[2:] == ["tags"]:
+            tags = [t.lower() for t in body["tags"]]
+            before = list(contact.get("tags", []))
+            if method == "POST":
+                contact["tags"] = before + [t for t in tags if t not in before]
+            else:
+                contact["tags"] = [t for t in before if t not in tags]
+            if contact["tags"] != before:
+                sandbox.ghl_webhook("ContactTagUpdate", contact)
+            return (201 if method == "POST" else 200), {"tags": contact["tags"]}
+        if parts[2:] == ["notes"] and method == "POST":
+            note = {"id": "note" + uuid.uuid4().hex[:16], "body": body["body"], "contactId": contact["id"],
+                    "dateAdded": datetime.now(UTC).isoformat()}
+            state.ghl_notes[contact["id"]].append(note)
+            return 201, {"note": note}
+    if parts == ["users"] and method == "GET":
+        return 200, {"users": [{"id": "sbxUserChris", "name": "Chris Rep", "email": "chris.rep@example.com"}]}
+    return 404, {"statusCode": 404, "message": f"sandbox has no {method} {path}"}
+
+
+def _aloware_route(sandbox: Sandbox, method: str, path: str, query: dict[str, str],
+                   body: dict[str, Any]) -> tuple[int, Any]:
+    state = sandbox.state
+    if path == "/webhook/contact/phone-number" and method == "GET":
+        phone = to_e164(query.get("phone_number"))
+        if phone is None:
+            return 400, {"error": "Phone number is empty or invalid."}
+        found = sandbox.aloware_find(phone)
+        return (200, found) if found else (404, {"error": "Contact not found."})
+    if path == "/webhook/forms" and method == "POST":
+        phone = to_e164(body.get("phone_number"))
+        if phone is None:
+            return 400, {"error": "Phone number is empty or invalid."}
+        existing = sandbox.aloware_find(phone)
+        if existing is None:
+            contact = {"id": str(next(state.aloware_ids)), "phone_number": phone, "tags": [],
+                       "is_dnc": False, **{k: body[k] for k in ALOWARE_FIELDS if body.get(k)},
+                       "updated_at": datetime.now(UTC).isoformat()}
+            state.aloware_contacts[contact["id"]] = contact
+            sandbox.aloware_webhook("Contact Created", contact)
+            return 200, {"message": "Lead created."}
+        if body.get("force_update"):
+            changed = False
+            for key in ALOWARE_FIELDS:
+                if body.get(key) and existing.get(key) != body[key]:
+                    existing[key] = body[key]
+                    changed = True
+            if changed:
+                existing["updated_at"] = datetime.now(UTC).isoformat()
+                sandbox.aloware_webhook("Contact Updated", existing)
+        return 200, {"message": "Lead updated."}
+    if path == "/webhook/users" and method == "GET":
+        return 200, [{"id": 3100, "name": "Chris Rep", "email": "chris.rep@example.com", "status": 1}]
+    return 404, {"error": f"sandbox has no {method} {path}"}
