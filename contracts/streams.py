@@ -30,7 +30,9 @@ class ConsumerSpec:
     description: str
     max_deliver: int = 11
     ack_wait_s: float = 60.0
-    backoff_s: tuple[float, ...] = field(default=(5, 30, 60, 120, 240, 480, 960, 1920, 3600, 3600))
+    # Redelivery schedule after ack-wait expiries. Sync consumers set none: with a BackOff
+    # list the server also applies it to NAKs, overriding the delay our retry policy asks for.
+    backoff_s: tuple[float, ...] = field(default=())
     max_ack_pending: int = 1000
 
 

@@ -56,12 +56,18 @@ class Keys:
 
 
 @asynccontextmanager
-async def running_ingress(settings: Settings) -> AsyncIterator[str]:
-    """Serve the ingress app on a free loopback port; yields its base URL."""
-    port = free_port()
+async def running_ingress(settings: Settings, port: int | None = None) -> AsyncIterator[str]:
+    """Serve the ingress app on loopback (``port`` or a free one); yields its base URL."""
+    async with serving(create_asgi(settings), "/api/health", port=port) as base:
+        yield base
+
+
+@asynccontextmanager
+async def serving(app: Any, ready_path: str, port: int | None = None) -> AsyncIterator[str]:
+    """Serve an ASGI app on loopback until the block ends; waits for ``ready_path`` → 200."""
+    port = port or free_port()
     config = uvicorn.Config(
-        create_asgi(settings), host="127.0.0.1", port=port, log_level="error",
-        lifespan="on", access_log=False,
+        app, host="127.0.0.1", port=port, log_level="error", lifespan="on", access_log=False,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -73,7 +79,7 @@ async def running_ingress(settings: Settings) -> AsyncIterator[str]:
     base = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient(base_url=base, timeout=10) as client:
         async with asyncio.timeout(20):
-            while (await client.get("/api/health")).status_code != 200:
+            while (await client.get(ready_path)).status_code != 200:
                 await asyncio.sleep(0.05)
     try:
         yield base
@@ -87,7 +93,7 @@ async def running_recorder(settings: Settings) -> AsyncIterator[Recorder]:
     """The recorder consumer in this process."""
     engine = create_engine(settings, pool_size=2)
     recorder = Recorder(engine)
-    consumer = PullConsumer(settings, RECORDER, recorder.handle, batch=200, fetch_timeout=0.2)
+    consumer = PullConsumer(settings, RECORDER, recorder.handle, batch=200, fetch_timeout=2.0)
     task = asyncio.create_task(consumer.run())
     async with asyncio.timeout(20):
         await consumer.ready.wait()

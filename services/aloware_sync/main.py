@@ -11,7 +11,7 @@ from services.clients.budget import RateBudget
 from services.clients.ghl import GhlClient
 from services.common.consumer import PullConsumer
 from services.common.db.session import create_engine
-from services.common.delivery import EventConsumer
+from services.common.delivery import EventConsumer, consumer_batch
 from services.common.runtime import on_termination
 from services.common.settings import Settings
 
@@ -27,7 +27,7 @@ async def serve(settings: Settings) -> None:
                             max_rps=settings.aloware_max_rps)
     rules = AlowareSync(settings, engine, ghl, aloware)
     consumer = EventConsumer(settings, ALOWARE_SYNC, engine, rules.handle)
-    loop = PullConsumer(settings, ALOWARE_SYNC, consumer.handle_batch, batch=8, fetch_timeout=1.0)
+    loop = PullConsumer(settings, ALOWARE_SYNC, consumer.handle_batch, workers=consumer_batch(settings))
     on_termination(asyncio.get_running_loop(), loop.stop)
     try:
         await loop.run()

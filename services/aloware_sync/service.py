@@ -55,8 +55,7 @@ class AlowareSync:
             async with self.engine.begin() as conn:
                 await store.log_sync(conn, status="skipped", rule="CG-2", message="no_phone_for_aloware", **common)
             return Outcome("skipped", "no_phone_for_aloware")
-        async with self.engine.begin() as conn:
-            await store.lock_contact(conn, store.contact_lock_key(ghl.phone, ghl_id=ghl_id))
+        async with store.contact_lock(self.engine, store.contact_lock_key(ghl.phone, ghl_id=ghl_id)) as conn:
             if await store.is_echo(conn, "ghl", ghl_id, ghl.projection_hash(), self.settings.echo_window_seconds):
                 await store.log_sync(conn, status="skipped", rule="LP-1", message="middleware-originated", **common)
                 return Outcome("echo", "middleware-originated")

@@ -1,15 +1,22 @@
 """GHL's 100 requests / 10 s per location, held by all replicas together (invariant 6).
 
 Why PostgreSQL rather than NATS KV: every consumer already holds a database pool, the
-budget is small (≈8 requests/s), and a transaction with an advisory lock gives an exact
-sliding window across replicas in one round trip; KV would need compare-and-set retries
+budget is small (≈8 requests/s), and a transaction with an advisory lock gives a sliding
+window shared by all replicas in two short statements; KV would need compare-and-set retries
 under contention. Buckets are one second wide; a request is allowed when the sum over the
-last ``window_s`` buckets is below the limit. When the budget is empty the caller gets
-``RetryLater(counts_as_attempt=False)`` and the message is nak'ed with that delay.
+``window_s + 1`` buckets that can overlap the vendor's exact sliding window is below the
+limit, so the count can never exceed the vendor's (it errs by up to a second of headroom). When the budget is empty, a caller waits for
+it in-process as long as the total wait stays within ``max_wait_s`` (a rule half done keeps
+its progress, and the wait is far below the consumer's AckWait); beyond that it gets
+``RetryLater(counts_as_attempt=False)`` and the message is nak'ed with the delay. Failing
+fast on every empty budget would livelock: each attempt would spend budget on its first
+calls and be thrown away at a later one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 
 from sqlalchemy import text
@@ -23,7 +30,7 @@ _ACQUIRE = text(
     WITH used AS (
         SELECT coalesce(sum(count), 0) AS n, min(bucket) AS oldest
         FROM rate_budget_buckets
-        WHERE key = CAST(:key AS text) AND bucket > CAST(:now AS bigint) - CAST(:window AS bigint)
+        WHERE key = CAST(:key AS text) AND bucket >= CAST(:now AS bigint) - CAST(:window AS bigint)
     ),
     take AS (
         INSERT INTO rate_budget_buckets (key, bucket, count)
@@ -43,15 +50,29 @@ _PURGE = text(
 class RateBudget:
     """A shared sliding-window budget under ``key``."""
 
-    def __init__(self, engine: AsyncEngine, key: str, limit: int, window_s: int = 10) -> None:
+    def __init__(self, engine: AsyncEngine, key: str, limit: int, window_s: int = 10,
+                 max_wait_s: float | None = None) -> None:
         self._engine = engine
         self.key = key
         self.limit = limit
         self.window_s = window_s
+        self.max_wait_s = window_s * 1.5 if max_wait_s is None else max_wait_s
         self._last_purge = 0
 
     async def acquire(self) -> None:
-        """Take one request from the budget or raise ``RetryLater`` with the wait."""
+        """Take one request from the budget, waiting up to ``max_wait_s``, else RetryLater."""
+        waited = 0.0
+        while True:
+            delay = await self._try()
+            if delay is None:
+                return
+            if waited + delay > self.max_wait_s:
+                raise RetryLater(delay, f"rate budget {self.key} empty", counts_as_attempt=False)
+            await asyncio.sleep(delay + random.uniform(0, 0.25))  # a rate-limit wait, bounded
+            waited += delay
+
+    async def _try(self) -> float | None:
+        """None when a request was taken, else seconds until the window has room."""
         now = int(time.time())
         async with self._engine.begin() as conn:
             await conn.execute(_LOCK, {"key": self.key})
@@ -65,7 +86,6 @@ class RateBudget:
                 await conn.execute(_PURGE, {"key": self.key, "now": now})
                 self._last_purge = now
         if row.granted:
-            return
+            return None
         oldest = row.oldest if row.oldest is not None else now
-        delay = max(1.0, oldest + self.window_s - now)
-        raise RetryLater(delay, f"rate budget {self.key} empty", counts_as_attempt=False)
+        return float(max(1, oldest + self.window_s + 1 - now))

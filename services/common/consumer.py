@@ -1,8 +1,12 @@
 """A durable JetStream pull loop shared by every consumer service.
 
-Binds to a durable created by ``ensure_topology``, fetches batches, hands them to the
-service's handler and stops cleanly: on ``stop()`` it fetches nothing more, lets the batch
-in hand finish (the handler acks), then drains the connection.
+Binds to a durable created by ``ensure_topology`` and runs ``workers`` fetch loops, each
+fetching up to ``batch`` messages and handing them to the service's handler. Long fetch
+timeouts matter: nats-py lets a pull request expire 0.1 ms before the client stops
+waiting, and a message the server sends into that gap is only redelivered after the
+ack wait, so short polls would delay messages by seconds. On ``stop()`` no new fetch
+starts, a fetch in progress is abandoned, and the messages in hand finish (the handler
+acks them) before the connection closes.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
@@ -26,7 +31,7 @@ BatchHandler = Callable[[list[Msg]], Awaitable[None]]
 
 
 class PullConsumer:
-    """Runs ``handler`` over batches of the durable ``spec``."""
+    """Runs ``handler`` over messages of the durable ``spec``."""
 
     def __init__(
         self,
@@ -34,20 +39,22 @@ class PullConsumer:
         spec: ConsumerSpec,
         handler: BatchHandler,
         *,
-        batch: int = 100,
-        fetch_timeout: float = 1.0,
+        batch: int = 1,
+        workers: int = 1,
+        fetch_timeout: float = 5.0,
     ) -> None:
         self._settings = settings
         self._spec = spec
         self._handler = handler
         self._batch = batch
+        self._workers = workers
         self._fetch_timeout = fetch_timeout
         self._stopping = asyncio.Event()
         self._nc: NatsClient | None = None
         self.ready = asyncio.Event()
 
     def stop(self) -> None:
-        """Ask the loop to finish the batch in hand and return."""
+        """Ask the loops to finish the messages in hand and return."""
         self._stopping.set()
 
     async def run(self) -> None:
@@ -58,10 +65,28 @@ class PullConsumer:
             await ensure_topology(js, self._settings, consumers=(self._spec,))
             sub = await js.pull_subscribe_bind(self._spec.durable, stream=self._spec.stream)
             self.ready.set()
-            log.info("consumer_started", consumer=self._spec.durable)
+            log.info("consumer_started", consumer=self._spec.durable, workers=self._workers)
+            await asyncio.gather(*(self._work(sub) for _ in range(self._workers)))
+        finally:
+            with contextlib.suppress(Exception):
+                await self._nc.flush(timeout=2)
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+            log.info("consumer_stopped", consumer=self._spec.durable)
+
+    async def _work(self, sub: Any) -> None:
+        stopping = asyncio.create_task(self._stopping.wait())
+        try:
             while not self._stopping.is_set():
+                fetch = asyncio.create_task(sub.fetch(self._batch, timeout=self._fetch_timeout))
+                await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not fetch.done():
+                    fetch.cancel()
+                    with contextlib.suppress(BaseException):
+                        await fetch
+                    break
                 try:
-                    msgs = await sub.fetch(self._batch, timeout=self._fetch_timeout)
+                    msgs = fetch.result()
                 except (nats.errors.TimeoutError, asyncio.TimeoutError):
                     continue
                 except nats.errors.ConnectionClosedError:
@@ -72,9 +97,4 @@ class PullConsumer:
                     continue
                 await self._handler(msgs)
         finally:
-            # Acks of the last batch are flushed; an idle pull request needs no drain.
-            with contextlib.suppress(Exception):
-                await self._nc.flush(timeout=2)
-            with contextlib.suppress(Exception):
-                await self._nc.close()
-            log.info("consumer_stopped", consumer=self._spec.durable)
+            stopping.cancel()

@@ -197,6 +197,12 @@ class DeliveryLedger:
         await conn.execute(update(table).where(table.id == event.event_id).values(**values))
 
 
+def consumer_batch(settings: Settings) -> int:
+    """Messages handled at once by one process: a rule holds its contact-lock connection and
+    briefly a second one (rate budget, ledger), so the pool must cover two per message."""
+    return max(1, (settings.db_max_connections - 1) // 2)
+
+
 def backoff_delay(settings: Settings, attempt: int) -> float:
     """``min(base · 2^(n−1), max)`` with ±20 % jitter, n = attempts made (spec §4.3)."""
     base = settings.retry_base_delay_s * (2 ** max(0, attempt - 1))

@@ -69,8 +69,7 @@ class GhlSync:
         region = self.settings.default_phone_region
         incoming = aloware_to_canonical(body, region)
         event_at = _parse_time(body.updated_at) or event.received_at
-        async with self.engine.begin() as conn:
-            await store.lock_contact(conn, store.contact_lock_key(incoming.phone, aloware_id=body.id))
+        async with store.contact_lock(self.engine, store.contact_lock_key(incoming.phone, aloware_id=body.id)) as conn:
             if await store.is_echo(conn, "aloware", body.id, incoming.projection_hash(),
                                    self.settings.echo_window_seconds):
                 await store.log_sync(conn, status="skipped", rule="LP-1", message="middleware-originated", **common)

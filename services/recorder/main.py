@@ -16,7 +16,7 @@ async def serve(settings: Settings) -> None:
     """Record events until SIGTERM/SIGINT, then finish the batch in hand and exit."""
     engine = create_engine(settings)
     recorder = Recorder(engine, settings.default_phone_region)
-    consumer = PullConsumer(settings, RECORDER, recorder.handle, batch=500, fetch_timeout=0.5)
+    consumer = PullConsumer(settings, RECORDER, recorder.handle, batch=500, fetch_timeout=2.0)
     on_termination(asyncio.get_running_loop(), consumer.stop)
     try:
         await consumer.run()

@@ -77,6 +77,7 @@ class Sandbox:
             settings.aloware_api_token.get_secret_value() if settings.aloware_api_token else "sandbox-aloware-token"
         )
         self.rate_limit = 100
+        self.rate_window_s = 10.0
         self.webhook_url = settings.dfm_sandbox_webhook_url
         self._signing_key = (
             load_private_key(Path(settings.dfm_ghl_signing_key_file))
@@ -128,12 +129,12 @@ class Sandbox:
     def ghl_rate_headers(self, location: str) -> dict[str, str]:
         window = self.state.ghl_window[location]
         now = time.monotonic()
-        while window and window[0] <= now - 10:
+        while window and window[0] <= now - self.rate_window_s:
             window.popleft()
         return {
             "X-RateLimit-Limit-Daily": "200000",
             "X-RateLimit-Daily-Remaining": "199000",
-            "X-RateLimit-Interval-Milliseconds": "10000",
+            "X-RateLimit-Interval-Milliseconds": str(int(self.rate_window_s * 1000)),
             "X-RateLimit-Max": str(self.rate_limit),
             "X-RateLimit-Remaining": str(max(0, self.rate_limit - len(window))),
         }
@@ -222,7 +223,9 @@ def create_sandbox_app(settings: Settings) -> FastAPI:
 
     @app.post("/_sandbox/rate-limit")
     async def set_rate_limit(request: Request) -> JSONResponse:
-        sandbox.rate_limit = int((await request.json())["per_10s"])
+        spec = await request.json()
+        sandbox.rate_limit = int(spec["per_10s"])
+        sandbox.rate_window_s = float(spec.get("window_s", 10))
         return JSONResponse({"ok": True})
 
     # --- fake GHL -----------------------------------------------------------------------

@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common.db.models import ContactMapping, OutboundWrite, SyncLog
 from services.common.errors import Permanent
 
 
-async def lock_contact(conn: AsyncConnection, key: str) -> None:
-    """Serialise every rule touching this contact until the transaction ends (spec §0.1)."""
-    await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "contact:" + key})
+@asynccontextmanager
+async def contact_lock(engine: AsyncEngine, key: str) -> AsyncIterator[AsyncConnection]:
+    """Serialise every rule touching this contact (spec/outbound.md §0.1).
+
+    A session-level advisory lock on a connection in autocommit mode: each write made
+    through the yielded connection (mapping, echo ledger, sync_log) commits at once, so a
+    vendor write that succeeded is never "forgotten" by a later failure in the same rule,
+    while the lock still spans the whole rule, vendor calls included.
+    """
+    async with engine.connect() as conn:
+        auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await auto.execute(text("SELECT pg_advisory_lock(hashtext(:k))"), {"k": "contact:" + key})
+        try:
+            yield auto
+        finally:
+            await auto.execute(text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": "contact:" + key})
 
 
 def contact_lock_key(phone: str | None, ghl_id: str | None = None, aloware_id: str | None = None) -> str:

@@ -1,0 +1,134 @@
+"""A whole pipeline in one test: sandbox vendors, ingress, recorder and N replicas of each
+sync consumer, all on a private nats-server and a fresh database."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from contracts.streams import ALOWARE_SYNC, GHL_SYNC
+from services.aloware_sync.service import AlowareSync
+from services.clients.aloware import AlowareClient
+from services.clients.budget import RateBudget
+from services.clients.ghl import GhlClient
+from services.common.consumer import PullConsumer
+from services.common.db.session import create_engine
+from services.common.delivery import EventConsumer, consumer_batch
+from services.common.embedded import free_port
+from services.common.settings import Settings
+from services.common.signing import generate_ed25519, private_pem
+from services.ghl_sync.service import GhlSync
+from services.sandbox.app import create_sandbox_app
+from tests.ingress_rig import running_ingress, running_recorder, serving
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    ingress: httpx.AsyncClient
+    sandbox: httpx.AsyncClient
+
+    async def ghl_contacts(self) -> list[dict[str, Any]]:
+        return (await self.sandbox.get("/_sandbox/ghl/contacts")).json()
+
+    async def aloware_contacts(self) -> list[dict[str, Any]]:
+        return (await self.sandbox.get("/_sandbox/aloware/contacts")).json()
+
+    async def calls(self, vendor: str | None = None) -> list[dict[str, Any]]:
+        params = {"vendor": vendor} if vendor else {}
+        return (await self.sandbox.get("/_sandbox/calls", params=params)).json()
+
+
+def pipeline_settings(base_env: dict[str, str], tmp: Path, **extra: str) -> Settings:
+    key, _ = generate_ed25519()
+    key_file = tmp / "ghl-signing.pem"
+    key_file.write_text(private_pem(key))
+    from services.common.signing import public_pem
+
+    sandbox_port, ingress_port = free_port(), free_port()
+    env = {
+        **base_env,
+        "GHL_API_KEY": "sandbox-ghl-key",
+        "ALOWARE_API_TOKEN": "sandbox-aloware-token",
+        "GHL_BASE_URL": f"http://127.0.0.1:{sandbox_port}/ghl",
+        "ALOWARE_BASE_URL": f"http://127.0.0.1:{sandbox_port}/aloware/api/v1",
+        "SANDBOX_PORT": str(sandbox_port),
+        "INGRESS_PORT": str(ingress_port),
+        "DFM_SANDBOX_WEBHOOK_URL": f"http://127.0.0.1:{ingress_port}",
+        "DFM_GHL_SIGNING_KEY_FILE": str(key_file),
+        "GHL_WEBHOOK_ED25519_PUBLIC_KEY": public_pem(key),
+        "RETRY_BASE_DELAY_S": "0.2",
+        "RETRY_MAX_DELAY_S": "1",
+        "ALOWARE_MAX_RPS": "200",
+        **extra,
+    }
+    return Settings(**{k.lower(): v for k, v in env.items()})
+
+
+@asynccontextmanager
+async def consumers(settings: Settings, replicas: int, *, window_s: int = 10) -> AsyncIterator[None]:
+    """``replicas`` processes' worth of ghl-sync and aloware-sync, sharing the durables:
+    each replica has its own engine (pool), clients and NATS connections, like a process."""
+    assert settings.ghl_api_key and settings.ghl_location_id and settings.aloware_api_token
+    clients: list[Any] = []
+    engines: list[Any] = []
+    loops: list[PullConsumer] = []
+    for _ in range(replicas * 2):
+        engine = create_engine(settings)
+        engines.append(engine)
+        budget = RateBudget(engine, f"ghl:{settings.ghl_location_id}", settings.ghl_rate_limit_per_10s, window_s)
+        ghl = GhlClient(settings.ghl_base_url, settings.ghl_api_key.get_secret_value(),
+                        settings.ghl_location_id, acquire=budget.acquire)
+        alo = AlowareClient(settings.aloware_base_url, settings.aloware_api_token.get_secret_value(),
+                            max_rps=settings.aloware_max_rps)
+        clients += [ghl, alo]
+        batch = consumer_batch(settings)
+        if len(loops) % 2 == 0:
+            g = EventConsumer(settings, GHL_SYNC, engine, GhlSync(settings, engine, ghl).handle)
+            loops.append(PullConsumer(settings, GHL_SYNC, g.handle_batch, workers=batch))
+        else:
+            a = EventConsumer(settings, ALOWARE_SYNC, engine, AlowareSync(settings, engine, ghl, alo).handle)
+            loops.append(PullConsumer(settings, ALOWARE_SYNC, a.handle_batch, workers=batch))
+    tasks = [asyncio.create_task(loop.run()) for loop in loops]
+    async with asyncio.timeout(30):
+        await asyncio.gather(*(loop.ready.wait() for loop in loops))
+    try:
+        yield
+    finally:
+        for loop in loops:
+            loop.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for client in clients:
+            await client.aclose()
+        for engine in engines:
+            await engine.dispose()
+
+
+@asynccontextmanager
+async def running_pipeline(settings: Settings, replicas: int = 1, **kwargs: Any) -> AsyncIterator[Pipeline]:
+    async with AsyncExitStack() as stack:
+        sandbox_url = await stack.enter_async_context(
+            serving(create_sandbox_app(settings), "/_sandbox/calls", port=settings.sandbox_port)
+        )
+        await stack.enter_async_context(running_recorder(settings))
+        await stack.enter_async_context(consumers(settings, replicas, **kwargs))
+        ingress_url = await stack.enter_async_context(running_ingress(settings, port=settings.ingress_port))
+        ingress = await stack.enter_async_context(httpx.AsyncClient(base_url=ingress_url, timeout=10))
+        sandbox = await stack.enter_async_context(httpx.AsyncClient(base_url=sandbox_url, timeout=10))
+        yield Pipeline(settings, ingress, sandbox)
+
+
+async def eventually(check: Any, timeout: float = 20, interval: float = 0.1) -> Any:
+    """Poll an async predicate until it returns something truthy (async effects)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            result = await check()
+            if result:
+                return result
+            await asyncio.sleep(interval)

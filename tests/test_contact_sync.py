@@ -1,0 +1,245 @@
+"""Contact sync both ways through the real ingress, NATS and PostgreSQL to the sandbox
+vendors (spec/outbound.md §1.2–§1.5, §1.15)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from services.common.db.session import sync_url
+from services.common.signing import basic_auth
+from tests.conftest import TEST_SECRETS, load_fixture
+from tests.sync_rig import Pipeline, eventually, pipeline_settings, running_pipeline
+
+ALOWARE_AUTH = {"authorization": basic_auth("aloware", TEST_SECRETS["ALOWARE_WEBHOOK_BASIC_PASS"])}
+
+
+def aloware_contact(n: int, *, first: str = "Ada", updated_at: datetime | None = None,
+                    event: str = "Contact Created", **fields: Any) -> dict[str, Any]:
+    body = load_fixture("aloware/contact-created.json")["body"]
+    stamp = (updated_at or datetime.now(UTC)).isoformat()
+    return {"event": event, "body": {
+        **body, "id": str(8_000_000 + n), "phone_number": f"+1555555{n:04d}",
+        "email": f"contact{n}@example.com", "first_name": first, "last_name": f"Person{n}",
+        "external_ids": {}, "disposition_status": "", "updated_at": stamp, **fields,
+    }}
+
+
+async def send_aloware(p: Pipeline, payload: dict[str, Any]) -> dict[str, Any]:
+    response = await p.ingress.post("/api/webhooks/aloware", content=json.dumps(payload),
+                                    headers=ALOWARE_AUTH)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def event_row(database_url: str, event_id: str) -> dict[str, Any] | None:
+    conn = await asyncpg.connect(sync_url(database_url))
+    try:
+        row = await conn.fetchrow("SELECT * FROM webhook_events WHERE id = $1::uuid", event_id)
+    finally:
+        await conn.close()
+    return dict(row) if row else None
+
+
+async def done(database_url: str, event_id: str) -> dict[str, Any] | None:
+    row = await event_row(database_url, event_id)
+    return row if row and row["status"] in ("done", "dead") else None
+
+
+async def no_invalid_requests(p: Pipeline) -> None:
+    bad = [c for c in await p.calls() if c["status"] == 422]
+    assert bad == [], bad[:3]
+
+
+async def test_aloware_contact_created_then_updated_reaches_ghl(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    settings = pipeline_settings(base_env, tmp_path)
+    async with running_pipeline(settings) as p:
+        created = await send_aloware(p, aloware_contact(1, timezone="America/New_York",
+                                                          disposition_status="Interested"))
+        row = await eventually(lambda: done(clean_db, created["id"]))
+        assert (row["status"], row["outcome"]) == ("done", "applied")
+        [contact] = await p.ghl_contacts()
+        assert (contact["firstName"], contact["lastName"], contact["phone"], contact["email"]) == (
+            "Ada", "Person1", "+15555550001", "contact1@example.com")
+        assert contact["timezone"] == "America/New_York"
+        assert contact["tags"] == ["interested"]
+
+        later = datetime.now(UTC) + timedelta(seconds=5)
+        updated = await send_aloware(p, aloware_contact(1, first="Adaline", updated_at=later,
+                                                          event="Contact Updated"))
+        row = await eventually(lambda: done(clean_db, updated["id"]))
+        assert row["outcome"] == "applied"
+        [contact] = await p.ghl_contacts()
+        assert contact["firstName"] == "Adaline"
+        puts = [c for c in await p.calls("ghl") if c["method"] == "PUT"]
+        assert puts and all("tags" not in c["body"] and "notes" not in c["body"] for c in puts)
+        assert puts[-1]["body"] == {"firstName": "Adaline"}  # only the changed field
+        # the GHL webhooks our writes caused were recognised as echoes: nothing went to Aloware
+        assert await p.aloware_contacts() == []
+        await no_invalid_requests(p)
+
+
+async def test_ghl_contact_created_reaches_aloware_and_echo_does_not_come_back(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    settings = pipeline_settings(base_env, tmp_path)
+    async with running_pipeline(settings) as p:
+        # a person creates a contact in GHL: the fake GHL emits ContactCreate to the ingress
+        response = await p.sandbox.post(
+            "/ghl/contacts/", json={"locationId": settings.ghl_location_id, "firstName": "Grace",
+                                   "lastName": "Sample", "phone": "+15555550102",
+                                   "email": "grace@example.com"},
+            headers={"Authorization": "Bearer sandbox-ghl-key", "Version": "2021-07-28"},
+        )
+        assert response.status_code == 201
+        aloware = await eventually(p.aloware_contacts)
+        assert [(a["first_name"], a["last_name"], a["phone_number"]) for a in aloware] == [
+            ("Grace", "Sample", "+15555550102")]
+
+        async def settled() -> bool:
+            conn = await asyncpg.connect(sync_url(clean_db))
+            try:
+                rows = await conn.fetch("SELECT source, status, outcome FROM webhook_events")
+            finally:
+                await conn.close()
+            return len(rows) == 2 and all(r["status"] == "done" for r in rows)
+
+        await eventually(settled)
+        # Aloware's "Contact Created" webhook about our own write is an echo: no GHL write
+        conn = await asyncpg.connect(sync_url(clean_db))
+        try:
+            echo = await conn.fetchrow("SELECT outcome, outcome_reason FROM webhook_events WHERE source='aloware'")
+            mapping = await conn.fetchrow("SELECT * FROM contact_mappings")
+        finally:
+            await conn.close()
+        assert (echo["outcome"], echo["outcome_reason"]) == ("echo", "middleware-originated")
+        assert mapping["aloware_contact_id"] == aloware[0]["id"]
+        ghl_writes = [c for c in await p.calls("ghl") if c["method"] in ("POST", "PUT") and c["path"] != "/contacts/"]
+        assert ghl_writes == []
+        assert len(await p.ghl_contacts()) == 1
+
+
+async def test_human_edit_in_ghl_after_a_sync_is_not_mistaken_for_an_echo(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    settings = pipeline_settings(base_env, tmp_path)
+    async with running_pipeline(settings) as p:
+        first = await send_aloware(p, aloware_contact(3))
+        await eventually(lambda: done(clean_db, first["id"]))
+        [contact] = await p.ghl_contacts()
+        edit = await p.sandbox.put(
+            f"/ghl/contacts/{contact['id']}", json={"city": "Shelbyville"},
+            headers={"Authorization": "Bearer sandbox-ghl-key", "Version": "2021-07-28"},
+        )
+        assert edit.status_code == 200
+
+        async def aloware_has_city() -> bool:
+            return any(a.get("city") == "Shelbyville" for a in await p.aloware_contacts())
+
+        await eventually(aloware_has_city)
+        await no_invalid_requests(p)
+
+
+@pytest.mark.slow
+async def test_concurrent_replicas_converge_without_duplicates(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    # Aloware is the source of truth here so every newer event must win (in `merge` mode
+    # GHL's value or the longer name wins, spec §1.5, which is not what this test is about).
+    settings = pipeline_settings(base_env, tmp_path, CONTACT_SOURCE_OF_TRUTH="aloware")
+    rng = random.Random(7)
+    base = datetime.now(UTC)
+    events: list[dict[str, Any]] = []
+    newest: dict[int, str] = {}
+    for contact in range(20):
+        for version in range(5):
+            name = f"C{contact}v{version}"
+            events.append(aloware_contact(100 + contact, first=name, event="Contact Updated",
+                                          updated_at=base + timedelta(seconds=version)))
+        newest[100 + contact] = f"C{contact}v4"
+    deliveries = events * 2  # every event delivered twice
+    rng.shuffle(deliveries)
+    async with running_pipeline(settings, replicas=3) as p:
+        answers = await asyncio.gather(*(send_aloware(p, e) for e in deliveries))
+        assert len({a["id"] for a in answers if a["status"] == "accepted"}) == 100
+
+        async def all_done() -> bool:
+            conn = await asyncpg.connect(sync_url(clean_db))
+            try:
+                pending = await conn.fetchval(
+                    "SELECT count(*) FROM webhook_events WHERE source='aloware' AND status <> 'done'")
+                total = await conn.fetchval("SELECT count(*) FROM webhook_events WHERE source='aloware'")
+            finally:
+                await conn.close()
+            return total == 100 and pending == 0
+
+        await eventually(all_done, timeout=120)
+        contacts = await p.ghl_contacts()
+        assert len(contacts) == 20
+        assert len({c["phone"] for c in contacts}) == 20
+        by_phone = {c["phone"]: c for c in contacts}
+        for n, name in newest.items():
+            assert by_phone[f"+1555555{n:04d}"]["firstName"] == name
+        creates = [c for c in await p.calls("ghl") if c["method"] == "POST" and c["path"] == "/contacts/"]
+        assert len([c for c in creates if c["status"] == 201]) == 20
+        await no_invalid_requests(p)
+        conn = await asyncpg.connect(sync_url(clean_db))
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM contact_mappings") == 20
+        finally:
+            await conn.close()
+
+
+@pytest.mark.slow
+async def test_vendor_5xx_and_429_are_retried_until_done(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    settings = pipeline_settings(base_env, tmp_path)
+    async with running_pipeline(settings) as p:
+        await p.sandbox.post("/_sandbox/faults", json={"vendor": "ghl", "count": 3, "status": 503})
+        await p.sandbox.post("/_sandbox/faults", json={"vendor": "ghl", "count": 2, "status": 429,
+                                                        "retry_after": 1})
+        answer = await send_aloware(p, aloware_contact(5))
+        row = await eventually(lambda: done(clean_db, answer["id"]), timeout=60)
+        assert (row["status"], row["outcome"]) == ("done", "applied")
+        assert row["attempts"] >= 2
+        assert len(await p.ghl_contacts()) == 1
+
+
+async def test_invalid_payload_is_dead_with_a_reason_and_neighbours_flow(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    settings = pipeline_settings(base_env, tmp_path)
+    async with running_pipeline(settings) as p:
+        poison = await send_aloware(p, {"event": "Contact Updated", "body": {"id": "999", "tags": 5}})
+        good = await send_aloware(p, aloware_contact(6))
+        bad_row = await eventually(lambda: done(clean_db, poison["id"]))
+        good_row = await eventually(lambda: done(clean_db, good["id"]))
+        assert bad_row["status"] == "dead"
+        assert "invalid Aloware contact payload" in bad_row["error_message"]
+        assert good_row["outcome"] == "applied"
+
+
+@pytest.mark.slow
+async def test_replicas_share_the_rate_budget_and_never_hit_429(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    # a scaled-down GHL: 10 requests per 2 s at the fake, 8 per 2 s in our shared budget
+    settings = pipeline_settings(base_env, tmp_path, GHL_RATE_LIMIT_PER_10S="8")
+    async with running_pipeline(settings, replicas=3, window_s=2) as p:
+        await p.sandbox.post("/_sandbox/rate-limit", json={"per_10s": 10, "window_s": 2})
+        answers = [await send_aloware(p, aloware_contact(200 + n)) for n in range(12)]
+        for answer in answers:
+            await eventually(lambda a=answer: done(clean_db, a["id"]), timeout=90)
+        assert len(await p.ghl_contacts()) == 12
+        assert [c for c in await p.calls("ghl") if c["status"] == 429] == []
