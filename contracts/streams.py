@@ -68,6 +68,8 @@ ALOWARE_SYNC = ConsumerSpec(
         "webhooks.ghl.contact.contact_created",
         "webhooks.ghl.contact.contact_updated",
         "webhooks.ghl.contact.contact_changed",
+        "webhooks.ghl.contact.contact_delete",
+        "webhooks.ghl.contact.contact_deleted",
     ),
     "Rules that write into Aloware",
     max_deliver=50,

@@ -243,3 +243,33 @@ async def test_replicas_share_the_rate_budget_and_never_hit_429(
             await eventually(lambda a=answer: done(clean_db, a["id"]), timeout=90)
         assert len(await p.ghl_contacts()) == 12
         assert [c for c in await p.calls("ghl") if c["status"] == 429] == []
+
+
+async def test_ghl_contact_deleted_takes_the_aloware_contact_off_every_list(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    settings = pipeline_settings(base_env, tmp_path)
+    async with running_pipeline(settings) as p:
+        first = await send_aloware(p, aloware_contact(7))
+        await eventually(lambda: done(clean_db, first["id"]))
+        [contact] = await p.ghl_contacts()
+        # the GHL webhook of our create made aloware-sync look the contact up; now delete it
+        deleted = await p.sandbox.delete(
+            f"/ghl/contacts/{contact['id']}",
+            headers={"Authorization": "Bearer sandbox-ghl-key", "Version": "2021-07-28"},
+        )
+        assert deleted.status_code == 200
+
+        async def removal_sent() -> list[dict[str, Any]]:
+            return [c for c in await p.calls("aloware")
+                    if c["path"] == "/webhook/powerdialer-remove-contact-from-lists"]
+
+        [call] = await eventually(removal_sent)
+        assert call["body"]["contact_id"] == "8000007"
+        conn = await asyncpg.connect(sync_url(clean_db))
+        try:
+            deleted_at = await eventually(lambda: conn.fetchval(
+                "SELECT ghl_deleted_at FROM contact_mappings WHERE ghl_contact_id = $1", contact["id"]))
+        finally:
+            await conn.close()
+        assert deleted_at is not None

@@ -32,11 +32,33 @@ class AlowareSync:
 
     async def handle(self, event: WebhookEvent, attempt: int) -> Outcome:
         """The dispatch table (spec/outbound.md §1.1) for what is implemented."""
+        if event.source.value == "ghl" and event.canonical_type == "contact.deleted":
+            return await self.ghl_contact_deleted(event, attempt)
         if event.source.value == "ghl" and event.canonical_type in CG_TYPES:
             if not self.settings.sync_ghl_contacts_to_aloware:
                 return Outcome("skipped", "ghl_contact_sync_disabled")
             return await self.sync_ghl_contact(event, attempt)
         return Outcome("skipped", f"Unhandled GHL event type: {event.event_name}")
+
+    async def ghl_contact_deleted(self, event: WebhookEvent, attempt: int) -> Outcome:
+        """D-3: take the Aloware contact off every call list; remember the GHL deletion."""
+        ghl_id = event.entity_id
+        common = {"direction": "ghl_to_aloware", "entity_type": "contact", "source_id": ghl_id,
+                  "started_at": datetime.now(UTC), "correlation_id": str(event.event_id),
+                  "attempt": attempt}
+        async with self.engine.connect() as conn:
+            mapping = await store.mapping_by_ghl(conn, ghl_id)
+        key = store.contact_lock_key(mapping.phone_number if mapping else None, ghl_id=ghl_id)
+        async with store.contact_lock(self.engine, key) as conn:
+            mapping = await store.mapping_by_ghl(conn, ghl_id)
+            if mapping is None or mapping.aloware_contact_id is None:
+                await store.log_sync(conn, status="skipped", rule="D-3", message="No contact mapping found", **common)
+                return Outcome("skipped", "No contact mapping found")
+            removed = await self.aloware.remove_from_all_lists(mapping.aloware_contact_id)
+            await store.mark_ghl_deleted(conn, ghl_id)
+            await store.log_sync(conn, status="success", rule="D-3", target_id=mapping.aloware_contact_id,
+                                 message=None if removed else "already absent in Aloware", **common)
+        return Outcome("applied")
 
     async def sync_ghl_contact(self, event: WebhookEvent, attempt: int) -> Outcome:
         """CG-1 … CG-7."""

@@ -83,6 +83,15 @@ class AlowareClient:
             raise Permanent(f"aloware 400 at contact.lookup: {parse_body(response)}")
         return AlowareContactRecord.model_validate(response.json())
 
+    async def remove_from_all_lists(self, contact_id: str) -> bool:
+        """A4: remove a contact from every power-dialer list; False when Aloware says 404."""
+        await self._pacer.wait()
+        response = await self._http.request(
+            "POST", "/webhook/powerdialer-remove-contact-from-lists", "powerdialer.remove",
+            json={"api_token": self._token, "contact_id": contact_id}, passthrough=(404,),
+        )
+        return response.status_code != 404
+
     async def upsert_contact(self, fields: dict[str, Any], *, force_update: bool) -> None:
         """A3: the Lead API. Returns nothing (the API returns no id; look up by phone)."""
         await self._pacer.wait()

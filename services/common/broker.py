@@ -52,7 +52,7 @@ def stream_config(spec: StreamSpec, settings: Settings) -> StreamConfig:
     )
 
 
-def consumer_config(spec: ConsumerSpec) -> ConsumerConfig:
+def consumer_config(spec: ConsumerSpec, ack_wait_s: float | None = None) -> ConsumerConfig:
     """The durable pull-consumer config of a consumer spec."""
     filters = list(spec.filter_subjects)
     return ConsumerConfig(
@@ -60,7 +60,7 @@ def consumer_config(spec: ConsumerSpec) -> ConsumerConfig:
         description=spec.description,
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=spec.ack_wait_s,
+        ack_wait=ack_wait_s or spec.ack_wait_s,
         max_deliver=spec.max_deliver,
         backoff=list(spec.backoff_s)[: spec.max_deliver - 1] or None,
         max_ack_pending=spec.max_ack_pending,
@@ -80,9 +80,11 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec, settings: Settin
     await js.update_stream(config)
 
 
-async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
+async def ensure_consumer(
+    js: JetStreamContext, spec: ConsumerSpec, ack_wait_s: float | None = None
+) -> None:
     """Create the durable consumer, or update it to the wanted config."""
-    await js.add_consumer(spec.stream, consumer_config(spec))
+    await js.add_consumer(spec.stream, consumer_config(spec, ack_wait_s))
 
 
 async def ensure_topology(
@@ -92,7 +94,8 @@ async def ensure_topology(
     for spec in STREAMS:
         await ensure_stream(js, spec, settings)
     for consumer in consumers:
-        await ensure_consumer(js, consumer)
+        ack_wait = settings.dfm_consumer_ack_wait_s if consumer.stream == WEBHOOKS.name else None
+        await ensure_consumer(js, consumer, ack_wait)
 
 
 __all__ = [

@@ -125,6 +125,12 @@ class Settings(BaseSettings):
     dfm_sandbox_webhook_url: str | None = Field(
         default=None, description="sandbox only: ingress base URL the fake vendors post webhooks to"
     )
+    dfm_consumer_ack_wait_s: float | None = Field(
+        default=None, gt=0, description="override the durable consumers' AckWait (seconds)"
+    )
+    dfm_fault_pause_after_vendor_write_s: float = Field(
+        default=0, ge=0, description="fault tests only: pause between a vendor write and the ack"
+    )
     dfm_ghl_signing_key_file: str | None = Field(
         default=None, description="dev/sandbox only: Ed25519 private key used by `dfm send`"
     )

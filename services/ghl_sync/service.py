@@ -3,6 +3,7 @@ created/updated → GHL contact) with echo suppression, ordering and per-contact
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
@@ -13,6 +14,7 @@ from contracts.payloads.aloware import AlowareContactEvent
 from services.clients.ghl import GhlClient
 from services.common.delivery import Outcome
 from services.common.errors import Permanent, RetryLater
+from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.common.sync import store
 from services.common.sync.contact import CanonicalContact, aloware_to_canonical, ghl_to_canonical
@@ -25,6 +27,7 @@ from services.ghl_sync.rules.contact import (
 )
 
 SOT_SKIP = "aloware_contact_event_ignored_source_of_truth_is_ghl"
+log = get_logger(__name__)
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -46,6 +49,13 @@ class GhlSync:
         self.ghl = ghl
         self.cf_ids = CustomFieldIds(settings.ghl_cf_aloware_contact_id, settings.ghl_cf_lead_source,
                                      settings.ghl_cf_intake_source)
+
+    async def _fault_pause(self) -> None:
+        """Fault-test hook: hold the rule between the vendor write and the ack."""
+        if self.settings.dfm_fault_pause_after_vendor_write_s:
+            log.warning("fault_pause_after_vendor_write",
+                        seconds=self.settings.dfm_fault_pause_after_vendor_write_s)
+            await asyncio.sleep(self.settings.dfm_fault_pause_after_vendor_write_s)
 
     async def handle(self, event: WebhookEvent, attempt: int) -> Outcome:
         """The dispatch table (spec/outbound.md §1.1) for what is implemented."""
@@ -98,6 +108,7 @@ class GhlSync:
                     custom_fields(self.cf_ids, body.id, body.lead_source, body.intake_source),
                 )
                 ghl_id, created = await self.ghl.create_contact(fields)
+                await self._fault_pause()
                 if created:
                     wrote = True
                     tags = tuple(t.lower() for t in fields.get("tags", []))

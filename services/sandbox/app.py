@@ -385,6 +385,12 @@ def _aloware_route(sandbox: Sandbox, method: str, path: str, query: dict[str, st
                 existing["updated_at"] = datetime.now(UTC).isoformat()
                 sandbox.aloware_webhook("Contact Updated", existing)
         return 200, {"message": "Lead updated."}
+    if path == "/webhook/powerdialer-remove-contact-from-lists" and method == "POST":
+        contact = state.aloware_contacts.get(str(body.get("contact_id")))
+        if contact is None:
+            return 404, {"message": "The contact id does not exist."}
+        contact["lists"] = []
+        return 200, {"message": "Contact removed from all lists."}
     if path == "/webhook/users" and method == "GET":
         return 200, [{"id": 3100, "name": "Chris Rep", "email": "chris.rep@example.com", "status": 1}]
     return 404, {"error": f"sandbox has no {method} {path}"}

@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.common.db.models import ContactMapping, OutboundWrite, SyncLog
+from services.common.db.models import ContactListMembership, ContactMapping, OutboundWrite, SyncLog
 from services.common.errors import Permanent
 
 
@@ -130,6 +130,18 @@ async def log_sync(
             error_message=message, correlation_id=correlation_id, rule=rule, attempt=attempt,
             details=details,
         )
+    )
+
+
+async def mark_ghl_deleted(conn: AsyncConnection, ghl_id: str) -> None:
+    """D-3: the GHL contact is gone; its list memberships end."""
+    now = datetime.now(UTC)
+    await conn.execute(update(ContactMapping).where(ContactMapping.ghl_contact_id == ghl_id)
+                       .values(ghl_deleted_at=now, updated_at=now))
+    await conn.execute(
+        update(ContactListMembership)
+        .where(ContactListMembership.contact_id == ghl_id, ContactListMembership.status == "active")
+        .values(status="removed", reason="ghl_contact_deleted", updated_at=now)
     )
 
 
