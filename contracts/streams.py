@@ -56,6 +56,7 @@ GHL_SYNC = ConsumerSpec(
     ("webhooks.aloware.contact.contact_created", "webhooks.aloware.contact.contact_updated"),
     "Rules that write into GHL",
     max_deliver=50,  # our own attempt budget (RETRY_MAX_ATTEMPTS) decides `dead`
+    ack_wait_s=15.0,  # running rules send +WPI heartbeats; a dead process's work returns fast
     max_ack_pending=100,
 )
 ALOWARE_SYNC = ConsumerSpec(
@@ -73,6 +74,7 @@ ALOWARE_SYNC = ConsumerSpec(
     ),
     "Rules that write into Aloware",
     max_deliver=50,
+    ack_wait_s=15.0,
     max_ack_pending=50,
 )
 VERITY_SYNC = ConsumerSpec(

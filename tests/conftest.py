@@ -120,7 +120,25 @@ TEST_SECRETS: dict[str, str] = {
 
 
 @pytest.fixture
-def base_env(nats_server: EmbeddedNats, clean_db: str) -> dict[str, str]:
+async def clean_streams(nats_server: EmbeddedNats) -> None:
+    """Empty streams, so no message left unacked by an earlier test reaches this one."""
+    import nats
+    from nats.js.errors import NotFoundError
+
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        for stream in ("WEBHOOKS", "JOBS"):
+            try:
+                await js.purge_stream(stream)
+            except NotFoundError:
+                pass
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+def base_env(nats_server: EmbeddedNats, clean_db: str, clean_streams: None) -> dict[str, str]:
     """Environment variables for a service under test (URLs of the private servers)."""
     return {"NATS_URL": nats_server.url, "DATABASE_URL": clean_db, **TEST_SECRETS}
 

@@ -66,6 +66,7 @@ def pipeline_settings(base_env: dict[str, str], tmp: Path, **extra: str) -> Sett
         "RETRY_BASE_DELAY_S": "0.2",
         "RETRY_MAX_DELAY_S": "1",
         "ALOWARE_MAX_RPS": "200",
+        "DFM_CONSUMER_ACK_WAIT_S": "4",
         **extra,
     }
     return Settings(**{k.lower(): v for k, v in env.items()})

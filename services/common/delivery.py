@@ -216,6 +216,7 @@ class EventConsumer:
         self._settings = settings
         self._spec = spec
         self._rule = rule
+        self._ack_wait = settings.dfm_consumer_ack_wait_s or spec.ack_wait_s
         self.ledger = DeliveryLedger(engine, spec.durable, settings)
 
     async def handle_batch(self, msgs: list[Msg]) -> None:
@@ -241,25 +242,41 @@ class EventConsumer:
                  "canonical_type": event.canonical_type, "subject": event.subject}
         loop = asyncio.get_running_loop()
         started = loop.time()
+        heartbeat = asyncio.create_task(self._keep_alive(msg))
         try:
             outcome = await self._rule(event, attempt)
         except RetryLater as exc:
+            heartbeat.cancel()
             await self._retry(msg, event, attempt, exc, bound)
         except Permanent as exc:
+            heartbeat.cancel()
             log.warning("event_dead", reason=exc.reason, attempt=attempt, **bound)
             await self.ledger.finish(event, "dead", error=exc.reason)
             EVENTS.labels(self._spec.durable, event.canonical_type, "dead", "").inc()
             await msg.term()
         except Exception as exc:  # an unexpected bug: retried with back-off, then dead
+            heartbeat.cancel()
             log.exception("rule_failed", attempt=attempt, **bound)
             await self._retry(msg, event, attempt, RetryLater(None, f"{type(exc).__name__}: {exc}"), bound)
         else:
+            heartbeat.cancel()
             await self.ledger.finish(event, "done", outcome=outcome)
             PROCESSING.labels(self._spec.durable, event.canonical_type).observe(loop.time() - started)
             ATTEMPTS.labels(self._spec.durable).observe(attempt)
             EVENTS.labels(self._spec.durable, event.canonical_type, "done", outcome.outcome).inc()
             log.info("event_done", outcome=outcome.outcome, reason=outcome.reason, attempt=attempt, **bound)
             await msg.ack()
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        """Tell JetStream the rule is still running (+WPI) so a short AckWait is safe: only a
+        dead process's messages are redelivered, and those quickly."""
+        interval = max(0.5, self._ack_wait / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await msg.in_progress()
+            except Exception:  # connection trouble: the redelivery path takes over
+                return
 
     async def _retry(self, msg: Msg, event: WebhookEvent, attempt: int, exc: RetryLater,
                      bound: dict[str, Any]) -> None:
