@@ -7,10 +7,13 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from pydantic import ValidationError
+
 from contracts.envelope import WebhookEvent
+from contracts.payloads import is_ghl_marketplace
 from services.aloware_sync.rules.contact import aloware_form, plan_existing
 from services.clients.aloware import AlowareClient
-from services.clients.ghl import GhlClient
+from services.clients.ghl import GhlClient, GhlContact
 from services.common.delivery import Outcome
 from services.common.errors import RetryLater
 from services.common.settings import Settings
@@ -40,6 +43,19 @@ class AlowareSync:
             return await self.sync_ghl_contact(event, attempt)
         return Outcome("skipped", f"Unhandled GHL event type: {event.event_name}")
 
+    async def _body_is_echo(self, event: WebhookEvent, ghl_id: str) -> bool:
+        """LP-1 on the webhook body itself: a marketplace body carries the whole contact, so
+        an echo of our own write is recognised without re-reading GHL (one call saved)."""
+        if not is_ghl_marketplace(event.payload):
+            return False
+        try:
+            body = GhlContact.model_validate(event.payload)
+        except ValidationError:
+            return False
+        projection = ghl_to_canonical(body, self.settings.default_phone_region).projection_hash()
+        async with self.engine.connect() as conn:
+            return await store.is_echo(conn, "ghl", ghl_id, projection, self.settings.echo_window_seconds)
+
     async def ghl_contact_deleted(self, event: WebhookEvent, attempt: int) -> Outcome:
         """D-3: take the Aloware contact off every call list; remember the GHL deletion."""
         ghl_id = event.entity_id
@@ -67,6 +83,10 @@ class AlowareSync:
         common = {"direction": "ghl_to_aloware", "entity_type": "contact", "source_id": ghl_id,
                   "started_at": started, "correlation_id": str(event.event_id), "attempt": attempt}
         region = self.settings.default_phone_region
+        if await self._body_is_echo(event, ghl_id):
+            async with self.engine.begin() as conn:
+                await store.log_sync(conn, status="skipped", rule="LP-1", message="middleware-originated", **common)
+            return Outcome("echo", "middleware-originated")
         current = await self.ghl.get_contact(ghl_id)
         if current is None:
             async with self.engine.begin() as conn:

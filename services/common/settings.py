@@ -166,7 +166,9 @@ class Settings(BaseSettings):
     ghl_cf_lead_source: str | None = None
     ghl_cf_intake_source: str | None = None
     ghl_assigned_agent_field_key: str = "assignedAgent"
-    ghl_rate_limit_per_10s: int = Field(default=80, ge=1, le=100)
+    ghl_rate_limit_per_10s: int = Field(
+        default=80, ge=1, le=1_000_000, description="GHL allows 100; more only against the sandbox"
+    )
     ghl_rate_limit_per_day: int = Field(default=180_000, ge=1)
     ghl_note_max_chars: int = Field(default=50_000, ge=100)
     ghl_set_dnd_on_optout: FlagTrue = False
