@@ -71,3 +71,14 @@ def fallback_subject(source: Source | str, event_type: str = "unknown") -> str:
 SWEEP_SUBJECT = "jobs.sweep"
 REPLAY_SUBJECT = "jobs.replay"
 RECONCILE_SUBJECT = "jobs.reconcile"
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard match: ``*`` one token, ``>`` one or more trailing tokens."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return len(s) > i
+        if i >= len(s) or (token != "*" and token != s[i]):
+            return False
+    return len(p) == len(s)

@@ -16,6 +16,7 @@ import uvicorn
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from contracts.streams import RECORDER
+from contracts.subjects import subject_matches
 from services.common.consumer import PullConsumer
 from services.common.db.session import create_engine, sync_url
 from services.common.embedded import free_port
@@ -141,22 +142,12 @@ async def stream_messages(nats_url: str, subject: str = "webhooks.>") -> list[An
             except nats.js.errors.NotFoundError:
                 seq += 1
                 continue
-            if nats_subject_matches(subject, msg.subject):
+            if subject_matches(subject, msg.subject):
                 out.append(msg)
             seq += 1
         return out
     finally:
         await nc.close()
-
-
-def nats_subject_matches(pattern: str, subject: str) -> bool:
-    p, s = pattern.split("."), subject.split(".")
-    for i, token in enumerate(p):
-        if token == ">":
-            return len(s) > i
-        if i >= len(s) or (token != "*" and token != s[i]):
-            return False
-    return len(p) == len(s)
 
 
 class Signer:

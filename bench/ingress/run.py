@@ -35,11 +35,11 @@ import nats
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from services.common.broker import ensure_topology  # noqa: E402
-from services.common.db import migrate  # noqa: E402
-from services.common.embedded import EmbeddedNats, EmbeddedPostgres, free_port  # noqa: E402
-from services.common.settings import Settings  # noqa: E402
-from services.common.signing import basic_auth, generate_ed25519, ghl_ed25519_signature  # noqa: E402
+from services.common.broker import prepare_topology
+from services.common.db import migrate
+from services.common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from services.common.settings import Settings
+from services.common.signing import basic_auth, generate_ed25519, ghl_ed25519_signature
 
 FIXTURES = ROOT / "tests" / "fixtures" / "webhooks"
 CONNECTIONS = 32
@@ -80,7 +80,7 @@ def wrk(url: str, script: Path, requests_file: Path, duration: int, threads: int
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
     def ms(label: str) -> float:
-        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
         if not m:
             return float("nan")
         value, unit = float(m.group(1)), m.group(2)
@@ -212,7 +212,7 @@ def main() -> int:
     try:
         migrate.upgrade(db_url)
         settings = Settings(nats_url=nats_server.url, database_url=db_url)
-        asyncio.run(_topology(settings))
+        asyncio.run(prepare_topology(settings))
         script = Path(__file__).with_name("mix.lua")
 
         # 1. raw HTTP limit: bare ASGI echo under the same server settings
@@ -295,13 +295,6 @@ def main() -> int:
             out.write("\n" + report)
     return 0 if res["non2xx"] == 0 else 1
 
-
-async def _topology(settings: Settings) -> None:
-    nc = await nats.connect(settings.nats_url)
-    try:
-        await ensure_topology(nc.jetstream(), settings)
-    finally:
-        await nc.close()
 
 
 if __name__ == "__main__":

@@ -27,18 +27,17 @@ from pathlib import Path
 
 import asyncpg
 import httpx
-import nats
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.ingress.run import cpu_seconds, wait_http  # noqa: E402
-from services.common.broker import ensure_topology  # noqa: E402
-from services.common.db import migrate  # noqa: E402
-from services.common.db.session import sync_url  # noqa: E402
-from services.common.embedded import EmbeddedNats, EmbeddedPostgres, free_port  # noqa: E402
-from services.common.settings import Settings  # noqa: E402
-from services.common.signing import basic_auth, generate_ed25519, private_pem, public_pem  # noqa: E402
+from bench.ingress.run import cpu_seconds, wait_http
+from services.common.broker import prepare_topology
+from services.common.db import migrate
+from services.common.db.session import sync_url
+from services.common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from services.common.settings import Settings
+from services.common.signing import basic_auth, generate_ed25519, private_pem, public_pem
 
 PASSWORD = "bench:pass"
 
@@ -58,8 +57,8 @@ async def drive(ingress: str, sandbox: str, db_url: str, contacts: int, updates:
     started = time.perf_counter()
     async with httpx.AsyncClient(base_url=ingress, timeout=30,
                                  limits=httpx.Limits(max_connections=16)) as client:
+        sem = asyncio.Semaphore(16)
         for version in range(updates + 1):
-            sem = asyncio.Semaphore(16)
 
             async def send(n: int, v: int = version) -> None:
                 async with sem:
@@ -137,7 +136,7 @@ def main() -> int:
 
     try:
         migrate.upgrade(pg.url())
-        asyncio.run(_topology(Settings(nats_url=nats_server.url)))
+        asyncio.run(prepare_topology(Settings(nats_url=nats_server.url)))
         wait_http(f"http://127.0.0.1:{sandbox_port}/_sandbox/calls", start("sandbox"))
         httpx.post(f"http://127.0.0.1:{sandbox_port}/_sandbox/rate-limit", json={"per_10s": 10**9})
         for service in ("recorder", "aloware-sync", *["ghl-sync"] * args.replicas):
@@ -189,13 +188,6 @@ def main() -> int:
     ok = result["dead"] == 0 and result["invalid"] == 0 and result["contacts_in_ghl"] == args.contacts
     return 0 if ok else 1
 
-
-async def _topology(settings: Settings) -> None:
-    nc = await nats.connect(settings.nats_url)
-    try:
-        await ensure_topology(nc.jetstream(), settings)
-    finally:
-        await nc.close()
 
 
 if __name__ == "__main__":

@@ -45,4 +45,4 @@ IdStr = Annotated[str, BeforeValidator(_id_string)]
 # Tolerant of fields we do not use, strict on the ones we do.
 TOLERANT = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
 
-__all__ = ["IdStr", "TOLERANT", "Tags"]
+__all__ = ["TOLERANT", "IdStr", "Tags"]

@@ -26,7 +26,7 @@ VENDOR_DURATION = Histogram(
 )
 TIMEOUTS = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=5.0)
 RETRYABLE_STATUS = frozenset({408, 409, 423, 425, 429})
-_SECRET_QUERY = re.compile(r"(api_token|token|key)=[^&]+", re.I)
+_SECRET_QUERY = re.compile(r"(api_token|token|key)=[^&]+", re.IGNORECASE)
 DEFAULT_RETRY_S = 60.0
 
 

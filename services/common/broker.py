@@ -98,6 +98,15 @@ async def ensure_topology(
         await ensure_consumer(js, consumer, ack_wait)
 
 
+async def prepare_topology(settings: Settings) -> None:
+    """Connect once, create or update every stream and consumer, disconnect (start-up tools)."""
+    nc = await connect(settings, name="dfm-topology", max_reconnect_attempts=3)
+    try:
+        await ensure_topology(nc.jetstream(), settings)
+    finally:
+        await nc.close()
+
+
 __all__ = [
     "JOBS",
     "WEBHOOKS",
@@ -106,5 +115,6 @@ __all__ = [
     "ensure_consumer",
     "ensure_stream",
     "ensure_topology",
+    "prepare_topology",
     "stream_config",
 ]

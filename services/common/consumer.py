@@ -87,7 +87,7 @@ class PullConsumer:
                     break
                 try:
                     msgs = fetch.result()
-                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                except (TimeoutError, nats.errors.TimeoutError):
                     continue
                 except nats.errors.ConnectionClosedError:
                     break

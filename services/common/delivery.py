@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import WebhookEvent
 from contracts.streams import CONSUMERS, RECORDER, ConsumerSpec
+from contracts.subjects import subject_matches
 from services.common.db.models import EVENT_TABLES, EventDelivery
 from services.common.errors import Permanent, RetryLater
 from services.common.events import row_for
@@ -61,21 +62,11 @@ def event_table(event: WebhookEvent) -> str:
     return {"texting": "texting", "broadcast": "broadcast"}.get(event.source.value, "webhook")
 
 
-def _matches(pattern: str, subject: str) -> bool:
-    p, s = pattern.split("."), subject.split(".")
-    for i, token in enumerate(p):
-        if token == ">":
-            return len(s) > i
-        if i >= len(s) or (token != "*" and token != s[i]):
-            return False
-    return len(p) == len(s)
-
-
 def expected_consumers(subject: str) -> list[str]:
     """The consumers (recorder excluded) whose filters take ``subject``."""
     return [
         spec.durable for spec in CONSUMERS
-        if spec is not RECORDER and any(_matches(f, subject) for f in spec.filter_subjects)
+        if spec is not RECORDER and any(subject_matches(f, subject) for f in spec.filter_subjects)
     ]
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from services.common.broker import prepare_topology
 from services.common.db import migrate
 from services.common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from services.common.settings import Settings, load_settings
@@ -158,7 +159,7 @@ def start_infrastructure(settings: Settings, data_dir: Path, say: Callable[[str]
         effective = load_settings(**{k.lower(): v for k, v in stack.env.items()})
         migrate.upgrade(effective.database_url_str)
         say(f"migrations  {migrate.current(effective.database_url_str)}")
-        asyncio.run(_topology(effective))
+        asyncio.run(prepare_topology(effective))
         say("streams     WEBHOOKS (webhooks.>), JOBS (jobs.>) and durable consumers ready")
         _write_env_file(data_dir / "stack.env", stack.env)
         say(f"environment {data_dir / 'stack.env'} (used by `dfm send`)")
@@ -166,16 +167,6 @@ def start_infrastructure(settings: Settings, data_dir: Path, say: Callable[[str]
         stack.stop()
         raise
     return stack
-
-
-async def _topology(settings: Settings) -> None:
-    from services.common.broker import connect, ensure_topology
-
-    nc = await connect(settings, name="dfm-up", max_reconnect_attempts=3)
-    try:
-        await ensure_topology(nc.jetstream(), settings)
-    finally:
-        await nc.close()
 
 
 def start_service(stack: Stack, service: str) -> subprocess.Popen[bytes]:

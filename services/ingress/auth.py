@@ -195,8 +195,7 @@ def authenticate_aloware(settings: Settings, headers: Mapping[str, str]) -> Auth
 
 def _hmac_matches(body: bytes, signature: str, secrets: Sequence[SecretStr]) -> bool:
     given = signature.strip().lower()
-    if given.startswith("sha256="):
-        given = given[len("sha256="):]
+    given = given.removeprefix("sha256=")
     matched = False
     for secret in secrets:
         key = secret.get_secret_value().strip().encode()
