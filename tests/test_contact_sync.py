@@ -272,3 +272,22 @@ async def test_ghl_contact_deleted_takes_the_aloware_contact_off_every_list(
         finally:
             await conn.close()
         assert deleted_at is not None
+
+
+async def test_update_after_the_ghl_contact_was_deleted_recreates_it_once(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    settings = pipeline_settings(base_env, tmp_path, CONTACT_SOURCE_OF_TRUTH="aloware")
+    async with running_pipeline(settings) as p:
+        first = await send_aloware(p, aloware_contact(8))
+        await eventually(lambda: done(clean_db, first["id"]))
+        [contact] = await p.ghl_contacts()
+        await p.sandbox.delete(f"/ghl/contacts/{contact['id']}",
+                               headers={"Authorization": "Bearer sandbox-ghl-key", "Version": "2021-07-28"})
+        later = datetime.now(UTC) + timedelta(seconds=5)
+        update = await send_aloware(p, aloware_contact(8, first="Again", updated_at=later,
+                                                         event="Contact Updated"))
+        row = await eventually(lambda: done(clean_db, update["id"]))
+        assert row["outcome"] == "applied"
+        [recreated] = await p.ghl_contacts()
+        assert recreated["id"] != contact["id"] and recreated["firstName"] == "Again"

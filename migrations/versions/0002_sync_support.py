@@ -1,4 +1,4 @@
-"""shared vendor rate budget; per-direction event watermarks on contact mappings
+"""shared vendor rate budget; event watermarks and a GHL snapshot on contact mappings
 
 Revision ID: 0002
 Revises: 0001
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -28,9 +29,11 @@ def upgrade() -> None:
     )
     op.add_column("contact_mappings", sa.Column("aloware_event_at", sa.DateTime(timezone=True)))
     op.add_column("contact_mappings", sa.Column("ghl_event_at", sa.DateTime(timezone=True)))
+    op.add_column("contact_mappings", sa.Column("ghl_snapshot", postgresql.JSONB(astext_type=sa.Text())))
 
 
 def downgrade() -> None:
+    op.drop_column("contact_mappings", "ghl_snapshot")
     op.drop_column("contact_mappings", "ghl_event_at")
     op.drop_column("contact_mappings", "aloware_event_at")
     op.drop_table("rate_budget_buckets")

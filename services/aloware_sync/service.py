@@ -119,11 +119,14 @@ class AlowareSync:
                     wrote = True
                 if ghl_back:
                     updated = await self.ghl.update_contact(ghl_id, ghl_back)
-                    await store.record_write(conn, "ghl", ghl_id, ghl_to_canonical(updated, region).projection_hash())
+                    if updated is None:
+                        return Outcome("skipped", "ghl_contact_not_found")
+                    ghl = ghl_to_canonical(updated, region)
+                    await store.record_write(conn, "ghl", ghl_id, ghl.projection_hash())
                     wrote = True
             await store.upsert_mapping(conn, ghl_id=ghl_id, aloware_id=record.id, phone=ghl.phone,
                                        email=ghl.email, direction="bidirectional",
-                                       ghl_event_at=event.received_at)
+                                       ghl_event_at=event.received_at, ghl_snapshot=ghl.snapshot())
             await store.log_sync(conn, status="success" if wrote else "skipped", rule="CG",
                                  target_id=record.id, message=None if wrote else "no_changes",
                                  details={"decisions": [d.as_dict() for d in decisions]} or None, **common)

@@ -109,9 +109,12 @@ class GhlClient:
             raise Permanent(f"ghl 400 at contacts.create: {payload}")
         return str(response.json()["contact"]["id"]), True
 
-    async def update_contact(self, contact_id: str, fields: dict[str, Any]) -> GhlContact:
-        """G4: only the changed scalar fields (never tags or notes)."""
-        response = await self._call("PUT", f"/contacts/{contact_id}", "contacts.update", json=fields)
+    async def update_contact(self, contact_id: str, fields: dict[str, Any]) -> GhlContact | None:
+        """G4: only the changed scalar fields (never tags or notes); None when GHL says 404."""
+        response = await self._call("PUT", f"/contacts/{contact_id}", "contacts.update", json=fields,
+                                    passthrough=(404,))
+        if response.status_code == 404:
+            return None
         return GhlContact.model_validate(response.json()["contact"])
 
     async def add_tags(self, contact_id: str, tags: list[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -57,6 +58,33 @@ class GhlSync:
                         seconds=self.settings.dfm_fault_pause_after_vendor_write_s)
             await asyncio.sleep(self.settings.dfm_fault_pause_after_vendor_write_s)
 
+    async def _find(self, incoming: CanonicalContact) -> str | None:
+        """CA-2 (b), (c): GHL's duplicate lookup by phone, then by e-mail."""
+        found = await self.ghl.find_duplicate(phone=incoming.phone) if incoming.phone else None
+        if found is None and incoming.email:
+            found = await self.ghl.find_duplicate(email=incoming.email)
+        return found
+
+    async def _update(self, conn: Any, ghl_id: str, have: CanonicalContact, incoming: CanonicalContact,
+                      disposition: str | None) -> tuple[bool, CanonicalContact | None]:
+        """CA-4/CA-5 against what GHL holds (``have``): (wrote, GHL after) or (False, None) on 404."""
+        wrote, after = False, have
+        changes = update_fields(have, incoming, self.settings.contact_source_of_truth)
+        if changes:
+            updated = await self.ghl.update_contact(ghl_id, changes)
+            if updated is None:
+                return False, None
+            after = ghl_to_canonical(updated, self.settings.default_phone_region)
+            await store.record_write(conn, "ghl", ghl_id, after.projection_hash())
+            wrote = True
+        add = missing_tags(after.tags, [disposition] if disposition else [])
+        if add:
+            await self.ghl.add_tags(ghl_id, add)
+            after = after.with_fields(tags=(*after.tags, *(t.lower() for t in add)))
+            await store.record_write(conn, "ghl", ghl_id, after.projection_hash())
+            wrote = True
+        return wrote, after
+
     async def handle(self, event: WebhookEvent, attempt: int) -> Outcome:
         """The dispatch table (spec/outbound.md §1.1) for what is implemented."""
         if event.source.value == "aloware" and event.canonical_type in ("contact.created", "contact.updated"):
@@ -89,51 +117,49 @@ class GhlSync:
                 await store.log_sync(conn, status="skipped", rule="CA-2", target_id=mapping.ghl_contact_id,
                                      message="stale_event", **common)
                 return Outcome("skipped", "stale_event")
-            ghl_id, current = None, None
-            if mapping:
-                current = await self.ghl.get_contact(mapping.ghl_contact_id)
-                if current is None:
-                    await store.drop_mapping(conn, mapping.ghl_contact_id)
-                else:
-                    ghl_id = current.id
-            if ghl_id is None and incoming.phone:
-                ghl_id = await self.ghl.find_duplicate(phone=incoming.phone)
-            if ghl_id is None and incoming.email:
-                ghl_id = await self.ghl.find_duplicate(email=incoming.email)
-            wrote = False
             disposition = (body.disposition_status or "").strip() or None
+            ghl_id, have = None, None
+            if mapping:
+                ghl_id = mapping.ghl_contact_id
+                if mapping.ghl_snapshot:
+                    have = CanonicalContact.from_snapshot(mapping.ghl_snapshot)
+                else:
+                    current = await self.ghl.get_contact(ghl_id)
+                    have = ghl_to_canonical(current, region) if current else None
+                if have is None:
+                    await store.drop_mapping(conn, ghl_id)
+                    ghl_id = None
+            wrote, after = False, None
+            if ghl_id is not None and have is not None:
+                wrote, after = await self._update(conn, ghl_id, have, incoming, disposition)
+                if after is None:  # gone from GHL since our snapshot: find or create again
+                    await store.drop_mapping(conn, ghl_id)
+                    ghl_id = None
             if ghl_id is None:
-                fields = create_fields(
-                    incoming, disposition,
-                    custom_fields(self.cf_ids, body.id, body.lead_source, body.intake_source),
-                )
-                ghl_id, created = await self.ghl.create_contact(fields)
-                await self._fault_pause()
-                if created:
-                    wrote = True
-                    tags = tuple(t.lower() for t in fields.get("tags", []))
-                    await store.record_write(conn, "ghl", ghl_id, incoming.with_fields(tags=tags).projection_hash())
-            if not wrote:
-                current = current if current is not None and current.id == ghl_id else await self.ghl.get_contact(ghl_id)
-                if current is None:
-                    raise RetryLater(None, f"GHL contact {ghl_id} vanished during sync")
-                have = ghl_to_canonical(current, region)
-                changes = update_fields(have, incoming, self.settings.contact_source_of_truth)
-                after = have
-                if changes:
-                    updated = await self.ghl.update_contact(ghl_id, changes)
-                    after = ghl_to_canonical(updated, region)
-                    await store.record_write(conn, "ghl", ghl_id, after.projection_hash())
-                    wrote = True
-                add = missing_tags(after.tags, [disposition] if disposition else [])
-                if add:
-                    await self.ghl.add_tags(ghl_id, add)
-                    after = after.with_fields(tags=(*after.tags, *(t.lower() for t in add)))
-                    await store.record_write(conn, "ghl", ghl_id, after.projection_hash())
-                    wrote = True
+                ghl_id = await self._find(incoming)
+                if ghl_id is None:
+                    fields = create_fields(
+                        incoming, disposition,
+                        custom_fields(self.cf_ids, body.id, body.lead_source, body.intake_source),
+                    )
+                    ghl_id, created = await self.ghl.create_contact(fields)
+                    await self._fault_pause()
+                    if created:
+                        wrote = True
+                        tags = tuple(t.lower() for t in fields.get("tags", []))
+                        after = incoming.with_fields(tags=tags)
+                        await store.record_write(conn, "ghl", ghl_id, after.projection_hash())
+                if after is None:
+                    current = await self.ghl.get_contact(ghl_id)
+                    if current is None:
+                        raise RetryLater(None, f"GHL contact {ghl_id} vanished during sync")
+                    wrote, after = await self._update(
+                        conn, ghl_id, ghl_to_canonical(current, region), incoming, disposition)
+                    if after is None:
+                        raise RetryLater(None, f"GHL contact {ghl_id} vanished during sync")
             await store.upsert_mapping(conn, ghl_id=ghl_id, aloware_id=body.id, phone=incoming.phone,
                                        email=incoming.email, direction="aloware_to_ghl",
-                                       aloware_event_at=event_at)
+                                       aloware_event_at=event_at, ghl_snapshot=after.snapshot())
             await store.log_sync(conn, status="success" if wrote else "skipped", rule="CA",
                                  target_id=ghl_id, message=None if wrote else "no_changes", **common)
         return Outcome("applied") if wrote else Outcome("skipped", "no_changes")

@@ -359,6 +359,9 @@ class ContactMapping(Base):
     # newest source-event time applied per direction: older events never overwrite it (R2)
     aloware_event_at: Mapped[datetime | None] = _ts()
     ghl_event_at: Mapped[datetime | None] = _ts()
+    # the GHL contact's sync-relevant fields as last read or written by us: lets an update
+    # diff without re-reading GHL (refreshed whenever aloware-sync reads a human change)
+    ghl_snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
     __table_args__ = (
         UniqueConstraint("aloware_contact_id", name="contact_mappings_aloware_contact_id_unique"),

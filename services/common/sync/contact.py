@@ -46,6 +46,17 @@ class CanonicalContact:
         data["tags"] = sorted({t.lower() for t in self.tags})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-ready form kept with the mapping."""
+        data = asdict(self)
+        data["tags"] = list(self.tags)
+        return data
+
+    @classmethod
+    def from_snapshot(cls, data: dict[str, Any]) -> CanonicalContact:
+        """Inverse of ``snapshot``."""
+        return cls(**{**{k: data.get(k) for k in FIELDS}, "tags": tuple(data.get("tags") or ())})
+
     def with_fields(self, **values: Any) -> CanonicalContact:
         """A copy with some fields replaced."""
         return replace(self, **values)

@@ -64,6 +64,7 @@ async def upsert_mapping(
     direction: str,
     aloware_event_at: datetime | None = None,
     ghl_event_at: datetime | None = None,
+    ghl_snapshot: dict[str, Any] | None = None,
 ) -> None:
     """CA-7/CG-7: upsert on the GHL id; a different non-null Aloware id is a conflict."""
     existing = await mapping_by_ghl(conn, ghl_id)
@@ -83,6 +84,8 @@ async def upsert_mapping(
         values["aloware_event_at"] = aloware_event_at
     if ghl_event_at:
         values["ghl_event_at"] = ghl_event_at
+    if ghl_snapshot is not None:
+        values["ghl_snapshot"] = ghl_snapshot
     await conn.execute(
         pg_insert(ContactMapping)
         .values(ghl_contact_id=ghl_id, sync_direction=direction, **values)
