@@ -161,16 +161,16 @@ async def test_concurrent_replicas_converge_without_duplicates(
     events: list[dict[str, Any]] = []
     newest: dict[int, str] = {}
     for contact in range(20):
-        for version in range(5):
+        for version in range(10):
             name = f"C{contact}v{version}"
             events.append(aloware_contact(100 + contact, first=name, event="Contact Updated",
                                           updated_at=base + timedelta(seconds=version)))
-        newest[100 + contact] = f"C{contact}v4"
+        newest[100 + contact] = f"C{contact}v9"
     deliveries = events * 2  # every event delivered twice
     rng.shuffle(deliveries)
     async with running_pipeline(settings, replicas=3) as p:
         answers = await asyncio.gather(*(send_aloware(p, e) for e in deliveries))
-        assert len({a["id"] for a in answers if a["status"] == "accepted"}) == 100
+        assert len({a["id"] for a in answers if a["status"] == "accepted"}) == 200
 
         async def all_done() -> bool:
             conn = await asyncpg.connect(sync_url(clean_db))
@@ -180,9 +180,11 @@ async def test_concurrent_replicas_converge_without_duplicates(
                 total = await conn.fetchval("SELECT count(*) FROM webhook_events WHERE source='aloware'")
             finally:
                 await conn.close()
-            return total == 100 and pending == 0
+            return total == 200 and pending == 0
 
-        await eventually(all_done, timeout=120)
+        await eventually(all_done, timeout=180)
+        metrics = __import__("prometheus_client").generate_latest().decode()
+        assert 'dfm_events_echo_total{source="ghl"}' in metrics
         contacts = await p.ghl_contacts()
         assert len(contacts) == 20
         assert len({c["phone"] for c in contacts}) == 20

@@ -42,6 +42,8 @@ PROCESSING = Histogram("dfm_event_processing_duration_seconds", "Rule duration",
                        ["consumer", "canonical_type"])
 ATTEMPTS = Histogram("dfm_event_attempts", "Attempts an event needed", ["consumer"],
                      buckets=(1, 2, 3, 5, 8, 11, 20))
+ECHOES = Counter("dfm_events_echo_total", "Webhooks recognised as echoes of our own writes",
+                 ["source"])
 MALFORMED = Counter("dfm_malformed_messages_total", "Stream messages that are not envelopes",
                     ["consumer"])
 
@@ -255,6 +257,8 @@ class EventConsumer:
             PROCESSING.labels(self._spec.durable, event.canonical_type).observe(loop.time() - started)
             ATTEMPTS.labels(self._spec.durable).observe(attempt)
             EVENTS.labels(self._spec.durable, event.canonical_type, "done", outcome.outcome).inc()
+            if outcome.outcome == "echo":
+                ECHOES.labels(event.source.value).inc()
             log.info("event_done", outcome=outcome.outcome, reason=outcome.reason, attempt=attempt, **bound)
             await msg.ack()
 

@@ -132,6 +132,8 @@ def sandbox_env(settings: Settings, say: Callable[[str], None]) -> dict[str, str
         "GHL_API_KEY": "sandbox-ghl-key",
         "ALOWARE_BASE_URL": f"{base}/aloware/api/v1",
         "ALOWARE_API_TOKEN": "sandbox-aloware-token",
+        "VERITY_BASE_URL": settings.verity_base_url or f"{base}/verity",
+        "VERITY_API_KEY": "sandbox-verity-key",
         "DFM_SANDBOX_WEBHOOK_URL": f"http://127.0.0.1:{settings.ingress_port}",
     }
 

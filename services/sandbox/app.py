@@ -36,6 +36,7 @@ from services.sandbox.openapi_check import GhlOpenApi
 log = get_logger(__name__)
 GHL_PREFIX = "/ghl"
 ALOWARE_PREFIX = "/aloware/api/v1"
+VERITY_PREFIX = "/verity"
 
 
 @dataclass
@@ -63,6 +64,8 @@ class SandboxState:
         default_factory=lambda: collections.defaultdict(collections.deque)
     )
     aloware_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(7_100_001))
+    verity_messages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    verity_forwards: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Sandbox:
@@ -75,6 +78,9 @@ class Sandbox:
         self.ghl_token = settings.ghl_api_key.get_secret_value() if settings.ghl_api_key else "sandbox-ghl-key"
         self.aloware_token = (
             settings.aloware_api_token.get_secret_value() if settings.aloware_api_token else "sandbox-aloware-token"
+        )
+        self.verity_key = (
+            settings.verity_api_key.get_secret_value() if settings.verity_api_key else "sandbox-verity-key"
         )
         self.rate_limit = 100
         self.rate_window_s = 10.0
@@ -284,6 +290,35 @@ def create_sandbox_app(settings: Settings) -> FastAPI:
         if fault is not None:
             return answer(fault.status or 500, {"error": "injected"})
         return answer(*_aloware_route(sandbox, method, rel, query, body))
+
+    # --- fake Verity (send-message API and the GHL-webhook forward target) ------------
+    @app.post(VERITY_PREFIX + "/api/integrations/df-middleware/send-message")
+    async def verity_send(request: Request) -> JSONResponse:
+        body = await request.json()
+        status, payload = 200, None
+        if request.headers.get("authorization") != f"Bearer {sandbox.verity_key}":
+            status, payload = 401, {"success": False, "error": "Unauthorized"}
+        elif (fault := await sandbox.fault_for("verity", "/send-message")) is not None:
+            status, payload = fault.status or 500, {"success": False, "error": "injected"}
+        elif not body.get("to") or not body.get("body"):
+            status, payload = 400, {"success": False, "error": "to and body are required"}
+        else:
+            message_id = "vmsg" + uuid.uuid4().hex[:16]
+            sandbox.state.verity_messages[message_id] = body
+            payload = {"success": True, "messageId": message_id, "chatId": "vchat" + uuid.uuid4().hex[:8],
+                       "status": "pending"}
+        sandbox.record("verity", "POST", "/api/integrations/df-middleware/send-message", status, body, {})
+        return JSONResponse(payload, status_code=status)
+
+    @app.post(VERITY_PREFIX + "/api/integrations/ghl/webhook")
+    async def verity_ghl_forward(request: Request) -> JSONResponse:
+        raw = await request.body()
+        forwarded = {"body": raw.decode(errors="replace"),
+                     "signature": request.headers.get("x-ghl-signature"),
+                     "forwarded": request.headers.get("x-middleware-forwarded")}
+        sandbox.state.verity_forwards.append(forwarded)
+        sandbox.record("verity", "POST", "/api/integrations/ghl/webhook", 200, None, {})
+        return JSONResponse({"success": True})
 
     return app
 
