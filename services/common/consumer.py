@@ -95,6 +95,9 @@ class PullConsumer:
                     log.warning("fetch_failed", consumer=self._spec.durable, error=str(exc))
                     await asyncio.sleep(0.5)  # back off while the client reconnects
                     continue
-                await self._handler(msgs)
+                try:
+                    await self._handler(msgs)
+                except Exception:  # a handler bug must not stop this worker; JetStream redelivers
+                    log.exception("handler_failed", consumer=self._spec.durable, messages=len(msgs))
         finally:
             stopping.cancel()

@@ -22,6 +22,7 @@ from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import WebhookEvent
@@ -227,7 +228,13 @@ class EventConsumer:
             await msg.term()
             return
         seq = msg.metadata.sequence.stream if msg.metadata else None
-        attempt = await self.ledger.begin(event, seq)
+        try:
+            attempt = await self.ledger.begin(event, seq)
+        except SQLAlchemyError as exc:  # e.g. a deadlock victim or the database restarting
+            log.warning("claim_failed_will_retry", event_id=str(event.event_id),
+                        consumer=self._spec.durable, error=type(exc).__name__)
+            await msg.nak(delay=1.0)
+            return
         if attempt is None:
             await msg.ack()
             return
