@@ -122,17 +122,7 @@ def test_fixture_parses_into_its_typed_model_and_subject(relative: str) -> None:
     # round trip: dump → parse gives the same model, and the envelope survives the wire
     again = type(model).model_validate(model.model_dump(by_alias=True))
     assert again == model
-    event = WebhookEvent(
-        source=result.source,
-        event_name=result.event_name,
-        event_type=result.event_type,
-        canonical_type=result.canonical_type,
-        entity_type=result.entity_type,
-        entity_id=result.entity_id,
-        dedupe_key=result.dedupe_key,
-        auth=AuthInfo(method="hmac", verified=True),
-        payload=body,
-    )
+    event = result.envelope(AuthInfo(method="hmac", verified=True), body)
     assert WebhookEvent.from_bytes(event.to_bytes()) == event
     assert event.subject == subject
 

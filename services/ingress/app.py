@@ -8,14 +8,12 @@ ever produces a 5xx (C9).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
-from uuid import uuid4
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
@@ -24,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.routing import Route
 
-from contracts.envelope import AuthInfo, WebhookEvent
+from contracts.envelope import AuthInfo
 from services.common.db.session import create_engine
 from services.common.logging import get_logger
 from services.common.settings import Settings
@@ -207,23 +205,8 @@ class Ingress:
         payload: dict[str, Any],
         body: bytes,
     ) -> tuple[str, JSONResponse]:
-        event_id = uuid4()
-        event = WebhookEvent(
-            event_id=event_id,
-            source=result.source,
-            event_name=result.event_name,
-            event_type=result.event_type,
-            canonical_type=result.canonical_type,
-            entity_type=result.entity_type,
-            entity_id=result.entity_id,
-            dedupe_key=result.dedupe_key,
-            received_at=datetime.now(UTC),
-            location_id=result.location_id,
-            auth=auth,
-            outcome_hint=result.outcome_hint,
-            payload=payload,
-            payload_raw_b64=base64.b64encode(body).decode() if source.startswith("ghl") else None,
-        )
+        event = result.envelope(auth, payload, raw=body if source.startswith("ghl") else None)
+        event_id = event.event_id
         published = await self.publisher.publish(event)
         bound = {
             "event_id": str(event_id),

@@ -6,12 +6,14 @@ without I/O and reused by ``dfm send``.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from contracts.envelope import AuthInfo, WebhookEvent
 from contracts.payloads import is_ghl_marketplace
 from contracts.payloads.texting import normalise_texting
 from contracts.subjects import EntityType, Source
@@ -32,6 +34,23 @@ class Classified:
     dedupe_key: str
     location_id: str | None = None
     outcome_hint: str | None = None
+
+    def envelope(self, auth: AuthInfo, payload: dict[str, Any], raw: bytes | None = None) -> WebhookEvent:
+        """The accepted event (new event id, received now); ``raw`` kept when given."""
+        return WebhookEvent(
+            source=self.source,
+            event_name=self.event_name,
+            event_type=self.event_type,
+            canonical_type=self.canonical_type,
+            entity_type=self.entity_type,
+            entity_id=self.entity_id,
+            dedupe_key=self.dedupe_key,
+            location_id=self.location_id,
+            auth=auth,
+            outcome_hint=self.outcome_hint,
+            payload=payload,
+            payload_raw_b64=base64.b64encode(raw).decode() if raw is not None else None,
+        )
 
 
 @dataclass(frozen=True)
