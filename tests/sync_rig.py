@@ -17,7 +17,7 @@ from services.aloware_sync.service import AlowareSync
 from services.clients.aloware import AlowareClient
 from services.clients.budget import RateBudget
 from services.clients.ghl import GhlClient
-from services.common.consumer import PullConsumer
+from services.common.stream_app import start_sync_broker
 from services.common.db.session import create_engine
 from services.common.delivery import EventConsumer, consumer_batch
 from services.common.embedded import free_port
@@ -79,7 +79,7 @@ async def consumers(settings: Settings, replicas: int, *, window_s: int = 10) ->
     assert settings.ghl_api_key and settings.ghl_location_id and settings.aloware_api_token
     clients: list[Any] = []
     engines: list[Any] = []
-    loops: list[PullConsumer] = []
+    brokers: list[Any] = []
     for _ in range(replicas * 2):
         engine = create_engine(settings)
         engines.append(engine)
@@ -90,21 +90,17 @@ async def consumers(settings: Settings, replicas: int, *, window_s: int = 10) ->
                             max_rps=settings.aloware_max_rps)
         clients += [ghl, alo]
         batch = consumer_batch(settings)
-        if len(loops) % 2 == 0:
+        if len(brokers) % 2 == 0:
             g = EventConsumer(settings, GHL_SYNC, engine, GhlSync(settings, engine, ghl).handle)
-            loops.append(PullConsumer(settings, GHL_SYNC, g.handle_batch, workers=batch))
+            brokers.append(await start_sync_broker(settings, GHL_SYNC, g.handle, batch))
         else:
             a = EventConsumer(settings, ALOWARE_SYNC, engine, AlowareSync(settings, engine, ghl, alo).handle)
-            loops.append(PullConsumer(settings, ALOWARE_SYNC, a.handle_batch, workers=batch))
-    tasks = [asyncio.create_task(loop.run()) for loop in loops]
-    async with asyncio.timeout(30):
-        await asyncio.gather(*(loop.ready.wait() for loop in loops))
+            brokers.append(await start_sync_broker(settings, ALOWARE_SYNC, a.handle, batch))
     try:
         yield
     finally:
-        for loop in loops:
-            loop.stop()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for broker in brokers:
+            await broker.stop()
         for client in clients:
             await client.aclose()
         for engine in engines:

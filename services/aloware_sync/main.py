@@ -9,10 +9,10 @@ from services.aloware_sync.service import AlowareSync
 from services.clients.aloware import AlowareClient
 from services.clients.budget import RateBudget
 from services.clients.ghl import GhlClient
-from services.common.consumer import PullConsumer
 from services.common.db.session import create_engine
 from services.common.delivery import EventConsumer, consumer_batch
 from services.common.runtime import on_termination
+from services.common.stream_app import start_sync_broker
 from services.common.settings import Settings
 
 
@@ -27,11 +27,13 @@ async def serve(settings: Settings) -> None:
                             max_rps=settings.aloware_max_rps)
     rules = AlowareSync(settings, engine, ghl, aloware)
     consumer = EventConsumer(settings, ALOWARE_SYNC, engine, rules.handle)
-    loop = PullConsumer(settings, ALOWARE_SYNC, consumer.handle_batch, workers=consumer_batch(settings))
-    on_termination(asyncio.get_running_loop(), loop.stop)
+    stop = asyncio.Event()
+    on_termination(asyncio.get_running_loop(), stop.set)
+    broker = await start_sync_broker(settings, ALOWARE_SYNC, consumer.handle, consumer_batch(settings))
     try:
-        await loop.run()
+        await stop.wait()
     finally:
+        await broker.stop()
         await ghl.aclose()
         await aloware.aclose()
         await engine.dispose()

@@ -1,7 +1,9 @@
-"""A durable JetStream pull loop shared by every consumer service.
+"""A batching JetStream pull loop, used by the recorder (whole batches go into one INSERT).
 
-Binds to a durable created by ``ensure_topology`` and runs ``workers`` fetch loops, each
-fetching up to ``batch`` messages and handing them to the service's handler. Long fetch
+The sync consumers run under FastStream (``services/common/stream_app.py``); this loop
+stays for the recorder, which needs the batch as a list. It binds to a durable created by
+``ensure_topology`` and runs ``workers`` fetch loops, each fetching up to ``batch``
+messages and handing them to the handler. Long fetch
 timeouts matter: nats-py lets a pull request expire 0.1 ms before the client stops
 waiting, and a message the server sends into that gap is only redelivered after the
 ack wait, so short polls would delay messages by seconds. On ``stop()`` no new fetch

@@ -213,10 +213,6 @@ class EventConsumer:
         self._ack_wait = settings.dfm_consumer_ack_wait_s or spec.ack_wait_s
         self.ledger = DeliveryLedger(engine, spec.durable, settings)
 
-    async def handle_batch(self, msgs: list[Msg]) -> None:
-        """Process a fetched batch concurrently (rules serialise per contact themselves)."""
-        await asyncio.gather(*(self.handle(msg) for msg in msgs))
-
     async def handle(self, msg: Msg) -> None:
         """One message, end to end."""
         try:

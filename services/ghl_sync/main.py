@@ -7,10 +7,10 @@ import asyncio
 from contracts.streams import GHL_SYNC
 from services.clients.budget import RateBudget
 from services.clients.ghl import GhlClient
-from services.common.consumer import PullConsumer
 from services.common.db.session import create_engine
 from services.common.delivery import EventConsumer, consumer_batch
 from services.common.runtime import on_termination
+from services.common.stream_app import start_sync_broker
 from services.common.settings import Settings
 from services.ghl_sync.service import GhlSync
 
@@ -28,11 +28,13 @@ async def serve(settings: Settings) -> None:
     budget = RateBudget(engine, f"ghl:{settings.ghl_location_id}", settings.ghl_rate_limit_per_10s)
     ghl = ghl_client(settings, budget)
     consumer = EventConsumer(settings, GHL_SYNC, engine, GhlSync(settings, engine, ghl).handle)
-    loop = PullConsumer(settings, GHL_SYNC, consumer.handle_batch, workers=consumer_batch(settings))
-    on_termination(asyncio.get_running_loop(), loop.stop)
+    stop = asyncio.Event()
+    on_termination(asyncio.get_running_loop(), stop.set)
+    broker = await start_sync_broker(settings, GHL_SYNC, consumer.handle, consumer_batch(settings))
     try:
-        await loop.run()
+        await stop.wait()
     finally:
+        await broker.stop()
         await ghl.aclose()
         await engine.dispose()
 
