@@ -10,7 +10,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import WebhookEvent
 from contracts.payloads import is_ghl_marketplace
-from services.aloware_sync.rules.contact import aloware_form, plan_existing
+from services.aloware_sync.rules.contact import (
+    CreateAlowareContact,
+    UpdateAlowareContact,
+    plan_ghl_contact_sync,
+)
 from services.clients.aloware import AlowareClient
 from services.clients.ghl import GhlClient, GhlContact
 from services.common.delivery import Outcome
@@ -101,29 +105,29 @@ class AlowareSync:
                 await store.log_sync(conn, status="skipped", rule="LP-1", message="middleware-originated", **common)
                 return Outcome("echo", "middleware-originated")
             record = await self.aloware.lookup_by_phone(ghl.phone)
-            wrote, decisions = False, []
-            if record is None:
-                await self.aloware.upsert_contact(aloware_form(ghl), force_update=False)
-                record = await self.aloware.lookup_by_phone(ghl.phone)
-                if record is None:
-                    raise RetryLater(None, "Aloware contact not found right after create")
-                await store.record_write(conn, "aloware", record.id,
-                                         aloware_to_canonical(record, region).projection_hash())
-                wrote = True
-            else:
-                alo = aloware_to_canonical(record, region)
-                target, ghl_back, decisions = plan_existing(ghl, alo, self.settings.contact_source_of_truth)
-                if target is not None:
-                    await self.aloware.upsert_contact(aloware_form(target), force_update=True)
-                    await store.record_write(conn, "aloware", record.id, target.projection_hash())
-                    wrote = True
-                if ghl_back:
-                    updated = await self.ghl.update_contact(ghl_id, ghl_back)
+            alo = aloware_to_canonical(record, region) if record else None
+            plan = plan_ghl_contact_sync(ghl, alo, self.settings.contact_source_of_truth)
+            decisions, wrote = list(plan.decisions), False
+            for operation in plan.operations:
+                if isinstance(operation, CreateAlowareContact):
+                    await self.aloware.upsert_contact(operation.form, force_update=False)
+                    record = await self.aloware.lookup_by_phone(ghl.phone)
+                    if record is None:
+                        raise RetryLater(None, "Aloware contact not found right after create")
+                    await store.record_write(conn, "aloware", record.id,
+                                             aloware_to_canonical(record, region).projection_hash())
+                elif isinstance(operation, UpdateAlowareContact):
+                    assert record is not None
+                    await self.aloware.upsert_contact(operation.form, force_update=True)
+                    await store.record_write(conn, "aloware", record.id, operation.expected.projection_hash())
+                else:
+                    updated = await self.ghl.update_contact(ghl_id, operation.fields)
                     if updated is None:
                         return Outcome("skipped", "ghl_contact_not_found")
                     ghl = ghl_to_canonical(updated, region)
                     await store.record_write(conn, "ghl", ghl_id, ghl.projection_hash())
-                    wrote = True
+                wrote = True
+            assert record is not None
             await store.upsert_mapping(conn, ghl_id=ghl_id, aloware_id=record.id, phone=ghl.phone,
                                        email=ghl.email, direction="bidirectional",
                                        ghl_event_at=event.received_at, ghl_snapshot=ghl.snapshot())

@@ -4,6 +4,7 @@ created/updated → GHL contact) with echo suppression, ordering and per-contact
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,14 +21,26 @@ from services.common.settings import Settings
 from services.common.sync import store
 from services.common.sync.contact import CanonicalContact, aloware_to_canonical, ghl_to_canonical
 from services.ghl_sync.rules.contact import (
+    CreateGhlContact,
     CustomFieldIds,
-    create_fields,
+    KnownGhlContact,
+    Plan,
+    UpdateGhlContact,
     custom_fields,
-    missing_tags,
-    update_fields,
+    plan_contact_upsert,
 )
 
 SOT_SKIP = "aloware_contact_event_ignored_source_of_truth_is_ghl"
+
+
+@dataclass(frozen=True)
+class _Replan:
+    """GHL changed under the plan: drop the mapping and/or re-read ``ghl_id``, then re-plan."""
+
+    ghl_id: str
+    drop_mapping: bool = False
+    reread: bool = False
+
 log = get_logger(__name__)
 
 
@@ -58,32 +71,55 @@ class GhlSync:
                         seconds=self.settings.dfm_fault_pause_after_vendor_write_s)
             await asyncio.sleep(self.settings.dfm_fault_pause_after_vendor_write_s)
 
-    async def _find(self, incoming: CanonicalContact) -> str | None:
+    async def _known_by_id(self, ghl_id: str) -> KnownGhlContact | None:
+        current = await self.ghl.get_contact(ghl_id)
+        if current is None:
+            return None
+        return KnownGhlContact(ghl_id, ghl_to_canonical(current, self.settings.default_phone_region))
+
+    async def _known_from_mapping(self, conn: Any, mapping: Any) -> KnownGhlContact | None:
+        """CA-2 (a): the mapped contact, from our snapshot when we have one, else GHL."""
+        if mapping is None:
+            return None
+        if mapping.ghl_snapshot:
+            return KnownGhlContact(mapping.ghl_contact_id,
+                                   CanonicalContact.from_snapshot(mapping.ghl_snapshot))
+        known = await self._known_by_id(mapping.ghl_contact_id)
+        if known is None:
+            await store.drop_mapping(conn, mapping.ghl_contact_id)
+        return known
+
+    async def _known_from_search(self, incoming: CanonicalContact) -> KnownGhlContact | None:
         """CA-2 (b), (c): GHL's duplicate lookup by phone, then by e-mail."""
         found = await self.ghl.find_duplicate(phone=incoming.phone) if incoming.phone else None
         if found is None and incoming.email:
             found = await self.ghl.find_duplicate(email=incoming.email)
-        return found
+        return await self._known_by_id(found) if found else None
 
-    async def _update(self, conn: Any, ghl_id: str, have: CanonicalContact, incoming: CanonicalContact,
-                      disposition: str | None) -> tuple[bool, CanonicalContact | None]:
-        """CA-4/CA-5 against what GHL holds (``have``): (wrote, GHL after) or (False, None) on 404."""
-        wrote, after = False, have
-        changes = update_fields(have, incoming, self.settings.contact_source_of_truth)
-        if changes:
-            updated = await self.ghl.update_contact(ghl_id, changes)
-            if updated is None:
-                return False, None
-            after = ghl_to_canonical(updated, self.settings.default_phone_region)
+    async def _apply(self, conn: Any, plan: Plan, known: KnownGhlContact | None,
+                     incoming: CanonicalContact) -> tuple[str, CanonicalContact, bool] | _Replan:
+        """Run a plan's operations; every write is recorded in the echo ledger at once."""
+        ghl_id = known.ghl_id if known else ""
+        after = known.contact if known else incoming
+        wrote = False
+        for operation in plan.operations:
+            if isinstance(operation, CreateGhlContact):
+                ghl_id, created = await self.ghl.create_contact(operation.fields)
+                await self._fault_pause()
+                if not created:  # CA-3: GHL says it exists (duplicate 400 with meta.contactId)
+                    return _Replan(ghl_id, reread=True)
+                after = incoming.with_fields(tags=tuple(t.lower() for t in operation.fields.get("tags", [])))
+            elif isinstance(operation, UpdateGhlContact):
+                updated = await self.ghl.update_contact(operation.ghl_id, operation.fields)
+                if updated is None:  # gone from GHL since our snapshot: find or create again
+                    return _Replan(operation.ghl_id, drop_mapping=True)
+                after = ghl_to_canonical(updated, self.settings.default_phone_region)
+            else:
+                await self.ghl.add_tags(operation.ghl_id, list(operation.tags))
+                after = after.with_fields(tags=(*after.tags, *(t.lower() for t in operation.tags)))
             await store.record_write(conn, "ghl", ghl_id, after.projection_hash())
             wrote = True
-        add = missing_tags(after.tags, [disposition] if disposition else [])
-        if add:
-            await self.ghl.add_tags(ghl_id, add)
-            after = after.with_fields(tags=(*after.tags, *(t.lower() for t in add)))
-            await store.record_write(conn, "ghl", ghl_id, after.projection_hash())
-            wrote = True
-        return wrote, after
+        return ghl_id, after, wrote
 
     async def handle(self, event: WebhookEvent, attempt: int) -> Outcome:
         """The dispatch table (spec/outbound.md §1.1) for what is implemented."""
@@ -118,45 +154,23 @@ class GhlSync:
                                      message="stale_event", **common)
                 return Outcome("skipped", "stale_event")
             disposition = (body.disposition_status or "").strip() or None
-            ghl_id, have = None, None
-            if mapping:
-                ghl_id = mapping.ghl_contact_id
-                if mapping.ghl_snapshot:
-                    have = CanonicalContact.from_snapshot(mapping.ghl_snapshot)
-                else:
-                    current = await self.ghl.get_contact(ghl_id)
-                    have = ghl_to_canonical(current, region) if current else None
-                if have is None:
-                    await store.drop_mapping(conn, ghl_id)
-                    ghl_id = None
-            wrote, after = False, None
-            if ghl_id is not None and have is not None:
-                wrote, after = await self._update(conn, ghl_id, have, incoming, disposition)
-                if after is None:  # gone from GHL since our snapshot: find or create again
-                    await store.drop_mapping(conn, ghl_id)
-                    ghl_id = None
-            if ghl_id is None:
-                ghl_id = await self._find(incoming)
-                if ghl_id is None:
-                    fields = create_fields(
-                        incoming, disposition,
-                        custom_fields(self.cf_ids, body.id, body.lead_source, body.intake_source),
-                    )
-                    ghl_id, created = await self.ghl.create_contact(fields)
-                    await self._fault_pause()
-                    if created:
-                        wrote = True
-                        tags = tuple(t.lower() for t in fields.get("tags", []))
-                        after = incoming.with_fields(tags=tags)
-                        await store.record_write(conn, "ghl", ghl_id, after.projection_hash())
-                if after is None:
-                    current = await self.ghl.get_contact(ghl_id)
-                    if current is None:
-                        raise RetryLater(None, f"GHL contact {ghl_id} vanished during sync")
-                    wrote, after = await self._update(
-                        conn, ghl_id, ghl_to_canonical(current, region), incoming, disposition)
-                    if after is None:
-                        raise RetryLater(None, f"GHL contact {ghl_id} vanished during sync")
+            customs = custom_fields(self.cf_ids, body.id, body.lead_source, body.intake_source)
+            known = await self._known_from_mapping(conn, mapping)
+            for _ in range(3):  # re-plan when GHL changed under us (contact gone, duplicate)
+                if known is None:
+                    known = await self._known_from_search(incoming)
+                plan = plan_contact_upsert(incoming, known, mode=self.settings.contact_source_of_truth,
+                                           disposition=disposition, customs=customs)
+                applied = await self._apply(conn, plan, known, incoming)
+                if isinstance(applied, _Replan):
+                    if applied.drop_mapping:
+                        await store.drop_mapping(conn, applied.ghl_id)
+                    known = await self._known_by_id(applied.ghl_id) if applied.reread else None
+                    continue
+                ghl_id, after, wrote = applied
+                break
+            else:
+                raise RetryLater(None, "GHL contact kept changing during the sync")
             await store.upsert_mapping(conn, ghl_id=ghl_id, aloware_id=body.id, phone=incoming.phone,
                                        email=incoming.email, direction="aloware_to_ghl",
                                        aloware_event_at=event_at, ghl_snapshot=after.snapshot())

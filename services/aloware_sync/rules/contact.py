@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from services.common.sync.contact import ALOWARE_NAMES, FIELDS, GHL_NAMES, CanonicalContact
@@ -27,3 +28,53 @@ def plan_existing(ghl: CanonicalContact, alo: CanonicalContact, mode: str) -> tu
     target = alo.with_fields(**{f: getattr(merged, f) for f in FIELDS})
     ghl_back = {GHL_NAMES[k]: v for k, v in changed_fields(ghl, merged).items()}
     return (target if changed_fields(alo, target) else None), ghl_back, decisions
+
+
+@dataclass(frozen=True)
+class CreateAlowareContact:
+    """CG-3 (d): Lead API with ``force_update: false``, then look the contact up by phone."""
+
+    form: dict[str, Any]
+    expected: CanonicalContact
+
+
+@dataclass(frozen=True)
+class UpdateAlowareContact:
+    """CG-5: Lead API with ``force_update: true``."""
+
+    form: dict[str, Any]
+    expected: CanonicalContact
+
+
+@dataclass(frozen=True)
+class WriteBackToGhl:
+    """CG-6 (merge mode): the GHL fields the merge changed."""
+
+    fields: dict[str, Any]
+
+
+AlowareOperation = CreateAlowareContact | UpdateAlowareContact | WriteBackToGhl
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Operations in order, the merge decisions behind them, or why nothing happens."""
+
+    operations: tuple[AlowareOperation, ...] = ()
+    decisions: tuple[Decision, ...] = ()
+    skip_reason: str | None = None
+
+
+def plan_ghl_contact_sync(ghl: CanonicalContact, alo: CanonicalContact | None, mode: str) -> Plan:
+    """CG-3…CG-6 as a pure function of the GHL contact and the Aloware one (if any)."""
+    if alo is None:
+        return Plan((CreateAlowareContact(aloware_form(ghl), ghl),))
+    target, ghl_back, decisions = plan_existing(ghl, alo, mode)
+    operations: list[AlowareOperation] = []
+    if target is not None:
+        operations.append(UpdateAlowareContact(aloware_form(target), target))
+    if ghl_back:
+        operations.append(WriteBackToGhl(ghl_back))
+    if not operations:
+        return Plan(decisions=tuple(decisions), skip_reason="no_changes")
+    return Plan(tuple(operations), tuple(decisions))

@@ -55,3 +55,67 @@ def missing_tags(current_tags: tuple[str, ...] | list[str], wanted: list[str]) -
 
 def _fields(contact: CanonicalContact) -> dict[str, Any]:
     return {k: getattr(contact, k) for k in GHL_NAMES}
+
+
+@dataclass(frozen=True)
+class KnownGhlContact:
+    """The GHL contact this Aloware contact corresponds to, as we last knew it."""
+
+    ghl_id: str
+    contact: CanonicalContact
+
+
+@dataclass(frozen=True)
+class CreateGhlContact:
+    """CA-3: POST /contacts/."""
+
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class UpdateGhlContact:
+    """CA-4: PUT /contacts/{id} with the changed fields only."""
+
+    ghl_id: str
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AddGhlTags:
+    """CA-5: POST /contacts/{id}/tags (additive)."""
+
+    ghl_id: str
+    tags: tuple[str, ...]
+
+
+GhlOperation = CreateGhlContact | UpdateGhlContact | AddGhlTags
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a rule will do: operations in order, or why it does nothing."""
+
+    operations: tuple[GhlOperation, ...] = ()
+    skip_reason: str | None = None
+
+
+def plan_contact_upsert(
+    incoming: CanonicalContact,
+    known: KnownGhlContact | None,
+    *,
+    mode: str,
+    disposition: str | None,
+    customs: list[dict[str, str]],
+) -> Plan:
+    """CA-3…CA-5 as a pure function: create when GHL has no such contact, else write only
+    the differing fields (LP-2) and the missing disposition tag; nothing when all agree."""
+    if known is None:
+        return Plan((CreateGhlContact(create_fields(incoming, disposition, customs)),))
+    operations: list[GhlOperation] = []
+    changes = update_fields(known.contact, incoming, mode)
+    if changes:
+        operations.append(UpdateGhlContact(known.ghl_id, changes))
+    add = missing_tags(known.contact.tags, [disposition] if disposition else [])
+    if add:
+        operations.append(AddGhlTags(known.ghl_id, tuple(add)))
+    return Plan(tuple(operations)) if operations else Plan(skip_reason="no_changes")
