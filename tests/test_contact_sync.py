@@ -293,3 +293,21 @@ async def test_update_after_the_ghl_contact_was_deleted_recreates_it_once(
         assert row["outcome"] == "applied"
         [recreated] = await p.ghl_contacts()
         assert recreated["id"] != contact["id"] and recreated["firstName"] == "Again"
+
+
+async def test_an_event_that_keeps_failing_ends_dead_after_its_retry_budget(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    settings = pipeline_settings(base_env, tmp_path, RETRY_MAX_ATTEMPTS="3")
+    async with running_pipeline(settings) as p:
+        await p.sandbox.post("/_sandbox/faults", json={"vendor": "ghl", "count": 1000, "status": 502})
+        answer = await send_aloware(p, aloware_contact(9))
+        row = await eventually(lambda: done(clean_db, answer["id"]), timeout=60)
+        assert (row["status"], row["attempts"]) == ("dead", 3)
+        assert row["error_message"].startswith("retry budget spent: ghl 502")
+        conn = await asyncpg.connect(sync_url(clean_db))
+        try:
+            delivery = await conn.fetchrow("SELECT status, attempts, last_error FROM event_deliveries")
+        finally:
+            await conn.close()
+        assert (delivery["status"], delivery["attempts"]) == ("dead", 3)

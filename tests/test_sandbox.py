@@ -65,3 +65,18 @@ async def test_fake_verity_sends_messages_for_the_right_key(sandbox: httpx.Async
     sent = await sandbox.post(url, json={"to": "+15555550101", "body": "hi"},
                               headers={"Authorization": "Bearer sandbox-verity-key"})
     assert sent.status_code == 200 and sent.json()["messageId"].startswith("vmsg")
+
+
+async def test_clients_read_users_from_both_fakes(sandbox: httpx.AsyncClient) -> None:
+    from services.clients.aloware import AlowareClient
+    from services.clients.ghl import GhlClient
+
+    base = str(sandbox.base_url).rstrip("/")
+    ghl = GhlClient(base + "/ghl", "sandbox-ghl-key", "loc1")
+    alo = AlowareClient(base + "/aloware/api/v1", "sandbox-aloware-token")
+    try:
+        assert [u["email"] for u in await ghl.list_users()] == ["chris.rep@example.com"]
+        assert [u["id"] for u in await alo.list_users()] == [3100]
+    finally:
+        await ghl.aclose()
+        await alo.aclose()

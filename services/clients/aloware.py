@@ -97,3 +97,11 @@ class AlowareClient:
         await self._pacer.wait()
         body = {**fields, "force_update": force_update, "api_token": self._token}
         await self._http.request("POST", "/webhook/forms", "forms", json=body)
+
+    async def list_users(self) -> list[dict[str, Any]]:
+        """A1: the company's users (``id``, ``name``, ``email``, ``status``)."""
+        await self._pacer.wait()
+        response = await self._http.request("GET", "/webhook/users", "users.list",
+                                            params={"api_token": self._token})
+        data = response.json()
+        return [u for u in data if isinstance(u, dict)] if isinstance(data, list) else []

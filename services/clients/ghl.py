@@ -129,3 +129,9 @@ class GhlClient:
         """G7: returns the note id."""
         response = await self._call("POST", f"/contacts/{contact_id}/notes", "contacts.notes.create", json={"body": body})
         return str(response.json()["note"]["id"])
+
+    async def list_users(self) -> list[dict[str, Any]]:
+        """G8: the location's users (``id``, ``name``, ``email``)."""
+        response = await self._call("GET", "/users/", "users.list", params={"locationId": self.location_id})
+        users = response.json().get("users", [])
+        return [u for u in users if isinstance(u, dict)]
