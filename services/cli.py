@@ -56,6 +56,8 @@ def up() -> None:
     )
 
     settings = settings_for("up")
+    # progress lines must reach a log file or a process manager as they happen
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     data_dir = Path(settings.dfm_data_dir).resolve()
     typer.echo(f"dfm up: data in {data_dir}")
     try:
