@@ -83,11 +83,8 @@ async def consumers(settings: Settings, replicas: int, *, window_s: int = 10) ->
     for _ in range(replicas * 2):
         engine = create_engine(settings)
         engines.append(engine)
-        budget = RateBudget(engine, f"ghl:{settings.ghl_location_id}", settings.ghl_rate_limit_per_10s, window_s)
-        ghl = GhlClient(settings.ghl_base_url, settings.ghl_api_key.get_secret_value(),
-                        settings.ghl_location_id, acquire=budget.acquire)
-        alo = AlowareClient(settings.aloware_base_url, settings.aloware_api_token.get_secret_value(),
-                            max_rps=settings.aloware_max_rps)
+        ghl = GhlClient.from_settings(settings, RateBudget.for_ghl(engine, settings, window_s).acquire)
+        alo = AlowareClient.from_settings(settings)
         clients += [ghl, alo]
         batch = consumer_batch(settings)
         if len(brokers) % 2 == 0:

@@ -11,29 +11,20 @@ from services.clients.budget import RateBudget
 from services.clients.ghl import GhlClient
 from services.common.db.session import create_engine
 from services.common.delivery import EventConsumer, consumer_batch
-from services.common.runtime import on_termination
-from services.common.stream_app import start_sync_broker
 from services.common.settings import Settings
+from services.common.stream_app import serve_until_terminated
 
 
 async def serve(settings: Settings) -> None:
-    """Consume until SIGTERM/SIGINT; the batch in hand finishes and is acked."""
-    assert settings.ghl_api_key and settings.ghl_location_id and settings.aloware_api_token
+    """Consume until SIGTERM/SIGINT."""
     engine = create_engine(settings)
-    budget = RateBudget(engine, f"ghl:{settings.ghl_location_id}", settings.ghl_rate_limit_per_10s)
-    ghl = GhlClient(settings.ghl_base_url, settings.ghl_api_key.get_secret_value(),
-                    settings.ghl_location_id, acquire=budget.acquire)
-    aloware = AlowareClient(settings.aloware_base_url, settings.aloware_api_token.get_secret_value(),
-                            max_rps=settings.aloware_max_rps)
-    rules = AlowareSync(settings, engine, ghl, aloware)
-    consumer = EventConsumer(settings, ALOWARE_SYNC, engine, rules.handle)
-    stop = asyncio.Event()
-    on_termination(asyncio.get_running_loop(), stop.set)
-    broker = await start_sync_broker(settings, ALOWARE_SYNC, consumer.handle, consumer_batch(settings))
+    ghl = GhlClient.from_settings(settings, RateBudget.for_ghl(engine, settings).acquire)
+    aloware = AlowareClient.from_settings(settings)
+    consumer = EventConsumer(settings, ALOWARE_SYNC, engine,
+                             AlowareSync(settings, engine, ghl, aloware).handle)
     try:
-        await stop.wait()
+        await serve_until_terminated(settings, ALOWARE_SYNC, consumer.handle, consumer_batch(settings))
     finally:
-        await broker.stop()
         await ghl.aclose()
         await aloware.aclose()
         await engine.dispose()

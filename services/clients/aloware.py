@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from contracts.payloads._types import IdStr, Tags
 from services.clients.http import VendorHttp, parse_body
 from services.common.errors import Permanent
+from services.common.settings import Settings
 
 
 class AlowareContactRecord(BaseModel):
@@ -65,6 +66,14 @@ class AlowareClient:
         self._token = api_token
         self._pacer = RequestPacer(max_rps)
         self._http = VendorHttp("aloware", base_url, transport=transport)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AlowareClient:
+        """The client for ``ALOWARE_BASE_URL`` / ``ALOWARE_API_TOKEN`` / ``ALOWARE_MAX_RPS``."""
+        settings.require("aloware_api_token")
+        assert settings.aloware_api_token is not None
+        return cls(settings.aloware_base_url, settings.aloware_api_token.get_secret_value(),
+                   max_rps=settings.aloware_max_rps)
 
     async def aclose(self) -> None:
         """Close the connection pool."""

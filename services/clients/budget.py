@@ -23,6 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.errors import RetryLater
+from services.common.settings import Settings
 
 _LOCK = text("SELECT pg_advisory_xact_lock(hashtext('rate:' || CAST(:key AS text)))")
 _ACQUIRE = text(
@@ -58,6 +59,11 @@ class RateBudget:
         self.window_s = window_s
         self.max_wait_s = window_s * 1.5 if max_wait_s is None else max_wait_s
         self._last_purge = 0
+
+    @classmethod
+    def for_ghl(cls, engine: AsyncEngine, settings: Settings, window_s: int = 10) -> RateBudget:
+        """The per-location GHL budget (``GHL_RATE_LIMIT_PER_10S``) all replicas share."""
+        return cls(engine, f"ghl:{settings.ghl_location_id}", settings.ghl_rate_limit_per_10s, window_s)
 
     async def acquire(self) -> None:
         """Take one request from the budget, waiting up to ``max_wait_s``, else RetryLater."""

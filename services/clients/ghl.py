@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from contracts.payloads._types import Tags
 from services.clients.http import VendorHttp, parse_body
 from services.common.errors import Permanent
+from services.common.settings import Settings
 
 CONTACTS_VERSION = "2021-07-28"
 USERS_VERSION = "2021-07-28"
@@ -67,6 +68,14 @@ class GhlClient:
         self._http = VendorHttp(
             "ghl", base_url, headers={"Authorization": f"Bearer {api_key}"}, transport=transport
         )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, acquire: Acquire = _no_budget) -> GhlClient:
+        """The client for ``GHL_BASE_URL`` / ``GHL_API_KEY`` / ``GHL_LOCATION_ID``."""
+        settings.require("ghl_api_key", "ghl_location_id")
+        assert settings.ghl_api_key is not None and settings.ghl_location_id is not None
+        return cls(settings.ghl_base_url, settings.ghl_api_key.get_secret_value(),
+                   settings.ghl_location_id, acquire=acquire)
 
     async def aclose(self) -> None:
         """Close the connection pool."""

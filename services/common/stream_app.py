@@ -8,6 +8,7 @@ message goes to ``EventConsumer.handle``, which acks, naks with delay or termina
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from faststream import AckPolicy
@@ -16,6 +17,7 @@ from nats.aio.msg import Msg
 
 from contracts.streams import ConsumerSpec
 from services.common.broker import prepare_topology
+from services.common.runtime import on_termination
 from services.common.settings import Settings
 
 MessageHandler = Callable[[Msg], Awaitable[None]]
@@ -38,6 +40,18 @@ def sync_broker(settings: Settings, spec: ConsumerSpec, handle: MessageHandler,
         await handle(msg.raw_message)
 
     return broker
+
+
+async def serve_until_terminated(settings: Settings, spec: ConsumerSpec, handle: MessageHandler,
+                                 workers: int) -> None:
+    """Consume until SIGTERM/SIGINT, then stop the broker (the caller closes its clients)."""
+    stop = asyncio.Event()
+    on_termination(asyncio.get_running_loop(), stop.set)
+    broker = await start_sync_broker(settings, spec, handle, workers)
+    try:
+        await stop.wait()
+    finally:
+        await broker.stop()
 
 
 async def start_sync_broker(settings: Settings, spec: ConsumerSpec, handle: MessageHandler,

@@ -178,5 +178,3 @@ class GhlSync:
                                  target_id=ghl_id, message=None if wrote else "no_changes", **common)
         return Outcome("applied") if wrote else Outcome("skipped", "no_changes")
 
-
-__all__ = ["CanonicalContact", "GhlSync"]

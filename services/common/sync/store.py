@@ -146,8 +146,3 @@ async def mark_ghl_deleted(conn: AsyncConnection, ghl_id: str) -> None:
         .where(ContactListMembership.contact_id == ghl_id, ContactListMembership.status == "active")
         .values(status="removed", reason="ghl_contact_deleted", updated_at=now)
     )
-
-
-async def mark_mapping_synced(conn: AsyncConnection, ghl_id: str) -> None:
-    await conn.execute(update(ContactMapping).where(ContactMapping.ghl_contact_id == ghl_id)
-                       .values(last_synced_at=datetime.now(UTC)))
