@@ -19,11 +19,18 @@ class _Command(BaseModel):
     requested_by: str = "system"
 
 
+SweepStep = Literal["S1", "S2", "S3", "S4", "S5"]
+
+
 class SweepRequested(_Command):
-    """Run the pending sweep now. ``slot`` is the schedule slot (message id) or None."""
+    """Run the pending sweep now. ``slot`` is the schedule slot (message id) or None.
+    ``tables``/``steps`` narrow it (``enqueue-pending`` is S1 on ``webhook`` without the
+    age threshold); by default every table and step runs."""
 
     slot: str | None = None
     ignore_min_age: bool = False
+    tables: tuple[EventTable, ...] = ("webhook", "texting", "broadcast")
+    steps: tuple[SweepStep, ...] = ("S1", "S2", "S3", "S4", "S5")
 
 
 class ReplayRequested(_Command):
@@ -56,3 +63,9 @@ class ReconcileRequested(_Command):
     entity_type: Literal["contact", "call", "list"] = "contact"
     direction: Literal["aloware_to_ghl", "ghl_to_aloware"] = "ghl_to_aloware"
     limit: int = Field(default=500, ge=1, le=10_000)
+
+
+class AlertCheckRequested(_Command):
+    """Evaluate the alert conditions now (scheduler, ``ALERT_CHECK_CRON``)."""
+
+    slot: str | None = None

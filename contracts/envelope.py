@@ -12,13 +12,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from contracts.subjects import EntityType, Source, webhook_subject
 
 AuthMethod = Literal[
-    "ed25519", "rsa", "workflow_token", "basic", "bearer", "hmac", "plain_secret", "insecure"
+    "ed25519", "rsa", "workflow_token", "basic", "bearer", "hmac", "plain_secret", "insecure",
+    "internal",
 ]
 
 HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_EVENT_ID = "Dfm-Event-Id"
 HEADER_RECEIVED_AT = "Dfm-Received-At"
 HEADER_CORRELATION_ID = "Dfm-Correlation-Id"
+# Set on re-deliveries we publish ourselves: "sweep:<run id>" or "replay:<command id>".
+HEADER_REDRIVE = "Dfm-Redrive"
 
 
 class AuthInfo(BaseModel):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from contracts.subjects import subject_matches
+
 WEBHOOKS_STREAM = "WEBHOOKS"
 JOBS_STREAM = "JOBS"
 
@@ -103,3 +105,11 @@ def consumer(durable: str) -> ConsumerSpec:
         if spec.durable == durable:
             return spec
     raise KeyError(durable)
+
+
+def expected_consumers(subject: str) -> list[str]:
+    """The consumers (recorder excluded) whose filters take a webhook ``subject``."""
+    return [
+        spec.durable for spec in CONSUMERS
+        if spec is not RECORDER and any(subject_matches(f, subject) for f in spec.filter_subjects)
+    ]

@@ -71,6 +71,7 @@ def fallback_subject(source: Source | str, event_type: str = "unknown") -> str:
 SWEEP_SUBJECT = "jobs.sweep"
 REPLAY_SUBJECT = "jobs.replay"
 RECONCILE_SUBJECT = "jobs.reconcile"
+ALERTS_SUBJECT = "jobs.alerts"  # periodic alert evaluation (spec/inbound.md §7.3)
 
 
 def subject_matches(pattern: str, subject: str) -> bool:

@@ -8,6 +8,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from services import cli_ops
 from services.common.settings import ConfigError, Settings, load_settings
 
 app = typer.Typer(
@@ -18,6 +19,10 @@ app = typer.Typer(
 )
 migrate_app = typer.Typer(help="Database migrations (Alembic).", no_args_is_help=True)
 app.add_typer(migrate_app, name="migrate")
+app.add_typer(cli_ops.events_app, name="events")
+app.command("replay")(cli_ops.replay)
+app.command("sweep")(cli_ops.sweep)
+app.command("trace")(cli_ops.trace)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -26,12 +31,14 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-SERVICES = ("ingress", "recorder", "ghl-sync", "aloware-sync", "sandbox")
+SERVICES = ("ingress", "recorder", "ghl-sync", "aloware-sync", "jobs", "scheduler", "sandbox")
 RUNNERS = {
     "ingress": "services.ingress.main",
     "recorder": "services.recorder.main",
     "ghl-sync": "services.ghl_sync.main",
     "aloware-sync": "services.aloware_sync.main",
+    "jobs": "services.jobs.main",
+    "scheduler": "services.scheduler.main",
     "sandbox": "services.sandbox.main",
 }
 

@@ -135,3 +135,14 @@ class AlowareSync:
                                  target_id=record.id, message=None if wrote else "no_changes",
                                  details={"decisions": [d.as_dict() for d in decisions]} or None, **common)
         return Outcome("applied") if wrote else Outcome("skipped", "no_changes")
+
+
+def explain(event: WebhookEvent) -> list[str]:
+    """For ``dfm replay --dry-run``: what aloware-sync would do (its rules read both vendors
+    first, so the exact writes are only known when it runs)."""
+    if event.canonical_type in ("contact.deleted",):
+        return [f"aloware-sync D-3: take the mapped Aloware contact of GHL {event.entity_id} off every list"]
+    if event.entity_type.value == "contact":
+        return [f"aloware-sync CG: read GHL contact {event.entity_id}, look it up in Aloware by phone, "
+                "write only the fields that differ (nothing if they agree)"]
+    return [f"aloware-sync: no rule for {event.canonical_type}"]

@@ -14,6 +14,7 @@ from prometheus_client import Counter, Histogram
 
 from services.common.errors import Permanent, RetryLater
 from services.common.logging import get_logger
+from services.common.trace import vendor_call
 
 log = get_logger(__name__)
 
@@ -123,6 +124,7 @@ class VendorHttp:
             elapsed = time.perf_counter() - started
             VENDOR_REQUESTS.labels(self.vendor, endpoint, status).inc()
             VENDOR_DURATION.labels(self.vendor, endpoint).observe(elapsed)
+            vendor_call(self.vendor, method, path, status, elapsed)
             log.info("vendor_call", vendor=self.vendor, method=method, endpoint=endpoint,
                      status=status, duration_ms=round(elapsed * 1000, 1))
         code = response.status_code

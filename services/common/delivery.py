@@ -25,14 +25,14 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts.envelope import WebhookEvent
-from contracts.streams import CONSUMERS, RECORDER, ConsumerSpec
-from contracts.subjects import subject_matches
-from services.common.db.models import EVENT_TABLES, EventDelivery
+from contracts.envelope import HEADER_REDRIVE, WebhookEvent
+from contracts.streams import ConsumerSpec, expected_consumers
+from services.common.db.models import EVENT_TABLES, EventAttempt, EventDelivery
 from services.common.errors import Permanent, RetryLater
 from services.common.events import row_for
 from services.common.logging import get_logger
 from services.common.settings import Settings
+from services.common.trace import CURRENT, AttemptTrace
 
 log = get_logger(__name__)
 
@@ -63,14 +63,6 @@ Rule = Callable[[WebhookEvent, int], Awaitable[Outcome]]
 def event_table(event: WebhookEvent) -> str:
     """Which event table holds ``event``: webhook, texting or broadcast."""
     return {"texting": "texting", "broadcast": "broadcast"}.get(event.source.value, "webhook")
-
-
-def expected_consumers(subject: str) -> list[str]:
-    """The consumers (recorder excluded) whose filters take ``subject``."""
-    return [
-        spec.durable for spec in CONSUMERS
-        if spec is not RECORDER and any(subject_matches(f, subject) for f in spec.filter_subjects)
-    ]
 
 
 def aggregate(statuses: list[str]) -> str:
@@ -137,8 +129,11 @@ class DeliveryLedger:
         error: str | None = None,
         next_attempt_at: datetime | None = None,
         refund_attempt: bool = False,
+        attempt: int | None = None,
+        trace: AttemptTrace | None = None,
     ) -> None:
-        """Record the delivery's end state and the event's aggregate, in one transaction."""
+        """Record the delivery's end state, the event's aggregate and (with ``trace``) the
+        attempt's ``event_attempts`` row, in one transaction."""
         table = EVENT_TABLES[event_table(event)]
         values: dict[str, Any] = {
             "status": status, "updated_at": datetime.now(UTC), "next_attempt_at": next_attempt_at,
@@ -156,6 +151,15 @@ class DeliveryLedger:
                 .values(**values)
             )
             await self._aggregate(conn, event, table, error=error, next_attempt_at=next_attempt_at)
+            if trace is not None and attempt is not None:
+                await conn.execute(insert(EventAttempt).values(
+                    event_id=event.event_id, consumer=self.consumer, attempt=attempt,
+                    stream_seq=trace.stream_seq, num_delivered=trace.num_delivered,
+                    replay_of=trace.replay_of, started_at=trace.started_at, status=status,
+                    outcome=outcome.outcome if outcome else None,
+                    detail=(outcome.reason if outcome else error),
+                    vendor_calls=trace.vendor_calls, mappings=trace.mappings,
+                ))
 
     async def _aggregate(self, conn: Any, event: WebhookEvent, table: Any, *,
                          error: str | None = None, next_attempt_at: datetime | None = None) -> None:
@@ -223,9 +227,14 @@ class EventConsumer:
                       subject=msg.subject, error=str(exc).splitlines()[0])
             await msg.term()
             return
-        seq = msg.metadata.sequence.stream if msg.metadata else None
+        meta = msg.metadata if msg.reply else None
+        trace = AttemptTrace(
+            stream_seq=meta.sequence.stream if meta else None,
+            num_delivered=meta.num_delivered if meta else None,
+            replay_of=(msg.headers or {}).get(HEADER_REDRIVE),
+        )
         try:
-            attempt = await self.ledger.begin(event, seq)
+            attempt = await self.ledger.begin(event, trace.stream_seq)
         except SQLAlchemyError as exc:  # e.g. a deadlock victim or the database restarting
             log.warning("claim_failed_will_retry", event_id=str(event.event_id),
                         consumer=self._spec.durable, error=type(exc).__name__)
@@ -236,27 +245,31 @@ class EventConsumer:
             return
         bound = {"event_id": str(event.event_id), "consumer": self._spec.durable,
                  "canonical_type": event.canonical_type, "subject": event.subject}
+        if trace.replay_of:
+            bound["redrive"] = trace.replay_of
         loop = asyncio.get_running_loop()
         started = loop.time()
         heartbeat = asyncio.create_task(self._keep_alive(msg))
+        token = CURRENT.set(trace)
         try:
             outcome = await self._rule(event, attempt)
         except RetryLater as exc:
             heartbeat.cancel()
-            await self._retry(msg, event, attempt, exc, bound)
+            await self._retry(msg, event, attempt, exc, bound, trace)
         except Permanent as exc:
             heartbeat.cancel()
             log.warning("event_dead", reason=exc.reason, attempt=attempt, **bound)
-            await self.ledger.finish(event, "dead", error=exc.reason)
+            await self.ledger.finish(event, "dead", error=exc.reason, attempt=attempt, trace=trace)
             EVENTS.labels(self._spec.durable, event.canonical_type, "dead", "").inc()
             await msg.term()
         except Exception as exc:  # an unexpected bug: retried with back-off, then dead
             heartbeat.cancel()
             log.exception("rule_failed", attempt=attempt, **bound)
-            await self._retry(msg, event, attempt, RetryLater(None, f"{type(exc).__name__}: {exc}"), bound)
+            await self._retry(msg, event, attempt, RetryLater(None, f"{type(exc).__name__}: {exc}"),
+                              bound, trace)
         else:
             heartbeat.cancel()
-            await self.ledger.finish(event, "done", outcome=outcome)
+            await self.ledger.finish(event, "done", outcome=outcome, attempt=attempt, trace=trace)
             PROCESSING.labels(self._spec.durable, event.canonical_type).observe(loop.time() - started)
             ATTEMPTS.labels(self._spec.durable).observe(attempt)
             EVENTS.labels(self._spec.durable, event.canonical_type, "done", outcome.outcome).inc()
@@ -264,6 +277,8 @@ class EventConsumer:
                 ECHOES.labels(event.source.value).inc()
             log.info("event_done", outcome=outcome.outcome, reason=outcome.reason, attempt=attempt, **bound)
             await msg.ack()
+        finally:
+            CURRENT.reset(token)
 
     async def _keep_alive(self, msg: Msg) -> None:
         """Tell JetStream the rule is still running (+WPI) so a short AckWait is safe: only a
@@ -277,10 +292,19 @@ class EventConsumer:
                 return
 
     async def _retry(self, msg: Msg, event: WebhookEvent, attempt: int, exc: RetryLater,
-                     bound: dict[str, Any]) -> None:
+                     bound: dict[str, Any], trace: AttemptTrace) -> None:
+        """Record ``error`` (or ``dead`` once the budget is spent) and schedule the next try.
+
+        A retry due within ``DFM_RETRY_NAK_MAX_DELAY_S`` is a NAK with that delay (JetStream
+        redelivers). A later one is acked and left to the sweep (S3 re-drives it when
+        ``next_attempt_at`` has passed): a NAKed message holds one of the durable's
+        ``max_ack_pending`` slots until it is redelivered, so hour-long back-offs during a
+        vendor outage would otherwise stall the whole consumer.
+        """
         if exc.counts_as_attempt and attempt >= self._settings.retry_max_attempts:
-            log.warning("event_dead", reason=f"retry budget spent: {exc.reason}", attempt=attempt, **bound)
-            await self.ledger.finish(event, "dead", error=f"retry budget spent: {exc.reason}")
+            reason = f"retry budget spent: {exc.reason}"
+            log.warning("event_dead", reason=reason, attempt=attempt, **bound)
+            await self.ledger.finish(event, "dead", error=reason, attempt=attempt, trace=trace)
             EVENTS.labels(self._spec.durable, event.canonical_type, "dead", "").inc()
             await msg.term()
             return
@@ -288,8 +312,13 @@ class EventConsumer:
         await self.ledger.finish(
             event, "error", error=exc.reason,
             next_attempt_at=datetime.now(UTC) + timedelta(seconds=delay),
-            refund_attempt=not exc.counts_as_attempt,
+            refund_attempt=not exc.counts_as_attempt, attempt=attempt, trace=trace,
         )
-        log.info("event_retry", reason=exc.reason, delay_s=round(delay, 2), attempt=attempt, **bound)
-        await msg.nak(delay=delay)
-
+        EVENTS.labels(self._spec.durable, event.canonical_type, "error", "").inc()
+        if delay <= self._settings.dfm_retry_nak_max_delay_s:
+            log.info("event_retry", reason=exc.reason, delay_s=round(delay, 2), attempt=attempt, **bound)
+            await msg.nak(delay=delay)
+        else:
+            log.info("event_retry_by_sweep", reason=exc.reason, delay_s=round(delay, 2),
+                     attempt=attempt, **bound)
+            await msg.ack()

@@ -3,6 +3,11 @@
 Written by the recorder and, when a consumer gets to an event first, by the consumer
 (``INSERT … ON CONFLICT (dedupe_key) DO NOTHING`` either way), so the row is the same
 whoever writes it.
+
+An event that no consumer subscribes to (no rule acts on its type) is recorded as ``done``
+with outcome ``ignored`` and reason ``Unhandled event type: <name>`` (spec/inbound.md R5),
+so it neither waits forever as ``pending`` nor fills the sweep's batches. Replaying it
+after a rule for its type exists processes it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from typing import Any
 
 from contracts.envelope import WebhookEvent
 from contracts.payloads.texting import normalise_texting
+from contracts.streams import expected_consumers
 from contracts.subjects import Source
 from services.common.db.models import BroadcastWebhookEvent, TextingWebhookEvent
 from services.common.db.models import WebhookEvent as WebhookRow
@@ -22,6 +28,10 @@ def _status(event: WebhookEvent) -> dict[str, Any]:
     if event.outcome_hint:
         outcome, _, reason = event.outcome_hint.partition(":")
         return {"status": "done", "outcome": outcome, "outcome_reason": reason,
+                "processed_at": event.received_at}
+    if not expected_consumers(event.subject):
+        return {"status": "done", "outcome": "ignored",
+                "outcome_reason": f"Unhandled event type: {event.event_name}",
                 "processed_at": event.received_at}
     return {"status": "pending", "outcome": None, "outcome_reason": None, "processed_at": None}
 

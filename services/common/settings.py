@@ -119,7 +119,7 @@ class Settings(BaseSettings):
     db_connection_timeout: int = Field(default=10, ge=1)
     dfm_data_dir: str = ".dfm"
     dfm_up_services: CsvList = Field(
-        default_factory=lambda: ["ingress", "recorder", "ghl-sync", "aloware-sync"],
+        default_factory=lambda: ["ingress", "recorder", "ghl-sync", "aloware-sync", "jobs", "scheduler"],
         description="services `dfm up` starts (comma-separated)",
     )
     dfm_sandbox_webhook_url: str | None = Field(
@@ -228,11 +228,17 @@ class Settings(BaseSettings):
     retry_max_attempts: int = Field(default=11, ge=1, le=100)
     retry_base_delay_s: float = Field(default=60, gt=0)
     retry_max_delay_s: float = Field(default=3600, gt=0)
-    sweep_cron: str = "*/5 * * * *"
+    sweep_cron: str | None = "*/5 * * * *"
     sweep_pending_min_age_s: int = Field(default=120, ge=0)
     sweep_stale_processing_s: int = Field(default=900, ge=1)
     reconcile_cron: str | None = None
+    reconcile_batch_size: int = Field(default=200, ge=1, le=10_000)
     alert_webhook_url: str | None = None
+    alert_check_cron: str | None = "* * * * *"
+    dfm_retry_nak_max_delay_s: float = Field(
+        default=120, ge=0,
+        description="retries due sooner are NAKed with that delay; later ones are left to the sweep",
+    )
     echo_window_seconds: int = Field(default=600, ge=1)
 
     # --- routing, lists, features ------------------------------------------------------------
@@ -278,6 +284,16 @@ class Settings(BaseSettings):
         """Check the variables ``service`` cannot start without."""
         self.require(*REQUIRED_BY_SERVICE.get(service, ()))
 
+    @field_validator("sweep_cron", "alert_check_cron", "reconcile_cron")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from services.common.cron import parse_cron
+
+        parse_cron(value)
+        return value.strip()
+
     @property
     def database_url_str(self) -> str:
         """The database URL as a plain string (raises when unset)."""
@@ -312,7 +328,8 @@ REQUIRED_BY_SERVICE: dict[str, tuple[str, ...]] = {
     "mcp": ("clerk_secret_key",),
     "sandbox": (),
     "events": ("database_url",),
-    "replay": ("nats_url",),
+    "replay": _INFRA,
+    "sweep": ("nats_url",),
     "send": (),
     "up": (),
     "trace": ("database_url",),

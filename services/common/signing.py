@@ -1,15 +1,18 @@
-"""Signing webhook bodies the way each sender does: for ``dfm send``, tests and benchmarks."""
+"""Signing webhook bodies the way each sender does (for ``dfm send``, tests and benchmarks),
+and the constant-time secret comparison every authenticated endpoint uses."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+from pydantic import SecretStr
 
 
 def generate_ed25519() -> tuple[ed25519.Ed25519PrivateKey, str]:
@@ -78,3 +81,13 @@ WEBHOOK_PATHS = {
     "texting": "/api/webhooks/texting",
     "broadcast": "/api/webhooks/broadcast",
 }
+
+
+def secret_matches(given: str, secrets: Sequence[SecretStr]) -> bool:
+    """True when ``given`` equals one of ``secrets`` (rotation: several may be valid);
+    every candidate is compared in constant time."""
+    given_b = given.encode()
+    matched = False
+    for secret in secrets:
+        matched |= hmac.compare_digest(given_b, secret.get_secret_value().strip().encode())
+    return matched

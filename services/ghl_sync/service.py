@@ -19,6 +19,7 @@ from services.common.errors import Permanent, RetryLater
 from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.common.sync import store
+from services.common.trace import is_replay
 from services.common.sync.contact import CanonicalContact, aloware_to_canonical, ghl_to_canonical
 from services.ghl_sync.rules.contact import (
     CreateGhlContact,
@@ -78,10 +79,11 @@ class GhlSync:
         return KnownGhlContact(ghl_id, ghl_to_canonical(current, self.settings.default_phone_region))
 
     async def _known_from_mapping(self, conn: Any, mapping: Any) -> KnownGhlContact | None:
-        """CA-2 (a): the mapped contact, from our snapshot when we have one, else GHL."""
+        """CA-2 (a): the mapped contact, from our snapshot when we have one, else GHL.
+        A replay always re-reads GHL, so a contact deleted there since is recreated."""
         if mapping is None:
             return None
-        if mapping.ghl_snapshot:
+        if mapping.ghl_snapshot and not is_replay():
             return KnownGhlContact(mapping.ghl_contact_id,
                                    CanonicalContact.from_snapshot(mapping.ghl_snapshot))
         known = await self._known_by_id(mapping.ghl_contact_id)
@@ -149,7 +151,12 @@ class GhlSync:
                 await store.log_sync(conn, status="skipped", rule="LP-1", message="middleware-originated", **common)
                 return Outcome("echo", "middleware-originated")
             mapping = await store.mapping_by_aloware(conn, body.id)
-            if mapping and mapping.aloware_event_at and event_at <= mapping.aloware_event_at:
+            # An event as old as the watermark is a redelivery of the newest one: skipped,
+            # except in a replay, which is asked for to re-check GHL against it.
+            if mapping and mapping.aloware_event_at and (
+                event_at < mapping.aloware_event_at
+                or (event_at == mapping.aloware_event_at and not is_replay())
+            ):
                 await store.log_sync(conn, status="skipped", rule="CA-2", target_id=mapping.ghl_contact_id,
                                      message="stale_event", **common)
                 return Outcome("skipped", "stale_event")
@@ -178,3 +185,40 @@ class GhlSync:
                                  target_id=ghl_id, message=None if wrote else "no_changes", **common)
         return Outcome("applied") if wrote else Outcome("skipped", "no_changes")
 
+
+
+async def explain(settings: Settings, engine: AsyncEngine, event: WebhookEvent) -> list[str]:
+    """For ``dfm replay --dry-run``: the plan the CA rule would make, from what PostgreSQL
+    knows (the mapping's GHL snapshot), without calling GHL. A replay itself re-reads GHL,
+    so a contact changed or deleted there since can make the real plan differ."""
+    if not (event.source.value == "aloware" and event.canonical_type in ("contact.created", "contact.updated")):
+        return [f"ghl-sync: no rule for {event.canonical_type}"]
+    if not settings.sync_aloware_contacts_to_ghl:
+        return [f"ghl-sync CA: skip ({SOT_SKIP})"]
+    try:
+        body = AlowareContactEvent.model_validate(event.payload).body
+    except ValidationError as exc:
+        return [f"ghl-sync CA: dead (invalid payload: {exc.errors()[0]['msg']})"]
+    incoming = aloware_to_canonical(body, settings.default_phone_region)
+    async with engine.connect() as conn:
+        mapping = await store.mapping_by_aloware(conn, body.id)
+    if mapping is None or not mapping.ghl_snapshot:
+        return ["ghl-sync CA: no mapping with a snapshot; search GHL by phone/e-mail, then "
+                "create the contact or update the one found"]
+    known = KnownGhlContact(mapping.ghl_contact_id, CanonicalContact.from_snapshot(mapping.ghl_snapshot))
+    ids = CustomFieldIds(settings.ghl_cf_aloware_contact_id, settings.ghl_cf_lead_source,
+                         settings.ghl_cf_intake_source)
+    plan = plan_contact_upsert(incoming, known, mode=settings.contact_source_of_truth,
+                               disposition=(body.disposition_status or "").strip() or None,
+                               customs=custom_fields(ids, body.id, body.lead_source, body.intake_source))
+    lines = [f"ghl-sync CA: re-read GHL contact {mapping.ghl_contact_id} (recreate it if deleted)"]
+    if plan.skip_reason:
+        return [*lines, f"ghl-sync CA: then nothing to write if GHL still matches ({plan.skip_reason})"]
+    for op in plan.operations:
+        if isinstance(op, UpdateGhlContact):
+            lines.append(f"ghl-sync CA: PUT /contacts/{op.ghl_id} fields {sorted(op.fields)}")
+        elif isinstance(op, CreateGhlContact):
+            lines.append(f"ghl-sync CA: POST /contacts/ fields {sorted(op.fields)}")
+        else:
+            lines.append(f"ghl-sync CA: POST /contacts/{op.ghl_id}/tags {list(op.tags)}")
+    return lines

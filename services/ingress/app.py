@@ -27,6 +27,7 @@ from services.common.db.session import create_engine
 from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.ingress import metrics
+from services.ingress.admin import Unauthorized, admin_router, unauthorized_response
 from services.ingress.auth import (
     AuthFailure,
     GhlVerifier,
@@ -337,6 +338,8 @@ def create_app(settings: Settings) -> FastAPI:
         description="Webhook ingress: authenticated, durable before 2xx, deduplicated.",
     )
     app.state.ingress = ingress
+    app.include_router(admin_router(settings, engine, publisher))
+    app.add_exception_handler(Unauthorized, unauthorized_response)
 
     documented: dict[str, str] = {}
     fast_routes: dict[str, Callable[[Request], Awaitable[Response]]] = {}

@@ -24,6 +24,7 @@ from pydantic import SecretStr
 
 from contracts.envelope import AuthInfo
 from services.common.settings import Settings
+from services.common.signing import secret_matches
 
 _PEM_BLOCK = re.compile(
     r"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL
@@ -36,15 +37,6 @@ class AuthFailure(Exception):
     """401 with ``reason`` (``missing_signature``, ``bad_signature``, ``expired``, ``bad_credentials``)."""
 
     reason: str
-
-
-def _equal(given: str, secrets: Sequence[SecretStr]) -> bool:
-    """True when ``given`` equals one of ``secrets``; every candidate is compared."""
-    given_b = given.encode()
-    matched = False
-    for secret in secrets:
-        matched |= hmac.compare_digest(given_b, secret.get_secret_value().strip().encode())
-    return matched
 
 
 def load_public_keys(pem_text: str) -> list[Any]:
@@ -136,7 +128,7 @@ def authenticate_ghl(
     if not provider:
         token = query.get("token") or headers.get("x-df-webhook-token")
         if token and settings.ghl_workflow_webhook_token:
-            if _equal(token, settings.ghl_workflow_webhook_token):
+            if secret_matches(token, settings.ghl_workflow_webhook_token):
                 return AuthInfo(method="workflow_token", verified=True)
             raise AuthFailure("bad_credentials")
     if _insecure(settings, source):
@@ -172,7 +164,7 @@ def authenticate_aloware(settings: Settings, headers: Mapping[str, str]) -> Auth
     scheme, _, value = header.partition(" ")
     scheme = scheme.lower()
     if scheme == "bearer" and settings.aloware_webhook_bearer_token:
-        if _equal(value.strip(), settings.aloware_webhook_bearer_token):
+        if secret_matches(value.strip(), settings.aloware_webhook_bearer_token):
             return AuthInfo(method="bearer", verified=True)
         raise AuthFailure("bad_credentials")
     user = settings.aloware_webhook_basic_user
@@ -184,7 +176,7 @@ def authenticate_aloware(settings: Settings, headers: Mapping[str, str]) -> Auth
             text = ""
         given_user, sep, given_pass = text.partition(":")
         user_ok = hmac.compare_digest(given_user.strip().encode(), user.encode())
-        pass_ok = _equal(given_pass.strip(), settings.aloware_webhook_basic_pass)
+        pass_ok = secret_matches(given_pass.strip(), settings.aloware_webhook_basic_pass)
         if sep and user_ok and pass_ok:
             return AuthInfo(method="basic", verified=True)
         raise AuthFailure("bad_credentials")
@@ -223,7 +215,7 @@ def authenticate_verity(
         raise AuthFailure("bad_signature")
     plain = headers.get(plain_header)
     if secrets and plain is not None and accept_plain:
-        if _equal(plain.strip(), secrets):
+        if secret_matches(plain.strip(), secrets):
             return AuthInfo(method="plain_secret", verified=True)
         raise AuthFailure("bad_credentials")
     if _insecure(settings, source):

@@ -11,16 +11,11 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any
 from uuid import UUID
 
-import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.errors import Error as JsError
-from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import HEADER_EVENT_ID, WebhookEvent
@@ -28,19 +23,12 @@ from contracts.streams import STREAMS, WEBHOOKS_STREAM
 from services.common.broker import connect, ensure_stream
 from services.common.db.models import IngressOutbox
 from services.common.logging import get_logger
+from services.common.outbox import DB_ERRORS, NATS_ERRORS, drain_outbox, outbox_depth
 from services.common.settings import Settings
 from services.ingress import metrics
 
 log = get_logger(__name__)
 
-NATS_ERRORS = (
-    TimeoutError,
-    asyncio.TimeoutError,
-    nats.errors.Error,
-    JsError,
-    OSError,
-)
-DB_ERRORS = (SQLAlchemyError, OSError, TimeoutError, asyncio.TimeoutError)
 DRAIN_BATCH = 500
 
 
@@ -156,6 +144,18 @@ class EventPublisher:
         finally:
             metrics.PUBLISH_DURATION.observe(time.perf_counter() - started)
 
+    async def publish_command(self, subject: str, body: bytes, msg_id: str) -> bool:
+        """Put an operator command on the JOBS stream; False when NATS cannot take it now."""
+        if self._js is None or not self.nats_connected:
+            return False
+        try:
+            await self._js.publish(subject, body, headers={"Nats-Msg-Id": msg_id},
+                                   timeout=self._settings.dfm_publish_timeout)
+        except NATS_ERRORS as exc:
+            log.warning("command_publish_failed", subject=subject, error=type(exc).__name__)
+            return False
+        return True
+
     async def _first_id(self, seq: int) -> UUID | None:
         """Event id of the first acceptance, read back from the stream (best effort)."""
         if self._js is None:
@@ -196,45 +196,12 @@ class EventPublisher:
         """Publish up to one batch of outbox rows; returns how many reached the stream."""
         if self._js is None or not self.nats_connected:
             return 0
-        published = 0
-        async with self._engine.begin() as conn:
-            rows = (
-                await conn.execute(
-                    select(IngressOutbox.id, IngressOutbox.subject, IngressOutbox.headers,
-                           IngressOutbox.body)
-                    .where(IngressOutbox.published_at.is_(None))
-                    .order_by(IngressOutbox.created_at)
-                    .limit(DRAIN_BATCH)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
-            done: list[Any] = []
-            for row in rows:
-                try:
-                    await self._js.publish(
-                        row.subject, row.body, headers=dict(row.headers),
-                        timeout=self._settings.dfm_publish_timeout,
-                    )
-                except NATS_ERRORS:
-                    break
-                done.append(row.id)
-            if done:
-                await conn.execute(
-                    update(IngressOutbox)
-                    .where(IngressOutbox.id.in_(done))
-                    .values(published_at=func.now())
-                )
-                published = len(done)
-        return published
+        return await drain_outbox(self._engine, self._js, limit=DRAIN_BATCH,
+                                  publish_timeout=self._settings.dfm_publish_timeout)
 
     async def outbox_depth(self) -> int:
         """Rows not yet on the stream."""
-        async with self._engine.connect() as conn:
-            count = await conn.scalar(
-                select(func.count()).select_from(IngressOutbox)
-                .where(IngressOutbox.published_at.is_(None))
-            )
-        return int(count or 0)
+        return await outbox_depth(self._engine)
 
     async def _drain_forever(self) -> None:
         while not self._closing.is_set():

@@ -214,6 +214,12 @@ def create_sandbox_app(settings: Settings) -> FastAPI:
         sandbox.state.faults.append(Fault(**spec))
         return JSONResponse({"ok": True})
 
+    @app.delete("/_sandbox/faults")
+    async def clear_faults() -> JSONResponse:
+        """The vendor recovers: every injected fault is dropped, state is kept."""
+        sandbox.state.faults.clear()
+        return JSONResponse({"ok": True})
+
     @app.post("/_sandbox/reset")
     async def reset() -> JSONResponse:
         sandbox.state = SandboxState()

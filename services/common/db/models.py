@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Double,
     Index,
     Integer,
     LargeBinary,
@@ -634,3 +635,82 @@ class RateBudgetBucket(Base):
     count: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
 
     __table_args__ = (PrimaryKeyConstraint("key", "bucket"),)
+
+
+class EventAttempt(Base):
+    """One delivery of an event to one consumer, with what it did: the trace's raw material
+    (``dfm trace``). Written in the same transaction as the delivery's end state."""
+
+    __tablename__ = "event_attempts"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    event_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    consumer: Mapped[str] = mapped_column(Text, nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    stream_seq: Mapped[int | None] = mapped_column(BigInteger)
+    num_delivered: Mapped[int | None] = mapped_column(Integer)
+    replay_of: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    finished_at: Mapped[datetime] = _now()
+    status: Mapped[str] = mapped_column(Text, nullable=False)
+    outcome: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(Text)
+    vendor_calls: Mapped[list[Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'[]'::jsonb"))
+    mappings: Mapped[list[Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'[]'::jsonb"))
+
+    __table_args__ = (
+        CheckConstraint(_in("status", ("done", "error", "dead")), name="status"),
+        Index("ix_event_attempts_event_id_started_at", "event_id", "started_at"),
+        Index("ix_event_attempts_finished_at", "finished_at"),
+    )
+
+
+class DeadLetter(Base):
+    """A stream message JetStream gave up on (max deliveries) or a consumer terminated."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    recorded_at: Mapped[datetime] = _now()
+    stream: Mapped[str] = mapped_column(Text, nullable=False)
+    consumer: Mapped[str] = mapped_column(Text, nullable=False)
+    stream_seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    subject: Mapped[str | None] = mapped_column(Text)
+    event_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    kind: Mapped[str] = mapped_column(Text, nullable=False)
+    deliveries: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+
+    __table_args__ = (
+        UniqueConstraint("stream", "consumer", "stream_seq"),
+        CheckConstraint(_in("kind", ("max_deliveries", "terminated")), name="kind"),
+        Index("ix_dead_letters_recorded_at", "recorded_at"),
+    )
+
+
+class AlertIncident(Base):
+    """An alert condition while it holds: notified once when opened, once when resolved."""
+
+    __tablename__ = "alert_incidents"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    key: Mapped[str] = mapped_column(Text, nullable=False)
+    level: Mapped[str] = mapped_column(Text, nullable=False)
+    title: Mapped[str] = mapped_column(Text, nullable=False)
+    message: Mapped[str] = mapped_column(Text, nullable=False)
+    value: Mapped[float | None] = mapped_column(Double)
+    opened_at: Mapped[datetime] = _now()
+    last_seen_at: Mapped[datetime] = _now()
+    resolved_at: Mapped[datetime | None] = _ts()
+    notified_open: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    notified_resolved: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, server_default=text("false"))
+
+    __table_args__ = (
+        CheckConstraint(_in("level", ("warning", "critical")), name="level"),
+        Index("ix_alert_incidents_open_key", "key", unique=True,
+              postgresql_where=text("resolved_at IS NULL")),
+        Index("ix_alert_incidents_opened_at", "opened_at"),
+    )

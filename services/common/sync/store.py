@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common.db.models import ContactListMembership, ContactMapping, OutboundWrite, SyncLog
 from services.common.errors import Permanent
+from services.common.trace import mapping_touched
 
 
 @asynccontextmanager
@@ -52,6 +53,7 @@ async def mapping_by_ghl(conn: AsyncConnection, ghl_id: str) -> Any:
 
 async def drop_mapping(conn: AsyncConnection, ghl_id: str) -> None:
     await conn.execute(delete(ContactMapping).where(ContactMapping.ghl_contact_id == ghl_id))
+    mapping_touched("contact", "dropped", ghl_contact_id=ghl_id)
 
 
 async def upsert_mapping(
@@ -91,6 +93,7 @@ async def upsert_mapping(
         .values(ghl_contact_id=ghl_id, sync_direction=direction, **values)
         .on_conflict_do_update(index_elements=["ghl_contact_id"], set_=values)
     )
+    mapping_touched("contact", "upserted", ghl_contact_id=ghl_id, aloware_contact_id=aloware_id)
 
 
 async def record_write(conn: AsyncConnection, system: str, entity_id: str, field_hash: str) -> None:
@@ -141,6 +144,7 @@ async def mark_ghl_deleted(conn: AsyncConnection, ghl_id: str) -> None:
     now = datetime.now(UTC)
     await conn.execute(update(ContactMapping).where(ContactMapping.ghl_contact_id == ghl_id)
                        .values(ghl_deleted_at=now, updated_at=now))
+    mapping_touched("contact", "ghl_deleted", ghl_contact_id=ghl_id)
     await conn.execute(
         update(ContactListMembership)
         .where(ContactListMembership.contact_id == ghl_id, ContactListMembership.status == "active")

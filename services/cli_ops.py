@@ -1,0 +1,348 @@
+"""Operator commands of ``dfm``: ``events``, ``replay``, ``sweep`` and ``trace``.
+
+They talk to PostgreSQL and NATS directly (``DATABASE_URL``, ``NATS_URL``; next to a running
+``dfm up`` they read ``.dfm/stack.env``), applying the same transitions as the admin API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+
+from services.common.settings import ConfigError, Settings, load_settings
+
+T = TypeVar("T")
+events_app = typer.Typer(help="Inspect and act on recorded events.", no_args_is_help=True)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"dfm: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def tool_settings(kind: str) -> Settings:
+    """Settings for an operator tool: the environment, over ``.dfm/stack.env`` when present."""
+    stack_env = Path(load_settings().dfm_data_dir) / "stack.env"
+    try:
+        settings = load_settings(env_file=str(stack_env) if stack_env.exists() else None)
+        settings.require_for(kind)
+    except ConfigError as exc:
+        _fail(str(exc))
+    return settings
+
+
+def _run(coro: Awaitable[T]) -> T:
+    from services.common.operations import OperationError
+
+    try:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    except OperationError as exc:
+        _fail(exc.message, code=1)
+
+
+@asynccontextmanager
+async def _engine(settings: Settings) -> Any:
+    from services.common.db.session import create_engine
+
+    engine = create_engine(settings, pool_size=2)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@asynccontextmanager
+async def _jobs(settings: Settings, explain: bool = False) -> Any:
+    """A Jobs runner in this process (database + NATS)."""
+    from services.common.broker import connect
+    from services.jobs.service import Jobs
+
+    async with _engine(settings) as engine:
+        try:
+            nc = await connect(settings, name="dfm-cli", max_reconnect_attempts=2)
+        except Exception as exc:  # any connection failure is one line for the operator
+            _fail(f"cannot reach NATS at {','.join(settings.nats_url)}: {type(exc).__name__}", code=1)
+        jobs = Jobs(settings, engine, nc)
+        if explain:
+            jobs.replayer.explain = _explainer(settings, engine)
+        try:
+            yield jobs
+        finally:
+            await jobs.close()
+            await nc.drain()
+
+
+def _explainer(settings: Settings, engine: Any) -> Callable[[Any], Awaitable[list[str]]]:
+    from contracts.streams import expected_consumers
+    from services.aloware_sync.service import explain as aloware_explain
+    from services.ghl_sync.service import explain as ghl_explain
+
+    async def explain(event: Any) -> list[str]:
+        lines: list[str] = []
+        for consumer in expected_consumers(event.subject):
+            if consumer == "ghl-sync":
+                lines += await ghl_explain(settings, engine, event)
+            elif consumer == "aloware-sync":
+                lines += aloware_explain(event)
+            else:
+                lines.append(f"{consumer}: runs its rules for {event.canonical_type}")
+        return lines
+
+    return explain
+
+
+def _parse_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        _fail(f"not an event id: {value!r}")
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+# --- dfm events ------------------------------------------------------------------------------
+@events_app.command("list")
+def events_list(
+    table: Annotated[str, typer.Option(help="webhook, texting or broadcast")] = "webhook",
+    status: Annotated[str | None, typer.Option(help="pending, processing, done, error, dead, quarantined")] = None,
+    source: Annotated[str | None, typer.Option(help="ghl, ghl_provider, aloware (webhook table)")] = None,
+    event_type: Annotated[str | None, typer.Option("--type", help="event type as sent")] = None,
+    entity_id: Annotated[str | None, typer.Option(help="entity id")] = None,
+    since: Annotated[datetime | None, typer.Option(help="received at or after (ISO time)")] = None,
+    until: Annotated[datetime | None, typer.Option(help="received before (ISO time)")] = None,
+    order: Annotated[str, typer.Option(help="asc or desc")] = "asc",
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    cursor: Annotated[str | None, typer.Option(help="nextCursor of the previous page")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (payloads redacted)")] = False,
+) -> None:
+    """List events, oldest first (one page; the next page's cursor is printed last)."""
+    from services.common.operations import TABLE_NAMES, EventFilter, list_events
+
+    if table not in TABLE_NAMES or order not in ("asc", "desc"):
+        _fail("--table must be webhook, texting or broadcast and --order asc or desc")
+    settings = tool_settings("events")
+    f = EventFilter(table=table, status=status, source=source, event_type=event_type,  # type: ignore[arg-type]
+                    entity_id=entity_id, received_from=since, received_to=until, order=order,  # type: ignore[arg-type]
+                    limit=limit, cursor=cursor)
+
+    async def go() -> tuple[list[dict[str, Any]], str | None]:
+        async with _engine(settings) as engine:
+            return await list_events(engine, f)
+
+    events, next_cursor = _run(go())
+    if as_json:
+        _print_json({"events": events, "count": len(events), "nextCursor": next_cursor})
+        return
+    for e in events:
+        typer.echo(f"{e['id']}  {e['receivedAt'][:23]}  {e['source']:<9} {e['eventType']:<28} "
+                   f"{e['status']:<11} {e['outcome'] or '':<8} attempts={e['attempts']} "
+                   f"{e['errorMessage'] or e['outcomeReason'] or ''}")
+    typer.echo(f"{len(events)} events" + (f"; next page: --cursor {next_cursor}" if next_cursor else ""))
+
+
+@events_app.command("show")
+def events_show(event_id: str) -> None:
+    """One event with its deliveries, attempts and sync_log rows (JSON, payload redacted)."""
+    from services.common.operations import show_event
+
+    settings = tool_settings("events")
+
+    async def go() -> dict[str, Any]:
+        async with _engine(settings) as engine:
+            return await show_event(engine, _parse_id(event_id))
+
+    _print_json(_run(go()))
+
+
+@events_app.command("mark-done")
+def events_mark_done(event_id: str) -> None:
+    """pending/error/dead → done (outcome skipped, marked_done_by_operator)."""
+    from services.common.operations import mark_done
+
+    settings = tool_settings("events")
+
+    async def go() -> None:
+        async with _engine(settings) as engine:
+            await mark_done(engine, _parse_id(event_id), by="cli")
+
+    _run(go())
+    typer.echo(f"{event_id}: marked done")
+
+
+@events_app.command("quarantine")
+def events_quarantine(
+    event_id: str,
+    reason: Annotated[str, typer.Option(help="why")] = "Manual quarantine",
+    by: Annotated[str | None, typer.Option(help="who")] = None,
+) -> None:
+    """Quarantine an event: never processed until replayed with --force."""
+    from services.common.operations import quarantine
+
+    settings = tool_settings("events")
+
+    async def go() -> None:
+        async with _engine(settings) as engine:
+            await quarantine(engine, _parse_id(event_id), reason=reason, by=by or "cli")
+
+    _run(go())
+    typer.echo(f"{event_id}: quarantined")
+
+
+@events_app.command("replay")
+def events_replay(
+    event_ids: Annotated[list[str], typer.Argument(help="one or more event ids")],
+    force: Annotated[bool, typer.Option(help="also release quarantined events")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would be re-delivered")] = False,
+) -> None:
+    """Replay events by id (same as ``dfm replay --event-id``)."""
+    _replay(event_ids=[_parse_id(i) for i in event_ids], force=force, dry_run=dry_run)
+
+
+# --- dfm replay / sweep / trace --------------------------------------------------------------
+def replay(
+    subject: Annotated[str | None, typer.Option(help="subject filter, e.g. 'webhooks.aloware.contact.>'")] = None,
+    since: Annotated[datetime | None, typer.Option(help="stream time from (ISO time)")] = None,
+    until: Annotated[datetime | None, typer.Option(help="stream time to (ISO time)")] = None,
+    from_seq: Annotated[int | None, typer.Option(min=1, help="first stream sequence")] = None,
+    to_seq: Annotated[int | None, typer.Option(min=1, help="last stream sequence")] = None,
+    event_id: Annotated[list[str] | None, typer.Option(help="replay these events (repeatable)")] = None,
+    force: Annotated[bool, typer.Option(help="also release quarantined events")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print what would be re-delivered and the plans")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Re-deliver events from the WEBHOOKS stream, through the same idempotency as live traffic."""
+    if not subject and not event_id:
+        _fail("give --subject (with an optional time or sequence range) or --event-id")
+    _replay(subject=subject, since=since, until=until, from_seq=from_seq, to_seq=to_seq,
+            event_ids=[_parse_id(i) for i in event_id or []], force=force, dry_run=dry_run,
+            as_json=as_json)
+
+
+def _replay(*, as_json: bool = False, **fields: Any) -> None:
+    from pydantic import ValidationError
+
+    from contracts.commands import ReplayRequested
+
+    try:
+        command = ReplayRequested(requested_by="cli", **fields)
+    except ValidationError as exc:
+        _fail(exc.errors()[0]["msg"])
+    settings = tool_settings("replay")
+
+    async def go() -> Any:
+        async with _jobs(settings, explain=command.dry_run) as jobs:
+            return await jobs.execute(command)
+
+    report = _run(go())
+    if as_json:
+        _print_json(report.as_json())
+        return
+    verb = "would replay" if command.dry_run else "replayed"
+    for item in report.items:
+        state = f"{item.action}" + (f" ({item.reason})" if item.reason else "")
+        typer.echo(f"{item.event_id}  {item.subject}  was={item.status_before}  {state}  "
+                   f"consumers={','.join(item.consumers) or '-'}")
+        for line in item.plan:
+            typer.echo(f"    {line}")
+    typer.echo(f"scanned {report.scanned} stream messages; {verb} {report.replayed}, "
+               f"skipped {report.skipped}")
+
+
+def sweep(
+    here: Annotated[bool, typer.Option(help="run the sweep in this process and print its totals")] = False,
+) -> None:
+    """Ask the jobs service for a pending sweep now (or run one here with --here)."""
+    from contracts.commands import SweepRequested
+
+    command = SweepRequested(requested_by="cli")
+    if here:
+        settings = tool_settings("replay")
+
+        async def run_here() -> Any:
+            async with _jobs(settings) as jobs:
+                return await jobs.execute(command)
+
+        report = _run(run_here())
+        _print_json({"runId": report.run_id, **report.as_json()})
+        return
+    settings = tool_settings("sweep")
+
+    async def queue() -> int:
+        from contracts.subjects import SWEEP_SUBJECT
+        from services.common.broker import connect
+
+        nc = await connect(settings, name="dfm-cli", max_reconnect_attempts=2)
+        try:
+            ack = await nc.jetstream().publish(SWEEP_SUBJECT, command.model_dump_json().encode(),
+                                               headers={"Nats-Msg-Id": f"sweep:manual:{command.command_id}"})
+        finally:
+            await nc.drain()
+        return int(ack.seq)
+
+    try:
+        seq = asyncio.run(queue())
+    except Exception as exc:  # connection failures are one line
+        _fail(f"cannot queue the sweep: {type(exc).__name__}: {exc}", code=1)
+    typer.echo(f"sweep {command.command_id} queued (jobs stream seq {seq})")
+
+
+def trace(event_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """An event's life: receipt, stream sequence, deliveries, vendor calls, mappings touched.
+
+    Each delivery per consumer with its outcome, each vendor call (method, path, status,
+    latency), the mappings written, the sync_log rows and the current state."""
+    from services.common.operations import show_event
+
+    settings = tool_settings("trace")
+
+    async def go() -> dict[str, Any]:
+        async with _engine(settings) as engine:
+            return await show_event(engine, _parse_id(event_id))
+
+    detail = _run(go())
+    if as_json:
+        _print_json(detail)
+        return
+    for line in format_trace(detail):
+        typer.echo(line)
+
+
+def format_trace(d: dict[str, Any]) -> list[str]:
+    """The trace as text lines, in time order."""
+    lines = [
+        f"event {d['id']}  {d['source']} {d['eventType']} ({d.get('canonicalType') or d['table']})  "
+        f"entity {d['entityType']}:{d['entityId']}",
+        f"  {d['receivedAt']}  received; stream seq {d['streamSeq'] or '-'}; dedupe key {d['dedupeKey']}",
+    ]
+    for a in d["attemptLog"]:
+        via = f" via {a['redrive']}" if a["redrive"] else ""
+        lines.append(f"  {a['startedAt']}  {a['consumer']} attempt {a['attempt']}{via} "
+                     f"(stream seq {a['streamSeq'] or '-'}, delivery #{a['numDelivered'] or '-'})")
+        for c in a["vendorCalls"]:
+            lines.append(f"      {c['vendor']:<8} {c['method']:<6} {c['path']}  → {c['status']}  {c['ms']} ms")
+        for m in a["mappings"]:
+            ids = " ".join(f"{k}={v}" for k, v in m.items() if k not in ("kind", "action"))
+            lines.append(f"      mapping {m['kind']} {m['action']}: {ids}")
+        tail = a["outcome"] or ""
+        lines.append(f"  {a['finishedAt']}  {a['consumer']} → {a['status']} {tail} {a['detail'] or ''}".rstrip())
+    for s in d["syncLog"]:
+        lines.append(f"  sync_log {s['rule']} {s['direction']} {s['status']} "
+                     f"{s['sourceId']} → {s['targetId'] or '-'} {s['message'] or ''}".rstrip())
+    for q in d["quarantine"]:
+        lines.append(f"  {q['quarantinedAt']}  quarantined: {q['reason']}"
+                     + (f" (released {q['releasedAt']})" if q["releasedAt"] else ""))
+    for dl in d["deliveries"]:
+        lines.append(f"  now: {dl['consumer']} {dl['status']} {dl['outcome'] or ''} "
+                     f"attempts={dl['attempts']} {dl['lastError'] or ''}".rstrip())
+    lines.append(f"  event status {d['status']} {d['outcome'] or ''} {d['errorMessage'] or d['outcomeReason'] or ''}".rstrip())
+    return lines

@@ -1,0 +1,261 @@
+"""Operator endpoints on the ingress (ARCHITECTURE.md §5; spec/inbound.md §4.5, §4.6).
+
+Admin: ``X-DF-ADMIN-SECRET`` or ``Authorization: Bearer``, compared in constant time with
+every value of ``DF_ADMIN_SECRET``. Jobs: ``X-DF-Jobs-Secret`` or ``Authorization: Bearer``
+against ``X_DF_JOBS_SECRET``. Missing or wrong → 401 JSON. State changes are done through
+``services.common.operations``; work that takes time (replays, sweeps) is queued on the JOBS
+stream for the jobs service and answered at once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Annotated, Any, Literal, Protocol
+
+from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, SecretStr
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts.commands import ReplayRequested, SweepRequested
+from contracts.subjects import REPLAY_SUBJECT, SWEEP_SUBJECT
+from services.common.db.models import EVENT_TABLES
+from services.common.logging import get_logger
+from services.common.operations import (
+    EventFilter,
+    OperationError,
+    TableName,
+    find_event,
+    list_events,
+    mark_done,
+    mask_number,
+    parse_event_id,
+    quarantine,
+    show_event,
+)
+from services.common.settings import Settings
+from services.common.signing import secret_matches
+
+log = get_logger(__name__)
+
+
+class CommandPublisher(Protocol):
+    """What the admin routes need from the ingress's NATS side."""
+
+    async def publish_command(self, subject: str, body: bytes, msg_id: str) -> bool: ...
+
+
+class Unauthorized(Exception):
+    """401 with a reason; answered as JSON by the app's handler."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def unauthorized_response(_: Request, exc: Exception) -> JSONResponse:
+    reason = exc.reason if isinstance(exc, Unauthorized) else "unauthorized"
+    return JSONResponse({"error": "Unauthorized", "reason": reason}, status_code=401,
+                        headers={"WWW-Authenticate": "Bearer"})
+
+
+def _given_secret(request: Request, header: str) -> str | None:
+    value = request.headers.get(header)
+    if value:
+        return value.strip()
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return None
+
+
+def _guard(secrets: Sequence[SecretStr], header: str, realm: str) -> Any:
+    async def check(request: Request) -> str:
+        given = _given_secret(request, header)
+        if not secrets or given is None or not secret_matches(given, secrets):
+            log.warning("unauthorized", realm=realm, path=request.url.path,
+                        reason="missing_credentials" if given is None else "bad_credentials")
+            raise Unauthorized("missing credentials" if given is None else "bad credentials")
+        return realm
+    return check
+
+
+def _fail(exc: OperationError) -> JSONResponse:
+    return JSONResponse({"success": False, "error": exc.message}, status_code=exc.status)
+
+
+class QuarantineBody(BaseModel):
+    reason: str = "Manual quarantine"
+    eventSource: TableName | None = None  # noqa: N815 - the API's field name
+    quarantinedBy: str | None = None  # noqa: N815
+
+
+class ReplayBody(BaseModel):
+    eventSource: TableName | None = None  # noqa: N815
+    force: bool = False
+    requestedBy: str | None = None  # noqa: N815
+
+
+def admin_router(settings: Settings, engine: AsyncEngine, commands: CommandPublisher) -> APIRouter:
+    """The admin and jobs routes, bound to one engine and one command publisher."""
+    admin = Depends(_guard(settings.df_admin_secret, "x-df-admin-secret", "admin"))
+    jobs = Depends(_guard(settings.x_df_jobs_secret, "x-df-jobs-secret", "jobs"))
+    router = APIRouter()
+
+    @router.get("/api/admin/events", dependencies=[admin], summary="list events (cursor pagination)")
+    async def list_admin_events(
+        source: str | None = None, status: str | None = None,
+        eventType: str | None = None, entityType: str | None = None,  # noqa: N803
+        entityId: str | None = None, table: TableName = "webhook",  # noqa: N803
+        receivedFrom: datetime | None = None, receivedTo: datetime | None = None,  # noqa: N803
+        order: Literal["asc", "desc"] = "asc",
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        cursor: str | None = None,
+        includePayload: Literal["redacted", "raw"] = "redacted",  # noqa: N803
+    ) -> JSONResponse:
+        f = EventFilter(table=table, source=source, status=status, event_type=eventType,
+                        entity_type=entityType, entity_id=entityId, received_from=receivedFrom,
+                        received_to=receivedTo, order=order, limit=limit, cursor=cursor)
+        raw = includePayload == "raw"
+        try:
+            events, next_cursor = await list_events(engine, f, raw_payload=raw)
+        except OperationError as exc:
+            return _fail(exc)
+        if raw:
+            log.warning("admin_raw_payload_access", table=table, count=len(events))
+        return JSONResponse({"events": events, "count": len(events), "nextCursor": next_cursor})
+
+    @router.get("/api/admin/texting/events", dependencies=[admin], summary="texting events (masked)")
+    async def list_texting_events(
+        status: str | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        includeBody: bool = False, cursor: str | None = None,  # noqa: N803
+    ) -> JSONResponse:
+        f = EventFilter(table="texting", status=status, limit=limit, cursor=cursor)
+        try:
+            events, next_cursor = await list_events(engine, f, raw_payload=True)
+        except OperationError as exc:
+            return _fail(exc)
+        model = EVENT_TABLES["texting"]
+        ids = [uuid.UUID(e["id"]) for e in events]
+        async with engine.connect() as conn:
+            numbers = {r.id: r for r in (await conn.execute(
+                select(model.id, model.from_number, model.to_number).where(model.id.in_(ids)))).all()}
+        shaped = []
+        for e in events:
+            row = numbers.get(uuid.UUID(e["id"]))
+            item = {"id": e["id"], "receivedAt": e["receivedAt"], "eventType": e["eventType"],
+                    "entityId": e["entityId"], "status": e["status"], "errorMessage": e["errorMessage"],
+                    "fromNumber": mask_number(row.from_number if row else None),
+                    "toNumber": mask_number(row.to_number if row else None)}
+            if includeBody:
+                body = e["payload"].get("body") if isinstance(e["payload"], dict) else None
+                item["body"] = body
+            shaped.append(item)
+        if includeBody:
+            log.warning("admin_message_body_access", count=len(shaped))
+        return JSONResponse({"events": shaped, "count": len(shaped), "nextCursor": next_cursor})
+
+    @router.get("/api/admin/events/{event_id}", dependencies=[admin], summary="one event, its deliveries and sync_log")
+    async def get_event(event_id: str, eventSource: TableName | None = None,  # noqa: N803
+                        includePayload: Literal["redacted", "raw"] = "redacted") -> JSONResponse:  # noqa: N803
+        try:
+            detail = await show_event(engine, parse_event_id(event_id), eventSource,
+                                      raw_payload=includePayload == "raw")
+        except OperationError as exc:
+            return _fail(exc)
+        if includePayload == "raw":
+            log.warning("admin_raw_payload_access", event_id=event_id)
+        return JSONResponse(detail)
+
+    @router.post("/api/admin/events/{event_id}/mark-done", dependencies=[admin])
+    async def post_mark_done(event_id: str) -> JSONResponse:
+        try:
+            ident = parse_event_id(event_id)
+            await mark_done(engine, ident, by="admin-api")
+        except OperationError as exc:
+            return _fail(exc)
+        log.info("admin_mark_done", event_id=event_id)
+        return JSONResponse({"success": True, "message": "Event marked as done", "eventId": event_id})
+
+    @router.post("/api/admin/events/{event_id}/quarantine", dependencies=[admin])
+    async def post_quarantine(event_id: str, body: Annotated[QuarantineBody | None, Body()] = None) -> JSONResponse:
+        body = body or QuarantineBody()
+        try:
+            await quarantine(engine, parse_event_id(event_id), reason=body.reason, by=body.quarantinedBy,
+                             source=body.eventSource)
+        except OperationError as exc:
+            return _fail(exc)
+        log.info("admin_quarantine", event_id=event_id, reason=body.reason)
+        return JSONResponse({"success": True, "message": "Event quarantined", "eventId": event_id})
+
+    @router.post("/api/admin/events/{event_id}/replay", dependencies=[admin])
+    async def post_replay(event_id: str, body: Annotated[ReplayBody | None, Body()] = None,
+                          eventSource: TableName | None = None, force: bool = False) -> JSONResponse:  # noqa: N803
+        body = body or ReplayBody()
+        source, force = body.eventSource or eventSource, body.force or force
+        try:
+            ident = parse_event_id(event_id)
+            async with engine.connect() as conn:
+                table, row = await find_event(conn, ident, source)
+            if row.status == "quarantined" and not force:
+                raise OperationError(409, "event is quarantined; replay with force=true to release it")
+            if row.status == "processing":
+                raise OperationError(409, "event is being processed; replay it when it ends")
+        except OperationError as exc:
+            return _fail(exc)
+        command = ReplayRequested(event_ids=[ident], event_table=table, force=force,
+                                  requested_by=body.requestedBy or "admin-api")
+        if not await commands.publish_command(REPLAY_SUBJECT, command.model_dump_json().encode(),
+                                              f"replay:{command.command_id}"):
+            return JSONResponse({"success": False, "error": "cannot queue the replay now (NATS unavailable)"},
+                                status_code=503, headers={"Retry-After": "5"})
+        log.info("admin_replay_queued", event_id=event_id, command_id=str(command.command_id), force=force)
+        return JSONResponse({"success": True, "message": "Event replayed", "eventId": event_id,
+                             "commandId": str(command.command_id)})
+
+    async def queue_sweep(command: SweepRequested) -> JSONResponse | None:
+        if not await commands.publish_command(SWEEP_SUBJECT, command.model_dump_json().encode(),
+                                              f"sweep:manual:{command.command_id}"):
+            return JSONResponse({"success": False, "error": "cannot queue the sweep now (NATS unavailable)"},
+                                status_code=503, headers={"Retry-After": "5"})
+        return None
+
+    async def process_pending() -> JSONResponse:
+        command = SweepRequested(requested_by="jobs-api")
+        failed = await queue_sweep(command)
+        if failed is not None:
+            return failed
+        log.info("sweep_queued", sweep_id=str(command.command_id))
+        return JSONResponse({"success": True, "status": "queued", "sweepId": str(command.command_id)},
+                            status_code=202)
+
+    for method in ("POST", "GET"):  # GET kept for the original's cron
+        router.add_api_route("/api/jobs/process-pending", process_pending, methods=[method],
+                             dependencies=[jobs], summary="run the pending sweep now", status_code=202,
+                             operation_id=f"process_pending_{method.lower()}")
+
+    async def enqueue(table: TableName) -> JSONResponse:
+        model = EVENT_TABLES[table]
+        async with engine.connect() as conn:
+            total = int(await conn.scalar(select(func.count()).select_from(model)
+                                          .where(model.status == "pending")) or 0)
+        command = SweepRequested(requested_by="jobs-api", ignore_min_age=True, tables=(table,), steps=("S1",))
+        failed = await queue_sweep(command)
+        if failed is not None:
+            return failed
+        return JSONResponse({"enqueued": min(total, settings.jobs_batch_size), "totalPending": total,
+                             "sweepId": str(command.command_id)})
+
+    @router.post("/api/jobs/enqueue-pending", dependencies=[jobs], summary="re-drive pending webhook events now")
+    async def enqueue_pending() -> JSONResponse:
+        return await enqueue("webhook")
+
+    @router.post("/api/jobs/enqueue-texting-pending", dependencies=[jobs],
+                 summary="re-drive pending texting events now")
+    async def enqueue_texting_pending() -> JSONResponse:
+        return await enqueue("texting")
+
+    return router

@@ -1,0 +1,50 @@
+"""``dfm run jobs``: the jobs consumer (commands + dead-letter advisories)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from prometheus_client import start_http_server
+
+from contracts.streams import JOBS_CONSUMER
+from services.clients.budget import RateBudget
+from services.clients.ghl import GhlClient
+from services.common.broker import connect
+from services.common.db.session import create_engine
+from services.common.logging import get_logger
+from services.common.settings import Settings
+from services.common.stream_app import serve_until_terminated
+from services.jobs.service import Jobs
+
+log = get_logger(__name__)
+WORKERS = 2  # a long replay does not hold up the next sweep
+
+
+async def serve(settings: Settings) -> None:
+    """Consume commands until SIGTERM/SIGINT."""
+    engine = create_engine(settings)
+    ghl = None
+    if settings.ghl_api_key and settings.ghl_location_id:
+        ghl = GhlClient.from_settings(settings, RateBudget.for_ghl(engine, settings).acquire)
+    nc = await connect(settings, name="dfm-jobs")
+    jobs = Jobs(settings, engine, nc, ghl)
+    if settings.metrics_port:
+        try:
+            start_http_server(settings.metrics_port)
+        except OSError as exc:
+            log.warning("metrics_port_unavailable", port=settings.metrics_port, error=str(exc))
+    try:
+        await jobs.start_advisories()
+        await serve_until_terminated(settings, JOBS_CONSUMER, jobs.handle, WORKERS)
+    finally:
+        await jobs.close()
+        with contextlib.suppress(Exception):
+            await nc.drain()
+        if ghl is not None:
+            await ghl.aclose()
+        await engine.dispose()
+
+
+def run(settings: Settings) -> None:
+    asyncio.run(serve(settings))

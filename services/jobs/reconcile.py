@@ -1,0 +1,123 @@
+"""Contact reconciliation, rule R-1 (spec/outbound.md §1.14): heal missed GHL webhooks.
+
+Pages through ``contact_mappings`` by GHL id, resuming from the checkpoint in ``sync_state``
+(``ghl_to_aloware``/``contact``), and reads each mapped contact from GHL (through the shared
+rate budget). A contact GHL no longer has counts as drift. A contact whose sync-relevant
+fields differ from what we last saw (the mapping's snapshot) means a change we missed: the
+job publishes a ``ContactUpdate`` event carrying GHL's current state on the normal subject,
+so aloware-sync repairs Aloware through the same rule, ledger, echo guard and idempotency as
+a live webhook. The dedupe key is the state's hash: the same missed change is published once.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from nats.js import JetStreamContext
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts.commands import ReconcileRequested
+from contracts.envelope import AuthInfo, WebhookEvent
+from contracts.subjects import EntityType, Source
+from services.clients.ghl import GhlClient
+from services.common.db.models import ContactMapping, ReconcileRun, SyncState
+from services.common.errors import Permanent, RetryLater
+from services.common.logging import get_logger
+from services.common.settings import Settings
+from services.common.sync.contact import CanonicalContact, ghl_to_canonical
+
+log = get_logger(__name__)
+JOB_NAME = "reconcile-contacts"
+
+
+def missed_update_event(location_id: str, contact: Any, state_hash: str) -> WebhookEvent:
+    """A ContactUpdate webhook rebuilt from GHL's current state of ``contact``."""
+    body = contact.model_dump(by_alias=True, exclude_none=True)
+    payload = {"type": "ContactUpdate", "locationId": location_id, **body,
+               "dfmReconciled": True}
+    return WebhookEvent(
+        source=Source.GHL, event_name="ContactUpdate", event_type="contact_update",
+        canonical_type="contact.updated", entity_type=EntityType.CONTACT, entity_id=contact.id,
+        dedupe_key=f"reconcile:contact:{contact.id}:{state_hash[:32]}", location_id=location_id,
+        auth=AuthInfo(method="internal", verified=True), payload=payload,
+    )
+
+
+class ContactReconciler:
+    """One reconciliation run per command."""
+
+    def __init__(self, settings: Settings, engine: AsyncEngine, js: JetStreamContext,
+                 ghl: GhlClient | None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.js = js
+        self.ghl = ghl
+
+    async def run(self, command: ReconcileRequested) -> dict[str, Any]:
+        async with self.engine.begin() as conn:
+            run_id = (await conn.execute(insert(ReconcileRun).values(
+                job_name=JOB_NAME, status="running").returning(ReconcileRun.id))).scalar_one()
+        totals = {"driftCount": 0, "repairsCount": 0, "errors": 0, "totalProcessed": 0}
+        try:
+            if self.ghl is None or not self.settings.ghl_location_id:
+                raise Permanent("reconciliation needs GHL_API_KEY and GHL_LOCATION_ID")
+            wrapped = await self._page(command.limit, totals)
+        except Exception as exc:
+            await self._finish(run_id, "error", totals, f"{type(exc).__name__}: {exc}"[:2000])
+            raise
+        await self._finish(run_id, "success", {**totals, "wrapped": wrapped}, None)
+        log.info("reconcile_done", **totals, wrapped=wrapped)
+        return totals
+
+    async def _page(self, limit: int, totals: dict[str, int]) -> bool:
+        assert self.ghl is not None
+        async with self.engine.connect() as conn:
+            cursor = await conn.scalar(select(SyncState.cursor_id).where(
+                SyncState.direction == "ghl_to_aloware", SyncState.entity_type == "contact"))
+            stmt = select(ContactMapping).where(ContactMapping.ghl_deleted_at.is_(None))
+            if cursor:
+                stmt = stmt.where(ContactMapping.ghl_contact_id > cursor)
+            mappings = (await conn.execute(stmt.order_by(ContactMapping.ghl_contact_id).limit(limit))).all()
+        region = self.settings.default_phone_region
+        last = cursor
+        for mapping in mappings:
+            totals["totalProcessed"] += 1
+            last = mapping.ghl_contact_id
+            try:
+                current = await self.ghl.get_contact(mapping.ghl_contact_id)
+            except (RetryLater, Permanent) as exc:
+                totals["errors"] += 1
+                log.warning("reconcile_read_failed", ghl_contact_id=mapping.ghl_contact_id, error=str(exc))
+                continue
+            if current is None:
+                totals["driftCount"] += 1
+                continue
+            now = ghl_to_canonical(current, region)
+            seen = CanonicalContact.from_snapshot(mapping.ghl_snapshot) if mapping.ghl_snapshot else None
+            if seen is not None and seen.projection_hash() == now.projection_hash():
+                continue
+            event = missed_update_event(str(self.settings.ghl_location_id), current, now.projection_hash())
+            await self.js.publish(event.subject, event.to_bytes(), headers=event.nats_headers(),
+                                  timeout=self.settings.dfm_publish_timeout)
+            totals["repairsCount"] += 1
+        wrapped = len(mappings) < limit
+        await self._checkpoint(None if wrapped else last, success=True)
+        return wrapped
+
+    async def _checkpoint(self, cursor: str | None, *, success: bool) -> None:
+        now = datetime.now(UTC)
+        values: dict[str, Any] = {"cursor_id": cursor, "cursor_updated_at": now, "last_run_at": now}
+        if success:
+            values["last_success_at"] = now
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                pg_insert(SyncState).values(direction="ghl_to_aloware", entity_type="contact", **values)
+                .on_conflict_do_update(index_elements=["direction", "entity_type"], set_=values))
+
+    async def _finish(self, run_id: Any, status: str, totals: dict[str, Any], error: str | None) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(update(ReconcileRun).where(ReconcileRun.id == run_id).values(
+                status=status, finished_at=func.now(), totals=totals, error_message=error))

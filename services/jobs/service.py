@@ -1,0 +1,190 @@
+"""The jobs consumer: commands from the JOBS stream (sweep, replay, reconcile, alert checks)
+and JetStream's dead-letter advisories.
+
+Commands arrive on the durable ``jobs`` shared by every replica. A command that fails is
+NAKed and retried on the durable's back-off; a command that cannot be parsed is terminated
+and logged. Dead-letter advisories (a consumer reached ``max_deliver``, or terminated a
+message) are core-NATS messages, taken by one replica of the queue group each, and recorded
+in ``dead_letters``; for max-deliveries the event's delivery is also ended as ``dead``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import func, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts.commands import AlertCheckRequested, ReconcileRequested, ReplayRequested, SweepRequested
+from contracts.envelope import WebhookEvent
+from contracts.streams import JOBS_CONSUMER, WEBHOOKS_STREAM
+from contracts.subjects import ALERTS_SUBJECT, RECONCILE_SUBJECT, REPLAY_SUBJECT, SWEEP_SUBJECT
+from services.clients.ghl import GhlClient
+from services.common.db.models import DeadLetter, EventDelivery, ReconcileRun
+from services.common.delivery import DeliveryLedger
+from services.common.logging import get_logger
+from services.common.settings import Settings
+from services.jobs.alerts import Alerter
+from services.jobs.reconcile import ContactReconciler
+from services.jobs.replay import Replayer
+from services.jobs.sweep import Sweeper
+
+log = get_logger(__name__)
+
+ADVISORY_SUBJECTS = (
+    "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>",
+    "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.>",
+)
+ADVISORY_QUEUE = "dfm-jobs-dead-letters"
+COMMANDS: dict[str, type[BaseModel]] = {
+    SWEEP_SUBJECT: SweepRequested,
+    REPLAY_SUBJECT: ReplayRequested,
+    RECONCILE_SUBJECT: ReconcileRequested,
+    ALERTS_SUBJECT: AlertCheckRequested,
+}
+MAX_ITEMS_RECORDED = 200
+
+
+class Jobs:
+    """Runs commands against one database and one NATS connection."""
+
+    def __init__(self, settings: Settings, engine: AsyncEngine, nc: NatsClient,
+                 ghl: GhlClient | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.nc = nc
+        self.js = nc.jetstream(timeout=max(5.0, settings.dfm_publish_timeout))
+        self.sweeper = Sweeper(settings, engine, self.js)
+        self.replayer = Replayer(settings, engine, self.js)
+        self.reconciler = ContactReconciler(settings, engine, self.js, ghl)
+        self.alerter = Alerter(settings, engine)
+        self._subs: list[Any] = []
+
+    async def start_advisories(self) -> None:
+        """Listen for dead-letter advisories (one replica of the queue group takes each)."""
+        for subject in ADVISORY_SUBJECTS:
+            self._subs.append(await self.nc.subscribe(subject, queue=ADVISORY_QUEUE, cb=self.on_advisory))
+
+    async def close(self) -> None:
+        for sub in self._subs:
+            await sub.unsubscribe()
+        await self.alerter.aclose()
+
+    # --- commands --------------------------------------------------------------------------
+    async def handle(self, msg: Msg) -> None:
+        """One command message: run it, then ack; NAK on failure (the durable backs off)."""
+        model = COMMANDS.get(msg.subject)
+        if model is None:
+            log.error("unknown_command_terminated", subject=msg.subject)
+            await msg.term()
+            return
+        try:
+            command = model.model_validate_json(msg.data)
+        except (ValidationError, ValueError) as exc:
+            log.error("malformed_command_terminated", subject=msg.subject, error=str(exc).splitlines()[0])
+            await msg.term()
+            return
+        heartbeat = asyncio.create_task(_keep_alive(msg))
+        try:
+            await self.execute(command)
+        except Exception:
+            log.exception("command_failed", subject=msg.subject)
+            heartbeat.cancel()
+            await msg.nak()
+            return
+        heartbeat.cancel()
+        await msg.ack()
+
+    async def execute(self, command: BaseModel) -> Any:
+        """Run one command in-process (also used by the CLI's ``dfm sweep --here``)."""
+        if isinstance(command, SweepRequested):
+            return await self.sweeper.run(command)
+        if isinstance(command, ReplayRequested):
+            report = await self.replayer.run(command)
+            await self._record_replay(command, report.as_json())
+            return report
+        if isinstance(command, ReconcileRequested):
+            return await self.reconciler.run(command)
+        if isinstance(command, AlertCheckRequested):
+            return await self.alerter.check()
+        raise TypeError(type(command).__name__)
+
+    async def _record_replay(self, command: ReplayRequested, report: dict[str, Any]) -> None:
+        report = {**report, "items": report["items"][:MAX_ITEMS_RECORDED],
+                  "requestedBy": command.requested_by}
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(ReconcileRun).values(
+                job_name="replay", status="success", totals=json.loads(json.dumps(report, default=str)),
+                finished_at=func.now()))
+
+    # --- dead letters ----------------------------------------------------------------------
+    async def on_advisory(self, msg: Msg) -> None:
+        try:
+            advisory = json.loads(msg.data)
+            stream, consumer = advisory["stream"], advisory["consumer"]
+            seq = int(advisory["stream_seq"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("advisory_unreadable", subject=msg.subject)
+            return
+        kind = "max_deliveries" if ".MAX_DELIVERIES." in msg.subject else "terminated"
+        try:
+            await self.record_dead_letter(stream, consumer, seq, kind, advisory)
+        except Exception:
+            log.exception("dead_letter_not_recorded", stream=stream, consumer=consumer, stream_seq=seq)
+
+    async def record_dead_letter(self, stream: str, consumer: str, seq: int, kind: str,
+                                 advisory: dict[str, Any]) -> None:
+        deliveries = advisory.get("deliveries")
+        subject: str | None = None
+        event: WebhookEvent | None = None
+        try:
+            stored = await self.js.get_msg(stream, seq)
+            subject = stored.subject
+            if stream == WEBHOOKS_STREAM and stored.data:
+                event = WebhookEvent.from_bytes(stored.data)
+        except NotFoundError:
+            pass
+        except (ValidationError, ValueError):
+            event = None
+        if kind == "max_deliveries":
+            reason = f"JetStream stopped redelivering after {deliveries} deliveries to {consumer}"
+        else:
+            reason = advisory.get("reason") or (
+                f"terminated by {consumer}" + ("" if event else " (not a readable event envelope)"))
+        async with self.engine.begin() as conn:
+            await conn.execute(_dead_letter_upsert(
+                stream, consumer, seq, subject, event, kind, deliveries, reason))
+            open_delivery = None
+            if event is not None and kind == "max_deliveries":
+                open_delivery = (await conn.execute(select(EventDelivery.status).where(
+                    EventDelivery.event_id == event.event_id, EventDelivery.consumer == consumer))).scalar()
+        log.warning("dead_letter_recorded", stream=stream, consumer=consumer, stream_seq=seq, kind=kind,
+                    event_id=str(event.event_id) if event else None)
+        if event is not None and kind == "max_deliveries" and open_delivery not in ("done", "dead"):
+            await DeliveryLedger(self.engine, consumer, self.settings).finish(event, "dead", error=reason)
+
+
+def _dead_letter_upsert(stream: str, consumer: str, seq: int, subject: str | None,
+                        event: WebhookEvent | None, kind: str, deliveries: Any, reason: str) -> Any:
+    return (pg_insert(DeadLetter)
+            .values(stream=stream, consumer=consumer, stream_seq=seq, subject=subject,
+                    event_id=event.event_id if event else None, kind=kind,
+                    deliveries=deliveries, reason=reason)
+            .on_conflict_do_nothing(index_elements=["stream", "consumer", "stream_seq"]))
+
+
+async def _keep_alive(msg: Msg) -> None:
+    interval = max(1.0, JOBS_CONSUMER.ack_wait_s / 3)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await msg.in_progress()
+        except Exception:
+            return

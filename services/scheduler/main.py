@@ -1,0 +1,31 @@
+"""``dfm run scheduler``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from services.common.broker import connect, prepare_topology
+from services.common.runtime import on_termination
+from services.common.settings import Settings
+from services.scheduler.service import CommandScheduler
+
+
+async def serve(settings: Settings) -> None:
+    """Publish scheduled commands until SIGTERM/SIGINT."""
+    await prepare_topology(settings)
+    nc = await connect(settings, name="dfm-scheduler")
+    scheduler = CommandScheduler(settings, nc.jetstream())
+    stop = asyncio.Event()
+    on_termination(asyncio.get_running_loop(), stop.set)
+    scheduler.start()
+    try:
+        await stop.wait()
+    finally:
+        scheduler.shutdown()
+        with contextlib.suppress(Exception):
+            await nc.drain()
+
+
+def run(settings: Settings) -> None:
+    asyncio.run(serve(settings))
