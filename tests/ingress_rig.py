@@ -128,17 +128,18 @@ async def count_rows(database_url: str, table: str, where: str = "true", *args: 
         await conn.close()
 
 
-async def stream_messages(nats_url: str, subject: str = "webhooks.>") -> list[Any]:
-    """Every message currently on the WEBHOOKS stream matching ``subject``."""
+async def stream_messages(nats_url: str, subject: str = "webhooks.>", stream: str | None = None) -> list[Any]:
+    """Every message currently on the stream (WEBHOOKS, or JOBS for ``jobs.*``) matching ``subject``."""
+    stream = stream or ("JOBS" if subject.startswith("jobs.") else "WEBHOOKS")
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()
-        info = await js.stream_info("WEBHOOKS")
+        info = await js.stream_info(stream)
         out = []
         seq = info.state.first_seq
         while seq and seq <= info.state.last_seq:
             try:
-                msg = await js.get_msg("WEBHOOKS", seq)
+                msg = await js.get_msg(stream, seq)
             except nats.js.errors.NotFoundError:
                 seq += 1
                 continue

@@ -142,6 +142,8 @@ class DeliveryLedger:
         }
         if error is not None:
             values["last_error"] = error[:2000]
+        elif status == "done":
+            values["last_error"] = None  # the history stays in event_attempts
         if refund_attempt:
             values["attempts"] = EventDelivery.attempts - 1
         async with self._engine.begin() as conn:

@@ -28,7 +28,7 @@ from contracts.streams import JOBS_CONSUMER, WEBHOOKS_STREAM
 from contracts.subjects import ALERTS_SUBJECT, RECONCILE_SUBJECT, REPLAY_SUBJECT, SWEEP_SUBJECT
 from services.clients.ghl import GhlClient
 from services.common.db.models import DeadLetter, EventDelivery, ReconcileRun
-from services.common.delivery import DeliveryLedger
+from services.common.delivery import DeliveryLedger, event_table
 from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.jobs.alerts import Alerter
@@ -168,6 +168,12 @@ class Jobs:
         log.warning("dead_letter_recorded", stream=stream, consumer=consumer, stream_seq=seq, kind=kind,
                     event_id=str(event.event_id) if event else None)
         if event is not None and kind == "max_deliveries" and open_delivery not in ("done", "dead"):
+            if open_delivery is None:  # the consumer never got as far as claiming it
+                async with self.engine.begin() as conn:
+                    await conn.execute(pg_insert(EventDelivery).values(
+                        event_id=event.event_id, consumer=consumer, event_table=event_table(event),
+                        status="processing", attempts=int(deliveries or 0),
+                    ).on_conflict_do_nothing(index_elements=["event_id", "consumer"]))
             await DeliveryLedger(self.engine, consumer, self.settings).finish(event, "dead", error=reason)
 
 
