@@ -36,6 +36,9 @@ def tool_settings(kind: str) -> Settings:
         settings.require_for(kind)
     except ConfigError as exc:
         _fail(str(exc))
+    from services.common.logging import configure_logging
+
+    configure_logging(f"dfm-{kind}", "warning", "console")  # stdout stays the command's output
     return settings
 
 

@@ -10,6 +10,8 @@ from typing import Any
 import asyncpg
 
 from contracts.streams import JOBS_CONSUMER
+from services.clients.budget import RateBudget
+from services.clients.ghl import GhlClient
 from services.common.broker import connect
 from services.common.db.session import create_engine, sync_url
 from services.common.settings import Settings
@@ -21,7 +23,9 @@ from services.jobs.service import Jobs
 async def running_jobs(settings: Settings, *, consume: bool = True) -> AsyncIterator[Jobs]:
     engine = create_engine(settings)
     nc = await connect(settings, name="test-jobs")
-    jobs = Jobs(settings, engine, nc)
+    ghl = (GhlClient.from_settings(settings, RateBudget.for_ghl(engine, settings).acquire)
+           if settings.ghl_api_key and settings.ghl_location_id else None)
+    jobs = Jobs(settings, engine, nc, ghl)
     await jobs.start_advisories()
     broker = await start_sync_broker(settings, JOBS_CONSUMER, jobs.handle, 2) if consume else None
     try:
@@ -31,6 +35,8 @@ async def running_jobs(settings: Settings, *, consume: bool = True) -> AsyncIter
             await broker.stop()
         await jobs.close()
         await nc.drain()
+        if ghl is not None:
+            await ghl.aclose()
         await engine.dispose()
 
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from contracts.commands import ReplayRequested
+from contracts.commands import ReconcileRequested, ReplayRequested
 from contracts.envelope import WebhookEvent
 from services.common.redrive import publish_redrive
 from tests.conftest import TEST_SECRETS
@@ -238,3 +238,49 @@ async def _consumer_passed(jobs: Any, seq: int) -> bool:
     """The ghl-sync durable has acknowledged everything up to stream sequence ``seq``."""
     info = await jobs.js.consumer_info("WEBHOOKS", "ghl-sync")
     return info.ack_floor.stream_seq >= seq and info.num_ack_pending == 0
+
+
+async def test_reconcile_heals_a_missed_ghl_webhook_and_counts_drift(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    settings = pipeline_settings(base_env, tmp_path, CONTACT_SOURCE_OF_TRUTH="ghl")
+    async with running_pipeline(settings) as p, running_jobs(settings) as jobs:
+        for n in (81, 82, 83):  # people create contacts in GHL; aloware-sync copies them
+            created = await p.sandbox.post(
+                "/ghl/contacts/", json={"locationId": settings.ghl_location_id, "firstName": f"P{n}",
+                                       "lastName": "Sample", "phone": f"+155555500{n}"},
+                headers={"Authorization": "Bearer sandbox-ghl-key", "Version": "2021-07-28"})
+            assert created.status_code == 201
+        await eventually(lambda: _mappings(clean_db, 3))
+        by_phone = {c["phone"]: c for c in await p.ghl_contacts()}
+        edited, deleted = by_phone["+15555550081"], by_phone["+15555550082"]
+        assert (await p.sandbox.patch(f"/_sandbox/ghl/contacts/{edited['id']}", json={"firstName": "Renamed"})).status_code == 200
+        assert (await p.sandbox.delete(f"/_sandbox/ghl/contacts/{deleted['id']}")).status_code == 200
+
+        totals = await jobs.execute(ReconcileRequested(limit=2))  # two pages with a checkpoint between
+        totals2 = await jobs.execute(ReconcileRequested(limit=2))
+        merged = {k: totals[k] + totals2[k] for k in totals}
+        assert merged == {"driftCount": 1, "repairsCount": 1, "errors": 0, "totalProcessed": 3}
+
+        async def aloware_renamed() -> bool:
+            return any(c.get("first_name") == "Renamed" for c in await p.aloware_contacts())
+
+        await eventually(aloware_renamed)
+
+        async def repair_done() -> list[dict[str, Any]]:
+            return await fetch(clean_db, "SELECT status, outcome FROM webhook_events "
+                                         "WHERE dedupe_key LIKE 'reconcile:contact:%' AND status = 'done'")
+
+        [repair] = await eventually(repair_done)
+        assert repair["outcome"] == "applied"
+        again = await jobs.execute(ReconcileRequested())  # GHL and our snapshot agree again
+        assert again == {"driftCount": 1, "repairsCount": 0, "errors": 0, "totalProcessed": 3}
+        runs = await fetch(clean_db, "SELECT status FROM reconcile_runs WHERE job_name = 'reconcile-contacts'")
+        assert [r["status"] for r in runs] == ["success"] * 3
+        [state] = await fetch(clean_db, "SELECT cursor_id, last_success_at FROM sync_state")
+        assert state["cursor_id"] is None and state["last_success_at"] is not None  # wrapped around
+
+
+async def _mappings(db: str, n: int) -> bool:
+    found = await fetch(db, "SELECT count(*) AS n FROM contact_mappings WHERE ghl_snapshot IS NOT NULL")
+    return found[0]["n"] >= n

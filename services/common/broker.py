@@ -19,13 +19,21 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from contracts.streams import CONSUMERS, JOBS, STREAMS, WEBHOOKS, ConsumerSpec, StreamSpec
+from services.common.logging import get_logger
 from services.common.settings import Settings
+
+log = get_logger(__name__)
 
 
 async def connect(settings: Settings, *, name: str, **options: Any) -> NatsClient:
     """Connect to ``NATS_URL`` (several servers allowed) and keep reconnecting forever."""
     settings.require("nats_url")
+
+    async def on_error(exc: Exception) -> None:  # nats-py's default prints a traceback per retry
+        log.warning("nats_connection_error", connection=name, error=type(exc).__name__)
+
     defaults: dict[str, Any] = {
+        "error_cb": on_error,
         "name": name,
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.5,

@@ -229,6 +229,22 @@ def create_sandbox_app(settings: Settings) -> FastAPI:
     async def ghl_contacts() -> JSONResponse:
         return JSONResponse(list(sandbox.state.ghl_contacts.values()))
 
+    @app.patch("/_sandbox/ghl/contacts/{contact_id}")
+    async def ghl_edit_silently(contact_id: str, request: Request) -> JSONResponse:
+        """Change a GHL contact without sending its webhook (a webhook GHL lost)."""
+        contact = sandbox.state.ghl_contacts.get(contact_id)
+        if contact is None:
+            return JSONResponse({"error": "no such contact"}, status_code=404)
+        contact.update(await request.json())
+        contact["dateUpdated"] = datetime.now(UTC).isoformat()
+        return JSONResponse(contact)
+
+    @app.delete("/_sandbox/ghl/contacts/{contact_id}")
+    async def ghl_delete_silently(contact_id: str) -> JSONResponse:
+        """Delete a GHL contact without sending its webhook."""
+        found = sandbox.state.ghl_contacts.pop(contact_id, None)
+        return JSONResponse({"deleted": found is not None}, status_code=200 if found else 404)
+
     @app.get("/_sandbox/aloware/contacts")
     async def aloware_contacts() -> JSONResponse:
         return JSONResponse(list(sandbox.state.aloware_contacts.values()))
