@@ -12,7 +12,7 @@ import asyncpg
 from contracts.streams import JOBS_CONSUMER
 from services.clients.budget import RateBudget
 from services.clients.ghl import GhlClient
-from services.common.broker import connect
+from services.common.broker import connect, prepare_topology
 from services.common.db.session import create_engine, sync_url
 from services.common.settings import Settings
 from services.common.stream_app import start_sync_broker
@@ -21,6 +21,7 @@ from services.jobs.service import Jobs
 
 @asynccontextmanager
 async def running_jobs(settings: Settings, *, consume: bool = True) -> AsyncIterator[Jobs]:
+    await prepare_topology(settings)
     engine = create_engine(settings)
     nc = await connect(settings, name="test-jobs")
     ghl = (GhlClient.from_settings(settings, RateBudget.for_ghl(engine, settings).acquire)

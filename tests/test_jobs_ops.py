@@ -231,3 +231,24 @@ async def test_trace_shows_the_life_of_an_event(base_env: dict[str, str], tmp_pa
     assert "event status done applied" in out
     shown = json.loads(cli(base_env, "trace", ident, "--json").stdout)
     assert [a["status"] for a in shown["attemptLog"]] == ["error", "done"]
+
+
+# --- outbox (S5) -----------------------------------------------------------------------------
+async def test_the_sweep_drains_an_outbox_left_behind(settings: Settings, clean_db: str) -> None:
+    """An ingress accepted an event into the outbox and died before draining it (S5)."""
+    event = probe_event(91)
+    headers = json.dumps(event.nats_headers())
+    await execute(clean_db, "INSERT INTO ingress_outbox (subject, dedupe_key, headers, body) "
+                            "VALUES ($1, $2, $3::jsonb, $4)", event.subject, event.dedupe_key, headers,
+                  event.to_bytes())
+    async with running_jobs(settings, consume=False) as jobs:
+        from contracts.commands import SweepRequested
+
+        report = await jobs.execute(SweepRequested())
+        assert report.outbox == 1
+        again = await jobs.execute(SweepRequested())
+        assert again.outbox == 0
+        msg = await jobs.js.get_last_msg("WEBHOOKS", event.subject)
+        assert WebhookEvent.from_bytes(msg.data).event_id == event.event_id
+    [row] = await fetch(clean_db, "SELECT published_at FROM ingress_outbox")
+    assert row["published_at"] is not None

@@ -19,6 +19,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db.models import IngressOutbox
+from services.common.logging import get_logger
+
+log = get_logger(__name__)
 
 NATS_ERRORS = (TimeoutError, asyncio.TimeoutError, nats.errors.Error, JsError, OSError)
 DB_ERRORS = (SQLAlchemyError, OSError, TimeoutError, asyncio.TimeoutError)
@@ -44,7 +47,9 @@ async def drain_outbox(engine: AsyncEngine, js: JetStreamContext, *, limit: int,
             try:
                 await js.publish(row.subject, row.body, headers=dict(row.headers),
                                  timeout=publish_timeout)
-            except NATS_ERRORS:
+            except NATS_ERRORS as exc:
+                log.warning("outbox_publish_failed", subject=row.subject, error=type(exc).__name__,
+                            left=len(rows) - len(done))
                 break
             done.append(row.id)
         if done:
