@@ -31,7 +31,8 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-SERVICES = ("ingress", "recorder", "ghl-sync", "aloware-sync", "jobs", "scheduler", "sandbox")
+SERVICES = ("ingress", "recorder", "ghl-sync", "aloware-sync", "jobs", "scheduler", "gateway", "mcp",
+            "sandbox")
 RUNNERS = {
     "ingress": "services.ingress.main",
     "recorder": "services.recorder.main",
@@ -39,6 +40,8 @@ RUNNERS = {
     "aloware-sync": "services.aloware_sync.main",
     "jobs": "services.jobs.main",
     "scheduler": "services.scheduler.main",
+    "gateway": "services.gateway.main",
+    "mcp": "services.mcp.main",
     "sandbox": "services.sandbox.main",
 }
 

@@ -207,6 +207,8 @@ class Settings(BaseSettings):
     clerk_authorized_parties: CsvList = Field(default_factory=list)
     clerk_jwt_key: str | None = None
     clerk_jwks_url: str | None = None
+    clerk_jwt_issuer: str | None = None
+    clerk_api_url: str = "https://api.clerk.com/v1"
     mcp_base_url: str = "http://localhost:3002"
 
     # --- middleware secrets ------------------------------------------------------------------
@@ -218,6 +220,8 @@ class Settings(BaseSettings):
 
     # --- gateway ------------------------------------------------------------------------------
     gateway_forward_headers: CsvList = Field(default_factory=list)
+    gateway_catalog_enforce: bool = Field(
+        default=False, description="answer 404 for endpoints missing from the catalog (default: warn)")
     cors_allowed_origins: CsvList = Field(default_factory=list)
     rate_limit_max: int = Field(default=100, ge=1)
     webhook_rate_limit_max: int = Field(default=1000, ge=1)

@@ -6,6 +6,13 @@ request against GHL's OpenAPI (422 when invalid). The fake Aloware checks ``api_
 Both record every call, accept injected faults through ``/_sandbox/faults``, and after each
 write emit the webhook the real vendor would send to ``DFM_SANDBOX_WEBHOOK_URL`` (the
 ingress), signed like the real sender, so echo suppression is tested end to end.
+
+The fake Verity (under ``/verity``) takes send-message (``VERITY_API_KEY``) and the GHL
+webhook forward, and answers every other ``/verity/api/...`` path by echoing the request
+when it carries a valid sandbox Clerk token (401 otherwise; ``/api/health`` is open). The
+fake Clerk (under ``/clerk``) lists the service user's sessions, mints RS256 session tokens
+and publishes its JWKS; ``POST /_sandbox/clerk/expire-tokens`` makes Verity reject every
+token minted so far, as after an expiry.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -37,6 +46,10 @@ log = get_logger(__name__)
 GHL_PREFIX = "/ghl"
 ALOWARE_PREFIX = "/aloware/api/v1"
 VERITY_PREFIX = "/verity"
+CLERK_PREFIX = "/clerk"
+CLERK_ISSUER = "https://clerk.sandbox.local"
+CLERK_SERVICE_USER = "user_sandbox_service"
+CLERK_SESSION = "sess_sandbox_0001"
 
 
 @dataclass
@@ -66,6 +79,8 @@ class SandboxState:
     aloware_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(7_100_001))
     verity_messages: dict[str, dict[str, Any]] = field(default_factory=dict)
     verity_forwards: list[dict[str, Any]] = field(default_factory=list)
+    clerk_minted: list[str] = field(default_factory=list)
+    clerk_revoked: set[str] = field(default_factory=set)
 
 
 class Sandbox:
@@ -82,6 +97,11 @@ class Sandbox:
         self.verity_key = (
             settings.verity_api_key.get_secret_value() if settings.verity_api_key else "sandbox-verity-key"
         )
+        self.clerk_secret = (
+            settings.clerk_secret_key.get_secret_value() if settings.clerk_secret_key else "sandbox-clerk-secret"
+        )
+        self.clerk_user = settings.clerk_service_user_id or CLERK_SERVICE_USER
+        self.clerk_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.rate_limit = 100
         self.rate_window_s = 10.0
         self.webhook_url = settings.dfm_sandbox_webhook_url
@@ -101,6 +121,26 @@ class Sandbox:
             await asyncio.gather(*self._pending, return_exceptions=True)
         if self._client is not None:
             await self._client.aclose()
+
+    def mint_clerk_token(self, ttl_s: int) -> str:
+        """A session JWT of the service user, signed with the sandbox key."""
+        jti = uuid.uuid4().hex
+        now = int(time.time())
+        self.state.clerk_minted.append(jti)
+        return jwt.encode({"sub": self.clerk_user, "sid": CLERK_SESSION, "iss": CLERK_ISSUER, "iat": now,
+                           "nbf": now, "exp": now + ttl_s, "jti": jti}, self.clerk_key, algorithm="RS256",
+                          headers={"kid": "sandbox"})
+
+    def verify_clerk(self, authorization: str | None) -> str | None:
+        """The user of a valid, unrevoked sandbox token (None otherwise)."""
+        if not authorization or not authorization.startswith("Bearer "):
+            return None
+        try:
+            claims = jwt.decode(authorization[7:], self.clerk_key.public_key(), algorithms=["RS256"],
+                                issuer=CLERK_ISSUER)
+        except jwt.InvalidTokenError:
+            return None
+        return None if claims.get("jti") in self.state.clerk_revoked else str(claims["sub"])
 
     def record(self, vendor: str, method: str, path: str, status: int, body: Any, query: dict[str, str]) -> None:
         self.state.calls.append({"vendor": vendor, "method": method, "path": path, "status": status,
@@ -341,6 +381,76 @@ def create_sandbox_app(settings: Settings) -> FastAPI:
         sandbox.state.verity_forwards.append(forwarded)
         sandbox.record("verity", "POST", "/api/integrations/ghl/webhook", 200, None, {})
         return JSONResponse({"success": True})
+
+    @app.api_route(VERITY_PREFIX + "/api/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    async def verity_api(path: str, request: Request) -> JSONResponse:
+        """Every other Verity API path: checks the Clerk token and echoes the request."""
+        rel = "/api/" + path
+        raw = await request.body()
+        body = json.loads(raw) if raw else None
+        query = dict(request.query_params)
+        fault = await sandbox.fault_for("verity", rel)
+        user = sandbox.verify_clerk(request.headers.get("authorization"))
+        if fault is not None:
+            status, payload = fault.status or 500, {"error": f"injected failure at {rel}"}
+        elif rel == "/api/health":
+            status, payload = 200, {"status": "ok"}
+        elif user is None:
+            status, payload = 401, {"error": "Unauthorized"}
+        elif "missing" in rel.split("/"):
+            status, payload = 404, {"error": f"Not found: {rel}"}
+        else:
+            status, payload = 200, {"method": request.method, "path": rel, "query": query, "body": body,
+                                    "user": user}
+        sandbox.record("verity", request.method, rel, status, body, query)
+        return JSONResponse(payload, status_code=status)
+
+    # --- fake Clerk Backend API (service-user sessions and tokens) ---------------------
+    @app.get(CLERK_PREFIX + "/v1/sessions")
+    async def clerk_sessions(request: Request) -> JSONResponse:
+        if request.headers.get("authorization") != f"Bearer {sandbox.clerk_secret}":
+            return JSONResponse({"errors": [{"message": "Unauthorized"}]}, status_code=401)
+        user = request.query_params.get("user_id")
+        sessions = [] if user != sandbox.clerk_user else [
+            {"object": "session", "id": CLERK_SESSION, "user_id": user, "status": "active",
+             "last_active_at": int(time.time() * 1000)},
+            {"object": "session", "id": "sess_sandbox_old", "user_id": user, "status": "ended",
+             "last_active_at": int(time.time() * 1000) - 86_400_000}]
+        status = request.query_params.get("status")
+        sessions = [x for x in sessions if status in (None, x["status"])]
+        sandbox.record("clerk", "GET", "/sessions", 200, None, dict(request.query_params))
+        return JSONResponse(sessions)
+
+    @app.post(CLERK_PREFIX + "/v1/sessions/{session_id}/tokens")
+    async def clerk_token(session_id: str, request: Request) -> JSONResponse:
+        if request.headers.get("authorization") != f"Bearer {sandbox.clerk_secret}":
+            return JSONResponse({"errors": [{"message": "Unauthorized"}]}, status_code=401)
+        if session_id != CLERK_SESSION:
+            return JSONResponse({"errors": [{"message": "session not found"}]}, status_code=404)
+        body = json.loads(await request.body() or b"{}")
+        token = sandbox.mint_clerk_token(int(body.get("expires_in_seconds", 60)))
+        sandbox.record("clerk", "POST", f"/sessions/{session_id}/tokens", 200, body, {})
+        return JSONResponse({"object": "token", "jwt": token})
+
+    @app.get(CLERK_PREFIX + "/.well-known/jwks.json")
+    async def clerk_jwks() -> JSONResponse:
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(sandbox.clerk_key.public_key()))
+        return JSONResponse({"keys": [{**jwk, "kid": "sandbox", "use": "sig", "alg": "RS256"}]})
+
+    @app.post("/_sandbox/clerk/mint")
+    async def clerk_mint(request: Request) -> JSONResponse:
+        """A token with chosen claims (expired, other issuer...) signed with the sandbox key."""
+        claims = await request.json()
+        now = int(time.time())
+        claims = {"sub": sandbox.clerk_user, "iss": CLERK_ISSUER, "iat": now, "exp": now + 600, **claims}
+        return JSONResponse({"jwt": jwt.encode(claims, sandbox.clerk_key, algorithm="RS256",
+                                               headers={"kid": "sandbox"})})
+
+    @app.post("/_sandbox/clerk/expire-tokens")
+    async def clerk_expire() -> JSONResponse:
+        """Every token minted so far is rejected by the fake Verity from now on."""
+        sandbox.state.clerk_revoked.update(sandbox.state.clerk_minted)
+        return JSONResponse({"revoked": len(sandbox.state.clerk_revoked)})
 
     return app
 

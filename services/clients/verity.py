@@ -1,0 +1,269 @@
+"""Verity's API as the gateway and the MCP server use it (spec/outbound.md §2.4 V2/V5, §3.2):
+the endpoint catalog, path rewrites and parameter substitution, and the proxy call with its
+response envelope, 502/504 on transport failures and sanitised error messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import httpx
+from prometheus_client import Counter, Histogram
+
+from services.common.logging import get_logger
+from services.common.settings import Settings
+
+log = get_logger(__name__)
+
+UPSTREAM_REQUESTS = Counter("dfm_verity_upstream_requests_total", "Calls proxied to Verity",
+                            ["endpoint", "status"])
+UPSTREAM_DURATION = Histogram("dfm_verity_upstream_duration_seconds", "Verity upstream latency",
+                              ["endpoint"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+DEFAULT_BASE_URL = "http://localhost:3000"
+SEND_MESSAGE_PATH = "/api/integrations/df-middleware/send-message"
+_PLACEHOLDER = re.compile(r"\[([^\]/]+)\]|\{([^}/]+)\}")
+_PATH_RUN = re.compile(r"/[^\s\"']*")
+_ALLOWED_ENDPOINT = re.compile(r"^/api[A-Za-z0-9/_\-\[\]{}.]*$")
+METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
+
+
+class ProxyError(Exception):
+    """A request that cannot be proxied: HTTP ``status`` and ``code`` for the caller."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+# --- catalog ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Endpoint:
+    """One catalog entry (a path with its methods)."""
+
+    path: str
+    methods: tuple[str, ...]
+    description: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    auth_type: str | None = None
+
+    @property
+    def path_params(self) -> dict[str, str]:
+        return dict(self.parameters.get("path") or {})
+
+    @property
+    def query_params(self) -> dict[str, str]:
+        return dict(self.parameters.get("query") or {})
+
+
+def normalise_catalog_path(path: str) -> str:
+    """``{x}`` and ``[x]`` compare equal (spec §3.1 step 5)."""
+    return re.sub(r"\{([^}/]+)\}", r"[\1]", path)
+
+
+class Catalog:
+    """The Verity API catalog file, cached and reloaded when the file changes."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = Path(path) if path else Path.cwd().parent / "verity" / "docs" / "df-middleware" / "api-catalog.json"
+        self._mtime: float | None = None
+        self._data: dict[str, Any] | None = None
+        self._endpoints: list[Endpoint] = []
+        self.error: str | None = None
+
+    def load(self) -> dict[str, Any] | None:
+        """The catalog, or None when unavailable (``error`` says why)."""
+        try:
+            mtime = os.stat(self.path).st_mtime
+        except OSError as exc:
+            self._data, self.error = None, f"catalog unreadable: {exc.strerror}"
+            return None
+        if self._data is not None and mtime == self._mtime:
+            return self._data
+        try:
+            data = json.loads(self.path.read_text())
+            endpoints = [
+                Endpoint(path=str(e["path"]), methods=tuple(str(m).upper() for m in e["methods"]),
+                         description=e.get("description"), parameters=dict(e.get("parameters") or {}),
+                         auth_type=e.get("authType"))
+                for e in data["endpoints"]
+            ]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self._data, self.error = None, f"catalog invalid: {type(exc).__name__}: {exc}"
+            log.error("verity_catalog_invalid", path=str(self.path), error=self.error)
+            return None
+        self._data, self._endpoints, self._mtime, self.error = data, endpoints, mtime, None
+        log.info("verity_catalog_loaded", path=str(self.path), endpoints=len(endpoints))
+        return data
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        self.load()
+        return list(self._endpoints) if self._data is not None else []
+
+    def find(self, path: str, method: str) -> Endpoint | None:
+        wanted = normalise_catalog_path(path)
+        for endpoint in self.endpoints:
+            if normalise_catalog_path(endpoint.path) == wanted and method in endpoint.methods:
+                return endpoint
+        return None
+
+
+# --- paths -----------------------------------------------------------------------------------
+def rewrite(path: str) -> str:
+    """Collapsed prefixes of the catalog → Verity's real paths (spec §3.2)."""
+    if path == "/apisms" or path.startswith("/apisms/"):
+        return SEND_MESSAGE_PATH
+    if path.startswith("/apicalls"):
+        return "/api/calls" + path[len("/apicalls"):]
+    if path.startswith("/apicomms"):
+        return "/api/comms" + path[len("/apicomms"):]
+    return path
+
+
+def resolve(endpoint: str, params: dict[str, Any] | None) -> str:
+    """Rewrite, then put URL-encoded parameter values into ``[x]``/``{x}``; an unfilled
+    placeholder is a 400."""
+    path = rewrite(endpoint)
+    for key, value in (params or {}).items():
+        encoded = quote(str(value), safe="")
+        path = path.replace(f"[{key}]", encoded).replace(f"{{{key}}}", encoded)
+    missing = [a or b for a, b in _PLACEHOLDER.findall(path)]
+    if missing:
+        raise ProxyError(400, "INVALID_REQUEST", f"missing path parameter: {', '.join(missing)}")
+    return path
+
+
+def check_endpoint(endpoint: Any, method: Any) -> None:
+    """Steps 2–4 of the gateway's validation (spec §3.1)."""
+    if not endpoint or not method or not isinstance(endpoint, str) or not isinstance(method, str):
+        raise ProxyError(400, "INVALID_REQUEST", "endpoint and method are required")
+    if not endpoint.startswith("/api") or not _ALLOWED_ENDPOINT.match(endpoint) or \
+            ".." in endpoint.split("/"):
+        raise ProxyError(400, "INVALID_ENDPOINT", "endpoint must be a path under /api")
+    if method not in METHODS:
+        raise ProxyError(400, "INVALID_METHOD", f"method must be one of {', '.join(METHODS)}")
+
+
+def is_send_message(endpoint: str) -> bool:
+    return endpoint == "/apisms" or endpoint.startswith("/apisms/") or "send-message" in endpoint
+
+
+# --- proxy -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProxyResult:
+    """What the caller answers: the upstream status and the envelope."""
+
+    status: int
+    envelope: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.envelope.get("success"))
+
+
+PASS_HEADERS = ("retry-after", "x-request-id")
+
+
+def sanitise(message: str) -> str:
+    """No internal paths or stack lines in production messages."""
+    lines = [ln for ln in message.splitlines() if not ln.strip().startswith(("at ", "File ", "Traceback"))]
+    text = _PATH_RUN.sub("[path]", " ".join(lines)).strip()
+    return text or "Bad gateway"
+
+
+class VerityProxy:
+    """Proxies one request to Verity and builds the envelope of spec §3.2."""
+
+    def __init__(self, settings: Settings, client: httpx.AsyncClient | None = None) -> None:
+        self.settings = settings
+        self.base_url = (settings.verity_base_url or DEFAULT_BASE_URL).rstrip("/")
+        self.production = settings.node_env == "production"
+        self.client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.verity_proxy_timeout_s, connect=5.0), follow_redirects=False)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def call(self, endpoint: str, method: str, *, params: dict[str, Any] | None = None,
+                   query: dict[str, Any] | None = None, body: Any = None,
+                   headers: dict[str, str] | None = None, token: str | None = None,
+                   metric_endpoint: str | None = None) -> ProxyResult:
+        path = resolve(endpoint, params)
+        url = self.base_url + path
+        if query:
+            url += "?" + urlencode({k: _query_value(v) for k, v in query.items()})
+        send_headers = {"Content-Type": "application/json", **(headers or {})}
+        if token:
+            send_headers["Authorization"] = f"Bearer {token}"
+        content = json.dumps(body).encode() if method in ("POST", "PUT", "PATCH") and body is not None else None
+        label = normalise_catalog_path(metric_endpoint or endpoint)
+        started = time.perf_counter()
+        meta = {"endpoint": endpoint, "method": method}
+        try:
+            response = await self.client.request(method, url, headers=send_headers, content=content)
+        except httpx.TimeoutException:
+            UPSTREAM_REQUESTS.labels(label, "timeout").inc()
+            return ProxyResult(504, {"success": False, "error": {
+                "message": f"Verity did not answer within {self.settings.verity_proxy_timeout_s:g} s",
+                "code": "UPSTREAM_TIMEOUT"}, "meta": self._meta(meta, 504, started)})
+        except httpx.TransportError as exc:
+            UPSTREAM_REQUESTS.labels(label, "unreachable").inc()
+            message = f"Verity unreachable: {type(exc).__name__}"
+            return ProxyResult(502, {"success": False, "error": {
+                "message": sanitise(message) if self.production else message, "code": "PROXY_ERROR"},
+                "meta": self._meta(meta, 502, started)})
+        finally:
+            UPSTREAM_DURATION.labels(label).observe(time.perf_counter() - started)
+        UPSTREAM_REQUESTS.labels(label, str(response.status_code)).inc()
+        data = _parse(response)
+        passed = {k: v for k, v in response.headers.items() if k.lower() in PASS_HEADERS}
+        envelope_meta = self._meta(meta, response.status_code, started)
+        if response.is_success:
+            return ProxyResult(response.status_code, {"success": True, "data": data, "meta": envelope_meta}, passed)
+        error: dict[str, Any] = {"message": self._error_message(response, data),
+                                 "code": f"HTTP_{response.status_code}"}
+        if not self.production:
+            error["details"] = data
+        return ProxyResult(response.status_code, {"success": False, "error": error, "meta": envelope_meta}, passed)
+
+    def _error_message(self, response: httpx.Response, data: Any) -> str:
+        default = f"HTTP {response.status_code}: {response.reason_phrase}"
+        upstream = data.get("error") if isinstance(data, dict) else None
+        if upstream is None:
+            return default
+        if self.production:
+            return sanitise(upstream) if isinstance(upstream, str) else default
+        return upstream if isinstance(upstream, str) else json.dumps(upstream)
+
+    @staticmethod
+    def _meta(meta: dict[str, Any], status: int, started: float) -> dict[str, Any]:
+        return {**meta, "status": status, "duration": round((time.perf_counter() - started) * 1000, 1),
+                "timestamp": datetime.now(UTC).isoformat()}
+
+
+def _parse(response: httpx.Response) -> Any:
+    if "application/json" in response.headers.get("content-type", ""):
+        try:
+            return response.json()
+        except ValueError:
+            return response.text
+    return response.text
+
+
+def _query_value(value: Any) -> str:
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
