@@ -102,7 +102,10 @@ def run(
 
     if service not in SERVICES:
         fail(f"unknown service {service!r}: expected one of {', '.join(SERVICES)}")
-    settings = settings_for(service)
+    stack_env = Path(load_settings().dfm_data_dir) / "stack.env"
+    # an agent starting `dfm run mcp` next to `dfm up` gets the dev stack's settings
+    env_file = str(stack_env) if service == "mcp" and stack_env.exists() else None
+    settings = settings_for(service, env_file=env_file)
     configure_logging(service, settings.log_level, settings.log_format)
     import importlib
 

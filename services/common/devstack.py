@@ -27,6 +27,8 @@ from services.common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from services.common.settings import Settings, load_settings
 from services.common.signing import generate_ed25519, load_private_key, private_pem, public_pem
 
+EXAMPLE_CATALOG = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "apis" / "verity" / "api_catalog.json"
+
 # Dev-only secrets generated once per data dir when the operator set none.
 DEV_SECRET_VARS = (
     "DF_ADMIN_SECRET",
@@ -135,6 +137,13 @@ def sandbox_env(settings: Settings, say: Callable[[str], None]) -> dict[str, str
         "VERITY_BASE_URL": settings.verity_base_url or f"{base}/verity",
         "VERITY_API_KEY": "sandbox-verity-key",
         "DFM_SANDBOX_WEBHOOK_URL": f"http://127.0.0.1:{settings.ingress_port}",
+        # the gateway and `dfm run mcp` next to the sandbox: its fake Clerk and an example catalog
+        "CLERK_API_URL": f"{base}/clerk/v1",
+        "CLERK_SECRET_KEY": "sandbox-clerk-secret",
+        "CLERK_SERVICE_USER_ID": "user_sandbox_service",
+        "CLERK_JWKS_URL": f"{base}/clerk/.well-known/jwks.json",
+        **({"VERITY_CATALOG_PATH": str(EXAMPLE_CATALOG)}
+           if not settings.verity_catalog_path and EXAMPLE_CATALOG.exists() else {}),
     }
 
 
@@ -192,6 +201,10 @@ def start_services(stack: Stack, services: list[str], settings: Settings,
             ingress = f"http://127.0.0.1:{settings.ingress_port}"
             wait_http(ingress + "/api/health/live", proc)
             say(f"ingress     {ingress} (webhooks, health, metrics)")
+        elif service == "gateway":
+            gateway = f"http://127.0.0.1:{settings.gateway_port}"
+            wait_http(gateway + "/health", proc)
+            say(f"gateway     {gateway} (/api/verity, Bearer DF_MIDDLEWARE_API_KEY from .dfm/dev-secrets.env)")
         else:
             say(f"{service:<11} running")
 

@@ -50,9 +50,12 @@ def not_found(event_id: object) -> OperationError:
 
 
 def redact(value: Any) -> Any:
-    """Recursively replace personal fields (spec/inbound.md §4.6) with ``[REDACTED]``."""
+    """Recursively replace personal fields (spec/inbound.md §4.6) with ``[REDACTED]``.
+    A listed key holding an object or list (Aloware's ``body`` wrapper) is walked into
+    rather than blanked, so the structure stays readable and its personal fields are hidden."""
     if isinstance(value, dict):
-        return {k: (REDACTED if k.lower() in PII_KEYS and v is not None else redact(v))
+        return {k: (redact(v) if isinstance(v, (dict, list)) or v is None or k.lower() not in PII_KEYS
+                    else REDACTED)
                 for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v) for v in value]

@@ -119,7 +119,8 @@ class Settings(BaseSettings):
     db_connection_timeout: int = Field(default=10, ge=1)
     dfm_data_dir: str = ".dfm"
     dfm_up_services: CsvList = Field(
-        default_factory=lambda: ["ingress", "recorder", "ghl-sync", "aloware-sync", "jobs", "scheduler"],
+        default_factory=lambda: ["ingress", "recorder", "ghl-sync", "aloware-sync", "jobs", "scheduler",
+                                 "gateway"],
         description="services `dfm up` starts (comma-separated)",
     )
     dfm_sandbox_webhook_url: str | None = Field(

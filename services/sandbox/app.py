@@ -81,6 +81,7 @@ class SandboxState:
     verity_forwards: list[dict[str, Any]] = field(default_factory=list)
     clerk_minted: list[str] = field(default_factory=list)
     clerk_revoked: set[str] = field(default_factory=set)
+    clerk_reject_all: bool = False
 
 
 class Sandbox:
@@ -140,7 +141,9 @@ class Sandbox:
                                 issuer=CLERK_ISSUER)
         except jwt.InvalidTokenError:
             return None
-        return None if claims.get("jti") in self.state.clerk_revoked else str(claims["sub"])
+        if self.state.clerk_reject_all or claims.get("jti") in self.state.clerk_revoked:
+            return None
+        return str(claims["sub"])
 
     def record(self, vendor: str, method: str, path: str, status: int, body: Any, query: dict[str, str]) -> None:
         self.state.calls.append({"vendor": vendor, "method": method, "path": path, "status": status,
@@ -447,9 +450,11 @@ def create_sandbox_app(settings: Settings) -> FastAPI:
                                                headers={"kid": "sandbox"})})
 
     @app.post("/_sandbox/clerk/expire-tokens")
-    async def clerk_expire() -> JSONResponse:
-        """Every token minted so far is rejected by the fake Verity from now on."""
+    async def clerk_expire(request: Request) -> JSONResponse:
+        """Every token minted so far is rejected by the fake Verity from now on; with
+        ``?all=true`` every future token too (a Verity that no longer trusts the instance)."""
         sandbox.state.clerk_revoked.update(sandbox.state.clerk_minted)
+        sandbox.state.clerk_reject_all = request.query_params.get("all") == "true"
         return JSONResponse({"revoked": len(sandbox.state.clerk_revoked)})
 
     return app
