@@ -55,7 +55,17 @@ RECORDER = ConsumerSpec(
 GHL_SYNC = ConsumerSpec(
     "ghl-sync",
     WEBHOOKS_STREAM,
-    ("webhooks.aloware.contact.contact_created", "webhooks.aloware.contact.contact_updated"),
+    (
+        "webhooks.aloware.contact.>",
+        "webhooks.aloware.call.>",
+        "webhooks.aloware.call_summary.>",
+        "webhooks.aloware.transcription.>",
+        "webhooks.aloware.recording.>",
+        "webhooks.aloware.voicemail.>",
+        "webhooks.aloware.communication.>",
+        "webhooks.aloware.appointment.>",
+        "webhooks.texting.optout.optout_stop",
+    ),
     "Rules that write into GHL",
     max_deliver=50,  # our own attempt budget (RETRY_MAX_ATTEMPTS) decides `dead`
     ack_wait_s=15.0,  # running rules send +WPI heartbeats; a dead process's work returns fast
@@ -64,16 +74,7 @@ GHL_SYNC = ConsumerSpec(
 ALOWARE_SYNC = ConsumerSpec(
     "aloware-sync",
     WEBHOOKS_STREAM,
-    (
-        "webhooks.ghl.contact.contact_create",
-        "webhooks.ghl.contact.contact_update",
-        "webhooks.ghl.contact.contact_tag_update",
-        "webhooks.ghl.contact.contact_created",
-        "webhooks.ghl.contact.contact_updated",
-        "webhooks.ghl.contact.contact_changed",
-        "webhooks.ghl.contact.contact_delete",
-        "webhooks.ghl.contact.contact_deleted",
-    ),
+    ("webhooks.ghl.contact.>",),
     "Rules that write into Aloware",
     max_deliver=50,
     ack_wait_s=15.0,

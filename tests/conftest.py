@@ -121,7 +121,9 @@ TEST_SECRETS: dict[str, str] = {
 
 @pytest.fixture
 async def clean_streams(nats_server: EmbeddedNats) -> None:
-    """Empty streams, so no message left unacked by an earlier test reaches this one."""
+    """No streams: no message left unacked by an earlier test reaches this one, and no
+    message id of an earlier test is still in a duplicate window (a purge keeps those).
+    Services create the streams and durables again when they start."""
     import nats
     from nats.js.errors import NotFoundError
 
@@ -130,7 +132,7 @@ async def clean_streams(nats_server: EmbeddedNats) -> None:
         js = nc.jetstream()
         for stream in ("WEBHOOKS", "JOBS"):
             try:
-                await js.purge_stream(stream)
+                await js.delete_stream(stream)
             except NotFoundError:
                 pass
     finally:

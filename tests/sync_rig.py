@@ -88,7 +88,7 @@ async def consumers(settings: Settings, replicas: int, *, window_s: int = 10) ->
         clients += [ghl, alo]
         batch = consumer_batch(settings)
         if len(brokers) % 2 == 0:
-            g = EventConsumer(settings, GHL_SYNC, engine, GhlSync(settings, engine, ghl).handle)
+            g = EventConsumer(settings, GHL_SYNC, engine, GhlSync(settings, engine, ghl, alo).handle)
             brokers.append(await start_sync_broker(settings, GHL_SYNC, g.handle, batch))
         else:
             a = EventConsumer(settings, ALOWARE_SYNC, engine, AlowareSync(settings, engine, ghl, alo).handle)

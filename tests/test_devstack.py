@@ -15,6 +15,8 @@ import httpx
 import nats
 import pytest
 
+from contracts.streams import GHL_SYNC
+from contracts.subjects import subject_matches
 from services.common.broker import ensure_topology
 from services.common.embedded import EmbeddedNats, free_port
 from services.common.settings import Settings
@@ -135,6 +137,7 @@ async def test_topology_creation_is_idempotent(nats_server: EmbeddedNats) -> Non
         assert info.config.duplicate_window == settings.dfm_stream_duplicate_window
         consumer = await js.consumer_info("WEBHOOKS", "ghl-sync")
         assert consumer.config.max_deliver == 50
-        assert consumer.config.filter_subjects and "webhooks.aloware.contact.contact_created" in consumer.config.filter_subjects
+        assert consumer.config.filter_subjects == list(GHL_SYNC.filter_subjects)
+        assert any(subject_matches(f, "webhooks.aloware.contact.contact_created") for f in GHL_SYNC.filter_subjects)
     finally:
         await nc.close()

@@ -17,6 +17,7 @@ from services.aloware_sync.rules.contact import (
 )
 from services.clients.aloware import AlowareClient
 from services.clients.ghl import GhlClient, GhlContact
+from services.common import optout
 from services.common.delivery import Outcome
 from services.common.errors import RetryLater
 from services.common.settings import Settings
@@ -40,6 +41,8 @@ class AlowareSync:
         """The dispatch table (spec/outbound.md §1.1) for what is implemented."""
         if event.source.value == "ghl" and event.canonical_type == "contact.deleted":
             return await self.ghl_contact_deleted(event, attempt)
+        if event.source.value == "ghl" and event.canonical_type == "contact.dnd_changed":
+            return await self.ghl_dnd_changed(event, attempt)
         if event.source.value == "ghl" and event.canonical_type in CG_TYPES:
             if not self.settings.sync_ghl_contacts_to_aloware:
                 return Outcome("skipped", "ghl_contact_sync_disabled")
@@ -58,6 +61,30 @@ class AlowareSync:
         projection = ghl_to_canonical(body, self.settings.default_phone_region).projection_hash()
         async with self.engine.connect() as conn:
             return await store.is_echo(conn, "ghl", ghl_id, projection, self.settings.echo_window_seconds)
+
+    async def ghl_dnd_changed(self, event: WebhookEvent, attempt: int) -> Outcome:
+        """O-7: GHL's DND state of the contact, re-read, into the opt-out registry (source
+        ``ghl``; an opt-in is subject to O-4, so it never clears a texting STOP)."""
+        ghl_id = event.entity_id
+        common = {"direction": "ghl_to_texting", "entity_type": "optout", "source_id": ghl_id,
+                  "started_at": datetime.now(UTC), "correlation_id": str(event.event_id), "attempt": attempt}
+        current = await self.ghl.get_contact(ghl_id)
+        phone = ghl_to_canonical(current, self.settings.default_phone_region).phone if current else None
+        if current is None or not phone:
+            reason = "ghl_contact_not_found" if current is None else "no_phone"
+            async with self.engine.begin() as conn:
+                await store.log_sync(conn, status="skipped", rule="O-7", message=reason, **common)
+            return Outcome("skipped", reason)
+        sms = ((current.model_extra or {}).get("dndSettings") or {}).get("SMS") or {}
+        dnd = current.dnd is True or sms.get("status") == "active"
+        status: optout.Status = "opted_out" if dnd else "opted_in"
+        async with self.engine.begin() as conn:
+            decision = await optout.record(conn, phone, status, "ghl", "GHL DND", at=event.received_at,
+                                           event_id=event.event_id)
+            await store.log_sync(conn, status="success" if decision.applied else "skipped", rule="O-7",
+                                 target_id=phone, message=f"DND status: {decision.status}" if decision.applied
+                                 else decision.reason, **common)
+        return Outcome("applied") if decision.applied else Outcome("skipped", decision.reason)
 
     async def ghl_contact_deleted(self, event: WebhookEvent, attempt: int) -> Outcome:
         """D-3: take the Aloware contact off every call list; remember the GHL deletion."""

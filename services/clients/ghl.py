@@ -134,10 +134,22 @@ class GhlClient:
         """G6."""
         await self._call("DELETE", f"/contacts/{contact_id}/tags", "contacts.tags.remove", json={"tags": tags})
 
-    async def create_note(self, contact_id: str, body: str) -> str:
-        """G7: returns the note id."""
-        response = await self._call("POST", f"/contacts/{contact_id}/notes", "contacts.notes.create", json={"body": body})
+    async def create_note(self, contact_id: str, body: str) -> str | None:
+        """G7: returns the note id; None when GHL has no such contact (404)."""
+        response = await self._call("POST", f"/contacts/{contact_id}/notes", "contacts.notes.create",
+                                    json={"body": body}, passthrough=(404,))
+        if response.status_code == 404:
+            return None
         return str(response.json()["note"]["id"])
+
+    async def list_notes(self, contact_id: str) -> list[dict[str, Any]] | None:
+        """The contact's notes (``id``, ``body``); None when the contact is gone."""
+        response = await self._call("GET", f"/contacts/{contact_id}/notes", "contacts.notes.list",
+                                    passthrough=(404,))
+        if response.status_code == 404:
+            return None
+        notes = response.json().get("notes", [])
+        return [n for n in notes if isinstance(n, dict)]
 
     async def list_users(self) -> list[dict[str, Any]]:
         """G8: the location's users (``id``, ``name``, ``email``)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from contracts.streams import GHL_SYNC
+from services.clients.aloware import AlowareClient
 from services.clients.budget import RateBudget
 from services.clients.ghl import GhlClient
 from services.common.db.session import create_engine
@@ -18,11 +19,14 @@ async def serve(settings: Settings) -> None:
     """Consume until SIGTERM/SIGINT."""
     engine = create_engine(settings)
     ghl = GhlClient.from_settings(settings, RateBudget.for_ghl(engine, settings).acquire)
-    consumer = EventConsumer(settings, GHL_SYNC, engine, GhlSync(settings, engine, ghl).handle)
+    aloware = AlowareClient.from_settings(settings) if settings.aloware_api_token else None
+    consumer = EventConsumer(settings, GHL_SYNC, engine, GhlSync(settings, engine, ghl, aloware).handle)
     try:
         await serve_until_terminated(settings, GHL_SYNC, consumer.handle, consumer_batch(settings))
     finally:
         await ghl.aclose()
+        if aloware is not None:
+            await aloware.aclose()
         await engine.dispose()
 
 

@@ -1,5 +1,7 @@
 """ghl-sync: rules whose write target is GHL. Implemented so far: CA (Aloware contact
-created/updated → GHL contact) with echo suppression, ordering and per-contact locking."""
+created/updated → GHL contact) with echo suppression, ordering and per-contact locking;
+calls and call artifacts (CL, AR), disposition (D-2), Aloware DNC (D-1) and the texting
+opt-out event (O-2) in ``activity.py``."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import WebhookEvent
 from contracts.payloads.aloware import AlowareContactEvent
+from services.clients.aloware import AlowareClient
 from services.clients.ghl import GhlClient
 from services.common.delivery import Outcome
 from services.common.errors import Permanent, RetryLater
@@ -20,6 +23,8 @@ from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.common.sync import store
 from services.common.trace import is_replay
+from services.ghl_sync.activity import CALL_TYPES, ActivityRules
+from services.ghl_sync.rules.activity import KIND_OF_CANONICAL
 from services.common.sync.contact import CanonicalContact, aloware_to_canonical, ghl_to_canonical
 from services.ghl_sync.rules.contact import (
     CreateGhlContact,
@@ -58,10 +63,13 @@ def _parse_time(value: str | None) -> datetime | None:
 class GhlSync:
     """Dispatches events to GHL-writing rules."""
 
-    def __init__(self, settings: Settings, engine: AsyncEngine, ghl: GhlClient) -> None:
+    def __init__(self, settings: Settings, engine: AsyncEngine, ghl: GhlClient,
+                 aloware: AlowareClient | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.ghl = ghl
+        self.aloware = aloware  # CL-1's phone lookup; without a token the call's own data is used
+        self.activity = ActivityRules(self)
         self.cf_ids = CustomFieldIds(settings.ghl_cf_aloware_contact_id, settings.ghl_cf_lead_source,
                                      settings.ghl_cf_intake_source)
 
@@ -125,9 +133,50 @@ class GhlSync:
 
     async def handle(self, event: WebhookEvent, attempt: int) -> Outcome:
         """The dispatch table (spec/outbound.md §1.1) for what is implemented."""
-        if event.source.value == "aloware" and event.canonical_type in ("contact.created", "contact.updated"):
-            return await self.sync_aloware_contact(event, attempt)
+        source, kind = event.source.value, event.canonical_type
+        if source == "aloware":
+            if kind in ("contact.created", "contact.updated"):
+                return await self.sync_aloware_contact(event, attempt)
+            if kind in CALL_TYPES:
+                return await self.activity.call(event, attempt)
+            if kind in KIND_OF_CANONICAL:
+                return await self.activity.call_artifact(event, attempt)
+            if kind == "contact.disposed":
+                return await self.activity.contact_disposed(event, attempt)
+            if kind == "contact.dnc_updated":
+                return await self.activity.dnc_updated(event, attempt)
+            if kind == "appointment.saved":
+                return Outcome("skipped", "appointments_sot_is_ghl")
+        if source == "texting" and kind == "optout.stop":
+            return await self.activity.texting_optout(event, attempt)
         return Outcome("skipped", f"Unhandled event type: {event.event_name}")
+
+    async def upsert_from_aloware(self, conn: Any, body: Any, incoming: CanonicalContact, mapping: Any,
+                                  event_at: datetime | None) -> tuple[str, bool]:
+        """CA-2…CA-7 under the caller's contact lock: find (mapping, phone, e-mail) or create
+        the GHL contact, write what differs, upsert the mapping. (GHL id, wrote anything)."""
+        disposition = (body.disposition_status or "").strip() or None
+        customs = custom_fields(self.cf_ids, body.id, body.lead_source, body.intake_source)
+        known = await self._known_from_mapping(conn, mapping)
+        for _ in range(3):  # re-plan when GHL changed under us (contact gone, duplicate)
+            if known is None:
+                known = await self._known_from_search(incoming)
+            plan = plan_contact_upsert(incoming, known, mode=self.settings.contact_source_of_truth,
+                                       disposition=disposition, customs=customs)
+            applied = await self._apply(conn, plan, known, incoming)
+            if isinstance(applied, _Replan):
+                if applied.drop_mapping:
+                    await store.drop_mapping(conn, applied.ghl_id)
+                known = await self._known_by_id(applied.ghl_id) if applied.reread else None
+                continue
+            ghl_id, after, wrote = applied
+            break
+        else:
+            raise RetryLater(None, "GHL contact kept changing during the sync")
+        await store.upsert_mapping(conn, ghl_id=ghl_id, aloware_id=body.id, phone=incoming.phone,
+                                   email=incoming.email, direction="aloware_to_ghl",
+                                   aloware_event_at=event_at, ghl_snapshot=after.snapshot())
+        return ghl_id, wrote
 
     async def sync_aloware_contact(self, event: WebhookEvent, attempt: int) -> Outcome:
         """CA-1 … CA-8."""
@@ -160,27 +209,7 @@ class GhlSync:
                 await store.log_sync(conn, status="skipped", rule="CA-2", target_id=mapping.ghl_contact_id,
                                      message="stale_event", **common)
                 return Outcome("skipped", "stale_event")
-            disposition = (body.disposition_status or "").strip() or None
-            customs = custom_fields(self.cf_ids, body.id, body.lead_source, body.intake_source)
-            known = await self._known_from_mapping(conn, mapping)
-            for _ in range(3):  # re-plan when GHL changed under us (contact gone, duplicate)
-                if known is None:
-                    known = await self._known_from_search(incoming)
-                plan = plan_contact_upsert(incoming, known, mode=self.settings.contact_source_of_truth,
-                                           disposition=disposition, customs=customs)
-                applied = await self._apply(conn, plan, known, incoming)
-                if isinstance(applied, _Replan):
-                    if applied.drop_mapping:
-                        await store.drop_mapping(conn, applied.ghl_id)
-                    known = await self._known_by_id(applied.ghl_id) if applied.reread else None
-                    continue
-                ghl_id, after, wrote = applied
-                break
-            else:
-                raise RetryLater(None, "GHL contact kept changing during the sync")
-            await store.upsert_mapping(conn, ghl_id=ghl_id, aloware_id=body.id, phone=incoming.phone,
-                                       email=incoming.email, direction="aloware_to_ghl",
-                                       aloware_event_at=event_at, ghl_snapshot=after.snapshot())
+            ghl_id, wrote = await self.upsert_from_aloware(conn, body, incoming, mapping, event_at)
             await store.log_sync(conn, status="success" if wrote else "skipped", rule="CA",
                                  target_id=ghl_id, message=None if wrote else "no_changes", **common)
         return Outcome("applied") if wrote else Outcome("skipped", "no_changes")

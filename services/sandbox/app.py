@@ -282,6 +282,15 @@ def create_sandbox_app(settings: Settings) -> FastAPI:
         contact["dateUpdated"] = datetime.now(UTC).isoformat()
         return JSONResponse(contact)
 
+    @app.post("/_sandbox/ghl/contacts/{contact_id}/webhook/{kind}")
+    async def ghl_send_webhook(contact_id: str, kind: str) -> JSONResponse:
+        """Have GHL send a webhook of ``kind`` (e.g. ContactDndUpdate) for the contact as it is."""
+        contact = sandbox.state.ghl_contacts.get(contact_id)
+        if contact is None:
+            return JSONResponse({"error": "no such contact"}, status_code=404)
+        sandbox.ghl_webhook(kind, contact)
+        return JSONResponse({"sent": kind})
+
     @app.delete("/_sandbox/ghl/contacts/{contact_id}")
     async def ghl_delete_silently(contact_id: str) -> JSONResponse:
         """Delete a GHL contact without sending its webhook."""
@@ -516,6 +525,8 @@ def _ghl_route(sandbox: Sandbox, method: str, path: str, query: dict[str, str], 
             if contact["tags"] != before:
                 sandbox.ghl_webhook("ContactTagUpdate", contact)
             return (201 if method == "POST" else 200), {"tags": contact["tags"]}
+        if parts[2:] == ["notes"] and method == "GET":
+            return 200, {"notes": list(state.ghl_notes.get(contact["id"], []))}
         if parts[2:] == ["notes"] and method == "POST":
             note = {"id": "note" + uuid.uuid4().hex[:16], "body": body["body"], "contactId": contact["id"],
                     "dateAdded": datetime.now(UTC).isoformat()}

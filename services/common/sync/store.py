@@ -51,6 +51,13 @@ async def mapping_by_ghl(conn: AsyncConnection, ghl_id: str) -> Any:
     return (await conn.execute(select(ContactMapping).where(ContactMapping.ghl_contact_id == ghl_id))).first()
 
 
+async def mapping_by_phone(conn: AsyncConnection, phone: str) -> Any:
+    """The mapping of an E.164 number (the most recently synced one if several)."""
+    return (await conn.execute(
+        select(ContactMapping).where(ContactMapping.phone_number == phone, ContactMapping.ghl_deleted_at.is_(None))
+        .order_by(ContactMapping.last_synced_at.desc()).limit(1))).first()
+
+
 async def drop_mapping(conn: AsyncConnection, ghl_id: str) -> None:
     await conn.execute(delete(ContactMapping).where(ContactMapping.ghl_contact_id == ghl_id))
     mapping_touched("contact", "dropped", ghl_contact_id=ghl_id)
