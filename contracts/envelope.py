@@ -57,6 +57,8 @@ class WebhookEvent(BaseModel):
     )
     payload: dict[str, Any]
     payload_raw_b64: str | None = None
+    forward_signature: str | None = Field(
+        default=None, description="the sender's x-ghl-signature header, for the Verity forward (F-1)")
 
     @property
     def subject(self) -> str:

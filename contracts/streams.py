@@ -65,6 +65,7 @@ GHL_SYNC = ConsumerSpec(
         "webhooks.aloware.communication.>",
         "webhooks.aloware.appointment.>",
         "webhooks.texting.optout.optout_stop",
+        "webhooks.texting.message.>",
     ),
     "Rules that write into GHL",
     max_deliver=50,  # our own attempt budget (RETRY_MAX_ATTEMPTS) decides `dead`
@@ -83,7 +84,7 @@ ALOWARE_SYNC = ConsumerSpec(
 VERITY_SYNC = ConsumerSpec(
     "verity-sync",
     WEBHOOKS_STREAM,
-    ("webhooks.verity_pending_rules",),  # no rule yet; see the note above GHL_SYNC
+    ("webhooks.ghl.>",),  # F-1 forwards every GHL webhook; provider deliveries are M-2
     "Rules that write into Verity",
     max_ack_pending=100,
 )

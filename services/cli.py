@@ -31,13 +31,14 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-SERVICES = ("ingress", "recorder", "ghl-sync", "aloware-sync", "jobs", "scheduler", "gateway", "mcp",
-            "sandbox")
+SERVICES = ("ingress", "recorder", "ghl-sync", "aloware-sync", "verity-sync", "jobs", "scheduler",
+            "gateway", "mcp", "sandbox")
 RUNNERS = {
     "ingress": "services.ingress.main",
     "recorder": "services.recorder.main",
     "ghl-sync": "services.ghl_sync.main",
     "aloware-sync": "services.aloware_sync.main",
+    "verity-sync": "services.verity_sync.main",
     "jobs": "services.jobs.main",
     "scheduler": "services.scheduler.main",
     "gateway": "services.gateway.main",

@@ -12,11 +12,13 @@ from typing import Any
 
 import httpx
 
-from contracts.streams import ALOWARE_SYNC, GHL_SYNC
+from contracts.streams import ALOWARE_SYNC, GHL_SYNC, VERITY_SYNC
 from services.aloware_sync.service import AlowareSync
 from services.clients.aloware import AlowareClient
 from services.clients.budget import RateBudget
 from services.clients.ghl import GhlClient
+from services.clients.ghl_conversations import GhlConversations
+from services.clients.ghl_oauth import GhlOAuth
 from services.common.stream_app import start_sync_broker
 from services.common.db.session import create_engine
 from services.common.delivery import EventConsumer, consumer_batch
@@ -25,6 +27,7 @@ from services.common.settings import Settings
 from services.common.signing import generate_ed25519, private_pem
 from services.ghl_sync.service import GhlSync
 from services.sandbox.app import create_sandbox_app
+from services.verity_sync.service import VeritySync
 from tests.ingress_rig import running_ingress, running_recorder, serving
 
 
@@ -55,6 +58,8 @@ def pipeline_settings(base_env: dict[str, str], tmp: Path, **extra: str) -> Sett
     env = {
         **base_env,
         "GHL_API_KEY": "sandbox-ghl-key",
+        "VERITY_BASE_URL": f"http://127.0.0.1:{sandbox_port}/verity",
+        "VERITY_API_KEY": "sandbox-verity-key",
         "ALOWARE_API_TOKEN": "sandbox-aloware-token",
         "GHL_BASE_URL": f"http://127.0.0.1:{sandbox_port}/ghl",
         "ALOWARE_BASE_URL": f"http://127.0.0.1:{sandbox_port}/aloware/api/v1",
@@ -67,6 +72,10 @@ def pipeline_settings(base_env: dict[str, str], tmp: Path, **extra: str) -> Sett
         "RETRY_MAX_DELAY_S": "1",
         "ALOWARE_MAX_RPS": "200",
         "DFM_CONSUMER_ACK_WAIT_S": "4",
+        "GHL_CLIENT_ID": "sandbox-client-id",
+        "GHL_CLIENT_SECRET": "sandbox-client-secret",
+        "GHL_CONVERSATION_PROVIDER_ID": "sandbox-provider",
+        "DFM_TOKEN_KEY": "Qk9_hHuUeXy6sWr5lD6c0mJ3Ojz3v0Yt3kHq3Yl7x8M=",
         **extra,
     }
     return Settings(**{k.lower(): v for k, v in env.items()})
@@ -74,25 +83,34 @@ def pipeline_settings(base_env: dict[str, str], tmp: Path, **extra: str) -> Sett
 
 @asynccontextmanager
 async def consumers(settings: Settings, replicas: int, *, window_s: int = 10) -> AsyncIterator[None]:
-    """``replicas`` processes' worth of ghl-sync and aloware-sync, sharing the durables:
-    each replica has its own engine (pool), clients and NATS connections, like a process."""
+    """``replicas`` processes' worth of ghl-sync, aloware-sync and verity-sync, sharing the
+    durables: each replica has its own engine (pool), clients and NATS connections, like a
+    process."""
     assert settings.ghl_api_key and settings.ghl_location_id and settings.aloware_api_token
     clients: list[Any] = []
     engines: list[Any] = []
     brokers: list[Any] = []
-    for _ in range(replicas * 2):
-        engine = create_engine(settings)
-        engines.append(engine)
-        ghl = GhlClient.from_settings(settings, RateBudget.for_ghl(engine, settings, window_s).acquire)
-        alo = AlowareClient.from_settings(settings)
-        clients += [ghl, alo]
-        batch = consumer_batch(settings)
-        if len(brokers) % 2 == 0:
-            g = EventConsumer(settings, GHL_SYNC, engine, GhlSync(settings, engine, ghl, alo).handle)
-            brokers.append(await start_sync_broker(settings, GHL_SYNC, g.handle, batch))
-        else:
-            a = EventConsumer(settings, ALOWARE_SYNC, engine, AlowareSync(settings, engine, ghl, alo).handle)
-            brokers.append(await start_sync_broker(settings, ALOWARE_SYNC, a.handle, batch))
+    batch = consumer_batch(settings)
+    for _ in range(replicas):
+        for durable in (GHL_SYNC, ALOWARE_SYNC, VERITY_SYNC):
+            engine = create_engine(settings)
+            engines.append(engine)
+            budget = RateBudget.for_ghl(engine, settings, window_s).acquire
+            ghl = GhlClient.from_settings(settings, budget)
+            alo = AlowareClient.from_settings(settings)
+            oauth = GhlOAuth(settings, engine)
+            conversations = GhlConversations(settings, oauth, acquire=budget)
+            clients += [ghl, alo, oauth, conversations]
+            if durable is GHL_SYNC:
+                rule = GhlSync(settings, engine, ghl, alo, conversations).handle
+            elif durable is ALOWARE_SYNC:
+                rule = AlowareSync(settings, engine, ghl, alo).handle
+            else:
+                verity = VeritySync(settings, engine, conversations)
+                clients.append(verity)
+                rule = verity.handle
+            consumer = EventConsumer(settings, durable, engine, rule)
+            brokers.append(await start_sync_broker(settings, durable, consumer.handle, batch))
     try:
         yield
     finally:

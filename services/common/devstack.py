@@ -9,6 +9,7 @@ the same secrets. Ctrl-C stops the children, then everything this command starte
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import secrets
 import signal
@@ -37,6 +38,7 @@ DEV_SECRET_VARS = (
     "GHL_WORKFLOW_WEBHOOK_TOKEN",
     "ALOWARE_WEBHOOK_BASIC_PASS",
     "DF_MIDDLEWARE_API_KEY",
+    "DFM_TOKEN_KEY",
 )
 
 
@@ -93,7 +95,9 @@ def dev_secrets(data_dir: Path, configured: Settings) -> dict[str, str]:
     for var in DEV_SECRET_VARS:
         if getattr(configured, var.lower()):
             continue
-        out[var] = known.get(var) or secrets.token_urlsafe(24)
+        fresh = (base64.urlsafe_b64encode(secrets.token_bytes(32)).decode() if var == "DFM_TOKEN_KEY"
+                 else secrets.token_urlsafe(24))  # a Fernet key for the token store
+        out[var] = known.get(var) or fresh
     if "ALOWARE_WEBHOOK_BASIC_PASS" in out and not configured.aloware_webhook_basic_user:
         out["ALOWARE_WEBHOOK_BASIC_USER"] = known.get("ALOWARE_WEBHOOK_BASIC_USER", "aloware")
     _write_env_file(store, {**known, **out})
@@ -138,6 +142,9 @@ def sandbox_env(settings: Settings, say: Callable[[str], None]) -> dict[str, str
         "VERITY_API_KEY": "sandbox-verity-key",
         "DFM_SANDBOX_WEBHOOK_URL": f"http://127.0.0.1:{settings.ingress_port}",
         # the gateway and `dfm run mcp` next to the sandbox: its fake Clerk and an example catalog
+        "GHL_CLIENT_ID": "sandbox-client-id",
+        "GHL_CLIENT_SECRET": "sandbox-client-secret",
+        "GHL_CONVERSATION_PROVIDER_ID": "sandbox-provider",
         "CLERK_API_URL": f"{base}/clerk/v1",
         "CLERK_SECRET_KEY": "sandbox-clerk-secret",
         "CLERK_SERVICE_USER_ID": "user_sandbox_service",
@@ -201,6 +208,9 @@ def start_services(stack: Stack, services: list[str], settings: Settings,
             ingress = f"http://127.0.0.1:{settings.ingress_port}"
             wait_http(ingress + "/api/health/live", proc)
             say(f"ingress     {ingress} (webhooks, health, metrics)")
+            if "SANDBOX_PORT" in stack.env:  # the sandbox GHL's Marketplace install, for messages
+                answer = httpx.get(ingress + "/leadconnector/oauth", params={"code": "code-dev"}, timeout=10)
+                say(f"GHL OAuth   sandbox installation {'done' if answer.status_code == 200 else answer.text}")
         elif service == "gateway":
             gateway = f"http://127.0.0.1:{settings.gateway_port}"
             wait_http(gateway + "/health", proc)

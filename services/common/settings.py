@@ -119,8 +119,8 @@ class Settings(BaseSettings):
     db_connection_timeout: int = Field(default=10, ge=1)
     dfm_data_dir: str = ".dfm"
     dfm_up_services: CsvList = Field(
-        default_factory=lambda: ["ingress", "recorder", "ghl-sync", "aloware-sync", "jobs", "scheduler",
-                                 "gateway"],
+        default_factory=lambda: ["ingress", "recorder", "ghl-sync", "aloware-sync", "verity-sync", "jobs",
+                                 "scheduler", "gateway"],
         description="services `dfm up` starts (comma-separated)",
     )
     dfm_sandbox_webhook_url: str | None = Field(
@@ -162,6 +162,9 @@ class Settings(BaseSettings):
     ghl_client_id: str | None = None
     ghl_client_secret: SecretStr | None = None
     ghl_oauth_redirect_uri: str | None = None
+    dfm_token_key: SecretList = Field(
+        default_factory=list,
+        description="Fernet key(s) encrypting OAuth tokens at rest; the first encrypts, all decrypt")
     ghl_provider_message_type: str = "SMS"
     ghl_cf_aloware_contact_id: str | None = None
     ghl_cf_lead_source: str | None = None

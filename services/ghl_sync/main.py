@@ -8,6 +8,8 @@ from contracts.streams import GHL_SYNC
 from services.clients.aloware import AlowareClient
 from services.clients.budget import RateBudget
 from services.clients.ghl import GhlClient
+from services.clients.ghl_conversations import GhlConversations
+from services.clients.ghl_oauth import GhlOAuth
 from services.common.db.session import create_engine
 from services.common.delivery import EventConsumer, consumer_batch
 from services.common.settings import Settings
@@ -20,11 +22,16 @@ async def serve(settings: Settings) -> None:
     engine = create_engine(settings)
     ghl = GhlClient.from_settings(settings, RateBudget.for_ghl(engine, settings).acquire)
     aloware = AlowareClient.from_settings(settings) if settings.aloware_api_token else None
-    consumer = EventConsumer(settings, GHL_SYNC, engine, GhlSync(settings, engine, ghl, aloware).handle)
+    oauth = GhlOAuth(settings, engine)
+    conversations = GhlConversations(settings, oauth, acquire=RateBudget.for_ghl(engine, settings).acquire)
+    consumer = EventConsumer(settings, GHL_SYNC, engine,
+                             GhlSync(settings, engine, ghl, aloware, conversations).handle)
     try:
         await serve_until_terminated(settings, GHL_SYNC, consumer.handle, consumer_batch(settings))
     finally:
         await ghl.aclose()
+        await conversations.aclose()
+        await oauth.aclose()
         if aloware is not None:
             await aloware.aclose()
         await engine.dispose()

@@ -17,6 +17,7 @@ from contracts.envelope import WebhookEvent
 from contracts.payloads.aloware import AlowareContactEvent
 from services.clients.aloware import AlowareClient
 from services.clients.ghl import GhlClient
+from services.clients.ghl_conversations import GhlConversations
 from services.common.delivery import Outcome
 from services.common.errors import Permanent, RetryLater
 from services.common.logging import get_logger
@@ -24,6 +25,7 @@ from services.common.settings import Settings
 from services.common.sync import store
 from services.common.trace import is_replay
 from services.ghl_sync.activity import CALL_TYPES, ActivityRules
+from services.ghl_sync.messages import MessageRules
 from services.ghl_sync.rules.activity import KIND_OF_CANONICAL
 from services.common.sync.contact import CanonicalContact, aloware_to_canonical, ghl_to_canonical
 from services.ghl_sync.rules.contact import (
@@ -64,12 +66,13 @@ class GhlSync:
     """Dispatches events to GHL-writing rules."""
 
     def __init__(self, settings: Settings, engine: AsyncEngine, ghl: GhlClient,
-                 aloware: AlowareClient | None = None) -> None:
+                 aloware: AlowareClient | None = None, conversations: GhlConversations | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.ghl = ghl
         self.aloware = aloware  # CL-1's phone lookup; without a token the call's own data is used
         self.activity = ActivityRules(self)
+        self.messages = MessageRules(self, conversations)
         self.cf_ids = CustomFieldIds(settings.ghl_cf_aloware_contact_id, settings.ghl_cf_lead_source,
                                      settings.ghl_cf_intake_source)
 
@@ -149,6 +152,10 @@ class GhlSync:
                 return Outcome("skipped", "appointments_sot_is_ghl")
         if source == "texting" and kind == "optout.stop":
             return await self.activity.texting_optout(event, attempt)
+        if source == "texting" and kind in ("message.inbound", "message.outbound"):
+            return await self.messages.message(event, attempt)
+        if source == "texting" and kind == "message.status":
+            return await self.messages.status(event, attempt)
         return Outcome("skipped", f"Unhandled event type: {event.event_name}")
 
     async def upsert_from_aloware(self, conn: Any, body: Any, incoming: CanonicalContact, mapping: Any,

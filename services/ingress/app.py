@@ -28,6 +28,7 @@ from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.ingress import metrics
 from services.ingress.admin import Unauthorized, admin_router, unauthorized_response
+from services.ingress.oauth_route import oauth_router
 from services.ingress.auth import (
     AuthFailure,
     GhlVerifier,
@@ -196,7 +197,8 @@ class Ingress:
             else:
                 fields["ignored"] = True
             return _reply(200, outcome, fields)
-        return await self._publish(source, result, auth, payload, body)
+        signature = request.headers.get("x-ghl-signature") if source == "ghl" else None
+        return await self._publish(source, result, auth, payload, body, signature)
 
     async def _publish(
         self,
@@ -205,8 +207,10 @@ class Ingress:
         auth: AuthInfo,
         payload: dict[str, Any],
         body: bytes,
+        signature: str | None = None,
     ) -> tuple[str, JSONResponse]:
-        event = result.envelope(auth, payload, raw=body if source.startswith("ghl") else None)
+        event = result.envelope(auth, payload, raw=body if source.startswith("ghl") else None,
+                                signature=signature)
         event_id = event.event_id
         published = await self.publisher.publish(event)
         bound = {
@@ -339,6 +343,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.ingress = ingress
     app.include_router(admin_router(settings, engine, publisher))
+    app.include_router(oauth_router(settings, engine))
     app.add_exception_handler(Unauthorized, unauthorized_response)
 
     documented: dict[str, str] = {}

@@ -35,8 +35,10 @@ class Classified:
     location_id: str | None = None
     outcome_hint: str | None = None
 
-    def envelope(self, auth: AuthInfo, payload: dict[str, Any], raw: bytes | None = None) -> WebhookEvent:
-        """The accepted event (new event id, received now); ``raw`` kept when given."""
+    def envelope(self, auth: AuthInfo, payload: dict[str, Any], raw: bytes | None = None,
+                 signature: str | None = None) -> WebhookEvent:
+        """The accepted event (new event id, received now); ``raw`` and the sender's
+        ``x-ghl-signature`` kept when given (the Verity forward, rule F-1, needs both)."""
         return WebhookEvent(
             source=self.source,
             event_name=self.event_name,
@@ -50,6 +52,7 @@ class Classified:
             outcome_hint=self.outcome_hint,
             payload=payload,
             payload_raw_b64=base64.b64encode(raw).decode() if raw is not None else None,
+            forward_signature=signature,
         )
 
 

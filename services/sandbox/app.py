@@ -82,6 +82,11 @@ class SandboxState:
     clerk_minted: list[str] = field(default_factory=list)
     clerk_revoked: set[str] = field(default_factory=set)
     clerk_reject_all: bool = False
+    oauth_access: set[str] = field(default_factory=set)
+    oauth_refresh: str | None = None
+    oauth_expires_in: int = 86_399
+    conversations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    messages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Sandbox:
@@ -102,6 +107,10 @@ class Sandbox:
             settings.clerk_secret_key.get_secret_value() if settings.clerk_secret_key else "sandbox-clerk-secret"
         )
         self.clerk_user = settings.clerk_service_user_id or CLERK_SERVICE_USER
+        self.oauth_client = (settings.ghl_client_id or "sandbox-client-id",
+                             settings.ghl_client_secret.get_secret_value() if settings.ghl_client_secret
+                             else "sandbox-client-secret")
+        self.provider_id = settings.ghl_conversation_provider_id or "sandbox-provider"
         self.clerk_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.rate_limit = 100
         self.rate_window_s = 10.0
@@ -309,6 +318,55 @@ def create_sandbox_app(settings: Settings) -> FastAPI:
         return JSONResponse({"ok": True})
 
     # --- fake GHL -----------------------------------------------------------------------
+    @app.post(GHL_PREFIX + "/oauth/token")
+    async def ghl_oauth_token(request: Request) -> JSONResponse:
+        """G19: authorization codes ``code-*`` and the current refresh token (which rotates:
+        an old one answers ``invalid_grant``, as GHL does)."""
+        form = dict(await request.form())
+        state = sandbox.state
+
+        def answer(status: int, payload: dict[str, Any]) -> JSONResponse:
+            sandbox.record("ghl", "POST", "/oauth/token", status, {"grant_type": form.get("grant_type")}, {})
+            return JSONResponse(payload, status_code=status)
+
+        if (form.get("client_id"), form.get("client_secret")) != sandbox.oauth_client:
+            return answer(401, {"error": "invalid_client"})
+        if form.get("user_type") != "Location":
+            return answer(400, {"error": "invalid_request", "error_description": "user_type is required"})
+        grant = form.get("grant_type")
+        if grant == "authorization_code" and str(form.get("code", "")).startswith("code-"):
+            pass
+        elif grant == "refresh_token" and form.get("refresh_token") and form.get("refresh_token") == state.oauth_refresh:
+            pass
+        else:
+            return answer(400, {"error": "invalid_grant", "error_description": "Invalid grant"})
+        access, refresh = "oat-" + uuid.uuid4().hex, "ort-" + uuid.uuid4().hex
+        state.oauth_access.add(access)
+        state.oauth_refresh = refresh
+        return answer(200, {"access_token": access, "token_type": "Bearer", "expires_in": state.oauth_expires_in,
+                            "refresh_token": refresh, "scope": "conversations.write conversations/message.write",
+                            "userType": "Location", "locationId": settings.ghl_location_id or "sandbox-location",
+                            "companyId": "sandbox-company"})
+
+    @app.post("/_sandbox/ghl/oauth")
+    async def ghl_oauth_admin(request: Request) -> JSONResponse:
+        """``{"revoke_access": true}`` rejects every issued access token from now on;
+        ``{"expires_in": n}`` sets the lifetime of the next tokens; ``{"provider_id": id}``
+        sets the conversation provider GHL accepts."""
+        spec = await request.json()
+        if spec.get("revoke_access"):
+            sandbox.state.oauth_access.clear()
+        if "expires_in" in spec:
+            sandbox.state.oauth_expires_in = int(spec["expires_in"])
+        if "provider_id" in spec:  # the conversation provider GHL knows for this app
+            sandbox.provider_id = str(spec["provider_id"])
+        return JSONResponse({"ok": True})
+
+    @app.get("/_sandbox/ghl/conversations")
+    async def ghl_conversations() -> JSONResponse:
+        return JSONResponse({"conversations": list(sandbox.state.conversations.values()),
+                             "messages": list(sandbox.state.messages.values())})
+
     @app.api_route(GHL_PREFIX + "/{path:path}", methods=["GET", "POST", "PUT", "DELETE"])
     async def ghl(path: str, request: Request) -> Response:
         method, rel = request.method, "/" + path
@@ -327,7 +385,14 @@ def create_sandbox_app(settings: Settings) -> FastAPI:
             return JSONResponse(payload, status_code=status,
                                 headers={**sandbox.ghl_rate_headers(location), **(extra or {})})
 
-        if headers.get("authorization") != f"Bearer {sandbox.ghl_token}":
+        given = headers.get("authorization", "")
+        if rel.startswith("/conversations"):  # provider-bound: the location's OAuth token only
+            if given == f"Bearer {sandbox.ghl_token}":
+                return answer(401, {"statusCode": 401,
+                                    "message": "You don't have access to the conversationProvider"})
+            if given.removeprefix("Bearer ") not in sandbox.state.oauth_access:
+                return answer(401, {"statusCode": 401, "message": "Invalid JWT"})
+        elif given != f"Bearer {sandbox.ghl_token}":
             return answer(401, {"statusCode": 401, "message": "Invalid JWT"})
         window = sandbox.state.ghl_window[location]
         sandbox.ghl_rate_headers(location)  # drops expired entries
@@ -389,10 +454,15 @@ def create_sandbox_app(settings: Settings) -> FastAPI:
         raw = await request.body()
         forwarded = {"body": raw.decode(errors="replace"),
                      "signature": request.headers.get("x-ghl-signature"),
-                     "forwarded": request.headers.get("x-middleware-forwarded")}
+                     "forwarded": request.headers.get("x-middleware-forwarded"),
+                     "secret_present": bool(request.headers.get("x-middleware-secret"))}
         sandbox.state.verity_forwards.append(forwarded)
         sandbox.record("verity", "POST", "/api/integrations/ghl/webhook", 200, None, {})
         return JSONResponse({"success": True})
+
+    @app.get("/_sandbox/verity/forwards")
+    async def verity_forwards() -> JSONResponse:
+        return JSONResponse(sandbox.state.verity_forwards)
 
     @app.api_route(VERITY_PREFIX + "/api/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     async def verity_api(path: str, request: Request) -> JSONResponse:
@@ -532,9 +602,53 @@ def _ghl_route(sandbox: Sandbox, method: str, path: str, query: dict[str, str], 
                     "dateAdded": datetime.now(UTC).isoformat()}
             state.ghl_notes[contact["id"]].append(note)
             return 201, {"note": note}
+    if parts and parts[0] == "conversations":
+        return _ghl_conversations(sandbox, method, parts, query, body, location)
     if parts == ["users"] and method == "GET":
         return 200, {"users": [{"id": "sbxUserChris", "name": "Chris Rep", "email": "chris.rep@example.com"}]}
     return 404, {"statusCode": 404, "message": f"sandbox has no {method} {path}"}
+
+
+def _ghl_conversations(sandbox: Sandbox, method: str, parts: list[str], query: dict[str, str], body: Any,
+                       location: str) -> tuple[int, Any]:
+    state = sandbox.state
+    now = datetime.now(UTC).isoformat()
+    if parts == ["conversations", "search"] and method == "GET":
+        found = [c for c in state.conversations.values() if c["contactId"] == query.get("contactId")]
+        return 200, {"conversations": found, "total": len(found)}
+    if parts == ["conversations"] and method == "POST":
+        if body["contactId"] not in state.ghl_contacts:
+            return 400, {"statusCode": 400, "message": "Contact not found"}
+        conversation = {"id": "conv" + uuid.uuid4().hex[:16], "contactId": body["contactId"],
+                        "locationId": body["locationId"], "dateAdded": now, "dateUpdated": now, "deleted": False}
+        state.conversations[conversation["id"]] = conversation
+        return 201, {"success": True, "conversation": conversation}
+    if parts == ["conversations", "messages", "inbound"] and method == "POST":
+        if body.get("conversationProviderId") != sandbox.provider_id or body.get("type") != "SMS":
+            return 400, {"statusCode": 400, "message": "Incorrect conversationProviderId/type"}
+        conversation = state.conversations.get(body.get("conversationId", ""))
+        if conversation is None or conversation["contactId"] != body.get("contactId"):
+            return 400, {"statusCode": 400, "message": "Conversation not found for the contact"}
+        message = {"id": "msg" + uuid.uuid4().hex[:16], "conversationId": conversation["id"],
+                   "contactId": body["contactId"], "body": body.get("message"), "direction": body.get("direction"),
+                   "dateAdded": body.get("date") or now, "status": "delivered", "messageType": "TYPE_SMS"}
+        state.messages[message["id"]] = message
+        return 200, {"success": True, "conversationId": conversation["id"], "messageId": message["id"],
+                     "message": "Message added", "contactId": body["contactId"], "dateAdded": now}
+    if len(parts) == 3 and parts[2] == "messages" and method == "GET":
+        items = [m for m in state.messages.values() if m["conversationId"] == parts[1]]
+        return 200, {"messages": {"lastMessageId": items[-1]["id"] if items else None, "nextPage": False,
+                                  "messages": list(reversed(items))}}
+    if len(parts) == 4 and parts[1] == "messages" and parts[3] == "status" and method == "PUT":
+        message = state.messages.get(parts[2])
+        if message is None:
+            message = {"id": parts[2], "external": True}
+            state.messages[parts[2]] = message
+        message["status"] = body["status"]
+        if body.get("error"):
+            message["error"] = body["error"]
+        return 200, {"conversationId": message.get("conversationId"), "messageId": parts[2], "status": body["status"]}
+    return 404, {"statusCode": 404, "message": f"sandbox has no {method} /{'/'.join(parts)}"}
 
 
 def _aloware_route(sandbox: Sandbox, method: str, path: str, query: dict[str, str],

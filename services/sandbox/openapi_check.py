@@ -15,7 +15,14 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-SPEC_FILES = ("contacts.json", "users.json")
+SPEC_FILES = ("contacts.json", "users.json", "conversations.json")
+# Where GHL's published schema contradicts its own default and examples, the sandbox checks
+# what the API is documented to accept, and says so here.
+SPEC_CORRECTIONS: dict[tuple[str, str, str], dict[str, Any]] = {
+    # declared "type": "object", but the default is "outbound" and the examples are strings
+    ("conversations.json", "ProcessMessageBodyDto", "direction"): {
+        "type": "string", "enum": ["inbound", "outbound"], "default": "outbound"},
+}
 
 
 def _strict(schema: Any) -> Any:
@@ -50,6 +57,9 @@ class GhlOpenApi:
         self._validators: dict[tuple[str, str], Draft202012Validator] = {}
         for name in SPEC_FILES:
             spec = _strict(json.loads((base / "apps" / name).read_text()))
+            for (file, schema_name, prop), fixed in SPEC_CORRECTIONS.items():
+                if file == name:
+                    spec["components"]["schemas"][schema_name]["properties"][prop] = fixed
             uri = f"file:///apps/{name}"
             registry = Registry().with_resources([
                 (uri, Resource.from_contents(spec, default_specification=DRAFT202012)),

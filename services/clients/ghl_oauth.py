@@ -1,0 +1,175 @@
+"""GHL Marketplace OAuth tokens per location (spec/outbound.md §2.2, rules OA-1…OA-7).
+
+Tokens live in ``ghl_oauth_tokens`` encrypted with Fernet (``DFM_TOKEN_KEY``; several
+comma-separated keys allowed, the first encrypts, all decrypt, so keys can rotate). A token
+due within five minutes is refreshed under ``SELECT … FOR UPDATE`` on its row, re-checking
+after the lock: GHL rotates refresh tokens, so two refreshes at once would break the
+installation — with any number of workers exactly one calls the token endpoint. A 400/401
+from the token endpoint marks the installation ``needs_reinstall`` and fails dependent work
+permanently instead of retrying into a storm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.clients.http import VendorHttp, parse_body
+from services.common.db.models import GhlOauthToken
+from services.common.errors import Permanent, RetryLater
+from services.common.logging import get_logger
+from services.common.settings import Settings
+
+log = get_logger(__name__)
+REFRESH_MARGIN = timedelta(minutes=5)
+DEFAULT_EXPIRES_IN_S = 86_399
+
+
+class TokenCipher:
+    """Fernet encryption of tokens at rest, with key rotation."""
+
+    def __init__(self, keys: list[str]) -> None:
+        if not keys:
+            raise Permanent("DFM_TOKEN_KEY is not set: OAuth tokens cannot be stored encrypted")
+        self._fernet = MultiFernet([Fernet(k.encode()) for k in keys])
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TokenCipher:
+        return cls([k.get_secret_value().strip() for k in settings.dfm_token_key])
+
+    def encrypt(self, value: str) -> str:
+        return self._fernet.encrypt(value.encode()).decode()
+
+    def decrypt(self, value: str) -> str:
+        try:
+            return self._fernet.decrypt(value.encode()).decode()
+        except InvalidToken:
+            raise Permanent("stored OAuth token cannot be decrypted with DFM_TOKEN_KEY") from None
+
+
+@dataclass(frozen=True)
+class Installation:
+    location_id: str
+    company_id: str | None
+
+
+class GhlOAuth:
+    """Location access tokens: read, refresh once under a row lock, install by code."""
+
+    def __init__(self, settings: Settings, engine: AsyncEngine, http: VendorHttp | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.http = http or VendorHttp("ghl", settings.ghl_base_url)
+        self._cipher: TokenCipher | None = None
+
+    @property
+    def cipher(self) -> TokenCipher:
+        if self._cipher is None:
+            self._cipher = TokenCipher.from_settings(self.settings)
+        return self._cipher
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def access_token(self, location_id: str) -> str:
+        """OA-2: the location's token, refreshed first when it expires within 5 minutes."""
+        location_id = location_id.strip()
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(GhlOauthToken).where(GhlOauthToken.location_id == location_id))).first()
+        self._usable(row, location_id)
+        if row.expires_at - datetime.now(UTC) <= REFRESH_MARGIN:
+            return await self.refresh(location_id)
+        return self.cipher.decrypt(row.access_token)
+
+    async def refresh(self, location_id: str, *, rejected: str | None = None) -> str:
+        """OA-3/OA-4 under the row lock. ``rejected`` is a token GHL just answered 401 to
+        (OA-5): refresh unless another worker already replaced it."""
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(select(GhlOauthToken).where(GhlOauthToken.location_id == location_id)
+                                      .with_for_update())).first()
+            self._usable(row, location_id)
+            current = self.cipher.decrypt(row.access_token)
+            fresh = row.expires_at - datetime.now(UTC) > REFRESH_MARGIN
+            if fresh and (rejected is None or rejected != current):
+                return current
+            if not row.refresh_token:
+                raise Permanent(f"No refresh token for location {location_id}; install the Marketplace App again")
+            data = await self._token_call({"grant_type": "refresh_token",
+                                           "refresh_token": self.cipher.decrypt(row.refresh_token)},
+                                          location_id=location_id)
+            values = self._row_values(data, keep_refresh=row.refresh_token)
+            await conn.execute(update(GhlOauthToken).where(GhlOauthToken.id == row.id).values(**values))
+        log.info("ghl_oauth_refreshed", location_id=location_id)
+        return str(data["access_token"])
+
+    async def install(self, code: str, state: str | None) -> Installation:
+        """OA-7: exchange an authorization code and store the location's tokens."""
+        form = {"grant_type": "authorization_code", "code": code}
+        if self.settings.ghl_oauth_redirect_uri:
+            form["redirect_uri"] = self.settings.ghl_oauth_redirect_uri
+        data = await self._token_call(form, location_id=None)
+        location_id = str(data.get("locationId") or data.get("location_id") or state or "").strip()
+        if not location_id:
+            raise ValueError("the token response names no location")
+        values = self._row_values(data, keep_refresh=None)
+        async with self.engine.begin() as conn:
+            await conn.execute(pg_insert(GhlOauthToken).values(location_id=location_id, **values)
+                               .on_conflict_do_update(index_elements=["location_id"], set_=values))
+        log.info("ghl_oauth_installed", location_id=location_id)
+        return Installation(location_id, data.get("companyId"))
+
+    # --- internals -------------------------------------------------------------------------
+    def _usable(self, row: Any, location_id: str) -> None:
+        if row is None:
+            raise Permanent(f"No OAuth token for location {location_id}; install the Marketplace App")
+        if row.needs_reinstall:
+            raise Permanent(f"OAuth installation of location {location_id} needs a reinstall "
+                            f"({row.last_refresh_error or 'refresh refused'})")
+
+    async def _token_call(self, form: dict[str, str], *, location_id: str | None) -> dict[str, Any]:
+        client_id, secret = self.settings.ghl_client_id, self.settings.ghl_client_secret
+        if not client_id or secret is None:
+            raise Permanent("GHL_CLIENT_ID / GHL_CLIENT_SECRET are not set")
+        body = {"client_id": client_id, "client_secret": secret.get_secret_value(), "user_type": "Location", **form}
+        response = await self.http.request("POST", "/oauth/token", "oauth.token", data=body,
+                                            headers={"Content-Type": "application/x-www-form-urlencoded"},
+                                            ok=(200, 201), passthrough=(400, 401))
+        if response.status_code in (400, 401):
+            error = parse_body(response)
+            reason = error.get("error", error) if isinstance(error, dict) else error
+            if location_id is not None:  # OA-6: stop, do not retry into a storm
+                async with self.engine.begin() as conn:
+                    await conn.execute(update(GhlOauthToken).where(GhlOauthToken.location_id == location_id)
+                                       .values(needs_reinstall=True, last_refresh_error=str(reason)[:500]))
+                log.error("ghl_oauth_needs_reinstall", location_id=location_id, error=str(reason)[:200])
+            raise Permanent(f"GHL token endpoint refused: {reason}")
+        data = response.json()
+        if not isinstance(data, dict) or not data.get("access_token"):
+            raise RetryLater(None, "GHL token endpoint answered without an access token")
+        return data
+
+    def _row_values(self, data: dict[str, Any], *, keep_refresh: str | None) -> dict[str, Any]:
+        expires_in = int(data.get("expires_in") or DEFAULT_EXPIRES_IN_S)
+        refresh = data.get("refresh_token")
+        return {
+            "access_token": self.cipher.encrypt(str(data["access_token"])),
+            "refresh_token": self.cipher.encrypt(str(refresh)) if refresh else keep_refresh,
+            "token_type": data.get("token_type") or "Bearer", "scope": data.get("scope"),
+            "expires_at": datetime.now(UTC) + timedelta(seconds=expires_in),
+            "updated_at": datetime.now(UTC), "company_id": data.get("companyId"),
+            "user_type": data.get("userType"), "needs_reinstall": False, "last_refresh_error": None,
+        }
+
+
+def new_key() -> str:
+    """A fresh ``DFM_TOKEN_KEY`` value (dev stacks generate one)."""
+    return Fernet.generate_key().decode()
+
+
+__all__ = ["GhlOAuth", "Installation", "TokenCipher", "new_key"]

@@ -1,0 +1,232 @@
+"""ghl-sync message rules (spec/outbound.md §1.8): texting messages into the GHL conversation
+(M-1, with the STOP/START keywords of O-3 on inbound texts) and delivery status of messages
+GHL agents sent through us (M-4).
+
+A message is posted once: the ``message_mappings`` row keyed by the texting message id is
+claimed before the POST (``ghl_sync_status`` still null) and completed after it; a retry that
+finds an unfinished claim looks for the message in the GHL conversation before posting again.
+An outbound text that is the echo of a GHL agent's own SMS (sent through M-2) is not posted
+again (M-1.2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from contracts.envelope import WebhookEvent
+from contracts.payloads.aloware import AlowareContact
+from contracts.payloads.texting import normalise_texting
+from services.clients.ghl_conversations import GhlConversations
+from services.common import optout
+from services.common.db.models import ContactMapping, MessageMapping
+from services.common.delivery import Outcome
+from services.common.errors import Permanent
+from services.common.logging import get_logger
+from services.common.phone import to_e164
+from services.common.sync import store
+from services.common.sync.contact import aloware_to_canonical
+from services.ghl_sync.activity import SMS_OPTOUT_TAGS
+
+if TYPE_CHECKING:
+    from services.ghl_sync.service import GhlSync
+
+log = get_logger(__name__)
+ECHO_WINDOW = timedelta(seconds=120)
+STATUS_TO_GHL = {"sent": "delivered", "delivered": "delivered", "failed": "failed", "undelivered": "failed"}
+
+
+def body_sha256(text: str | None) -> str:
+    return hashlib.sha256((text or "").strip().encode()).hexdigest()
+
+
+class MessageRules:
+    """M-1, M-4 and the keyword half of O-3."""
+
+    def __init__(self, sync: GhlSync, conversations: GhlConversations | None) -> None:
+        self.sync = sync
+        self.settings = sync.settings
+        self.engine = sync.engine
+        self.conversations = conversations
+        self.region = sync.settings.default_phone_region
+
+    def _conv(self) -> GhlConversations:
+        if self.conversations is None:
+            raise Permanent("GHL conversations are not configured (GHL_LOCATION_ID and the OAuth installation)")
+        return self.conversations
+
+    # --- M-1 -------------------------------------------------------------------------------
+    async def message(self, event: WebhookEvent, attempt: int) -> Outcome:
+        msg = normalise_texting(event.payload)
+        raw = event.payload.get("raw") if isinstance(event.payload.get("raw"), dict) else {}
+        direction = msg.direction or ("inbound" if event.canonical_type == "message.inbound" else "outbound")
+        phone = to_e164(msg.from_number if direction == "inbound" else msg.to_number, self.region)
+        common = {"direction": "texting_to_ghl", "entity_type": "message", "source_id": msg.message_id or "unknown",
+                  "started_at": datetime.now(UTC), "correlation_id": str(event.event_id), "attempt": attempt}
+        if not phone:
+            raise Permanent("No phone number in payload")
+        if direction == "outbound":
+            echo = await self._echo_of_ghl_outbound(event, msg, raw, phone)
+            if echo is not None:
+                return echo
+        if msg.message_id:
+            async with self.engine.connect() as conn:
+                done = await conn.scalar(select(MessageMapping.ghl_message_id).where(
+                    MessageMapping.texting_message_id == msg.message_id, MessageMapping.ghl_message_id.is_not(None)))
+            if done:
+                async with self.engine.begin() as conn:
+                    await store.log_sync(conn, status="success", rule="M-1", target_id=done,
+                                         message="already_synced", **common)
+                return Outcome("skipped", "already_synced")
+        async with store.contact_lock(self.engine, phone) as conn:
+            if direction == "inbound":
+                await self._keywords(conn, event, msg.body, phone, attempt)
+            contact = AlowareContact(id="", phone_number=phone)
+            ghl_id = await self.sync.activity.find_or_create(conn, contact, aloware_to_canonical(contact, self.region),
+                                                              None)
+            conversation_id = await self._conversation(conn, ghl_id)
+            ghl_message_id = await self._post_once(conn, msg, direction, phone, ghl_id, conversation_id, common)
+            await store.log_sync(conn, status="success", rule="M-1", target_id=ghl_id,
+                                 details={"ghl_message_id": ghl_message_id}, **common)
+        return Outcome("applied")
+
+    async def _keywords(self, conn: Any, event: WebhookEvent, text: str | None, phone: str, attempt: int) -> None:
+        """M-1.4 / O-3: an exact STOP-type word opts the number out, START/UNSTOP back in."""
+        word = optout.keyword(text)
+        if word not in ("opt_out", "opt_in"):
+            return
+        status: optout.Status = "opted_out" if word == "opt_out" else "opted_in"
+        reason = "STOP" if word == "opt_out" else "START"
+        decision = await optout.record(conn, phone, status, "texting", reason, at=event.received_at,
+                                       event_id=event.event_id)
+        contact = AlowareContact(id="", phone_number=phone)
+        ghl_id = await self.sync.activity.find_or_create(conn, contact, aloware_to_canonical(contact, self.region), None)
+        changed = (await self.sync.activity.add_tags_once(conn, ghl_id, SMS_OPTOUT_TAGS) if status == "opted_out"
+                   else await self.sync.activity.remove_tags_present(conn, ghl_id, SMS_OPTOUT_TAGS))
+        await store.log_sync(conn, direction="texting_to_ghl", entity_type="optout", source_id=phone,
+                             status="success" if decision.applied else "skipped", started_at=datetime.now(UTC),
+                             correlation_id=str(event.event_id), rule="O-3", attempt=attempt, target_id=ghl_id,
+                             message=f"{status} ({reason})" if decision.applied else decision.reason,
+                             details={"tags_changed": changed})
+
+    async def _conversation(self, conn: Any, ghl_id: str) -> str:
+        """M-1.6: the mapping's GHL conversation, else GHL's first one, else a new one."""
+        known = await conn.scalar(select(ContactMapping.ghl_conversation_id).where(
+            ContactMapping.ghl_contact_id == ghl_id))
+        if known:
+            return str(known)
+        conversation_id = await self._conv().find_conversation(ghl_id) or \
+            await self._conv().create_conversation(ghl_id)
+        await conn.execute(update(ContactMapping).where(ContactMapping.ghl_contact_id == ghl_id)
+                           .values(ghl_conversation_id=conversation_id))
+        return conversation_id
+
+    async def _post_once(self, conn: Any, msg: Any, direction: str, phone: str, ghl_id: str,
+                         conversation_id: str, common: dict[str, Any]) -> str:
+        """M-1.7–M-1.9: claim, post (or find the post of a crashed attempt), complete."""
+        key = MessageMapping.texting_message_id == msg.message_id
+        if msg.message_id:
+            await conn.execute(pg_insert(MessageMapping).values(
+                texting_message_id=msg.message_id, conversation_id=msg.conversation_id, direction=direction,
+                from_number=to_e164(msg.from_number, self.region), to_number=to_e164(msg.to_number, self.region),
+                ghl_contact_id=ghl_id, ghl_conversation_id=conversation_id, body_sha256=body_sha256(msg.body),
+            ).on_conflict_do_nothing(index_elements=["texting_message_id"]))
+            claim = (await conn.execute(select(MessageMapping).where(key))).first()
+            if claim is not None and claim.ghl_message_id:
+                return str(claim.ghl_message_id)
+            if claim is not None and claim.ghl_sync_status is None and claim.updated_at > claim.created_at:
+                adopted = await self._find_posted(conversation_id, msg.body, direction)
+                if adopted:
+                    await self._complete(conn, msg.message_id, adopted, conversation_id)
+                    return adopted
+            await conn.execute(update(MessageMapping).where(key).values(updated_at=datetime.now(UTC)))
+        try:
+            ghl_message_id, conversation_id = await self._conv().add_message(
+                contact_id=ghl_id, conversation_id=conversation_id, text=msg.body or "", direction=direction,
+                date=msg.timestamp, attachments=[])
+        except Permanent as exc:
+            if msg.message_id:
+                await conn.execute(update(MessageMapping).where(key).values(ghl_sync_status="failed",
+                                                                            updated_at=datetime.now(UTC)))
+            await store.log_sync(conn, status="error", rule="M-1", target_id=ghl_id, message=exc.reason, **common)
+            raise
+        if msg.message_id:
+            await self._complete(conn, msg.message_id, ghl_message_id, conversation_id)
+        return ghl_message_id
+
+    async def _complete(self, conn: Any, texting_id: str, ghl_message_id: str, conversation_id: str) -> None:
+        row = (await conn.execute(select(MessageMapping).where(MessageMapping.texting_message_id == texting_id))).one()
+        await conn.execute(update(MessageMapping).where(MessageMapping.texting_message_id == texting_id).values(
+            ghl_message_id=row.ghl_message_id or ghl_message_id,
+            ghl_conversation_id=row.ghl_conversation_id or conversation_id,
+            ghl_sync_status="synced", updated_at=datetime.now(UTC)))
+
+    async def _find_posted(self, conversation_id: str, text: str | None, direction: str) -> str | None:
+        for message in await self._conv().list_messages(conversation_id):
+            if message.get("body") == text and message.get("direction") == direction:
+                return str(message["id"])
+        return None
+
+    async def _echo_of_ghl_outbound(self, event: WebhookEvent, msg: Any, raw: dict[str, Any],
+                                    phone: str) -> Outcome | None:
+        """M-1.2: an outbound text that a GHL agent sent through us (M-2) is not posted back."""
+        ids = [v for v in (raw.get("correlationId"), event.payload.get("correlationId"), raw.get("chatMessageId"))
+               if isinstance(v, str) and v]
+        async with self.engine.begin() as conn:
+            conditions = [MessageMapping.correlation_id.in_(ids), MessageMapping.verity_message_id.in_(ids)] if ids else []
+            conditions.append(and_(
+                MessageMapping.to_number == phone, MessageMapping.body_sha256 == body_sha256(msg.body),
+                MessageMapping.texting_message_id.is_(None),
+                MessageMapping.created_at >= datetime.now(UTC) - ECHO_WINDOW))
+            row = (await conn.execute(select(MessageMapping).where(
+                MessageMapping.ghl_message_id.is_not(None), MessageMapping.verity_message_id.is_not(None),
+                or_(*conditions)).order_by(MessageMapping.created_at.desc()).limit(1))).first()
+            if row is None:
+                return None
+            if row.texting_message_id is None and msg.message_id:
+                await conn.execute(update(MessageMapping).where(MessageMapping.id == row.id)
+                                   .values(texting_message_id=msg.message_id, updated_at=datetime.now(UTC)))
+            await store.log_sync(conn, direction="texting_to_ghl", entity_type="message",
+                                 source_id=msg.message_id or "unknown", status="skipped",
+                                 started_at=datetime.now(UTC), correlation_id=str(event.event_id), rule="M-1.2",
+                                 attempt=1, target_id=row.ghl_message_id, message="echo_of_ghl_outbound")
+        await self._conv().update_status(str(row.ghl_message_id), "delivered")
+        return Outcome("echo", "echo_of_ghl_outbound")
+
+    # --- M-4 -------------------------------------------------------------------------------
+    async def status(self, event: WebhookEvent, attempt: int) -> Outcome:
+        """Delivery status of a message a GHL agent sent through us, reported to GHL."""
+        msg = normalise_texting(event.payload)
+        raw = event.payload.get("raw") if isinstance(event.payload.get("raw"), dict) else {}
+        common = {"direction": "texting_to_ghl", "entity_type": "message", "source_id": msg.message_id or "unknown",
+                  "started_at": datetime.now(UTC), "correlation_id": str(event.event_id), "attempt": attempt}
+        name = (msg.status or msg.event_name.rsplit(".", 1)[-1]).lower()
+        ghl_status = STATUS_TO_GHL.get(name)
+        ids = [v for v in (msg.message_id, raw.get("chatMessageId"), raw.get("correlationId")) if isinstance(v, str) and v]
+        row = None
+        if ids:
+            async with self.engine.connect() as conn:
+                row = (await conn.execute(select(MessageMapping).where(
+                    MessageMapping.ghl_message_id.is_not(None), MessageMapping.verity_message_id.is_not(None),
+                    or_(MessageMapping.texting_message_id.in_(ids), MessageMapping.verity_message_id.in_(ids),
+                        MessageMapping.correlation_id.in_(ids))).limit(1))).first()
+        if row is None or ghl_status is None:
+            reason = "no_mapping" if row is None else f"status_not_reported:{name}"
+            async with self.engine.begin() as conn:
+                await store.log_sync(conn, status="skipped", rule="M-4", message=reason, **common)
+            return Outcome("skipped", reason)
+        error = None
+        if ghl_status == "failed":
+            error = {"code": msg.error_code or "failed", "type": "saas",
+                     "message": msg.error_message or "Message failed to deliver"}
+        await self._conv().update_status(str(row.ghl_message_id), ghl_status, error)
+        async with self.engine.begin() as conn:
+            await conn.execute(update(MessageMapping).where(MessageMapping.id == row.id)
+                               .values(delivery_status=name, updated_at=datetime.now(UTC)))
+            await store.log_sync(conn, status="success", rule="M-4", target_id=row.ghl_message_id,
+                                 message=f"status {ghl_status}", **common)
+        return Outcome("applied")

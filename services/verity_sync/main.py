@@ -1,0 +1,37 @@
+"""``dfm run verity-sync``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from contracts.streams import VERITY_SYNC
+from services.clients.budget import RateBudget
+from services.clients.ghl_conversations import GhlConversations
+from services.clients.ghl_oauth import GhlOAuth
+from services.common.db.session import create_engine
+from services.common.delivery import EventConsumer, consumer_batch
+from services.common.settings import Settings
+from services.common.stream_app import serve_until_terminated
+from services.verity_sync.service import VeritySync
+
+
+async def serve(settings: Settings) -> None:
+    """Consume until SIGTERM/SIGINT."""
+    engine = create_engine(settings)
+    oauth = GhlOAuth(settings, engine)
+    conversations = (GhlConversations(settings, oauth, acquire=RateBudget.for_ghl(engine, settings).acquire)
+                     if settings.ghl_location_id else None)
+    sync = VeritySync(settings, engine, conversations)
+    consumer = EventConsumer(settings, VERITY_SYNC, engine, sync.handle)
+    try:
+        await serve_until_terminated(settings, VERITY_SYNC, consumer.handle, consumer_batch(settings))
+    finally:
+        await sync.aclose()
+        if conversations is not None:
+            await conversations.aclose()
+        await oauth.aclose()
+        await engine.dispose()
+
+
+def run(settings: Settings) -> None:
+    asyncio.run(serve(settings))

@@ -1,0 +1,119 @@
+"""verity-sync end to end: GHL webhooks forwarded to Verity with a signature that still
+verifies (F-1), and agents' SMS sent through Verity exactly once (M-2) with the texting
+echo suppressed and the status reported back to GHL (acceptance scenario T7)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from contracts.commands import ReplayRequested
+from services.common.sender import refresh, sign
+from tests.conftest import load_fixture
+from tests.jobs_rig import execute, fetch, running_jobs
+from tests.sync_rig import Pipeline, eventually, pipeline_settings, running_pipeline
+from tests.test_activity import send_texting
+from tests.test_jobs import all_in
+from tests.test_messages import conversations, install, texting_status
+
+GHL = {"Authorization": "Bearer sandbox-ghl-key", "Version": "2021-07-28"}
+
+
+async def send_provider(p: Pipeline, payload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """POST a signed provider delivery (fresh message id); (answer, the payload sent)."""
+    fresh = refresh(payload, "ghl_provider")
+    body = json.dumps(fresh).encode()
+    request = sign(p.settings, "ghl_provider", body)
+    answer = await p.ingress.post(request.path, content=body, headers=request.headers, params=request.params)
+    assert answer.status_code == 200, answer.text
+    return answer.json(), fresh
+
+
+async def forwards(p: Pipeline) -> list[dict[str, Any]]:
+    return [c for c in await p.calls("verity") if c["path"] == "/api/integrations/ghl/webhook"]
+
+
+async def verity_sends(p: Pipeline) -> list[dict[str, Any]]:
+    return [c for c in await p.calls("verity") if c["path"].endswith("/send-message") and c["status"] == 200]
+
+
+async def test_f1_ghl_webhooks_reach_verity_with_the_raw_bytes_and_a_valid_signature(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    settings = pipeline_settings(base_env, tmp_path)
+    async with running_pipeline(settings) as p:
+        created = await p.sandbox.post("/ghl/contacts/", headers=GHL, json={
+            "locationId": settings.ghl_location_id, "firstName": "Fwd", "phone": "+15555550901"})
+        assert created.status_code == 201
+
+        async def forwarded() -> list[dict[str, Any]]:
+            return [r for r in await fetch(clean_db, "SELECT id, status, payload_raw FROM webhook_events "
+                                                     "WHERE source = 'ghl'") if r["status"] == "done"]
+
+        [row] = await eventually(forwarded)
+        state = (await p.sandbox.get("/_sandbox/verity/forwards")).json()
+        [sent] = state
+        assert sent["body"].encode() == row["payload_raw"]  # the bytes GHL sent, not a re-encoding
+        key = load_pem_public_key(settings.ghl_webhook_ed25519_public_key.encode())
+        key.verify(base64.b64decode(sent["signature"]), sent["body"].encode())  # still verifies
+        assert sent["forwarded"] == "true" and sent["secret_present"] is True
+        [log] = await fetch(clean_db, "SELECT rule, status, direction FROM sync_log WHERE rule = 'F-1'")
+        assert (log["status"], log["direction"]) == ("success", "ghl_to_verity")
+
+
+async def test_t7_an_agent_sms_is_sent_once_and_its_echo_is_not_posted_back(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    settings = pipeline_settings(base_env, tmp_path)
+    async with running_pipeline(settings) as p, running_jobs(settings) as jobs:
+        await install(p)
+        await p.sandbox.post("/_sandbox/faults", json={"vendor": "verity", "count": 1, "status": 503,
+                                                       "path_contains": "/send-message"})
+        answer, sms = await send_provider(p, load_fixture("ghl-provider-delivery/ProviderOutboundMessage-sms.json"))
+        await eventually(lambda: all_in(clean_db, [answer["id"]], "done"))
+        [sent] = await verity_sends(p)  # the 503 released the claim; the retry sent it once
+        assert sent["body"] == {"to": "+15555550101", "body": sms["message"], "correlationId": sms["messageId"]}
+        [row] = await fetch(clean_db, "SELECT ghl_message_id, verity_message_id, correlation_id, ghl_sync_status "
+                                      "FROM message_mappings")
+        assert row["ghl_message_id"] == sms["messageId"] and row["verity_message_id"].startswith("vmsg")
+
+        await jobs.execute(ReplayRequested(event_ids=[answer["id"]], event_table="webhook"))
+        await eventually(lambda: _attempts(clean_db, answer["id"], 3))
+        await eventually(lambda: all_in(clean_db, [answer["id"]], "done"))
+        assert len(await verity_sends(p)) == 1  # a replay never sends twice
+
+        # Verity's webhook about the message it sent for us: an echo, status goes to GHL
+        echo = await send_texting(p, {**load_fixture("texting/message.sent.json"), "body": sms["message"],
+                                      "raw": {"correlationId": sms["messageId"]}})
+        row = await eventually(lambda: texting_status(clean_db, echo["id"], "done"))
+        assert row["outcome"] == "echo"
+        state = await conversations(p)
+        assert [m for m in state["messages"] if not m.get("external")] == []  # nothing posted to GHL
+        assert state["messages"] == [{"id": sms["messageId"], "external": True, "status": "delivered"}]
+
+
+async def _attempts(db: str, event_id: str, n: int) -> bool:
+    found = await fetch(db, "SELECT count(*) AS n FROM event_attempts WHERE event_id = $1::uuid", event_id)
+    return found[0]["n"] >= n
+
+
+async def test_an_opted_out_number_is_never_sent_to_and_ghl_is_told(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    settings = pipeline_settings(base_env, tmp_path)
+    async with running_pipeline(settings) as p:
+        await install(p)
+        await execute(clean_db, "INSERT INTO optout_registry (phone_number, status, source, reason) "
+                                "VALUES ('+15555550101', 'opted_out', 'texting', 'STOP')")
+        answer, _ = await send_provider(p, load_fixture("ghl-provider-delivery/ProviderOutboundMessage-sms.json"))
+        await eventually(lambda: all_in(clean_db, [answer["id"]], "done"))
+        assert await verity_sends(p) == []
+        [row] = await fetch(clean_db, "SELECT outcome, outcome_reason FROM webhook_events WHERE id = $1::uuid",
+                            answer["id"])
+        assert (row["outcome"], row["outcome_reason"]) == ("skipped", "recipient_opted_out")
+        [message] = (await conversations(p))["messages"]
+        assert message["status"] == "failed" and message["error"]["code"] == "opted_out"
