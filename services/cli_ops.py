@@ -349,3 +349,27 @@ def format_trace(d: dict[str, Any]) -> list[str]:
                      f"attempts={dl['attempts']} {dl['lastError'] or ''}".rstrip())
     lines.append(f"  event status {d['status']} {d['outcome'] or ''} {d['errorMessage'] or d['outcomeReason'] or ''}".rstrip())
     return lines
+
+
+agents_app = typer.Typer(help="The agent directory behind the call lists.", no_args_is_help=True)
+
+
+@agents_app.command("seed")
+def agents_seed() -> None:
+    """Insert or update CHRIS, RAFI and UNASSIGNED, matched to GHL and Aloware users by name."""
+    from services.clients.aloware import AlowareClient
+    from services.clients.ghl import GhlClient
+    from services.common.agents import seed_agents
+
+    settings = tool_settings("aloware-sync")
+
+    async def go() -> int:
+        ghl, alo = GhlClient.from_settings(settings), AlowareClient.from_settings(settings)
+        try:
+            async with _engine(settings) as engine:
+                return await seed_agents(engine, await ghl.list_users(), await alo.list_users())
+        finally:
+            await ghl.aclose()
+            await alo.aclose()
+
+    typer.echo(f"agents seeded: {_run(go())} inserted")

@@ -92,7 +92,8 @@ async def test_t1_t2_call_for_an_unknown_phone_creates_the_contact_and_one_note(
             (contact["id"], "7000001", "aloware_to_ghl")
         logs = await fetch(clean_db, "SELECT rule, status, entity_type, entity_id, target_id FROM sync_log "
                                      "WHERE direction = 'aloware_to_ghl'")
-        echoes = await fetch(clean_db, "SELECT rule, status FROM sync_log WHERE direction = 'ghl_to_aloware'")
+        echoes = await fetch(clean_db, "SELECT rule, status FROM sync_log WHERE direction = 'ghl_to_aloware' "
+                                       "AND entity_type = 'contact'")
         assert {(e["rule"], e["status"]) for e in echoes} == {("LP-1", "skipped")}  # our writes came back
         assert logs == [{"rule": "CL", "status": "success", "entity_type": "call", "entity_id": "9100001",
                          "target_id": contact["id"]}]

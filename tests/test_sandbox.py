@@ -75,8 +75,8 @@ async def test_clients_read_users_from_both_fakes(sandbox: httpx.AsyncClient) ->
     ghl = GhlClient(base + "/ghl", "sandbox-ghl-key", "loc1")
     alo = AlowareClient(base + "/aloware/api/v1", "sandbox-aloware-token")
     try:
-        assert [u["email"] for u in await ghl.list_users()] == ["chris.rep@example.com"]
-        assert [u["id"] for u in await alo.list_users()] == [3100]
+        assert [u["email"] for u in await ghl.list_users()] == ["chris.rep@example.com", "rafi.agent@example.com"]
+        assert [u["id"] for u in await alo.list_users()] == [3100, 3200]
     finally:
         await ghl.aclose()
         await alo.aclose()

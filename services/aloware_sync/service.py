@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import WebhookEvent
 from contracts.payloads import is_ghl_marketplace
+from services.aloware_sync.lists import ListRules
 from services.aloware_sync.rules.contact import (
     CreateAlowareContact,
     UpdateAlowareContact,
@@ -25,6 +26,18 @@ from services.common.sync import store
 from services.common.sync.contact import aloware_to_canonical, ghl_to_canonical
 
 CG_TYPES = ("contact.created", "contact.updated", "contact.tags_changed")
+LIST_TYPES = ("tag.added", "tag.removed", "opportunity.statusChanged", "pipeline.stageChanged")
+
+
+def _merge(first: Outcome, second: Outcome) -> Outcome:
+    """One outcome for two rules run on one event: ``applied`` if either changed something,
+    else the contact rule's."""
+    return second if second.outcome == "applied" and first.outcome != "applied" else first
+
+
+def _list_contact_id(event: WebhookEvent) -> str:
+    value = event.payload.get("contactId")
+    return value if isinstance(value, str) and value else event.entity_id
 
 
 class AlowareSync:
@@ -36,6 +49,7 @@ class AlowareSync:
         self.engine = engine
         self.ghl = ghl
         self.aloware = aloware
+        self.lists = ListRules(self)
 
     async def handle(self, event: WebhookEvent, attempt: int) -> Outcome:
         """The dispatch table (spec/outbound.md §1.1) for what is implemented."""
@@ -44,9 +58,18 @@ class AlowareSync:
         if event.source.value == "ghl" and event.canonical_type == "contact.dnd_changed":
             return await self.ghl_dnd_changed(event, attempt)
         if event.source.value == "ghl" and event.canonical_type in CG_TYPES:
-            if not self.settings.sync_ghl_contacts_to_aloware:
-                return Outcome("skipped", "ghl_contact_sync_disabled")
-            return await self.sync_ghl_contact(event, attempt)
+            if self.settings.sync_ghl_contacts_to_aloware:
+                contact = await self.sync_ghl_contact(event, attempt)
+            else:
+                contact = Outcome("skipped", "ghl_contact_sync_disabled")
+            return _merge(contact, await self.lists.on_event(event, attempt, None))
+        if event.source.value == "ghl" and event.canonical_type in LIST_TYPES:
+            async with self.engine.connect() as conn:
+                mapped = await store.mapping_by_ghl(conn, _list_contact_id(event))
+            if (mapped is None or not mapped.aloware_contact_id) and self.settings.sync_ghl_contacts_to_aloware \
+                    and self.settings.enable_power_dialer_lists:
+                await self.sync_ghl_contact(event, attempt)  # L-2 step 2: the Aloware contact first
+            return await self.lists.on_event(event, attempt, None)
         return Outcome("skipped", f"Unhandled GHL event type: {event.event_name}")
 
     async def _body_is_echo(self, event: WebhookEvent, ghl_id: str) -> bool:

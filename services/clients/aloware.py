@@ -107,6 +107,32 @@ class AlowareClient:
         body = {**fields, "force_update": force_update, "api_token": self._token}
         await self._http.request("POST", "/webhook/forms", "forms", json=body)
 
+    async def call_lists(self) -> list[dict[str, Any]]:
+        """A9 ⚠ (undocumented): the company's power-dialer lists (``id``, ``name``). Errors
+        raise: a failed listing is never mistaken for "no such list"."""
+        await self._pacer.wait()
+        response = await self._http.request("GET", "/call-lists", "call_lists.list",
+                                            params={"api_token": self._token})
+        data = response.json()
+        items = data if isinstance(data, list) else (data.get("data") or data.get("lists") or [])
+        return [i for i in items if isinstance(i, dict)]
+
+    async def add_to_list(self, list_id: str, contact_id: str) -> None:
+        """A8 ⚠ (guessed by the original): add one contact to a power-dialer list; a 404 means
+        the endpoint is not available (permanent)."""
+        await self._pacer.wait()
+        response = await self._http.request(
+            "POST", "/webhook/powerdialer-add-contact-to-lists", "powerdialer.add",
+            json={"api_token": self._token, "list_id": list_id, "contact_ids": [contact_id]}, passthrough=(404,))
+        if response.status_code == 404:
+            raise Permanent("Aloware has no add-to-list endpoint here; use a CSV import")
+
+    async def clear_list(self, list_id: str) -> None:
+        """A5: empty a power-dialer list (admin rebuild)."""
+        await self._pacer.wait()
+        await self._http.request("POST", "/webhook/powerdialer-clear-list", "powerdialer.clear",
+                                 json={"api_token": self._token, "list_id": list_id})
+
     async def list_users(self) -> list[dict[str, Any]]:
         """A1: the company's users (``id``, ``name``, ``email``, ``status``)."""
         await self._pacer.wait()

@@ -151,6 +151,17 @@ class GhlClient:
         notes = response.json().get("notes", [])
         return [n for n in notes if isinstance(n, dict)]
 
+    async def pipeline_stages(self) -> dict[str, str]:
+        """G20: stage id → stage name over every pipeline of the location."""
+        response = await self._call("GET", "/opportunities/pipelines", "pipelines.list",
+                                    params={"locationId": self.location_id})
+        stages: dict[str, str] = {}
+        for pipeline in response.json().get("pipelines", []):
+            for stage in pipeline.get("stages", []):
+                if isinstance(stage, dict) and stage.get("id"):
+                    stages[str(stage["id"])] = str(stage.get("name") or "")
+        return stages
+
     async def list_users(self) -> list[dict[str, Any]]:
         """G8: the location's users (``id``, ``name``, ``email``)."""
         response = await self._call("GET", "/users/", "users.list", params={"locationId": self.location_id})

@@ -216,6 +216,26 @@ def admin_router(settings: Settings, engine: AsyncEngine, commands: CommandPubli
         return JSONResponse({"success": True, "message": "Event replayed", "eventId": event_id,
                              "commandId": str(command.command_id)})
 
+    @router.post("/api/admin/agents/seed", dependencies=[admin], summary="seed the agent directory (L-6)")
+    async def post_agents_seed() -> JSONResponse:
+        from services.clients.aloware import AlowareClient
+        from services.clients.ghl import GhlClient
+        from services.common.agents import seed_agents
+
+        if not (settings.ghl_api_key and settings.ghl_location_id and settings.aloware_api_token):
+            return JSONResponse({"success": False, "error": "GHL and Aloware credentials are not configured"},
+                                status_code=503)
+        ghl, alo = GhlClient.from_settings(settings), AlowareClient.from_settings(settings)
+        try:
+            inserted = await seed_agents(engine, await ghl.list_users(), await alo.list_users())
+        except Exception as exc:  # a vendor failure is reported, not a 500
+            log.warning("agents_seed_failed", error=str(exc))
+            return JSONResponse({"success": False, "error": f"seed failed: {exc}"}, status_code=502)
+        finally:
+            await ghl.aclose()
+            await alo.aclose()
+        return JSONResponse({"success": True, "inserted": inserted})
+
     async def queue_sweep(command: SweepRequested) -> JSONResponse | None:
         if not await commands.publish_command(SWEEP_SUBJECT, command.model_dump_json().encode(),
                                               f"sweep:manual:{command.command_id}"):

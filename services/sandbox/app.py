@@ -86,6 +86,7 @@ class SandboxState:
     oauth_refresh: str | None = None
     oauth_expires_in: int = 86_399
     conversations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    aloware_lists: dict[str, dict[str, Any]] = field(default_factory=dict)
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -305,6 +306,18 @@ def create_sandbox_app(settings: Settings) -> FastAPI:
         """Delete a GHL contact without sending its webhook."""
         found = sandbox.state.ghl_contacts.pop(contact_id, None)
         return JSONResponse({"deleted": found is not None}, status_code=200 if found else 404)
+
+    @app.post("/_sandbox/aloware/lists")
+    async def aloware_new_list(request: Request) -> JSONResponse:
+        """Create a power-dialer list by hand, as an Aloware admin would."""
+        spec = await request.json()
+        list_id = str(next(sandbox.state.aloware_ids))
+        sandbox.state.aloware_lists[list_id] = {"id": list_id, "name": spec["name"], "contact_ids": []}
+        return JSONResponse(sandbox.state.aloware_lists[list_id])
+
+    @app.get("/_sandbox/aloware/lists")
+    async def aloware_lists() -> JSONResponse:
+        return JSONResponse(list(sandbox.state.aloware_lists.values()))
 
     @app.get("/_sandbox/aloware/contacts")
     async def aloware_contacts() -> JSONResponse:
@@ -605,7 +618,8 @@ def _ghl_route(sandbox: Sandbox, method: str, path: str, query: dict[str, str], 
     if parts and parts[0] == "conversations":
         return _ghl_conversations(sandbox, method, parts, query, body, location)
     if parts == ["users"] and method == "GET":
-        return 200, {"users": [{"id": "sbxUserChris", "name": "Chris Rep", "email": "chris.rep@example.com"}]}
+        return 200, {"users": [{"id": "sbxUserChris", "name": "Chris Rep", "email": "chris.rep@example.com"},
+                               {"id": "sbxUserRafi", "name": "Rafi Agent", "email": "rafi.agent@example.com"}]}
     return 404, {"statusCode": 404, "message": f"sandbox has no {method} {path}"}
 
 
@@ -687,7 +701,29 @@ def _aloware_route(sandbox: Sandbox, method: str, path: str, query: dict[str, st
         if contact is None:
             return 404, {"message": "The contact id does not exist."}
         contact["lists"] = []
+        for call_list in state.aloware_lists.values():
+            call_list["contact_ids"] = [c for c in call_list["contact_ids"] if c != contact["id"]]
         return 200, {"message": "Contact removed from all lists."}
+    if path == "/webhook/powerdialer-add-contact-to-lists" and method == "POST":
+        call_list = state.aloware_lists.get(str(body.get("list_id")))
+        if call_list is None:
+            return 400, {"message": "The list id does not exist."}
+        for contact_id in body.get("contact_ids") or []:
+            if str(contact_id) not in state.aloware_contacts:
+                return 404, {"message": "The contact id does not exist."}
+            if str(contact_id) not in call_list["contact_ids"]:
+                call_list["contact_ids"].append(str(contact_id))
+        return 200, {"message": "Contacts added to the list."}
+    if path == "/webhook/powerdialer-clear-list" and method == "POST":
+        call_list = state.aloware_lists.get(str(body.get("list_id")))
+        if call_list is None:
+            return 400, {"message": "The list id does not exist."}
+        call_list["contact_ids"] = []
+        return 200, {"message": "List cleared."}
+    if path == "/call-lists" and method == "GET":
+        return 200, {"data": [{"id": int(k), "name": v["name"], "description": None} for k, v in
+                              state.aloware_lists.items()]}
     if path == "/webhook/users" and method == "GET":
-        return 200, [{"id": 3100, "name": "Chris Rep", "email": "chris.rep@example.com", "status": 1}]
+        return 200, [{"id": 3100, "name": "Chris Rep", "email": "chris.rep@example.com", "status": 1},
+                     {"id": 3200, "name": "Rafi Agent", "email": "rafi.agent@example.com", "status": 1}]
     return 404, {"error": f"sandbox has no {method} {path}"}

@@ -1,0 +1,267 @@
+"""aloware-sync: agent-managed call lists (spec/outbound.md §1.10, rules L-0…L-4).
+
+Runs under the contact's lock. Memberships (``contact_list_memberships``) are the record of
+what we put on which list, so an add that is already active and a removal of something not on
+a list do nothing (LP-2): redeliveries and replays change no list twice. Aloware can only
+remove a contact from *all* power-dialer lists at once, so a removal is followed by re-adding
+every list the contact still actively belongs to.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from contracts.envelope import WebhookEvent
+from services.aloware_sync.rules.lists import (
+    Agent,
+    ContactView,
+    has_legacy_marker,
+    list_intent,
+    list_name,
+    resolve_agent,
+)
+from services.clients.ghl import GhlContact
+from services.common import optout
+from services.common.db.models import AgentDirectory, CallListRegistry, ContactAgentState, ContactListMembership
+from services.common.delivery import Outcome
+from services.common.errors import Permanent, RetryLater
+from services.common.logging import get_logger
+from services.common.sync import store
+from services.common.sync.contact import ghl_to_canonical
+
+if TYPE_CHECKING:
+    from services.aloware_sync.service import AlowareSync
+
+log = get_logger(__name__)
+DISABLED = "Power Dialer lists are temporarily disabled"
+OPTED_OUT = "Contact is opted out, cannot add to lists"
+CACHE_S = 600
+
+
+class ListRules:
+    """L-0…L-4 for one aloware-sync process."""
+
+    def __init__(self, sync: AlowareSync) -> None:
+        self.sync = sync
+        self.settings = sync.settings
+        self.engine = sync.engine
+        self._users: tuple[float, dict[str, str]] = (0.0, {})
+        self._stages: tuple[float, dict[str, str]] = (0.0, {})
+
+    # --- entry points ----------------------------------------------------------------------
+    async def on_event(self, event: WebhookEvent, attempt: int, contact: GhlContact | None) -> Outcome:
+        """L-3 → L-1 → L-2 for GHL contact, tag and pipeline events."""
+        if not self.settings.enable_agent_list_sync:
+            return Outcome("skipped", "agent_list_sync_disabled")
+        ghl_id = _contact_id(event)
+        common = {"direction": "ghl_to_aloware", "entity_type": "list", "source_id": ghl_id,
+                  "correlation_id": str(event.event_id), "attempt": attempt}
+        if contact is None:
+            contact = await self.sync.ghl.get_contact(ghl_id)
+        if contact is None:
+            async with self.engine.begin() as conn:
+                await store.log_sync(conn, status="skipped", rule="L", message="ghl_contact_not_found",
+                                     started_at=datetime.now(UTC), **common)
+            return Outcome("skipped", "ghl_contact_not_found")
+        canonical = ghl_to_canonical(contact, self.settings.default_phone_region)
+        view = ContactView(contact.assigned_to, await self._user_email(contact.assigned_to),
+                           _field(contact, self.settings.ghl_assigned_agent_field_key), tuple(contact.tags))
+        key = store.contact_lock_key(canonical.phone, ghl_id=ghl_id)
+        async with store.contact_lock(self.engine, key) as conn:
+            agents = await self._agents(conn)
+            agent, reason = resolve_agent(agents, view, self.settings.default_agent_key)
+            opted_out = await optout.is_opted_out(conn, canonical.phone)
+            details = {"agent": agent, "agent_reason": reason, "legacy_marker": has_legacy_marker(contact.tags)}
+            state = (await conn.execute(select(ContactAgentState).where(ContactAgentState.contact_id == ghl_id))).first()
+            keys = list(self.settings.agent_list_keys)
+            mode = self.settings.tag_match_mode
+            changed = lambda: list_intent("contact.changed", {}, contact.tags, opted_out=opted_out,  # noqa: E731
+                                          list_keys=keys, mode=mode)
+            steps: list[tuple[str, list[str], list[str], str]] = []  # (agent, add, remove, suffix)
+            reassigned_from = None
+            if state is not None and state.agent_key != agent and event.canonical_type not in ("tag.added", "tag.removed"):
+                reassigned_from = state.agent_key
+                old_keys = await self._active_keys(conn, ghl_id, state.agent_key)
+                add, _ = changed()
+                steps += [(state.agent_key, [], old_keys, "-reassign-remove"), (agent, add, [], "-reassign-add")]
+                await conn.execute(update(ContactAgentState).where(ContactAgentState.id == state.id)
+                                   .values(agent_key=agent, updated_at=datetime.now(UTC)))
+            else:
+                if state is None:
+                    await conn.execute(pg_insert(ContactAgentState).values(contact_id=ghl_id, agent_key=agent)
+                                       .on_conflict_do_nothing(index_elements=["contact_id"]))
+                    add, _ = changed()
+                    steps.append((agent, add, [], "-new-agent"))
+                else:
+                    await conn.execute(update(ContactAgentState).where(ContactAgentState.id == state.id)
+                                       .values(updated_at=datetime.now(UTC)))
+                stage = await self._stage(event) if event.canonical_type in ("opportunity.statusChanged",
+                                                                              "pipeline.stageChanged") else None
+                add, remove = list_intent(event.canonical_type, event.payload, contact.tags, opted_out=opted_out,
+                                          list_keys=keys, mode=mode, stage=stage)
+                steps.append((agent, add, remove, ""))
+            results = []
+            for step_agent, add, remove, suffix in steps:
+                results.append(await self.apply(conn, event, attempt, ghl_id, canonical.phone, step_agent, add,
+                                                remove, opted_out, suffix, details))
+        if reassigned_from:
+            log.info("contact_reassigned", ghl_contact_id=ghl_id, old=reassigned_from, new=agent)
+        changed_any = any(r == "applied" for r in results)
+        return Outcome("applied") if changed_any else Outcome("skipped", results[-1] if results else "no_list_change")
+
+    # --- L-2 -------------------------------------------------------------------------------
+    async def apply(self, conn: Any, event: WebhookEvent, attempt: int, ghl_id: str, phone: str | None,
+                    agent: str, add: list[str], remove: list[str], opted_out: bool, suffix: str,
+                    details: dict[str, Any]) -> str:
+        """One membership change; "applied" when a list changed, else the reason nothing did."""
+        common = {"direction": "ghl_to_aloware", "entity_type": "list", "source_id": ghl_id,
+                  "correlation_id": f"{event.event_id}{suffix}", "attempt": attempt, "details": details}
+        started = datetime.now(UTC)
+        if not add and not remove:
+            return "no_list_change"
+        if not self.settings.enable_power_dialer_lists:
+            await store.log_sync(conn, status="skipped", rule="L-2", message=DISABLED, started_at=started, **common)
+            return DISABLED
+        if opted_out:  # O-5b: never an addition; removals still go through
+            await store.log_sync(conn, status="skipped", rule="L-2", message=OPTED_OUT, started_at=started, **common)
+            add = []
+        add = [k for k in add if not await self._is_active(conn, ghl_id, agent, k)]
+        remove = [k for k in remove if await self._is_active(conn, ghl_id, agent, k)]
+        if not add and not remove:
+            return "already_in_place"
+        aloware_id = await self._aloware_id(conn, event, attempt, ghl_id)
+        changed = False
+        for key in add:
+            try:
+                list_id = await self.ensure_call_list(conn, agent, key)
+                await self.sync.aloware.add_to_list(list_id, aloware_id)
+            except (Permanent, RetryLater) as exc:
+                await store.log_sync(conn, status="error", rule="L-2", started_at=started,
+                                     message=f"Failed to add to list {agent}/{key}: {exc}", **common)
+                continue
+            await self._membership(conn, ghl_id, agent, key, "active", "added")
+            await store.log_sync(conn, status="success", rule="L-2", target_id=list_id, started_at=started,
+                                 message=f"added to {list_name(agent, key)}", **common)
+            changed = True
+        if remove:
+            registered = {r.list_key: r.aloware_list_id for r in (await conn.execute(select(CallListRegistry).where(
+                CallListRegistry.agent_key == agent, CallListRegistry.list_key.in_(remove)))).all()}
+            for key in remove:
+                await self._membership(conn, ghl_id, agent, key, "removed", "removed")
+            if any(registered.get(k) for k in remove):
+                await self.sync.aloware.remove_from_all_lists(aloware_id)
+                for other_agent, other_key in await self._all_active(conn, ghl_id):  # A4 removed them all
+                    try:
+                        await self.sync.aloware.add_to_list(await self.ensure_call_list(conn, other_agent, other_key),
+                                                            aloware_id)
+                    except (Permanent, RetryLater) as exc:
+                        await store.log_sync(conn, status="error", rule="L-2", started_at=started,
+                                             message=f"Failed to re-add {other_agent}/{other_key}: {exc}", **common)
+            await store.log_sync(conn, status="success", rule="L-2", started_at=started,
+                                 message=f"removed from {', '.join(list_name(agent, k) for k in remove)}", **common)
+            changed = True
+        return "applied" if changed else "no_list_change"
+
+    async def ensure_call_list(self, conn: Any, agent: str, key: str) -> str:
+        """L-4: the registry's list id, else Aloware's list of that name (case-insensitive)."""
+        row = (await conn.execute(select(CallListRegistry).where(
+            CallListRegistry.agent_key == agent, CallListRegistry.list_key == key))).first()
+        if row is not None and row.aloware_list_id:
+            return str(row.aloware_list_id)
+        name = list_name(agent, key)
+        found = next((item for item in await self.sync.aloware.call_lists()
+                      if str(item.get("name", "")).lower() == name.lower()), None)
+        if found is None:
+            raise Permanent(f'Call list "{name}" not found in Aloware; create it manually')
+        values = {"aloware_list_id": str(found["id"]), "aloware_list_name": str(found["name"]),
+                  "updated_at": datetime.now(UTC)}
+        await conn.execute(pg_insert(CallListRegistry).values(agent_key=agent, list_key=key, **values)
+                           .on_conflict_do_update(index_elements=["agent_key", "list_key"], set_=values))
+        return str(found["id"])
+
+    # --- helpers ---------------------------------------------------------------------------
+    async def _aloware_id(self, conn: Any, event: WebhookEvent, attempt: int, ghl_id: str) -> str:
+        mapping = await store.mapping_by_ghl(conn, ghl_id)
+        if mapping is not None and mapping.aloware_contact_id:
+            return str(mapping.aloware_contact_id)
+        raise RetryLater(None, f"Could not resolve Aloware contact ID for GHL contact {ghl_id}")
+
+    async def _agents(self, conn: Any) -> list[Agent]:
+        rows = (await conn.execute(select(AgentDirectory).where(AgentDirectory.is_active.is_(True))
+                                   .order_by(AgentDirectory.agent_key))).all()
+        return [Agent(r.agent_key, r.ghl_owner_id, r.ghl_owner_email, r.ghl_assigned_agent_field_value,
+                      r.required_tag) for r in rows]
+
+    async def _is_active(self, conn: Any, ghl_id: str, agent: str, key: str) -> bool:
+        status = await conn.scalar(select(ContactListMembership.status).where(
+            ContactListMembership.contact_id == ghl_id, ContactListMembership.agent_key == agent,
+            ContactListMembership.list_key == key))
+        return status == "active"
+
+    async def _active_keys(self, conn: Any, ghl_id: str, agent: str) -> list[str]:
+        rows = (await conn.execute(select(ContactListMembership.list_key).where(
+            ContactListMembership.contact_id == ghl_id, ContactListMembership.agent_key == agent,
+            ContactListMembership.status == "active"))).all()
+        return [r.list_key for r in rows]
+
+    async def _all_active(self, conn: Any, ghl_id: str) -> list[tuple[str, str]]:
+        rows = (await conn.execute(select(ContactListMembership.agent_key, ContactListMembership.list_key).where(
+            ContactListMembership.contact_id == ghl_id, ContactListMembership.status == "active"))).all()
+        return [(r.agent_key, r.list_key) for r in rows]
+
+    async def _membership(self, conn: Any, ghl_id: str, agent: str, key: str, status: str, reason: str) -> None:
+        values = {"status": status, "reason": reason, "updated_at": datetime.now(UTC)}
+        await conn.execute(pg_insert(ContactListMembership).values(contact_id=ghl_id, agent_key=agent, list_key=key,
+                                                                   **values)
+                           .on_conflict_do_update(index_elements=["contact_id", "agent_key", "list_key"], set_=values))
+
+    async def _user_email(self, user_id: str | None) -> str | None:
+        if not user_id:
+            return None
+        at, users = self._users
+        if time.monotonic() - at > CACHE_S:
+            try:
+                users = {str(u.get("id")): str(u.get("email") or "") for u in await self.sync.ghl.list_users()}
+            except (Permanent, RetryLater) as exc:
+                log.warning("ghl_users_unavailable", error=str(exc))
+                users = {}
+            self._users = (time.monotonic(), users)
+        return users.get(user_id) or None
+
+    async def _stage(self, event: WebhookEvent) -> str | None:
+        payload = event.payload
+        for field in ("pipelineStage", "stage", "status"):
+            value = payload.get(field)
+            if isinstance(value, str) and value:
+                return value
+        stage_id = payload.get("pipelineStageId")
+        if not stage_id:
+            return None
+        at, stages = self._stages
+        if time.monotonic() - at > CACHE_S:
+            stages = await self.sync.ghl.pipeline_stages()
+            self._stages = (time.monotonic(), stages)
+        return stages.get(str(stage_id))
+
+
+def _contact_id(event: WebhookEvent) -> str:
+    payload = event.payload
+    contact = payload.get("contact") if isinstance(payload.get("contact"), dict) else {}
+    for value in (payload.get("contactId"), contact.get("id")):
+        if isinstance(value, str) and value:
+            return value
+    return event.entity_id
+
+
+def _field(contact: GhlContact, key: str) -> str | None:
+    """The agent custom field: by id when the location's field key resolves, else by key."""
+    for item in contact.custom_fields:
+        extra = item.model_extra or {}
+        if key in (item.id, extra.get("key"), extra.get("fieldKey")) and item.value:
+            return str(item.value)
+    return None

@@ -1,0 +1,132 @@
+"""Agent-managed call lists end to end (spec/outbound.md §1.10; acceptance scenarios T9–T12):
+GHL contact and tag events → aloware-sync → the sandbox Aloware's power-dialer lists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from services.aloware_sync.rules.lists import Agent, ContactView, list_intent, resolve_agent, tag_names
+from tests.jobs_rig import execute, fetch
+from tests.sync_rig import Pipeline, eventually, pipeline_settings, running_pipeline
+from tests.test_admin import ADMIN
+
+GHL = {"Authorization": "Bearer sandbox-ghl-key", "Version": "2021-07-28"}
+KEYS = ["CALL_NOW", "NEW_LEADS", "FOLLOW_UP", "HOT"]
+
+
+def test_agent_resolution_and_intent_rules() -> None:
+    agents = [Agent("CHRIS", "uChris", "chris@x.com", "Chris", "Owner: Chris"), Agent("RAFI", None, None, None,
+                                                                                      "Owner: Rafi")]
+    assert resolve_agent(agents, ContactView("uChris", None, None, ()), "UNASSIGNED") == ("CHRIS", "owner_id_match:uChris")
+    assert resolve_agent(agents, ContactView("uX", "CHRIS@x.com", None, ()), "UNASSIGNED")[0] == "CHRIS"
+    assert resolve_agent(agents, ContactView(None, None, "chris", ()), "UNASSIGNED")[1] == "custom_field_match:chris"
+    assert resolve_agent(agents, ContactView(None, None, None, ("owner: rafi",)), "UNASSIGNED")[0] == "RAFI"
+    assert resolve_agent(agents, ContactView(None, None, None, ()), "UNASSIGNED") == ("UNASSIGNED", "default_unassigned")
+    assert tag_names({"tagName": "call_now", "name": "Ada Lovelace"}) == ["call_now"]  # never the person's name
+    assert tag_names({"body": {"tags": "hot, follow_up"}}) == ["hot", "follow_up"]
+    assert list_intent("tag.added", {"tag": "call_now"}, (), opted_out=False, list_keys=KEYS,
+                       mode="case_insensitive") == (["CALL_NOW"], [])
+    assert list_intent("tag.added", {"tag": "call_now"}, (), opted_out=False, list_keys=KEYS, mode="exact") == ([], [])
+    assert list_intent("contact.updated", {}, ("hot", "x"), opted_out=True, list_keys=KEYS,
+                       mode="case_insensitive") == ([], KEYS)
+    assert list_intent("opportunity.statusChanged", {}, (), opted_out=False, list_keys=KEYS,
+                       mode="case_insensitive", stage="Photo shoot") == ([], [])  # "hot" as a word only
+    assert list_intent("opportunity.statusChanged", {}, (), opted_out=False, list_keys=KEYS,
+                       mode="case_insensitive", stage="Closed won") == ([], KEYS)
+
+
+async def setup_lists(p: Pipeline, *names: str) -> dict[str, str]:
+    seeded = await p.ingress.post("/api/admin/agents/seed", headers=ADMIN)
+    assert seeded.status_code == 200 and seeded.json()["inserted"] == 3, seeded.text
+    return {n: (await p.sandbox.post("/_sandbox/aloware/lists", json={"name": n})).json()["id"] for n in names}
+
+
+async def members(p: Pipeline) -> dict[str, list[str]]:
+    return {item["name"].upper(): item["contact_ids"] for item in (await p.sandbox.get("/_sandbox/aloware/lists")).json()}
+
+
+async def memberships(db: str) -> dict[tuple[str, str], str]:
+    rows = await fetch(db, "SELECT agent_key, list_key, status FROM contact_list_memberships")
+    return {(r["agent_key"], r["list_key"]): r["status"] for r in rows}
+
+
+async def create_contact(p: Pipeline, **fields: Any) -> dict[str, Any]:
+    answer = await p.sandbox.post("/ghl/contacts/", headers=GHL, json={
+        "locationId": p.settings.ghl_location_id, **fields})
+    assert answer.status_code == 201, answer.text
+    return answer.json()["contact"]
+
+
+async def test_t9_t10_t11_tag_reassignment_and_opt_out(base_env: dict[str, str], tmp_path: Path, clean_db: str) -> None:
+    settings = pipeline_settings(base_env, tmp_path, ENABLE_POWER_DIALER_LISTS="true")
+    async with running_pipeline(settings) as p:
+        await setup_lists(p, "df_chris_call_now", "DF_CHRIS_NEW_LEADS", "DF_RAFI_CALL_NOW", "DF_RAFI_NEW_LEADS")
+        contact = await create_contact(p, firstName="Lee", phone="+15555550301", assignedTo="sbxUserChris")
+        await eventually(lambda: _has(clean_db, ("CHRIS", "NEW_LEADS"), "active"))
+        [alo] = await p.aloware_contacts()
+        assert (await members(p))["DF_CHRIS_NEW_LEADS"] == [alo["id"]]
+
+        # T9: a human adds the tag call_now
+        await p.sandbox.post(f"/ghl/contacts/{contact['id']}/tags", headers=GHL, json={"tags": ["call_now"]})
+        await eventually(lambda: _has(clean_db, ("CHRIS", "CALL_NOW"), "active"))
+        assert (await members(p))["DF_CHRIS_CALL_NOW"] == [alo["id"]]
+        [registry] = await fetch(clean_db, "SELECT aloware_list_name FROM call_list_registry WHERE list_key = 'CALL_NOW'")
+        assert registry["aloware_list_name"] == "df_chris_call_now"  # matched case-insensitively
+
+        # T10: reassigned CHRIS → RAFI with CALL_NOW active
+        await p.sandbox.put(f"/ghl/contacts/{contact['id']}", headers=GHL, json={"assignedTo": "sbxUserRafi"})
+        await eventually(lambda: _has(clean_db, ("RAFI", "CALL_NOW"), "active"))
+        state = await memberships(clean_db)
+        assert state[("CHRIS", "CALL_NOW")] == state[("CHRIS", "NEW_LEADS")] == "removed"
+        lists = await members(p)
+        assert lists["DF_RAFI_CALL_NOW"] == [alo["id"]] and lists["DF_CHRIS_CALL_NOW"] == []
+        assert lists["DF_CHRIS_NEW_LEADS"] == [] and lists["DF_RAFI_NEW_LEADS"] == []  # event intent not applied
+        [agent] = await fetch(clean_db, "SELECT agent_key FROM contact_agent_state")
+        assert agent["agent_key"] == "RAFI"
+
+        # T11: the number opts out; the next contact event removes it and adds nothing
+        await execute(clean_db, "INSERT INTO optout_registry (phone_number, status, source, reason) "
+                                "VALUES ('+15555550301', 'opted_out', 'texting', 'STOP')")
+        await p.sandbox.put(f"/ghl/contacts/{contact['id']}", headers=GHL, json={"firstName": "Leigh"})
+        await eventually(lambda: _has(clean_db, ("RAFI", "CALL_NOW"), "removed"))
+        assert (await members(p))["DF_RAFI_CALL_NOW"] == []
+        skipped = await fetch(clean_db, "SELECT error_message FROM sync_log WHERE rule = 'L-2' AND status = 'skipped'")
+        assert {"Contact is opted out, cannot add to lists"} == {s["error_message"] for s in skipped}
+
+
+async def _has(db: str, key: tuple[str, str], status: str) -> bool:
+    return (await memberships(db)).get(key) == status
+
+
+async def test_t12_a_legacy_marker_tag_is_not_a_reason_to_skip(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    settings = pipeline_settings(base_env, tmp_path, ENABLE_POWER_DIALER_LISTS="true")
+    async with running_pipeline(settings) as p:
+        await setup_lists(p, "DF_UNASSIGNED_CALL_NOW", "DF_UNASSIGNED_NEW_LEADS")
+        contact = await create_contact(p, firstName="Old", phone="+15555550302", tags=["SYS:df_middleware_origin"])
+        await eventually(lambda: _has(clean_db, ("UNASSIGNED", "NEW_LEADS"), "active"))
+        await p.sandbox.post(f"/ghl/contacts/{contact['id']}/tags", headers=GHL, json={"tags": ["call_now"]})
+        await eventually(lambda: _has(clean_db, ("UNASSIGNED", "CALL_NOW"), "active"))
+        rows = await fetch(clean_db, "SELECT details->>'legacy_marker' AS marker FROM sync_log "
+                                     "WHERE rule = 'L-2' AND status = 'success'")
+        assert len(rows) == 2 and {r["marker"] for r in rows} == {"true"}  # NEW_LEADS, then CALL_NOW
+        written = [c for c in await p.calls("ghl") if c["method"] in ("POST", "PUT") and isinstance(c["body"], dict)]
+        assert not any(str(t).lower().startswith("sys:") for c in written if c["path"] != "/contacts/"
+                       for t in c["body"].get("tags", []))
+
+
+async def test_lists_disabled_by_default_write_nothing(base_env: dict[str, str], tmp_path: Path, clean_db: str) -> None:
+    settings = pipeline_settings(base_env, tmp_path)
+    async with running_pipeline(settings) as p:
+        await setup_lists(p, "DF_UNASSIGNED_NEW_LEADS")
+        await create_contact(p, firstName="Off", phone="+15555550303")
+
+        async def logged() -> list[dict[str, Any]]:
+            return await fetch(clean_db, "SELECT error_message FROM sync_log WHERE rule = 'L-2'")
+
+        [row] = await eventually(logged)
+        assert row["error_message"] == "Power Dialer lists are temporarily disabled"
+        assert (await members(p))["DF_UNASSIGNED_NEW_LEADS"] == []
+        assert not [c for c in await p.calls("aloware") if "powerdialer" in c["path"] or "call-lists" in c["path"]]
