@@ -66,6 +66,7 @@ GHL_SYNC = ConsumerSpec(
         "webhooks.aloware.appointment.>",
         "webhooks.texting.optout.optout_stop",
         "webhooks.texting.message.>",
+        "webhooks.broadcast.>",
     ),
     "Rules that write into GHL",
     max_deliver=50,  # our own attempt budget (RETRY_MAX_ATTEMPTS) decides `dead`

@@ -102,7 +102,9 @@ async def consumers(settings: Settings, replicas: int, *, window_s: int = 10) ->
             conversations = GhlConversations(settings, oauth, acquire=budget)
             clients += [ghl, alo, oauth, conversations]
             if durable is GHL_SYNC:
-                rule = GhlSync(settings, engine, ghl, alo, conversations).handle
+                ghl_sync = GhlSync(settings, engine, ghl, alo, conversations)
+                clients.append(ghl_sync)
+                rule = ghl_sync.handle
             elif durable is ALOWARE_SYNC:
                 rule = AlowareSync(settings, engine, ghl, alo).handle
             else:

@@ -151,6 +151,33 @@ class GhlClient:
         notes = response.json().get("notes", [])
         return [n for n in notes if isinstance(n, dict)]
 
+    async def search_records(self, object_key: str, query: str) -> list[dict[str, Any]]:
+        """G16: records of a custom object matching ``query`` (first page of 20)."""
+        response = await self._call("POST", f"/objects/{object_key}/records/search", "objects.records.search",
+                                    json={"locationId": self.location_id, "page": 1, "pageLimit": 20, "query": query})
+        return [r for r in response.json().get("records", []) if isinstance(r, dict)]
+
+    async def create_record(self, object_key: str, properties: dict[str, Any]) -> tuple[str, bool]:
+        """G17: (record id, created). A duplicate 400 names the conflicting record instead."""
+        response = await self._call("POST", f"/objects/{object_key}/records", "objects.records.create",
+                                    json={"locationId": self.location_id, "properties": properties},
+                                    passthrough=(400,))
+        body = parse_body(response)
+        if response.status_code == 400:
+            for error in body.get("errors", []) if isinstance(body, dict) else []:
+                if error.get("errorCode") in ("duplicate_record", "primary_property_conflict") and \
+                        error.get("conflictingRecordId"):
+                    return str(error["conflictingRecordId"]), False
+            raise Permanent(f"ghl 400 at objects.records.create: {body}")
+        return str(body["record"]["id"]), True
+
+    async def update_record(self, object_key: str, record_id: str, properties: dict[str, Any]) -> bool:
+        """G18: False when the record is gone (404)."""
+        response = await self._call("PUT", f"/objects/{object_key}/records/{record_id}", "objects.records.update",
+                                    params={"locationId": self.location_id}, json={"properties": properties},
+                                    passthrough=(404,))
+        return response.status_code != 404
+
     async def pipeline_stages(self) -> dict[str, str]:
         """G20: stage id → stage name over every pipeline of the location."""
         response = await self._call("GET", "/opportunities/pipelines", "pipelines.list",

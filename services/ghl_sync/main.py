@@ -24,11 +24,12 @@ async def serve(settings: Settings) -> None:
     aloware = AlowareClient.from_settings(settings) if settings.aloware_api_token else None
     oauth = GhlOAuth(settings, engine)
     conversations = GhlConversations(settings, oauth, acquire=RateBudget.for_ghl(engine, settings).acquire)
-    consumer = EventConsumer(settings, GHL_SYNC, engine,
-                             GhlSync(settings, engine, ghl, aloware, conversations).handle)
+    sync = GhlSync(settings, engine, ghl, aloware, conversations)
+    consumer = EventConsumer(settings, GHL_SYNC, engine, sync.handle)
     try:
         await serve_until_terminated(settings, GHL_SYNC, consumer.handle, consumer_batch(settings))
     finally:
+        await sync.aclose()
         await ghl.aclose()
         await conversations.aclose()
         await oauth.aclose()

@@ -25,6 +25,7 @@ from services.common.settings import Settings
 from services.common.sync import store
 from services.common.trace import is_replay
 from services.ghl_sync.activity import CALL_TYPES, ActivityRules
+from services.ghl_sync.broadcasts import BroadcastRules
 from services.ghl_sync.messages import MessageRules
 from services.ghl_sync.rules.activity import KIND_OF_CANONICAL
 from services.common.sync.contact import CanonicalContact, aloware_to_canonical, ghl_to_canonical
@@ -73,8 +74,13 @@ class GhlSync:
         self.aloware = aloware  # CL-1's phone lookup; without a token the call's own data is used
         self.activity = ActivityRules(self)
         self.messages = MessageRules(self, conversations)
+        self.broadcasts = BroadcastRules(self)
         self.cf_ids = CustomFieldIds(settings.ghl_cf_aloware_contact_id, settings.ghl_cf_lead_source,
                                      settings.ghl_cf_intake_source)
+
+    async def aclose(self) -> None:
+        """Close what the rules opened (the Verity database pool)."""
+        await self.broadcasts.aclose()
 
     async def _fault_pause(self) -> None:
         """Fault-test hook: hold the rule between the vendor write and the ack."""
@@ -156,6 +162,8 @@ class GhlSync:
             return await self.messages.message(event, attempt)
         if source == "texting" and kind == "message.status":
             return await self.messages.status(event, attempt)
+        if source == "broadcast" and kind == "broadcast.analytics":
+            return await self.broadcasts.analytics_updated(event, attempt)
         return Outcome("skipped", f"Unhandled event type: {event.event_name}")
 
     async def upsert_from_aloware(self, conn: Any, body: Any, incoming: CanonicalContact, mapping: Any,

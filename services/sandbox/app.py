@@ -87,6 +87,7 @@ class SandboxState:
     oauth_expires_in: int = 86_399
     conversations: dict[str, dict[str, Any]] = field(default_factory=dict)
     aloware_lists: dict[str, dict[str, Any]] = field(default_factory=dict)
+    object_records: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -314,6 +315,10 @@ def create_sandbox_app(settings: Settings) -> FastAPI:
         list_id = str(next(sandbox.state.aloware_ids))
         sandbox.state.aloware_lists[list_id] = {"id": list_id, "name": spec["name"], "contact_ids": []}
         return JSONResponse(sandbox.state.aloware_lists[list_id])
+
+    @app.get("/_sandbox/ghl/objects/{key}")
+    async def ghl_object_records(key: str) -> JSONResponse:
+        return JSONResponse(list(sandbox.state.object_records.get(key, {}).values()))
 
     @app.get("/_sandbox/aloware/lists")
     async def aloware_lists() -> JSONResponse:
@@ -615,12 +620,43 @@ def _ghl_route(sandbox: Sandbox, method: str, path: str, query: dict[str, str], 
                     "dateAdded": datetime.now(UTC).isoformat()}
             state.ghl_notes[contact["id"]].append(note)
             return 201, {"note": note}
+    if parts and parts[0] == "objects" and len(parts) >= 3 and parts[2] == "records":
+        return _ghl_objects(sandbox, method, parts, body)
     if parts and parts[0] == "conversations":
         return _ghl_conversations(sandbox, method, parts, query, body, location)
     if parts == ["users"] and method == "GET":
         return 200, {"users": [{"id": "sbxUserChris", "name": "Chris Rep", "email": "chris.rep@example.com"},
                                {"id": "sbxUserRafi", "name": "Rafi Agent", "email": "rafi.agent@example.com"}]}
     return 404, {"statusCode": 404, "message": f"sandbox has no {method} {path}"}
+
+
+def _ghl_objects(sandbox: Sandbox, method: str, parts: list[str], body: Any) -> tuple[int, Any]:
+    """Custom-object records (G16–G18), unique on the ``broadcast_id`` property."""
+    key = parts[1]
+    records = sandbox.state.object_records.setdefault(key, {})
+    now = datetime.now(UTC).isoformat()
+    if parts[3:] == ["search"] and method == "POST":
+        query = str(body.get("query") or "")
+        found = [r for r in records.values() if query in json.dumps(r["properties"])]
+        return 200, {"records": found[:20], "total": len(found)}
+    if len(parts) == 3 and method == "POST":
+        props = body.get("properties") or {}
+        clash = next((r for r in records.values()
+                      if props.get("broadcast_id") and r["properties"].get("broadcast_id") == props["broadcast_id"]), None)
+        if clash is not None:
+            return 400, {"statusCode": 400, "message": "Duplicate record", "errors": [{
+                "errorCode": "duplicate_record", "fieldKey": f"{key}.broadcast_id", "conflictingRecordId": clash["id"]}]}
+        record = {"id": "rec" + uuid.uuid4().hex[:16], "properties": props, "dateAdded": now, "dateUpdated": now}
+        records[record["id"]] = record
+        return 201, {"record": record}
+    if len(parts) == 4 and method == "PUT":
+        record = records.get(parts[3])
+        if record is None:
+            return 404, {"statusCode": 404, "message": "Record not found"}
+        record["properties"] = {**record["properties"], **(body.get("properties") or {})}
+        record["dateUpdated"] = now
+        return 200, {"record": record}
+    return 404, {"statusCode": 404, "message": "sandbox has no such objects route"}
 
 
 def _ghl_conversations(sandbox: Sandbox, method: str, parts: list[str], query: dict[str, str], body: Any,
