@@ -20,7 +20,7 @@ from typing import Any, Literal
 from nats.aio.msg import Msg
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -140,6 +140,12 @@ class DeliveryLedger:
             "outcome": outcome.outcome if outcome else None,
             "outcome_reason": outcome.reason if outcome else None,
         }
+        if outcome is not None and outcome.outcome != "applied":
+            # two deliveries of one event ran at once and this one found the work done: the
+            # event's effect was applied, and that is what the delivery keeps saying
+            keep = EventDelivery.outcome == "applied"
+            values["outcome"] = case((keep, "applied"), else_=outcome.outcome)
+            values["outcome_reason"] = case((keep, EventDelivery.outcome_reason), else_=outcome.reason)
         if error is not None:
             values["last_error"] = error[:2000]
         elif status == "done":
