@@ -108,7 +108,7 @@ async def consumers(settings: Settings, replicas: int, *, window_s: int = 10) ->
             elif durable is ALOWARE_SYNC:
                 rule = AlowareSync(settings, engine, ghl, alo).handle
             else:
-                verity = VeritySync(settings, engine, conversations)
+                verity = VeritySync(settings, engine, conversations, ghl=ghl)
                 clients.append(verity)
                 rule = verity.handle
             consumer = EventConsumer(settings, durable, engine, rule)

@@ -101,3 +101,54 @@ async def test_a_record_made_elsewhere_is_found_and_updated_not_duplicated(
 async def all_in_broadcast(db: str, event_id: str) -> bool:
     return await broadcast_done(db, event_id) is not None
 
+
+
+async def test_an_appointment_reaches_the_verity_lead_and_recomputes_the_broadcast(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str, verity_db: str
+) -> None:
+    """AP-1…AP-3: the appointment id lands on the Verity contact's latest lead and the
+    broadcast that reached the contact is recomputed (now with 2 appointments)."""
+    import json as _json
+
+    from services.common.sender import sign
+
+    settings = pipeline_settings(base_env, tmp_path, VERITY_DATABASE_URL=verity_db)
+    async with running_pipeline(settings) as p:
+        created = await p.sandbox.post("/ghl/contacts/", headers={
+            "Authorization": "Bearer sandbox-ghl-key", "Version": "2021-07-28"},
+            json={"locationId": settings.ghl_location_id, "firstName": "Vee", "phone": "+15555550402"})
+        contact_id = created.json()["contact"]["id"]
+        body = load_appointment(contact_id)
+        raw = _json.dumps(body).encode()
+        request = sign(settings, "ghl", raw)
+        answer = await p.ingress.post(request.path, content=raw, headers=request.headers)
+        assert answer.status_code == 200 and answer.json()["status"] == "accepted", answer.text
+
+        async def recomputed() -> list[dict[str, Any]]:
+            return await fetch(clean_db, "SELECT status, dedupe_key FROM broadcast_webhook_events "
+                                         "WHERE status = 'done'")
+
+        [event] = await eventually(recomputed)
+        assert event["dedupe_key"] == f"broadcast:bcst-0001:analytics_updated:appt:{body['appointment']['id']}"
+        conn = await asyncpg.connect(sync_url(verity_db))
+        try:
+            leads = await conn.fetch("SELECT ghl_appointment_id FROM leads WHERE contact_id = 'vc2'")
+        finally:
+            await conn.close()
+        assert [r["ghl_appointment_id"] for r in leads] == [body["appointment"]["id"]]
+        [record] = (await p.sandbox.get("/_sandbox/ghl/objects/custom_objects.broadcasts")).json()
+        assert record["properties"]["appointments_set"] == 2
+
+
+def load_appointment(contact_id: str) -> dict[str, Any]:
+    import uuid as _uuid
+    from datetime import UTC, datetime
+
+    from tests.conftest import load_fixture
+
+    body = load_fixture("ghl/AppointmentCreate.json")
+    body["appointment"].update(id=f"appt-{_uuid.uuid4().hex[:8]}", contactId=contact_id)
+    body["locationId"] = "ghlLocationDemo00001"
+    body["webhookId"] = str(_uuid.uuid4())
+    body["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return body

@@ -178,6 +178,17 @@ class GhlClient:
                                     passthrough=(404,))
         return response.status_code != 404
 
+    async def appointment_contact(self, appointment_id: str) -> str | None:
+        """G15: the contact of an appointment (None when GHL has no such appointment)."""
+        response = await self._call("GET", f"/calendars/events/appointments/{appointment_id}",
+                                    "calendars.appointments.get", passthrough=(404,),
+                                    headers={"Version": "2021-04-15"})
+        if response.status_code == 404:
+            return None
+        event = response.json().get("event") or response.json().get("appointment") or {}
+        value = event.get("contactId")
+        return str(value) if value else None
+
     async def pipeline_stages(self) -> dict[str, str]:
         """G20: stage id → stage name over every pipeline of the location."""
         response = await self._call("GET", "/opportunities/pipelines", "pipelines.list",

@@ -6,6 +6,7 @@ import asyncio
 
 from contracts.streams import VERITY_SYNC
 from services.clients.budget import RateBudget
+from services.clients.ghl import GhlClient
 from services.clients.ghl_conversations import GhlConversations
 from services.clients.ghl_oauth import GhlOAuth
 from services.common.db.session import create_engine
@@ -21,12 +22,16 @@ async def serve(settings: Settings) -> None:
     oauth = GhlOAuth(settings, engine)
     conversations = (GhlConversations(settings, oauth, acquire=RateBudget.for_ghl(engine, settings).acquire)
                      if settings.ghl_location_id else None)
-    sync = VeritySync(settings, engine, conversations)
+    ghl = (GhlClient.from_settings(settings, RateBudget.for_ghl(engine, settings).acquire)
+           if settings.ghl_api_key and settings.ghl_location_id else None)
+    sync = VeritySync(settings, engine, conversations, ghl=ghl)
     consumer = EventConsumer(settings, VERITY_SYNC, engine, sync.handle)
     try:
         await serve_until_terminated(settings, VERITY_SYNC, consumer.handle, consumer_batch(settings))
     finally:
         await sync.aclose()
+        if ghl is not None:
+            await ghl.aclose()
         if conversations is not None:
             await conversations.aclose()
         await oauth.aclose()

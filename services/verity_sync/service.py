@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import WebhookEvent
 from contracts.payloads.provider import ProviderOutboundMessage
+from services.clients.ghl import GhlClient
 from services.clients.ghl_conversations import GhlConversations
 from services.clients.http import VendorHttp, parse_body
 from services.common import optout
@@ -33,6 +34,7 @@ from services.common.logging import get_logger
 from services.common.phone import to_e164
 from services.common.settings import Settings
 from services.common.sync import store
+from services.verity_sync.appointments import AppointmentRules
 
 log = get_logger(__name__)
 FORWARD_PATH = "/api/integrations/ghl/webhook"
@@ -43,15 +45,17 @@ class VeritySync:
     """Dispatches events to Verity-writing rules."""
 
     def __init__(self, settings: Settings, engine: AsyncEngine, conversations: GhlConversations | None,
-                 http: VendorHttp | None = None) -> None:
+                 http: VendorHttp | None = None, ghl: GhlClient | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.conversations = conversations
         base = settings.verity_base_url or "http://localhost:3000"
         self.http = http or VendorHttp("verity", base)
+        self.appointments = AppointmentRules(settings, engine, ghl)
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        await self.appointments.aclose()
 
     async def handle(self, event: WebhookEvent, attempt: int) -> Outcome:
         if event.source.value == "ghl_provider":
@@ -59,7 +63,11 @@ class VeritySync:
                 return await self.send_sms(event, attempt)
             return Outcome("skipped", f"Unhandled provider message type: {event.event_name}")
         if event.source.value == "ghl":
-            return await self.forward(event, attempt)
+            forwarded = await self.forward(event, attempt)
+            if event.canonical_type in ("appointment.created", "appointment.updated"):
+                linked = await self.appointments.link(event, attempt)
+                return linked if linked.outcome == "applied" else forwarded
+            return forwarded
         return Outcome("skipped", f"Unhandled event type: {event.event_name}")
 
     # --- F-1 -------------------------------------------------------------------------------

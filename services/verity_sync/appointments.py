@@ -1,0 +1,150 @@
+"""GHL appointments → Verity (spec/outbound.md §1.13, rules AP-1…AP-4).
+
+The appointment id is written onto the Verity lead of the contact (the most recent lead,
+created when there is none), then every broadcast that reached the contact gets an
+``analytics_updated`` event so its figures include the new appointment (dedupe key
+``broadcast:<id>:analytics_updated:appt:<appointment id>``, so a replay does not multiply
+the work). Failures in these steps are logged and do not fail the event (AP-4).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts.envelope import AuthInfo, WebhookEvent
+from contracts.subjects import EntityType, Source
+from services.clients.ghl import GhlClient
+from services.common.broker import connect
+from services.common.db.session import sync_url
+from services.common.delivery import Outcome
+from services.common.errors import Permanent, RetryLater
+from services.common.logging import get_logger
+from services.common.phone import to_e164
+from services.common.settings import Settings
+from services.common.sync import store
+
+log = get_logger(__name__)
+REACHED = ("sent", "delivered", "opened", "clicked")
+
+
+def _dig(payload: dict[str, Any], *paths: str) -> str | None:
+    for path in paths:
+        value: Any = payload
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, (str, int)) and str(value):
+            return str(value)
+    return None
+
+
+def appointment_ids(event: WebhookEvent) -> tuple[str | None, str | None]:
+    """AP-1: (appointment id, contact id) from the many shapes GHL sends."""
+    p = event.payload
+    appointment = event.entity_id or _dig(p, "id", "appointmentId", "appointment.id")
+    contact = _dig(p, "contactId", "contact_id", "contact.id", "contact.contactId", "appointment.contactId",
+                   "body.contactId", "data.contactId")
+    return appointment, contact
+
+
+class AppointmentRules:
+    def __init__(self, settings: Settings, engine: AsyncEngine, ghl: GhlClient | None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.ghl = ghl
+        self._pool: asyncpg.Pool | None = None
+        self._nc: Any = None
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+        if self._nc is not None:
+            await self._nc.drain()
+
+    async def link(self, event: WebhookEvent, attempt: int) -> Outcome:
+        common = {"direction": "ghl_to_verity", "entity_type": "appointment", "source_id": event.entity_id or "?",
+                  "started_at": datetime.now(UTC), "correlation_id": str(event.event_id), "attempt": attempt}
+        if not self.settings.verity_database_url:
+            return Outcome("skipped", "verity_database_not_configured")
+        appointment_id, contact_id = appointment_ids(event)
+        try:
+            phone, email = await self._contact(contact_id, appointment_id)
+            pool = await self._verity()
+            async with pool.acquire() as verity:
+                verity_contact = await verity.fetchval(
+                    "SELECT id FROM contacts WHERE phone_e164 = $1 ORDER BY id LIMIT 1", phone) if phone else None
+                if verity_contact is None and email:
+                    verity_contact = await verity.fetchval(
+                        "SELECT id FROM contacts WHERE lower(email) = lower($1) ORDER BY id LIMIT 1", email)
+                if verity_contact is None:
+                    async with self.engine.begin() as conn:
+                        await store.log_sync(conn, status="skipped", rule="AP-2", message="verity_contact_not_found",
+                                             **common)
+                    return Outcome("skipped", "verity_contact_not_found")
+                async with verity.transaction():
+                    lead = await verity.fetchval(
+                        "SELECT id FROM leads WHERE contact_id = $1 ORDER BY coalesce(last_activity_at, created_at) "
+                        "DESC, id DESC LIMIT 1 FOR UPDATE", verity_contact)
+                    if lead is None:
+                        await verity.execute("INSERT INTO leads (contact_id, ghl_appointment_id, created_at, "
+                                             "last_activity_at) VALUES ($1, $2, now(), now())",
+                                             verity_contact, appointment_id)
+                    else:
+                        await verity.execute("UPDATE leads SET ghl_appointment_id = $2, last_activity_at = now() "
+                                             "WHERE id = $1", lead, appointment_id)
+                broadcasts = [r["broadcast_id"] for r in await verity.fetch(
+                    "SELECT DISTINCT broadcast_id FROM broadcast_recipient WHERE contact_id = $1 "
+                    "AND status = ANY($2) ORDER BY broadcast_id", verity_contact, list(REACHED))]
+            for broadcast_id in broadcasts:
+                await self._recalculate(broadcast_id, appointment_id or "?", str(contact_id))
+        except (asyncpg.PostgresError, OSError, Permanent, RetryLater) as exc:  # AP-4: logged, not failed
+            log.warning("appointment_link_failed", error=str(exc), appointment_id=appointment_id)
+            async with self.engine.begin() as conn:
+                await store.log_sync(conn, status="error", rule="AP", message=str(exc)[:500], **common)
+            return Outcome("skipped", f"appointment_link_failed: {type(exc).__name__}")
+        async with self.engine.begin() as conn:
+            await store.log_sync(conn, status="success", rule="AP", target_id=str(verity_contact),
+                                 details={"broadcasts": broadcasts}, **common)
+        return Outcome("applied")
+
+    async def _contact(self, contact_id: str | None, appointment_id: str | None) -> tuple[str | None, str | None]:
+        """Phone and e-mail from our mapping, else from GHL (resolving the contact through
+        the appointment when the webhook does not name it)."""
+        if contact_id is None and appointment_id and self.ghl is not None:
+            contact_id = await self.ghl.appointment_contact(appointment_id)
+        if contact_id is None:
+            raise Permanent("no contact id in the appointment")
+        async with self.engine.connect() as conn:
+            mapping = await store.mapping_by_ghl(conn, contact_id)
+        if mapping is not None and (mapping.phone_number or mapping.email):
+            return mapping.phone_number, mapping.email
+        if self.ghl is None:
+            return None, None
+        contact = await self.ghl.get_contact(contact_id)
+        if contact is None:
+            return None, None
+        return to_e164(contact.phone, self.settings.default_phone_region), contact.email
+
+    async def _verity(self) -> asyncpg.Pool:
+        if self._pool is None:
+            assert self.settings.verity_database_url is not None
+            self._pool = await asyncpg.create_pool(sync_url(self.settings.verity_database_url), min_size=0,
+                                                   max_size=5, max_inactive_connection_lifetime=20, timeout=10)
+        return self._pool
+
+    async def _recalculate(self, broadcast_id: str, appointment_id: str, contact_id: str) -> None:
+        """AP-3: an analytics event for the broadcast, published like an accepted webhook."""
+        if self._nc is None:
+            self._nc = await connect(self.settings, name="dfm-verity-sync-ap")
+        event = WebhookEvent(
+            source=Source.BROADCAST, event_name="analytics_updated", event_type="analytics_updated",
+            canonical_type="broadcast.analytics", entity_type=EntityType.BROADCAST, entity_id=broadcast_id,
+            dedupe_key=f"broadcast:{broadcast_id}:analytics_updated:appt:{appointment_id}",
+            auth=AuthInfo(method="internal", verified=True),
+            payload={"broadcastId": broadcast_id, "eventType": "analytics_updated",
+                     "triggeredBy": "ghl_appointment", "appointmentId": appointment_id, "contactId": contact_id})
+        await self._nc.jetstream().publish(event.subject, event.to_bytes(), headers=event.nats_headers(),
+                                           timeout=self.settings.dfm_publish_timeout)
