@@ -311,3 +311,28 @@ async def test_an_event_that_keeps_failing_ends_dead_after_its_retry_budget(
         finally:
             await conn.close()
         assert (delivery["status"], delivery["attempts"]) == ("dead", 3)
+
+
+async def test_t13_a_429_with_no_remaining_budget_waits_the_advertised_interval(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    """T13: GHL answers 429 with ``X-RateLimit-Remaining: 0`` and a 10 000 ms interval: the
+    event is delayed (NAK) at least 10 s, not failed, then done."""
+    settings = pipeline_settings(base_env, tmp_path)
+    async with running_pipeline(settings) as p:
+        await p.sandbox.post("/_sandbox/faults", json={
+            "vendor": "ghl", "count": 1, "status": 429, "path_contains": "/contacts/search",
+            "headers": {"X-RateLimit-Remaining": "0", "X-RateLimit-Interval-Milliseconds": "10000"}})
+        answer = await send_aloware(p, aloware_contact(13))
+        row = await eventually(lambda: done(clean_db, answer["id"]), timeout=40)
+        assert row["status"] == "done" and row["outcome"] == "applied"
+        calls = [c for c in await p.calls("ghl") if c["path"].startswith("/contacts/search")]
+        assert calls[0]["status"] == 429 and calls[1]["status"] == 200
+        assert calls[1]["at"] - calls[0]["at"] >= 10.0  # waited the advertised interval
+        conn = await asyncpg.connect(sync_url(clean_db))
+        try:
+            [delivery] = await conn.fetch("SELECT attempts FROM event_deliveries WHERE event_id = $1::uuid "
+                                          "AND consumer = 'ghl-sync'", answer["id"])
+        finally:
+            await conn.close()
+        assert delivery["attempts"] == 2  # GHL's own 429 costs an attempt (only our budget's waits do not)

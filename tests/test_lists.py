@@ -130,3 +130,39 @@ async def test_lists_disabled_by_default_write_nothing(base_env: dict[str, str],
         assert row["error_message"] == "Power Dialer lists are temporarily disabled"
         assert (await members(p))["DF_UNASSIGNED_NEW_LEADS"] == []
         assert not [c for c in await p.calls("aloware") if "powerdialer" in c["path"] or "call-lists" in c["path"]]
+
+
+async def test_sequences_enrol_on_a_list_status_change_once(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    """Rule S: a changed ``aloware_list_status`` enrols the number in the mapped sequence; the
+    same status again does nothing; an unmapped (optional) one is recorded as skipped."""
+    from datetime import UTC, datetime, timedelta
+
+    from tests.test_contact_sync import aloware_contact, send_aloware
+    from tests.test_jobs import all_in
+
+    settings = pipeline_settings(base_env, tmp_path, ENABLE_ALOWARE_SEQUENCES="true", ALOWARE_STATUS_TO_SEQUENCE=(
+        '{"hot": "seq-hot", "warm": {"sequence_id": null, "optional": true}}'))
+    async with running_pipeline(settings) as p:
+        created = await send_aloware(p, aloware_contact(451))
+        await eventually(lambda: all_in(clean_db, [created["id"]], "done"))
+        await eventually(lambda: _state_row(clean_db))
+        base = datetime.now(UTC)
+        ids = []
+        for n, status in enumerate(("hot", "hot", "warm"), start=1):
+            update = aloware_contact(451, event="Contact Updated", updated_at=base + timedelta(seconds=n),
+                                     custom_fields={"aloware_list_status": status}, first=f"Ada{n}")
+            ids.append((await send_aloware(p, update))["id"])
+            await eventually(lambda i=ids[-1]: all_in(clean_db, [i], "done"))
+        assert (await p.sandbox.get("/_sandbox/aloware/sequences")).json() == {"+15555550451": "seq-hot"}
+        rows = await fetch(clean_db, "SELECT rule, status, error_message, target_id FROM sync_log "
+                                     "WHERE entity_type = 'sequence' ORDER BY started_at")
+        assert [(r["status"], r["target_id"]) for r in rows] == [("success", "seq-hot"), ("skipped", None)]
+        assert rows[1]["error_message"] == 'Status "warm" not in mapping (optional)'
+        enrolls = [c for c in await p.calls("aloware") if c["path"] == "/webhook/sequence-enroll"]
+        assert len(enrolls) == 1
+
+
+async def _state_row(db: str) -> bool:
+    return bool(await fetch(db, "SELECT 1 FROM contact_agent_state"))

@@ -133,6 +133,21 @@ class AlowareClient:
         await self._http.request("POST", "/webhook/powerdialer-clear-list", "powerdialer.clear",
                                  json={"api_token": self._token, "list_id": list_id})
 
+    async def enroll_sequence(self, sequence_id: str, phone: str) -> str:
+        """A6: enrol by phone number (forced); Aloware's message."""
+        await self._pacer.wait()
+        response = await self._http.request("POST", "/webhook/sequence-enroll", "sequence.enroll", json={
+            "api_token": self._token, "sequence_id": sequence_id, "force_enroll": True,
+            "source": "phone_number", "phone_number": phone})
+        body = parse_body(response)
+        return str(body.get("message", "")) if isinstance(body, dict) else str(body)
+
+    async def disenroll_sequences(self, phone: str) -> None:
+        """A7: out of every sequence."""
+        await self._pacer.wait()
+        await self._http.request("POST", "/webhook/sequence-disenroll", "sequence.disenroll", json={
+            "api_token": self._token, "source": "phone_number", "phone_number": phone})
+
     async def list_users(self) -> list[dict[str, Any]]:
         """A1: the company's users (``id``, ``name``, ``email``, ``status``)."""
         await self._pacer.wait()

@@ -192,7 +192,7 @@ class Settings(BaseSettings):
     aloware_webhook_bearer_token: SecretList = Field(default_factory=list)
     aloware_webhook_allowed_events: CsvList = Field(default_factory=list)
     aloware_status_to_sequence: Annotated[
-        dict[str, str], NoDecode, BeforeValidator(_json_object_or_empty)
+        dict[str, Any], NoDecode, BeforeValidator(_json_object_or_empty)
     ] = Field(default_factory=dict)
     enable_aloware_sequences: FlagTrue = False
 

@@ -25,6 +25,7 @@ from services.common.settings import Settings
 from services.common.sync import store
 from services.common.trace import is_replay
 from services.ghl_sync.activity import CALL_TYPES, ActivityRules
+from services.ghl_sync import sequences
 from services.ghl_sync.broadcasts import BroadcastRules
 from services.ghl_sync.messages import MessageRules
 from services.ghl_sync.rules.activity import KIND_OF_CANONICAL
@@ -145,6 +146,8 @@ class GhlSync:
         source, kind = event.source.value, event.canonical_type
         if source == "aloware":
             if kind in ("contact.created", "contact.updated"):
+                if kind == "contact.updated":
+                    await sequences.run(self, event, attempt)  # S-1 first
                 return await self.sync_aloware_contact(event, attempt)
             if kind in CALL_TYPES:
                 return await self.activity.call(event, attempt)

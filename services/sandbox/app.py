@@ -62,6 +62,7 @@ class Fault:
     latency_ms: int = 0
     path_contains: str = ""
     retry_after: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -88,6 +89,7 @@ class SandboxState:
     conversations: dict[str, dict[str, Any]] = field(default_factory=dict)
     aloware_lists: dict[str, dict[str, Any]] = field(default_factory=dict)
     object_records: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    sequences: dict[str, str] = field(default_factory=dict)
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -320,6 +322,10 @@ def create_sandbox_app(settings: Settings) -> FastAPI:
     async def ghl_object_records(key: str) -> JSONResponse:
         return JSONResponse(list(sandbox.state.object_records.get(key, {}).values()))
 
+    @app.get("/_sandbox/aloware/sequences")
+    async def aloware_sequences() -> JSONResponse:
+        return JSONResponse(sandbox.state.sequences)
+
     @app.get("/_sandbox/aloware/lists")
     async def aloware_lists() -> JSONResponse:
         return JSONResponse(list(sandbox.state.aloware_lists.values()))
@@ -419,8 +425,9 @@ def create_sandbox_app(settings: Settings) -> FastAPI:
         window.append(time.monotonic())
         fault = await sandbox.fault_for("ghl", rel)
         if fault is not None:
-            extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else None
-            return answer(fault.status or 500, {"statusCode": fault.status, "message": "injected"}, extra)
+            extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+            return answer(fault.status or 500, {"statusCode": fault.status, "message": "injected"},
+                          {**extra, **fault.headers})
         problems = sandbox.openapi.problems(method, rel, headers, query, body)
         if problems:
             log.error("sandbox_invalid_request", vendor="ghl", method=method, path=rel, problems=problems)
@@ -756,6 +763,15 @@ def _aloware_route(sandbox: Sandbox, method: str, path: str, query: dict[str, st
             return 400, {"message": "The list id does not exist."}
         call_list["contact_ids"] = []
         return 200, {"message": "List cleared."}
+    if path == "/webhook/sequence-enroll" and method == "POST":
+        phone = to_e164(body.get("phone_number"))
+        if not body.get("sequence_id") or phone is None:
+            return 400, {"message": "sequence_id and phone_number are required"}
+        state.sequences[phone] = str(body["sequence_id"])
+        return 200, {"message": "Contact enrolled in the sequence."}
+    if path == "/webhook/sequence-disenroll" and method == "POST":
+        state.sequences.pop(to_e164(body.get("phone_number")) or "", None)
+        return 200, {"message": "Contact disenrolled."}
     if path == "/call-lists" and method == "GET":
         return 200, {"data": [{"id": int(k), "name": v["name"], "description": None} for k, v in
                               state.aloware_lists.items()]}
