@@ -76,7 +76,7 @@ GHL_SYNC = ConsumerSpec(
 ALOWARE_SYNC = ConsumerSpec(
     "aloware-sync",
     WEBHOOKS_STREAM,
-    ("webhooks.ghl.contact.>", "webhooks.ghl.tag.>", "webhooks.ghl.opportunity.>"),
+    ("webhooks.ghl.contact.>", "webhooks.ghl.tag.>", "webhooks.ghl.opportunity.>", "webhooks.texting.message.>"),
     "Rules that write into Aloware",
     max_deliver=50,
     ack_wait_s=15.0,

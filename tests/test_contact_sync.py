@@ -336,3 +336,32 @@ async def test_t13_a_429_with_no_remaining_budget_waits_the_advertised_interval(
         finally:
             await conn.close()
         assert delivery["attempts"] == 2  # GHL's own 429 costs an attempt (only our budget's waits do not)
+
+
+async def test_t3_a_duplicate_answer_on_create_continues_as_an_update(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    """T3: GHL's duplicate search misses a contact that exists, the create answers 400
+    duplicate with ``meta.contactId``: that contact is updated, none is created."""
+    settings = pipeline_settings(base_env, tmp_path, CONTACT_SOURCE_OF_TRUTH="aloware")
+    async with running_pipeline(settings) as p:
+        existing = await p.sandbox.post("/ghl/contacts/", headers={
+            "Authorization": "Bearer sandbox-ghl-key", "Version": "2021-07-28"},
+            json={"locationId": settings.ghl_location_id, "firstName": "Old", "phone": "+15555550033"})
+        ghl_id = existing.json()["contact"]["id"]
+        await p.sandbox.post("/_sandbox/faults", json={"vendor": "ghl", "count": 2, "status": 200,
+                                                       "path_contains": "/contacts/search"})  # search "misses"
+        answer = await send_aloware(p, aloware_contact(33, first="New"))
+        row = await eventually(lambda: done(clean_db, answer["id"]))
+        assert row["outcome"] == "applied"
+        [contact] = await p.ghl_contacts()
+        assert contact["id"] == ghl_id and contact["firstName"] == "New"
+        writes = [(c["method"], c["path"], c["status"]) for c in await p.calls("ghl")
+                  if c["method"] in ("POST", "PUT") and "/search" not in c["path"]]
+        assert writes[-2:] == [("POST", "/contacts/", 400), ("PUT", f"/contacts/{ghl_id}", 200)]
+        conn = await asyncpg.connect(sync_url(clean_db))
+        try:
+            mapping = await conn.fetchrow("SELECT ghl_contact_id FROM contact_mappings WHERE aloware_contact_id = '8000033'")
+        finally:
+            await conn.close()
+        assert mapping["ghl_contact_id"] == ghl_id

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from services.aloware_sync.rules.lists import Agent, ContactView, list_intent, resolve_agent, tag_names
+from services.common.call_lists import Agent, ContactView, list_intent, resolve_agent, tag_names
 from tests.jobs_rig import execute, fetch
 from tests.sync_rig import Pipeline, eventually, pipeline_settings, running_pipeline
 from tests.test_admin import ADMIN
@@ -166,3 +166,43 @@ async def test_sequences_enrol_on_a_list_status_change_once(
 
 async def _state_row(db: str) -> bool:
     return bool(await fetch(db, "SELECT 1 FROM contact_agent_state"))
+
+
+async def test_l5_admin_rebuild_revalidates_memberships_and_resets_the_list(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    settings = pipeline_settings(base_env, tmp_path, ENABLE_POWER_DIALER_LISTS="true")
+    async with running_pipeline(settings) as p:
+        await setup_lists(p, "DF_CHRIS_CALL_NOW", "DF_CHRIS_NEW_LEADS")
+        keep = await create_contact(p, firstName="Keep", phone="+15555550311", assignedTo="sbxUserChris",
+                                    tags=["call_now"])
+        drop = await create_contact(p, firstName="Drop", phone="+15555550312", assignedTo="sbxUserChris",
+                                    tags=["call_now"])
+        await eventually(lambda: _count_active(clean_db, "CALL_NOW", 2))
+        # drift: GHL lost the tag without telling us, and someone added a stray to the list by hand
+        await p.sandbox.patch(f"/_sandbox/ghl/contacts/{drop['id']}", json={"tags": []})
+        lists = {item["name"]: item for item in (await p.sandbox.get("/_sandbox/aloware/lists")).json()}
+        stray = (await p.sandbox.post("/aloware/api/v1/webhook/forms", json={
+            "api_token": "sandbox-aloware-token", "phone_number": "+15555550319"})).status_code
+        assert stray == 200
+        stray_id = next(c["id"] for c in await p.aloware_contacts() if c["phone_number"] == "+15555550319")
+        await p.sandbox.post("/aloware/api/v1/webhook/powerdialer-add-contact-to-lists", json={
+            "api_token": "sandbox-aloware-token", "list_id": lists["DF_CHRIS_CALL_NOW"]["id"], "contact_ids": [stray_id]})
+        answer = await p.ingress.post("/api/admin/lists/rebuild", headers=ADMIN,
+                                      params={"agentKey": "CHRIS", "listKey": "CALL_NOW"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["rebuilt"] == 1 and answer.json()["removed"] == 1
+        keep_alo = next(c["id"] for c in await p.aloware_contacts() if c["phone_number"] == "+15555550311")
+        assert (await members(p))["DF_CHRIS_CALL_NOW"] == [keep_alo]
+        state = await fetch(clean_db, "SELECT c.contact_id, c.status FROM contact_list_memberships c "
+                                      "WHERE list_key = 'CALL_NOW' ORDER BY status")
+        assert {(r["contact_id"], r["status"]) for r in state} == {(keep["id"], "active"), (drop["id"], "removed")}
+        missing = await p.ingress.post("/api/admin/lists/rebuild", headers=ADMIN,
+                                       params={"agentKey": "NOBODY", "listKey": "HOT"})
+        assert missing.status_code == 404 and "not found in registry" in missing.json()["error"]
+
+
+async def _count_active(db: str, key: str, n: int) -> bool:
+    rows = await fetch(db, "SELECT count(*) AS n FROM contact_list_memberships WHERE list_key = $1 "
+                           "AND status = 'active'", key)
+    return rows[0]["n"] == n

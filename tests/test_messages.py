@@ -182,3 +182,27 @@ async def test_a_401_refreshes_the_token_once_and_retries(
         assert await token_calls(p) == 2  # the install, then exactly one refresh
         statuses = [c["status"] for c in await p.calls("ghl") if c["path"].startswith("/conversations")]
         assert statuses[0] == 401 and 401 not in statuses[1:]
+
+
+async def test_m3_texts_link_the_aloware_contact_and_never_create_one(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    settings = pipeline_settings(base_env, tmp_path, TEXTING_SYNC_TO_ALOWARE="true")
+    async with running_pipeline(settings) as p:
+        await install(p)
+        # a person known to Aloware (created there, so the fake Aloware has them)
+        await p.sandbox.post("/aloware/api/v1/webhook/forms", json={
+            "api_token": "sandbox-aloware-token", "phone_number": "+15555550101", "first_name": "Ada"})
+        [alo] = await p.aloware_contacts()
+        text = await send_texting(p, load_fixture("texting/message.received.json"))  # from +15555550101
+        await eventually(lambda: texting_status(clean_db, text["id"], "done"))
+        [row] = await fetch(clean_db, "SELECT aloware_contact_id, ghl_message_id FROM message_mappings")
+        assert row["aloware_contact_id"] == alo["id"] and row["ghl_message_id"]
+        [log] = await fetch(clean_db, "SELECT status, error_message FROM sync_log WHERE rule = 'M-3'")
+        assert (log["status"], log["error_message"]) == ("skipped", "aloware_has_no_message_api")
+        stranger = await send_texting(p, {**load_fixture("texting/message.received.json"), "messageId": "m3-x",
+                                          "from": "+15555550999", "body": "who is this"})
+        await eventually(lambda: texting_status(clean_db, stranger["id"], "done"))
+        assert len(await p.aloware_contacts()) == 1  # never created in Aloware
+        assert await fetch(clean_db, "SELECT error_message FROM sync_log WHERE rule = 'M-3' "
+                                     "AND error_message = 'no-aloware-contact'")

@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from contracts.envelope import WebhookEvent
-from services.aloware_sync.rules.lists import (
+from services.common.call_lists import (
     Agent,
     ContactView,
     has_legacy_marker,
@@ -27,7 +27,12 @@ from services.aloware_sync.rules.lists import (
 )
 from services.clients.ghl import GhlContact
 from services.common import optout
-from services.common.db.models import AgentDirectory, CallListRegistry, ContactAgentState, ContactListMembership
+from services.common.db.models import (
+    AgentDirectory,
+    CallListRegistry,
+    ContactAgentState,
+    ContactListMembership,
+)
 from services.common.delivery import Outcome
 from services.common.errors import Permanent, RetryLater
 from services.common.logging import get_logger

@@ -6,10 +6,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
+from sqlalchemy import func, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import WebhookEvent
 from contracts.payloads import is_ghl_marketplace
+from contracts.payloads.texting import normalise_texting
 from services.aloware_sync.lists import ListRules
 from services.aloware_sync.rules.contact import (
     CreateAlowareContact,
@@ -19,8 +22,10 @@ from services.aloware_sync.rules.contact import (
 from services.clients.aloware import AlowareClient
 from services.clients.ghl import GhlClient, GhlContact
 from services.common import optout
+from services.common.db.models import ContactMapping, MessageMapping
 from services.common.delivery import Outcome
 from services.common.errors import RetryLater
+from services.common.phone import to_e164
 from services.common.settings import Settings
 from services.common.sync import store
 from services.common.sync.contact import aloware_to_canonical, ghl_to_canonical
@@ -55,6 +60,8 @@ class AlowareSync:
         """The dispatch table (spec/outbound.md §1.1) for what is implemented."""
         if event.source.value == "ghl" and event.canonical_type == "contact.deleted":
             return await self.ghl_contact_deleted(event, attempt)
+        if event.source.value == "texting" and event.canonical_type in ("message.inbound", "message.outbound"):
+            return await self.link_text(event, attempt)
         if event.source.value == "ghl" and event.canonical_type == "contact.dnd_changed":
             return await self.ghl_dnd_changed(event, attempt)
         if event.source.value == "ghl" and event.canonical_type in CG_TYPES:
@@ -70,7 +77,8 @@ class AlowareSync:
                     and self.settings.enable_power_dialer_lists:
                 await self.sync_ghl_contact(event, attempt)  # L-2 step 2: the Aloware contact first
             return await self.lists.on_event(event, attempt, None)
-        return Outcome("skipped", f"Unhandled GHL event type: {event.event_name}")
+        prefix = "Unhandled GHL event type" if event.source.value == "ghl" else "Unhandled event type"
+        return Outcome("skipped", f"{prefix}: {event.event_name}")
 
     async def _body_is_echo(self, event: WebhookEvent, ghl_id: str) -> bool:
         """LP-1 on the webhook body itself: a marketplace body carries the whole contact, so
@@ -84,6 +92,41 @@ class AlowareSync:
         projection = ghl_to_canonical(body, self.settings.default_phone_region).projection_hash()
         async with self.engine.connect() as conn:
             return await store.is_echo(conn, "ghl", ghl_id, projection, self.settings.echo_window_seconds)
+
+    async def link_text(self, event: WebhookEvent, attempt: int) -> Outcome:
+        """M-3: Aloware has no message API; link the text's Aloware contact when one exists
+        (never creating one) on the message and contact mappings."""
+        if not self.settings.texting_sync_to_aloware:
+            return Outcome("skipped", "texting_sync_to_aloware_disabled")
+        msg = normalise_texting(event.payload)
+        direction = msg.direction or ("inbound" if event.canonical_type == "message.inbound" else "outbound")
+        phone = to_e164(msg.from_number if direction == "inbound" else msg.to_number, self.settings.default_phone_region)
+        common = {"direction": "texting_to_aloware", "entity_type": "message", "source_id": msg.message_id or "unknown",
+                  "started_at": datetime.now(UTC), "correlation_id": str(event.event_id), "attempt": attempt}
+        aloware_id = None
+        if phone:
+            async with self.engine.connect() as conn:
+                mapping = await store.mapping_by_phone(conn, phone)
+            aloware_id = mapping.aloware_contact_id if mapping is not None else None
+            if aloware_id is None:
+                record = await self.aloware.lookup_by_phone(phone)
+                aloware_id = record.id if record else None
+        async with self.engine.begin() as conn:
+            if aloware_id is None:
+                await store.log_sync(conn, status="skipped", rule="M-3", message="no-aloware-contact", **common)
+                return Outcome("skipped", "no-aloware-contact")
+            if msg.message_id:
+                await conn.execute(pg_insert(MessageMapping).values(
+                    texting_message_id=msg.message_id, aloware_contact_id=aloware_id, direction=direction,
+                ).on_conflict_do_update(index_elements=["texting_message_id"], set_={
+                    "aloware_contact_id": func.coalesce(MessageMapping.aloware_contact_id, aloware_id),
+                    "updated_at": func.now()}))
+            await conn.execute(update(ContactMapping).where(
+                ContactMapping.phone_number == phone, ContactMapping.aloware_contact_id.is_(None))
+                .values(aloware_contact_id=aloware_id, updated_at=func.now()))
+            await store.log_sync(conn, status="skipped", rule="M-3", target_id=aloware_id,
+                                 message="aloware_has_no_message_api", **common)
+        return Outcome("skipped", "aloware_has_no_message_api")
 
     async def ghl_dnd_changed(self, event: WebhookEvent, attempt: int) -> Outcome:
         """O-7: GHL's DND state of the contact, re-read, into the opt-out registry (source

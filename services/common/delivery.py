@@ -192,7 +192,8 @@ class DeliveryLedger:
         if status == "done":
             outcomes = [r.outcome for r in rows if r.outcome]
             best = next((o for o in ("applied", "echo", "skipped", "ignored") if o in outcomes), None)
-            reasons = [r.outcome_reason for r in rows if r.outcome == best and r.outcome_reason]
+            reasons = sorted((r.outcome_reason for r in rows if r.outcome == best and r.outcome_reason),
+                             key=_uninformative)  # a consumer with no rule for it says least
             values.update(outcome=best, outcome_reason=reasons[0] if reasons else None,
                           processed_at=datetime.now(UTC), error_message=None, next_attempt_at=None)
         elif status == "processing":
@@ -201,6 +202,10 @@ class DeliveryLedger:
             values.update(error_message=error[:2000], last_error_at=datetime.now(UTC),
                           next_attempt_at=next_attempt_at)
         await conn.execute(update(table).where(table.id == event.event_id).values(**values))
+
+
+def _uninformative(reason: str) -> bool:
+    return reason.startswith("Unhandled") or reason.endswith("_disabled")
 
 
 def consumer_batch(settings: Settings) -> int:

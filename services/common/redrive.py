@@ -16,7 +16,13 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
-from contracts.envelope import HEADER_EVENT_ID, HEADER_MSG_ID, HEADER_REDRIVE, AuthInfo, WebhookEvent
+from contracts.envelope import (
+    HEADER_EVENT_ID,
+    HEADER_MSG_ID,
+    HEADER_REDRIVE,
+    AuthInfo,
+    WebhookEvent,
+)
 from contracts.streams import WEBHOOKS_STREAM
 from contracts.subjects import EntityType, Source
 from contracts.tokens import normalise_token

@@ -23,13 +23,13 @@ from services.common.errors import Permanent, RetryLater
 from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.common.sync import store
+from services.common.sync.contact import CanonicalContact, aloware_to_canonical, ghl_to_canonical
 from services.common.trace import is_replay
-from services.ghl_sync.activity import CALL_TYPES, ActivityRules
 from services.ghl_sync import sequences
+from services.ghl_sync.activity import CALL_TYPES, ActivityRules
 from services.ghl_sync.broadcasts import BroadcastRules
 from services.ghl_sync.messages import MessageRules
 from services.ghl_sync.rules.activity import KIND_OF_CANONICAL
-from services.common.sync.contact import CanonicalContact, aloware_to_canonical, ghl_to_canonical
 from services.ghl_sync.rules.contact import (
     CreateGhlContact,
     CustomFieldIds,

@@ -236,6 +236,27 @@ def admin_router(settings: Settings, engine: AsyncEngine, commands: CommandPubli
             await alo.aclose()
         return JSONResponse({"success": True, "inserted": inserted})
 
+    @router.post("/api/admin/lists/rebuild", dependencies=[admin], summary="rebuild agent call lists (L-5)")
+    async def post_lists_rebuild(agentKey: str | None = None, listKey: str | None = None) -> JSONResponse:  # noqa: N803
+        from services.clients.aloware import AlowareClient
+        from services.clients.ghl import GhlClient
+        from services.common.call_lists_rebuild import UnknownList, rebuild_lists
+
+        if not (settings.ghl_api_key and settings.ghl_location_id and settings.aloware_api_token):
+            return JSONResponse({"success": False, "error": "GHL and Aloware credentials are not configured"},
+                                status_code=503)
+        ghl, alo = GhlClient.from_settings(settings), AlowareClient.from_settings(settings)
+        try:
+            report = await rebuild_lists(settings, engine, ghl, alo, agentKey, listKey)
+        except UnknownList as exc:
+            return JSONResponse({"success": False, "error": str(exc)}, status_code=404)
+        finally:
+            await ghl.aclose()
+            await alo.aclose()
+        log.info("admin_lists_rebuilt", rebuilt=report.rebuilt, removed=report.removed, errors=len(report.errors))
+        return JSONResponse({"rebuilt": report.rebuilt, "removed": report.removed, "errors": report.errors,
+                             "message": f"Rebuilt {report.rebuilt} list(s)"})
+
     async def queue_sweep(command: SweepRequested) -> JSONResponse | None:
         if not await commands.publish_command(SWEEP_SUBJECT, command.model_dump_json().encode(),
                                               f"sweep:manual:{command.command_id}"):

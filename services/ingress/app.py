@@ -28,7 +28,6 @@ from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.ingress import metrics
 from services.ingress.admin import Unauthorized, admin_router, unauthorized_response
-from services.ingress.oauth_route import oauth_router
 from services.ingress.auth import (
     AuthFailure,
     GhlVerifier,
@@ -49,6 +48,7 @@ from services.ingress.classify import (
     classify_provider,
     classify_texting,
 )
+from services.ingress.oauth_route import oauth_router
 from services.ingress.publisher import Accepted, Duplicate, EventPublisher
 
 log = get_logger(__name__)

@@ -22,7 +22,12 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts.commands import AlertCheckRequested, ReconcileRequested, ReplayRequested, SweepRequested
+from contracts.commands import (
+    AlertCheckRequested,
+    ReconcileRequested,
+    ReplayRequested,
+    SweepRequested,
+)
 from contracts.envelope import WebhookEvent
 from contracts.streams import JOBS_CONSUMER, WEBHOOKS_STREAM
 from contracts.subjects import ALERTS_SUBJECT, RECONCILE_SUBJECT, REPLAY_SUBJECT, SWEEP_SUBJECT

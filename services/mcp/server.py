@@ -29,7 +29,13 @@ from services.clients.clerk import ClerkError, ClerkTokenManager
 from services.clients.verity import Catalog, ProxyError, ProxyResult, VerityProxy, is_send_message
 from services.common.db.models import ReconcileRun
 from services.common.logging import get_logger
-from services.common.operations import EventFilter, OperationError, list_events, quarantine, show_event
+from services.common.operations import (
+    EventFilter,
+    OperationError,
+    list_events,
+    quarantine,
+    show_event,
+)
 from services.common.settings import Settings
 from services.mcp.tools import CatalogTool, generate, map_arguments
 

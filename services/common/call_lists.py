@@ -1,5 +1,6 @@
-"""Agent-managed call lists as pure functions (spec/outbound.md §1.10): who the contact's
-agent is (L-0), which list keys an event adds or removes (L-1), list names (L-4)."""
+"""Agent-managed call lists as pure functions (spec/outbound.md §1.10), shared by aloware-sync
+and the admin rebuild: who the contact's agent is (L-0), which list keys an event adds or
+removes (L-1), list names (L-4)."""
 
 from __future__ import annotations
 
