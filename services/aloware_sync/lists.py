@@ -17,6 +17,8 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from contracts.envelope import WebhookEvent
+from services.clients.ghl import GhlContact
+from services.common import optout
 from services.common.call_lists import (
     Agent,
     ContactView,
@@ -25,8 +27,6 @@ from services.common.call_lists import (
     list_name,
     resolve_agent,
 )
-from services.clients.ghl import GhlContact
-from services.common import optout
 from services.common.db.models import (
     AgentDirectory,
     CallListRegistry,

@@ -20,7 +20,12 @@ from services.clients.aloware import AlowareClient
 from services.clients.ghl import GhlClient
 from services.common import optout
 from services.common.call_lists import Agent, ContactView, list_intent, resolve_agent
-from services.common.db.models import AgentDirectory, CallListRegistry, ContactListMembership, ContactMapping
+from services.common.db.models import (
+    AgentDirectory,
+    CallListRegistry,
+    ContactListMembership,
+    ContactMapping,
+)
 from services.common.errors import Permanent, RetryLater
 from services.common.settings import Settings
 from services.common.sync.contact import ghl_to_canonical

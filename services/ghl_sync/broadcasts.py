@@ -20,10 +20,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from contracts.envelope import WebhookEvent
 from services.common.db.models import GhlObjectRecordMapping
-from services.common.db.session import sync_url
 from services.common.delivery import Outcome
 from services.common.errors import Permanent
 from services.common.sync import store
+from services.common.verity_db import VerityDatabase
 
 if TYPE_CHECKING:
     from services.ghl_sync.service import GhlSync
@@ -106,18 +106,10 @@ class BroadcastRules:
         self.sync = sync
         self.settings = sync.settings
         self.engine = sync.engine
-        self._pool: asyncpg.Pool | None = None
+        self.verity_db = VerityDatabase(self.settings)
 
     async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-
-    async def _verity(self) -> asyncpg.Pool:
-        if self._pool is None:
-            assert self.settings.verity_database_url is not None
-            self._pool = await asyncpg.create_pool(sync_url(self.settings.verity_database_url), min_size=0,
-                                                   max_size=5, max_inactive_connection_lifetime=20, timeout=10)
-        return self._pool
+        await self.verity_db.aclose()
 
     async def analytics_updated(self, event: WebhookEvent, attempt: int) -> Outcome:
         broadcast_id = event.entity_id
@@ -136,7 +128,7 @@ class BroadcastRules:
                 await store.log_sync(conn, status="skipped", rule="B", target_id=mapping.ghl_record_id,
                                      message="coalesced", **common)
                 return Outcome("skipped", "coalesced")  # a later recomputation already includes it
-            pool = await self._verity()
+            pool = await self.verity_db.pool()
             async with pool.acquire() as verity:
                 properties = await analytics(verity, broadcast_id)
             if properties is None:

@@ -19,13 +19,13 @@ from contracts.envelope import AuthInfo, WebhookEvent
 from contracts.subjects import EntityType, Source
 from services.clients.ghl import GhlClient
 from services.common.broker import connect
-from services.common.db.session import sync_url
 from services.common.delivery import Outcome
 from services.common.errors import Permanent, RetryLater
 from services.common.logging import get_logger
 from services.common.phone import to_e164
 from services.common.settings import Settings
 from services.common.sync import store
+from services.common.verity_db import VerityDatabase
 
 log = get_logger(__name__)
 REACHED = ("sent", "delivered", "opened", "clicked")
@@ -55,12 +55,11 @@ class AppointmentRules:
         self.settings = settings
         self.engine = engine
         self.ghl = ghl
-        self._pool: asyncpg.Pool | None = None
+        self.verity_db = VerityDatabase(self.settings)
         self._nc: Any = None
 
     async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
+        await self.verity_db.aclose()
         if self._nc is not None:
             await self._nc.drain()
 
@@ -72,7 +71,7 @@ class AppointmentRules:
         appointment_id, contact_id = appointment_ids(event)
         try:
             phone, email = await self._contact(contact_id, appointment_id)
-            pool = await self._verity()
+            pool = await self.verity_db.pool()
             async with pool.acquire() as verity:
                 verity_contact = await verity.fetchval(
                     "SELECT id FROM contacts WHERE phone_e164 = $1 ORDER BY id LIMIT 1", phone) if phone else None
@@ -127,13 +126,6 @@ class AppointmentRules:
         if contact is None:
             return None, None
         return to_e164(contact.phone, self.settings.default_phone_region), contact.email
-
-    async def _verity(self) -> asyncpg.Pool:
-        if self._pool is None:
-            assert self.settings.verity_database_url is not None
-            self._pool = await asyncpg.create_pool(sync_url(self.settings.verity_database_url), min_size=0,
-                                                   max_size=5, max_inactive_connection_lifetime=20, timeout=10)
-        return self._pool
 
     async def _recalculate(self, broadcast_id: str, appointment_id: str, contact_id: str) -> None:
         """AP-3: an analytics event for the broadcast, published like an accepted webhook."""
