@@ -117,3 +117,57 @@ async def test_an_opted_out_number_is_never_sent_to_and_ghl_is_told(
         assert (row["outcome"], row["outcome_reason"]) == ("skipped", "recipient_opted_out")
         [message] = (await conversations(p))["messages"]
         assert message["status"] == "failed" and message["error"]["code"] == "opted_out"
+
+
+async def test_replays_repeat_no_forward_no_tag_and_no_list_change(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    """Replay of the F-1, O-2, D-1 and L families: nothing is sent or written twice."""
+    settings = pipeline_settings(base_env, tmp_path, ENABLE_POWER_DIALER_LISTS="true")
+    async with running_pipeline(settings) as p, running_jobs(settings) as jobs:
+        await p.ingress.post("/api/admin/agents/seed", headers={"X-DF-ADMIN-SECRET": "admin-secret-1"})
+        await p.sandbox.post("/_sandbox/aloware/lists", json={"name": "DF_UNASSIGNED_NEW_LEADS"})
+        created = await p.sandbox.post("/ghl/contacts/", headers=GHL, json={
+            "locationId": settings.ghl_location_id, "firstName": "Rep", "phone": "+15555550777"})
+        assert created.status_code == 201
+        stop = await send_texting(p, {**load_fixture("texting/optout.stop.json"), "from": "+15555550888"})
+        dnc = load_fixture("aloware/contact-dnc-updated.json")
+        from tests.test_contact_sync import send_aloware
+
+        dnc_answer = await send_aloware(p, dnc)
+
+        async def everything_landed() -> bool:
+            memberships = await fetch(clean_db, "SELECT 1 FROM contact_list_memberships WHERE status = 'active'")
+            registry = await fetch(clean_db, "SELECT 1 FROM optout_registry")
+            return bool(memberships) and len(registry) == 2 and bool(await forwards(p)) and await _settled(clean_db)
+
+        await eventually(everything_landed, timeout=30)
+        ghl_events = [r["id"] for r in await fetch(clean_db, "SELECT id FROM webhook_events WHERE source = 'ghl'")]
+        texting_events = [r["id"] for r in await fetch(clean_db, "SELECT id FROM texting_webhook_events")]
+        before = {"forwards": len(await forwards(p)),
+                  "ghl_writes": len([c for c in await p.calls("ghl") if c["method"] != "GET"]),
+                  "aloware_writes": len([c for c in await p.calls("aloware") if c["method"] == "POST"]),
+                  "registry": await fetch(clean_db, "SELECT phone_number, status, source FROM optout_registry "
+                                                    "ORDER BY phone_number"),
+                  "memberships": await fetch(clean_db, "SELECT contact_id, list_key, status FROM "
+                                                       "contact_list_memberships ORDER BY contact_id")}
+        assert before["memberships"] and before["registry"] and before["forwards"]
+        await jobs.execute(ReplayRequested(event_ids=[*ghl_events, dnc_answer["id"]]))
+        await jobs.execute(ReplayRequested(event_ids=texting_events, event_table="texting"))
+        for ident in [*ghl_events, dnc_answer["id"], stop["id"]]:
+            await eventually(lambda i=ident: _attempts(clean_db, i, 2))
+        await eventually(lambda: _settled(clean_db), timeout=30)
+        after = {"forwards": len(await forwards(p)),
+                 "ghl_writes": len([c for c in await p.calls("ghl") if c["method"] != "GET"]),
+                 "aloware_writes": len([c for c in await p.calls("aloware") if c["method"] == "POST"]),
+                 "registry": await fetch(clean_db, "SELECT phone_number, status, source FROM optout_registry "
+                                                   "ORDER BY phone_number"),
+                 "memberships": await fetch(clean_db, "SELECT contact_id, list_key, status FROM "
+                                                      "contact_list_memberships ORDER BY contact_id")}
+        assert after == before
+
+
+async def _settled(db: str) -> bool:
+    rows = await fetch(db, "SELECT count(*) AS n FROM webhook_events WHERE status NOT IN ('done', 'dead') "
+                           "UNION ALL SELECT count(*) FROM texting_webhook_events WHERE status NOT IN ('done', 'dead')")
+    return all(r["n"] == 0 for r in rows)

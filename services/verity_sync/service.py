@@ -27,7 +27,7 @@ from services.clients.ghl import GhlClient
 from services.clients.ghl_conversations import GhlConversations
 from services.clients.http import VendorHttp, parse_body
 from services.common import optout
-from services.common.db.models import MessageMapping
+from services.common.db.models import MessageMapping, SyncLog
 from services.common.delivery import Outcome
 from services.common.errors import Permanent, RetryLater
 from services.common.logging import get_logger
@@ -79,6 +79,12 @@ class VeritySync:
             return Outcome("skipped", "verity_not_configured")
         if event.payload.get("dfmReconciled") or event.payload_raw_b64 is None:
             return Outcome("skipped", "not_a_ghl_delivery")  # rebuilt by reconciliation: GHL never sent it
+        async with self.engine.connect() as conn:
+            forwarded = await conn.scalar(select(SyncLog.id).where(
+                SyncLog.rule == "F-1", SyncLog.status == "success", SyncLog.correlation_id == str(event.event_id))
+                .limit(1))
+        if forwarded is not None:  # a replay: Verity has this webhook already
+            return Outcome("skipped", "already_forwarded")
         headers = {"Content-Type": "application/json", "X-Middleware-Forwarded": "true"}
         if self.settings.verity_webhook_secret:
             headers["X-Middleware-Secret"] = self.settings.verity_webhook_secret[0].get_secret_value()
