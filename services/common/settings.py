@@ -146,6 +146,11 @@ class Settings(BaseSettings):
     # --- server ports ---------------------------------------------------------------------
     ingress_port: int = Field(default=3002, ge=1, le=65535)
     dfm_ingress_workers: int = Field(default=1, ge=1, le=64, description="uvicorn processes")
+    dfm_drain_grace_s: float = Field(
+        default=5, ge=0, le=300,
+        description="after SIGTERM the ingress answers readiness 503 this long before it stops accepting")
+    dfm_drain_timeout_s: float = Field(
+        default=20, gt=0, le=600, description="how long a stopping consumer waits for messages in hand")
     gateway_port: int = Field(
         default=3001, ge=1, le=65535, validation_alias=AliasChoices("gateway_port", "port")
     )

@@ -26,7 +26,8 @@ MessageHandler = Callable[[Msg], Awaitable[None]]
 def sync_broker(settings: Settings, spec: ConsumerSpec, handle: MessageHandler,
                 workers: int) -> NatsBroker:
     """A broker whose single subscriber feeds ``handle`` from the durable ``spec``."""
-    broker = NatsBroker(settings.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+    broker = NatsBroker(settings.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                        graceful_timeout=settings.dfm_drain_timeout_s)
 
     @broker.subscriber(
         spec.filter_subjects[0],
@@ -44,7 +45,9 @@ def sync_broker(settings: Settings, spec: ConsumerSpec, handle: MessageHandler,
 
 async def serve_until_terminated(settings: Settings, spec: ConsumerSpec, handle: MessageHandler,
                                  workers: int) -> None:
-    """Consume until SIGTERM/SIGINT, then stop the broker (the caller closes its clients)."""
+    """Consume until SIGTERM/SIGINT, then drain: no new fetches, the messages in hand finish
+    and are acked (up to ``DFM_DRAIN_TIMEOUT_S``); anything fetched but not started is left
+    unacked and redelivered to another replica after the AckWait."""
     stop = asyncio.Event()
     on_termination(asyncio.get_running_loop(), stop.set)
     broker = await start_sync_broker(settings, spec, handle, workers)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+from types import FrameType
 
 import uvicorn
 
@@ -24,8 +26,29 @@ def app_factory() -> WebhookFastPath:
     return create_asgi(load_settings())
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn that drains on the first SIGTERM: readiness answers 503 for ``grace`` seconds
+    while requests are still served (load balancers take that long to stop sending), then
+    the normal graceful shutdown: no new connections, in-flight requests finish."""
+
+    def __init__(self, config: uvicorn.Config, app: WebhookFastPath, grace: float) -> None:
+        super().__init__(config)
+        self._app = app
+        self._grace = grace
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining or self._grace <= 0:
+            super().handle_exit(sig, frame)  # a second signal: stop now
+            return
+        self._draining = True
+        self._app.app.state.ingress.draining = True
+        loop = asyncio.get_event_loop()
+        loop.call_soon_threadsafe(loop.call_later, self._grace, super().handle_exit, sig, frame)
+
+
 def run(settings: Settings, *, host: str = "0.0.0.0") -> None:
-    """Serve until SIGTERM; uvicorn finishes in-flight requests before exiting."""
+    """Serve until SIGTERM, draining first (``DFM_DRAIN_GRACE_S``); in-flight requests finish."""
     options = {
         "host": host,
         "port": settings.ingress_port,
@@ -33,7 +56,7 @@ def run(settings: Settings, *, host: str = "0.0.0.0") -> None:
         "http": "httptools",
         "access_log": False,
         "log_level": "warning",
-        "timeout_graceful_shutdown": 20,
+        "timeout_graceful_shutdown": int(settings.dfm_drain_timeout_s),
         "backlog": 2048,
     }
     if settings.dfm_ingress_workers > 1:
@@ -41,6 +64,8 @@ def run(settings: Settings, *, host: str = "0.0.0.0") -> None:
             "services.ingress.main:app_factory", factory=True,
             workers=settings.dfm_ingress_workers, **options,  # type: ignore[arg-type]
         )
-    else:
+    else:  # one process: the drain on SIGTERM (run one worker per pod and scale pods)
         tune_gc()
-        uvicorn.run(create_asgi(settings), **options)  # type: ignore[arg-type]
+        app = create_asgi(settings)
+        config = uvicorn.Config(app, **options)  # type: ignore[arg-type]
+        DrainingServer(config, app, settings.dfm_drain_grace_s).run()
