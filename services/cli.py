@@ -24,6 +24,8 @@ app.add_typer(cli_ops.agents_app, name="agents")
 app.command("replay")(cli_ops.replay)
 app.command("sweep")(cli_ops.sweep)
 app.command("trace")(cli_ops.trace)
+app.command("backup")(cli_ops.backup)
+app.command("restore")(cli_ops.restore)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

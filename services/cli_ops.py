@@ -373,3 +373,31 @@ def agents_seed() -> None:
             await alo.aclose()
 
     typer.echo(f"agents seeded: {_run(go())} inserted")
+
+
+def backup(
+    directory: Annotated[Path | None, typer.Option("--dir", help="backup root (default DFM_BACKUP_DIR)")] = None,
+    keep: Annotated[int | None, typer.Option(min=1, help="backups to keep (default DFM_BACKUP_RETENTION)")] = None,
+) -> None:
+    """Back up the database (pg_dump) and the WEBHOOKS stream (JSON lines) into a new directory."""
+    from services.common.backup import backup as run_backup
+
+    settings = tool_settings("backup")
+    root = directory or Path(settings.dfm_backup_dir)
+    try:
+        report = asyncio.run(run_backup(settings, root, retention=keep or settings.dfm_backup_retention))
+    except Exception as exc:  # tool failures are one line
+        _fail(f"backup failed: {exc}", code=1)
+    typer.echo(f"backup {report.path}: database {report.database_bytes} bytes, {report.messages} stream messages")
+
+
+def restore(source: Annotated[Path, typer.Argument(help="a directory written by `dfm backup`")]) -> None:
+    """Restore a backup into DATABASE_URL (replacing what is there) and NATS_URL's WEBHOOKS stream."""
+    from services.common.backup import restore as run_restore
+
+    settings = tool_settings("backup")
+    try:
+        result = asyncio.run(run_restore(settings, source))
+    except Exception as exc:  # tool failures are one line
+        _fail(f"restore failed: {exc}", code=1)
+    typer.echo(f"restored {source}: database and {result['messages']} stream messages")

@@ -149,6 +149,8 @@ class Settings(BaseSettings):
     dfm_drain_grace_s: float = Field(
         default=5, ge=0, le=300,
         description="after SIGTERM the ingress answers readiness 503 this long before it stops accepting")
+    dfm_backup_dir: str = Field(default="backups", description="where `dfm backup` writes")
+    dfm_backup_retention: int = Field(default=7, ge=1, le=1000, description="backups `dfm backup` keeps")
     dfm_drain_timeout_s: float = Field(
         default=20, gt=0, le=600, description="how long a stopping consumer waits for messages in hand")
     gateway_port: int = Field(
@@ -346,6 +348,7 @@ REQUIRED_BY_SERVICE: dict[str, tuple[str, ...]] = {
     "send": (),
     "up": (),
     "trace": ("database_url",),
+    "backup": _INFRA,
 }
 
 
