@@ -174,3 +174,16 @@ def test_nats_configs_are_valid_for_nats_server(name: str) -> None:
     assert "http_port: 8222" in text  # KEDA reads consumer lag from the monitoring port
     if name.startswith("cluster"):
         assert "sync_interval: always" in text and text.count("nats-route://") == 3
+
+
+def test_ci_workflow_runs_make_test_builds_the_image_and_migrates_before_rolling_out() -> None:
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    jobs = workflow["jobs"]
+    test_steps = " ".join(str(s.get("run", "")) for s in jobs["test"]["steps"])
+    assert "bash .ci/run" in test_steps and "make test" in (ROOT / ".ci" / "run").read_text()
+    assert "deploy/Dockerfile" in " ".join(str(s.get("run", "")) for s in jobs["image"]["steps"])
+    deploy = [s.get("name", "") for s in jobs["deploy"]["steps"]]
+    assert deploy.index("migrations first") < deploy.index("rolling update of every service")
+    rollout = next(s["run"] for s in jobs["deploy"]["steps"] if s.get("name") == "rolling update of every service")
+    assert all(name in rollout for name in LONG_RUNNING)
+    assert set(workflow[True]) >= {"push", "pull_request"}  # YAML reads the key "on" as True

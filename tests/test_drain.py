@@ -157,3 +157,47 @@ async def test_sigterm_to_a_consumer_finishes_its_messages_and_a_new_one_takes_t
                    if c["method"] == "POST" and c["path"] == "/contacts/" and c["status"] == 201]
     assert len(contacts) == len(ids) and len(creates) == len(ids)  # nothing lost, nothing twice
     assert "Traceback" not in stopped_log
+
+
+async def test_sigterm_to_the_recorder_under_load_records_every_event_once(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    from tests.jobs_rig import fetch
+
+    settings = pipeline_settings(base_env, tmp_path)
+    async with AsyncExitStack() as stack:
+        url = await stack.enter_async_context(running_ingress(settings, port=settings.ingress_port))
+        ingress = await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=10))
+        # AckWait 3 s: a message the stopping process had fetched but not started returns fast
+        first = dfm_process("recorder", base_env, tmp_path, DFM_CONSUMER_ACK_WAIT_S="3")
+        accepted: list[str] = []
+
+        async def started() -> bool:
+            return "consumer_started" in log_of(first)
+
+        await eventually(started, timeout=30)  # its SIGTERM handler is in place
+
+        async def send(n: int) -> None:
+            answer = await ingress.post("/api/webhooks/aloware", headers=ALOWARE_AUTH,
+                                        content=json.dumps(aloware_contact(8000 + n)))
+            accepted.append(answer.json()["id"])
+
+        for n in range(150):
+            await send(n)
+            if n == 75:
+                first.send_signal(signal.SIGTERM)  # mid-traffic
+        code = await asyncio.wait_for(asyncio.to_thread(first.wait), 30)
+        assert code == 0, log_of(first)[-2000:]
+        second = dfm_process("recorder", base_env, tmp_path, DFM_CONSUMER_ACK_WAIT_S="3")
+        try:
+            async def all_recorded() -> bool:
+                rows = await fetch(clean_db, "SELECT count(*) AS n FROM webhook_events WHERE id = ANY($1::uuid[])",
+                                   accepted)
+                return rows[0]["n"] == len(accepted)
+
+            await eventually(all_recorded, timeout=60)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(asyncio.to_thread(second.wait), 30)
+    rows = await fetch(clean_db, "SELECT count(*) AS n, count(DISTINCT dedupe_key) AS keys FROM webhook_events")
+    assert rows[0]["n"] == rows[0]["keys"] == len(accepted) == 150
