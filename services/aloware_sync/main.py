@@ -10,6 +10,7 @@ from services.clients.aloware import AlowareClient
 from services.clients.budget import RateBudget
 from services.clients.ghl import GhlClient
 from services.common.db.session import create_engine
+from services.common.metrics_server import serve_metrics
 from services.common.delivery import EventConsumer, consumer_batch
 from services.common.settings import Settings
 from services.common.stream_app import serve_until_terminated
@@ -17,6 +18,7 @@ from services.common.stream_app import serve_until_terminated
 
 async def serve(settings: Settings) -> None:
     """Consume until SIGTERM/SIGINT."""
+    serve_metrics(settings, "aloware-sync")
     engine = create_engine(settings)
     ghl = GhlClient.from_settings(settings, RateBudget.for_ghl(engine, settings).acquire)
     aloware = AlowareClient.from_settings(settings)

@@ -51,6 +51,7 @@ class Stack:
     nats: EmbeddedNats | None = None
     postgres: EmbeddedPostgres | None = None
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    metrics: dict[str, int] = field(default_factory=dict)
 
     def stop(self) -> None:
         """Stop children (SIGTERM, then SIGKILL), then the embedded servers."""
@@ -188,8 +189,12 @@ def start_infrastructure(settings: Settings, data_dir: Path, say: Callable[[str]
 
 
 def start_service(stack: Stack, service: str) -> subprocess.Popen[bytes]:
-    """Run ``dfm run <service>`` as a child with the stack's environment."""
+    """Run ``dfm run <service>`` as a child with the stack's environment; services without an
+    HTTP port of their own get a free ``METRICS_PORT`` each (all on one host here)."""
     env = {**os.environ, **stack.env}
+    if service not in ("ingress", "gateway", "sandbox"):
+        env["METRICS_PORT"] = str(free_port())
+        stack.metrics[service] = int(env["METRICS_PORT"])
     proc = subprocess.Popen([sys.executable, "-m", "services.cli", "run", service], env=env)
     stack.children[service] = proc
     return proc
@@ -216,7 +221,8 @@ def start_services(stack: Stack, services: list[str], settings: Settings,
             wait_http(gateway + "/health", proc)
             say(f"gateway     {gateway} (/api/verity, Bearer DF_MIDDLEWARE_API_KEY from .dfm/dev-secrets.env)")
         else:
-            say(f"{service:<11} running")
+            port = stack.metrics.get(service)
+            say(f"{service:<11} running" + (f" (metrics http://127.0.0.1:{port}/metrics)" if port else ""))
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:

@@ -11,6 +11,7 @@ from services.clients.ghl import GhlClient
 from services.clients.ghl_conversations import GhlConversations
 from services.clients.ghl_oauth import GhlOAuth
 from services.common.db.session import create_engine
+from services.common.metrics_server import serve_metrics
 from services.common.delivery import EventConsumer, consumer_batch
 from services.common.settings import Settings
 from services.common.stream_app import serve_until_terminated
@@ -19,6 +20,7 @@ from services.ghl_sync.service import GhlSync
 
 async def serve(settings: Settings) -> None:
     """Consume until SIGTERM/SIGINT."""
+    serve_metrics(settings, "ghl-sync")
     engine = create_engine(settings)
     ghl = GhlClient.from_settings(settings, RateBudget.for_ghl(engine, settings).acquire)
     aloware = AlowareClient.from_settings(settings) if settings.aloware_api_token else None

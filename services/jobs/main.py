@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from prometheus_client import start_http_server
-
 from contracts.streams import JOBS_CONSUMER
 from services.clients.budget import RateBudget
 from services.clients.ghl import GhlClient
 from services.common.broker import connect
 from services.common.db.session import create_engine
 from services.common.logging import get_logger
+from services.common.metrics_server import serve_metrics
 from services.common.settings import Settings
 from services.common.stream_app import serve_until_terminated
 from services.jobs.service import Jobs
@@ -29,11 +28,7 @@ async def serve(settings: Settings) -> None:
         ghl = GhlClient.from_settings(settings, RateBudget.for_ghl(engine, settings).acquire)
     nc = await connect(settings, name="dfm-jobs")
     jobs = Jobs(settings, engine, nc, ghl)
-    if settings.metrics_port:
-        try:
-            start_http_server(settings.metrics_port)
-        except OSError as exc:
-            log.warning("metrics_port_unavailable", port=settings.metrics_port, error=str(exc))
+    serve_metrics(settings, "jobs")
     try:
         await jobs.start_advisories()
         await serve_until_terminated(settings, JOBS_CONSUMER, jobs.handle, WORKERS)

@@ -17,6 +17,7 @@ from typing import Any
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
+from prometheus_client import Gauge
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -29,7 +30,7 @@ from contracts.commands import (
     SweepRequested,
 )
 from contracts.envelope import WebhookEvent
-from contracts.streams import JOBS_CONSUMER, WEBHOOKS_STREAM
+from contracts.streams import CONSUMERS, JOBS_CONSUMER, WEBHOOKS_STREAM
 from contracts.subjects import ALERTS_SUBJECT, RECONCILE_SUBJECT, REPLAY_SUBJECT, SWEEP_SUBJECT
 from services.clients.ghl import GhlClient
 from services.common.db.models import DeadLetter, EventDelivery, ReconcileRun
@@ -55,6 +56,10 @@ COMMANDS: dict[str, type[BaseModel]] = {
     ALERTS_SUBJECT: AlertCheckRequested,
 }
 MAX_ITEMS_RECORDED = 200
+CONSUMER_PENDING = Gauge("dfm_consumer_pending_messages", "Messages not yet delivered to a durable", ["consumer"])
+CONSUMER_ACK_PENDING = Gauge("dfm_consumer_ack_pending_messages", "Messages delivered, not yet acked",
+                             ["consumer"])
+CONSUMER_REDELIVERED = Gauge("dfm_consumer_redelivered_messages", "Messages being redelivered", ["consumer"])
 
 
 class Jobs:
@@ -118,6 +123,7 @@ class Jobs:
         if isinstance(command, ReconcileRequested):
             return await self.reconciler.run(command)
         if isinstance(command, AlertCheckRequested):
+            await self.refresh_consumer_gauges()
             return await self.alerter.check()
         raise TypeError(type(command).__name__)
 
@@ -128,6 +134,18 @@ class Jobs:
             await conn.execute(insert(ReconcileRun).values(
                 job_name="replay", status="success", totals=json.loads(json.dumps(report, default=str)),
                 finished_at=func.now()))
+
+    async def refresh_consumer_gauges(self) -> None:
+        """Lag of every durable (what KEDA scales on), for dashboards and alerts."""
+        for spec in CONSUMERS:
+            try:
+                info = await self.js.consumer_info(spec.stream, spec.durable)
+            except Exception as exc:  # a durable not created yet, or NATS away: skip this round
+                log.debug("consumer_info_unavailable", consumer=spec.durable, error=type(exc).__name__)
+                continue
+            CONSUMER_PENDING.labels(spec.durable).set(info.num_pending or 0)
+            CONSUMER_ACK_PENDING.labels(spec.durable).set(info.num_ack_pending or 0)
+            CONSUMER_REDELIVERED.labels(spec.durable).set(info.num_redelivered or 0)
 
     # --- dead letters ----------------------------------------------------------------------
     async def on_advisory(self, msg: Msg) -> None:

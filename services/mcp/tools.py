@@ -107,6 +107,10 @@ def generate(endpoints: list[Endpoint]) -> list[CatalogTool]:
                 name = _clean(name + suffix)
             if name in taken:
                 name = _clean(name + "_" + hashlib.sha1(f"{method} {endpoint.path}".encode()).hexdigest()[:6])
+            base, n = name, 2
+            while name in taken:  # the same method and path listed twice in the catalog
+                name = _clean(f"{base}_{n}")
+                n += 1
             taken.add(name)
             description = endpoint.description or f"{method} {endpoint.path} - {action} {resource} in {domain}"
             tools.append(CatalogTool(name, method, endpoint.path, description, input_schema(endpoint, method),

@@ -7,6 +7,7 @@ import asyncio
 from contracts.streams import RECORDER
 from services.common.consumer import PullConsumer
 from services.common.db.session import create_engine
+from services.common.metrics_server import serve_metrics
 from services.common.runtime import on_termination
 from services.common.settings import Settings
 from services.recorder.service import Recorder
@@ -14,6 +15,7 @@ from services.recorder.service import Recorder
 
 async def serve(settings: Settings) -> None:
     """Record events until SIGTERM/SIGINT, then finish the batch in hand and exit."""
+    serve_metrics(settings, "recorder")
     engine = create_engine(settings)
     recorder = Recorder(engine, settings.default_phone_region)
     consumer = PullConsumer(settings, RECORDER, recorder.handle, batch=500, fetch_timeout=2.0)

@@ -12,6 +12,7 @@ from collections import defaultdict
 from typing import Any
 
 from nats.aio.msg import Msg
+from prometheus_client import Counter
 from pydantic import ValidationError
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -23,6 +24,7 @@ from services.common.logging import get_logger
 
 log = get_logger(__name__)
 RETRY_DELAY_S = 2.0
+RECORDED = Counter("dfm_recorder_events_total", "Events the recorder handled", ["result"])
 
 
 class Recorder:
@@ -44,6 +46,7 @@ class Recorder:
             except (ValidationError, ValueError) as exc:
                 log.error("malformed_event_terminated", subject=msg.subject,
                           error=str(exc).splitlines()[0])
+                RECORDED.labels("malformed").inc()
                 await msg.term()
                 continue
             table, values = row_for(event, msg.metadata.sequence.stream, self._region)
@@ -68,6 +71,8 @@ class Recorder:
             return
         self.recorded += inserted
         self.duplicates += len(good) - inserted
+        RECORDED.labels("recorded").inc(inserted)
+        RECORDED.labels("duplicate").inc(len(good) - inserted)
         if len(good) > inserted:
             log.info("duplicates_beyond_stream_window", count=len(good) - inserted)
         for msg in good:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 
 from services.common.broker import connect, prepare_topology
+from services.common.metrics_server import serve_metrics
 from services.common.runtime import on_termination
 from services.common.settings import Settings
 from services.scheduler.service import CommandScheduler
@@ -13,6 +14,7 @@ from services.scheduler.service import CommandScheduler
 
 async def serve(settings: Settings) -> None:
     """Publish scheduled commands until SIGTERM/SIGINT."""
+    serve_metrics(settings, "scheduler")
     await prepare_topology(settings)
     nc = await connect(settings, name="dfm-scheduler")
     scheduler = CommandScheduler(settings, nc.jetstream())

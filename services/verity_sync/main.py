@@ -10,6 +10,7 @@ from services.clients.ghl import GhlClient
 from services.clients.ghl_conversations import GhlConversations
 from services.clients.ghl_oauth import GhlOAuth
 from services.common.db.session import create_engine
+from services.common.metrics_server import serve_metrics
 from services.common.delivery import EventConsumer, consumer_batch
 from services.common.settings import Settings
 from services.common.stream_app import serve_until_terminated
@@ -18,6 +19,7 @@ from services.verity_sync.service import VeritySync
 
 async def serve(settings: Settings) -> None:
     """Consume until SIGTERM/SIGINT."""
+    serve_metrics(settings, "verity-sync")
     engine = create_engine(settings)
     oauth = GhlOAuth(settings, engine)
     conversations = (GhlConversations(settings, oauth, acquire=RateBudget.for_ghl(engine, settings).acquire)
