@@ -1,0 +1,271 @@
+"""End-to-end ledger benchmark: an open-loop generator sends a mix of signed webhooks at a fixed
+rate for a fixed time through the real ingress, NATS, every consumer (``dfm run`` processes)
+and the sandbox vendors; then a ledger must balance.
+
+Mix per contact (phones are unique per contact): an Aloware contact created, an update, a
+call and a texting inbound message; GHL's own webhooks about our writes (echoes) flow back
+through the ingress as they would. About 30 % of sends repeat an earlier body (sender
+retries and redeliveries).
+
+Latency: from each event's *scheduled* send time to its completion (``processed_at``, set
+right after the rule's last vendor write), so a generator that falls behind shows in it.
+
+Ledger (the run exits 1 and records nothing when it does not balance):
+  sent = accepted + duplicate + rejected;  accepted = done + dead + quarantined (none missing);
+  vendor effects: one GHL contact per phone, one call note per call, one GHL message per text
+  — none missing, none twice.
+
+Usage: python bench/e2e/run.py [--rate 100] [--seconds 30] [--replicas 1] [--record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from bench.ingress.run import cpu_seconds, wait_http
+from services.common.broker import prepare_topology
+from services.common.db import migrate
+from services.common.db.session import sync_url
+from services.common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from services.common.sender import sign
+from services.common.settings import Settings
+from services.common.signing import generate_ed25519, private_pem, public_pem
+
+SECRET = "bench-verity-secret"
+GHL = {"Authorization": "Bearer sandbox-ghl-key", "Version": "2021-07-28"}
+SERVICES = ("recorder", "ghl-sync", "aloware-sync", "verity-sync")
+
+
+def plan(contacts: int, rng: random.Random) -> list[tuple[str, str, dict[str, Any]]]:
+    """(kind, source, body) per event, contacts interleaved, then ~30 % repeats sprinkled in."""
+    events: list[tuple[str, str, dict[str, Any]]] = []
+    for n in range(contacts):
+        aloware_id, phone = str(9_500_000 + n), f"+1555{n:07d}"
+        contact = {"id": aloware_id, "first_name": f"E{n}", "last_name": "Bench", "phone_number": phone,
+                   "email": f"e2e{n}@example.com"}
+        events += [
+            ("aloware_contact", "aloware", {"event": "Contact Created", "body": {
+                **contact, "updated_at": "2026-11-27T00:00:00+00:00"}}),
+            ("aloware_contact", "aloware", {"event": "Contact Updated", "body": {
+                **contact, "first_name": f"E{n}b", "updated_at": "2026-11-27T00:00:01+00:00"}}),
+            ("call", "aloware", {"event": "Call Disposed", "body": {
+                "id": str(9_600_000 + n), "contact_id": aloware_id, "lead_number": phone, "direction": "outbound",
+                "disposition": "Interested", "status": "completed", "duration": 60,
+                "created_at": "2026-11-27T00:00:02+00:00"}}),
+            ("text", "texting", {"eventType": "message.received", "messageId": f"e2e-msg-{n}", "direction": "inbound",
+                                 "from": phone, "to": "+15550000000", "body": f"hello {n}",
+                                 "conversationId": f"chat-{n}", "timestamp": "2026-11-27T00:00:03Z"}),
+        ]
+    ordered = [events[i] for i in sorted(range(len(events)), key=lambda i: (i % 4 != 0, i))]  # creates first
+    repeats = [rng.choice(ordered[: max(1, i)]) for i in range(int(len(ordered) * 0.3))]
+    out = list(ordered)
+    for item in repeats:
+        out.insert(rng.randrange(len(out) // 4, len(out) + 1), item)
+    return out
+
+
+async def drive(base: str, settings: Settings, events: list[tuple[str, str, dict[str, Any]]], rate: float
+                ) -> dict[str, Any]:
+    """Open loop: event i is sent at start + i / rate whatever the answers do."""
+    results: list[dict[str, Any]] = []
+    start = time.monotonic() + 0.5
+    wall = datetime.now(UTC).timestamp() + 0.5
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+        async def one(i: int, source: str, body: dict[str, Any]) -> None:
+            await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+            raw = json.dumps(body).encode()
+            request = sign(settings, source, raw)
+            try:
+                answer = await client.post(request.path, content=raw, headers=request.headers, params=request.params)
+                status, data = answer.status_code, answer.json() if answer.status_code == 200 else {}
+            except httpx.HTTPError as exc:
+                status, data = 0, {"error": type(exc).__name__}
+            results.append({"i": i, "scheduled": wall + i / rate, "status": status, "kind": body,
+                            "answer": data.get("status"), "id": data.get("id")})
+
+        await asyncio.gather(*(one(i, source, body) for i, (_, source, body) in enumerate(events)))
+    return {"results": results, "elapsed": time.monotonic() - start}
+
+
+async def settle(db: str, ids: set[str], timeout: float) -> dict[str, Any]:
+    conn = await asyncpg.connect(sync_url(db))
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = await conn.fetch(
+                "SELECT id::text, status, extract(epoch FROM processed_at) AS done_at FROM webhook_events "
+                "WHERE id = ANY($1::uuid[]) UNION ALL SELECT id::text, status, extract(epoch FROM processed_at) "
+                "FROM texting_webhook_events WHERE id = ANY($1::uuid[])", list(ids))
+            finished = [r for r in rows if r["status"] in ("done", "dead", "quarantined")]
+            if len(finished) == len(ids) or time.monotonic() > deadline:
+                return {r["id"]: (r["status"], float(r["done_at"]) if r["done_at"] is not None else None)
+                        for r in rows}
+            await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=100, help="events per second (open loop)")
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--replicas", type=int, default=1, help="processes of each sync consumer")
+    parser.add_argument("--record", action="store_true")
+    args = parser.parse_args()
+    total = int(args.rate * args.seconds)
+    contacts = max(1, int(total / 1.3 / 4))
+    events = plan(contacts, random.Random(7))[:total]
+    work = Path(tempfile.mkdtemp(prefix="dfm-bench-e2e-"))
+    nats_server = EmbeddedNats(store_dir=work / "nats").start()
+    pg = EmbeddedPostgres(work / "pg", delete_on_stop=True).start()
+    key, _ = generate_ed25519()
+    (work / "key.pem").write_text(private_pem(key))
+    sandbox_port, ingress_port = free_port(), free_port()
+    sandbox = f"http://127.0.0.1:{sandbox_port}"
+    env = {
+        **os.environ, "NATS_URL": nats_server.url, "DATABASE_URL": pg.url(), "LOG_LEVEL": "warning",
+        "INGRESS_PORT": str(ingress_port), "SANDBOX_PORT": str(sandbox_port), "METRICS_PORT": "0",
+        "GHL_API_KEY": "sandbox-ghl-key", "GHL_LOCATION_ID": "ghlLocationDemo00001",
+        "GHL_BASE_URL": f"{sandbox}/ghl", "ALOWARE_API_TOKEN": "sandbox-aloware-token",
+        "ALOWARE_BASE_URL": f"{sandbox}/aloware/api/v1", "ALOWARE_WEBHOOK_BASIC_USER": "aloware",
+        "ALOWARE_WEBHOOK_BASIC_PASS": "bench:pass", "VERITY_WEBHOOK_SECRET": SECRET,
+        "VERITY_BASE_URL": f"{sandbox}/verity", "VERITY_API_KEY": "sandbox-verity-key",
+        "DF_ADMIN_SECRET": "bench", "X_DF_JOBS_SECRET": "bench", "GHL_RATE_LIMIT_PER_10S": "1000000",
+        "CONTACT_SOURCE_OF_TRUTH": "aloware", "DFM_GHL_SIGNING_KEY_FILE": str(work / "key.pem"),
+        "GHL_WEBHOOK_ED25519_PUBLIC_KEY": public_pem(key), "DFM_SANDBOX_WEBHOOK_URL": f"http://127.0.0.1:{ingress_port}",
+        "GHL_CLIENT_ID": "sandbox-client-id", "GHL_CLIENT_SECRET": "sandbox-client-secret",
+        "GHL_CONVERSATION_PROVIDER_ID": "sandbox-provider",
+        "DFM_TOKEN_KEY": "Qk9_hHuUeXy6sWr5lD6c0mJ3Ojz3v0Yt3kHq3Yl7x8M=", "ALOWARE_MAX_RPS": "100000",
+    }
+    settings = Settings(**{k.lower(): v for k, v in env.items() if k.isupper() and k.lower() in Settings.model_fields})
+    procs: dict[str, list[subprocess.Popen[bytes]]] = {}
+
+    def start(service: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([sys.executable, "-m", "services.cli", "run", service], env=env, cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.setdefault(service, []).append(proc)
+        return proc
+
+    try:
+        migrate.upgrade(pg.url())
+        asyncio.run(prepare_topology(settings))
+        wait_http(f"{sandbox}/_sandbox/calls", start("sandbox"))
+        httpx.post(f"{sandbox}/_sandbox/rate-limit", json={"per_10s": 10**9})
+        for service in SERVICES:
+            for _ in range(args.replicas if service != "recorder" else 1):
+                start(service)
+        wait_http(f"http://127.0.0.1:{ingress_port}/api/health", start("ingress"))
+        answer = httpx.get(f"http://127.0.0.1:{ingress_port}/leadconnector/oauth", params={"code": "code-bench"})
+        assert answer.status_code == 200, answer.text
+        time.sleep(2)  # consumers bind to their durables
+        pids = {name: [p.pid for p in ps] for name, ps in procs.items()}
+        before = {name: cpu_seconds(p) for name, p in pids.items()}
+        run = asyncio.run(drive(f"http://127.0.0.1:{ingress_port}", settings, events, args.rate))
+        accepted = {r["id"] for r in run["results"] if r["answer"] == "accepted"}
+        finished = asyncio.run(settle(pg.url(), accepted, timeout=max(120.0, args.seconds * 4)))
+        cpu = {name: cpu_seconds(p) - before[name] for name, p in pids.items()}
+        calls = httpx.get(f"{sandbox}/_sandbox/calls").json()
+        ghl_contacts = httpx.get(f"{sandbox}/_sandbox/ghl/contacts").json()
+        conversations = httpx.get(f"{sandbox}/_sandbox/ghl/conversations").json()
+    finally:
+        for ps in procs.values():
+            for proc in ps:
+                proc.terminate()
+        for ps in procs.values():
+            for proc in ps:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        nats_server.stop()
+        pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    results = run["results"]
+    sent = len(results)
+    duplicate = sum(1 for r in results if r["answer"] == "duplicate")
+    rejected = sum(1 for r in results if r["status"] != 200)
+    states = [s for s, _ in finished.values()]
+    done, dead = states.count("done"), states.count("dead")
+    quarantined = states.count("quarantined")
+    missing = len(accepted) - done - dead - quarantined
+    phones = {b["body"]["phone_number"] for k, _, b in events if k == "aloware_contact"}
+    calls_sent = {b["body"]["id"] for k, _, b in events if k == "call"}
+    texts_sent = {b["messageId"] for k, _, b in events if k == "text"}
+    notes = [c for c in calls if c["vendor"] == "ghl" and c["method"] == "POST" and c["path"].endswith("/notes")
+             and c["status"] == 201]
+    messages = [m for m in conversations["messages"] if m.get("body", "").startswith("hello ")]
+    ghl_phones = [c.get("phone") for c in ghl_contacts]
+    effects = {
+        "ghl contacts (one per phone)": (len(set(ghl_phones) & phones), len(phones), len(ghl_phones) - len(set(ghl_phones))),
+        "call notes (one per call)": (len(notes), len(calls_sent), max(0, len(notes) - len(calls_sent))),
+        "GHL messages (one per text)": (len({m["body"] for m in messages}), len(texts_sent),
+                                        len(messages) - len({m["body"] for m in messages})),
+    }
+    balanced = (sent == len(accepted) + duplicate + rejected and missing == 0 and dead == 0
+                and all(got == want and twice == 0 for got, want, twice in effects.values()))
+    latencies = sorted((done_at - r["scheduled"]) * 1000 for r in results if r["id"] in finished
+                       and r["answer"] == "accepted" and (done_at := finished[r["id"]][1]) is not None)
+    vendor_calls = len([c for c in calls if c["vendor"] in ("ghl", "aloware", "verity")])
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else float("nan")
+
+    lines = [
+        f"### e2e ledger — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "",
+        f"- command: `python bench/e2e/run.py --rate {args.rate:g} --seconds {args.seconds:g} --replicas {args.replicas}`",
+        f"- machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; every "
+        "process, the sandbox vendors and the generator on one host; rate limiting off",
+        f"- mix: {contacts} contacts × (Aloware create, update, call, inbound text), ~30 % repeated sends",
+        "",
+        "| ledger | value |",
+        "| --- | ---: |",
+        f"| sent / accepted / duplicate / rejected | {sent} / {len(accepted)} / {duplicate} / {rejected} |",
+        f"| done / dead / quarantined / missing | {done} / {dead} / {quarantined} / {missing} |",
+        *[f"| {name}: got / expected / twice | {g} / {w} / {t} |" for name, (g, w, t) in effects.items()],
+        f"| balanced | {'yes' if balanced else 'NO'} |",
+        "",
+        "| measurement | value |",
+        "| --- | ---: |",
+        f"| offered rate / achieved send rate | {args.rate:g} / {sent / run['elapsed']:.0f} events/s |",
+        f"| latency scheduled send → done p50 / p95 / p99 / max | {pct(0.5):.0f} / {pct(0.95):.0f} / "
+        f"{pct(0.99):.0f} / {max(latencies) if latencies else float('nan'):.0f} ms |",
+        f"| vendor calls per accepted event | {vendor_calls / max(1, len(accepted)):.2f} |",
+        f"| CPU seconds | {', '.join(f'{k} {v:.1f}' for k, v in cpu.items())} |",
+        "",
+    ]
+    report = "\n".join(lines)
+    print(report)
+    if not balanced:
+        print("LEDGER DOES NOT BALANCE: not recorded", file=sys.stderr)
+        return 1
+    if args.record:
+        with (ROOT / "bench" / "RESULTS.md").open("a") as out:
+            out.write("\n" + report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
