@@ -162,7 +162,7 @@ def start_infrastructure(settings: Settings, data_dir: Path, say: Callable[[str]
         if settings.nats_url:
             say(f"NATS        {','.join(settings.nats_url)} (configured)")
         else:
-            stack.nats = EmbeddedNats(store_dir=data_dir / "nats").start()
+            stack.nats = EmbeddedNats(store_dir=data_dir / "nats", sync_always=True).start()
             stack.env["NATS_URL"] = stack.nats.url
             say(f"NATS        {stack.nats.url} (embedded, store {stack.nats.store_dir})")
         if settings.database_url:

@@ -62,6 +62,10 @@ class EmbeddedNats:
     port: int = 0
     host: str = "127.0.0.1"
     extra_args: tuple[str, ...] = ()
+    # fsync every JetStream write, so an acknowledged message survives a machine crash or power
+    # loss too, not only a process crash (deploy/nats/*.conf explain the trade-off); `dfm up`
+    # and the e2e bench turn it on, the fast test suite leaves it off
+    sync_always: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     log_path: Path | None = field(default=None, init=False)
 
@@ -78,8 +82,14 @@ class EmbeddedNats:
         if not self.port:
             self.port = free_port(self.host)
         self.log_path = self.store_dir / "nats-server.log"
+        config: tuple[str, ...] = ()
+        if self.sync_always:
+            conf = self.store_dir / "sync.conf"
+            conf.write_text("jetstream {\n  sync_interval: always\n}\n")  # store dir: -sd below
+            config = ("-c", str(conf))
         args = [
             nats_server_binary(),
+            *config,
             "-a", self.host,
             "-p", str(self.port),
             "-js",
