@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.ingress.run import cpu_seconds, wait_http
+from bench.procs import Processes
 from services.common.broker import prepare_topology
 from services.common.db import migrate
 from services.common.db.session import sync_url
@@ -206,13 +207,9 @@ def main() -> int:
         "DFM_CONSUMER_ACK_WAIT_S": "5", "RETRY_BASE_DELAY_S": "0.5", "RETRY_MAX_DELAY_S": "5",
     }
     settings = Settings(**{k.lower(): v for k, v in env.items() if k.isupper() and k.lower() in Settings.model_fields})
-    procs: dict[str, list[subprocess.Popen[bytes]]] = {}
 
-    def start(service: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, "-m", "services.cli", "run", service], env=env, cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.setdefault(service, []).append(proc)
-        return proc
+    processes = Processes(env)
+    start = processes.start
 
     try:
         migrate.upgrade(pg.url())
@@ -226,10 +223,11 @@ def main() -> int:
         answer = httpx.get(f"http://127.0.0.1:{ingress_port}/leadconnector/oauth", params={"code": "code-bench"})
         assert answer.status_code == 200, answer.text
         time.sleep(2)  # consumers bind to their durables
-        pids = {name: [p.pid for p in ps] for name, ps in procs.items()}
+        pids = processes.pids()
         before = {name: cpu_seconds(p) for name, p in pids.items()}
         chaos_log: list[str] = []
-        chaos = threading.Thread(target=make_chaos, args=(args, procs, start, nats_server, pg, sandbox, chaos_log),
+        chaos = threading.Thread(target=make_chaos, args=(args, processes.by_service, start, nats_server, pg,
+                                                           sandbox, chaos_log),
                                  daemon=True) if args.chaos else None
         if chaos is not None:
             chaos.start()
@@ -243,15 +241,7 @@ def main() -> int:
         ghl_contacts = httpx.get(f"{sandbox}/_sandbox/ghl/contacts").json()
         conversations = httpx.get(f"{sandbox}/_sandbox/ghl/conversations").json()
     finally:
-        for ps in procs.values():
-            for proc in ps:
-                proc.terminate()
-        for ps in procs.values():
-            for proc in ps:
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        processes.stop_all()
         nats_server.stop()
         pg.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.ingress.run import cpu_seconds, wait_http
+from bench.procs import Processes
 from services.common.broker import prepare_topology
 from services.common.db import migrate
 from services.common.db.session import sync_url
@@ -109,7 +109,6 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="dfm-bench-sync-"))
     nats_server = EmbeddedNats(store_dir=work / "nats").start()
     pg = EmbeddedPostgres(work / "pg", delete_on_stop=True).start()
-    procs: dict[str, list[subprocess.Popen[bytes]]] = {}
     key, _ = generate_ed25519()
     (work / "key.pem").write_text(private_pem(key))
     sandbox_port, ingress_port = free_port(), free_port()
@@ -128,11 +127,8 @@ def main() -> int:
         "DFM_SANDBOX_WEBHOOK_URL": f"http://127.0.0.1:{ingress_port}",
     }
 
-    def start(service: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, "-m", "services.cli", "run", service], env=env, cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.setdefault(service, []).append(proc)
-        return proc
+    processes = Processes(env)
+    start = processes.start
 
     try:
         migrate.upgrade(pg.url())
@@ -143,18 +139,13 @@ def main() -> int:
             start(service)
         wait_http(f"http://127.0.0.1:{ingress_port}/api/health", start("ingress"))
         time.sleep(2)  # consumers bind to their durables (no readiness endpoint yet)
-        pids = {name: [p.pid for p in ps] for name, ps in procs.items()}
+        pids = processes.pids()
         before = {name: cpu_seconds(p) for name, p in pids.items()}
         result = asyncio.run(drive(f"http://127.0.0.1:{ingress_port}", f"http://127.0.0.1:{sandbox_port}",
                                    pg.url(), args.contacts, args.updates))
         cpu = {name: cpu_seconds(p) - before[name] for name, p in pids.items()}
     finally:
-        for ps in procs.values():
-            for proc in ps:
-                proc.terminate()
-        for ps in procs.values():
-            for proc in ps:
-                proc.wait(timeout=30)
+        processes.stop_all()
         nats_server.stop()
         pg.stop()
         shutil.rmtree(work, ignore_errors=True)
