@@ -144,27 +144,26 @@ async def test_replays_repeat_no_forward_no_tag_and_no_list_change(
         await eventually(everything_landed, timeout=30)
         ghl_events = [r["id"] for r in await fetch(clean_db, "SELECT id FROM webhook_events WHERE source = 'ghl'")]
         texting_events = [r["id"] for r in await fetch(clean_db, "SELECT id FROM texting_webhook_events")]
-        before = {"forwards": len(await forwards(p)),
-                  "ghl_writes": len([c for c in await p.calls("ghl") if c["method"] != "GET"]),
-                  "aloware_writes": len([c for c in await p.calls("aloware") if c["method"] == "POST"]),
-                  "registry": await fetch(clean_db, "SELECT phone_number, status, source FROM optout_registry "
-                                                    "ORDER BY phone_number"),
-                  "memberships": await fetch(clean_db, "SELECT contact_id, list_key, status FROM "
-                                                       "contact_list_memberships ORDER BY contact_id")}
+        before = await _side_effects(p, clean_db)
         assert before["memberships"] and before["registry"] and before["forwards"]
         await jobs.execute(ReplayRequested(event_ids=[*ghl_events, dnc_answer["id"]]))
         await jobs.execute(ReplayRequested(event_ids=texting_events, event_table="texting"))
         for ident in [*ghl_events, dnc_answer["id"], stop["id"]]:
             await eventually(lambda i=ident: _attempts(clean_db, i, 2))
         await eventually(lambda: _settled(clean_db), timeout=30)
-        after = {"forwards": len(await forwards(p)),
-                 "ghl_writes": len([c for c in await p.calls("ghl") if c["method"] != "GET"]),
-                 "aloware_writes": len([c for c in await p.calls("aloware") if c["method"] == "POST"]),
-                 "registry": await fetch(clean_db, "SELECT phone_number, status, source FROM optout_registry "
-                                                   "ORDER BY phone_number"),
-                 "memberships": await fetch(clean_db, "SELECT contact_id, list_key, status FROM "
-                                                      "contact_list_memberships ORDER BY contact_id")}
+        after = await _side_effects(p, clean_db)
         assert after == before
+
+
+async def _side_effects(p: Pipeline, db: str) -> dict[str, Any]:
+    """What a replay must not change: forwards, vendor writes, the registry and list memberships."""
+    return {"forwards": len(await forwards(p)),
+            "ghl_writes": len([c for c in await p.calls("ghl") if c["method"] != "GET"]),
+            "aloware_writes": len([c for c in await p.calls("aloware") if c["method"] == "POST"]),
+            "registry": await fetch(db, "SELECT phone_number, status, source FROM optout_registry "
+                                        "ORDER BY phone_number"),
+            "memberships": await fetch(db, "SELECT contact_id, list_key, status FROM "
+                                           "contact_list_memberships ORDER BY contact_id")}
 
 
 async def _settled(db: str) -> bool:

@@ -18,12 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common.db.models import (
     EVENT_TABLES,
-    BroadcastWebhookEvent,
     EventAttempt,
     EventDelivery,
     QuarantineEvent,
     SyncLog,
-    TextingWebhookEvent,
 )
 
 TableName = Literal["webhook", "texting", "broadcast"]
@@ -339,11 +337,9 @@ async def is_quarantined(conn: AsyncConnection, event_id: uuid.UUID) -> bool:
 
 
 __all__ = [
-    "BroadcastWebhookEvent",
     "Cursor",
     "EventFilter",
     "OperationError",
-    "TextingWebhookEvent",
     "event_summary",
     "find_event",
     "is_quarantined",
