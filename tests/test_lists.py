@@ -3,15 +3,19 @@ GHL contact and tag events → aloware-sync → the sandbox Aloware's power-dial
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from services.common.call_lists import Agent, ContactView, list_intent, resolve_agent, tag_names
+from services.common.signing import ghl_ed25519_signature, load_private_key
 from tests.jobs_rig import execute, fetch
 from tests.sync_rig import Pipeline, eventually, pipeline_settings, running_pipeline
 from tests.test_admin import ADMIN
 
 GHL = {"Authorization": "Bearer sandbox-ghl-key", "Version": "2021-07-28"}
+FIXTURES = Path(__file__).parent / "fixtures" / "webhooks" / "ghl"
 KEYS = ["CALL_NOW", "NEW_LEADS", "FOLLOW_UP", "HOT"]
 
 
@@ -115,6 +119,32 @@ async def test_t12_a_legacy_marker_tag_is_not_a_reason_to_skip(
         written = [c for c in await p.calls("ghl") if c["method"] in ("POST", "PUT") and isinstance(c["body"], dict)]
         assert not any(str(t).lower().startswith("sys:") for c in written if c["path"] != "/contacts/"
                        for t in c["body"].get("tags", []))
+
+
+async def test_an_opportunity_event_for_an_unsynced_contact_creates_its_aloware_contact_first(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    """L-2 step 2 on an opportunity event: its own id is the opportunity's, the contact is
+    ``contactId``; the Aloware contact is created from that contact, then put on the list."""
+    settings = pipeline_settings(base_env, tmp_path, ENABLE_POWER_DIALER_LISTS="true", DFM_SANDBOX_WEBHOOK_URL="")
+    async with running_pipeline(settings) as p:
+        await setup_lists(p, "DF_UNASSIGNED_HOT")
+        contact = await create_contact(p, firstName="Opal", phone="+15555550304")  # no webhook: never synced
+        payload = {**json.loads((FIXTURES / "OpportunityStatusUpdate.json").read_text()),
+                   "locationId": p.settings.ghl_location_id, "contactId": contact["id"],
+                   "pipelineStage": "Hot prospect", "webhookId": "00000000-0000-4000-8000-0000000a1a01",
+                   "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
+        body = json.dumps(payload).encode()
+        key = load_private_key(Path(str(settings.dfm_ghl_signing_key_file)))
+        answer = await p.ingress.post("/api/webhooks/ghl", content=body, headers={
+            "content-type": "application/json", "x-ghl-signature": ghl_ed25519_signature(key, body)})
+        assert answer.status_code == 200, answer.text
+        await eventually(lambda: _has(clean_db, ("UNASSIGNED", "HOT"), "active"), timeout=30)
+        [alo] = await p.aloware_contacts()
+        assert alo["phone_number"] == "+15555550304"
+        assert (await members(p))["DF_UNASSIGNED_HOT"] == [alo["id"]]
+        [mapping] = await fetch(clean_db, "SELECT ghl_contact_id, aloware_contact_id FROM contact_mappings")
+        assert (mapping["ghl_contact_id"], mapping["aloware_contact_id"]) == (contact["id"], alo["id"])
 
 
 async def test_lists_disabled_by_default_write_nothing(base_env: dict[str, str], tmp_path: Path, clean_db: str) -> None:

@@ -63,7 +63,7 @@ class ListRules:
         """L-3 → L-1 → L-2 for GHL contact, tag and pipeline events."""
         if not self.settings.enable_agent_list_sync:
             return Outcome("skipped", "agent_list_sync_disabled")
-        ghl_id = _contact_id(event)
+        ghl_id = contact_id(event)
         common = {"direction": "ghl_to_aloware", "entity_type": "list", "source_id": ghl_id,
                   "correlation_id": str(event.event_id), "attempt": attempt}
         if contact is None:
@@ -139,7 +139,7 @@ class ListRules:
         remove = [k for k in remove if await self._is_active(conn, ghl_id, agent, k)]
         if not add and not remove:
             return "already_in_place"
-        aloware_id = await self._aloware_id(conn, event, attempt, ghl_id)
+        aloware_id = await self._aloware_id(conn, ghl_id)
         changed = False
         for key in add:
             try:
@@ -190,7 +190,7 @@ class ListRules:
         return str(found["id"])
 
     # --- helpers ---------------------------------------------------------------------------
-    async def _aloware_id(self, conn: Any, event: WebhookEvent, attempt: int, ghl_id: str) -> str:
+    async def _aloware_id(self, conn: Any, ghl_id: str) -> str:
         mapping = await store.mapping_by_ghl(conn, ghl_id)
         if mapping is not None and mapping.aloware_contact_id:
             return str(mapping.aloware_contact_id)
@@ -254,7 +254,8 @@ class ListRules:
         return stages.get(str(stage_id))
 
 
-def _contact_id(event: WebhookEvent) -> str:
+def contact_id(event: WebhookEvent) -> str:
+    """The GHL contact a contact, tag or opportunity event is about."""
     payload = event.payload
     contact = payload.get("contact") if isinstance(payload.get("contact"), dict) else {}
     for value in (payload.get("contactId"), contact.get("id")):

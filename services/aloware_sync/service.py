@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts.envelope import WebhookEvent
 from contracts.payloads import is_ghl_marketplace
 from contracts.payloads.texting import normalise_texting
-from services.aloware_sync.lists import ListRules
+from services.aloware_sync.lists import ListRules, contact_id
 from services.aloware_sync.rules.contact import (
     CreateAlowareContact,
     UpdateAlowareContact,
@@ -40,11 +40,6 @@ def _merge(first: Outcome, second: Outcome) -> Outcome:
     return second if second.outcome == "applied" and first.outcome != "applied" else first
 
 
-def _list_contact_id(event: WebhookEvent) -> str:
-    value = event.payload.get("contactId")
-    return value if isinstance(value, str) and value else event.entity_id
-
-
 class AlowareSync:
     """Dispatches events to Aloware-writing rules."""
 
@@ -66,16 +61,18 @@ class AlowareSync:
             return await self.ghl_dnd_changed(event, attempt)
         if event.source.value == "ghl" and event.canonical_type in CG_TYPES:
             if self.settings.sync_ghl_contacts_to_aloware:
-                contact = await self.sync_ghl_contact(event, attempt)
+                synced, latest = await self.sync_ghl_contact(event, attempt)
             else:
-                contact = Outcome("skipped", "ghl_contact_sync_disabled")
-            return _merge(contact, await self.lists.on_event(event, attempt, None))
+                synced, latest = Outcome("skipped", "ghl_contact_sync_disabled"), None
+            return _merge(synced, await self.lists.on_event(event, attempt, latest))
         if event.source.value == "ghl" and event.canonical_type in LIST_TYPES:
             async with self.engine.connect() as conn:
-                mapped = await store.mapping_by_ghl(conn, _list_contact_id(event))
+                mapped = await store.mapping_by_ghl(conn, contact_id(event))
             if (mapped is None or not mapped.aloware_contact_id) and self.settings.sync_ghl_contacts_to_aloware \
                     and self.settings.enable_power_dialer_lists:
-                await self.sync_ghl_contact(event, attempt)  # L-2 step 2: the Aloware contact first
+                # L-2 step 2: the Aloware contact first (an opportunity event's own id is not the contact's)
+                _, latest = await self.sync_ghl_contact(event, attempt, contact_id(event))
+                return await self.lists.on_event(event, attempt, latest)
             return await self.lists.on_event(event, attempt, None)
         prefix = "Unhandled GHL event type" if event.source.value == "ghl" else "Unhandled event type"
         return Outcome("skipped", f"{prefix}: {event.event_name}")
@@ -172,31 +169,33 @@ class AlowareSync:
                                  message=None if removed else "already absent in Aloware", **common)
         return Outcome("applied")
 
-    async def sync_ghl_contact(self, event: WebhookEvent, attempt: int) -> Outcome:
-        """CG-1 … CG-7."""
+    async def sync_ghl_contact(self, event: WebhookEvent, attempt: int,
+                               ghl_id: str | None = None) -> tuple[Outcome, GhlContact | None]:
+        """CG-1 … CG-7. Also returns the GHL contact as this sync last saw it (None when it
+        did not read one), so the list rules that follow do not read GHL a second time."""
         started = datetime.now(UTC)
-        ghl_id = event.entity_id
+        ghl_id = ghl_id or event.entity_id
         common = {"direction": "ghl_to_aloware", "entity_type": "contact", "source_id": ghl_id,
                   "started_at": started, "correlation_id": str(event.event_id), "attempt": attempt}
         region = self.settings.default_phone_region
-        if await self._body_is_echo(event, ghl_id):
+        if ghl_id == event.entity_id and await self._body_is_echo(event, ghl_id):  # the body is this contact
             async with self.engine.begin() as conn:
                 await store.log_sync(conn, status="skipped", rule="LP-1", message="middleware-originated", **common)
-            return Outcome("echo", "middleware-originated")
+            return Outcome("echo", "middleware-originated"), None
         current = await self.ghl.get_contact(ghl_id)
         if current is None:
             async with self.engine.begin() as conn:
                 await store.log_sync(conn, status="skipped", rule="CG-1", message="ghl_contact_not_found", **common)
-            return Outcome("skipped", "ghl_contact_not_found")
+            return Outcome("skipped", "ghl_contact_not_found"), None
         ghl = ghl_to_canonical(current, region)
         if not ghl.phone:
             async with self.engine.begin() as conn:
                 await store.log_sync(conn, status="skipped", rule="CG-2", message="no_phone_for_aloware", **common)
-            return Outcome("skipped", "no_phone_for_aloware")
+            return Outcome("skipped", "no_phone_for_aloware"), current
         async with store.contact_lock(self.engine, store.contact_lock_key(ghl.phone, ghl_id=ghl_id)) as conn:
             if await store.is_echo(conn, "ghl", ghl_id, ghl.projection_hash(), self.settings.echo_window_seconds):
                 await store.log_sync(conn, status="skipped", rule="LP-1", message="middleware-originated", **common)
-                return Outcome("echo", "middleware-originated")
+                return Outcome("echo", "middleware-originated"), current
             record = await self.aloware.lookup_by_phone(ghl.phone)
             alo = aloware_to_canonical(record, region) if record else None
             plan = plan_ghl_contact_sync(ghl, alo, self.settings.contact_source_of_truth)
@@ -216,8 +215,8 @@ class AlowareSync:
                 else:
                     updated = await self.ghl.update_contact(ghl_id, operation.fields)
                     if updated is None:
-                        return Outcome("skipped", "ghl_contact_not_found")
-                    ghl = ghl_to_canonical(updated, region)
+                        return Outcome("skipped", "ghl_contact_not_found"), None
+                    current, ghl = updated, ghl_to_canonical(updated, region)
                     await store.record_write(conn, "ghl", ghl_id, ghl.projection_hash())
                 wrote = True
             assert record is not None
@@ -227,7 +226,7 @@ class AlowareSync:
             await store.log_sync(conn, status="success" if wrote else "skipped", rule="CG",
                                  target_id=record.id, message=None if wrote else "no_changes",
                                  details={"decisions": [d.as_dict() for d in decisions]} or None, **common)
-        return Outcome("applied") if wrote else Outcome("skipped", "no_changes")
+        return (Outcome("applied") if wrote else Outcome("skipped", "no_changes")), current
 
 
 def explain(event: WebhookEvent) -> list[str]:
