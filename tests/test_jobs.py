@@ -180,11 +180,13 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 async def test_replay_dry_run_prints_plans_and_changes_nothing(
     base_env: dict[str, str], tmp_path: Path, clean_db: str
 ) -> None:
-    settings = pipeline_settings(base_env, tmp_path)
+    # no sandbox webhooks: the GHL echoes of the writes would land while the rows are compared
+    settings = pipeline_settings(base_env, tmp_path, DFM_SANDBOX_WEBHOOK_URL="")
     async with running_pipeline(settings) as p:
         ids = [(await send_aloware(p, aloware_contact(n)))["id"] for n in (41, 42)]
         await eventually(lambda: all_in(clean_db, ids, "done"))
         before = await fetch(clean_db, "SELECT id, status, attempts FROM webhook_events ORDER BY id")
+        assert sorted(str(r["id"]) for r in before) == sorted(ids)
         result = cli(base_env, "replay", "--subject", "webhooks.aloware.contact.>", "--dry-run")
         assert result.returncode == 0, result.stderr
         assert "would replay 2, skipped 0" in result.stdout
