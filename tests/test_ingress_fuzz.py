@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -14,9 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.common.embedded import EmbeddedNats, free_port
+from services.common.embedded import EmbeddedNats
 from services.common.signing import basic_auth, hmac_hex
 from tests.conftest import TEST_SECRETS
+from tests.process_rig import http_service
 
 PATHS = [
     "/api/webhooks/ghl", "/api/webhooks/ghl/provider-delivery", "/api/webhooks/aloware",
@@ -26,29 +24,13 @@ SECRET = TEST_SECRETS["VERITY_WEBHOOK_SECRET"].split(",")[0]
 
 
 @pytest.fixture(scope="module")
-def ingress_process(nats_server: EmbeddedNats, database_url: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
-    env = {
-        "PATH": os.environ["PATH"], **TEST_SECRETS, "NATS_URL": nats_server.url,
-        "DATABASE_URL": database_url, "INGRESS_PORT": str(port), "LOG_LEVEL": "error",
-        "WEBHOOK_MAX_BODY_BYTES": "65536",
-    }
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "run", "ingress"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    with httpx.Client(base_url=base, timeout=5) as client:
-        for _ in range(400):
-            try:
-                if client.get("/api/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError("ingress exited during start-up")
-            time.sleep(0.05)  # start-up poll of a child process
-    yield base, proc
-    proc.terminate()
-    proc.wait(timeout=30)
+def ingress_process(nats_server: EmbeddedNats, database_url: str, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    env = {**TEST_SECRETS, "NATS_URL": nats_server.url, "DATABASE_URL": database_url,
+           "WEBHOOK_MAX_BODY_BYTES": "65536"}
+    log = tmp_path_factory.mktemp("ingress-fuzz") / "ingress.log"
+    with http_service("ingress", env, "INGRESS_PORT", "/api/health", log) as running:
+        yield running
 
 
 json_values = st.recursive(

@@ -31,7 +31,8 @@ DEFAULT_BASE_URL = "http://localhost:3000"
 SEND_MESSAGE_PATH = "/api/integrations/df-middleware/send-message"
 _PLACEHOLDER = re.compile(r"\[([^\]/]+)\]|\{([^}/]+)\}")
 _PATH_RUN = re.compile(r"/[^\s\"']*")
-_ALLOWED_ENDPOINT = re.compile(r"^/api[A-Za-z0-9/_\-\[\]{}.]*$")
+ENDPOINT_PATTERN = r"^/api[A-Za-z0-9/_\-\[\]{}.]*$"
+_ALLOWED_ENDPOINT = re.compile(ENDPOINT_PATTERN)
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
 
 
@@ -231,6 +232,10 @@ class VerityProxy:
         envelope_meta = self._meta(meta, response.status_code, started)
         if response.is_success:
             return ProxyResult(response.status_code, {"success": True, "data": data, "meta": envelope_meta}, passed)
+        if response.is_redirect:  # not followed (it could carry our credentials to another host)
+            return ProxyResult(502, {"success": False, "error": {
+                "message": f"Verity answered a redirect ({response.status_code}); not followed",
+                "code": "UPSTREAM_REDIRECT"}, "meta": self._meta(meta, 502, started)})
         error: dict[str, Any] = {"message": self._error_message(response, data),
                                  "code": f"HTTP_{response.status_code}"}
         if not self.production:

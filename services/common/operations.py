@@ -150,6 +150,9 @@ async def list_events(engine: AsyncEngine, f: EventFilter, *, raw_payload: bool 
     """
     if not 1 <= f.limit <= MAX_LIMIT:
         raise OperationError(422, f"limit must be between 1 and {MAX_LIMIT}")
+    for name in ("source", "status", "event_type", "entity_type", "entity_id"):
+        if "\x00" in (getattr(f, name) or ""):  # PostgreSQL text cannot hold it: a 500 before
+            raise OperationError(422, f"{name} must not contain NUL characters")
     model = EVENT_TABLES[f.table]
     conditions: list[Any] = []
     if f.status:

@@ -17,16 +17,24 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from pydantic import BaseModel, Field
 
 from services.clients.clerk import ClerkVerifier, TokenInvalid
-from services.clients.verity import Catalog, ProxyError, VerityProxy, check_endpoint
+from services.clients.verity import (
+    ENDPOINT_PATTERN,
+    METHODS,
+    Catalog,
+    ProxyError,
+    VerityProxy,
+    check_endpoint,
+)
 from services.common.db.session import sync_url
 from services.common.logging import get_logger
 from services.common.settings import Settings
@@ -41,6 +49,42 @@ MAX_BODY_BYTES = 100 * 1024
 WINDOW_S = 15 * 60
 DESCRIPTION = ("POST a JSON object {endpoint, method, params?, query?, body?, headers?} to proxy "
                "one request to the Verity API; GET returns this catalog.")
+
+
+# --- OpenAPI documentation (the handlers parse bodies themselves, for the spec's error codes) --
+class ProxyRequest(BaseModel):
+    """One request to proxy to Verity."""
+
+    endpoint: str = Field(pattern=ENDPOINT_PATTERN, description="a path under /api, e.g. /api/leads/{id}")
+    method: Literal[METHODS]  # type: ignore[valid-type]
+    params: dict[str, str] | None = Field(default=None, description="values of the path's {name} parts")
+    query: dict[str, Any] | None = None
+    body: Any = None
+    headers: dict[str, str] | None = Field(default=None, description="Authorization: Bearer <Clerk token>, "
+                                           "and the forwarded headers GATEWAY_FORWARD_HEADERS names")
+
+
+class GatewayError(BaseModel):
+    message: str
+    code: str
+
+
+class Envelope(BaseModel):
+    """Every JSON answer: ``data`` on success, ``error`` otherwise; ``meta`` on proxied calls."""
+
+    success: bool
+    data: Any = None
+    error: GatewayError | None = None
+    meta: dict[str, Any] | None = None
+
+
+ERROR_ANSWER = {"model": Envelope, "description": "the gateway's error, or Verity's own status passed through"}
+TOO_MANY = {"description": "rate limit (RATE_LIMIT_MAX per 15 minutes per client)",
+            "content": {"text/plain": {"schema": {"type": "string"}}}}
+PROXY_DOC: dict[str, Any] = {
+    "requestBody": {"required": True, "content": {"application/json": {
+        "schema": ProxyRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}},
+}
 
 
 def _fail(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -149,7 +193,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/api/verity")
+    @app.get("/api/verity", response_model=Envelope,
+             responses={401: ERROR_ANSWER, 429: TOO_MANY, 503: ERROR_ANSWER})
     async def get_catalog(request: Request) -> JSONResponse:
         if not authorised(request):
             return _fail(401, "UNAUTHORIZED", "missing or invalid API key")
@@ -159,7 +204,8 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"success": True, "data": {"catalog": data, "gateway": {
             "endpoint": "/api/verity", "method": "POST", "description": DESCRIPTION}}})
 
-    @app.post("/api/verity")
+    @app.post("/api/verity", response_model=Envelope, openapi_extra=PROXY_DOC,
+              responses={"4XX": ERROR_ANSWER, 429: TOO_MANY, "5XX": ERROR_ANSWER})
     async def post_proxy(request: Request) -> Response:
         if not authorised(request):
             return _fail(401, "UNAUTHORIZED", "missing or invalid API key")

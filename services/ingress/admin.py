@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, BeforeValidator, SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -87,6 +87,43 @@ def _fail(exc: OperationError) -> JSONResponse:
     return JSONResponse({"success": False, "error": exc.message}, status_code=exc.status)
 
 
+class ErrorBody(BaseModel):
+    """The body of every admin error but 401."""
+
+    success: Literal[False]
+    error: str
+
+
+class UnauthorizedBody(BaseModel):
+    error: Literal["Unauthorized"]
+    reason: str
+
+
+class ValidationErrors(BaseModel):
+    """FastAPI's answer to a request its parameters do not validate."""
+
+    detail: list[dict[str, Any]]
+
+
+class Detail(BaseModel):
+    """FastAPI's answer to a body that is not JSON."""
+
+    detail: str
+
+
+ERRORS: dict[int, str] = {
+    400: "the body is not JSON", 404: "no such event or list", 409: "the event's state does not allow it",
+    422: "invalid parameters or cursor", 502: "a vendor call failed",
+    503: "not possible now (NATS unavailable, vendors not configured); see Retry-After",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route can answer besides 401."""
+    models: dict[int, Any] = {400: Detail, 422: ErrorBody | ValidationErrors}
+    return {code: {"model": models.get(code, ErrorBody), "description": ERRORS[code]} for code in codes}
+
+
 class QuarantineBody(BaseModel):
     reason: str = "Manual quarantine"
     eventSource: TableName | None = None  # noqa: N815 - the API's field name
@@ -99,18 +136,34 @@ class ReplayBody(BaseModel):
     requestedBy: str | None = None  # noqa: N815
 
 
+def _not_a_number(value: Any) -> Any:
+    """Query date-times are ISO 8601 as documented; pydantic alone would also read "0.0" as
+    a Unix timestamp (found by schemathesis)."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+        raise ValueError("expected an ISO 8601 date-time, not a number")
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_not_a_number)]
+
+
 def admin_router(settings: Settings, engine: AsyncEngine, commands: CommandPublisher) -> APIRouter:
     """The admin and jobs routes, bound to one engine and one command publisher."""
     admin = Depends(_guard(settings.df_admin_secret, "x-df-admin-secret", "admin"))
     jobs = Depends(_guard(settings.x_df_jobs_secret, "x-df-jobs-secret", "jobs"))
-    router = APIRouter()
+    router = APIRouter(responses={401: {"model": UnauthorizedBody, "description": "missing or bad credentials"}})
 
-    @router.get("/api/admin/events", dependencies=[admin], summary="list events (cursor pagination)")
+    @router.get("/api/admin/events", dependencies=[admin], summary="list events (cursor pagination)",
+                responses=errors(422))
     async def list_admin_events(
         source: str | None = None, status: str | None = None,
         eventType: str | None = None, entityType: str | None = None,  # noqa: N803
         entityId: str | None = None, table: TableName = "webhook",  # noqa: N803
-        receivedFrom: datetime | None = None, receivedTo: datetime | None = None,  # noqa: N803
+        receivedFrom: IsoDateTime | None = None, receivedTo: IsoDateTime | None = None,  # noqa: N803
         order: Literal["asc", "desc"] = "asc",
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         cursor: str | None = None,
@@ -128,7 +181,8 @@ def admin_router(settings: Settings, engine: AsyncEngine, commands: CommandPubli
             log.warning("admin_raw_payload_access", table=table, count=len(events))
         return JSONResponse({"events": events, "count": len(events), "nextCursor": next_cursor})
 
-    @router.get("/api/admin/texting/events", dependencies=[admin], summary="texting events (masked)")
+    @router.get("/api/admin/texting/events", dependencies=[admin], summary="texting events (masked)",
+                responses=errors(422))
     async def list_texting_events(
         status: str | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 50,
         includeBody: bool = False, cursor: str | None = None,  # noqa: N803
@@ -158,7 +212,8 @@ def admin_router(settings: Settings, engine: AsyncEngine, commands: CommandPubli
             log.warning("admin_message_body_access", count=len(shaped))
         return JSONResponse({"events": shaped, "count": len(shaped), "nextCursor": next_cursor})
 
-    @router.get("/api/admin/events/{event_id}", dependencies=[admin], summary="one event, its deliveries and sync_log")
+    @router.get("/api/admin/events/{event_id}", dependencies=[admin], summary="one event, its deliveries and sync_log",
+                responses=errors(404, 422))
     async def get_event(event_id: str, eventSource: TableName | None = None,  # noqa: N803
                         includePayload: Literal["redacted", "raw"] = "redacted") -> JSONResponse:  # noqa: N803
         try:
@@ -170,7 +225,7 @@ def admin_router(settings: Settings, engine: AsyncEngine, commands: CommandPubli
             log.warning("admin_raw_payload_access", event_id=event_id)
         return JSONResponse(detail)
 
-    @router.post("/api/admin/events/{event_id}/mark-done", dependencies=[admin])
+    @router.post("/api/admin/events/{event_id}/mark-done", dependencies=[admin], responses=errors(404, 409, 422))
     async def post_mark_done(event_id: str) -> JSONResponse:
         try:
             ident = parse_event_id(event_id)
@@ -180,7 +235,8 @@ def admin_router(settings: Settings, engine: AsyncEngine, commands: CommandPubli
         log.info("admin_mark_done", event_id=event_id)
         return JSONResponse({"success": True, "message": "Event marked as done", "eventId": event_id})
 
-    @router.post("/api/admin/events/{event_id}/quarantine", dependencies=[admin])
+    @router.post("/api/admin/events/{event_id}/quarantine", dependencies=[admin],
+                 responses=errors(400, 404, 409, 422))
     async def post_quarantine(event_id: str, body: Annotated[QuarantineBody | None, Body()] = None) -> JSONResponse:
         body = body or QuarantineBody()
         try:
@@ -191,7 +247,8 @@ def admin_router(settings: Settings, engine: AsyncEngine, commands: CommandPubli
         log.info("admin_quarantine", event_id=event_id, reason=body.reason)
         return JSONResponse({"success": True, "message": "Event quarantined", "eventId": event_id})
 
-    @router.post("/api/admin/events/{event_id}/replay", dependencies=[admin])
+    @router.post("/api/admin/events/{event_id}/replay", dependencies=[admin],
+                 responses=errors(400, 404, 409, 422, 503))
     async def post_replay(event_id: str, body: Annotated[ReplayBody | None, Body()] = None,
                           eventSource: TableName | None = None, force: bool = False) -> JSONResponse:  # noqa: N803
         body = body or ReplayBody()
@@ -216,7 +273,8 @@ def admin_router(settings: Settings, engine: AsyncEngine, commands: CommandPubli
         return JSONResponse({"success": True, "message": "Event replayed", "eventId": event_id,
                              "commandId": str(command.command_id)})
 
-    @router.post("/api/admin/agents/seed", dependencies=[admin], summary="seed the agent directory (L-6)")
+    @router.post("/api/admin/agents/seed", dependencies=[admin], summary="seed the agent directory (L-6)",
+                 responses=errors(502, 503))
     async def post_agents_seed() -> JSONResponse:
         from services.clients.aloware import AlowareClient
         from services.clients.ghl import GhlClient
@@ -236,7 +294,8 @@ def admin_router(settings: Settings, engine: AsyncEngine, commands: CommandPubli
             await alo.aclose()
         return JSONResponse({"success": True, "inserted": inserted})
 
-    @router.post("/api/admin/lists/rebuild", dependencies=[admin], summary="rebuild agent call lists (L-5)")
+    @router.post("/api/admin/lists/rebuild", dependencies=[admin], summary="rebuild agent call lists (L-5)",
+                 responses=errors(404, 422, 502, 503))
     async def post_lists_rebuild(agentKey: str | None = None, listKey: str | None = None) -> JSONResponse:  # noqa: N803
         from services.clients.aloware import AlowareClient
         from services.clients.ghl import GhlClient
@@ -245,11 +304,17 @@ def admin_router(settings: Settings, engine: AsyncEngine, commands: CommandPubli
         if not (settings.ghl_api_key and settings.ghl_location_id and settings.aloware_api_token):
             return JSONResponse({"success": False, "error": "GHL and Aloware credentials are not configured"},
                                 status_code=503)
+        if "\x00" in (agentKey or "") + (listKey or ""):
+            return JSONResponse({"success": False, "error": "agentKey and listKey must not contain NUL characters"},
+                                status_code=422)
         ghl, alo = GhlClient.from_settings(settings), AlowareClient.from_settings(settings)
         try:
             report = await rebuild_lists(settings, engine, ghl, alo, agentKey, listKey)
         except UnknownList as exc:
             return JSONResponse({"success": False, "error": str(exc)}, status_code=404)
+        except Exception as exc:  # a vendor failure is reported, not a 500
+            log.warning("lists_rebuild_failed", error=str(exc))
+            return JSONResponse({"success": False, "error": f"rebuild failed: {exc}"}, status_code=502)
         finally:
             await ghl.aclose()
             await alo.aclose()
@@ -275,7 +340,7 @@ def admin_router(settings: Settings, engine: AsyncEngine, commands: CommandPubli
 
     for method in ("POST", "GET"):  # GET kept for the original's cron
         router.add_api_route("/api/jobs/process-pending", process_pending, methods=[method],
-                             dependencies=[jobs], summary="run the pending sweep now", status_code=202,
+                             dependencies=[jobs], summary="run the pending sweep now", status_code=202, responses=errors(503),
                              operation_id=f"process_pending_{method.lower()}")
 
     async def enqueue(table: TableName) -> JSONResponse:
@@ -290,12 +355,13 @@ def admin_router(settings: Settings, engine: AsyncEngine, commands: CommandPubli
         return JSONResponse({"enqueued": min(total, settings.jobs_batch_size), "totalPending": total,
                              "sweepId": str(command.command_id)})
 
-    @router.post("/api/jobs/enqueue-pending", dependencies=[jobs], summary="re-drive pending webhook events now")
+    @router.post("/api/jobs/enqueue-pending", dependencies=[jobs], summary="re-drive pending webhook events now",
+                 responses=errors(503))
     async def enqueue_pending() -> JSONResponse:
         return await enqueue("webhook")
 
     @router.post("/api/jobs/enqueue-texting-pending", dependencies=[jobs],
-                 summary="re-drive pending texting events now")
+                 summary="re-drive pending texting events now", responses=errors(503))
     async def enqueue_texting_pending() -> JSONResponse:
         return await enqueue("texting")
 

@@ -7,8 +7,11 @@ echoed back.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.clients.ghl_oauth import GhlOAuth
@@ -19,10 +22,25 @@ from services.common.settings import Settings
 log = get_logger(__name__)
 
 
+class InstallFailed(BaseModel):
+    success: Literal[False]
+    error: str
+    errorDescription: str | None = None  # noqa: N815 - the API's field name
+
+
+class Installed(BaseModel):
+    success: Literal[True]
+    message: str
+    locationId: str  # noqa: N815
+
+
 def oauth_router(settings: Settings, engine: AsyncEngine) -> APIRouter:
     router = APIRouter()
 
-    @router.get("/leadconnector/oauth", summary="GHL Marketplace install callback")
+    @router.get("/leadconnector/oauth", summary="GHL Marketplace install callback", response_model=Installed,
+                responses={400: {"model": InstallFailed, "description": "GHL sent an error, or no code"},
+                           500: {"model": InstallFailed, "description": "missing_credentials, "
+                                 "token_exchange_failed or processing_error (spec OA-7)"}})
     async def install(code: str | None = None, state: str | None = None, error: str | None = None,
                       error_description: str | None = None) -> JSONResponse:
         if error:
