@@ -111,6 +111,9 @@ def run(
     env_file = str(stack_env) if service == "mcp" and stack_env.exists() else None
     settings = settings_for(service, env_file=env_file)
     configure_logging(service, settings.log_level, settings.log_format)
+    from services.common import tracing
+
+    tracing.configure(service, settings.otel_traces_exporter)
     import importlib
 
     importlib.import_module(RUNNERS[service]).run(settings)

@@ -10,8 +10,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import httpx
+from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Histogram
 
+from services.common import tracing
 from services.common.errors import Permanent, RetryLater
 from services.common.logging import get_logger
 from services.common.trace import vendor_call
@@ -114,8 +116,12 @@ class VendorHttp:
         started = time.perf_counter()
         status = "error"
         try:
-            response = await self.client.request(method, path, **kwargs)
-            status = str(response.status_code)
+            with tracing.span(f"{self.vendor} {endpoint}", kind=SpanKind.CLIENT,
+                              attributes={"http.request.method": method, "dfm.vendor": self.vendor}) as span:
+                headers = tracing.inject(dict(kwargs.pop("headers", None) or {}))
+                response = await self.client.request(method, path, headers=headers, **kwargs)
+                status = str(response.status_code)
+                span.set_attribute("http.response.status_code", response.status_code)
         except httpx.TimeoutException as exc:
             raise RetryLater(None, f"{self.vendor} timeout: {type(exc).__name__}") from exc
         except httpx.TransportError as exc:

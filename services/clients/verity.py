@@ -16,8 +16,10 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import httpx
+from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Histogram
 
+from services.common import tracing
 from services.common.logging import get_logger
 from services.common.settings import Settings
 
@@ -212,7 +214,9 @@ class VerityProxy:
         started = time.perf_counter()
         meta = {"endpoint": endpoint, "method": method}
         try:
-            response = await self.client.request(method, url, headers=send_headers, content=content)
+            with tracing.span(f"verity {label}", kind=SpanKind.CLIENT, attributes={"http.request.method": method}):
+                response = await self.client.request(method, url, headers=tracing.inject(send_headers),
+                                                     content=content)
         except httpx.TimeoutException:
             UPSTREAM_REQUESTS.labels(label, "timeout").inc()
             return ProxyResult(504, {"success": False, "error": {

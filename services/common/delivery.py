@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from nats.aio.msg import Msg
+from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 from sqlalchemy import case, select, update
@@ -27,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import HEADER_REDRIVE, WebhookEvent
 from contracts.streams import ConsumerSpec, expected_consumers
+from services.common import tracing
 from services.common.db.models import EVENT_TABLES, EventAttempt, EventDelivery
 from services.common.errors import Permanent, RetryLater
 from services.common.events import row_for
@@ -263,35 +265,39 @@ class EventConsumer:
         loop = asyncio.get_running_loop()
         started = loop.time()
         heartbeat = asyncio.create_task(self._keep_alive(msg))
-        token = CURRENT.set(trace)
-        try:
-            outcome = await self._rule(event, attempt)
-        except RetryLater as exc:
-            heartbeat.cancel()
-            await self._retry(msg, event, attempt, exc, bound, trace)
-        except Permanent as exc:
-            heartbeat.cancel()
-            log.warning("event_dead", reason=exc.reason, attempt=attempt, **bound)
-            await self.ledger.finish(event, "dead", error=exc.reason, attempt=attempt, trace=trace)
-            EVENTS.labels(self._spec.durable, event.canonical_type, "dead", "").inc()
-            await msg.term()
-        except Exception as exc:  # an unexpected bug: retried with back-off, then dead
-            heartbeat.cancel()
-            log.exception("rule_failed", attempt=attempt, **bound)
-            await self._retry(msg, event, attempt, RetryLater(None, f"{type(exc).__name__}: {exc}"),
-                              bound, trace)
-        else:
-            heartbeat.cancel()
-            await self.ledger.finish(event, "done", outcome=outcome, attempt=attempt, trace=trace)
-            PROCESSING.labels(self._spec.durable, event.canonical_type).observe(loop.time() - started)
-            ATTEMPTS.labels(self._spec.durable).observe(attempt)
-            EVENTS.labels(self._spec.durable, event.canonical_type, "done", outcome.outcome).inc()
-            if outcome.outcome == "echo":
-                ECHOES.labels(event.source.value).inc()
-            log.info("event_done", outcome=outcome.outcome, reason=outcome.reason, attempt=attempt, **bound)
-            await msg.ack()
-        finally:
-            CURRENT.reset(token)
+        # continues the trace the ingress put in the message headers (tracing.py)
+        with tracing.span(f"{self._spec.durable} {event.canonical_type}", kind=SpanKind.CONSUMER,
+                          parent=msg.headers or {}, attributes={"dfm.event_id": str(event.event_id),
+                                                                "dfm.attempt": attempt}):
+            token = CURRENT.set(trace)
+            try:
+                outcome = await self._rule(event, attempt)
+            except RetryLater as exc:
+                heartbeat.cancel()
+                await self._retry(msg, event, attempt, exc, bound, trace)
+            except Permanent as exc:
+                heartbeat.cancel()
+                log.warning("event_dead", reason=exc.reason, attempt=attempt, **bound)
+                await self.ledger.finish(event, "dead", error=exc.reason, attempt=attempt, trace=trace)
+                EVENTS.labels(self._spec.durable, event.canonical_type, "dead", "").inc()
+                await msg.term()
+            except Exception as exc:  # an unexpected bug: retried with back-off, then dead
+                heartbeat.cancel()
+                log.exception("rule_failed", attempt=attempt, **bound)
+                await self._retry(msg, event, attempt, RetryLater(None, f"{type(exc).__name__}: {exc}"),
+                                  bound, trace)
+            else:
+                heartbeat.cancel()
+                await self.ledger.finish(event, "done", outcome=outcome, attempt=attempt, trace=trace)
+                PROCESSING.labels(self._spec.durable, event.canonical_type).observe(loop.time() - started)
+                ATTEMPTS.labels(self._spec.durable).observe(attempt)
+                EVENTS.labels(self._spec.durable, event.canonical_type, "done", outcome.outcome).inc()
+                if outcome.outcome == "echo":
+                    ECHOES.labels(event.source.value).inc()
+                log.info("event_done", outcome=outcome.outcome, reason=outcome.reason, attempt=attempt, **bound)
+                await msg.ack()
+            finally:
+                CURRENT.reset(token)
 
     async def _keep_alive(self, msg: Msg) -> None:
         """Tell JetStream the rule is still running (+WPI) so a short AckWait is safe: only a

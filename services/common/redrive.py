@@ -14,6 +14,7 @@ from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from contracts.envelope import (
@@ -26,6 +27,7 @@ from contracts.envelope import (
 from contracts.streams import WEBHOOKS_STREAM
 from contracts.subjects import EntityType, Source
 from contracts.tokens import normalise_token
+from services.common import tracing
 from services.common.logging import get_logger
 from services.common.operations import TableName
 
@@ -81,5 +83,9 @@ async def publish_redrive(js: JetStreamContext, event: WebhookEvent, tag: str,
     headers = event.nats_headers()
     headers[HEADER_MSG_ID] = f"{event.dedupe_key}:{tag}"
     headers[HEADER_REDRIVE] = tag
-    ack = await js.publish(event.subject, event.to_bytes(), headers=headers, timeout=timeout)
+    # a re-drive is a trace of its own (the webhook's may be long over), carried like the ingress's
+    with tracing.span(f"redrive {event.canonical_type}", kind=SpanKind.PRODUCER,
+                      attributes={"dfm.event_id": str(event.event_id), "dfm.redrive": tag}):
+        tracing.inject(headers)
+        ack = await js.publish(event.subject, event.to_bytes(), headers=headers, timeout=timeout)
     return int(ack.seq)

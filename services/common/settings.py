@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     base_url: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
+    # spans are always made and carried (traceparent in NATS and vendor headers); exported only
+    # when this says so; the OTLP exporter reads the standard OTEL_EXPORTER_OTLP_* variables
+    otel_traces_exporter: Literal["none", "console", "otlp"] = "none"
     db_max_connections: int = Field(default=10, ge=1, le=500)
     db_idle_timeout: int = Field(default=30, ge=1)
     db_connection_timeout: int = Field(default=10, ge=1)

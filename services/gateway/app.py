@@ -23,6 +23,7 @@ import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field
 
@@ -35,6 +36,7 @@ from services.clients.verity import (
     VerityProxy,
     check_endpoint,
 )
+from services.common import tracing
 from services.common.db.session import sync_url
 from services.common.logging import get_logger
 from services.common.settings import Settings
@@ -242,9 +244,10 @@ def create_app(settings: Settings) -> FastAPI:
                 return _fail(403, "FORBIDDEN", "this endpoint needs an admin user")
         extra = {k: v for k, v in given.items() if k in forward and k != "authorization"}
         try:
-            result = await proxy.call(endpoint, method, params=spec.get("params"), query=spec.get("query"),
-                                      body=spec.get("body"), headers=extra, token=token,
-                                      metric_endpoint=known.path if known else "uncatalogued")
+            with tracing.span("gateway proxy", kind=SpanKind.SERVER, parent=request.headers):
+                result = await proxy.call(endpoint, method, params=spec.get("params"), query=spec.get("query"),
+                                          body=spec.get("body"), headers=extra, token=token,
+                                          metric_endpoint=known.path if known else "uncatalogued")
         except ProxyError as exc:
             return _fail(exc.status, exc.code, exc.message)
         headers = dict(result.headers)

@@ -18,11 +18,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.routing import Route
 
 from contracts.envelope import AuthInfo
+from services.common import tracing
 from services.common.db.session import create_engine
 from services.common.logging import get_logger
 from services.common.settings import Settings
@@ -145,13 +148,18 @@ class Ingress:
     ) -> Response:
         """Run one webhook through the pipeline and record metrics for it."""
         started = time.perf_counter()
-        try:
-            outcome, response = await self._pipeline(request, source, authenticate, classify)
-        except Exception:  # a bug must not become a 500: the sender retries, dedupe holds
-            log.exception("webhook_unexpected_error", source=source)
-            outcome, response = _reply(
-                429 if source in ("ghl", "ghl_provider") else 503, "unavailable", UNAVAILABLE
-            )
+        # a trace per webhook, continuing the sender's when it sent a traceparent; the
+        # publisher copies its context into the NATS headers
+        with tracing.span(f"webhook {source}", kind=SpanKind.SERVER, parent=request.headers) as span:
+            try:
+                outcome, response = await self._pipeline(request, source, authenticate, classify)
+            except Exception:  # a bug must not become a 500: the sender retries, dedupe holds
+                log.exception("webhook_unexpected_error", source=source)
+                outcome, response = _reply(
+                    429 if source in ("ghl", "ghl_provider") else 503, "unavailable", UNAVAILABLE
+                )
+            span.set_attribute("dfm.outcome", outcome)
+            span.set_attribute("http.response.status_code", response.status_code)
         metrics.REQUESTS.labels(source, outcome).inc()
         metrics.REQUEST_DURATION.labels(source, outcome).observe(time.perf_counter() - started)
         return response
@@ -212,6 +220,7 @@ class Ingress:
         event = result.envelope(auth, payload, raw=body if source.startswith("ghl") else None,
                                 signature=signature)
         event_id = event.event_id
+        trace.get_current_span().set_attribute("dfm.event_id", str(event_id))
         published = await self.publisher.publish(event)
         bound = {
             "event_id": str(event_id),

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import HEADER_EVENT_ID, WebhookEvent
 from contracts.streams import STREAMS, WEBHOOKS_STREAM
+from services.common import tracing
 from services.common.broker import connect, ensure_stream
 from services.common.db.models import IngressOutbox
 from services.common.logging import get_logger
@@ -119,7 +120,7 @@ class EventPublisher:
     async def publish(self, event: WebhookEvent) -> PublishResult:
         """Make ``event`` durable; never raises for infrastructure trouble."""
         body = event.to_bytes()
-        headers = event.nats_headers()
+        headers = tracing.inject(event.nats_headers())  # kept in the outbox row too
         started = time.perf_counter()
         try:
             if self._js is not None and self.nats_connected:

@@ -3,7 +3,7 @@
 The fake GHL enforces the bearer token, the per-endpoint ``Version`` header, 100 requests /
 10 s per location with the real ``X-RateLimit-*`` headers and 429, and validates every
 request against GHL's OpenAPI (422 when invalid). The fake Aloware checks ``api_token``.
-Both record every call, accept injected faults through ``/_sandbox/faults``, and after each
+Both record every call (with the request's W3C ``traceparent``), accept injected faults through ``/_sandbox/faults``, and after each
 write emit the webhook the real vendor would send to ``DFM_SANDBOX_WEBHOOK_URL`` (the
 ingress), signed like the real sender, so echo suppression is tested end to end.
 
@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +36,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.common.logging import get_logger
 from services.common.phone import to_e164
@@ -160,7 +162,8 @@ class Sandbox:
 
     def record(self, vendor: str, method: str, path: str, status: int, body: Any, query: dict[str, str]) -> None:
         self.state.calls.append({"vendor": vendor, "method": method, "path": path, "status": status,
-                                 "body": body, "query": query, "at": time.time()})
+                                 "body": body, "query": query, "at": time.time(),
+                                 "traceparent": TRACEPARENT.get()})
 
     async def fault_for(self, vendor: str, path: str) -> Fault | None:
         for fault in self.state.faults:
@@ -245,6 +248,22 @@ ALOWARE_FIELDS = ("first_name", "last_name", "name", "email", "timezone", "count
                   "city", "lead_source", "intake_source")
 
 
+TRACEPARENT: ContextVar[str | None] = ContextVar("sandbox_traceparent", default=None)
+
+
+class TraceparentCapture:
+    """Makes the request's ``traceparent`` header available to :meth:`Sandbox.record`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            value = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"traceparent"), None)
+            TRACEPARENT.set(value)
+        await self.app(scope, receive, send)
+
+
 def create_sandbox_app(settings: Settings) -> FastAPI:
     """The fakes as one ASGI app: GHL under /ghl, Aloware under /aloware/api/v1."""
     sandbox = Sandbox(settings)
@@ -257,6 +276,7 @@ def create_sandbox_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="DF-Middleware sandbox vendors", lifespan=lifespan)
     app.state.sandbox = sandbox
+    app.add_middleware(TraceparentCapture)
 
     # --- admin ----------------------------------------------------------------------------
     @app.get("/_sandbox/calls")
