@@ -46,7 +46,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.ingress.run import cpu_seconds, wait_http
+from bench.ingress.run import cpu_seconds, js_publish_rate, pg_insert_rate, wait_http
 from bench.procs import Processes
 from services.common.broker import prepare_topology
 from services.common.db import migrate
@@ -170,6 +170,36 @@ def make_chaos(args: argparse.Namespace, procs: dict[str, list[subprocess.Popen[
             "PostgreSQL stopped and restarted once", "GHL 429 ×30 and 503 ×30 bursts"]
 
 
+async def sandbox_request_rate(sandbox: str, seconds: float, in_flight: int = 32) -> float:
+    """GHL duplicate searches per second the fake vendor answers (read-only, OpenAPI-checked)."""
+    done = 0
+    deadline = time.perf_counter() + seconds
+    async with httpx.AsyncClient(base_url=f"{sandbox}/ghl", headers=GHL, timeout=10,
+                                 limits=httpx.Limits(max_connections=in_flight)) as client:
+        async def worker(w: int) -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                answer = await client.get("/contacts/search/duplicate",
+                                          params={"locationId": "ghlLocationDemo00001", "number": f"+1555000{w:04d}"})
+                assert answer.status_code == 200, answer.text
+                done += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(in_flight)))
+        return done / (time.perf_counter() - start)
+
+
+async def raw_limits(nats_url: str, db_url: str, sandbox: str, seconds: float = 3.0) -> dict[str, float]:
+    """The servers' own ceilings, measured on this run's servers before the load starts."""
+    limits = {"JetStream acked publish (32 in flight)": await js_publish_rate(nats_url, seconds),
+              "PostgreSQL single-row insert (32 connections)": await pg_insert_rate(db_url, seconds),
+              "sandbox GHL duplicate search (32 in flight)": await sandbox_request_rate(sandbox, seconds)}
+    conn = await asyncpg.connect(sync_url(db_url))
+    await conn.execute("DROP TABLE IF EXISTS bench_raw")
+    await conn.close()
+    return limits
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=100, help="events per second (open loop)")
@@ -223,6 +253,8 @@ def main() -> int:
         answer = httpx.get(f"http://127.0.0.1:{ingress_port}/leadconnector/oauth", params={"code": "code-bench"})
         assert answer.status_code == 200, answer.text
         time.sleep(2)  # consumers bind to their durables
+        raw = asyncio.run(raw_limits(nats_server.url, pg.url(), sandbox))
+        skip_calls = len(httpx.get(f"{sandbox}/_sandbox/calls").json())  # the ledger counts the load's only
         pids = processes.pids()
         before = {name: cpu_seconds(p) for name, p in pids.items()}
         chaos_log: list[str] = []
@@ -236,8 +268,10 @@ def main() -> int:
             chaos.join()
         accepted = {r["id"] for r in run["results"] if r["answer"] == "accepted"}
         finished = asyncio.run(settle(pg.url(), accepted, timeout=max(120.0, args.seconds * 4)))
-        cpu = {name: cpu_seconds(p) - before[name] for name, p in pids.items()}
-        calls = httpx.get(f"{sandbox}/_sandbox/calls").json()
+        # a process killed by the chaos took its CPU count with it: no figure for its service
+        cpu = {name: cpu_seconds(p) - before[name] if processes.pids()[name] == p else None
+               for name, p in pids.items()}
+        calls = httpx.get(f"{sandbox}/_sandbox/calls").json()[skip_calls:]
         ghl_contacts = httpx.get(f"{sandbox}/_sandbox/ghl/contacts").json()
         conversations = httpx.get(f"{sandbox}/_sandbox/ghl/conversations").json()
     finally:
@@ -313,7 +347,13 @@ def main() -> int:
         f"| latency scheduled send → done p50 / p95 / p99 / max | {pct(0.5):.0f} / {pct(0.95):.0f} / "
         f"{pct(0.99):.0f} / {max(latencies) if latencies else float('nan'):.0f} ms |",
         f"| vendor calls per accepted event | {vendor_calls / max(1, len(accepted)):.2f} |",
-        f"| CPU seconds | {', '.join(f'{k} {v:.1f}' for k, v in cpu.items())} |",
+        f"| CPU seconds | {', '.join(f'{k} ' + (f'{v:.1f}' if v is not None else 'n/a (killed)') for k, v in cpu.items())} |",
+        "",
+        "Raw limits, same run and servers, measured just before the load (3 s each):",
+        "",
+        "| raw limit | per second |",
+        "| --- | ---: |",
+        *[f"| {name} | {rate:,.0f} |" for name, rate in raw.items()],
         "",
     ]
     report = "\n".join(lines)

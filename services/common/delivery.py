@@ -90,14 +90,13 @@ class DeliveryLedger:
         table_name = event_table(event)
         table, values = row_for(event, stream_seq, self._settings.default_phone_region)
         async with self._engine.begin() as conn:
-            await conn.execute(
-                insert(table).values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"])
-            )
-            row = (
-                await conn.execute(
-                    select(table.id, table.status).where(table.dedupe_key == event.dedupe_key)
-                )
-            ).one()
+            # one round trip: the row this statement inserted, else the one already there
+            inserted = (insert(table).values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"])
+                        .returning(table.id, table.status).cte("inserted"))
+            existing = select(table.id, table.status).where(table.dedupe_key == event.dedupe_key)
+            row = (await conn.execute(select(inserted.c.id, inserted.c.status).union_all(existing))).first()
+            if row is None:  # another transaction committed it while this statement waited
+                row = (await conn.execute(existing)).one()
             if row.id != event.event_id:
                 log.info("duplicate_event_skipped", event_id=str(event.event_id), first_id=str(row.id))
                 return None
@@ -154,22 +153,21 @@ class DeliveryLedger:
             values["last_error"] = None  # the history stays in event_attempts
         if refund_attempt:
             values["attempts"] = EventDelivery.attempts - 1
+        delivery = (update(EventDelivery)
+                    .where(EventDelivery.event_id == event.event_id, EventDelivery.consumer == self.consumer)
+                    .values(**values))
+        if trace is not None and attempt is not None:  # both writes in one statement (round trip)
+            delivery = insert(EventAttempt).values(
+                event_id=event.event_id, consumer=self.consumer, attempt=attempt,
+                stream_seq=trace.stream_seq, num_delivered=trace.num_delivered,
+                replay_of=trace.replay_of, started_at=trace.started_at, status=status,
+                outcome=outcome.outcome if outcome else None,
+                detail=(outcome.reason if outcome else error),
+                vendor_calls=trace.vendor_calls, mappings=trace.mappings,
+            ).add_cte(delivery.cte("delivery"))
         async with self._engine.begin() as conn:
-            await conn.execute(
-                update(EventDelivery)
-                .where(EventDelivery.event_id == event.event_id, EventDelivery.consumer == self.consumer)
-                .values(**values)
-            )
+            await conn.execute(delivery)
             await self._aggregate(conn, event, table, error=error, next_attempt_at=next_attempt_at)
-            if trace is not None and attempt is not None:
-                await conn.execute(insert(EventAttempt).values(
-                    event_id=event.event_id, consumer=self.consumer, attempt=attempt,
-                    stream_seq=trace.stream_seq, num_delivered=trace.num_delivered,
-                    replay_of=trace.replay_of, started_at=trace.started_at, status=status,
-                    outcome=outcome.outcome if outcome else None,
-                    detail=(outcome.reason if outcome else error),
-                    vendor_calls=trace.vendor_calls, mappings=trace.mappings,
-                ))
 
     async def _aggregate(self, conn: Any, event: WebhookEvent, table: Any, *,
                          error: str | None = None, next_attempt_at: datetime | None = None) -> None:

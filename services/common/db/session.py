@@ -29,7 +29,11 @@ def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncE
         max_overflow=0,
         pool_timeout=settings.db_connection_timeout,
         pool_recycle=max(settings.db_idle_timeout * 10, 300),
-        pool_pre_ping=True,
+        # No ping before each checkout: it is one more round trip per transaction (≈10 % of a
+        # consumer's CPU, bench/RESULTS.md). A connection that died with the server fails its
+        # first statement instead; SQLAlchemy then invalidates the whole pool and the delivery
+        # is retried like any other database error.
+        pool_pre_ping=False,
         connect_args={"timeout": settings.db_connection_timeout},
     )
 
