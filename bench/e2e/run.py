@@ -327,7 +327,8 @@ def main() -> int:
     lines = [
         f"### e2e ledger — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
-        f"- command: `python bench/e2e/run.py --rate {args.rate:g} --seconds {args.seconds:g} --replicas {args.replicas}`",
+        f"- command: `python bench/e2e/run.py --rate {args.rate:g} --seconds {args.seconds:g} --replicas {args.replicas}"
+        f"{' --chaos' if args.chaos else ''}`",
         f"- machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; every "
         "process, the sandbox vendors and the generator on one host; rate limiting off",
         f"- mix: {contacts} contacts × (Aloware create, update, call, inbound text), ~30 % repeated sends",
