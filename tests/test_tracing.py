@@ -64,13 +64,15 @@ async def test_a_webhook_trace_reaches_every_vendor_call_it_causes(
 
 def test_the_console_exporter_writes_finished_spans(capsys: pytest.CaptureFixture[str],
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    # configure() replaces the module's provider; monkeypatch puts the silent one back after
+    # configure() replaces the module's provider and the global one (FastAPI traces through
+    # that); monkeypatch puts the silent one back after and keeps the global one untouched
     monkeypatch.setattr(tracing, "_provider", tracing._provider)
     monkeypatch.setattr(tracing, "_tracer", tracing._tracer)
+    monkeypatch.setattr(tracing.trace, "set_tracer_provider", lambda provider: None)
     tracing.configure("probe", "console")
     with tracing.span("probe work", parent={"traceparent": f"00-{SENDER_TRACE}-{SENDER_SPAN}-01"}):
         pass
-    tracing._provider.force_flush()
+    tracing._provider.shutdown()  # flushes, and stops its export thread
     printed: dict[str, Any] = json.loads(capsys.readouterr().out)
     assert printed["name"] == "probe work"
     assert printed["context"]["trace_id"] == f"0x{SENDER_TRACE}"

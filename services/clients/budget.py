@@ -1,8 +1,8 @@
 """GHL's 100 requests / 10 s per location, held by all replicas together (invariant 6).
 
 Why PostgreSQL rather than NATS KV: every consumer already holds a database pool, the
-budget is small (≈8 requests/s), and a transaction with an advisory lock gives a sliding
-window shared by all replicas in two short statements; KV would need compare-and-set retries
+budget is small (≈8 requests/s), and a function holding an advisory lock gives a sliding
+window shared by all replicas in one round trip; KV would need compare-and-set retries
 under contention. Buckets are one second wide; a request is allowed when the sum over the
 ``window_s + 1`` buckets that can overlap the vendor's exact sliding window is below the
 limit, so the count can never exceed the vendor's (it errs by up to a second of headroom). When the budget is empty, a caller waits for
@@ -25,27 +25,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.common.errors import RetryLater
 from services.common.settings import Settings
 
-_LOCK = text("SELECT pg_advisory_xact_lock(hashtext('rate:' || CAST(:key AS text)))")
-_ACQUIRE = text(
-    """
-    WITH used AS (
-        SELECT coalesce(sum(count), 0) AS n, min(bucket) AS oldest
-        FROM rate_budget_buckets
-        WHERE key = CAST(:key AS text) AND bucket >= CAST(:now AS bigint) - CAST(:window AS bigint)
-    ),
-    take AS (
-        INSERT INTO rate_budget_buckets (key, bucket, count)
-        SELECT CAST(:key AS text), CAST(:now AS bigint), 1 FROM used
-        WHERE used.n < CAST(:limit AS bigint)
-        ON CONFLICT (key, bucket) DO UPDATE SET count = rate_budget_buckets.count + 1
-        RETURNING 1
-    )
-    SELECT (SELECT count(*) FROM take) AS granted, (SELECT oldest FROM used) AS oldest
-    """
-)
-_PURGE = text(
-    "DELETE FROM rate_budget_buckets WHERE key = CAST(:key AS text) AND bucket <= CAST(:now AS bigint) - 60"
-)
+# One statement, run outside any transaction of ours: the function takes the advisory
+# transaction lock, reads the window after it holds it, takes a request if there is room and
+# purges old buckets now and then (migrations/versions/0004_round_trip_functions.py).
+_TAKE = text("SELECT granted, oldest FROM dfm_rate_take(CAST(:key AS text), CAST(:now AS bigint), "
+             "CAST(:window AS bigint), CAST(:limit AS bigint), CAST(:purge AS boolean))")
 
 
 class RateBudget:
@@ -80,17 +64,13 @@ class RateBudget:
     async def _try(self) -> float | None:
         """None when a request was taken, else seconds until the window has room."""
         now = int(time.time())
-        async with self._engine.begin() as conn:
-            await conn.execute(_LOCK, {"key": self.key})
-            row = (
-                await conn.execute(
-                    _ACQUIRE,
-                    {"key": self.key, "now": now, "window": self.window_s, "limit": self.limit},
-                )
-            ).one()
-            if now - self._last_purge >= 30:
-                await conn.execute(_PURGE, {"key": self.key, "now": now})
-                self._last_purge = now
+        purge = now - self._last_purge >= 30
+        async with self._engine.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            row = (await auto.execute(_TAKE, {"key": self.key, "now": now, "window": self.window_s,
+                                              "limit": self.limit, "purge": purge})).one()
+        if purge:
+            self._last_purge = now
         if row.granted:
             return None
         oldest = row.oldest if row.oldest is not None else now

@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
-from sqlalchemy import case, select, update
+from sqlalchemy import case, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -62,19 +62,13 @@ class Outcome:
 Rule = Callable[[WebhookEvent, int], Awaitable[Outcome]]
 
 
+_AGGREGATE = text("SELECT dfm_event_aggregate(CAST(:table AS text), CAST(:event AS uuid), "
+                  "CAST(:expected AS text[]), CAST(:error AS text), CAST(:next AS timestamptz))")
+
+
 def event_table(event: WebhookEvent) -> str:
     """Which event table holds ``event``: webhook, texting or broadcast."""
     return {"texting": "texting", "broadcast": "broadcast"}.get(event.source.value, "webhook")
-
-
-def aggregate(statuses: list[str]) -> str:
-    """Event status from its deliveries (spec/inbound.md §4.2)."""
-    if not statuses:
-        return "pending"
-    for status in ("dead", "error", "processing", "pending"):
-        if status in statuses:
-            return status
-    return "done"
 
 
 class DeliveryLedger:
@@ -171,41 +165,17 @@ class DeliveryLedger:
 
     async def _aggregate(self, conn: Any, event: WebhookEvent, table: Any, *,
                          error: str | None = None, next_attempt_at: datetime | None = None) -> None:
-        current = (
-            await conn.execute(select(table.status).where(table.id == event.event_id).with_for_update())
-        ).scalar_one_or_none()
-        if current is None or current == "quarantined":
-            return
-        rows = (
-            await conn.execute(
-                select(EventDelivery.consumer, EventDelivery.status, EventDelivery.outcome,
-                       EventDelivery.outcome_reason, EventDelivery.attempts)
-                .where(EventDelivery.event_id == event.event_id)
-            )
-        ).all()
-        by_consumer = {r.consumer: r for r in rows}
-        statuses = [by_consumer[c].status if c in by_consumer else "pending"
-                    for c in expected_consumers(event.subject)] or [r.status for r in rows]
-        status = aggregate(statuses)
-        values: dict[str, Any] = {"status": status,
-                                  "attempts": max((r.attempts for r in rows), default=0)}
-        if status == "done":
-            outcomes = [r.outcome for r in rows if r.outcome]
-            best = next((o for o in ("applied", "echo", "skipped", "ignored") if o in outcomes), None)
-            reasons = sorted((r.outcome_reason for r in rows if r.outcome == best and r.outcome_reason),
-                             key=_uninformative)  # a consumer with no rule for it says least
-            values.update(outcome=best, outcome_reason=reasons[0] if reasons else None,
-                          processed_at=datetime.now(UTC), error_message=None, next_attempt_at=None)
-        elif status == "processing":
-            values["claimed_at"] = datetime.now(UTC)
-        elif status in ("error", "dead") and error:
-            values.update(error_message=error[:2000], last_error_at=datetime.now(UTC),
-                          next_attempt_at=next_attempt_at)
-        await conn.execute(update(table).where(table.id == event.event_id).values(**values))
+        """The event's status from its deliveries (spec/inbound.md §4.2), in one round trip.
 
-
-def _uninformative(reason: str) -> bool:
-    return reason.startswith("Unhandled") or reason.endswith("_disabled")
+        The database function locks the event row, then reads the deliveries and updates the
+        row (migrations/versions/0004_round_trip_functions.py): dead > error > processing >
+        pending > done over the consumers that take the subject (no delivery row yet counts as
+        pending); when done, the best outcome (applied > echo > skipped > ignored) and a
+        reason, preferring one that says more than "Unhandled…"/"…_disabled"; on error/dead,
+        the error and next attempt time. A quarantined event is left alone."""
+        await conn.execute(_AGGREGATE, {"table": table.__tablename__, "event": event.event_id,
+                                        "expected": expected_consumers(event.subject), "error": error,
+                                        "next": next_attempt_at})
 
 
 def consumer_batch(settings: Settings) -> int:
