@@ -19,7 +19,7 @@ Chaos (``--chaos``): during the send window a random consumer process is SIGKILL
 replaced every ``--kill-every`` seconds, NATS is restarted once (a third in), PostgreSQL once
 (two thirds in), and the fake GHL answers bursts of 429 and 503. The ledger must still balance.
 
-Usage: python bench/e2e/run.py [--rate 100] [--seconds 30] [--replicas 1] [--chaos] [--record]
+Usage: python bench/e2e/run.py [--rate 100] [--seconds 30] [--replicas 1] [--chaos] [--settle S] [--record]
 """
 
 from __future__ import annotations
@@ -117,12 +117,16 @@ async def settle(db: str, ids: set[str], timeout: float) -> dict[str, Any]:
     conn = await asyncpg.connect(sync_url(db))
     try:
         deadline = time.monotonic() + timeout
+        next_note = time.monotonic() + 10
         while True:
             rows = await conn.fetch(
                 "SELECT id::text, status, extract(epoch FROM processed_at) AS done_at FROM webhook_events "
                 "WHERE id = ANY($1::uuid[]) UNION ALL SELECT id::text, status, extract(epoch FROM processed_at) "
                 "FROM texting_webhook_events WHERE id = ANY($1::uuid[])", list(ids))
             finished = [r for r in rows if r["status"] in ("done", "dead", "quarantined")]
+            if time.monotonic() >= next_note:
+                print(f"settling: {len(finished)} of {len(ids)} accepted events finished", file=sys.stderr)
+                next_note += 10
             if len(finished) == len(ids) or time.monotonic() > deadline:
                 return {r["id"]: (r["status"], float(r["done_at"]) if r["done_at"] is not None else None)
                         for r in rows}
@@ -207,6 +211,8 @@ def main() -> int:
     parser.add_argument("--replicas", type=int, default=1, help="processes of each sync consumer")
     parser.add_argument("--chaos", action="store_true", help="kill consumers, restart NATS and PostgreSQL")
     parser.add_argument("--kill-every", type=float, default=5.0)
+    parser.add_argument("--settle", type=float, default=None,
+                        help="seconds to wait for the accepted events to finish (default: 4 × --seconds, at least 120)")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     total = int(args.rate * args.seconds)
@@ -267,7 +273,8 @@ def main() -> int:
         if chaos is not None:
             chaos.join()
         accepted = {r["id"] for r in run["results"] if r["answer"] == "accepted"}
-        finished = asyncio.run(settle(pg.url(), accepted, timeout=max(120.0, args.seconds * 4)))
+        print(f"sent {len(run['results'])} in {run['elapsed']:.0f} s", file=sys.stderr)
+        finished = asyncio.run(settle(pg.url(), accepted, timeout=args.settle or max(120.0, args.seconds * 4)))
         # a process killed by the chaos took its CPU count with it: no figure for its service
         cpu = {name: cpu_seconds(p) - before[name] if processes.pids()[name] == p else None
                for name, p in pids.items()}
@@ -328,7 +335,7 @@ def main() -> int:
         f"### e2e ledger — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
         f"- command: `python bench/e2e/run.py --rate {args.rate:g} --seconds {args.seconds:g} --replicas {args.replicas}"
-        f"{' --chaos' if args.chaos else ''}`",
+        f"{' --chaos' if args.chaos else ''}{f' --settle {args.settle:g}' if args.settle else ''}`",
         f"- machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; every "
         "process, the sandbox vendors and the generator on one host; rate limiting off",
         f"- mix: {contacts} contacts × (Aloware create, update, call, inbound text), ~30 % repeated sends",
