@@ -60,7 +60,7 @@ class Recorder:
                 for table, rows in by_table.items():
                     stmt = (
                         insert(table).values(rows)
-                        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+                        .on_conflict_do_nothing()  # dedupe key or id: a consumer may insert it now
                         .returning(table.id)
                     )
                     inserted += len((await conn.execute(stmt)).all())
