@@ -75,8 +75,3 @@ def span(name: str, *, kind: SpanKind = SpanKind.INTERNAL, parent: Mapping[str, 
     with _tracer.start_as_current_span(name, context=context, kind=kind, attributes=attributes) as current:
         yield current
 
-
-def current_trace_id() -> str | None:
-    """The current trace id as 32 hex digits, for log lines."""
-    ctx = trace.get_current_span().get_span_context()
-    return format(ctx.trace_id, "032x") if ctx.is_valid else None

@@ -10,7 +10,8 @@ stream for the jobs service and answered at once.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any, Literal, Protocol
 
@@ -32,6 +33,7 @@ from services.common.operations import (
     list_events,
     mark_done,
     mask_number,
+    no_nul,
     parse_event_id,
     quarantine,
     show_event,
@@ -81,6 +83,11 @@ def _guard(secrets: Sequence[SecretStr], header: str, realm: str) -> Any:
             raise Unauthorized("missing credentials" if given is None else "bad credentials")
         return realm
     return check
+
+
+def _unconfigured() -> JSONResponse:
+    return JSONResponse({"success": False, "error": "GHL and Aloware credentials are not configured"},
+                        status_code=503)
 
 
 def _fail(exc: OperationError) -> JSONResponse:
@@ -155,6 +162,22 @@ def admin_router(settings: Settings, engine: AsyncEngine, commands: CommandPubli
     """The admin and jobs routes, bound to one engine and one command publisher."""
     admin = Depends(_guard(settings.df_admin_secret, "x-df-admin-secret", "admin"))
     jobs = Depends(_guard(settings.x_df_jobs_secret, "x-df-jobs-secret", "jobs"))
+    def vendors_configured() -> bool:
+        return bool(settings.ghl_api_key and settings.ghl_location_id and settings.aloware_api_token)
+
+    @asynccontextmanager
+    async def vendor_clients() -> AsyncIterator[tuple[Any, Any]]:
+        """GHL and Aloware clients for one admin action, closed after it."""
+        from services.clients.aloware import AlowareClient
+        from services.clients.ghl import GhlClient
+
+        ghl, alo = GhlClient.from_settings(settings), AlowareClient.from_settings(settings)
+        try:
+            yield ghl, alo
+        finally:
+            await ghl.aclose()
+            await alo.aclose()
+
     router = APIRouter(responses={401: {"model": UnauthorizedBody, "description": "missing or bad credentials"}})
 
     @router.get("/api/admin/events", dependencies=[admin], summary="list events (cursor pagination)",
@@ -276,48 +299,37 @@ def admin_router(settings: Settings, engine: AsyncEngine, commands: CommandPubli
     @router.post("/api/admin/agents/seed", dependencies=[admin], summary="seed the agent directory (L-6)",
                  responses=errors(502, 503))
     async def post_agents_seed() -> JSONResponse:
-        from services.clients.aloware import AlowareClient
-        from services.clients.ghl import GhlClient
         from services.common.agents import seed_agents
 
-        if not (settings.ghl_api_key and settings.ghl_location_id and settings.aloware_api_token):
-            return JSONResponse({"success": False, "error": "GHL and Aloware credentials are not configured"},
-                                status_code=503)
-        ghl, alo = GhlClient.from_settings(settings), AlowareClient.from_settings(settings)
-        try:
-            inserted = await seed_agents(engine, await ghl.list_users(), await alo.list_users())
-        except Exception as exc:  # a vendor failure is reported, not a 500
-            log.warning("agents_seed_failed", error=str(exc))
-            return JSONResponse({"success": False, "error": f"seed failed: {exc}"}, status_code=502)
-        finally:
-            await ghl.aclose()
-            await alo.aclose()
+        if not vendors_configured():
+            return _unconfigured()
+        async with vendor_clients() as (ghl, alo):
+            try:
+                inserted = await seed_agents(engine, await ghl.list_users(), await alo.list_users())
+            except Exception as exc:  # a vendor failure is reported, not a 500
+                log.warning("agents_seed_failed", error=str(exc))
+                return JSONResponse({"success": False, "error": f"seed failed: {exc}"}, status_code=502)
         return JSONResponse({"success": True, "inserted": inserted})
 
     @router.post("/api/admin/lists/rebuild", dependencies=[admin], summary="rebuild agent call lists (L-5)",
                  responses=errors(404, 422, 502, 503))
     async def post_lists_rebuild(agentKey: str | None = None, listKey: str | None = None) -> JSONResponse:  # noqa: N803
-        from services.clients.aloware import AlowareClient
-        from services.clients.ghl import GhlClient
         from services.common.call_lists_rebuild import UnknownList, rebuild_lists
 
-        if not (settings.ghl_api_key and settings.ghl_location_id and settings.aloware_api_token):
-            return JSONResponse({"success": False, "error": "GHL and Aloware credentials are not configured"},
-                                status_code=503)
-        if "\x00" in (agentKey or "") + (listKey or ""):
-            return JSONResponse({"success": False, "error": "agentKey and listKey must not contain NUL characters"},
-                                status_code=422)
-        ghl, alo = GhlClient.from_settings(settings), AlowareClient.from_settings(settings)
+        if not vendors_configured():
+            return _unconfigured()
         try:
-            report = await rebuild_lists(settings, engine, ghl, alo, agentKey, listKey)
-        except UnknownList as exc:
-            return JSONResponse({"success": False, "error": str(exc)}, status_code=404)
-        except Exception as exc:  # a vendor failure is reported, not a 500
-            log.warning("lists_rebuild_failed", error=str(exc))
-            return JSONResponse({"success": False, "error": f"rebuild failed: {exc}"}, status_code=502)
-        finally:
-            await ghl.aclose()
-            await alo.aclose()
+            no_nul(agentKey=agentKey, listKey=listKey)
+        except OperationError as exc:
+            return _fail(exc)
+        async with vendor_clients() as (ghl, alo):
+            try:
+                report = await rebuild_lists(settings, engine, ghl, alo, agentKey, listKey)
+            except UnknownList as exc:
+                return JSONResponse({"success": False, "error": str(exc)}, status_code=404)
+            except Exception as exc:  # a vendor failure is reported, not a 500
+                log.warning("lists_rebuild_failed", error=str(exc))
+                return JSONResponse({"success": False, "error": f"rebuild failed: {exc}"}, status_code=502)
         log.info("admin_lists_rebuilt", rebuilt=report.rebuilt, removed=report.removed, errors=len(report.errors))
         return JSONResponse({"rebuilt": report.rebuilt, "removed": report.removed, "errors": report.errors,
                              "message": f"Rebuilt {report.rebuilt} list(s)"})

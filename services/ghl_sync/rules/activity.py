@@ -146,6 +146,18 @@ def _summary_tags(summary: str, outcomes: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(tags))
 
 
+# artifact kind → payload keys of its link, word for a skip reason, note tag, link label
+URL_ARTIFACTS = {
+    "recording": (("url", "recording_url", "audio_url"), "recording", "RECORDING", "Recording"),
+    "voicemail": (("url", "voicemail_url", "audio_url"), "voicemail", "VOICEMAIL", "Voicemail"),
+}
+# artifact kind → payload keys of its text, word for a skip reason, note tag (others: summary)
+TEXT_ARTIFACTS = {
+    "transcription": (("text", "transcript", "transcription"), "transcript", "TRANSCRIPTION"),
+    "summary": (("summary", "text", "content"), "summary", "CALL SUMMARY"),
+}
+
+
 def artifact(kind: ArtifactKind, canonical_type: str, payload: dict[str, Any]) -> Artifact:
     """AR-1…AR-5 for one webhook."""
     body = payload.get("body") if isinstance(payload.get("body"), dict) else {}
@@ -171,30 +183,22 @@ def artifact(kind: ArtifactKind, canonical_type: str, payload: dict[str, Any]) -
     if call_id is None:
         return Artifact(**base, call_id=None, note=None, error=f"No call_id found in {kind} payload")
     ts = _timestamp(_first(body, payload, "created_at"))
-    if kind == "recording":
-        url = _text(_first(body, payload, "url", "recording_url", "audio_url"))
+    if kind in URL_ARTIFACTS:
+        keys, word, tag, label = URL_ARTIFACTS[kind]
+        url = _text(_first(body, payload, *keys))
         if url is None:
-            return Artifact(**base, call_id=call_id, note=None, skip="No recording URL in payload")
-        note = f"[RECORDING] {ts}{length}\nCall ID: {call_id}\nRecording: {url}\n\n{FOOTER}"
+            return Artifact(**base, call_id=call_id, note=None, skip=f"No {word} URL in payload")
+        note = f"[{tag}] {ts}{length}\nCall ID: {call_id}\n{label}: {url}\n\n{FOOTER}"
         return Artifact(**base, call_id=call_id, note=note)
-    if kind == "voicemail":
-        url = _text(_first(body, payload, "url", "voicemail_url", "audio_url"))
-        if url is None:
-            return Artifact(**base, call_id=call_id, note=None, skip="No voicemail URL in payload")
-        note = f"[VOICEMAIL] {ts}{length}\nCall ID: {call_id}\nVoicemail: {url}\n\n{FOOTER}"
-        return Artifact(**base, call_id=call_id, note=note)
+    keys, word, tag = TEXT_ARTIFACTS.get(kind, TEXT_ARTIFACTS["summary"])
+    text = _text(_first(body, payload, *keys))
+    if text is None:
+        return Artifact(**base, call_id=call_id, note=None, skip=f"No {word} text in payload")
+    note = f"[{tag}] {ts}\nCall ID: {call_id}\n\n{text}\n\n{FOOTER}"
     if kind == "transcription":
-        text = _text(_first(body, payload, "text", "transcript", "transcription"))
-        if text is None:
-            return Artifact(**base, call_id=call_id, note=None, skip="No transcript text in payload")
-        note = f"[TRANSCRIPTION] {ts}\nCall ID: {call_id}\n\n{text}\n\n{FOOTER}"
         return Artifact(**base, call_id=call_id, note=note)
-    summary = _text(_first(body, payload, "summary", "text", "content"))
-    if summary is None:
-        return Artifact(**base, call_id=call_id, note=None, skip="No summary text in payload")
-    note = f"[CALL SUMMARY] {ts}\nCall ID: {call_id}\n\n{summary}\n\n{FOOTER}"
     outcomes = _first(body, payload, "outcomes", "tags")
-    return Artifact(**base, call_id=call_id, note=note, tags=_summary_tags(summary, outcomes))
+    return Artifact(**base, call_id=call_id, note=note, tags=_summary_tags(text, outcomes))
 
 
 # --- disposition (D-2) -----------------------------------------------------------------------
