@@ -120,7 +120,7 @@ class WebhookEvent(EventStatusColumns, Base):
     payload_json: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     payload_raw: Mapped[bytes | None] = mapped_column(LargeBinary)
     dedupe_key: Mapped[str] = mapped_column(Text, nullable=False)
-    stream_seq: Mapped[int | None] = mapped_column(Integer)
+    stream_seq: Mapped[int | None] = mapped_column(BigInteger)  # JetStream sequences are u64
 
     __table_args__ = (
         *_event_status_args("webhook_events"),
@@ -148,7 +148,7 @@ class TextingWebhookEvent(EventStatusColumns, Base):
     to_number: Mapped[str | None] = mapped_column(Text)
     payload_json: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     dedupe_key: Mapped[str] = mapped_column(Text, nullable=False)
-    stream_seq: Mapped[int | None] = mapped_column(Integer)
+    stream_seq: Mapped[int | None] = mapped_column(BigInteger)  # JetStream sequences are u64
 
     __table_args__ = (
         *_event_status_args("texting_webhook_events"),
@@ -171,7 +171,7 @@ class BroadcastWebhookEvent(EventStatusColumns, Base):
     event_type: Mapped[str] = mapped_column(Text, nullable=False)
     payload_json: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     dedupe_key: Mapped[str] = mapped_column(Text, nullable=False)
-    stream_seq: Mapped[int | None] = mapped_column(Integer)
+    stream_seq: Mapped[int | None] = mapped_column(BigInteger)  # JetStream sequences are u64
 
     __table_args__ = (
         *_event_status_args("broadcast_webhook_events"),
@@ -330,14 +330,20 @@ class IngressOutbox(Base):
     body: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     created_at: Mapped[datetime] = _now()
     published_at: Mapped[datetime | None] = _ts()
+    # a row the server refuses for good (too large, bad subject) is set aside with its reason
+    # instead of blocking the rows behind it (0005)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    failed_at: Mapped[datetime | None] = _ts()
 
     __table_args__ = (
         UniqueConstraint("dedupe_key"),
         Index(
             "ix_ingress_outbox_unpublished",
             "created_at",
-            postgresql_where=text("published_at IS NULL"),
+            postgresql_where=text("published_at IS NULL AND failed_at IS NULL"),
         ),
+        Index("ix_ingress_outbox_failed", "failed_at", postgresql_where=text("failed_at IS NOT NULL")),
     )
 
 
