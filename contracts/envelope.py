@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from contracts.json_body import parse_body
 from contracts.subjects import EntityType, Source, webhook_subject
 
 AuthMethod = Literal[
@@ -34,7 +35,13 @@ class AuthInfo(BaseModel):
 
 
 class WebhookEvent(BaseModel):
-    """One accepted webhook: envelope plus the body exactly as parsed."""
+    """One accepted webhook: envelope plus the body exactly as parsed.
+
+    When the raw body is kept (GHL sources: the Verity forward needs the signed bytes), the
+    wire form carries it once, as ``payload_raw_b64``, and ``payload`` is rebuilt from it on
+    parse with the ingress's own parser (``contracts.json_body``), so a message is never
+    twice the body's size. Messages that carry both (written before) parse as they are.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -59,6 +66,15 @@ class WebhookEvent(BaseModel):
     payload_raw_b64: str | None = None
     forward_signature: str | None = Field(
         default=None, description="the sender's x-ghl-signature header, for the Verity forward (F-1)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _payload_from_raw(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("payload") is None and data.get("payload_raw_b64"):
+            raw = base64.b64decode(data["payload_raw_b64"])
+            # the ingress already enforced its depth limit; whatever it accepted parses here
+            data = {**data, "payload": parse_body(raw, max_depth=10_000)}
+        return data
 
     @property
     def subject(self) -> str:
@@ -85,7 +101,9 @@ class WebhookEvent(BaseModel):
         }
 
     def to_bytes(self) -> bytes:
-        """Wire form: JSON of the model."""
+        """Wire form: JSON of the model, the payload once (raw when kept, else parsed)."""
+        if self.payload_raw_b64:
+            return self.model_dump_json(exclude={"payload"}).encode()
         return self.model_dump_json().encode()
 
     @classmethod

@@ -14,6 +14,7 @@ EXPECTED = {  # alert name → (severity, threshold) from spec/inbound.md §7.3
     "DfmWebhookErrorRateCritical": ("critical", 0.05), "DfmSyncErrorRate": ("critical", 0.05),
     "DfmVendorFailureRate": ("critical", 0.10), "DfmLatencyP95": ("warning", 5),
     "DfmDeadEvents": ("warning", 0), "DfmAuthFailures": ("warning", 20), "DfmOutboxStuck": ("warning", 0),
+    "DfmOutboxFailed": ("critical", 0),  # not in §7.3: accepted events the stream refused
 }
 
 

@@ -54,6 +54,12 @@ def wait_for_port(host: str, port: int, process: subprocess.Popen[bytes], timeou
     raise EmbeddedError(f"server did not listen on {host}:{port} within {timeout:.0f}s")
 
 
+# NATS's default max_payload is 1 MiB; a webhook body may be 1 MiB (WEBHOOK_MAX_BODY_BYTES) and
+# the raw bytes travel base64-encoded, so every config we ship (deploy/nats/*.conf, this one,
+# DFM_NATS_MAX_PAYLOAD's default) says 2 MiB
+NATS_MAX_PAYLOAD = 2_097_152
+
+
 @dataclass
 class EmbeddedNats:
     """A private ``nats-server`` with JetStream, its store under ``store_dir``."""
@@ -82,14 +88,14 @@ class EmbeddedNats:
         if not self.port:
             self.port = free_port(self.host)
         self.log_path = self.store_dir / "nats-server.log"
-        config: tuple[str, ...] = ()
+        conf = self.store_dir / "server.conf"
+        lines = [f"max_payload: {NATS_MAX_PAYLOAD}"]  # the same in every shipped config
         if self.sync_always:
-            conf = self.store_dir / "sync.conf"
-            conf.write_text("jetstream {\n  sync_interval: always\n}\n")  # store dir: -sd below
-            config = ("-c", str(conf))
+            lines.append("jetstream {\n  sync_interval: always\n}")  # store dir: -sd below
+        conf.write_text("\n".join(lines) + "\n")
         args = [
             nats_server_binary(),
-            *config,
+            "-c", str(conf),
             "-a", self.host,
             "-p", str(self.port),
             "-js",

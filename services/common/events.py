@@ -19,6 +19,7 @@ from contracts.envelope import WebhookEvent
 from contracts.payloads.texting import normalise_texting
 from contracts.streams import expected_consumers
 from contracts.subjects import Source
+from contracts.tokens import bounded_id
 from services.common.db.models import BroadcastWebhookEvent, TextingWebhookEvent
 from services.common.db.models import WebhookEvent as WebhookRow
 from services.common.phone import to_e164
@@ -54,7 +55,7 @@ def row_for(event: WebhookEvent, stream_seq: int | None, region: str) -> tuple[t
             "canonical_type": event.canonical_type,
             "entity_type": event.entity_type.value,
             "entity_id": event.entity_id,
-            "conversation_id": msg.conversation_id,
+            "conversation_id": bounded_id(msg.conversation_id) if msg.conversation_id else None,
             "from_number": to_e164(msg.from_number, region),
             "to_number": to_e164(msg.to_number, region),
         }

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -20,6 +20,7 @@ from services.common.db.models import (
     EVENT_TABLES,
     EventAttempt,
     EventDelivery,
+    IngressOutbox,
     QuarantineEvent,
     SyncLog,
 )
@@ -361,3 +362,23 @@ __all__ = [
     "reset_for_replay",
     "show_event",
 ]
+
+
+async def failed_outbox_rows(engine: AsyncEngine, limit: int = 100) -> list[dict[str, Any]]:
+    """Outbox rows the stream refused for good (``services.common.outbox``), newest first:
+    each was answered 2xx, so each needs an operator (shrink, re-send, or note it lost)."""
+    async with engine.connect() as conn:
+        rows = (await conn.execute(
+            select(IngressOutbox.id, IngressOutbox.subject, IngressOutbox.dedupe_key,
+                   IngressOutbox.headers, IngressOutbox.attempts, IngressOutbox.last_error,
+                   IngressOutbox.created_at, IngressOutbox.failed_at,
+                   func.length(IngressOutbox.body).label("size"))
+            .where(IngressOutbox.failed_at.is_not(None))
+            .order_by(IngressOutbox.failed_at.desc()).limit(max(1, min(limit, MAX_LIMIT)))
+        )).all()
+    return [{
+        "id": str(r.id), "subject": r.subject, "dedupeKey": r.dedupe_key,
+        "eventId": (r.headers or {}).get("Dfm-Event-Id"), "sizeBytes": r.size,
+        "attempts": r.attempts, "error": r.last_error, "createdAt": _iso(r.created_at),
+        "failedAt": _iso(r.failed_at),
+    } for r in rows]

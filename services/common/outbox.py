@@ -13,6 +13,7 @@ from typing import Any
 
 import nats.errors
 from nats.js import JetStreamContext
+from nats.js.errors import BadRequestError, NoStreamResponseError, ServiceUnavailableError
 from nats.js.errors import Error as JsError
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,17 +28,40 @@ NATS_ERRORS = (TimeoutError, asyncio.TimeoutError, nats.errors.Error, JsError, O
 DB_ERRORS = (SQLAlchemyError, OSError, TimeoutError, asyncio.TimeoutError)
 
 
+# NATS unreachable or not ready: says nothing about the row, the drain stops and waits
+CONNECTION_ERRORS = (
+    TimeoutError, asyncio.TimeoutError, OSError, nats.errors.ConnectionClosedError,
+    nats.errors.OutboundBufferLimitError, nats.errors.NoServersError,
+    nats.errors.StaleConnectionError, nats.errors.NoRespondersError,
+    nats.errors.ConnectionDrainingError, nats.errors.ConnectionReconnectingError,
+    ServiceUnavailableError, NoStreamResponseError,
+)
+# the server refuses this message for a reason of its own: retrying cannot help
+ROW_ERRORS = (nats.errors.MaxPayloadError, nats.errors.BadSubjectError, nats.errors.BadHeaderError,
+              BadRequestError)
+# a row that keeps failing otherwise while NATS is up is set aside after this many tries
+MAX_ROW_ATTEMPTS = 5
+
+
 async def drain_outbox(engine: AsyncEngine, js: JetStreamContext, *, limit: int,
                        publish_timeout: float) -> int:
-    """Publish up to ``limit`` outbox rows, oldest first; how many reached the stream.
-    Stops at the first publish failure (the rest stay for the next drain)."""
+    """Publish up to ``limit`` outbox rows, fewest attempts first, then oldest; how many
+    reached the stream.
+
+    One row never blocks the others: a row the server refuses (too large, bad subject) is
+    marked ``failed_at`` with its reason at once and the drain goes on; a row that fails
+    otherwise while NATS answers gets ``attempts + 1``, which moves it behind the rows that
+    never failed, and is marked failed once it has failed ``MAX_ROW_ATTEMPTS`` times. A
+    connection-level failure (timeout, no connection, JetStream unavailable) stops this drain
+    without counting against the row: NATS is down, the rest waits for the next drain.
+    Failed rows are counted by ``outbox_failed`` and shown by the admin API and the alerts."""
     async with engine.begin() as conn:
         rows = (
             await conn.execute(
                 select(IngressOutbox.id, IngressOutbox.subject, IngressOutbox.headers,
-                       IngressOutbox.body)
-                .where(IngressOutbox.published_at.is_(None))
-                .order_by(IngressOutbox.created_at)
+                       IngressOutbox.body, IngressOutbox.attempts)
+                .where(IngressOutbox.published_at.is_(None), IngressOutbox.failed_at.is_(None))
+                .order_by(IngressOutbox.attempts, IngressOutbox.created_at)
                 .limit(limit)
                 .with_for_update(skip_locked=True)
             )
@@ -47,10 +71,22 @@ async def drain_outbox(engine: AsyncEngine, js: JetStreamContext, *, limit: int,
             try:
                 await js.publish(row.subject, row.body, headers=dict(row.headers),
                                  timeout=publish_timeout)
-            except NATS_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 log.warning("outbox_publish_failed", subject=row.subject, error=type(exc).__name__,
                             left=len(rows) - len(done))
                 break
+            except NATS_ERRORS as exc:
+                attempts = row.attempts + 1
+                failed = isinstance(exc, ROW_ERRORS) or attempts >= MAX_ROW_ATTEMPTS
+                await conn.execute(
+                    update(IngressOutbox).where(IngressOutbox.id == row.id).values(
+                        attempts=attempts, last_error=f"{type(exc).__name__}: {exc}"[:500],
+                        failed_at=func.now() if failed else None)
+                )
+                log.error("outbox_row_failed" if failed else "outbox_row_publish_failed",
+                          outbox_id=str(row.id), subject=row.subject, error=type(exc).__name__,
+                          attempts=attempts)
+                continue
             done.append(row.id)
         if done:
             await conn.execute(
@@ -60,9 +96,19 @@ async def drain_outbox(engine: AsyncEngine, js: JetStreamContext, *, limit: int,
 
 
 async def outbox_depth(engine: AsyncEngine) -> int:
-    """Rows not yet on the stream."""
+    """Rows still to publish (failed rows excluded: ``outbox_failed`` counts those)."""
     async with engine.connect() as conn:
         count = await conn.scalar(
-            select(func.count()).select_from(IngressOutbox).where(IngressOutbox.published_at.is_(None))
+            select(func.count()).select_from(IngressOutbox)
+            .where(IngressOutbox.published_at.is_(None), IngressOutbox.failed_at.is_(None))
+        )
+    return int(count or 0)
+
+
+async def outbox_failed(engine: AsyncEngine) -> int:
+    """Rows set aside because the stream refused them (spec/inbound.md §5.8)."""
+    async with engine.connect() as conn:
+        count = await conn.scalar(
+            select(func.count()).select_from(IngressOutbox).where(IngressOutbox.failed_at.is_not(None))
         )
     return int(count or 0)

@@ -231,6 +231,13 @@ class Settings(BaseSettings):
     x_df_jobs_secret: SecretList = Field(default_factory=list)
     dfm_insecure_allow_unsigned: CsvList = Field(default_factory=list)
     webhook_max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+    # the consumers' envelope parser refuses more than 200 levels and the envelope adds its own
+    webhook_max_json_depth: int = Field(default=64, ge=2, le=190,
+                                        description="deepest JSON nesting a webhook body may have")
+    # NATS's max_payload when no server has told us yet (the outbox path while NATS is down);
+    # every shipped NATS config sets max_payload to this value
+    dfm_nats_max_payload: int = Field(default=2_097_152, ge=65_536,
+                                      description="bytes; used until a server announces its own")
 
     # --- gateway ------------------------------------------------------------------------------
     gateway_forward_headers: CsvList = Field(default_factory=list)
@@ -249,6 +256,9 @@ class Settings(BaseSettings):
     sweep_cron: str | None = "*/5 * * * *"
     sweep_pending_min_age_s: int = Field(default=120, ge=0)
     sweep_stale_processing_s: int = Field(default=900, ge=1)
+    dfm_effect_claim_ttl_s: float = Field(
+        default=300, gt=0, description="how long an attempt holds the claim on an irreversible vendor write "
+        "before another may take it over; longer than the vendor timeouts plus the rate-budget wait")
     reconcile_cron: str | None = None
     reconcile_batch_size: int = Field(default=200, ge=1, le=10_000)
     alert_webhook_url: str | None = None

@@ -29,6 +29,7 @@ from services.common.operations import (
     EventFilter,
     OperationError,
     TableName,
+    failed_outbox_rows,
     find_event,
     list_events,
     mark_done,
@@ -247,6 +248,12 @@ def admin_router(settings: Settings, engine: AsyncEngine, commands: CommandPubli
         if includePayload == "raw":
             log.warning("admin_raw_payload_access", event_id=event_id)
         return JSONResponse(detail)
+
+    @router.get("/api/admin/outbox/failed", dependencies=[admin],
+                summary="accepted events the stream refused (set aside by the outbox drain)")
+    async def get_failed_outbox(limit: Annotated[int, Query(ge=1, le=500)] = 100) -> JSONResponse:
+        rows = await failed_outbox_rows(engine, limit)
+        return JSONResponse({"rows": rows, "count": len(rows)})
 
     @router.post("/api/admin/events/{event_id}/mark-done", dependencies=[admin], responses=errors(404, 409, 422))
     async def post_mark_done(event_id: str) -> JSONResponse:

@@ -8,7 +8,6 @@ ever produces a 5xx (C9).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -25,6 +24,7 @@ from sqlalchemy import text
 from starlette.routing import Route
 
 from contracts.envelope import AuthInfo
+from contracts.json_body import BodyError, parse_body
 from services.common import tracing
 from services.common.db.session import create_engine
 from services.common.logging import get_logger
@@ -52,7 +52,7 @@ from services.ingress.classify import (
     classify_texting,
 )
 from services.ingress.oauth_route import oauth_router
-from services.ingress.publisher import Accepted, Duplicate, EventPublisher
+from services.ingress.publisher import Accepted, Duplicate, EventPublisher, TooLarge
 
 log = get_logger(__name__)
 
@@ -78,14 +78,6 @@ class BodyTooLarge(Exception):
     """The request body exceeds ``WEBHOOK_MAX_BODY_BYTES``."""
 
 
-class InvalidBody(Exception):
-    """The body is not a JSON object."""
-
-    def __init__(self, error: str) -> None:
-        super().__init__(error)
-        self.error = error
-
-
 async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refusing more than ``limit`` bytes without reading it all (C2)."""
     declared = request.headers.get("content-length")
@@ -99,21 +91,6 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise BodyTooLarge
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def parse_object(body: bytes) -> dict[str, Any]:
-    """Parse a UTF-8 JSON object (C3); anything else is ``InvalidBody``."""
-    try:
-        value = json.loads(body, parse_constant=_no_constants)
-    except (ValueError, RecursionError):
-        raise InvalidBody("invalid_json") from None
-    if not isinstance(value, dict):
-        raise InvalidBody("body_must_be_a_json_object")
-    return value
 
 
 def _reply(http_status: int, metric: str, fields: dict[str, Any]) -> tuple[str, JSONResponse]:
@@ -184,9 +161,9 @@ class Ingress:
                 return _rejected(401, "unauthorized", failure.reason)
             auth = AuthInfo(method="insecure", verified=False)
         try:
-            payload = parse_object(body)
-        except InvalidBody as exc:
-            return _rejected(400, "invalid", exc.error)
+            payload = parse_body(body, max_depth=self.settings.webhook_max_json_depth)
+        except BodyError as exc:
+            return _rejected(400, "invalid", exc.reason)
         if source in ("ghl", "ghl_provider"):
             try:
                 check_ghl_freshness(payload, auth, self.settings.ghl_webhook_max_age_s)
@@ -248,6 +225,12 @@ class Ingress:
                 "id": str(published.first_id) if published.first_id else None,
                 "message": "Duplicate event ignored",
             })
+        if isinstance(published, TooLarge):
+            log.info("webhook_too_large_for_stream", size=published.size, limit=published.limit,
+                     **bound)
+            return _rejected(413, "too_large",
+                             f"event_too_large: {published.size} bytes as a stream message, "
+                             f"the limit is {published.limit}")
         log.error("webhook_unavailable", outcome="unavailable", reason=published.reason, **bound)
         status = 429 if source in ("ghl", "ghl_provider") else 503
         return _reply(status, "unavailable", UNAVAILABLE)

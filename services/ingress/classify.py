@@ -17,7 +17,7 @@ from contracts.envelope import AuthInfo, WebhookEvent
 from contracts.payloads import is_ghl_marketplace
 from contracts.payloads.texting import normalise_texting
 from contracts.subjects import EntityType, Source
-from contracts.tokens import normalise_token
+from contracts.tokens import MAX_KEY_CHARS, bounded_id, normalise_token
 from services.common.phone import to_e164
 
 
@@ -34,6 +34,15 @@ class Classified:
     dedupe_key: str
     location_id: str | None = None
     outcome_hint: str | None = None
+
+    def __post_init__(self) -> None:
+        # ids and names from the body become indexed columns and the Nats-Msg-Id header:
+        # bound them here, once for every source (contracts.tokens.bounded_id says why)
+        for name, limit in (("entity_id", None), ("event_name", None), ("location_id", None),
+                            ("dedupe_key", MAX_KEY_CHARS)):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, bounded_id(value, *(() if limit is None else (limit,))))
 
     def envelope(self, auth: AuthInfo, payload: dict[str, Any], raw: bytes | None = None,
                  signature: str | None = None) -> WebhookEvent:

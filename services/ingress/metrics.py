@@ -24,6 +24,7 @@ PUBLISH_DURATION = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 OUTBOX_DEPTH = Gauge("dfm_ingress_outbox_depth", "Events in the outbox not yet on the stream")
+OUTBOX_FAILED = Gauge("dfm_ingress_outbox_failed", "Outbox rows the stream refused for good")
 OUTBOX_WRITES = Counter(
     "dfm_ingress_outbox_writes_total", "Events written to the outbox because NATS did not ack"
 )

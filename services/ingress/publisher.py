@@ -24,7 +24,7 @@ from services.common import tracing
 from services.common.broker import connect, ensure_stream
 from services.common.db.models import IngressOutbox
 from services.common.logging import get_logger
-from services.common.outbox import DB_ERRORS, NATS_ERRORS, drain_outbox, outbox_depth
+from services.common.outbox import DB_ERRORS, NATS_ERRORS, drain_outbox, outbox_depth, outbox_failed
 from services.common.settings import Settings
 from services.ingress import metrics
 
@@ -54,7 +54,23 @@ class Unavailable:
     reason: str
 
 
-PublishResult = Accepted | Duplicate | Unavailable
+@dataclass(frozen=True)
+class TooLarge:
+    """The encoded message would exceed the server's ``max_payload``: answered 413, never
+    published nor put in the outbox (where it would wait for a publish that cannot succeed)."""
+
+    size: int
+    limit: int
+
+
+PublishResult = Accepted | Duplicate | Unavailable | TooLarge
+
+
+def message_size(body: bytes, headers: dict[str, str]) -> int:
+    """Bytes NATS counts against ``max_payload``: the body plus the encoded header block
+    (``NATS/1.0\r\n``, one ``key: value\r\n`` line each, a closing ``\r\n``)."""
+    header_bytes = 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
+    return len(body) + header_bytes
 
 
 class EventPublisher:
@@ -67,6 +83,8 @@ class EventPublisher:
         self._js: JetStreamContext | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = asyncio.Event()
+        # the last max_payload a server announced; the setting until one has
+        self._max_payload = settings.dfm_nats_max_payload
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -92,6 +110,7 @@ class EventPublisher:
             try:
                 self._nc = await connect(self._settings, name="dfm-ingress")
                 self._js = self._nc.jetstream(timeout=self._settings.dfm_publish_timeout)
+                self._max_payload = self._nc.max_payload
                 for spec in STREAMS:
                     await ensure_stream(self._js, spec, self._settings)
                 log.info("nats_connected", servers=self._settings.nats_url)
@@ -116,11 +135,21 @@ class EventPublisher:
             return False
         return True
 
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server takes (header block included)."""
+        if self._nc is not None and self._nc.is_connected:
+            self._max_payload = self._nc.max_payload
+        return self._max_payload
+
     # --- publishing ------------------------------------------------------------------------
     async def publish(self, event: WebhookEvent) -> PublishResult:
         """Make ``event`` durable; never raises for infrastructure trouble."""
         body = event.to_bytes()
         headers = tracing.inject(event.nats_headers())  # kept in the outbox row too
+        size, limit = message_size(body, headers), self.max_payload
+        if size > limit:
+            return TooLarge(size, limit)
         started = time.perf_counter()
         try:
             if self._js is not None and self.nats_connected:
@@ -211,6 +240,7 @@ class EventPublisher:
                 if moved:
                     log.info("outbox_drained", published=moved)
                 metrics.OUTBOX_DEPTH.set(await self.outbox_depth())
+                metrics.OUTBOX_FAILED.set(await outbox_failed(self._engine))
             except DB_ERRORS as exc:
                 log.warning("outbox_drain_failed", error=type(exc).__name__)
                 moved = 0

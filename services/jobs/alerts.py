@@ -114,7 +114,8 @@ async def check_error_rates(conn: AsyncConnection) -> list[Finding]:
 
 
 async def check_latency_and_dead(conn: AsyncConnection) -> list[Finding]:
-    """p95 accepted→done over five minutes, recent dead events, a stuck outbox."""
+    """p95 accepted→done over five minutes, recent dead events, a stuck outbox, outbox rows
+    the stream refused."""
     p95 = await _scalar(conn, (
         "SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM a.finished_at - e.received_at)) "
         "FROM event_attempts a JOIN webhook_events e ON e.id = a.event_id "
@@ -125,7 +126,9 @@ async def check_latency_and_dead(conn: AsyncConnection) -> list[Finding]:
                                         "AND last_error_at >= now() - interval '15 minutes'") or 0)
     outbox_age = float(await _scalar(conn, (
         "SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM ingress_outbox "
-        "WHERE published_at IS NULL")) or 0)
+        "WHERE published_at IS NULL AND failed_at IS NULL")) or 0)
+    outbox_failed = int(await _scalar(conn, (
+        "SELECT count(*) FROM ingress_outbox WHERE failed_at IS NOT NULL")) or 0)
     p95_s = float(p95 or 0)
     return [
         Finding("latency_p95", "Event latency p95", _level(p95_s, None, 5.0),
@@ -134,6 +137,10 @@ async def check_latency_and_dead(conn: AsyncConnection) -> list[Finding]:
                 f"{dead} events became dead in the last 15 min", dead),
         Finding("outbox_stuck", "Ingress outbox not draining", _level(outbox_age, None, 300),
                 f"oldest outbox row waits {outbox_age:.0f} s", outbox_age),
+        # accepted events the stream refused: each got a 2xx, so an operator must look
+        Finding("outbox_failed", "Outbox rows the stream refused", "critical" if outbox_failed else None,
+                f"{outbox_failed} accepted events could not be published (GET /api/admin/outbox/failed)",
+                outbox_failed),
     ]
 
 
