@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import jwt
 
+from services.clients.paths import UnsafeSegment, segment
 from services.common.logging import get_logger
 from services.common.settings import Settings
 
@@ -140,8 +141,11 @@ class ClerkTokenManager:
                 raise ClerkError(f"no active Clerk session for service user {user_id}; sign the "
                                  "service user in once (sessions cannot be created from the backend)")
             session = max(active, key=lambda s: s.get("last_active_at") or 0)
-            response = await self.client.post(f"/sessions/{session['id']}/tokens",
-                                              json={"expires_in_seconds": 3600})
+            try:  # Clerk's answer names the session; it must not name another path
+                session_path = f"/sessions/{segment(session.get('id'), 'clerk session id')}/tokens"
+            except UnsafeSegment as exc:
+                raise ClerkError(exc.reason) from None
+            response = await self.client.post(session_path, json={"expires_in_seconds": 3600})
             _raise_for(response, "create session token")
         except httpx.HTTPError as exc:
             raise ClerkError(f"Clerk unreachable: {type(exc).__name__}") from None

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.payloads._types import Tags
 from services.clients.http import VendorHttp, parse_body
+from services.clients.paths import segment
 from services.common.errors import Permanent
 from services.common.settings import Settings
 
@@ -21,6 +22,16 @@ Acquire = Callable[[], Awaitable[None]]
 
 async def _no_budget() -> None:
     return None
+
+
+def _contact_path(contact_id: str, tail: str = "") -> str:
+    """``/contacts/<id><tail>``; the id comes from a payload or a mapping row (paths.py says why)."""
+    return f"/contacts/{segment(contact_id, 'ghl contact id')}{tail}"
+
+
+def _records_path(object_key: str, tail: str = "") -> str:
+    """``/objects/<key>/records<tail>`` for a custom object."""
+    return f"/objects/{segment(object_key, 'ghl object key')}/records{tail}"
 
 
 class GhlCustomFieldValue(BaseModel):
@@ -88,7 +99,7 @@ class GhlClient:
 
     async def get_contact(self, contact_id: str) -> GhlContact | None:
         """G1; None when GHL says 404."""
-        response = await self._call("GET", f"/contacts/{contact_id}", "contacts.get", passthrough=(404,))
+        response = await self._call("GET", _contact_path(contact_id), "contacts.get", passthrough=(404,))
         if response.status_code == 404:
             return None
         return GhlContact.model_validate(response.json()["contact"])
@@ -120,7 +131,7 @@ class GhlClient:
 
     async def update_contact(self, contact_id: str, fields: dict[str, Any]) -> GhlContact | None:
         """G4: only the changed scalar fields (never tags or notes); None when GHL says 404."""
-        response = await self._call("PUT", f"/contacts/{contact_id}", "contacts.update", json=fields,
+        response = await self._call("PUT", _contact_path(contact_id), "contacts.update", json=fields,
                                     passthrough=(404,))
         if response.status_code == 404:
             return None
@@ -128,15 +139,15 @@ class GhlClient:
 
     async def add_tags(self, contact_id: str, tags: list[str]) -> None:
         """G5: additive."""
-        await self._call("POST", f"/contacts/{contact_id}/tags", "contacts.tags.add", json={"tags": tags})
+        await self._call("POST", _contact_path(contact_id, "/tags"), "contacts.tags.add", json={"tags": tags})
 
     async def remove_tags(self, contact_id: str, tags: list[str]) -> None:
         """G6."""
-        await self._call("DELETE", f"/contacts/{contact_id}/tags", "contacts.tags.remove", json={"tags": tags})
+        await self._call("DELETE", _contact_path(contact_id, "/tags"), "contacts.tags.remove", json={"tags": tags})
 
     async def create_note(self, contact_id: str, body: str) -> str | None:
         """G7: returns the note id; None when GHL has no such contact (404)."""
-        response = await self._call("POST", f"/contacts/{contact_id}/notes", "contacts.notes.create",
+        response = await self._call("POST", _contact_path(contact_id, "/notes"), "contacts.notes.create",
                                     json={"body": body}, passthrough=(404,))
         if response.status_code == 404:
             return None
@@ -144,7 +155,7 @@ class GhlClient:
 
     async def list_notes(self, contact_id: str) -> list[dict[str, Any]] | None:
         """The contact's notes (``id``, ``body``); None when the contact is gone."""
-        response = await self._call("GET", f"/contacts/{contact_id}/notes", "contacts.notes.list",
+        response = await self._call("GET", _contact_path(contact_id, "/notes"), "contacts.notes.list",
                                     passthrough=(404,))
         if response.status_code == 404:
             return None
@@ -153,13 +164,13 @@ class GhlClient:
 
     async def search_records(self, object_key: str, query: str) -> list[dict[str, Any]]:
         """G16: records of a custom object matching ``query`` (first page of 20)."""
-        response = await self._call("POST", f"/objects/{object_key}/records/search", "objects.records.search",
+        response = await self._call("POST", _records_path(object_key, "/search"), "objects.records.search",
                                     json={"locationId": self.location_id, "page": 1, "pageLimit": 20, "query": query})
         return [r for r in response.json().get("records", []) if isinstance(r, dict)]
 
     async def create_record(self, object_key: str, properties: dict[str, Any]) -> tuple[str, bool]:
         """G17: (record id, created). A duplicate 400 names the conflicting record instead."""
-        response = await self._call("POST", f"/objects/{object_key}/records", "objects.records.create",
+        response = await self._call("POST", _records_path(object_key), "objects.records.create",
                                     json={"locationId": self.location_id, "properties": properties},
                                     passthrough=(400,))
         body = parse_body(response)
@@ -173,15 +184,16 @@ class GhlClient:
 
     async def update_record(self, object_key: str, record_id: str, properties: dict[str, Any]) -> bool:
         """G18: False when the record is gone (404)."""
-        response = await self._call("PUT", f"/objects/{object_key}/records/{record_id}", "objects.records.update",
+        path = _records_path(object_key, "/" + segment(record_id, "ghl record id"))
+        response = await self._call("PUT", path, "objects.records.update",
                                     params={"locationId": self.location_id}, json={"properties": properties},
                                     passthrough=(404,))
         return response.status_code != 404
 
     async def appointment_contact(self, appointment_id: str) -> str | None:
         """G15: the contact of an appointment (None when GHL has no such appointment)."""
-        response = await self._call("GET", f"/calendars/events/appointments/{appointment_id}",
-                                    "calendars.appointments.get", passthrough=(404,),
+        path = "/calendars/events/appointments/" + segment(appointment_id, "ghl appointment id")
+        response = await self._call("GET", path, "calendars.appointments.get", passthrough=(404,),
                                     headers={"Version": "2021-04-15"})
         if response.status_code == 404:
             return None

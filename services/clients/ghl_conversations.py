@@ -11,6 +11,7 @@ import httpx
 from services.clients.ghl import Acquire, _no_budget
 from services.clients.ghl_oauth import GhlOAuth
 from services.clients.http import VendorHttp, parse_body
+from services.clients.paths import segment
 from services.common.errors import Permanent
 from services.common.settings import Settings
 
@@ -82,8 +83,8 @@ class GhlConversations:
 
     async def list_messages(self, conversation_id: str) -> list[dict[str, Any]]:
         """The conversation's messages (newest page), to find one posted before a crash."""
-        response = await self._call("GET", f"/conversations/{conversation_id}/messages",
-                                    "conversations.messages.list", passthrough=(404,))
+        path = f"/conversations/{segment(conversation_id, 'ghl conversation id')}/messages"
+        response = await self._call("GET", path, "conversations.messages.list", passthrough=(404,))
         if response.status_code == 404:
             return []
         data = response.json()
@@ -96,8 +97,8 @@ class GhlConversations:
         body: dict[str, Any] = {"status": status}
         if error:
             body["error"] = error
-        await self._call("PUT", f"/conversations/messages/{message_id}/status", "conversations.messages.status",
-                         json=body)
+        path = f"/conversations/messages/{segment(message_id, 'ghl message id')}/status"
+        await self._call("PUT", path, "conversations.messages.status", json=body)
 
 
 def _message(response: httpx.Response) -> str:
