@@ -19,6 +19,7 @@ import httpx
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Histogram
 
+from services.clients.paths import UnsafeSegment, segment
 from services.common import tracing
 from services.common.logging import get_logger
 from services.common.settings import Settings
@@ -120,6 +121,34 @@ class Catalog:
                 return endpoint
         return None
 
+    def matching(self, resolved: str, method: str) -> list[Endpoint]:
+        """Every entry for ``method`` whose template could have produced ``resolved`` (the path
+        :func:`target` returns): what Verity will run is decided by that path, not by the
+        template a caller wrote, so membership and ``requireAdmin`` are decided here too."""
+        return [e for e in self.endpoints if method in e.methods and _template_pattern(e.path).match(resolved)]
+
+    def entry_for(self, endpoint: str, resolved: str, method: str) -> tuple[Endpoint | None, bool]:
+        """(the catalog entry of this request, whether it needs an admin user). The entry is
+        the caller's own template when listed, else the most literal entry matching the
+        resolved path; admin is needed when any matching entry says ``requireAdmin``."""
+        matches = self.matching(resolved, method)
+        named = self.find(endpoint, method)
+        entry = named if named in matches else min(matches, key=_placeholders, default=None)
+        return entry, any(e.auth_type == "requireAdmin" for e in matches)
+
+
+def _placeholders(endpoint: Endpoint) -> int:
+    return len(_PLACEHOLDER.findall(endpoint.path))
+
+
+def _template_pattern(template: str) -> re.Pattern[str]:
+    """A catalog template as a regex over resolved paths: rewritten like a request, each
+    placeholder one non-empty segment, an optional trailing slash."""
+    parts = _PLACEHOLDER.split(rewrite(template))
+    # split() yields literal, name-or-None, name-or-None, literal, ...
+    literals = parts[::3]
+    return re.compile("^" + "[^/]+".join(re.escape(lit) for lit in literals).rstrip("/") + "/?$")
+
 
 # --- paths -----------------------------------------------------------------------------------
 def rewrite(path: str) -> str:
@@ -146,12 +175,39 @@ def resolve(endpoint: str, params: dict[str, Any] | None) -> str:
     return path
 
 
+def _walks(path: str) -> bool:
+    """A dot segment anywhere, or an empty one before the last (``//``): a path some server
+    on the way would normalise into another one."""
+    segments = path.split("/")[1:]
+    return any(s in (".", "..") for s in segments) or "" in segments[:-1]
+
+
+def target(endpoint: str, params: dict[str, Any] | None) -> str:
+    """The path a request really goes to (issue #14 item 8): each parameter the template uses
+    must be one segment that stays one segment (``INVALID_PARAMETER`` otherwise: ``.``,
+    ``..``, empty, ``/``, control characters, or those after percent-decoding), then
+    :func:`resolve` fills the template and the result must still be a normalised path
+    under ``/api``."""
+    rewritten = rewrite(endpoint)
+    for key, value in (params or {}).items():
+        name = str(key)
+        if f"[{name}]" not in rewritten and f"{{{name}}}" not in rewritten:
+            continue  # not used in the path: resolve() ignores it
+        try:
+            segment(value, f"path parameter {name[:40]}", free_text=True)
+        except UnsafeSegment as exc:
+            raise ProxyError(400, "INVALID_PARAMETER", exc.reason) from None
+    path = resolve(endpoint, params)
+    if not (path == "/api" or path.startswith("/api/")) or _walks(path):
+        raise ProxyError(400, "INVALID_ENDPOINT", "endpoint must resolve to a path under /api")
+    return path
+
+
 def check_endpoint(endpoint: Any, method: Any) -> None:
     """Steps 2–4 of the gateway's validation (spec §3.1)."""
     if not endpoint or not method or not isinstance(endpoint, str) or not isinstance(method, str):
         raise ProxyError(400, "INVALID_REQUEST", "endpoint and method are required")
-    if not endpoint.startswith("/api") or not _ALLOWED_ENDPOINT.match(endpoint) or \
-            ".." in endpoint.split("/"):
+    if not endpoint.startswith("/api") or not _ALLOWED_ENDPOINT.match(endpoint) or _walks(endpoint):
         raise ProxyError(400, "INVALID_ENDPOINT", "endpoint must be a path under /api")
     if method not in METHODS:
         raise ProxyError(400, "INVALID_METHOD", f"method must be one of {', '.join(METHODS)}")
@@ -202,7 +258,7 @@ class VerityProxy:
                    query: dict[str, Any] | None = None, body: Any = None,
                    headers: dict[str, str] | None = None, token: str | None = None,
                    metric_endpoint: str | None = None) -> ProxyResult:
-        path = resolve(endpoint, params)
+        path = target(endpoint, params)
         url = self.base_url + path
         if query:
             url += "?" + urlencode({k: _query_value(v) for k, v in query.items()})
@@ -217,6 +273,9 @@ class VerityProxy:
             with tracing.span(f"verity {label}", kind=SpanKind.CLIENT, attributes={"http.request.method": method}):
                 response = await self.client.request(method, url, headers=tracing.inject(send_headers),
                                                      content=content)
+        except httpx.InvalidURL as exc:  # e.g. a query too long for a URL: the caller's to fix
+            UPSTREAM_REQUESTS.labels(label, "invalid_url").inc()
+            raise ProxyError(400, "INVALID_REQUEST", f"the request cannot be sent as a URL: {exc}") from None
         except httpx.TimeoutException:
             UPSTREAM_REQUESTS.labels(label, "timeout").inc()
             return ProxyResult(504, {"success": False, "error": {

@@ -35,6 +35,7 @@ from services.clients.verity import (
     ProxyError,
     VerityProxy,
     check_endpoint,
+    target,
 )
 from services.common import tracing
 from services.common.db.session import sync_url
@@ -223,9 +224,12 @@ def create_app(settings: Settings) -> FastAPI:
             for name in ("params", "query", "headers"):
                 if spec.get(name) is not None and not isinstance(spec[name], dict):
                     raise ProxyError(400, "INVALID_REQUEST", f"{name} must be an object")
+            # what Verity runs is the resolved path, so that is what the catalog is asked about
+            resolved = target(endpoint, spec.get("params"))
         except ProxyError as exc:
             return _fail(exc.status, exc.code, exc.message)
-        known = catalog.find(endpoint, method) if catalog.load() is not None else None
+        known, needs_admin = catalog.entry_for(endpoint, resolved, method) if catalog.load() is not None \
+            else (None, False)
         if known is None and catalog.load() is not None:
             log.warning("gateway_endpoint_not_in_catalog", endpoint=endpoint, method=method)
             if settings.gateway_catalog_enforce:
@@ -240,7 +244,7 @@ def create_app(settings: Settings) -> FastAPI:
                 user = await verifier.verify(token)
             except TokenInvalid as exc:
                 return _fail(401, "INVALID_TOKEN", str(exc))
-            if known is not None and known.auth_type == "requireAdmin" and not user.is_admin:
+            if needs_admin and not user.is_admin:
                 return _fail(403, "FORBIDDEN", "this endpoint needs an admin user")
         extra = {k: v for k, v in given.items() if k in forward and k != "authorization"}
         try:
