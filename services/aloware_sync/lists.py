@@ -5,6 +5,14 @@ what we put on which list, so an add that is already active and a removal of som
 a list do nothing (LP-2): redeliveries and replays change no list twice. Aloware can only
 remove a contact from *all* power-dialer lists at once, so a removal is followed by re-adding
 every list the contact still actively belongs to.
+
+A permanent failure of one list (no such list in Aloware, the endpoint refused) is logged and
+the next list is tried (L-2 step 3). A rate limit or outage (``RetryLater``) is not swallowed:
+the event is retried and the change happens then (ARCHITECTURE.md invariant 6). Every write
+is ordered so that a retry finds what the failed attempt left and finishes it, once: a
+membership row is set only after Aloware took the change (an add already made is not made
+again), a removal is marked only after the other lists were restored, and the agent state
+row (L-3) is written only after its steps, so a retry takes the same branch again.
 """
 
 from __future__ import annotations
@@ -89,22 +97,25 @@ class ListRules:
                                           list_keys=keys, mode=mode)
             steps: list[tuple[str, list[str], list[str], str]] = []  # (agent, add, remove, suffix)
             reassigned_from = None
+            # written after the steps: a retry (RetryLater mid-way) must see the old state and
+            # redo the reassignment or new-agent step, whose finished parts are then no-ops
+            state_write: Any
             if state is not None and state.agent_key != agent and event.canonical_type not in ("tag.added", "tag.removed"):
                 reassigned_from = state.agent_key
                 old_keys = await self._active_keys(conn, ghl_id, state.agent_key)
                 add, _ = changed()
                 steps += [(state.agent_key, [], old_keys, "-reassign-remove"), (agent, add, [], "-reassign-add")]
-                await conn.execute(update(ContactAgentState).where(ContactAgentState.id == state.id)
-                                   .values(agent_key=agent, updated_at=datetime.now(UTC)))
+                state_write = (update(ContactAgentState).where(ContactAgentState.id == state.id)
+                               .values(agent_key=agent, updated_at=datetime.now(UTC)))
             else:
                 if state is None:
-                    await conn.execute(pg_insert(ContactAgentState).values(contact_id=ghl_id, agent_key=agent)
-                                       .on_conflict_do_nothing(index_elements=["contact_id"]))
+                    state_write = (pg_insert(ContactAgentState).values(contact_id=ghl_id, agent_key=agent)
+                                   .on_conflict_do_nothing(index_elements=["contact_id"]))
                     add, _ = changed()
                     steps.append((agent, add, [], "-new-agent"))
                 else:
-                    await conn.execute(update(ContactAgentState).where(ContactAgentState.id == state.id)
-                                       .values(updated_at=datetime.now(UTC)))
+                    state_write = (update(ContactAgentState).where(ContactAgentState.id == state.id)
+                                   .values(updated_at=datetime.now(UTC)))
                 stage = await self._stage(event) if event.canonical_type in ("opportunity.statusChanged",
                                                                               "pipeline.stageChanged") else None
                 add, remove = list_intent(event.canonical_type, event.payload, contact.tags, opted_out=opted_out,
@@ -114,6 +125,7 @@ class ListRules:
             for step_agent, add, remove, suffix in steps:
                 results.append(await self.apply(conn, event, attempt, ghl_id, canonical.phone, step_agent, add,
                                                 remove, opted_out, suffix, details))
+            await conn.execute(state_write)
         if reassigned_from:
             log.info("contact_reassigned", ghl_contact_id=ghl_id, old=reassigned_from, new=agent)
         changed_any = any(r == "applied" for r in results)
@@ -141,11 +153,11 @@ class ListRules:
             return "already_in_place"
         aloware_id = await self._aloware_id(conn, ghl_id)
         changed = False
-        for key in add:
+        for key in add:  # RetryLater propagates: the adds made so far have their rows already
             try:
                 list_id = await self.ensure_call_list(conn, agent, key)
                 await self.sync.aloware.add_to_list(list_id, aloware_id)
-            except (Permanent, RetryLater) as exc:
+            except Permanent as exc:
                 await store.log_sync(conn, status="error", rule="L-2", started_at=started,
                                      message=f"Failed to add to list {agent}/{key}: {exc}", **common)
                 continue
@@ -156,17 +168,21 @@ class ListRules:
         if remove:
             registered = {r.list_key: r.aloware_list_id for r in (await conn.execute(select(CallListRegistry).where(
                 CallListRegistry.agent_key == agent, CallListRegistry.list_key.in_(remove)))).all()}
-            for key in remove:
-                await self._membership(conn, ghl_id, agent, key, "removed", "removed")
             if any(registered.get(k) for k in remove):
+                # the removal is marked only once the other lists are back: a RetryLater here
+                # leaves the keys active, so the retry removes and restores again (A4 empties
+                # every list first, so no list gets the contact twice)
+                keep = [(a, k) for a, k in await self._all_active(conn, ghl_id) if not (a == agent and k in remove)]
                 await self.sync.aloware.remove_from_all_lists(aloware_id)
-                for other_agent, other_key in await self._all_active(conn, ghl_id):  # A4 removed them all
+                for other_agent, other_key in keep:  # A4 removed them all
                     try:
                         await self.sync.aloware.add_to_list(await self.ensure_call_list(conn, other_agent, other_key),
                                                             aloware_id)
-                    except (Permanent, RetryLater) as exc:
+                    except Permanent as exc:
                         await store.log_sync(conn, status="error", rule="L-2", started_at=started,
                                              message=f"Failed to re-add {other_agent}/{other_key}: {exc}", **common)
+            for key in remove:
+                await self._membership(conn, ghl_id, agent, key, "removed", "removed")
             await store.log_sync(conn, status="success", rule="L-2", started_at=started,
                                  message=f"removed from {', '.join(list_name(agent, k) for k in remove)}", **common)
             changed = True
@@ -230,9 +246,9 @@ class ListRules:
             return None
         at, users = self._users
         if time.monotonic() - at > CACHE_S:
-            try:
+            try:  # RetryLater propagates: an empty map would resolve the wrong agent (L-0) for 10 min
                 users = {str(u.get("id")): str(u.get("email") or "") for u in await self.sync.ghl.list_users()}
-            except (Permanent, RetryLater) as exc:
+            except Permanent as exc:
                 log.warning("ghl_users_unavailable", error=str(exc))
                 users = {}
             self._users = (time.monotonic(), users)

@@ -3,10 +3,11 @@ timeouts, metrics, redacted logging, and one mapping of failures to RetryLater/P
 
 from __future__ import annotations
 
-import random
 import re
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -30,7 +31,13 @@ VENDOR_DURATION = Histogram(
 TIMEOUTS = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=5.0)
 RETRYABLE_STATUS = frozenset({408, 409, 423, 425, 429})
 _SECRET_QUERY = re.compile(r"(api_token|token|key)=[^&]+", re.IGNORECASE)
-DEFAULT_RETRY_S = 60.0
+# RFC 9110 delay-seconds is 1*DIGIT (ASCII); a fraction is tolerated. Not float(): it also
+# takes "inf", "nan", "1e400", "1_000" and non-ASCII digits, none of which is a delay.
+_DELAY_SECONDS = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,9})?", re.ASCII)
+# The longest wait a vendor can ask of one message: an hour (RETRY_MAX_DELAY_S's default).
+# Longer is left to the sweep anyway (DFM_RETRY_NAK_MAX_DELAY_S); unbounded would overflow
+# the ledger's next_attempt_at and never retry.
+MAX_RETRY_AFTER_S = 3600.0
 
 
 class VendorError(Exception):
@@ -49,19 +56,44 @@ def redact_url(url: str) -> str:
     return _SECRET_QUERY.sub(r"\1=[REDACTED]", url)
 
 
-def retry_delay(headers: Mapping[str, str], default: float = DEFAULT_RETRY_S) -> float:
-    """Delay for a 429: Retry-After, else the GHL interval header when the budget is 0."""
-    retry_after = headers.get("retry-after")
+def retry_delay(headers: Mapping[str, str], *, now: datetime | None = None) -> float | None:
+    """Delay for a 429 (spec/outbound.md §2.1): ``Retry-After``, else the GHL interval header
+    when the budget is 0, else None — the retry policy's back-off schedule (with jitter).
+
+    ``Retry-After`` is delay-seconds or an HTTP-date (RFC 9110 §10.2.3, all three date forms
+    of §5.6.7; a date in the past means now). Whatever a vendor sends, the answer is finite
+    and within ``[0, MAX_RETRY_AFTER_S]``: a value that is not a delay (``inf``, ``nan``, a
+    negative number, garbage) counts as absent rather than as "never" or "at once".
+    """
+    retry_after = (headers.get("retry-after") or "").strip()
     if retry_after:
-        try:
-            return max(0.0, float(retry_after))
-        except ValueError:
-            pass
+        seconds = _decimal(retry_after)
+        if seconds is not None:
+            return min(seconds, MAX_RETRY_AFTER_S)
+        until = _until(retry_after, now or datetime.now(UTC))
+        if until is not None:
+            return until
     if headers.get("x-ratelimit-remaining") == "0":
-        interval = headers.get("x-ratelimit-interval-milliseconds")
-        if interval and interval.isdigit():
-            return int(interval) / 1000
-    return default * random.uniform(0.8, 1.2)
+        interval_ms = _decimal((headers.get("x-ratelimit-interval-milliseconds") or "").strip())
+        if interval_ms is not None:
+            return min(interval_ms / 1000, MAX_RETRY_AFTER_S)
+    return None
+
+
+def _decimal(text: str) -> float | None:
+    """A non-negative ASCII decimal (finite by construction); None when ``text`` is not one."""
+    return float(text) if _DELAY_SECONDS.fullmatch(text) else None
+
+
+def _until(text: str, now: datetime) -> float | None:
+    """Seconds from ``now`` to the HTTP-date ``text`` (GMT), within bounds; None if no date."""
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # the asctime form carries no zone: HTTP dates are GMT
+        when = when.replace(tzinfo=UTC)
+    return min(max(0.0, (when - now).total_seconds()), MAX_RETRY_AFTER_S)
 
 
 def parse_body(response: httpx.Response) -> Any:

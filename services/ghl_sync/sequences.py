@@ -1,6 +1,12 @@
 """Aloware sequences from the ``aloware_list_status`` custom field (spec/outbound.md §1.11,
-rule S). Runs before the contact sync of an Aloware contact-updated event; its failures are
-logged and never fail the event (parity)."""
+rule S). Runs before the contact sync of an Aloware contact-updated event.
+
+Permanent failures are logged and never fail the event (parity: "errors swallowed", "not
+re-raised"). A rate limit or outage (``RetryLater``) is not a failure of the step but a
+"not yet": it propagates, the event is retried and the enrolment happens then
+(ARCHITECTURE.md invariant 6). A retry runs S-4/S-6 from the top, which is safe: the status
+is stored (S-7) only after the enrolment, removing from all lists and disenrolling twice
+changes nothing, and the enrolment that was refused had not happened."""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from sqlalchemy import select, update
 
 from contracts.envelope import WebhookEvent
 from services.common.db.models import ContactAgentState
-from services.common.errors import Permanent, RetryLater
+from services.common.errors import Permanent
 from services.common.logging import get_logger
 from services.common.phone import to_e164
 from services.common.sync import store
@@ -79,7 +85,7 @@ async def run(sync: GhlSync, event: WebhookEvent, attempt: int) -> None:
             try:
                 message = await aloware.enroll_sequence(sequence_id, phone)
                 result = "success"
-            except (Permanent, RetryLater) as exc:
+            except Permanent as exc:
                 result, message = "error", f"Failed to enroll: {exc}"
             common["target_id"] = sequence_id
     async with sync.engine.begin() as conn:
@@ -94,15 +100,16 @@ async def _aloware_id(aloware: Any, phone: str, body: dict[str, Any]) -> str | N
         return str(body["id"])
     try:
         record = await aloware.lookup_by_phone(phone)
-    except (Permanent, RetryLater):
+    except Permanent:
         return None
     return record.id if record else None
 
 
 async def _swallow(call: Any, argument: Any) -> None:
+    """A step whose permanent failure the spec swallows; RetryLater delays the event."""
     if argument is None:
         return
     try:
         await call(argument)
-    except (Permanent, RetryLater) as exc:
+    except Permanent as exc:
         log.info("sequence_step_failed_ignored", error=str(exc))
