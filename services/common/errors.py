@@ -26,3 +26,13 @@ class Permanent(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class OutcomeUnknown(Permanent):
+    """An irreversible vendor write may or may not have happened (a timeout, a connection
+    lost after the request was written, a 5xx): sending it again could duplicate it, so the
+    delivery ends ``dead`` with ``outcome_unknown: …`` for an operator to check and resolve
+    (``services/common/sync/effects.py``), never an automatic resend."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"outcome_unknown: {reason}")

@@ -65,6 +65,8 @@ class Fault:
     path_contains: str = ""
     retry_after: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # the vendor performs the request, then answers ``status``: a write whose response is lost
+    after: bool = False
 
 
 @dataclass
@@ -444,7 +446,7 @@ def create_sandbox_app(settings: Settings) -> FastAPI:
             return answer(429, {"statusCode": 429, "message": "Too Many Requests"})
         window.append(time.monotonic())
         fault = await sandbox.fault_for("ghl", rel)
-        if fault is not None:
+        if fault is not None and not fault.after:
             extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
             return answer(fault.status or 500, {"statusCode": fault.status, "message": "injected"},
                           {**extra, **fault.headers})
@@ -452,7 +454,11 @@ def create_sandbox_app(settings: Settings) -> FastAPI:
         if problems:
             log.error("sandbox_invalid_request", vendor="ghl", method=method, path=rel, problems=problems)
             return answer(422, {"statusCode": 422, "message": problems, "error": "Unprocessable Entity"})
-        return answer(*_ghl_route(sandbox, method, rel, query, body, location))
+        result = _ghl_route(sandbox, method, rel, query, body, location)
+        if fault is not None:  # written, but the answer is lost
+            return answer(fault.status or 500, {"statusCode": fault.status, "message": "injected after the write"},
+                          fault.headers)
+        return answer(*result)
 
     # --- fake Aloware ---------------------------------------------------------------------
     @app.api_route(ALOWARE_PREFIX + "/{path:path}", methods=["GET", "POST"])
@@ -482,7 +488,7 @@ def create_sandbox_app(settings: Settings) -> FastAPI:
         status, payload = 200, None
         if request.headers.get("authorization") != f"Bearer {sandbox.verity_key}":
             status, payload = 401, {"success": False, "error": "Unauthorized"}
-        elif (fault := await sandbox.fault_for("verity", "/send-message")) is not None:
+        elif (fault := await sandbox.fault_for("verity", "/send-message")) is not None and not fault.after:
             status, payload = fault.status or 500, {"success": False, "error": "injected"}
         elif not body.get("to") or not body.get("body"):
             status, payload = 400, {"success": False, "error": "to and body are required"}
@@ -491,6 +497,8 @@ def create_sandbox_app(settings: Settings) -> FastAPI:
             sandbox.state.verity_messages[message_id] = body
             payload = {"success": True, "messageId": message_id, "chatId": "vchat" + uuid.uuid4().hex[:8],
                        "status": "pending"}
+            if fault is not None:  # sent, but the answer is lost
+                status, payload = fault.status or 500, {"success": False, "error": "injected after the send"}
         sandbox.record("verity", "POST", "/api/integrations/df-middleware/send-message", status, body, {})
         return JSONResponse(payload, status_code=status)
 

@@ -720,3 +720,28 @@ class AlertIncident(Base):
               postgresql_where=text("resolved_at IS NULL")),
         Index("ix_alert_incidents_opened_at", "opened_at"),
     )
+
+
+class EffectClaim(Base):
+    """One irreversible vendor write (an SMS, a note, a conversation message, a contact),
+    keyed by ids of the source event: only the attempt that inserted (or, after expiry,
+    took over) the claim performs the write (``services/common/sync/effects.py``)."""
+
+    __tablename__ = "effect_claims"
+
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    effect: Mapped[str] = mapped_column(Text, nullable=False)
+    state: Mapped[str] = mapped_column(Text, nullable=False)
+    token: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    event_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("1"))
+    vendor_id: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(Text)
+    claimed_at: Mapped[datetime] = _now()
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    settled_at: Mapped[datetime | None] = _ts()
+
+    __table_args__ = (
+        CheckConstraint(_in("state", ("claimed", "done", "unknown")), name="state"),
+        Index("ix_effect_claims_unknown", "claimed_at", postgresql_where=text("state = 'unknown'")),
+    )
