@@ -3,11 +3,15 @@
 * F-1 — every webhook GHL sent us (W1) is forwarded to Verity with the raw body bytes and
   GHL's signature header, so Verity can verify it as if GHL had called it.
 * M-2 — an SMS a GHL agent sends (conversation-provider delivery) goes out through Verity's
-  send-message API exactly once: the ``message_mappings`` row keyed by the GHL message id is
-  claimed before the send. A send that failed cleanly (refused, 5xx) releases the claim and
-  is retried; a send whose outcome is unknown (timeout) is never repeated automatically —
-  the event ends ``dead`` for an operator to check, because a second SMS to a person cannot
-  be taken back. Opted-out numbers are never sent to (O-5a) and GHL is told the message failed.
+  send-message API at most once: the effect claim ``m2:<GHL messageId>`` is inserted before
+  the send and only the attempt that inserted it sends (``services/common/sync/effects.py``);
+  another delivery running at the same time waits for it. A send Verity refused (4xx, 429,
+  503, no connection) releases the claim and is retried; one that may have gone out
+  (timeout, connection lost after the request, other 5xx) leaves the claim ``unknown`` and
+  the event ``dead`` with ``outcome_unknown: …`` — never resent automatically, because a
+  second SMS to a person cannot be taken back, and Verity has no lookup by correlationId.
+  The ``message_mappings`` row (echo suppression, M-4) is written once the send is known.
+  Opted-out numbers are never sent to (O-5a) and GHL is told the message failed.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import hashlib
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
-from sqlalchemy import delete, select, update
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,16 +33,19 @@ from services.clients.http import VendorHttp, parse_body
 from services.common import optout
 from services.common.db.models import MessageMapping, SyncLog
 from services.common.delivery import Outcome
-from services.common.errors import Permanent, RetryLater
+from services.common.errors import OutcomeUnknown, Permanent, RetryLater
 from services.common.logging import get_logger
 from services.common.phone import to_e164
 from services.common.settings import Settings
-from services.common.sync import store
+from services.common.sync import effects, store
 from services.verity_sync.appointments import AppointmentRules
 
 log = get_logger(__name__)
 FORWARD_PATH = "/api/integrations/ghl/webhook"
 SEND_PATH = "/api/integrations/df-middleware/send-message"
+SEND_EFFECT = "verity.send_message"
+# 503 says the server did not take the request (RFC 9110 §15.6.4): safe to send again
+REFUSED_5XX = frozenset({503})
 
 
 class VeritySync:
@@ -112,42 +119,50 @@ class VeritySync:
         phone = to_e164(sms.phone, self.settings.default_phone_region)
         if not phone or not sms.message:
             raise Permanent("provider message without phone or message text")
+        key = f"m2:{sms.message_id}"  # GHL's message id: the same on every delivery of this send
         async with self.engine.begin() as conn:
-            row = (await conn.execute(select(MessageMapping).where(
-                MessageMapping.ghl_message_id == sms.message_id))).first()
-            if row is not None and row.verity_message_id:
-                return Outcome("skipped", "already_sent")
-            if row is not None and row.ghl_sync_status is None:
-                raise Permanent(
-                    f"send outcome unknown after an interrupted attempt (correlationId {sms.message_id}); "
-                    "check Verity before marking done or replaying")
-            if await optout.is_opted_out(conn, phone):
+            held = await effects.claim(conn, key, SEND_EFFECT, event_id=event.event_id,
+                                       ttl_s=self.settings.dfm_effect_claim_ttl_s)
+            opted_out = isinstance(held, effects.Claim) and await optout.is_opted_out(conn, phone)
+            if opted_out:  # nothing is sent: the claim goes with this transaction's commit
+                assert isinstance(held, effects.Claim)
+                await effects.release(conn, held)
                 await store.log_sync(conn, status="skipped", rule="M-2", message="recipient_opted_out", **common)
-                opted_out = True
-            else:
-                opted_out = False
-                await conn.execute(pg_insert(MessageMapping).values(
-                    ghl_message_id=sms.message_id, correlation_id=sms.message_id, ghl_contact_id=sms.contact_id,
-                    to_number=phone, body_sha256=hashlib.sha256(sms.message.strip().encode()).hexdigest(),
-                    direction="outbound").on_conflict_do_nothing(index_elements=["ghl_message_id"]))
         if opted_out:
             await self._report(sms.message_id, "failed", {"code": "opted_out", "type": "saas",
                                                           "message": "Recipient has opted out of SMS"})
             return Outcome("skipped", "recipient_opted_out")
-        verity_id = await self._send(phone, sms)
+        if isinstance(held, effects.Settled):
+            if held.state == "done":
+                return Outcome("skipped", "already_sent")
+            raise OutcomeUnknown(f"send-message for correlationId {sms.message_id} ({held.detail}); "
+                                 "check Verity, then resolve the claim " + key)
+        if held.recovered:  # an attempt died holding the claim; Verity has no lookup to ask
+            await self._settle_unknown(key, "an attempt died after claiming the send")
+            raise OutcomeUnknown(f"send-message for correlationId {sms.message_id} was interrupted; "
+                                 "check Verity, then resolve the claim " + key)
+        verity_id = await self._send(phone, sms, held)
         details = {"attachments_dropped": len(sms.attachments)} if sms.attachments else None
         async with self.engine.begin() as conn:
-            await conn.execute(update(MessageMapping).where(MessageMapping.ghl_message_id == sms.message_id)
-                               .values(verity_message_id=verity_id, ghl_sync_status="synced",
-                                       updated_at=datetime.now(UTC)))
+            await effects.done(conn, key, verity_id)
+            now = datetime.now(UTC)
+            values = {"verity_message_id": verity_id, "correlation_id": sms.message_id,
+                      "ghl_contact_id": sms.contact_id, "to_number": phone, "body_sha256":
+                      hashlib.sha256(sms.message.strip().encode()).hexdigest(), "direction": "outbound",
+                      "ghl_sync_status": "synced", "updated_at": now}
+            await conn.execute(pg_insert(MessageMapping).values(ghl_message_id=sms.message_id, **values)
+                               .on_conflict_do_update(index_elements=["ghl_message_id"], set_=values))
             await store.log_sync(conn, status="success", rule="M-2", target_id=verity_id, details=details, **common)
         return Outcome("applied")
 
-    async def _send(self, phone: str, sms: ProviderOutboundMessage) -> str:
-        """V1. A clean failure releases the claim (retry is safe); a timeout keeps it."""
+    async def _send(self, phone: str, sms: ProviderOutboundMessage, held: effects.Claim) -> str:
+        """V1, by the attempt holding the claim. A refusal (4xx, 429, 503, no connection)
+        releases the claim and the usual retry applies; anything after which Verity may have
+        sent the SMS (timeout, connection lost mid-way, other 5xx, an unreadable 200) marks
+        it ``unknown`` and ends the delivery: a second SMS to a person cannot be taken back."""
         key = self.settings.verity_api_key
         if not key or not self.settings.verity_base_url:
-            await self._release(sms.message_id)
+            await self._release(held)
             raise Permanent("VERITY_API_KEY / VERITY_BASE_URL are not set")
         try:
             response = await self.http.request(
@@ -156,27 +171,39 @@ class VeritySync:
                 headers={"Authorization": f"Bearer {key.get_secret_value()}"}, ok=(200, 201),
                 passthrough=tuple(range(400, 600)))
         except RetryLater as exc:
-            if "timeout" in exc.reason:
-                raise Permanent(f"send-message timed out; outcome unknown (correlationId {sms.message_id})") from None
-            await self._release(sms.message_id)
+            if effects.may_have_landed(exc):
+                await self._settle_unknown(held.key, exc.reason)
+                raise OutcomeUnknown(f"send-message {exc.reason} (correlationId {sms.message_id})") from None
+            await self._release(held)
             raise
-        if response.status_code >= 400:
-            await self._release(sms.message_id)
+        code = response.status_code
+        if code >= 400:
             body = parse_body(response)
-            message = f"Verity API error: {response.status_code} {body.get('error') if isinstance(body, dict) else body}"
-            if response.status_code >= 500 or response.status_code in (408, 429):
+            message = f"Verity API error: {code} {body.get('error') if isinstance(body, dict) else body}"
+            if code >= 500 and code not in REFUSED_5XX:
+                await self._settle_unknown(held.key, message)
+                raise OutcomeUnknown(f"{message} (correlationId {sms.message_id})")
+            await self._release(held)
+            if code >= 500 or code in (408, 429):
                 raise RetryLater(None, message)
             raise Permanent(message)
-        data = response.json()
-        verity_id = data.get("messageId") or data.get("id")
-        if not verity_id:
-            raise Permanent("No messageId in response")
+        try:
+            data = response.json()
+            verity_id = data.get("messageId") or data.get("id")
+        except (ValueError, AttributeError):
+            verity_id = None
+        if not verity_id:  # accepted, so presumably sent, but we cannot say which message it is
+            await self._settle_unknown(held.key, f"Verity answered {code} without a messageId")
+            raise OutcomeUnknown(f"Verity answered {code} without a messageId (correlationId {sms.message_id})")
         return str(verity_id)
 
-    async def _release(self, ghl_message_id: str) -> None:
+    async def _release(self, held: effects.Claim) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(delete(MessageMapping).where(MessageMapping.ghl_message_id == ghl_message_id,
-                                                            MessageMapping.verity_message_id.is_(None)))
+            await effects.release(conn, held)
+
+    async def _settle_unknown(self, key: str, detail: str) -> None:
+        async with self.engine.begin() as conn:
+            await effects.unknown(conn, key, detail)
 
     async def _report(self, ghl_message_id: str, status: str, error: dict[str, str] | None) -> None:
         if self.conversations is None:
