@@ -1,9 +1,12 @@
 """ghl-sync runners for activities and compliance: calls (CL), call artifacts (AR), contact
 disposition (D-2), Aloware DNC (D-1) and the texting ``optout.stop`` event (O-2).
 
-Each note is posted at most once per source activity: an ``activity_mappings`` row is
-claimed before the POST and completed after it; a retry that finds a claim without a note id
-(the process died in between) looks for the note on the contact before posting again. Tags
+Each note is posted at most once per source activity: the effect claim
+``note:aloware:<kind>:<source id>`` (``services/common/sync/effects.py``) is inserted before
+the POST, and only the attempt that inserted it posts; ``activity_mappings`` records the note
+once it exists. A retry that took over the claim of an attempt that died, or whose answer was
+lost, looks for the note on the contact (its text depends only on the event, never on the
+clock) and reposts only in the first case when it is not there. Tags
 are added only when GHL does not have them yet (LP-2), and every tag write is recorded in the
 echo ledger so the resulting ContactTagUpdate webhook is recognised as ours.
 """
@@ -13,7 +16,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from contracts.envelope import WebhookEvent
@@ -22,10 +24,10 @@ from contracts.payloads.texting import normalise_texting
 from services.common import optout
 from services.common.db.models import ActivityMapping
 from services.common.delivery import Outcome
-from services.common.errors import Permanent
+from services.common.errors import OutcomeUnknown, Permanent, RetryLater
 from services.common.logging import get_logger
 from services.common.phone import to_e164
-from services.common.sync import store
+from services.common.sync import effects, store
 from services.common.sync.contact import CanonicalContact, aloware_to_canonical, ghl_to_canonical
 from services.ghl_sync.rules.activity import (
     KIND_OF_CANONICAL,
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 CALL_TYPES = ("call.disposed", "call.completed")
+NOTE_EFFECT = "ghl.note"
 DNC_TAGS = ["DNC", "Do Not Call"]
 SMS_OPTOUT_TAGS = ["DNC-SMS", "SMS Opted Out"]
 
@@ -65,27 +68,73 @@ class ActivityRules:
                 "started_at": datetime.now(UTC), "correlation_id": str(event.event_id), "attempt": attempt}
 
     # --- building blocks -------------------------------------------------------------------
-    async def post_note_once(self, conn: Any, kind: str, source_id: str, ghl_id: str, text: str) -> bool:
-        """One GHL note per (aloware, kind, source id); True when this call posted it."""
-        key = (ActivityMapping.source_system == "aloware", ActivityMapping.kind == kind,
-               ActivityMapping.source_id == source_id)
-        row = (await conn.execute(select(ActivityMapping).where(*key))).first()
-        if row is not None and row.ghl_note_id:
+    async def post_note_once(self, conn: Any, event: WebhookEvent, kind: str, source_id: str, ghl_id: str,
+                             text: str) -> bool:
+        """One GHL note per (aloware, kind, source id); True when this call posted it.
+
+        Only the attempt holding the effect claim ``note:aloware:<kind>:<source id>`` posts.
+        One that took over the claim of an attempt that died, or finds the outcome
+        ``unknown``, first looks for the note on the contact (the text is the same on every
+        attempt); an ``unknown`` note not found there waits for an operator, never reposted."""
+        key = f"note:aloware:{kind}:{source_id}"
+        held = await effects.claim(conn, key, NOTE_EFFECT, event_id=event.event_id,
+                                   ttl_s=self.settings.dfm_effect_claim_ttl_s)
+        if isinstance(held, effects.Settled):
+            if held.state == "done":
+                return False
+            found = await self._note_on_contact(ghl_id, text, quiet=True)
+            if found is None:
+                raise OutcomeUnknown(f"{kind} note {source_id} on GHL contact {ghl_id} ({held.detail}); "
+                                     f"check GHL, then resolve the claim {key}")
+            await self._note_done(conn, key, kind, source_id, ghl_id, found)
             return False
-        if row is None:
-            await conn.execute(pg_insert(ActivityMapping).values(
-                source_system="aloware", kind=kind, source_id=source_id, ghl_contact_id=ghl_id,
-            ).on_conflict_do_nothing(index_elements=["source_system", "kind", "source_id"]))
-        else:  # claimed by an attempt that may have posted before it died: look first
-            for note in await self.ghl.list_notes(row.ghl_contact_id or ghl_id) or []:
-                if note.get("body") == text:
-                    await conn.execute(update(ActivityMapping).where(*key).values(ghl_note_id=note["id"]))
-                    return False
-        note_id = await self.ghl.create_note(ghl_id, text)
+        if held.recovered:  # the attempt that died may have posted it
+            try:
+                found = await self._note_on_contact(ghl_id, text)
+            except (RetryLater, Permanent):
+                await effects.expire(conn, held)  # not known either way: the next attempt looks again
+                raise
+            if found is not None:
+                await self._note_done(conn, key, kind, source_id, ghl_id, found)
+                return False
+        try:
+            note_id = await self.ghl.create_note(ghl_id, text)
+        except Exception as exc:
+            if not effects.may_have_landed(exc):
+                await effects.release(conn, held)
+                raise
+            # the answer was lost: GHL may have the note; look once before calling it unknown
+            found = await self._note_on_contact(ghl_id, text, quiet=True)
+            if found is None:
+                reason = exc.reason if isinstance(exc, (RetryLater, Permanent)) else type(exc).__name__
+                await effects.unknown(conn, key, reason)
+                raise OutcomeUnknown(f"{kind} note {source_id} on GHL contact {ghl_id}: {reason}; "
+                                     f"check GHL, then resolve the claim {key}") from None
+            note_id = found
         if note_id is None:
+            await effects.release(conn, held)
             raise Permanent(f"GHL contact {ghl_id} not found when posting the {kind} note")
-        await conn.execute(update(ActivityMapping).where(*key).values(ghl_note_id=note_id, ghl_contact_id=ghl_id))
+        await self._note_done(conn, key, kind, source_id, ghl_id, note_id)
         return True
+
+    async def _note_on_contact(self, ghl_id: str, text: str, *, quiet: bool = False) -> str | None:
+        """The id of the contact's note with exactly ``text``. ``quiet``: a failed lookup
+        counts as not found (the caller then treats the note as unknown, not absent)."""
+        try:
+            listed = await self.ghl.list_notes(ghl_id)
+        except (RetryLater, Permanent):
+            if quiet:
+                return None
+            raise
+        return next((str(n["id"]) for n in listed or [] if n.get("body") == text and n.get("id")), None)
+
+    async def _note_done(self, conn: Any, key: str, kind: str, source_id: str, ghl_id: str, note_id: str) -> None:
+        await effects.done(conn, key, note_id)
+        values = {"ghl_contact_id": ghl_id, "ghl_note_id": note_id}
+        await conn.execute(pg_insert(ActivityMapping).values(source_system="aloware", kind=kind,
+                                                             source_id=source_id, **values)
+                           .on_conflict_do_update(index_elements=["source_system", "kind", "source_id"],
+                                                  set_=values))
 
     async def add_tags_once(self, conn: Any, ghl_id: str, wanted: list[str]) -> list[str]:
         """Add the tags GHL does not have; the write goes into the echo ledger."""
@@ -150,7 +199,7 @@ class ActivityRules:
     # --- CL --------------------------------------------------------------------------------
     async def call(self, event: WebhookEvent, attempt: int) -> Outcome:
         """CL-1…CL-5: one note and the call tags on the (found or created) GHL contact."""
-        call = call_data(event.payload)
+        call = call_data(event.payload, event.received_at)
         if call is None:
             raise Permanent("No call id in call payload")
         common = self._common(event, attempt, "aloware_to_ghl", "call", call.call_id)
@@ -168,7 +217,7 @@ class ActivityRules:
                 ghl_id = await self.find_or_create(conn, body, aloware_to_canonical(body, self.region),
                                                    body.id or None)
                 created = True
-            posted = await self.post_note_once(conn, "call", call.call_id, ghl_id,
+            posted = await self.post_note_once(conn, event, "call", call.call_id, ghl_id,
                                                truncate(call_note(call), self.settings.ghl_note_max_chars))
             added = await self.add_tags_once(conn, ghl_id, call_tags(call))
             await store.log_sync(conn, status="success", rule="CL", target_id=ghl_id,
@@ -194,7 +243,8 @@ class ActivityRules:
     # --- AR --------------------------------------------------------------------------------
     async def call_artifact(self, event: WebhookEvent, attempt: int) -> Outcome:
         """AR-1…AR-6: one note per artifact on the mapped GHL contact (never creates one)."""
-        art: Artifact = artifact(KIND_OF_CANONICAL[event.canonical_type], event.canonical_type, event.payload)
+        art: Artifact = artifact(KIND_OF_CANONICAL[event.canonical_type], event.canonical_type, event.payload,
+                                 event.received_at)
         common = self._common(event, attempt, "aloware_to_ghl", art.kind, art.artifact_id)
         if art.error:
             raise Permanent(art.error)
@@ -208,7 +258,9 @@ class ActivityRules:
         ghl_id = mapping.ghl_contact_id
         async with store.contact_lock(self.engine, self.lock_key(mapping)) as conn:
             assert art.note is not None
-            posted = await self.post_note_once(conn, art.kind, art.artifact_id, ghl_id,
+            # an artifact without an id of its own is keyed by its event, not shared as "unknown"
+            source_id = art.artifact_id if art.artifact_id != "unknown" else f"event:{event.dedupe_key}"
+            posted = await self.post_note_once(conn, event, art.kind, source_id, ghl_id,
                                                truncate(art.note, self.settings.ghl_note_max_chars))
             added = await self.add_tags_once(conn, ghl_id, list(art.tags))
             await store.log_sync(conn, status="success", rule="AR", target_id=ghl_id,

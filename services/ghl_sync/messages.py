@@ -2,9 +2,11 @@
 (M-1, with the STOP/START keywords of O-3 on inbound texts) and delivery status of messages
 GHL agents sent through us (M-4).
 
-A message is posted once: the ``message_mappings`` row keyed by the texting message id is
-claimed before the POST (``ghl_sync_status`` still null) and completed after it; a retry that
-finds an unfinished claim looks for the message in the GHL conversation before posting again.
+A message is posted at most once: only the attempt that inserted the effect claim
+``m1:<texting messageId>`` posts it (``services/common/sync/effects.py``), and the
+``message_mappings`` row keyed by the texting message id records the result. A retry that
+took over the claim of an attempt that died, or whose answer was lost, looks for the message
+in the GHL conversation first, and reposts only in the first case when it is not there.
 An outbound text that is the echo of a GHL agent's own SMS (sent through M-2) is not posted
 again (M-1.2).
 """
@@ -25,10 +27,10 @@ from services.clients.ghl_conversations import GhlConversations
 from services.common import optout
 from services.common.db.models import ContactMapping, MessageMapping
 from services.common.delivery import Outcome
-from services.common.errors import Permanent
+from services.common.errors import OutcomeUnknown, Permanent, RetryLater
 from services.common.logging import get_logger
 from services.common.phone import to_e164
-from services.common.sync import store
+from services.common.sync import effects, store
 from services.common.sync.contact import aloware_to_canonical
 from services.ghl_sync.activity import SMS_OPTOUT_TAGS
 
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 ECHO_WINDOW = timedelta(seconds=120)
+MESSAGE_EFFECT = "ghl.conversation_message"
 STATUS_TO_GHL = {"sent": "delivered", "delivered": "delivered", "failed": "failed", "undelivered": "failed"}
 
 
@@ -89,7 +92,7 @@ class MessageRules:
             ghl_id = await self.sync.activity.find_or_create(conn, contact, aloware_to_canonical(contact, self.region),
                                                               None)
             conversation_id = await self._conversation(conn, ghl_id)
-            ghl_message_id = await self._post_once(conn, msg, direction, phone, ghl_id, conversation_id, common)
+            ghl_message_id = await self._post_once(conn, event, msg, direction, ghl_id, conversation_id, common)
             await store.log_sync(conn, status="success", rule="M-1", target_id=ghl_id,
                                  details={"ghl_message_id": ghl_message_id}, **common)
         return Outcome("applied")
@@ -125,49 +128,90 @@ class MessageRules:
                            .values(ghl_conversation_id=conversation_id))
         return conversation_id
 
-    async def _post_once(self, conn: Any, msg: Any, direction: str, phone: str, ghl_id: str,
+    async def _post_once(self, conn: Any, event: WebhookEvent, msg: Any, direction: str, ghl_id: str,
                          conversation_id: str, common: dict[str, Any]) -> str:
-        """M-1.7–M-1.9: claim, post (or find the post of a crashed attempt), complete."""
-        key = MessageMapping.texting_message_id == msg.message_id
+        """M-1.7–M-1.9 under the effect claim ``m1:<texting messageId>`` (the event's dedupe
+        key when the message has no id): only the attempt holding it posts. One that took
+        over the claim of an attempt that died, or finds the outcome ``unknown``, looks for
+        the message in the conversation first; an ``unknown`` one not found there waits for
+        an operator (``services/common/sync/effects.py``), never reposted."""
+        key = f"m1:{msg.message_id or 'event:' + event.dedupe_key}"
+        mapped = MessageMapping.texting_message_id == msg.message_id
         if msg.message_id:
             await conn.execute(pg_insert(MessageMapping).values(
                 texting_message_id=msg.message_id, conversation_id=msg.conversation_id, direction=direction,
                 from_number=to_e164(msg.from_number, self.region), to_number=to_e164(msg.to_number, self.region),
                 ghl_contact_id=ghl_id, ghl_conversation_id=conversation_id, body_sha256=body_sha256(msg.body),
             ).on_conflict_do_nothing(index_elements=["texting_message_id"]))
-            claim = (await conn.execute(select(MessageMapping).where(key))).first()
-            if claim is not None and claim.ghl_message_id:
-                return str(claim.ghl_message_id)
-            if claim is not None and claim.ghl_sync_status is None and claim.updated_at > claim.created_at:
-                adopted = await self._find_posted(conversation_id, msg.body, direction)
-                if adopted:
-                    await self._complete(conn, msg.message_id, adopted, conversation_id)
-                    return adopted
-            await conn.execute(update(MessageMapping).where(key).values(updated_at=datetime.now(UTC)))
+        held = await effects.claim(conn, key, MESSAGE_EFFECT, event_id=event.event_id,
+                                   ttl_s=self.settings.dfm_effect_claim_ttl_s)
+        found: str | None = None
+        if isinstance(held, effects.Settled):
+            found = held.vendor_id if held.state == "done" else \
+                await self._find_posted(conversation_id, msg.body, direction, quiet=True)
+            if found is None:
+                raise OutcomeUnknown(f"GHL message for texting message {msg.message_id or 'without id'} "
+                                     f"({held.detail}); check the conversation, then resolve the claim {key}")
+        elif held.recovered:  # the attempt that died may have posted it
+            try:
+                found = await self._find_posted(conversation_id, msg.body, direction)
+            except (RetryLater, Permanent):
+                await effects.expire(conn, held)  # not known either way: the next attempt looks again
+                raise
+        if found is not None:
+            await self._complete(conn, key, msg.message_id, found, conversation_id)
+            return found
+        assert isinstance(held, effects.Claim)
         try:
             ghl_message_id, conversation_id = await self._conv().add_message(
                 contact_id=ghl_id, conversation_id=conversation_id, text=msg.body or "", direction=direction,
                 date=msg.timestamp, attachments=[])
-        except Permanent as exc:
-            if msg.message_id:
-                await conn.execute(update(MessageMapping).where(key).values(ghl_sync_status="failed",
-                                                                            updated_at=datetime.now(UTC)))
-            await store.log_sync(conn, status="error", rule="M-1", target_id=ghl_id, message=exc.reason, **common)
-            raise
-        if msg.message_id:
-            await self._complete(conn, msg.message_id, ghl_message_id, conversation_id)
+        except Exception as exc:
+            if not effects.may_have_landed(exc):
+                await effects.release(conn, held)
+                if isinstance(exc, Permanent):
+                    if msg.message_id:
+                        await conn.execute(update(MessageMapping).where(mapped).values(
+                            ghl_sync_status="failed", updated_at=datetime.now(UTC)))
+                    await store.log_sync(conn, status="error", rule="M-1", target_id=ghl_id, message=exc.reason,
+                                         **common)
+                raise
+            # the answer was lost: GHL may have the message; look once before calling it unknown
+            found = await self._find_posted(conversation_id, msg.body, direction, quiet=True)
+            if found is None:
+                reason = exc.reason if isinstance(exc, (RetryLater, Permanent)) else type(exc).__name__
+                await effects.unknown(conn, key, reason)
+                await store.log_sync(conn, status="error", rule="M-1", target_id=ghl_id,
+                                     message=f"outcome_unknown: {reason}", **common)
+                raise OutcomeUnknown(f"GHL message for texting message {msg.message_id or 'without id'}: "
+                                     f"{reason}; check the conversation, then resolve the claim {key}") from None
+            ghl_message_id = found
+        await self._complete(conn, key, msg.message_id, ghl_message_id, conversation_id)
         return ghl_message_id
 
-    async def _complete(self, conn: Any, texting_id: str, ghl_message_id: str, conversation_id: str) -> None:
+    async def _complete(self, conn: Any, key: str, texting_id: str | None, ghl_message_id: str,
+                        conversation_id: str) -> None:
+        await effects.done(conn, key, ghl_message_id)
+        if not texting_id:
+            return
         row = (await conn.execute(select(MessageMapping).where(MessageMapping.texting_message_id == texting_id))).one()
         await conn.execute(update(MessageMapping).where(MessageMapping.texting_message_id == texting_id).values(
             ghl_message_id=row.ghl_message_id or ghl_message_id,
             ghl_conversation_id=row.ghl_conversation_id or conversation_id,
             ghl_sync_status="synced", updated_at=datetime.now(UTC)))
 
-    async def _find_posted(self, conversation_id: str, text: str | None, direction: str) -> str | None:
-        for message in await self._conv().list_messages(conversation_id):
-            if message.get("body") == text and message.get("direction") == direction:
+    async def _find_posted(self, conversation_id: str, text: str | None, direction: str, *,
+                           quiet: bool = False) -> str | None:
+        """The conversation's message with this text and direction. ``quiet``: a failed
+        lookup counts as not found (the caller then treats the message as unknown)."""
+        try:
+            listed = await self._conv().list_messages(conversation_id)
+        except (RetryLater, Permanent):
+            if quiet:
+                return None
+            raise
+        for message in listed:
+            if message.get("body") == text and message.get("direction") == direction and message.get("id"):
                 return str(message["id"])
         return None
 

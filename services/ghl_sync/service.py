@@ -19,10 +19,10 @@ from services.clients.aloware import AlowareClient
 from services.clients.ghl import GhlClient
 from services.clients.ghl_conversations import GhlConversations
 from services.common.delivery import Outcome
-from services.common.errors import Permanent, RetryLater
+from services.common.errors import OutcomeUnknown, Permanent, RetryLater
 from services.common.logging import get_logger
 from services.common.settings import Settings
-from services.common.sync import store
+from services.common.sync import effects, store
 from services.common.sync.contact import CanonicalContact, aloware_to_canonical, ghl_to_canonical
 from services.common.trace import is_replay
 from services.ghl_sync import sequences
@@ -41,6 +41,7 @@ from services.ghl_sync.rules.contact import (
 )
 
 SOT_SKIP = "aloware_contact_event_ignored_source_of_truth_is_ghl"
+CONTACT_EFFECT = "ghl.contact"
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,16 @@ class _Replan:
     reread: bool = False
 
 log = get_logger(__name__)
+
+
+def _same_person(key: str, ghl: CanonicalContact, incoming: CanonicalContact) -> bool:
+    """Whether the contact a claim created still stands for the key's person: always for an
+    Aloware id; for a phone or e-mail key while GHL still has that phone or e-mail."""
+    if key.startswith("ghl_contact:aloware:"):
+        return True
+    if key.startswith("ghl_contact:phone:"):
+        return ghl.phone == incoming.phone
+    return (ghl.email or "").lower() == (incoming.email or "").lower()
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -116,15 +127,69 @@ class GhlSync:
             found = await self.ghl.find_duplicate(email=incoming.email)
         return await self._known_by_id(found) if found else None
 
+    async def _create_once(self, conn: Any, key: str | None, fields: dict[str, Any],
+                           incoming: CanonicalContact) -> tuple[str, bool]:
+        """G3 under the effect claim ``key`` (``services/common/sync/effects.py``): (GHL id,
+        created). Only the attempt holding the claim creates; a contact this key created
+        before is reused while GHL still has it (recreated once it is deleted there). When a
+        create's answer is lost, GHL's duplicate search is asked before the outcome is called
+        ``unknown``; an unknown create is never repeated automatically. Without any key (no
+        Aloware id, phone or e-mail) GHL cannot find the contact again either: plain G3."""
+        if key is None:
+            return await self.ghl.create_contact(fields)
+        held = await effects.claim(conn, key, CONTACT_EFFECT, event_id=None,
+                                   ttl_s=self.settings.dfm_effect_claim_ttl_s)
+        if isinstance(held, effects.Settled) and held.state == "done" and held.vendor_id:
+            known = await self._known_by_id(held.vendor_id)
+            if known is not None and _same_person(key, known.contact, incoming):
+                return known.ghl_id, False
+            reopened = await effects.reopen(conn, key, held.vendor_id, event_id=None,
+                                            ttl_s=self.settings.dfm_effect_claim_ttl_s)
+            if reopened is None:
+                raise RetryLater(None, f"{key}: claim changed while reopening it")
+            held = reopened
+        elif isinstance(held, effects.Settled):
+            found = await self._search_quietly(incoming)
+            if found is None:
+                raise OutcomeUnknown(f"GHL contact create for {key} ({held.detail}); check GHL, then resolve "
+                                     f"the claim {key}")
+            await effects.done(conn, key, found)
+            return found, False
+        try:
+            ghl_id, created = await self.ghl.create_contact(fields)
+        except Exception as exc:
+            if not effects.may_have_landed(exc):
+                await effects.release(conn, held)
+                raise
+            found = await self._search_quietly(incoming)  # the answer was lost: does GHL have it?
+            if found is None:
+                reason = exc.reason if isinstance(exc, (RetryLater, Permanent)) else type(exc).__name__
+                await effects.unknown(conn, key, reason)
+                raise OutcomeUnknown(f"GHL contact create for {key}: {reason}; check GHL, then resolve the "
+                                     f"claim {key}") from None
+            ghl_id, created = found, False
+        await effects.done(conn, key, ghl_id)
+        return ghl_id, created
+
+    async def _search_quietly(self, incoming: CanonicalContact) -> str | None:
+        """GHL's duplicate search; a failed lookup counts as not found (the caller then
+        treats the create as unknown, not as absent)."""
+        try:
+            found = await self._known_from_search(incoming)
+        except (RetryLater, Permanent):
+            return None
+        return found.ghl_id if found is not None else None
+
     async def _apply(self, conn: Any, plan: Plan, known: KnownGhlContact | None,
-                     incoming: CanonicalContact) -> tuple[str, CanonicalContact, bool] | _Replan:
+                     incoming: CanonicalContact, claim_key: str | None
+                     ) -> tuple[str, CanonicalContact, bool] | _Replan:
         """Run a plan's operations; every write is recorded in the echo ledger at once."""
         ghl_id = known.ghl_id if known else ""
         after = known.contact if known else incoming
         wrote = False
         for operation in plan.operations:
             if isinstance(operation, CreateGhlContact):
-                ghl_id, created = await self.ghl.create_contact(operation.fields)
+                ghl_id, created = await self._create_once(conn, claim_key, operation.fields, incoming)
                 await self._fault_pause()
                 if not created:  # CA-3: GHL says it exists (duplicate 400 with meta.contactId)
                     return _Replan(ghl_id, reread=True)
@@ -175,13 +240,17 @@ class GhlSync:
         the GHL contact, write what differs, upsert the mapping. (GHL id, wrote anything)."""
         disposition = (body.disposition_status or "").strip() or None
         customs = custom_fields(self.cf_ids, body.id, body.lead_source, body.intake_source)
+        # one GHL contact per Aloware contact, else per phone number (the activity rules)
+        claim_key = (f"ghl_contact:aloware:{body.id}" if body.id
+                     else f"ghl_contact:phone:{incoming.phone}" if incoming.phone
+                     else f"ghl_contact:email:{incoming.email.lower()}" if incoming.email else None)
         known = await self._known_from_mapping(conn, mapping)
         for _ in range(3):  # re-plan when GHL changed under us (contact gone, duplicate)
             if known is None:
                 known = await self._known_from_search(incoming)
             plan = plan_contact_upsert(incoming, known, mode=self.settings.contact_source_of_truth,
                                        disposition=disposition, customs=customs)
-            applied = await self._apply(conn, plan, known, incoming)
+            applied = await self._apply(conn, plan, known, incoming, claim_key)
             if isinstance(applied, _Replan):
                 if applied.drop_mapping:
                     await store.drop_mapping(conn, applied.ghl_id)

@@ -36,14 +36,16 @@ def _text(value: Any) -> str | None:
     return None if value in (None, "") else str(value)
 
 
-def _timestamp(value: Any) -> str:
+def _timestamp(value: Any, received_at: datetime | None) -> str:
+    """The activity's time in ISO UTC; without one, when the event was received. Never the
+    clock: the note text must be the same on every attempt (a retry looks for it by text)."""
     if isinstance(value, str) and value:
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             return value
         return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
-    return datetime.now(UTC).isoformat()
+    return received_at.astimezone(UTC).isoformat() if received_at is not None else "unknown time"
 
 
 def truncate(text: str, limit: int) -> str:
@@ -69,8 +71,9 @@ class CallData:
     created_at: str
 
 
-def call_data(payload: dict[str, Any]) -> CallData | None:
-    """The call of a ``call.disposed``/``call.completed`` webhook; None without a call id."""
+def call_data(payload: dict[str, Any], received_at: datetime | None = None) -> CallData | None:
+    """The call of a ``call.disposed``/``call.completed`` webhook; None without a call id.
+    ``received_at`` (the envelope's) stands in for a missing ``created_at``."""
     body = payload.get("body") if isinstance(payload.get("body"), dict) else {}
     call_id = _text(_first(body, payload, "id", "call_id"))
     if call_id is None:
@@ -87,7 +90,7 @@ def call_data(payload: dict[str, Any]) -> CallData | None:
         resolution=_text(_first(body, payload, "resolution")),
         duration_s=int(duration) if isinstance(duration, (int, float)) or str(duration).isdigit() else None,
         csat=_first(body, payload, "csat_score"),
-        created_at=_timestamp(_first(body, payload, "created_at")),
+        created_at=_timestamp(_first(body, payload, "created_at"), received_at),
     )
 
 
@@ -158,8 +161,9 @@ TEXT_ARTIFACTS = {
 }
 
 
-def artifact(kind: ArtifactKind, canonical_type: str, payload: dict[str, Any]) -> Artifact:
-    """AR-1…AR-5 for one webhook."""
+def artifact(kind: ArtifactKind, canonical_type: str, payload: dict[str, Any],
+             received_at: datetime | None = None) -> Artifact:
+    """AR-1…AR-5 for one webhook (``received_at`` as in ``call_data``)."""
     body = payload.get("body") if isinstance(payload.get("body"), dict) else {}
     artifact_id = _text(_first(body, payload, "id")) or "unknown"
     contact = body.get("contact") if isinstance(body.get("contact"), dict) else {}
@@ -174,7 +178,7 @@ def artifact(kind: ArtifactKind, canonical_type: str, payload: dict[str, Any]) -
         disposed = canonical_type == "communication.disposed"
         channel = _text(_first(body, payload, "channel", "type")) or "unknown"
         outcome = _text(_first(body, payload, "outcome", "status")) or ("completed" if disposed else "initiated")
-        ts = _timestamp(_first(body, payload, "created_at", "timestamp"))
+        ts = _timestamp(_first(body, payload, "created_at", "timestamp"), received_at)
         state = "DISPOSED" if disposed else "INITIATED"
         note = f"[COMMUNICATION {state}] {ts}\nChannel: {channel}\nOutcome: {outcome}\n\n{FOOTER}"
         return Artifact(**base, call_id=_text(_first(body, payload, "communication_id")), note=note,
@@ -182,7 +186,7 @@ def artifact(kind: ArtifactKind, canonical_type: str, payload: dict[str, Any]) -
     call_id = _text(_first(body, payload, "call_id", "callId", "communication_id"))
     if call_id is None:
         return Artifact(**base, call_id=None, note=None, error=f"No call_id found in {kind} payload")
-    ts = _timestamp(_first(body, payload, "created_at"))
+    ts = _timestamp(_first(body, payload, "created_at"), received_at)
     if kind in URL_ARTIFACTS:
         keys, word, tag, label = URL_ARTIFACTS[kind]
         url = _text(_first(body, payload, *keys))
