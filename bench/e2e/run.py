@@ -15,11 +15,18 @@ Ledger (the run exits 1 and records nothing when it does not balance):
   vendor effects: one GHL contact per phone, one call note per call, one GHL message per text
   — none missing, none twice.
 
+Edge inputs (``--edge SHARE``, 0.05 with ``--chaos`` unless given): that share of the sends are
+bodies real senders produce that no store or parser downstream can take as they are — texts
+with NUL characters and 2 kB message ids (accepted, one GHL message each, NUL shown as U+FFFD),
+an Aloware update with NUL in a name (accepted), and lone surrogates, 201-level nesting and
+UTF-16 bodies (each must be a 400). The ledger counts them too.
+
 Chaos (``--chaos``): during the send window a random consumer process is SIGKILLed and
 replaced every ``--kill-every`` seconds, NATS is restarted once (a third in), PostgreSQL once
 (two thirds in), and the fake GHL answers bursts of 429 and 503. The ledger must still balance.
 
-Usage: python bench/e2e/run.py [--rate 100] [--seconds 30] [--replicas 1] [--chaos] [--settle S] [--record]
+Usage: python bench/e2e/run.py [--rate 100] [--seconds 30] [--replicas 1] [--chaos] [--edge SHARE]
+                               [--settle S] [--record]
 """
 
 from __future__ import annotations
@@ -89,6 +96,42 @@ def plan(contacts: int, rng: random.Random) -> list[tuple[str, str, dict[str, An
     return out
 
 
+REFUSED_BODIES = (  # each must be answered 400 by the ingress (README "What a webhook may contain")
+    b'{"eventType":"message.received","messageId":"edge-bad","body":"\\ud800"}',
+    b'{"eventType":"message.received","messageId":"edge-deep","x":' + b"[" * 200 + b"]" * 200 + b"}",
+    '{"eventType":"message.received","messageId":"edge-utf16"}'.encode("utf-16"),
+)
+
+
+def with_edges(events: list[tuple[str, str, dict[str, Any]]], share: float, rng: random.Random
+               ) -> list[tuple[str, str, dict[str, Any]]]:
+    """``events`` with ``share`` of edge inputs put in among them (same length in all)."""
+    count = int(len(events) * share)
+    if not count:
+        return events
+    phones = [b["body"]["phone_number"] for k, _, b in events if k == "aloware_contact"]
+    out = list(events)
+    for n in range(count):
+        phone = rng.choice(phones)
+        kind = n % 4
+        if kind == 0:
+            edge = ("edge_text", "texting", {"eventType": "message.received", "messageId": f"e2e-edge-{n}",
+                    "direction": "inbound", "from": phone, "to": "+15550000000", "body": f"edge {n} \u0000@",
+                    "conversationId": f"chat-edge-{n}", "timestamp": "2026-11-27T00:00:04Z"})
+        elif kind == 1:
+            edge = ("edge_text", "texting", {"eventType": "message.received", "messageId": "L" * 2000 + str(n),
+                    "direction": "inbound", "from": phone, "to": "+15550000000", "body": f"edge {n} long id",
+                    "conversationId": f"chat-edge-{n}", "timestamp": "2026-11-27T00:00:04Z"})
+        elif kind == 2:
+            base = next(b for k, _, b in events if k == "aloware_contact" and b["body"]["phone_number"] == phone)
+            edge = ("edge_contact", "aloware", {"event": "Contact Updated", "body": {
+                **base["body"], "last_name": "Bench\u0000", "updated_at": "2026-11-27T00:00:05+00:00"}})
+        else:
+            edge = ("edge_refused", "texting", {"__raw__": REFUSED_BODIES[n % len(REFUSED_BODIES)].decode("latin-1")})
+        out.insert(rng.randrange(len(out) // 4, len(out) + 1), edge)
+    return out[: len(events)]
+
+
 async def drive(base: str, settings: Settings, events: list[tuple[str, str, dict[str, Any]]], rate: float
                 ) -> dict[str, Any]:
     """Open loop: event i is sent at start + i / rate whatever the answers do."""
@@ -99,7 +142,7 @@ async def drive(base: str, settings: Settings, events: list[tuple[str, str, dict
     async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
         async def one(i: int, source: str, body: dict[str, Any]) -> None:
             await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
-            raw = json.dumps(body).encode()
+            raw = body["__raw__"].encode("latin-1") if "__raw__" in body else json.dumps(body).encode()
             request = sign(settings, source, raw)
             try:
                 answer = await client.post(request.path, content=raw, headers=request.headers, params=request.params)
@@ -107,7 +150,8 @@ async def drive(base: str, settings: Settings, events: list[tuple[str, str, dict
             except httpx.HTTPError as exc:
                 status, data = 0, {"error": type(exc).__name__}
             results.append({"i": i, "scheduled": wall + i / rate, "status": status, "kind": body,
-                            "answer": data.get("status"), "id": data.get("id")})
+                            "edge": events[i][0] == "edge_refused", "answer": data.get("status"),
+                            "id": data.get("id")})
 
         await asyncio.gather(*(one(i, source, body) for i, (_, source, body) in enumerate(events)))
     return {"results": results, "elapsed": time.monotonic() - start}
@@ -211,13 +255,16 @@ def main() -> int:
     parser.add_argument("--replicas", type=int, default=1, help="processes of each sync consumer")
     parser.add_argument("--chaos", action="store_true", help="kill consumers, restart NATS and PostgreSQL")
     parser.add_argument("--kill-every", type=float, default=5.0)
+    parser.add_argument("--edge", type=float, default=None,
+                        help="share of edge inputs in the mix (default 0.05 with --chaos, else 0)")
     parser.add_argument("--settle", type=float, default=None,
                         help="seconds to wait for the accepted events to finish (default: 4 × --seconds, at least 120)")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     total = int(args.rate * args.seconds)
     contacts = max(1, int(total / 1.3 / 4))
-    events = plan(contacts, random.Random(7))[:total]
+    edge_share = args.edge if args.edge is not None else (0.05 if args.chaos else 0.0)
+    events = with_edges(plan(contacts, random.Random(7))[:total], edge_share, random.Random(11))
     work = Path(tempfile.mkdtemp(prefix="dfm-bench-e2e-"))
     nats_server = EmbeddedNats(store_dir=work / "nats", sync_always=True).start()
     pg = EmbeddedPostgres(work / "pg", delete_on_stop=not args.chaos).start()  # chaos restarts it
@@ -291,6 +338,8 @@ def main() -> int:
     sent = len(results)
     duplicate = sum(1 for r in results if r["answer"] == "duplicate")
     rejected = sum(1 for r in results if r["status"] != 200)
+    refused_edges = [r for r in results if r["edge"]]
+    edges_400 = sum(1 for r in refused_edges if r["status"] == 400)
     states = [s for s, _ in finished.values()]
     done, dead = states.count("done"), states.count("dead")
     quarantined = states.count("quarantined")
@@ -314,12 +363,17 @@ def main() -> int:
     notes = [c for c in calls if c["vendor"] == "ghl" and c["method"] == "POST" and c["path"].endswith("/notes")
              and c["status"] == 201]
     messages = [m for m in conversations["messages"] if m.get("body", "").startswith("hello ")]
+    edge_texts = {b["body"].replace("\u0000", "\ufffd") for k, _, b in events if k == "edge_text"}
+    edge_messages = [m["body"] for m in conversations["messages"] if m.get("body", "").startswith("edge ")]
     ghl_phones = [c.get("phone") for c in ghl_contacts]
     effects = {
         "ghl contacts (one per phone)": (len(set(ghl_phones) & phones), len(phones), len(ghl_phones) - len(set(ghl_phones))),
         "call notes (one per call)": (len(notes), len(calls_sent), max(0, len(notes) - len(calls_sent))),
         "GHL messages (one per text)": (len({m["body"] for m in messages}), len(texts_sent),
                                         len(messages) - len({m["body"] for m in messages})),
+        "edge texts: GHL messages (NUL as U+FFFD)": (len(set(edge_messages) & edge_texts), len(edge_texts),
+                                                     len(edge_messages) - len(set(edge_messages))),
+        "edge bodies refused with 400": (edges_400, len(refused_edges), 0),
     }
     balanced = (sent == len(accepted) + duplicate + rejected and missing == 0 and dead == 0
                 and done + quarantined + late == len(accepted)
@@ -335,10 +389,13 @@ def main() -> int:
         f"### e2e ledger — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
         f"- command: `python bench/e2e/run.py --rate {args.rate:g} --seconds {args.seconds:g} --replicas {args.replicas}"
-        f"{' --chaos' if args.chaos else ''}{f' --settle {args.settle:g}' if args.settle else ''}`",
+        f"{' --chaos' if args.chaos else ''}{f' --edge {args.edge:g}' if args.edge is not None else ''}"
+        f"{f' --settle {args.settle:g}' if args.settle else ''}`",
         f"- machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; every "
         "process, the sandbox vendors and the generator on one host; rate limiting off",
-        f"- mix: {contacts} contacts × (Aloware create, update, call, inbound text), ~30 % repeated sends",
+        f"- mix: {contacts} contacts × (Aloware create, update, call, inbound text), ~30 % repeated sends"
+        + (f", {edge_share:.0%} edge inputs (NUL, 2 kB ids, lone surrogates, deep nesting, UTF-16)"
+           if edge_share else ""),
         *([f"- chaos: {'; '.join(chaos_log)}"] if args.chaos else []),
         "",
         "| ledger | value |",
