@@ -5,8 +5,12 @@ comma-separated keys allowed, the first encrypts, all decrypt, so keys can rotat
 due within five minutes is refreshed under ``SELECT … FOR UPDATE`` on its row, re-checking
 after the lock: GHL rotates refresh tokens, so two refreshes at once would break the
 installation — with any number of workers exactly one calls the token endpoint. A 400/401
-from the token endpoint marks the installation ``needs_reinstall`` and fails dependent work
-permanently instead of retrying into a storm.
+from the token endpoint (OA-6) marks the installation ``needs_reinstall`` and fails dependent
+work permanently instead of retrying into a storm; the mark is written on the connection
+that holds the row lock and committed before the error is raised (written from a second
+connection it waited for that very lock for ever: security-audit F2), so the workers queued
+behind the lock see it at once and fail without calling GHL, and the install callback, which
+upserts the same row, is not blocked.
 """
 
 from __future__ import annotations
@@ -53,6 +57,15 @@ class TokenCipher:
             raise Permanent("stored OAuth token cannot be decrypted with DFM_TOKEN_KEY") from None
 
 
+class TokenRefused(Permanent):
+    """The token endpoint answered 400/401 (``invalid_grant``, ``invalid_client``…): the
+    grant is spent or revoked, and only a reinstall (a new authorization code) helps."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(f"GHL token endpoint refused: {error}")
+        self.error = error
+
+
 @dataclass(frozen=True)
 class Installation:
     location_id: str
@@ -82,7 +95,7 @@ class GhlOAuth:
         location_id = location_id.strip()
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(GhlOauthToken).where(GhlOauthToken.location_id == location_id))).first()
-        self._usable(row, location_id)
+        row = self._usable(row, location_id)
         if row.expires_at - datetime.now(UTC) <= REFRESH_MARGIN:
             return await self.refresh(location_id)
         return self.cipher.decrypt(row.access_token)
@@ -93,18 +106,28 @@ class GhlOAuth:
         async with self.engine.begin() as conn:
             row = (await conn.execute(select(GhlOauthToken).where(GhlOauthToken.location_id == location_id)
                                       .with_for_update())).first()
-            self._usable(row, location_id)
+            row = self._usable(row, location_id)
             current = self.cipher.decrypt(row.access_token)
             fresh = row.expires_at - datetime.now(UTC) > REFRESH_MARGIN
             if fresh and (rejected is None or rejected != current):
                 return current
             if not row.refresh_token:
                 raise Permanent(f"No refresh token for location {location_id}; install the Marketplace App again")
-            data = await self._token_call({"grant_type": "refresh_token",
-                                           "refresh_token": self.cipher.decrypt(row.refresh_token)},
-                                          location_id=location_id)
-            values = self._row_values(data, keep_refresh=row.refresh_token)
-            await conn.execute(update(GhlOauthToken).where(GhlOauthToken.id == row.id).values(**values))
+            refused: TokenRefused | None = None
+            try:
+                data = await self._token_call({"grant_type": "refresh_token",
+                                               "refresh_token": self.cipher.decrypt(row.refresh_token)})
+            except TokenRefused as exc:  # OA-6, under this lock and committed with this block
+                refused = exc
+                await conn.execute(update(GhlOauthToken).where(GhlOauthToken.id == row.id).values(
+                    needs_reinstall=True, last_refresh_error=exc.error[:500], updated_at=datetime.now(UTC)))
+            else:
+                values = self._row_values(data, keep_refresh=row.refresh_token)
+                await conn.execute(update(GhlOauthToken).where(GhlOauthToken.id == row.id).values(**values))
+        if refused is not None:
+            log.error("ghl_oauth_needs_reinstall", location_id=location_id, error=refused.error[:200])
+            raise Permanent(f"OAuth installation of location {location_id} needs a reinstall "
+                            f"(refresh refused: {refused.error[:200]})") from refused
         log.info("ghl_oauth_refreshed", location_id=location_id)
         return str(data["access_token"])
 
@@ -113,7 +136,7 @@ class GhlOAuth:
         form = {"grant_type": "authorization_code", "code": code}
         if self.settings.ghl_oauth_redirect_uri:
             form["redirect_uri"] = self.settings.ghl_oauth_redirect_uri
-        data = await self._token_call(form, location_id=None)
+        data = await self._token_call(form)
         location_id = str(data.get("locationId") or data.get("location_id") or state or "").strip()
         if not location_id:
             raise ValueError("the token response names no location")
@@ -125,14 +148,18 @@ class GhlOAuth:
         return Installation(location_id, data.get("companyId"))
 
     # --- internals -------------------------------------------------------------------------
-    def _usable(self, row: Any, location_id: str) -> None:
+    def _usable(self, row: Any, location_id: str) -> Any:
+        """The token row, unless it is missing or needs a reinstall (Permanent: OA-2, OA-6)."""
         if row is None:
             raise Permanent(f"No OAuth token for location {location_id}; install the Marketplace App")
         if row.needs_reinstall:
             raise Permanent(f"OAuth installation of location {location_id} needs a reinstall "
                             f"({row.last_refresh_error or 'refresh refused'})")
+        return row
 
-    async def _token_call(self, form: dict[str, str], *, location_id: str | None) -> dict[str, Any]:
+    async def _token_call(self, form: dict[str, str]) -> dict[str, Any]:
+        """``POST /oauth/token``; ``TokenRefused`` on 400/401. No database work here: the
+        caller may hold the token row's lock."""
         client_id, secret = self.settings.ghl_client_id, self.settings.ghl_client_secret
         if not client_id or secret is None:
             raise Permanent("GHL_CLIENT_ID / GHL_CLIENT_SECRET are not set")
@@ -142,13 +169,7 @@ class GhlOAuth:
                                             ok=(200, 201), passthrough=(400, 401))
         if response.status_code in (400, 401):
             error = parse_body(response)
-            reason = error.get("error", error) if isinstance(error, dict) else error
-            if location_id is not None:  # OA-6: stop, do not retry into a storm
-                async with self.engine.begin() as conn:
-                    await conn.execute(update(GhlOauthToken).where(GhlOauthToken.location_id == location_id)
-                                       .values(needs_reinstall=True, last_refresh_error=str(reason)[:500]))
-                log.error("ghl_oauth_needs_reinstall", location_id=location_id, error=str(reason)[:200])
-            raise Permanent(f"GHL token endpoint refused: {reason}")
+            raise TokenRefused(str(error.get("error", error) if isinstance(error, dict) else error))
         data = response.json()
         if not isinstance(data, dict) or not data.get("access_token"):
             raise RetryLater(None, "GHL token endpoint answered without an access token")
@@ -172,4 +193,4 @@ def new_key() -> str:
     return Fernet.generate_key().decode()
 
 
-__all__ = ["GhlOAuth", "Installation", "TokenCipher", "new_key"]
+__all__ = ["GhlOAuth", "Installation", "TokenCipher", "TokenRefused", "new_key"]
