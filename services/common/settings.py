@@ -9,6 +9,7 @@ that runs (a webhook-only deployment needs no Clerk key): see ``REQUIRED_BY_SERV
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -81,6 +82,47 @@ def _postgres_url(value: Any) -> Any:
     if not sep or scheme.split("+")[0] not in ("postgres", "postgresql") or not rest:
         raise ValueError("expected a PostgreSQL URL such as postgresql://user@host:5432/db")
     return text
+
+
+_PEM_BEGIN = "-----BEGIN PUBLIC KEY-----"
+_PEM_BLOCK = re.compile(r"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL)
+
+
+def pem_public_keys(text: str) -> list[Any]:
+    """Every PEM public key in ``text``: several for rotation, ``\\n`` escapes allowed (a
+    one-line ``.env`` value). Raises ``ValueError`` when a block is cut off or is not a key:
+    a key variable that silently parses to fewer keys lets the ingress start and then
+    refuse every genuine webhook with 401."""
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    text = text.replace("\\n", "\n")
+    blocks = _PEM_BLOCK.findall(text)
+    if not blocks:
+        raise ValueError(f"expected one or more PEM public keys ({_PEM_BEGIN} ...), found none")
+    if text.count(_PEM_BEGIN) != len(blocks):
+        raise ValueError("expected complete PEM public keys, but one is cut off (no END line)")
+    keys = []
+    for number, block in enumerate(blocks, 1):
+        try:
+            keys.append(load_pem_public_key(block.encode()))
+        except ValueError:  # cryptography's UnsupportedAlgorithm is a ValueError too
+            raise ValueError(f"expected PEM public keys, but key {number} cannot be read") from None
+    return keys
+
+
+def _public_keys_of(kind: str) -> Any:
+    """A validator: the text holds only ``kind`` keys (``ed25519`` or ``rsa``)."""
+    def check(value: Any) -> Any:
+        from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+        wanted = ed25519.Ed25519PublicKey if kind == "ed25519" else rsa.RSAPublicKey
+        if isinstance(value, str):
+            for number, key in enumerate(pem_public_keys(value), 1):
+                if not isinstance(key, wanted):
+                    raise ValueError(f"expected {kind} public keys, but key {number} is another kind")
+        return value
+
+    return check
 
 
 def _choice_or_default(default: str, allowed: tuple[str, ...]) -> Any:
@@ -186,8 +228,9 @@ class Settings(BaseSettings):
     ghl_rate_limit_per_day: int = Field(default=180_000, ge=1)
     ghl_note_max_chars: int = Field(default=50_000, ge=100)
     ghl_set_dnd_on_optout: FlagTrue = False
-    ghl_webhook_ed25519_public_key: str = GHL_ED25519_PUBLIC_KEY
-    ghl_webhook_rsa_public_key: str = GHL_RSA_PUBLIC_KEY
+    ghl_webhook_ed25519_public_key: Annotated[str, BeforeValidator(_public_keys_of("ed25519"))] = \
+        GHL_ED25519_PUBLIC_KEY
+    ghl_webhook_rsa_public_key: Annotated[str, BeforeValidator(_public_keys_of("rsa"))] = GHL_RSA_PUBLIC_KEY
     ghl_accept_legacy_rsa: bool = True
     ghl_webhook_verify_mode: Literal["enforce", "log_only"] = "enforce"
     ghl_webhook_max_age_s: int = Field(default=7200, ge=60)

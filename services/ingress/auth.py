@@ -11,24 +11,20 @@ import base64
 import binascii
 import hashlib
 import hmac
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from pydantic import SecretStr
 
 from contracts.envelope import AuthInfo
-from services.common.settings import Settings
+from services.common.settings import Settings, pem_public_keys
 from services.common.signing import secret_matches
 
-_PEM_BLOCK = re.compile(
-    r"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL
-)
 FUTURE_SKEW_S = 300
 
 
@@ -40,9 +36,10 @@ class AuthFailure(Exception):
 
 
 def load_public_keys(pem_text: str) -> list[Any]:
-    """Every PEM public key in ``pem_text`` (several keys allowed for rotation)."""
-    blocks = _PEM_BLOCK.findall(pem_text.replace("\\n", "\n"))
-    return [serialization.load_pem_public_key(block.encode()) for block in blocks]
+    """Every PEM public key in ``pem_text`` (several keys allowed for rotation). ``Settings``
+    has already refused a value that is not entirely keys of the right kind, so a running
+    ingress never has fewer keys than its configuration names."""
+    return pem_public_keys(pem_text)
 
 
 def _b64(value: str) -> bytes | None:
