@@ -101,7 +101,7 @@ def pem_public_keys(text: str) -> list[Any]:
         raise ValueError(f"expected one or more PEM public keys ({_PEM_BEGIN} ...), found none")
     if text.count(_PEM_BEGIN) != len(blocks):
         raise ValueError("expected complete PEM public keys, but one is cut off (no END line)")
-    keys = []
+    keys: list[Any] = []
     for number, block in enumerate(blocks, 1):
         try:
             keys.append(load_pem_public_key(block.encode()))
