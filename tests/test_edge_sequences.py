@@ -24,7 +24,15 @@ from services.common.sender import refresh, sign
 from services.common.settings import Settings
 from services.sandbox.app import create_sandbox_app
 from tests.conftest import load_fixture
-from tests.ingress_rig import Keys, Signer, dumps, running_ingress, running_recorder, serving, wait_for_row
+from tests.ingress_rig import (
+    Keys,
+    Signer,
+    dumps,
+    running_ingress,
+    running_recorder,
+    serving,
+    wait_for_row,
+)
 from tests.jobs_rig import fetch
 from tests.sync_rig import consumers, eventually, pipeline_settings
 

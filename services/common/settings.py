@@ -118,8 +118,8 @@ def _public_keys_of(kind: str) -> Any:
         wanted = ed25519.Ed25519PublicKey if kind == "ed25519" else rsa.RSAPublicKey
         if isinstance(value, str):
             for number, key in enumerate(pem_public_keys(value), 1):
-                if not isinstance(key, wanted):
-                    raise ValueError(f"expected {kind} public keys, but key {number} is another kind")
+                if not isinstance(key, wanted):  # a ValueError: pydantic reports only those as invalid
+                    raise ValueError(f"expected {kind} public keys, but key {number} is another kind")  # noqa: TRY004
         return value
 
     return check
