@@ -2,10 +2,12 @@
 
 For each message: make sure the event's row exists (permanent dedupe: a duplicate outside
 the stream window is acked and not processed), refuse quarantined events, claim the
-consumer's ``event_deliveries`` row (a finished delivery is never re-run), run the rule,
-then record the outcome and the event's aggregate status *before* acking (spec/inbound.md
-§4.2, spec/outbound.md §0.1). Errors decide delivery (STYLE.md §4): RetryLater → nak with
-the delay (error, or dead once the budget is spent), Permanent → dead and terminate.
+consumer's ``event_deliveries`` row (a finished delivery is never re-run, a running one is
+not run twice), run the rule under ``DFM_RULE_DEADLINE_S``, then record the outcome and the
+event's aggregate status *before* acking (spec/inbound.md §4.2, spec/outbound.md §0.1).
+Errors decide delivery (STYLE.md §4): RetryLater → nak with the delay (error, or dead once
+the budget is spent), Permanent → dead and terminate; a rule past its deadline is a
+``DeadlineExceeded`` retry.
 """
 
 from __future__ import annotations
@@ -21,16 +23,16 @@ from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
-from sqlalchemy import case, select, text, update
+from sqlalchemy import case, extract, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import HEADER_REDRIVE, WebhookEvent
 from contracts.streams import ConsumerSpec, expected_consumers
 from services.common import tracing
 from services.common.db.models import EVENT_TABLES, EventAttempt, EventDelivery
-from services.common.errors import Permanent, RetryLater
+from services.common.errors import DeadlineExceeded, Permanent, RetryLater
 from services.common.events import row_for
 from services.common.logging import get_logger
 from services.common.settings import Settings
@@ -49,6 +51,11 @@ ECHOES = Counter("dfm_events_echo_total", "Webhooks recognised as echoes of our 
                  ["source"])
 MALFORMED = Counter("dfm_malformed_messages_total", "Stream messages that are not envelopes",
                     ["consumer"])
+HEARTBEAT_FAILURES = Counter("dfm_heartbeat_failures_total",
+                             "Heartbeats (+WPI or claim renewal) that failed and are tried again next tick",
+                             ["consumer"])
+CLAIM_HELD = Counter("dfm_deliveries_claim_held_total",
+                     "Messages NAKed because another attempt holds a live claim on the delivery", ["consumer"])
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,17 @@ class Outcome:
 Rule = Callable[[WebhookEvent, int], Awaitable[Outcome]]
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What ``DeliveryLedger.begin`` decided for one message: run the rule as ``attempt``;
+    or, with ``held_for_s``, another attempt holds a live claim (NAK, look again then); or,
+    with neither, there is nothing to do (a duplicate, a finished or quarantined delivery:
+    ack)."""
+
+    attempt: int | None = None
+    held_for_s: float | None = None
+
+
 _AGGREGATE = text("SELECT dfm_event_aggregate(CAST(:table AS text), CAST(:event AS uuid), "
                   "CAST(:expected AS text[]), CAST(:error AS text), CAST(:next AS timestamptz))")
 
@@ -72,15 +90,38 @@ def event_table(event: WebhookEvent) -> str:
 
 
 class DeliveryLedger:
-    """Reads and writes ``event_deliveries`` and the event's own row for one consumer."""
+    """Reads and writes ``event_deliveries`` and the event's own row for one consumer.
 
-    def __init__(self, engine: AsyncEngine, consumer: str, settings: Settings) -> None:
+    A ``processing`` delivery is a claim held by one running attempt. The attempt renews
+    ``claimed_at`` with every heartbeat (``renew``) until it finishes or reaches the rule
+    deadline; the claim is live while ``claimed_at`` is younger than ``claim_lease_s``
+    (three heartbeats). So a claim expires one lease after its holder died, or at the latest
+    one lease after the rule deadline of a holder that is stuck; only then may another
+    delivery of the event take it over.
+    """
+
+    def __init__(self, engine: AsyncEngine, consumer: str, settings: Settings, *,
+                 claim_lease_s: float | None = None) -> None:
         self._engine = engine
         self.consumer = consumer
         self._settings = settings
+        self.claim_lease_s = claim_lease_s or 3 * heartbeat_interval(settings.dfm_consumer_ack_wait_s or 60.0)
 
-    async def begin(self, event: WebhookEvent, stream_seq: int | None) -> int | None:
-        """Claim this consumer's delivery; the attempt number, or None to skip (ack)."""
+    async def begin(self, event: WebhookEvent, stream_seq: int | None) -> Claim:
+        """Claim this consumer's delivery for a new attempt (see ``Claim``).
+
+        A ``pending`` or ``error`` delivery is claimed; so is a ``processing`` one whose
+        claim expired (its attempt died, or is stuck past the deadline and no longer
+        renews). A *live* claim is not taken: two deliveries of one event at once (a sweep
+        re-drive of a lagging event, a redelivery after a NATS blip while the first attempt
+        still runs) would otherwise run the rule twice concurrently. Such a message is not
+        acked either: if it is the very message the running attempt holds, an ack would
+        settle it for that attempt, and were the attempt then to die the event would be
+        lost to the stream. It is NAKed until the claim's lease could have run out
+        (``held_for_s``, at most one lease): by then the attempt has finished (the delivery
+        is done and the message is acked) or has died (the claim has expired and this
+        delivery runs the rule), so it is never run twice and never dropped.
+        """
         table_name = event_table(event)
         table, values = row_for(event, stream_seq, self._settings.default_phone_region)
         async with self._engine.begin() as conn:
@@ -96,27 +137,55 @@ class DeliveryLedger:
                 row = (await conn.execute(existing)).one()
             if row.id != event.event_id:
                 log.info("duplicate_event_skipped", event_id=str(event.event_id), first_id=str(row.id))
-                return None
+                return Claim()
             if row.status == "quarantined" or event.outcome_hint:
-                return None
+                return Claim()
+            # claimed_at on the database clock, written and compared there: replicas' clocks
+            # may differ by more than a lease
+            lease = timedelta(seconds=self.claim_lease_s)
+            expired = EventDelivery.claimed_at.is_(None) | (EventDelivery.claimed_at < func.now() - lease)
             claimed = (
                 await conn.execute(
                     insert(EventDelivery)
                     .values(event_id=event.event_id, consumer=self.consumer, event_table=table_name,
-                            status="processing", attempts=1, claimed_at=datetime.now(UTC))
+                            status="processing", attempts=1, claimed_at=func.now())
                     .on_conflict_do_update(
                         index_elements=["event_id", "consumer"],
                         set_={"status": "processing", "attempts": EventDelivery.attempts + 1,
-                              "claimed_at": datetime.now(UTC), "updated_at": datetime.now(UTC)},
-                        where=EventDelivery.status.in_(("pending", "processing", "error")),
+                              "claimed_at": func.now(), "updated_at": datetime.now(UTC)},
+                        where=EventDelivery.status.in_(("pending", "error"))
+                        | ((EventDelivery.status == "processing") & expired),
                     )
                     .returning(EventDelivery.attempts)
                 )
             ).scalar_one_or_none()
             if claimed is None:
-                return None
+                return await self._not_claimed(conn, event)
             await self._aggregate(conn, event, table)
-        return int(claimed)
+        return Claim(attempt=int(claimed))
+
+    async def _not_claimed(self, conn: Any, event: WebhookEvent) -> Claim:
+        """Finished (ack), or held by a live attempt: look again when its lease could end."""
+        remaining = extract("epoch", EventDelivery.claimed_at + timedelta(seconds=self.claim_lease_s) - func.now())
+        state = (await conn.execute(
+            select(EventDelivery.status, remaining.label("remaining"))
+            .where(EventDelivery.event_id == event.event_id, EventDelivery.consumer == self.consumer))).first()
+        if state is not None and state.status not in ("processing", "pending", "error"):
+            return Claim()  # done or dead: never run again
+        # processing (live), or changed since the claim was refused: never longer than a lease
+        wait = float(state.remaining) if state is not None and state.remaining is not None else 0.0
+        return Claim(held_for_s=min(max(wait, 0.5), self.claim_lease_s))
+
+    async def renew(self, event: WebhookEvent, attempt: int) -> bool:
+        """Keep ``attempt``'s claim live (a heartbeat); False when it is no longer ours (it
+        expired and another delivery took it over, or the delivery was finished)."""
+        async with self._engine.begin() as conn:
+            renewed = await conn.execute(
+                update(EventDelivery)
+                .where(EventDelivery.event_id == event.event_id, EventDelivery.consumer == self.consumer,
+                       EventDelivery.status == "processing", EventDelivery.attempts == attempt)
+                .values(claimed_at=func.now()))
+        return bool(renewed.rowcount)
 
     async def finish(
         self,
@@ -187,6 +256,22 @@ def consumer_batch(settings: Settings) -> int:
     return max(1, (settings.db_max_connections - 1) // 2)
 
 
+def heartbeat_interval(ack_wait_s: float) -> float:
+    """How often a running rule tells JetStream (+WPI) and the ledger (claim) it is alive:
+    three times per AckWait, so one lost beat neither redelivers the message nor expires
+    the claim."""
+    return max(0.5, ack_wait_s / 3)
+
+
+def failure_reason(exc: Exception) -> str:
+    """An unexpected exception as a ledger reason. For a database error, the server's message
+    only: SQLAlchemy's text adds the statement and its parameters, which can hold personal
+    data (phone numbers in contact-lock keys)."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return f"{type(exc).__name__}: {exc.orig}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def backoff_delay(settings: Settings, attempt: int) -> float:
     """``min(base · 2^(n−1), max)`` with ±20 % jitter, n = attempts made (spec §4.3)."""
     base = settings.retry_base_delay_s * (2 ** max(0, attempt - 1))
@@ -201,7 +286,8 @@ class EventConsumer:
         self._spec = spec
         self._rule = rule
         self._ack_wait = settings.dfm_consumer_ack_wait_s or spec.ack_wait_s
-        self.ledger = DeliveryLedger(engine, spec.durable, settings)
+        self._heartbeat_s = heartbeat_interval(self._ack_wait)
+        self.ledger = DeliveryLedger(engine, spec.durable, settings, claim_lease_s=3 * self._heartbeat_s)
 
     async def handle(self, msg: Msg) -> None:
         """One message, end to end."""
@@ -220,29 +306,37 @@ class EventConsumer:
             replay_of=(msg.headers or {}).get(HEADER_REDRIVE),
         )
         try:
-            attempt = await self.ledger.begin(event, trace.stream_seq)
+            claim = await self.ledger.begin(event, trace.stream_seq)
         except SQLAlchemyError as exc:  # e.g. a deadlock victim or the database restarting
             log.warning("claim_failed_will_retry", event_id=str(event.event_id),
                         consumer=self._spec.durable, error=type(exc).__name__)
             await msg.nak(delay=1.0)
             return
-        if attempt is None:
+        if claim.held_for_s is not None:  # another attempt runs it now (DeliveryLedger.begin)
+            CLAIM_HELD.labels(self._spec.durable).inc()
+            log.info("delivery_claim_held", event_id=str(event.event_id), consumer=self._spec.durable,
+                     delay_s=round(claim.held_for_s, 2), redrive=trace.replay_of)
+            await msg.nak(delay=claim.held_for_s)
+            return
+        if claim.attempt is None:
             await msg.ack()
             return
+        attempt = claim.attempt
         bound = {"event_id": str(event.event_id), "consumer": self._spec.durable,
                  "canonical_type": event.canonical_type, "subject": event.subject}
         if trace.replay_of:
             bound["redrive"] = trace.replay_of
         loop = asyncio.get_running_loop()
         started = loop.time()
-        heartbeat = asyncio.create_task(self._keep_alive(msg))
+        heartbeat = asyncio.create_task(self._keep_alive(msg, event, attempt,
+                                                         started + self._settings.dfm_rule_deadline_s))
         # continues the trace the ingress put in the message headers (tracing.py)
         with tracing.span(f"{self._spec.durable} {event.canonical_type}", kind=SpanKind.CONSUMER,
                           parent=msg.headers or {}, attributes={"dfm.event_id": str(event.event_id),
                                                                 "dfm.attempt": attempt}):
             token = CURRENT.set(trace)
             try:
-                outcome = await self._rule(event, attempt)
+                outcome = await self._run_rule(event, attempt)
             except RetryLater as exc:
                 heartbeat.cancel()
                 await self._retry(msg, event, attempt, exc, bound, trace)
@@ -254,9 +348,12 @@ class EventConsumer:
                 await msg.term()
             except Exception as exc:  # an unexpected bug: retried with back-off, then dead
                 heartbeat.cancel()
-                log.exception("rule_failed", attempt=attempt, **bound)
-                await self._retry(msg, event, attempt, RetryLater(None, f"{type(exc).__name__}: {exc}"),
-                                  bound, trace)
+                reason = failure_reason(exc)
+                if isinstance(exc, DBAPIError):  # a lock or statement timeout, the database away
+                    log.warning("rule_failed", attempt=attempt, error=reason, **bound)
+                else:
+                    log.exception("rule_failed", attempt=attempt, **bound)
+                await self._retry(msg, event, attempt, RetryLater(None, reason), bound, trace)
             else:
                 heartbeat.cancel()
                 await self.ledger.finish(event, "done", outcome=outcome, attempt=attempt, trace=trace)
@@ -270,16 +367,55 @@ class EventConsumer:
             finally:
                 CURRENT.reset(token)
 
-    async def _keep_alive(self, msg: Msg) -> None:
-        """Tell JetStream the rule is still running (+WPI) so a short AckWait is safe: only a
-        dead process's messages are redelivered, and those quickly."""
-        interval = max(0.5, self._ack_wait / 3)
+    async def _run_rule(self, event: WebhookEvent, attempt: int) -> Outcome:
+        """The rule, cancelled at ``DFM_RULE_DEADLINE_S``: a vendor that stops answering or a
+        wait that never ends must not hold the message, its contact lock and two pool
+        connections for ever. A ``TimeoutError`` of the rule's own is not the deadline."""
+        deadline = self._settings.dfm_rule_deadline_s
+        timeout = asyncio.timeout(deadline)
+        try:
+            async with timeout:
+                return await self._rule(event, attempt)
+        except TimeoutError:
+            if timeout.expired():
+                raise DeadlineExceeded(deadline) from None
+            raise
+
+    async def _keep_alive(self, msg: Msg, event: WebhookEvent, attempt: int, deadline_at: float) -> None:
+        """While the rule runs: tell JetStream (+WPI), so a short AckWait is safe and only a
+        dead process's messages are redelivered, quickly; and renew the delivery's claim, so
+        no other delivery of the event runs it meanwhile (``DeliveryLedger``).
+
+        A failed beat (a NATS reconnect, a database blip) is counted and tried again on the
+        next tick: giving up for good would let a healthy long rule be redelivered and run
+        twice. Past the rule deadline the beats stop: the rule has been cancelled, and one
+        that ignores its cancellation must not keep its message in progress, or its claim
+        live, for ever; JetStream then redelivers and the claim expires one lease later."""
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self._heartbeat_s)
+            if loop.time() >= deadline_at:
+                log.warning("heartbeat_stopped_past_deadline", event_id=str(event.event_id),
+                            consumer=self._spec.durable, attempt=attempt)
+                return
             try:
                 await msg.in_progress()
-            except Exception:  # connection trouble: the redelivery path takes over
-                return
+            except Exception as exc:  # noqa: BLE001 - any failed beat is retried next tick
+                self._beat_failed(event, "in_progress", exc)
+            try:
+                async with asyncio.timeout(self._heartbeat_s):  # never delays the next +WPI
+                    ours = await self.ledger.renew(event, attempt)
+            except Exception as exc:  # noqa: BLE001 - as above
+                self._beat_failed(event, "claim", exc)
+            else:
+                if not ours:
+                    log.warning("delivery_claim_lost", event_id=str(event.event_id),
+                                consumer=self._spec.durable, attempt=attempt)
+
+    def _beat_failed(self, event: WebhookEvent, beat: str, exc: Exception) -> None:
+        HEARTBEAT_FAILURES.labels(self._spec.durable).inc()
+        log.warning("heartbeat_failed", event_id=str(event.event_id), consumer=self._spec.durable,
+                    beat=beat, error=type(exc).__name__)
 
     async def _retry(self, msg: Msg, event: WebhookEvent, attempt: int, exc: RetryLater,
                      bound: dict[str, Any], trace: AttemptTrace) -> None:

@@ -36,3 +36,16 @@ class OutcomeUnknown(Permanent):
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"outcome_unknown: {reason}")
+
+
+class DeadlineExceeded(RetryLater):
+    """A rule ran past ``DFM_RULE_DEADLINE_S`` and was cancelled (services/common/delivery.py).
+
+    Retried with the back-off like any transient failure: what held it (a vendor that stopped
+    answering, a lock) is likely gone by then. An irreversible write the cancelled attempt may
+    have started is left to its effect claim (``services/common/sync/effects.py``), which a
+    retry does not repeat blindly."""
+
+    def __init__(self, deadline_s: float) -> None:
+        super().__init__(None, f"rule deadline of {deadline_s:g} s exceeded")
+        self.deadline_s = deadline_s

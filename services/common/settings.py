@@ -162,6 +162,15 @@ class Settings(BaseSettings):
     db_max_connections: int = Field(default=10, ge=1, le=500)
     db_idle_timeout: int = Field(default=30, ge=1)
     db_connection_timeout: int = Field(default=10, ge=1)
+    # applied to every connection of the services' engines (db/session.py); 0 turns one off
+    db_statement_timeout_ms: int = Field(
+        default=60_000, ge=0, description="longest statement; a runaway query fails instead of holding a connection")
+    db_lock_timeout_ms: int = Field(
+        default=30_000, ge=0, description="longest wait for a lock (rows, contact advisory locks); then the "
+        "statement fails and the delivery is retried")
+    db_idle_in_transaction_timeout_ms: int = Field(
+        default=120_000, ge=0, description="a session idle inside a transaction this long is closed by the server "
+        "and its locks released; longer than an OAuth refresh call (held under its row lock)")
     dfm_data_dir: str = ".dfm"
     dfm_up_services: CsvList = Field(
         default_factory=lambda: ["ingress", "recorder", "ghl-sync", "aloware-sync", "verity-sync", "jobs",
@@ -174,6 +183,9 @@ class Settings(BaseSettings):
     dfm_consumer_ack_wait_s: float | None = Field(
         default=None, gt=0, description="override the durable consumers' AckWait (seconds)"
     )
+    dfm_rule_deadline_s: float = Field(
+        default=120, gt=0, le=3600, description="longest run of one rule; then it is cancelled and retried "
+        "(RetryLater) and its heartbeat stops")
     dfm_fault_pause_after_vendor_write_s: float = Field(
         default=0, ge=0, description="fault tests only: pause between a vendor write and the ack"
     )

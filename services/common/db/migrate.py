@@ -1,4 +1,12 @@
-"""Alembic entry points used by ``dfm migrate`` and the test rig."""
+"""Alembic entry points used by ``dfm migrate`` and the test rig.
+
+Migrations run on their own engine (``migrations/env.py``), not on the services' one, so the
+statement, lock and idle-in-transaction timeouts of ``db/session.py`` do not apply to them,
+on purpose: a schema change on a large table (an index build, 0005's column rewrite to
+bigint) may take minutes, and cut off half way it only rolls back and fails the deploy. Its
+wait for a table lock stays bounded all the same: every service transaction it could queue
+behind is itself bounded by those timeouts.
+"""
 
 from __future__ import annotations
 

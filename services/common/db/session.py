@@ -20,8 +20,25 @@ def sync_url(url: str) -> str:
     return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+def server_timeouts(settings: Settings) -> dict[str, str]:
+    """PostgreSQL session settings bounding every statement, lock wait and open transaction.
+
+    Without them one stuck session stalls a whole service: a statement waiting for a row or a
+    contact advisory lock its own process holds (security-audit F2) waits for ever while its
+    message is kept in progress; a transaction left open pins its locks. With them the
+    statement fails, the rule raises, and the delivery is retried like any database error.
+    """
+    return {
+        "statement_timeout": str(settings.db_statement_timeout_ms),
+        "lock_timeout": str(settings.db_lock_timeout_ms),
+        "idle_in_transaction_session_timeout": str(settings.db_idle_in_transaction_timeout_ms),
+    }
+
+
 def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
-    """One engine per process, sized by ``DB_MAX_CONNECTIONS``."""
+    """One engine per process, sized by ``DB_MAX_CONNECTIONS``, every connection bounded by
+    ``server_timeouts`` (sent in the startup packet, so it costs no round trip). Migrations
+    use their own engine without them (``db/migrate.py``)."""
     size = pool_size or settings.db_max_connections
     return create_async_engine(
         async_url(settings.database_url_str),
@@ -34,7 +51,7 @@ def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncE
         # first statement instead; SQLAlchemy then invalidates the whole pool and the delivery
         # is retried like any other database error.
         pool_pre_ping=False,
-        connect_args={"timeout": settings.db_connection_timeout},
+        connect_args={"timeout": settings.db_connection_timeout, "server_settings": server_timeouts(settings)},
     )
 
 
