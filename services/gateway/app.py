@@ -221,6 +221,7 @@ def create_app(settings: Settings) -> FastAPI:
         endpoint, method = spec.get("endpoint"), spec.get("method")
         try:
             check_endpoint(endpoint, method)
+            assert isinstance(endpoint, str) and isinstance(method, str)  # check_endpoint saw to it
             for name in ("params", "query", "headers"):
                 if spec.get(name) is not None and not isinstance(spec[name], dict):
                     raise ProxyError(400, "INVALID_REQUEST", f"{name} must be an object")
