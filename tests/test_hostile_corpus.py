@@ -200,3 +200,35 @@ async def test_every_hostile_input_is_refused_or_reaches_a_terminal_state(
                 row = await _row(clean_db, s, e)
                 return bool(row and row["status"] == "done")
             await eventually(done, timeout=30)
+
+
+async def test_a_value_postgresql_refuses_in_a_consumer_ends_dead_at_once(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    """A 6 kB message id (random, so PostgreSQL cannot compress it) fits the event row (bounded there) but not the message mapping's
+    unique index (btree limit): the same on every retry, so the delivery is dead with the
+    SQLSTATE on the first attempt instead of after the whole retry budget."""
+    settings_ = pipeline_settings(base_env, tmp_path)  # RETRY_MAX_ATTEMPTS stays at 11
+    async with running_pipeline(settings_) as p:
+        installed = await p.ingress.get("/leadconnector/oauth", params={"code": "code-test", "state": "x"})
+        assert installed.status_code == 200, installed.text
+        ids = []
+        incompressible = "".join(random.Random(3).choices("abcdefghijklmnopqrstuvwxyz0123456789", k=6000))
+        for message_id in (incompressible, "after-the-long-one"):
+            body = {**load_fixture("texting/message.received.json"), "messageId": message_id}
+            raw = json.dumps(body).encode()
+            answer = await p.ingress.post("/api/webhooks/texting", content=raw,
+                                          headers=credentials(p, "texting", raw)[0])
+            assert answer.status_code == 200 and answer.json()["status"] == "accepted", answer.text
+            ids.append(answer.json()["id"])
+
+        async def settled() -> list[dict[str, Any]] | None:
+            rows = [await _row(clean_db, "texting", i) for i in ids]
+            return rows if all(r and r["status"] in TERMINAL for r in rows) else None  # type: ignore[misc]
+        long_row, after = await eventually(settled, timeout=30)
+    assert long_row["status"] == "dead" and long_row["error_message"].startswith("unstorable_value:")
+    assert "54000" in long_row["error_message"]  # program_limit_exceeded
+    assert after["status"] == "done"
+    [attempts] = await fetch(clean_db, "SELECT attempts FROM event_deliveries WHERE event_id = $1::uuid "
+                                       "AND consumer = 'ghl-sync'", ids[0])
+    assert attempts["attempts"] == 1

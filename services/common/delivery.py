@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts.envelope import HEADER_REDRIVE, WebhookEvent
 from contracts.streams import ConsumerSpec, expected_consumers
 from services.common import tracing
+from services.common.db.errors import UNSTORABLE_VALUE, driver_error, sqlstate
 from services.common.db.models import EVENT_TABLES, EventAttempt, EventDelivery
 from services.common.errors import DeadlineExceeded, Permanent, RetryLater
 from services.common.events import row_for
@@ -308,6 +309,14 @@ class EventConsumer:
         try:
             claim = await self.ledger.begin(event, trace.stream_seq)
         except SQLAlchemyError as exc:  # e.g. a deadlock victim or the database restarting
+            if (cause := driver_error(exc, UNSTORABLE_VALUE)) is not None:
+                # the event's own row cannot be stored: retrying cannot help, and the recorder
+                # gives it a dead_letters row; terminate (the advisory records it too)
+                MALFORMED.labels(self._spec.durable).inc()
+                log.error("unstorable_event_terminated", event_id=str(event.event_id),
+                          consumer=self._spec.durable, error=type(cause).__name__, sqlstate=sqlstate(cause))
+                await msg.term()
+                return
             log.warning("claim_failed_will_retry", event_id=str(event.event_id),
                         consumer=self._spec.durable, error=type(exc).__name__)
             await msg.nak(delay=1.0)
@@ -348,6 +357,15 @@ class EventConsumer:
                 await msg.term()
             except Exception as exc:  # an unexpected bug: retried with back-off, then dead
                 heartbeat.cancel()
+                if (cause := driver_error(exc, UNSTORABLE_VALUE)) is not None:
+                    # a value from the payload PostgreSQL refuses (class 22/54): the same on
+                    # every retry, so dead now instead of after the whole retry budget
+                    reason = f"unstorable_value: {type(cause).__name__} (SQLSTATE {sqlstate(cause)})"
+                    log.warning("event_dead", reason=reason, attempt=attempt, **bound)
+                    await self.ledger.finish(event, "dead", error=reason, attempt=attempt, trace=trace)
+                    EVENTS.labels(self._spec.durable, event.canonical_type, "dead", "").inc()
+                    await msg.term()
+                    return
                 reason = failure_reason(exc)
                 if isinstance(exc, DBAPIError):  # a lock or statement timeout, the database away
                     log.warning("rule_failed", attempt=attempt, error=reason, **bound)

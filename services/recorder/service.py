@@ -32,6 +32,7 @@ from contracts.envelope import WebhookEvent
 from contracts.streams import RECORDER as RECORDER_SPEC
 from services.common.db.models import DeadLetter
 from services.common.events import row_for
+from services.common.db.errors import driver_error
 from services.common.logging import get_logger
 
 log = get_logger(__name__)
@@ -61,19 +62,8 @@ class _Pending:
 
 
 def unstorable(exc: BaseException) -> BaseException | None:
-    """The driver error saying PostgreSQL refused the row's values, else None (transient).
-
-    SQLAlchemy's asyncpg adapter wraps the driver's typed exception (``exc.orig.__cause__``);
-    the cause chain is followed so the decision rests on the exception type, not its text.
-    """
-    seen: BaseException | None = exc
-    for _ in range(5):
-        if seen is None:
-            return None
-        if isinstance(seen, ROW_ERRORS):
-            return seen
-        seen = getattr(seen, "orig", None) or seen.__cause__
-    return None
+    """The driver error saying PostgreSQL refused the row's values, else None (transient)."""
+    return driver_error(exc, ROW_ERRORS)
 
 
 class Recorder:
