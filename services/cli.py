@@ -21,6 +21,7 @@ migrate_app = typer.Typer(help="Database migrations (Alembic).", no_args_is_help
 app.add_typer(migrate_app, name="migrate")
 app.add_typer(cli_ops.events_app, name="events")
 app.add_typer(cli_ops.agents_app, name="agents")
+app.add_typer(cli_ops.effects_app, name="effects")
 app.command("replay")(cli_ops.replay)
 app.command("sweep")(cli_ops.sweep)
 app.command("trace")(cli_ops.trace)

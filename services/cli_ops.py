@@ -401,3 +401,50 @@ def restore(source: Annotated[Path, typer.Argument(help="a directory written by 
     except Exception as exc:  # tool failures are one line
         _fail(f"restore failed: {exc}", code=1)
     typer.echo(f"restored {source}: database and {result['messages']} stream messages")
+
+
+effects_app = typer.Typer(
+    help="Irreversible vendor writes (SMS, notes, messages, contacts) whose outcome is unknown.\n\n"
+    "Such a write may or may not have reached the vendor (a timeout or 5xx after the request): its "
+    "delivery is dead with outcome_unknown and nothing resends it. Check the vendor, then resolve:\n\n"
+    "  dfm effects list\n\n"
+    "  dfm effects resolve m2:<GHL messageId> --sent --vendor-id <id>   # it happened\n\n"
+    "  dfm effects resolve note:aloware:call:<id> --not-sent            # it did not: next replay writes\n\n"
+    "then `dfm events replay <event id>`.",
+    no_args_is_help=True,
+)
+
+
+@effects_app.command("list")
+def effects_list() -> None:
+    """Claims in state unknown, oldest first (key, effect, event id, detail)."""
+    from services.common.sync.effects import list_unknown
+
+    settings = tool_settings("events")
+
+    async def go() -> list[dict[str, Any]]:
+        async with _engine(settings) as engine, engine.connect() as conn:
+            return await list_unknown(conn)
+
+    _print_json(_run(go()))
+
+
+@effects_app.command("resolve")
+def effects_resolve(
+    key: str,
+    sent: Annotated[bool, typer.Option("--sent/--not-sent", help="what the vendor shows")],
+    vendor_id: Annotated[str | None, typer.Option(help="the vendor's id of the write, when sent")] = None,
+) -> None:
+    """--sent records the write done (a replay then does not write); --not-sent deletes the
+    claim (the next replay writes once)."""
+    from services.common.sync.effects import resolve
+
+    settings = tool_settings("events")
+
+    async def go() -> bool:
+        async with _engine(settings) as engine, engine.begin() as conn:
+            return await resolve(conn, key, "sent" if sent else "not_sent", vendor_id)
+
+    if not _run(go()):
+        _fail(f"no unknown or claimed effect {key}", 1)
+    typer.echo(f"{key}: resolved {'sent' if sent else 'not sent'}")

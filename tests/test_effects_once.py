@@ -5,6 +5,7 @@ ends in an operator-visible state instead of being sent again."""
 from __future__ import annotations
 
 import asyncio
+import json
 from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ from services.sandbox.app import create_sandbox_app
 from services.verity_sync.service import SEND_PATH, VeritySync
 from tests.conftest import load_fixture
 from tests.ingress_rig import serving
-from tests.jobs_rig import fetch, running_jobs
+from tests.jobs_rig import execute, fetch, running_jobs
 from tests.sync_rig import eventually, pipeline_settings, running_pipeline
 from tests.test_activity import notes
 from tests.test_contact_sync import send_aloware
@@ -187,3 +188,30 @@ async def test_a_lost_answer_to_a_conversation_message_posts_it_once(
         assert mapping == {"ghl_message_id": message["id"], "ghl_sync_status": "synced"}
         posts = [c for c in await p.calls("ghl") if c["path"] == "/conversations/messages/inbound"]
         assert len(posts) == 1
+
+
+async def test_an_operator_lists_and_resolves_an_unknown_write_from_the_cli(clean_db: str, tmp_path: Path) -> None:
+    """`dfm effects list` shows a write whose outcome is unknown; `resolve --not-sent` frees
+    it for the next replay; resolving it again says there is nothing to resolve (exit 1)."""
+    import os
+    import subprocess
+    import sys
+
+    await execute(clean_db, "INSERT INTO effect_claims (key, effect, state, token, detail, expires_at) "
+                            "VALUES ('m2:ghlMsg-cli', 'agent_sms', 'unknown', gen_random_uuid(), "
+                            "'Verity 502 after the send', now())")
+    env = {"PATH": os.environ["PATH"], "DATABASE_URL": clean_db, "DFM_DATA_DIR": str(tmp_path)}
+
+    def dfm(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "services.cli", "effects", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    listed = await asyncio.to_thread(dfm, "list")
+    assert listed.returncode == 0, listed.stderr
+    [claim] = json.loads(listed.stdout)
+    assert claim["key"] == "m2:ghlMsg-cli" and claim["effect"] == "agent_sms"
+    resolved = await asyncio.to_thread(dfm, "resolve", "m2:ghlMsg-cli", "--not-sent")
+    assert resolved.returncode == 0, resolved.stderr
+    assert await fetch(clean_db, "SELECT key FROM effect_claims") == []
+    again = await asyncio.to_thread(dfm, "resolve", "m2:ghlMsg-cli", "--not-sent")
+    assert again.returncode == 1 and "no unknown or claimed effect" in again.stderr
