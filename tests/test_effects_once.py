@@ -215,3 +215,23 @@ async def test_an_operator_lists_and_resolves_an_unknown_write_from_the_cli(clea
     assert await fetch(clean_db, "SELECT key FROM effect_claims") == []
     again = await asyncio.to_thread(dfm, "resolve", "m2:ghlMsg-cli", "--not-sent")
     assert again.returncode == 1 and "no unknown or claimed effect" in again.stderr
+
+
+async def test_a_ghl_503_on_a_note_is_a_refusal_and_the_retry_posts_it_once(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    """503 (like 429) says GHL did not take the request: the claim is released and the retry
+    writes, instead of the delivery ending outcome_unknown for an operator."""
+    settings = pipeline_settings(base_env, tmp_path)
+    async with running_pipeline(settings) as p:
+        await p.sandbox.post("/_sandbox/faults", json={"vendor": "ghl", "count": 1, "status": 503,
+                                                       "path_contains": "/notes"})
+        payload = load_fixture("aloware/call-disposed.json")
+        payload["body"]["id"] = "9100078"
+        call = await send_aloware(p, payload)
+        row = await eventually(lambda: finished(clean_db, call["id"]))
+        assert row["status"] == "done", row["error_message"]
+        [contact] = await p.ghl_contacts()
+        assert len(await notes(p, contact["id"])) == 1
+        statuses = [c["status"] for c in await p.calls("ghl") if c["method"] == "POST" and c["path"].endswith("/notes")]
+        assert statuses == [503, 201]

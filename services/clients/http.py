@@ -170,9 +170,9 @@ class VendorHttp:
             return response
         url = redact_url(str(response.request.url))
         if code == 429:
-            raise RetryLater(retry_delay(response.headers), f"{self.vendor} 429 at {endpoint}")
+            raise RetryLater(retry_delay(response.headers), f"{self.vendor} 429 at {endpoint}", status=429)
         if code >= 500 or code in RETRYABLE_STATUS:
-            raise RetryLater(None, f"{self.vendor} {code} at {endpoint}")
+            raise RetryLater(None, f"{self.vendor} {code} at {endpoint}", status=code)
         body = parse_body(response)
         raise Permanent(f"{self.vendor} {code} at {endpoint}: {_short(body)}") from VendorError(
             self.vendor, code, body, url

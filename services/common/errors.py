@@ -7,17 +7,22 @@ class RetryLater(Exception):
     """Try again after ``delay`` seconds (429, 5xx, timeouts, empty rate budget).
 
     ``counts_as_attempt`` is False when the delay is our own rate budget's doing
-    (spec/inbound.md §4.3: that must not spend the retry budget).
+    (spec/inbound.md §4.3: that must not spend the retry budget). ``status`` is the
+    vendor's answer when there was one.
     """
 
     def __init__(
-        self, delay: float | None, reason: str, *, counts_as_attempt: bool = True
+        self, delay: float | None, reason: str, *, counts_as_attempt: bool = True,
+        status: int | None = None,
     ) -> None:
         super().__init__(reason)
         # None: use the retry policy's back-off (RETRY_BASE_DELAY_S doubling, capped)
         self.delay = None if delay is None else max(0.0, delay)
         self.reason = reason
         self.counts_as_attempt = counts_as_attempt
+        # the vendor's HTTP status when it answered (429, 5xx), None for a transport failure
+        # or our own budget: lets a caller tell "refused" (429, 503) from "may have acted"
+        self.status = status
 
 
 class Permanent(Exception):

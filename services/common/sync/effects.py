@@ -179,17 +179,17 @@ def may_have_landed(exc: BaseException) -> bool:
     ``RetryLater`` with a vendor-given delay (429) or from our own rate budget (raised
     before the request), or a transport error raised before the request was sent (no
     connection). Everything else (a read or write timeout, a connection dropped mid-way, a
-    5xx, an unreadable 2xx) may have reached the vendor. ``clients/http.py`` gives a 5xx no
-    typed status, so a GHL 503 (or a 408/409, or a 429 without any delay header) counts as
-    "may have landed" too: the safe side for a write that cannot be taken back. Verity's
-    send-message passes statuses through and tells 503 apart itself.
+    5xx, an unreadable 2xx) may have reached the vendor. A 429 and a 503 are refusals
+    (``RetryLater.status``, set by ``clients/http.py``): the vendor says it did not take the
+    request. Any other 5xx counts as "may have landed": the safe side for a write that cannot
+    be taken back.
     """
     if isinstance(exc, OutcomeUnknown):
         return True
     if isinstance(exc, Permanent):
         return False
     if isinstance(exc, RetryLater):
-        if not exc.counts_as_attempt or exc.delay is not None:
+        if not exc.counts_as_attempt or exc.delay is not None or exc.status in (429, 503):
             return False
         # clients/http.py chains the httpx error for transport failures; a 5xx has no cause
         return not isinstance(exc.__cause__, _NOT_SENT)
