@@ -300,6 +300,12 @@ class Settings(BaseSettings):
         default=False, description="answer 404 for endpoints missing from the catalog (default: warn)")
     cors_allowed_origins: CsvList = Field(default_factory=list)
     rate_limit_max: int = Field(default=100, ge=1)
+    gateway_auth_failure_max: int = Field(
+        default=10, ge=1, description="failed API-key attempts per client address per 15 minutes; then "
+        "every request of that address carrying a key is 429 until the window ends")
+    gateway_trusted_proxies: CsvList = Field(
+        default_factory=list, description="CIDRs of proxies whose X-Forwarded-For the gateway believes "
+        "(default none: the peer address is the client)")
     webhook_rate_limit_max: int = Field(default=1000, ge=1)
     admin_rate_limit_max: int = Field(default=50, ge=1)
 

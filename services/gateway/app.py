@@ -1,17 +1,17 @@
 """The Verity API gateway (spec/outbound.md §3.1, §3.2; ARCHITECTURE.md §5).
 
 ``POST /api/verity`` proxies one request described in JSON to Verity; ``GET /api/verity``
-returns the endpoint catalog; ``GET /health`` reports dependencies. Callers authenticate
-with ``Authorization: Bearer <DF_MIDDLEWARE_API_KEY>`` (any of its comma-separated values);
-an end-user Clerk token travels inside the request's ``headers.Authorization`` and is
-verified before it is passed on. Per-client rate limit (the API key, else the address),
-100 kB bodies, CORS by ``CORS_ALLOWED_ORIGINS`` (any origin in development).
+returns the endpoint catalog; ``GET /health`` reports dependencies (which ones failed and why
+only to a caller with the API key). Callers authenticate with
+``Authorization: Bearer <DF_MIDDLEWARE_API_KEY>`` (any of its comma-separated values); an
+end-user Clerk token travels inside the request's ``headers.Authorization`` and is verified
+before it is passed on. Rate limits per verified key, else per client address, and failed key
+attempts per address (limits.py); 100 kB bodies; CORS by ``CORS_ALLOWED_ORIGINS`` (any origin
+in development); Verity's redirects followed on its own origin only (redirects.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -19,16 +19,18 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import asyncpg
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field
+from starlette.routing import Match
 
 from services.clients.clerk import ClerkVerifier, TokenInvalid
 from services.clients.verity import (
+    DEFAULT_BASE_URL,
     ENDPOINT_PATTERN,
     METHODS,
     Catalog,
@@ -38,18 +40,21 @@ from services.clients.verity import (
     target,
 )
 from services.common import tracing
-from services.common.db.session import sync_url
 from services.common.logging import get_logger
 from services.common.settings import Settings
-from services.common.signing import secret_matches
+from services.gateway.health import DependencyProbe
+from services.gateway.limits import RateLimiter, bearer, client_address, key_id, reset_in, trusted_networks
+from services.gateway.redirects import SameOriginRedirects
 
 log = get_logger(__name__)
 
+# ``route`` is the matched route's template, or "other": never the raw path (a caller could
+# otherwise create a series per path it makes up)
 REQUESTS = Counter("dfm_gateway_requests_total", "Gateway requests", ["route", "status"])
 DURATION = Histogram("dfm_gateway_request_duration_seconds", "Gateway request time", ["route"],
                      buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 MAX_BODY_BYTES = 100 * 1024
-WINDOW_S = 15 * 60
+UNLIMITED = ("/health", "/metrics")  # spec §3.1: health is exempt (and cheap: health.py)
 DESCRIPTION = ("POST a JSON object {endpoint, method, params?, query?, body?, headers?} to proxy "
                "one request to the Verity API; GET returns this catalog.")
 
@@ -82,7 +87,8 @@ class Envelope(BaseModel):
 
 
 ERROR_ANSWER = {"model": Envelope, "description": "the gateway's error, or Verity's own status passed through"}
-TOO_MANY = {"description": "rate limit (RATE_LIMIT_MAX per 15 minutes per client)",
+TOO_MANY = {"description": "rate limit (RATE_LIMIT_MAX per 15 minutes per key or client address; "
+                           "GATEWAY_AUTH_FAILURE_MAX failed key attempts per address)",
             "content": {"text/plain": {"schema": {"type": "string"}}}}
 PROXY_DOC: dict[str, Any] = {
     "requestBody": {"required": True, "content": {"application/json": {
@@ -95,47 +101,16 @@ def _fail(status: int, code: str, message: str, headers: dict[str, str] | None =
                         status_code=status, headers=headers)
 
 
-class RateLimiter:
-    """Fixed 15-minute windows per client key, in process (spec: ``RATE_LIMIT_MAX``)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._windows: dict[str, tuple[int, int]] = {}
-
-    def hit(self, key: str) -> tuple[bool, dict[str, str]]:
-        window = int(time.time() // WINDOW_S)
-        start, count = self._windows.get(key, (window, 0))
-        if start != window:
-            start, count = window, 0
-        count += 1
-        self._windows[key] = (start, count)
-        if len(self._windows) > 100_000:  # forget stale windows
-            self._windows = {k: v for k, v in self._windows.items() if v[0] == window}
-        reset = int((window + 1) * WINDOW_S - time.time())
-        headers = {"RateLimit-Limit": str(self.limit),
-                   "RateLimit-Remaining": str(max(0, self.limit - count)),
-                   "RateLimit-Reset": str(reset)}
-        return count <= self.limit, headers
-
-
-def _client_key(request: Request) -> str:
-    auth = request.headers.get("authorization", "")
-    if auth:
-        return "key:" + hashlib.sha256(auth.encode()).hexdigest()[:16]
-    return "ip:" + (request.client.host if request.client else "?")
-
-
-def _bearer(value: str | None) -> str | None:
-    if value and value[:7].lower() == "bearer ":
-        return value[7:].strip() or None
-    return None
-
-
 def create_app(settings: Settings) -> FastAPI:
     catalog = Catalog(settings.verity_catalog_path)
-    proxy = VerityProxy(settings)
+    proxy = VerityProxy(settings, client=httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.verity_proxy_timeout_s, connect=5.0), follow_redirects=False,
+        transport=SameOriginRedirects(settings.verity_base_url or DEFAULT_BASE_URL)))
     verifier = ClerkVerifier(settings)
     limiter = RateLimiter(settings.rate_limit_max)
+    failures = RateLimiter(settings.gateway_auth_failure_max)
+    trusted = trusted_networks(settings.gateway_trusted_proxies)
+    probe = DependencyProbe(settings)
     forward = {h.lower() for h in settings.gateway_forward_headers}
 
     @asynccontextmanager
@@ -143,23 +118,60 @@ def create_app(settings: Settings) -> FastAPI:
         if not settings.df_middleware_api_key:
             log.error("gateway_api_key_unset_rejects_everything")
         catalog.load()
+        probe.start()
         try:
             yield
         finally:
             await proxy.aclose()
+            await probe.aclose()
 
     app = FastAPI(title="DF-Middleware Verity gateway", version="0.1.0", lifespan=lifespan)
     origins = ["*"] if settings.node_env == "development" else settings.cors_allowed_origins
     app.add_middleware(CORSMiddleware, allow_origins=origins, allow_credentials=origins != ["*"],
                        allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["*"])
 
+    def route_of(request: Request) -> str:
+        """The template of the route the request matches, else "other" (a bounded label set)."""
+        for route in app.router.routes:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE:
+                return str(getattr(route, "path", "other"))
+        return "other"
+
+    def caller(request: Request) -> tuple[str, str | None]:
+        """(the client's address, the id of the verified key or None)."""
+        address = client_address(request.client.host if request.client else None,
+                                 request.headers.getlist("x-forwarded-for"), trusted)
+        return address, key_id(request.headers.get("authorization"), settings.df_middleware_api_key)
+
+    def key_refused(request: Request, address: str, verified: str | None) -> bool:
+        """Brute-force throttle. Past ``GATEWAY_AUTH_FAILURE_MAX`` failures of this address, any
+        key it sends is refused, the right one too: a 200 among the 429s would tell a
+        guesser which guess was right. Otherwise a wrong key counts one failure."""
+        if "authorization" not in request.headers:
+            return False
+        if failures.exhausted(address):
+            return True
+        if verified is None:
+            failures.hit(address)
+        return False
+
     @app.middleware("http")
     async def limits(request: Request, call_next: Any) -> Response:
-        route = request.url.path
+        route = route_of(request)
         started = time.perf_counter()
-        if route == "/health" or route == "/metrics":
+        address, verified = caller(request)
+        refused = key_refused(request, address, verified)
+        request.state.key_id = None if refused else verified
+        if route in UNLIMITED:  # a refused key on /health gets the public answer, never a 429
             return await call_next(request)
-        allowed, headers = limiter.hit(_client_key(request))
+        if refused:
+            REQUESTS.labels(route, "429").inc()
+            headers = failures.headers(key=address)
+            return PlainTextResponse("Too many failed API key attempts, please try again later.",
+                                     status_code=429, headers={**headers, "Retry-After": str(reset_in())})
+        bucket = f"key:{verified}" if request.state.key_id else f"ip:{address}"
+        allowed, headers = limiter.hit(bucket)
         if not allowed:
             REQUESTS.labels(route, "429").inc()
             return PlainTextResponse("Too many requests, please try again later.", status_code=429,
@@ -175,19 +187,21 @@ def create_app(settings: Settings) -> FastAPI:
         return response
 
     def authorised(request: Request) -> bool:
-        given = _bearer(request.headers.get("authorization"))
-        return bool(given and settings.df_middleware_api_key
-                    and secret_matches(given, settings.df_middleware_api_key))
+        """The middleware verified the key (and the address is not locked out)."""
+        return getattr(request.state, "key_id", None) is not None
 
     @app.get("/health")
-    async def health() -> JSONResponse:
-        checks = {"database": await _check_database(settings), "nats": await _check_nats(settings),
+    async def health(request: Request) -> JSONResponse:
+        """Public: each check's status. With the API key: why (the messages) too."""
+        checks = {**await probe.checks(),
                   "externalApi_ghl": _configured(settings.ghl_api_key, "GHL_API_KEY"),
                   "externalApi_aloware": _configured(settings.aloware_api_token, "ALOWARE_API_TOKEN"),
                   "externalApi_verity": _configured(settings.verity_base_url, "VERITY_BASE_URL")}
         checks["catalog"] = ({"status": "ok"} if catalog.load() is not None
                              else {"status": "warning", "message": catalog.error})
         degraded = any(c["status"] == "error" for c in checks.values())
+        if not authorised(request):
+            checks = {name: {"status": check["status"]} for name, check in checks.items()}
         return JSONResponse({"status": "degraded" if degraded else "ok",
                              "timestamp": datetime.now(UTC).isoformat(), "service": "df-middleware",
                              "checks": checks}, status_code=503 if degraded else 200)
@@ -238,7 +252,7 @@ def create_app(settings: Settings) -> FastAPI:
         given = {str(k).lower(): str(v) for k, v in (spec.get("headers") or {}).items()}
         token = None
         if "authorization" in given:
-            token = _bearer(given["authorization"])
+            token = bearer(given["authorization"])
             if token is None:
                 return _fail(401, "INVALID_TOKEN", "headers.Authorization must be 'Bearer <token>'")
             try:
@@ -265,31 +279,3 @@ def create_app(settings: Settings) -> FastAPI:
 
 def _configured(value: Any, name: str) -> dict[str, str]:
     return {"status": "ok"} if value else {"status": "warning", "message": f"{name} is not set"}
-
-
-async def _check_database(settings: Settings) -> dict[str, str]:
-    if not settings.database_url:
-        return {"status": "warning", "message": "DATABASE_URL is not set"}
-    try:
-        conn = await asyncio.wait_for(asyncpg.connect(sync_url(settings.database_url)), 2)
-        try:
-            await conn.fetchval("SELECT 1")
-        finally:
-            await conn.close()
-    except Exception as exc:  # any failure is reported, never raised
-        return {"status": "error", "message": f"database unreachable: {type(exc).__name__}"}
-    return {"status": "ok"}
-
-
-async def _check_nats(settings: Settings) -> dict[str, str]:
-    if not settings.nats_url:
-        return {"status": "warning", "message": "NATS_URL is not set"}
-    import nats
-
-    try:
-        nc = await nats.connect(servers=settings.nats_url, connect_timeout=2, max_reconnect_attempts=0,
-                                allow_reconnect=False)
-        await nc.close()
-    except Exception as exc:  # reported, never raised
-        return {"status": "error", "message": f"NATS unreachable: {type(exc).__name__}"}
-    return {"status": "ok"}
