@@ -1,17 +1,20 @@
-# Two commands on a fresh machine: `make run` and `make test`. Everything else is installed here.
+# Two commands on a fresh machine: `make run` and `make test`. Everything else is installed here,
+# from requirements/dev.lock: every version pinned and every file checked against its sha256.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install lint clean bench-ingress
+.PHONY: run test install lint clean lock lock-check audit
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+# the locked dependencies first (hash-checked), then the project itself without resolving again
+$(STAMP): pyproject.toml requirements/dev.lock | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,6 +26,19 @@ run: $(STAMP)
 ## test: the whole suite, hermetic (own nats-server, fresh database)
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+## lock: requirements/{prod,dev}.lock from pyproject.toml (pins kept where still allowed;
+## `make lock UPGRADE=1` takes the newest versions the bounds allow)
+lock: $(STAMP)
+	UV=$(abspath $(BIN))/uv requirements/lock.sh $(if $(UPGRADE),--upgrade)
+
+## lock-check: fails when a lock no longer matches pyproject.toml (asks the index, like `lock`)
+lock-check: $(STAMP)
+	UV=$(abspath $(BIN))/uv requirements/lock.sh --check
+
+## audit: published advisories for every pinned version in the locks
+audit: $(STAMP)
+	$(BIN)/python requirements/audit.py
 
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet ruff mypy
