@@ -376,19 +376,26 @@ def agents_seed() -> None:
 
 
 def backup(
-    directory: Annotated[Path | None, typer.Option("--dir", help="backup root (default DFM_BACKUP_DIR)")] = None,
+    directory: Annotated[Path | None, typer.Option(
+        "--dir", help="backup root (default DFM_BACKUP_DIR, else ~/.local/state/dfm/backups)")] = None,
     keep: Annotated[int | None, typer.Option(min=1, help="backups to keep (default DFM_BACKUP_RETENTION)")] = None,
+    encrypt: Annotated[bool | None, typer.Option(
+        "--encrypt/--no-encrypt", help="encrypt with DFM_BACKUP_KEY (default: when it is set)")] = None,
 ) -> None:
-    """Back up the database (pg_dump) and the WEBHOOKS stream (JSON lines) into a new directory."""
+    """Back up the database (pg_dump) and the WEBHOOKS stream (JSON lines) into a new private
+    (0700) directory."""
     from services.common.backup import backup as run_backup
+    from services.common.backup import backup_root
 
     settings = tool_settings("backup")
-    root = directory or Path(settings.dfm_backup_dir)
+    root = backup_root(settings, directory)
     try:
-        report = asyncio.run(run_backup(settings, root, retention=keep or settings.dfm_backup_retention))
+        report = asyncio.run(run_backup(settings, root, retention=keep or settings.dfm_backup_retention,
+                                        encrypt=encrypt))
     except Exception as exc:  # tool failures are one line
         _fail(f"backup failed: {exc}", code=1)
-    typer.echo(f"backup {report.path}: database {report.database_bytes} bytes, {report.messages} stream messages")
+    typer.echo(f"backup {report.path}: database {report.database_bytes} bytes, {report.messages} stream messages"
+               + (", encrypted" if report.encrypted else ""))
 
 
 def restore(source: Annotated[Path, typer.Argument(help="a directory written by `dfm backup`")]) -> None:

@@ -206,8 +206,16 @@ class Settings(BaseSettings):
     dfm_drain_grace_s: float = Field(
         default=5, ge=0, le=300,
         description="after SIGTERM the ingress answers readiness 503 this long before it stops accepting")
-    dfm_backup_dir: str = Field(default="backups", description="where `dfm backup` writes")
+    dfm_backup_dir: str | None = Field(
+        default=None, description="where `dfm backup` writes (default $XDG_STATE_HOME/dfm/backups, else "
+        "~/.local/state/dfm/backups: outside the repository)")
     dfm_backup_retention: int = Field(default=7, ge=1, le=1000, description="backups `dfm backup` keeps")
+    dfm_backup_key: SecretList = Field(
+        default_factory=list, description="Fernet key(s) encrypting backups (`dfm backup --encrypt`, the "
+        "default when set); the first encrypts, all decrypt; not DFM_TOKEN_KEY")
+    dfm_pg_bin_dir: str | None = Field(
+        default=None, description="the only directory `dfm backup`/`restore` take pg_dump/pg_restore from "
+        "(default: PATH, /usr/lib/postgresql/<major>/bin, the pgserver wheel; the server's major version)")
     dfm_drain_timeout_s: float = Field(
         default=20, gt=0, le=600, description="how long a stopping consumer waits for messages in hand")
     gateway_port: int = Field(
