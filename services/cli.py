@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -27,6 +28,7 @@ app.command("sweep")(cli_ops.sweep)
 app.command("trace")(cli_ops.trace)
 app.command("backup")(cli_ops.backup)
 app.command("restore")(cli_ops.restore)
+app.add_typer(cli_ops.nats_app, name="nats")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -111,6 +113,12 @@ def run(
     # an agent starting `dfm run mcp` next to `dfm up` gets the dev stack's settings
     env_file = str(stack_env) if service == "mcp" and stack_env.exists() else None
     settings = settings_for(service, env_file=env_file)
+    from services.common.nats_auth import service_identity
+
+    identity = settings.nats_identity or service_identity(service, admin_api=bool(settings.df_admin_secret))
+    if identity:  # the process is this service on NATS: it checks the topology, never changes it
+        os.environ["NATS_IDENTITY"] = identity  # for worker processes that load settings again
+        settings = settings.model_copy(update={"nats_identity": identity})
     configure_logging(service, settings.log_level, settings.log_format)
     from services.common import tracing
 
@@ -151,13 +159,18 @@ def send(
 @migrate_app.command("upgrade")
 def migrate_upgrade(
     revision: Annotated[str, typer.Argument(help="target revision")] = "head",
+    topology: Annotated[bool, typer.Option(help="also the NATS topology step when NATS_URL is set")] = True,
 ) -> None:
-    """Apply migrations up to REVISION (default: head)."""
+    """Apply migrations up to REVISION (default: head), then create or update the NATS streams
+    and durables (admin identity; never lowering replicas or retention)."""
     from services.common.db import migrate
 
     settings = settings_for("migrate")
     migrate.upgrade(settings.database_url_str, revision)
     typer.echo(f"at {migrate.current(settings.database_url_str) or 'base'}")
+    if topology and settings.nats_url:
+        cli_ops.run_topology(settings)
+        typer.echo("streams WEBHOOKS and JOBS and their durables ready")
 
 
 @migrate_app.command("downgrade")

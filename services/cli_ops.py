@@ -72,7 +72,10 @@ async def _jobs(settings: Settings, explain: bool = False) -> Any:
         try:
             nc = await connect(settings, name="dfm-cli", max_reconnect_attempts=2)
         except Exception as exc:  # any connection failure is one line for the operator
-            _fail(f"cannot reach NATS at {','.join(settings.nats_url)}: {type(exc).__name__}", code=1)
+            from services.common.broker import redact_url
+
+            _fail(f"cannot reach NATS at {','.join(map(redact_url, settings.nats_url))}: {type(exc).__name__}",
+                  code=1)
         jobs = Jobs(settings, engine, nc)
         if explain:
             jobs.replayer.explain = _explainer(settings, engine)
@@ -455,3 +458,64 @@ def effects_resolve(
     if not _run(go()):
         _fail(f"no unknown or claimed effect {key}", 1)
     typer.echo(f"{key}: resolved {'sent' if sent else 'not sent'}")
+
+
+# --- dfm nats: identities and the topology step (services/common/nats_auth.py) -------------
+nats_app = typer.Typer(help="NATS identities and the stream topology.", no_args_is_help=True)
+
+
+@nats_app.command("creds")
+def nats_creds(
+    out: Annotated[Path, typer.Option(help="directory for the seeds (0600) and auth.conf")],
+    rotate: Annotated[bool, typer.Option(help="new seeds; old and new both accepted until finished")] = False,
+    finish_rotation: Annotated[bool, typer.Option(help="drop the old seeds: only the new are accepted")] = False,
+) -> None:
+    """Write one nkey seed per identity (<identity>.nk) and the servers' auth.conf (public keys and
+    permissions, no secret). Existing seeds are kept; see deploy/README.md "NATS identities"."""
+    from services.common.nats_auth import write_credentials
+
+    if rotate and finish_rotation:
+        _fail("--rotate and --finish-rotation are two steps: run one, reload the servers, then the other")
+    try:
+        conf = write_credentials(out, rotate=rotate, finish_rotation=finish_rotation)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc), code=1)
+    step = ("rotation started: reload the servers, move services to the new seeds, then --finish-rotation"
+            if rotate else "rotation finished: reload the servers" if finish_rotation else "ready")
+    typer.echo(f"{conf} and the seeds in {out}: {step}")
+
+
+def run_topology(settings: Settings, *, allow_downgrade: bool | None = None, wait_s: float = 60.0) -> None:
+    """The topology step as the admin identity, waiting up to ``wait_s`` for NATS to come up
+    (it starts next to the migrations in compose)."""
+    import time
+
+    from services.common.broker import TopologyDowngrade, prepare_topology
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            asyncio.run(prepare_topology(settings.model_copy(update={"nats_identity": None}),
+                                         allow_downgrade=allow_downgrade))
+            return
+        except (TopologyDowngrade, ConfigError) as exc:
+            _fail(str(exc))
+        except Exception as exc:  # NATS not up yet, or refused: retried, then one line
+            if time.monotonic() >= deadline:
+                _fail(f"topology step failed: {type(exc).__name__}: {exc}", code=1)
+            time.sleep(1.0)  # NATS start-up poll
+
+
+@nats_app.command("topology")
+def nats_topology(
+    allow_downgrade: Annotated[bool, typer.Option(help="allow lowering replicas or max_age")] = False,
+) -> None:
+    """Create or update the streams and durables to the settings (admin identity); refuses to
+    lower a stream's replicas or retention unless --allow-downgrade."""
+    settings = tool_settings("nats")
+    try:
+        settings.require("nats_url")
+    except ConfigError as exc:
+        _fail(str(exc))
+    run_topology(settings, allow_downgrade=allow_downgrade or None, wait_s=10.0)
+    typer.echo("streams WEBHOOKS and JOBS and their durables ready")

@@ -24,6 +24,7 @@ from services.common.db import migrate
 from services.common.db.models import Base
 from services.common.db.session import sync_url
 from services.common.embedded import EmbeddedNats, EmbeddedPostgres
+from services.common.nats_auth import PasswordUser, write_credentials
 from services.common.settings import Settings
 
 TESTS_DIR = Path(__file__).parent
@@ -36,12 +37,35 @@ def load_fixture(relative: str) -> dict[str, Any]:
     return json.loads((WEBHOOK_FIXTURES / relative).read_text())
 
 
+# the session's server, for rigs that start `dfm run` processes from an environment of their own
+SESSION_NATS: EmbeddedNats | None = None
+
+
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
-    """A private JetStream server for the whole session."""
-    server = EmbeddedNats(store_dir=tmp_path_factory.mktemp("nats")).start()
+    """A private JetStream server for the whole session, with authentication on: the shipped
+    identities (``dfm nats creds``, one seed per service in ``credentials_dir``) plus a
+    harness user with every right, whose password is in ``url`` so that a test's own
+    connections (stream reads, cleanup) work. Services never use it: they get
+    ``NATS_CREDENTIALS_DIR`` (``base_env``) and connect as their own identity."""
+    global SESSION_NATS
+    store = tmp_path_factory.mktemp("nats")
+    password = secrets.token_urlsafe(16)
+    conf = write_credentials(store / "credentials", extra_users=[PasswordUser("harness", password)])
+    server = EmbeddedNats(store_dir=store / "server", auth_config=conf,
+                          client_credentials=("harness", password)).start()
+    SESSION_NATS = server
     yield server
+    SESSION_NATS = None
     server.stop()
+
+
+def nats_env(server: EmbeddedNats) -> dict[str, str]:
+    """``NATS_URL`` and the identities' seeds of ``server`` for a service's environment."""
+    env = {"NATS_URL": server.url}
+    if server.credentials_dir is not None:
+        env["NATS_CREDENTIALS_DIR"] = str(server.credentials_dir)
+    return env
 
 
 def _containers_postgres() -> Iterator[str]:
@@ -123,9 +147,13 @@ TEST_SECRETS: dict[str, str] = {
 async def clean_streams(nats_server: EmbeddedNats) -> None:
     """No streams: no message left unacked by an earlier test reaches this one, and no
     message id of an earlier test is still in a duplicate window (a purge keeps those).
-    Services create the streams and durables again when they start."""
+    Then the topology step makes them again with default settings, as `dfm migrate upgrade`
+    does before services start (services only check that they exist); a rig whose settings
+    differ runs the step again with them."""
     import nats
     from nats.js.errors import NotFoundError
+
+    from services.common.broker import apply_topology
 
     nc = await nats.connect(nats_server.url)
     try:
@@ -135,6 +163,7 @@ async def clean_streams(nats_server: EmbeddedNats) -> None:
                 await js.delete_stream(stream)
             except NotFoundError:
                 pass
+        await apply_topology(js, Settings(nats_url=nats_server.url))
     finally:
         await nc.close()
 
@@ -142,7 +171,7 @@ async def clean_streams(nats_server: EmbeddedNats) -> None:
 @pytest.fixture
 def base_env(nats_server: EmbeddedNats, clean_db: str, clean_streams: None) -> dict[str, str]:
     """Environment variables for a service under test (URLs of the private servers)."""
-    return {"NATS_URL": nats_server.url, "DATABASE_URL": clean_db, **TEST_SECRETS}
+    return {**nats_env(nats_server), "DATABASE_URL": clean_db, **TEST_SECRETS}
 
 
 @pytest.fixture

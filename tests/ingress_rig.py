@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from contracts.streams import RECORDER
 from contracts.subjects import subject_matches
+from services.common.broker import prepare_topology
 from services.common.consumer import PullConsumer
 from services.common.db.session import create_engine, sync_url
 from services.common.embedded import free_port
@@ -58,7 +59,9 @@ class Keys:
 
 @asynccontextmanager
 async def running_ingress(settings: Settings, port: int | None = None) -> AsyncIterator[str]:
-    """Serve the ingress app on loopback (``port`` or a free one); yields its base URL."""
+    """Serve the ingress app on loopback (``port`` or a free one); yields its base URL. The
+    topology step runs first with ``settings`` (the ingress only checks the stream exists)."""
+    await prepare_topology(settings)
     async with serving(create_asgi(settings), "/api/health", port=port) as base:
         yield base
 
@@ -91,7 +94,9 @@ async def serving(app: Any, ready_path: str, port: int | None = None) -> AsyncIt
 
 @asynccontextmanager
 async def running_recorder(settings: Settings) -> AsyncIterator[Recorder]:
-    """The recorder consumer in this process."""
+    """The recorder consumer in this process (after the topology step with ``settings``: the
+    recorder only checks its durable exists)."""
+    await prepare_topology(settings)
     engine = create_engine(settings, pool_size=2)
     recorder = Recorder(engine)
     consumer = PullConsumer(settings, RECORDER, recorder.handle, batch=200, fetch_timeout=2.0)

@@ -23,7 +23,7 @@ from services.jobs.service import Jobs
 async def running_jobs(settings: Settings, *, consume: bool = True) -> AsyncIterator[Jobs]:
     await prepare_topology(settings)
     engine = create_engine(settings)
-    nc = await connect(settings, name="test-jobs")
+    nc = await connect(settings, name="dfm-jobs")  # the jobs identity, as `dfm run jobs`
     ghl = (GhlClient.from_settings(settings, RateBudget.for_ghl(engine, settings).acquire)
            if settings.ghl_api_key and settings.ghl_location_id else None)
     jobs = Jobs(settings, engine, nc, ghl)

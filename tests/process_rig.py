@@ -23,9 +23,14 @@ def http_service(service: str, env: dict[str, str], port_variable: str, health: 
     once ``health`` answers 200; stop it on exit. Its output goes to ``log``."""
     from services.common.embedded import free_port
 
+    from tests import conftest
+
     port = free_port()
     full = {"PATH": os.environ["PATH"], "LOG_LEVEL": "warning", "METRICS_PORT": "0", **env,
             port_variable: str(port)}
+    session = conftest.SESSION_NATS
+    if session is not None and full.get("NATS_URL") == session.url:  # the service's own identity
+        full.setdefault("NATS_CREDENTIALS_DIR", str(session.credentials_dir))
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "services.cli", "run", service], env=full, cwd=ROOT,
                                 stdout=out, stderr=subprocess.STDOUT)

@@ -39,6 +39,7 @@ from sqlalchemy.engine import URL, make_url
 
 from contracts.streams import WEBHOOKS_STREAM
 from services.common.broker import connect, ensure_topology
+from services.common.nats_auth import ADMIN
 from services.common.db.session import sync_url
 from services.common.settings import Settings
 
@@ -341,7 +342,7 @@ async def backup(settings: Settings, root: Path, *, retention: int, encrypt: boo
 
 
 async def export_stream(settings: Settings, path: Path, key: MultiFernet | None = None) -> int:
-    nc = await connect(settings, name="dfm-backup", max_reconnect_attempts=2)
+    nc = await connect(settings, name="dfm-backup", identity="cli", max_reconnect_attempts=2)  # reads
     count = 0
     try:
         js = nc.jetstream()
@@ -424,7 +425,7 @@ async def restore(settings: Settings, source: Path) -> dict[str, Any]:
 
 async def import_stream(settings: Settings, path: Path, key: MultiFernet | None = None) -> dict[int, int]:
     """Publish the exported messages again, in order; old sequence → new sequence."""
-    nc = await connect(settings, name="dfm-restore", max_reconnect_attempts=2)
+    nc = await connect(settings, name="dfm-restore", identity=ADMIN, max_reconnect_attempts=2)  # creates
     mapping: dict[int, int] = {}
     try:
         js = nc.jetstream(timeout=10)

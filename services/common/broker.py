@@ -1,10 +1,22 @@
-"""NATS connection and idempotent creation of streams and durable consumers."""
+"""NATS connection (with this process's identity) and the stream/durable topology.
+
+Two roles, kept apart so that no process can change the stream under another (issue #15):
+the *topology step* (``prepare_topology`` as the admin identity: ``dfm nats topology``,
+``dfm migrate upgrade``, ``dfm up``, the test rigs) creates and updates streams and durables and
+refuses to lower a stream's replicas or retention unless told to; *services* only check that
+what they use exists (``ensure_stream``/``ensure_consumer``) and log what differs from their
+settings, so a process started with a stale or default environment never rewrites the stream.
+"""
 
 from __future__ import annotations
 
+import math
+import weakref
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
+import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -19,29 +31,114 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from contracts.streams import CONSUMERS, JOBS, STREAMS, WEBHOOKS, ConsumerSpec, StreamSpec
+from services.common import nats_auth
 from services.common.logging import get_logger
-from services.common.settings import Settings
+from services.common.settings import ConfigError, Settings
 
 log = get_logger(__name__)
 
+# the identity each client connected with (None: no identity of ours, e.g. a test harness)
+_IDENTITY_OF: weakref.WeakKeyDictionary[NatsClient, str | None] = weakref.WeakKeyDictionary()
 
-async def connect(settings: Settings, *, name: str, **options: Any) -> NatsClient:
-    """Connect to ``NATS_URL`` (several servers allowed) and keep reconnecting forever."""
+
+class TopologyMissing(nats.errors.Error):
+    """A stream or durable a service needs does not exist, and the service may not create it.
+    A ``nats.errors.Error`` so that loops retrying NATS (the ingress's connect loop) wait for
+    the topology step instead of dying."""
+
+
+class TopologyDowngrade(ValueError):
+    """The topology step was asked to lower a stream's replicas or retention."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` without the password (or token) in its userinfo, for log lines and prints."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+    return urlunsplit(parts._replace(netloc=f"{user + ':' if user else ''}***@{host}"))
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
+
+
+def connection_identity(settings: Settings, name: str, identity: str | None = None) -> str | None:
+    """Which identity of ``nats_auth.IDENTITIES`` a connection uses: the one asked for, else the
+    one of its connection name, else the process's (``NATS_IDENTITY``; `dfm run` sets it)."""
+    return (identity or nats_auth.identity_for(name, admin_api=bool(settings.df_admin_secret))
+            or settings.nats_identity)
+
+
+def credential_options(settings: Settings, identity: str | None) -> dict[str, Any]:
+    """nats-py options carrying the credential of ``identity`` (empty: none configured).
+
+    Order: a JWT creds file, one nkey seed file (a process with one identity, e.g. a pod with
+    its own secret mounted), the ``dfm nats creds`` directory (``<identity>.nk``, for a process
+    whose connections have different identities, ``dfm up`` and tests), user and password."""
+    if settings.nats_creds_file:
+        return {"user_credentials": settings.nats_creds_file}
+    if settings.nats_nkey_seed_file:
+        return {"nkeys_seed": settings.nats_nkey_seed_file}
+    if settings.nats_credentials_dir:
+        if identity is None:
+            raise ConfigError("NATS_CREDENTIALS_DIR is set but this connection has no NATS identity")
+        seed = nats_auth.seed_path(settings.nats_credentials_dir, identity)
+        if not seed.is_file():
+            raise ConfigError(f"NATS_CREDENTIALS_DIR has no {seed.name} (write it with `dfm nats creds --out DIR`)")
+        return {"nkeys_seed": str(seed)}
+    if settings.nats_user:
+        password = settings.nats_password.get_secret_value() if settings.nats_password else ""
+        return {"user": settings.nats_user, "password": password}
+    return {}
+
+
+def connect_options(settings: Settings, *, name: str, identity: str | None = None) -> tuple[list[str], dict[str, Any]]:
+    """(servers, options) for nats-py or FastStream. A configured credential wins over a URL's
+    userinfo, which is then dropped (the URL is what gets logged)."""
     settings.require("nats_url")
+    who = connection_identity(settings, name, identity)
+    creds = credential_options(settings, who)
+    servers = [_without_userinfo(u) for u in settings.nats_url] if creds else list(settings.nats_url)
+    options: dict[str, Any] = {"name": name, **creds}
+    if who is not None:
+        options["inbox_prefix"] = nats_auth.inbox_prefix(who)
+    return servers, options
+
+
+async def connect(settings: Settings, *, name: str, identity: str | None = None, **options: Any) -> NatsClient:
+    """Connect to ``NATS_URL`` (several servers allowed) as this connection's identity and keep
+    reconnecting forever."""
+    servers, auth = connect_options(settings, name=name, identity=identity)
 
     async def on_error(exc: Exception) -> None:  # nats-py's default prints a traceback per retry
-        log.warning("nats_connection_error", connection=name, error=type(exc).__name__)
+        # a permissions violation names only the subject refused: worth saying which
+        detail = str(exc) if "permissions violation" in str(exc).lower() else None
+        log.warning("nats_connection_error", connection=name, error=type(exc).__name__, detail=detail)
 
     defaults: dict[str, Any] = {
         "error_cb": on_error,
-        "name": name,
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.5,
         "connect_timeout": 2,
         "allow_reconnect": True,
+        **auth,
     }
     defaults.update(options)
-    return await nats.connect(servers=settings.nats_url, **defaults)
+    nc = await nats.connect(servers=servers, **defaults)
+    _IDENTITY_OF[nc] = connection_identity(settings, name, identity)
+    return nc
+
+
+def _may_manage(js: JetStreamContext) -> bool:
+    """Only the admin identity, or a connection that is not one of our services (a test
+    harness, a tool on an unauthenticated server), creates what is missing."""
+    client = getattr(js, "_nc", None)  # nats-py keeps its client there
+    who = _IDENTITY_OF.get(client) if client is not None else None
+    return who in (None, nats_auth.ADMIN)
 
 
 def stream_config(spec: StreamSpec, settings: Settings) -> StreamConfig:
@@ -77,40 +174,141 @@ def consumer_config(spec: ConsumerSpec, ack_wait_s: float | None = None) -> Cons
     )
 
 
+def _differences(wanted: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """{field: (current, wanted)} for every field whose values differ."""
+    out = {}
+    for key, value in wanted.items():
+        have = current.get(key)
+        same = (math.isclose(float(have), float(value), rel_tol=1e-6)
+                if isinstance(value, int | float) and isinstance(have, int | float) else have == value)
+        if not same:
+            out[key] = (have, value)
+    return out
+
+
+def _stream_fields(config: StreamConfig) -> dict[str, Any]:
+    return {"subjects": sorted(config.subjects or []), "num_replicas": config.num_replicas,
+            "max_age": config.max_age or 0, "duplicate_window": config.duplicate_window or 0}
+
+
+def _consumer_fields(config: ConsumerConfig) -> dict[str, Any]:
+    filters = sorted(config.filter_subjects or ([config.filter_subject] if config.filter_subject else []))
+    return {"filter_subjects": filters, "ack_wait": config.ack_wait, "max_deliver": config.max_deliver,
+            "max_ack_pending": config.max_ack_pending, "backoff": list(config.backoff or [])}
+
+
 async def ensure_stream(js: JetStreamContext, spec: StreamSpec, settings: Settings) -> None:
-    """Create the stream, or update it to the wanted config."""
-    config = stream_config(spec, settings)
+    """Check that the stream exists; never change it. A difference from this process's
+    settings is a warning naming each field (the topology step decides, not a starting
+    process). A missing stream is created only by the admin identity (or a harness)."""
+    wanted = stream_config(spec, settings)
     try:
-        await js.stream_info(spec.name)
+        info = await js.stream_info(spec.name)
     except NotFoundError:
-        await js.add_stream(config)
+        if not _may_manage(js):
+            raise TopologyMissing(f"stream {spec.name} does not exist: run `dfm nats topology` "
+                                  "(or `dfm migrate upgrade`) with the admin identity") from None
+        await js.add_stream(wanted)
         return
-    await js.update_stream(config)
+    diff = _differences(_stream_fields(wanted), _stream_fields(info.config))
+    if diff:
+        log.warning("stream_config_differs", stream=spec.name, **{k: {"current": c, "settings": w}
+                                                                  for k, (c, w) in diff.items()})
 
 
 async def ensure_consumer(
     js: JetStreamContext, spec: ConsumerSpec, ack_wait_s: float | None = None
 ) -> None:
-    """Create the durable consumer, or update it to the wanted config."""
-    await js.add_consumer(spec.stream, consumer_config(spec, ack_wait_s))
+    """Check that the durable exists; never change it (see ``ensure_stream``)."""
+    wanted = consumer_config(spec, ack_wait_s)
+    try:
+        info = await js.consumer_info(spec.stream, spec.durable)
+    except NotFoundError:
+        if not _may_manage(js):
+            raise TopologyMissing(f"durable {spec.durable} on {spec.stream} does not exist: run "
+                                  "`dfm nats topology` (or `dfm migrate upgrade`) with the admin identity") from None
+        await js.add_consumer(spec.stream, wanted)
+        return
+    diff = _differences(_consumer_fields(wanted), _consumer_fields(info.config))
+    if diff:
+        log.warning("consumer_config_differs", consumer=spec.durable, **{k: {"current": c, "settings": w}
+                                                                          for k, (c, w) in diff.items()})
+
+
+def _ack_wait(settings: Settings, consumer: ConsumerSpec) -> float | None:
+    return settings.dfm_consumer_ack_wait_s if consumer.stream == WEBHOOKS.name else None
 
 
 async def ensure_topology(
     js: JetStreamContext, settings: Settings, consumers: tuple[ConsumerSpec, ...] = CONSUMERS
 ) -> None:
-    """Streams and consumers, created or updated idempotently (ARCHITECTURE.md §4)."""
+    """Streams and consumers exist (created when missing by an identity allowed to; an existing
+    one is never changed here: ``apply_topology`` does that)."""
     for spec in STREAMS:
         await ensure_stream(js, spec, settings)
     for consumer in consumers:
-        ack_wait = settings.dfm_consumer_ack_wait_s if consumer.stream == WEBHOOKS.name else None
-        await ensure_consumer(js, consumer, ack_wait)
+        await ensure_consumer(js, consumer, _ack_wait(settings, consumer))
 
 
-async def prepare_topology(settings: Settings) -> None:
-    """Connect once, create or update every stream and consumer, disconnect (start-up tools)."""
-    nc = await connect(settings, name="dfm-topology", max_reconnect_attempts=3)
+def _downgrades(wanted: StreamConfig, current: StreamConfig) -> list[str]:
+    """What applying ``wanted`` would lower: fewer replicas, or a shorter retention (0 is
+    unlimited, so any limit is shorter)."""
+    lowered = []
+    if (wanted.num_replicas or 1) < (current.num_replicas or 1):
+        lowered.append(f"num_replicas {current.num_replicas} -> {wanted.num_replicas}")
+    have, want = current.max_age or 0, wanted.max_age or 0
+    if want and (not have or want < have):
+        lowered.append(f"max_age {have or 'unlimited'}s -> {want}s")
+    return lowered
+
+
+async def apply_stream(js: JetStreamContext, spec: StreamSpec, settings: Settings, *,
+                       allow_downgrade: bool = False) -> None:
+    """The topology step for one stream: create it, or update it to the settings. Lowering
+    replicas or retention loses redundancy or accepted events, so it is refused
+    (``TopologyDowngrade``) unless ``allow_downgrade`` (``DFM_STREAM_ALLOW_DOWNGRADE``)."""
+    wanted = stream_config(spec, settings)
     try:
-        await ensure_topology(nc.jetstream(), settings)
+        info = await js.stream_info(spec.name)
+    except NotFoundError:
+        await js.add_stream(wanted)
+        return
+    lowered = _downgrades(wanted, info.config)
+    if lowered and not allow_downgrade:
+        raise TopologyDowngrade(f"stream {spec.name}: refusing to lower {', '.join(lowered)} "
+                                "(set DFM_STREAM_ALLOW_DOWNGRADE=true to do it on purpose)")
+    if _differences(_stream_fields(wanted), _stream_fields(info.config)):
+        await js.update_stream(wanted)
+        log.info("stream_updated", stream=spec.name, lowered=lowered or None)
+
+
+async def apply_topology(js: JetStreamContext, settings: Settings,
+                         consumers: tuple[ConsumerSpec, ...] = CONSUMERS, *,
+                         allow_downgrade: bool | None = None) -> None:
+    """Streams and durables created or updated to the settings (ARCHITECTURE.md §4); the admin
+    identity's job."""
+    allow = settings.dfm_stream_allow_downgrade if allow_downgrade is None else allow_downgrade
+    for spec in STREAMS:
+        await apply_stream(js, spec, settings, allow_downgrade=allow)
+    for consumer in consumers:
+        await js.add_consumer(consumer.stream, consumer_config(consumer, _ack_wait(settings, consumer)))
+
+
+async def prepare_topology(settings: Settings, durables: tuple[ConsumerSpec, ...] = (), *,
+                           allow_downgrade: bool | None = None) -> None:
+    """At start-up: the topology step when this process is not a service (``NATS_IDENTITY``
+    unset or ``admin``: migrations, ``dfm up``, tools, in-process test rigs), connecting as the
+    admin identity; for a service, only the check that the streams and ``durables`` exist."""
+    role = settings.nats_identity
+    manage = role in (None, nats_auth.ADMIN)
+    nc = await connect(settings, name="dfm-topology", identity=nats_auth.ADMIN if manage else role,
+                       max_reconnect_attempts=3)
+    try:
+        js = nc.jetstream()
+        if manage:
+            await apply_topology(js, settings, allow_downgrade=allow_downgrade)
+        else:
+            await ensure_topology(js, settings, consumers=durables)
     finally:
         await nc.close()
 
@@ -118,11 +316,17 @@ async def prepare_topology(settings: Settings) -> None:
 __all__ = [
     "JOBS",
     "WEBHOOKS",
+    "TopologyDowngrade",
+    "TopologyMissing",
+    "apply_stream",
+    "apply_topology",
     "connect",
+    "connect_options",
     "consumer_config",
     "ensure_consumer",
     "ensure_stream",
     "ensure_topology",
     "prepare_topology",
+    "redact_url",
     "stream_config",
 ]

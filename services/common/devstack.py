@@ -22,9 +22,10 @@ from pathlib import Path
 
 import httpx
 
-from services.common.broker import prepare_topology
+from services.common.broker import prepare_topology, redact_url
 from services.common.db import migrate
 from services.common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from services.common.nats_auth import observer, write_credentials, write_secret
 from services.common.settings import Settings, load_settings
 from services.common.signing import generate_ed25519, load_private_key, private_pem, public_pem
 
@@ -155,16 +156,34 @@ def sandbox_env(settings: Settings, say: Callable[[str], None]) -> dict[str, str
     }
 
 
+def embedded_nats(data_dir: Path) -> EmbeddedNats:
+    """The dev stack's NATS with authentication on, like a deployment: the identities of
+    ``dfm nats creds`` (seeds kept in the data dir across runs, so restarted children keep
+    working), each service connecting as its own. Connections without credentials are the
+    read-only observer, so ``nats stream ls`` and the like still work locally."""
+    creds = data_dir / "nats-credentials"
+    observer_pw = data_dir / "nats-observer.pw"
+    if not observer_pw.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        write_secret(observer_pw, secrets.token_urlsafe(24).encode())
+    conf = write_credentials(creds, extra_users=[observer(observer_pw.read_text().strip())])
+    return EmbeddedNats(store_dir=data_dir / "nats", sync_always=True, auth_config=conf,
+                        no_auth_user="observer").start()
+
+
 def start_infrastructure(settings: Settings, data_dir: Path, say: Callable[[str], None]) -> Stack:
     """Attach to configured NATS/PostgreSQL or start embedded ones; migrate; make streams."""
     stack = Stack(data_dir=data_dir)
     try:
         if settings.nats_url:
-            say(f"NATS        {','.join(settings.nats_url)} (configured)")
+            say(f"NATS        {','.join(map(redact_url, settings.nats_url))} (configured)")
         else:
-            stack.nats = EmbeddedNats(store_dir=data_dir / "nats", sync_always=True).start()
+            stack.nats = embedded_nats(data_dir)
             stack.env["NATS_URL"] = stack.nats.url
+            stack.env["NATS_CREDENTIALS_DIR"] = str(stack.nats.credentials_dir)
             say(f"NATS        {stack.nats.url} (embedded, store {stack.nats.store_dir})")
+            say(f"identities  {stack.nats.credentials_dir} (one nkey seed per service; no_auth_user "
+                "is read-only)")
         if settings.database_url:
             say("PostgreSQL  DATABASE_URL (configured)")
         else:
@@ -214,7 +233,11 @@ def start_services(stack: Stack, services: list[str], settings: Settings,
             wait_http(ingress + "/api/health/live", proc)
             say(f"ingress     {ingress} (webhooks, health, metrics)")
             if "SANDBOX_PORT" in stack.env:  # the sandbox GHL's Marketplace install, for messages
-                answer = httpx.get(ingress + "/leadconnector/oauth", params={"code": "code-dev"}, timeout=10)
+                # the callback wants a state we signed
+                from services.clients.ghl_oauth import sign_state
+
+                answer = httpx.get(ingress + "/leadconnector/oauth",
+                                   params={"code": "code-dev", "state": sign_state(settings)}, timeout=10)
                 say(f"GHL OAuth   sandbox installation {'done' if answer.status_code == 200 else answer.text}")
         elif service == "gateway":
             gateway = f"http://127.0.0.1:{settings.gateway_port}"

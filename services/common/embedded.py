@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -72,13 +74,35 @@ class EmbeddedNats:
     # loss too, not only a process crash (deploy/nats/*.conf explain the trade-off); `dfm up`
     # and the e2e bench turn it on, the fast test suite leaves it off
     sync_always: bool = False
+    # an ``authorization`` block to include (``dfm nats creds`` writes one): with it the server
+    # refuses unauthenticated clients and enforces each identity's permissions
+    auth_config: Path | None = None
+    # connections that present no credentials become this user (nats-server ``no_auth_user``);
+    # only `dfm up` sets it, to a read-only user, so local tools can look at the streams
+    no_auth_user: str | None = None
+    # user and password put into ``url`` (a test harness's own connections); services get theirs
+    # from settings, never from the URL
+    client_credentials: tuple[str, str] | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     log_path: Path | None = field(default=None, init=False)
 
     @property
     def url(self) -> str:
-        """Client URL of this server."""
+        """Client URL of this server (with ``client_credentials`` when set)."""
+        if self.client_credentials is None:
+            return self.plain_url
+        user, password = self.client_credentials
+        return f"nats://{user}:{password}@{self.host}:{self.port}"
+
+    @property
+    def plain_url(self) -> str:
+        """Client URL without credentials."""
         return f"nats://{self.host}:{self.port}"
+
+    @property
+    def credentials_dir(self) -> Path | None:
+        """Where the seeds of ``auth_config`` are (``dfm nats creds`` writes both together)."""
+        return self.auth_config.parent if self.auth_config is not None else None
 
     def start(self) -> EmbeddedNats:
         """Start the server (same port and store as before when restarted)."""
@@ -92,6 +116,11 @@ class EmbeddedNats:
         lines = [f"max_payload: {NATS_MAX_PAYLOAD}"]  # the same in every shipped config
         if self.sync_always:
             lines.append("jetstream {\n  sync_interval: always\n}")  # store dir: -sd below
+        if self.auth_config is not None:
+            # nats-server resolves an include relative to the including file, absolute or not
+            lines.append(f'include "{os.path.relpath(self.auth_config.resolve(), conf.parent.resolve())}"')
+        if self.no_auth_user is not None:
+            lines.append(f'no_auth_user: "{self.no_auth_user}"')
         conf.write_text("\n".join(lines) + "\n")
         args = [
             nats_server_binary(),
@@ -106,6 +135,13 @@ class EmbeddedNats:
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.host, self.port, self.process, STARTUP_TIMEOUT_S)
         return self
+
+    def reload(self) -> None:
+        """Re-read the config (SIGHUP), e.g. a rotated ``auth_config``: removed keys are refused
+        from then on and their open connections closed."""
+        if self.process is None or self.process.poll() is not None:
+            raise EmbeddedError("nats-server is not running")
+        self.process.send_signal(signal.SIGHUP)
 
     def kill(self) -> None:
         """SIGKILL the server (fault tests)."""

@@ -7,6 +7,7 @@ carry them are replaced before rendering, whatever the caller passed.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any
@@ -26,7 +27,13 @@ SENSITIVE_KEYS = frozenset(
 )
 
 
+# userinfo of a URL (nats://user:password@host): the password never reaches a log line
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]*@")
+
+
 def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return _URL_USERINFO.sub(r"\g<scheme>\g<user>:***@", value) if "@" in value else value
     if isinstance(value, dict):
         return {k: REDACTED if str(k).lower() in SENSITIVE_KEYS else _scrub(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

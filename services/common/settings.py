@@ -199,6 +199,18 @@ class Settings(BaseSettings):
     dfm_stream_max_age: float = Field(default=7 * 24 * 3600, gt=0, description="seconds")
     dfm_stream_duplicate_window: float = Field(default=7200, gt=0, description="seconds")
     dfm_publish_timeout: float = Field(default=2.0, gt=0, description="seconds")
+    # NATS identity (deploy/README.md "NATS identities"): a credential from these settings, never
+    # from the URL that gets logged; see services/common/nats_auth.py for who may do what
+    nats_creds_file: str | None = Field(default=None, description="JWT .creds file (operator mode)")
+    nats_nkey_seed_file: str | None = Field(default=None, description="nkey seed file of this process")
+    nats_credentials_dir: str | None = Field(
+        default=None, description="`dfm nats creds --out` directory: each connection uses <identity>.nk")
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
+    nats_identity: str | None = Field(
+        default=None, description="this process's identity in the table; `dfm run` sets the service's")
+    dfm_stream_allow_downgrade: bool = Field(
+        default=False, description="let the topology step lower num_replicas or max_age of a stream")
 
     # --- server ports ---------------------------------------------------------------------
     ingress_port: int = Field(default=3002, ge=1, le=65535)

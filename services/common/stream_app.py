@@ -1,8 +1,8 @@
 """FastStream front of the sync consumers: one NATS broker, one pull subscriber bound to the
 service's durable, ``workers`` concurrent handlers, manual acknowledgement.
 
-The durable's configuration is ours (``ensure_topology``: no BackOff list, short AckWait,
-filters per implemented rule); FastStream binds to it and drives the fetch loop, and every
+The durable's configuration is ours (the topology step, ``apply_topology``: no BackOff list,
+short AckWait, filters per implemented rule); FastStream binds to it and drives the fetch loop, and every
 message goes to ``EventConsumer.handle``, which acks, naks with delay or terminates it.
 """
 
@@ -10,24 +10,50 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from faststream.security import SASLPlaintext
 from nats.aio.msg import Msg
 
 from contracts.streams import ConsumerSpec
-from services.common.broker import prepare_topology
+from services.common.broker import connect_options, prepare_topology
+from services.common.nats_auth import inbox_prefix
 from services.common.runtime import on_termination
 from services.common.settings import Settings
 
 MessageHandler = Callable[[Msg], Awaitable[None]]
 
 
+def faststream_auth(options: dict[str, Any]) -> dict[str, Any]:
+    """``connect_options`` as FastStream takes them: credentials through ``security=`` (its
+    nats-py keyword arguments for them are deprecated since 0.7), the rest as they are."""
+    options = dict(options)
+    user, password = options.pop("user", None), options.pop("password", None)
+    seed, creds = options.pop("nkeys_seed", None), options.pop("user_credentials", None)
+    try:
+        from faststream.nats.security import NatsCredentials, NatsNKey
+    except ImportError:  # FastStream 0.6: only the keyword arguments
+        options.update({k: v for k, v in (("nkeys_seed", seed), ("user_credentials", creds)) if v})
+        NatsCredentials = NatsNKey = None  # type: ignore[assignment,misc]
+    if seed and NatsNKey is not None:
+        options["security"] = NatsNKey.from_file(seed)
+    elif creds and NatsCredentials is not None:
+        options["security"] = NatsCredentials(creds)
+    elif user:
+        options["security"] = SASLPlaintext(username=user, password=password or "")
+    return options
+
+
 def sync_broker(settings: Settings, spec: ConsumerSpec, handle: MessageHandler,
                 workers: int) -> NatsBroker:
     """A broker whose single subscriber feeds ``handle`` from the durable ``spec``."""
-    broker = NatsBroker(settings.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                        graceful_timeout=settings.dfm_drain_timeout_s)
+    # the durable's own identity (nats_auth): it may pull, ack and read the info of this
+    # durable only; FastStream reads that info first and, the durable existing, creates nothing
+    servers, auth = connect_options(settings, name=f"dfm-{spec.durable}", identity=spec.durable)
+    broker = NatsBroker(servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                        graceful_timeout=settings.dfm_drain_timeout_s, **faststream_auth(auth))
 
     @broker.subscriber(
         spec.filter_subjects[0],
@@ -36,6 +62,8 @@ def sync_broker(settings: Settings, spec: ConsumerSpec, handle: MessageHandler,
         pull_sub=PullSub(batch_size=workers, timeout=5.0),
         max_workers=workers,
         ack_policy=AckPolicy.MANUAL,
+        # the fetch inbox under the identity's prefix too (FastStream's default is _INBOX.)
+        inbox_prefix=f"{inbox_prefix(spec.durable)}.".encode(),
     )
     async def on_message(msg: NatsMessage) -> None:
         await handle(msg.raw_message)
@@ -59,8 +87,9 @@ async def serve_until_terminated(settings: Settings, spec: ConsumerSpec, handle:
 
 async def start_sync_broker(settings: Settings, spec: ConsumerSpec, handle: MessageHandler,
                             workers: int) -> NatsBroker:
-    """Make sure the topology exists, then start consuming."""
-    await prepare_topology(settings)
+    """Make sure the durable exists (a service only checks; the topology step creates it),
+    then start consuming."""
+    await prepare_topology(settings, durables=(spec,))
     broker = sync_broker(settings, spec, handle, workers)
     await broker.start()
     return broker
