@@ -82,7 +82,8 @@ class Identity:
     def permissions(self) -> dict[str, dict[str, list[str]]]:
         """The nats-server ``permissions`` map. Nothing to publish is ``deny: [">"]`` (a missing
         ``publish`` block would allow everything); every identity subscribes to its inbox."""
-        publish: dict[str, list[str]] = {"allow": list(self.publish)} if self.publish else {"deny": [">"]}
+        publish: dict[str, list[str]] = ({"allow": list(dict.fromkeys(self.publish))} if self.publish
+                                         else {"deny": [">"]})
         if self.publish_deny:
             publish["deny"] = list(self.publish_deny)
         subscribe: dict[str, list[str]] = {"allow": [*self.subscribe, f"{self.inbox}.>"]}
@@ -151,9 +152,10 @@ IDENTITIES: tuple[Identity, ...] = (
     Identity("gateway", "gateway (health connects, nothing else)"),
     Identity("mcp", "mcp operator tools: stream stats, replay", publish=(*STREAM_INFO, *CONSUMER_INFO_ALL,
                                                                         REPLAY_SUBJECT)),
-    Identity("cli", "operator CLI: dfm replay/sweep/events/backup (replays run in the CLI process)",
+    Identity("cli", "operator CLI: dfm replay, sweep, backup (a replay and `sweep --here` run jobs' "
+             "code in the CLI process; `dfm sweep` queues one)",
              publish=(*STREAM_INFO, *CONSUMER_INFO_ALL, _msg_get(WEBHOOKS_STREAM), _msg_get(JOBS_STREAM),
-                      REPLAY_SUBJECT, SWEEP_SUBJECT, "webhooks.>", *SCAN),
+                      SWEEP_SUBJECT, "webhooks.>", *SCAN),
              publish_deny=SCAN_DENY),
 )
 BY_NAME = {i.name: i for i in IDENTITIES}
