@@ -257,7 +257,9 @@ class Settings(BaseSettings):
     ghl_rate_limit_per_10s: int = Field(
         default=80, ge=1, le=1_000_000, description="GHL allows 100; more only against the sandbox"
     )
-    ghl_rate_limit_per_day: int = Field(default=180_000, ge=1)
+    ghl_rate_limit_per_day: int = Field(
+        default=180_000, ge=1,
+        description="GHL allows 200,000 a day; held over a rolling 24 h by all replicas (clients/budget.py)")
     ghl_note_max_chars: int = Field(default=50_000, ge=100)
     ghl_set_dnd_on_optout: FlagTrue = False
     ghl_webhook_ed25519_public_key: Annotated[str, BeforeValidator(_public_keys_of("ed25519"))] = \
