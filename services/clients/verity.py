@@ -1,6 +1,7 @@
 """Verity's API as the gateway and the MCP server use it (spec/outbound.md §2.4 V2/V5, §3.2):
-the endpoint catalog, path rewrites and parameter substitution, and the proxy call with its
-response envelope, 502/504 on transport failures and sanitised error messages.
+the endpoint catalog, path rewrites and parameter substitution, the opt-out gate in front of
+every send (O-5a, issue #16 item 1), and the proxy call with its response envelope, 502/504 on
+transport failures and sanitised error messages.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import json
 import os
 import re
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,11 +21,15 @@ from urllib.parse import quote, urlencode
 import httpx
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Histogram
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.clients.paths import UnsafeSegment, segment
-from services.common import tracing
+from services.common import optout, tracing
 from services.common.logging import get_logger
+from services.common.phone import to_e164
 from services.common.settings import Settings
+from services.common.sync import store
 
 log = get_logger(__name__)
 
@@ -30,6 +37,8 @@ UPSTREAM_REQUESTS = Counter("dfm_verity_upstream_requests_total", "Calls proxied
                             ["endpoint", "status"])
 UPSTREAM_DURATION = Histogram("dfm_verity_upstream_duration_seconds", "Verity upstream latency",
                               ["endpoint"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+SEND_REFUSALS = Counter("dfm_verity_sends_refused_total", "Sends the opt-out gate kept from Verity",
+                        ["sender", "code"])
 DEFAULT_BASE_URL = "http://localhost:3000"
 SEND_MESSAGE_PATH = "/api/integrations/df-middleware/send-message"
 _PLACEHOLDER = re.compile(r"\[([^\]/]+)\]|\{([^}/]+)\}")
@@ -47,6 +56,11 @@ class ProxyError(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+class SendRefused(ProxyError):
+    """The opt-out gate kept a send from Verity (nothing was sent): the recipient opted out,
+    cannot be checked, or the registry cannot be read."""
 
 
 # --- catalog ---------------------------------------------------------------------------------
@@ -217,6 +231,157 @@ def is_send_message(endpoint: str) -> bool:
     return endpoint == "/apisms" or endpoint.startswith("/apisms/") or "send-message" in endpoint
 
 
+# --- opt-out gate (spec/outbound.md O-5a, R3; issue #16 item 1) ------------------------------
+@dataclass(frozen=True)
+class SendingEndpoint:
+    """A Verity endpoint that texts the numbers its request names.
+
+    ``path`` is searched in the path a request is really sent to (:func:`target`'s result, or
+    a redirect's target), so ``/apisms``, ``/apisms/x``, the rewritten path itself and its
+    trailing-slash form (which Next.js redirects) are one endpoint. Every method counts:
+    the gate must not depend on which verbs Verity happens to route today."""
+
+    name: str
+    path: re.Pattern[str]
+    recipients: frozenset[str]  # field names (lower case) that hold a number or a list of them
+
+
+# Field names a sending body may name a recipient with. Verity's send-message reads ``to``
+# (§2.4 V1); the others cost nothing to check and keep a caller who spells the field another
+# way (or a future Verity that reads it) from texting an opted-out number. ``from`` is ours.
+RECIPIENT_FIELDS = frozenset({"to", "recipient", "recipients", "phone", "phones", "phonenumber",
+                              "phone_number", "phonee164", "phone_e164", "number", "numbers",
+                              "tonumber", "to_number"})
+# The one list of endpoints that text a person: add a line here when Verity's catalog gains
+# one (the gateway, the MCP server and redirects all read this). Broadcasts are not here:
+# their recipients are Verity's own contact lists, which no request to us names.
+SENDING_ENDPOINTS: tuple[SendingEndpoint, ...] = (
+    SendingEndpoint("send-message", re.compile(r"send-message", re.IGNORECASE), RECIPIENT_FIELDS),
+)
+MAX_RECIPIENTS = 1000
+_NESTING = 3
+
+
+def sending_endpoint(path: str) -> SendingEndpoint | None:
+    """The sending endpoint ``path`` (a resolved path or a URL's path) reaches, if any."""
+    return next((e for e in SENDING_ENDPOINTS if e.path.search(path)), None)
+
+
+def recipients(endpoint: SendingEndpoint, body: Any, query: dict[str, Any] | None, region: str) -> list[str]:
+    """Every number the request names, in E.164, in order and without repeats.
+
+    A value that is named as a recipient but is not a phone number we can normalise is a
+    ``400 INVALID_RECIPIENT``, and so is a request that names nobody: the registry can only
+    answer for a number it can compare, and Verity may read a spelling we could not."""
+    found: list[str] = []
+    for value in (*_named(endpoint, body, 0), *_named(endpoint, query, 0)):
+        if len(found) >= MAX_RECIPIENTS:
+            raise SendRefused(400, "INVALID_RECIPIENT", f"more than {MAX_RECIPIENTS} recipients in one send")
+        number = to_e164(value, region)
+        if number is None:
+            raise SendRefused(400, "INVALID_RECIPIENT", "a recipient is not a phone number the opt-out "
+                                                        "registry can be asked about; nothing was sent")
+        if number not in found:
+            found.append(number)
+    if not found:
+        raise SendRefused(400, "INVALID_RECIPIENT", "the send names no recipient (to); nothing was sent")
+    return found
+
+
+def _named(endpoint: SendingEndpoint, value: Any, depth: int) -> Iterator[Any]:
+    """The values of recipient fields in ``value`` (a JSON object), looking into lists and
+    objects under those fields (``recipients: [{"phone": …}]``)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if str(key).lower() in endpoint.recipients:
+                yield from _values(endpoint, item, depth + 1)
+
+
+def _values(endpoint: SendingEndpoint, item: Any, depth: int) -> Iterator[Any]:
+    """Candidate numbers under a recipient field. Anything nested deeper than ``_NESTING``,
+    and an object that names no number, is given back whole: it is no number, so the send
+    is refused rather than guessed about."""
+    if item is None:
+        return
+    if depth > _NESTING:
+        yield item
+    elif isinstance(item, list | tuple):
+        for element in item:
+            yield from _values(endpoint, element, depth + 1)
+    elif isinstance(item, dict):
+        inner = list(_named(endpoint, item, depth))
+        yield from inner if inner else (item,)
+    else:
+        yield item
+
+
+class OptOutGate:
+    """O-5a for the proxy: a request to a :data:`SENDING_ENDPOINTS` path goes to Verity only
+    when every recipient it names is known to the opt-out registry as not opted out.
+
+    One gate in the proxy covers the gateway and the MCP server (both send through
+    :class:`VerityProxy`). It asks :func:`services.common.optout.is_opted_out`, the function
+    M-2 asks, with numbers normalised by ``to_e164`` and ``DEFAULT_PHONE_REGION``, so
+    ``+1 (555) 555-0103`` and ``5555550103`` are the same person. A refusal is a
+    ``sync_log`` row per opted-out recipient (rule ``O-5a``, ``skipped``,
+    ``recipient_opted_out``, target = the number) and a :class:`SendRefused`; it fails closed:
+    without a database, or when the registry cannot be read, nothing is sent (503).
+    ``sender`` names who asked (``gateway``, ``mcp``) in the log's direction."""
+
+    def __init__(self, settings: Settings, engine: AsyncEngine | None, *, sender: str) -> None:
+        self.region = settings.default_phone_region
+        self.engine = engine
+        self.sender = sender
+
+    async def check(self, path: str, method: str, body: Any, query: dict[str, Any] | None) -> None:
+        """Return when the request may go to Verity; raise :class:`SendRefused` otherwise."""
+        endpoint = sending_endpoint(path)
+        if endpoint is None:
+            return
+        try:
+            numbers = recipients(endpoint, body, query, self.region)
+        except SendRefused as exc:
+            SEND_REFUSALS.labels(self.sender, exc.code).inc()
+            raise
+        correlation = f"O-5a-{uuid.uuid4()}"
+        started = datetime.now(UTC)
+        try:
+            if self.engine is None:
+                raise _RegistryUnreadable("DATABASE_URL is not set")
+            async with self.engine.begin() as conn:
+                refused = [n for n in numbers if await optout.is_opted_out(conn, n)]
+                for number in refused:
+                    await store.log_sync(
+                        conn, direction=f"{self.sender}_to_texting", entity_type="message",
+                        source_id=_source_id(body) or correlation, status="skipped", started_at=started,
+                        correlation_id=correlation, rule="O-5a", attempt=1, target_id=number,
+                        message="recipient_opted_out",
+                        details={"endpoint": path, "method": method, "recipients": len(numbers),
+                                 "opted_out": len(refused)})
+        except (_RegistryUnreadable, SQLAlchemyError, OSError, TimeoutError) as exc:
+            SEND_REFUSALS.labels(self.sender, "OPTOUT_REGISTRY_UNAVAILABLE").inc()
+            log.error("verity_send_refused_registry_unavailable", sender=self.sender, endpoint=endpoint.name,
+                      error=type(exc).__name__)
+            raise SendRefused(503, "OPTOUT_REGISTRY_UNAVAILABLE",
+                              "the opt-out registry cannot be read; nothing was sent") from None
+        if refused:
+            SEND_REFUSALS.labels(self.sender, "recipient_opted_out").inc()
+            log.warning("verity_send_refused_opted_out", sender=self.sender, endpoint=endpoint.name,
+                        recipients=len(numbers), opted_out=len(refused), correlation_id=correlation)
+            raise SendRefused(403, "recipient_opted_out",
+                              f"{len(refused)} of {len(numbers)} recipients opted out of SMS; nothing was sent")
+
+
+class _RegistryUnreadable(Exception):
+    """No database to ask (fails closed like an unreachable one)."""
+
+
+def _source_id(body: Any) -> str | None:
+    """The caller's ``correlationId``, when it sent one, as the row's source id."""
+    value = body.get("correlationId") if isinstance(body, dict) else None
+    return value[:200] if isinstance(value, str) and value and "\x00" not in value else None
+
+
 # --- proxy -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ProxyResult:
@@ -242,10 +407,14 @@ def sanitise(message: str) -> str:
 
 
 class VerityProxy:
-    """Proxies one request to Verity and builds the envelope of spec §3.2."""
+    """Proxies one request to Verity and builds the envelope of spec §3.2. Every request
+    passes ``gate`` first (:class:`OptOutGate`); without one, sends are refused (there is no
+    registry to ask) and everything else is proxied."""
 
-    def __init__(self, settings: Settings, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, settings: Settings, client: httpx.AsyncClient | None = None, *,
+                 gate: OptOutGate | None = None) -> None:
         self.settings = settings
+        self.gate = gate or OptOutGate(settings, None, sender="proxy")
         self.base_url = (settings.verity_base_url or DEFAULT_BASE_URL).rstrip("/")
         self.production = settings.node_env == "production"
         self.client = client or httpx.AsyncClient(
@@ -259,6 +428,7 @@ class VerityProxy:
                    headers: dict[str, str] | None = None, token: str | None = None,
                    metric_endpoint: str | None = None) -> ProxyResult:
         path = target(endpoint, params)
+        await self.gate.check(path, method, body, query)  # SendRefused: nothing goes to Verity
         url = self.base_url + path
         if query:
             url += "?" + urlencode({k: _query_value(v) for k, v in query.items()})

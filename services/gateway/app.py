@@ -8,6 +8,14 @@ end-user Clerk token travels inside the request's ``headers.Authorization`` and 
 before it is passed on. Rate limits per verified key, else per client address, and failed key
 attempts per address (limits.py); 100 kB bodies; CORS by ``CORS_ALLOWED_ORIGINS`` (any origin
 in development); Verity's redirects followed on its own origin only (redirects.py).
+
+Sends (``/apisms`` → send-message, services/clients/verity.py ``SENDING_ENDPOINTS``) pass the
+opt-out gate first: a recipient who opted out is ``403 recipient_opted_out`` with a
+``sync_log`` row and no request to Verity. 403, not 422: the request is well formed and
+retrying or rewording it will not help; it is refused because the person withdrew consent
+(the M-2 path reports the same refusal to GHL as ``opted_out``). The registry is read
+through the app's one small pool, shared with ``/health``; without ``DATABASE_URL`` or when
+it cannot be read, sends are ``503 OPTOUT_REGISTRY_UNAVAILABLE`` (fail closed).
 """
 
 from __future__ import annotations
@@ -34,12 +42,14 @@ from services.clients.verity import (
     ENDPOINT_PATTERN,
     METHODS,
     Catalog,
+    OptOutGate,
     ProxyError,
     VerityProxy,
     check_endpoint,
     target,
 )
 from services.common import tracing
+from services.common.db.session import create_engine
 from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.gateway.health import DependencyProbe
@@ -101,16 +111,23 @@ def _fail(status: int, code: str, message: str, headers: dict[str, str] | None =
                         status_code=status, headers=headers)
 
 
+# one connection: the health probe's and the opt-out lookups' (deploy/README.md connection budget)
+POOL_SIZE = 1
+
+
 def create_app(settings: Settings) -> FastAPI:
     catalog = Catalog(settings.verity_catalog_path)
+    # creating the engine connects nothing; the lifespan disposes of it
+    engine = create_engine(settings, pool_size=POOL_SIZE) if settings.database_url else None
     proxy = VerityProxy(settings, client=httpx.AsyncClient(
         timeout=httpx.Timeout(settings.verity_proxy_timeout_s, connect=5.0), follow_redirects=False,
-        transport=SameOriginRedirects(settings.verity_base_url or DEFAULT_BASE_URL)))
+        transport=SameOriginRedirects(settings.verity_base_url or DEFAULT_BASE_URL)),
+        gate=OptOutGate(settings, engine, sender="gateway"))
     verifier = ClerkVerifier(settings)
     limiter = RateLimiter(settings.rate_limit_max)
     failures = RateLimiter(settings.gateway_auth_failure_max)
     trusted = trusted_networks(settings.gateway_trusted_proxies)
-    probe = DependencyProbe(settings)
+    probe = DependencyProbe(settings, engine)
     forward = {h.lower() for h in settings.gateway_forward_headers}
 
     @asynccontextmanager
@@ -124,6 +141,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await proxy.aclose()
             await probe.aclose()
+            if engine is not None:
+                await engine.dispose()
 
     app = FastAPI(title="DF-Middleware Verity gateway", version="0.1.0", lifespan=lifespan)
     origins = ["*"] if settings.node_env == "development" else settings.cors_allowed_origins

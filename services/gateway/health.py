@@ -3,10 +3,10 @@
 ``GET /health`` is unauthenticated and exempt from the rate limit (spec/outbound.md §3.1), so
 it must not cost the shared database anything per request: it used to open a new PostgreSQL
 connection (TCP + SCRAM) and a new NATS connection for every call, and a flood exhausted
-``max_connections`` for every other service. Now one small pool (at most one connection,
-``application_name=dfm-gateway``) and one long-lived NATS connection are reused, the result is
-kept for ``CACHE_S``, and concurrent requests wait for the same probe instead of starting
-their own.
+``max_connections`` for every other service. Now the app's one small pool (at most one
+connection, shared with the opt-out gate's lookups: gateway/app.py) and one long-lived NATS
+connection are reused, the result is kept for ``CACHE_S``, and concurrent requests wait for
+the same probe instead of starting their own.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import asyncio
 import time
 from typing import Any
 
-import asyncpg
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.broker import connect
-from services.common.db.session import sync_url
 from services.common.logging import get_logger
 from services.common.settings import Settings
 
@@ -32,9 +32,10 @@ Check = dict[str, str]
 class DependencyProbe:
     """Database and NATS reachability, probed at most once per ``CACHE_S``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, engine: AsyncEngine | None) -> None:
+        """``engine``: the app's (None without ``DATABASE_URL``); the app disposes of it."""
         self.settings = settings
-        self._pool: asyncpg.Pool | None = None
+        self.engine = engine
         self._nats: Any = None
         self._nats_task: asyncio.Task[Any] | None = None
         self._result: dict[str, Check] | None = None
@@ -56,17 +57,11 @@ class DependencyProbe:
         return self._result
 
     async def _database(self) -> Check:
-        if not self.settings.database_url:
+        if self.engine is None:
             return {"status": "warning", "message": "DATABASE_URL is not set"}
         try:
-            async with asyncio.timeout(PROBE_TIMEOUT_S):
-                if self._pool is None:  # min_size=0: creating it connects nothing, so it cannot fail here
-                    self._pool = await asyncpg.create_pool(
-                        sync_url(self.settings.database_url), min_size=0, max_size=1,
-                        max_inactive_connection_lifetime=60, timeout=PROBE_TIMEOUT_S,
-                        server_settings={"application_name": "dfm-gateway"})
-                async with self._pool.acquire() as conn:
-                    await conn.fetchval("SELECT 1")
+            async with asyncio.timeout(PROBE_TIMEOUT_S), self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
         except Exception as exc:  # any failure is reported, never raised
             return {"status": "error", "message": f"database unreachable: {type(exc).__name__}"}
         return {"status": "ok"}
@@ -108,5 +103,3 @@ class DependencyProbe:
             self._nats_task.cancel()
         if self._nats is not None:
             await self._nats.close()
-        if self._pool is not None:
-            await self._pool.close()

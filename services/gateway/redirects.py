@@ -10,12 +10,18 @@ back as it came, and the proxy answers it ``502 UPSTREAM_REDIRECT`` (services/cl
 This is a transport under the proxy's own ``httpx.AsyncClient`` (which keeps
 ``follow_redirects=False``), so httpx's cross-origin following can never be switched on by
 accident, and the proxy's timeouts apply to every hop.
+
+The opt-out gate (services/clients/verity.py ``OptOutGate``) checks the path a request is
+sent to, before the first hop. A 307/308 keeps the body, so a redirect from a path that is
+not a send into one that is would carry a body nobody checked: such a redirect is not
+followed (issue #16 item 1). From one sending path to another the body was checked.
 """
 
 from __future__ import annotations
 
 import httpx
 
+from services.clients.verity import sending_endpoint
 from services.common.logging import get_logger
 
 log = get_logger(__name__)
@@ -65,6 +71,9 @@ class SameOriginRedirects(httpx.AsyncBaseTransport):
             # the host only: the path and query of a redirect may carry what the caller sent
             log.warning("verity_redirect_refused", status=response.status_code,
                         target_scheme=url.scheme, target_host=url.host, target_port=url.port)
+            return None
+        if sending_endpoint(url.path) is not None and sending_endpoint(request.url.path) is None:
+            log.warning("verity_redirect_into_send_refused", status=response.status_code)
             return None
         method = request.method
         # what every client does (RFC 9110 §15.4): 303 becomes GET, and so does a POST on 301/302

@@ -4,8 +4,11 @@ of our own (events, stream stats, replay with dry-run, quarantine).
 
 Verity calls carry a Clerk session token for the service user (cached, refreshed before
 expiry, and refreshed exactly once when Verity answers 401); the send-message endpoint uses
-``VERITY_API_KEY``. Every failure becomes an MCP error result with a clear message; nothing
-a tool does can stop the server. Logs go to stderr (stdout is the protocol).
+``VERITY_API_KEY``. Sends pass the opt-out gate of the Verity proxy first (O-5a, issue #16
+item 1): an opted-out recipient is the tool error ``recipient_opted_out: …`` with a
+``sync_log`` row, and Verity is not called; without ``DATABASE_URL`` nothing is sent. Every
+failure becomes an MCP error result with a clear message; nothing a tool does can stop the
+server. Logs go to stderr (stdout is the protocol).
 """
 
 from __future__ import annotations
@@ -26,8 +29,17 @@ from contracts.commands import ReplayRequested
 from contracts.streams import CONSUMERS, STREAMS
 from contracts.subjects import REPLAY_SUBJECT
 from services.clients.clerk import ClerkError, ClerkTokenManager
-from services.clients.verity import Catalog, ProxyError, ProxyResult, VerityProxy, is_send_message
+from services.clients.verity import (
+    Catalog,
+    OptOutGate,
+    ProxyError,
+    ProxyResult,
+    SendRefused,
+    VerityProxy,
+    is_send_message,
+)
 from services.common.db.models import ReconcileRun
+from services.common.db.session import create_engine
 from services.common.logging import get_logger
 from services.common.operations import (
     EventFilter,
@@ -97,10 +109,12 @@ class McpBackend:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.catalog = Catalog(settings.verity_catalog_path)
-        self.proxy = VerityProxy(settings)
+        # one engine for the operator tools and the opt-out gate; creating it connects nothing
+        self._engine: AsyncEngine | None = (create_engine(settings, pool_size=2) if settings.database_url
+                                            else None)
+        self.proxy = VerityProxy(settings, gate=OptOutGate(settings, self._engine, sender="mcp"))
         self.clerk = ClerkTokenManager(settings)
         self._tools: dict[str, CatalogTool] = {}
-        self._engine: AsyncEngine | None = None
         self._nc: Any = None
 
     async def aclose(self) -> None:
@@ -138,6 +152,8 @@ class McpBackend:
             return await self._call_verity(tool, arguments)
         except ToolError as exc:
             return _error(str(exc))
+        except SendRefused as exc:  # the code first: what an agent (or its operator) acts on
+            return _error(f"{exc.code}: {exc.message}")
         except (OperationError, ProxyError) as exc:
             return _error(exc.message)
         except Exception as exc:  # a tool never takes the server down
@@ -174,12 +190,8 @@ class McpBackend:
 
     # --- operator side ---------------------------------------------------------------------
     def engine(self) -> AsyncEngine:
-        if not self.settings.database_url:
-            raise ToolError("operator tools need DATABASE_URL")
         if self._engine is None:
-            from services.common.db.session import create_engine
-
-            self._engine = create_engine(self.settings, pool_size=2)
+            raise ToolError("operator tools need DATABASE_URL")
         return self._engine
 
     async def nats(self) -> Any:
