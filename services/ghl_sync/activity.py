@@ -165,9 +165,10 @@ class ActivityRules:
         return present
 
     async def find_or_create(self, conn: Any, body: Any, incoming: CanonicalContact,
-                             aloware_id: str | None) -> str:
+                             aloware_id: str | None, *, direction: str = "aloware_to_ghl") -> str:
         """GHL contact by mapping (Aloware id, then phone), else GHL's duplicate search, else
-        created with CA rules; the mapping is upserted either way."""
+        created with CA rules; the mapping is upserted either way (a new one created with
+        ``direction``: CA's ``aloware_to_ghl`` for calls, ``bidirectional`` for D-1)."""
         mapping = await store.mapping_by_aloware(conn, aloware_id) if aloware_id else None
         if mapping is None and incoming.phone:
             mapping = await store.mapping_by_phone(conn, incoming.phone)
@@ -178,7 +179,8 @@ class ActivityRules:
             if found is not None:
                 ghl_id = found.ghl_id
             else:
-                ghl_id, _ = await self.sync.upsert_from_aloware(conn, body, incoming, None, None)
+                ghl_id, _ = await self.sync.upsert_from_aloware(conn, body, incoming, None, None,
+                                                                direction=direction)
                 return ghl_id
         await store.upsert_mapping(conn, ghl_id=ghl_id, aloware_id=aloware_id, phone=incoming.phone,
                                    email=incoming.email, direction="bidirectional")
@@ -308,7 +310,8 @@ class ActivityRules:
         contact = AlowareContact.model_validate(body) if body.get("id") is not None else \
             AlowareContact(id="", phone_number=phone)
         async with store.contact_lock(self.engine, phone) as conn:
-            ghl_id = await self.find_or_create(conn, contact, aloware_to_canonical(contact, self.region), aloware_id)
+            ghl_id = await self.find_or_create(conn, contact, aloware_to_canonical(contact, self.region), aloware_id,
+                                               direction="bidirectional")
             if not decision.applied:
                 await store.log_sync(conn, status="skipped", rule="D-1", target_id=ghl_id, message=decision.reason,
                                      details={"registry": decision.status}, **common)
@@ -331,9 +334,8 @@ class ActivityRules:
         at = _event_time(msg.timestamp, event.received_at)
         async with self.engine.begin() as conn:
             decision = await optout.record(conn, phone, "opted_out", "texting", "STOP", at=at, event_id=event.event_id)
-        contact = AlowareContact(id="", phone_number=phone)
         async with store.contact_lock(self.engine, phone) as conn:
-            ghl_id = await self.find_or_create(conn, contact, aloware_to_canonical(contact, self.region), None)
+            ghl_id = await self.sync.messages.texting_contact(conn, phone)  # M-1.5: a texting contact
             added = await self.add_tags_once(conn, ghl_id, SMS_OPTOUT_TAGS)
             await store.log_sync(conn, status="success", rule="O-2", target_id=ghl_id,
                                  message=None if decision.applied else decision.reason,

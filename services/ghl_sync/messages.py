@@ -8,7 +8,12 @@ A message is posted at most once: only the attempt that inserted the effect clai
 took over the claim of an attempt that died, or whose answer was lost, looks for the message
 in the GHL conversation first, and reposts only in the first case when it is not there.
 An outbound text that is the echo of a GHL agent's own SMS (sent through M-2) is not posted
-again (M-1.2).
+again (M-1.2). The media URLs of an MMS go with the message as GHL ``attachments`` (M-1.7).
+
+A contact GHL does not have yet is created from the text as a texting contact (M-1.5): the
+phone only, ``source:"texting"``, mapped ``bidirectional`` with no Aloware id. It used to go
+through the Aloware contact rules, so every texting-only contact was labelled
+``source:"aloware"`` and mapped ``aloware_to_ghl``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from contracts.envelope import WebhookEvent
-from contracts.payloads.aloware import AlowareContact
 from contracts.payloads.texting import normalise_texting
 from services.clients.ghl_conversations import GhlConversations
 from services.common import optout
@@ -31,7 +35,7 @@ from services.common.errors import OutcomeUnknown, Permanent, RetryLater
 from services.common.logging import get_logger
 from services.common.phone import to_e164
 from services.common.sync import effects, store
-from services.common.sync.contact import aloware_to_canonical
+from services.common.sync.contact import CanonicalContact
 from services.ghl_sync.activity import SMS_OPTOUT_TAGS
 
 if TYPE_CHECKING:
@@ -41,10 +45,30 @@ log = get_logger(__name__)
 ECHO_WINDOW = timedelta(seconds=120)
 MESSAGE_EFFECT = "ghl.conversation_message"
 STATUS_TO_GHL = {"sent": "delivered", "delivered": "delivered", "failed": "failed", "undelivered": "failed"}
+# where texting webhooks carry an MMS's media ⚠ (spec/inbound.md §2.5 names none): first the
+# message object, then the top level; each a URL, a list of URLs or of objects with ``url``
+MEDIA_FIELDS = ("attachments", "mediaUrls", "media_urls", "mediaUrl", "media_url", "media")
 
 
 def body_sha256(text: str | None) -> str:
     return hashlib.sha256((text or "").strip().encode()).hexdigest()
+
+
+def media_urls(payload: dict[str, Any]) -> list[str]:
+    """M-1.7: the http(s) URLs of an MMS's media, in order, each once."""
+    nested = [payload[k] for k in ("message", "data") if isinstance(payload.get(k), dict)]
+    for source in (*nested[:1], payload):
+        found: list[str] = []
+        for name in MEDIA_FIELDS:
+            value = source.get(name)
+            for item in value if isinstance(value, list) else [value]:
+                url = item.get("url") if isinstance(item, dict) else item
+                if isinstance(url, str) and url.strip().lower().startswith(("https://", "http://")) \
+                        and url.strip() not in found:
+                    found.append(url.strip())
+        if found:
+            return found
+    return []
 
 
 class MessageRules:
@@ -88,9 +112,7 @@ class MessageRules:
         async with store.contact_lock(self.engine, phone) as conn:
             if direction == "inbound":
                 await self._keywords(conn, event, msg.body, phone, attempt)
-            contact = AlowareContact(id="", phone_number=phone)
-            ghl_id = await self.sync.activity.find_or_create(conn, contact, aloware_to_canonical(contact, self.region),
-                                                              None)
+            ghl_id = await self.texting_contact(conn, phone)
             conversation_id = await self._conversation(conn, ghl_id)
             ghl_message_id = await self._post_once(conn, event, msg, direction, ghl_id, conversation_id, common)
             await store.log_sync(conn, status="success", rule="M-1", target_id=ghl_id,
@@ -106,8 +128,7 @@ class MessageRules:
         reason = "STOP" if word == "opt_out" else "START"
         decision = await optout.record(conn, phone, status, "texting", reason, at=event.received_at,
                                        event_id=event.event_id)
-        contact = AlowareContact(id="", phone_number=phone)
-        ghl_id = await self.sync.activity.find_or_create(conn, contact, aloware_to_canonical(contact, self.region), None)
+        ghl_id = await self.texting_contact(conn, phone)
         changed = (await self.sync.activity.add_tags_once(conn, ghl_id, SMS_OPTOUT_TAGS) if status == "opted_out"
                    else await self.sync.activity.remove_tags_present(conn, ghl_id, SMS_OPTOUT_TAGS))
         await store.log_sync(conn, direction="texting_to_ghl", entity_type="optout", source_id=phone,
@@ -115,6 +136,31 @@ class MessageRules:
                              correlation_id=str(event.event_id), rule="O-3", attempt=attempt, target_id=ghl_id,
                              message=f"{status} ({reason})" if decision.applied else decision.reason,
                              details={"tags_changed": changed})
+
+    async def texting_contact(self, conn: Any, phone: str) -> str:
+        """M-1.5 (also O-2), under the caller's contact lock: the GHL contact of ``phone`` by
+        mapping, else GHL's duplicate search, else created with the phone only and
+        ``source:"texting"``; the mapping (no Aloware id, ``bidirectional``) is upserted.
+
+        The create runs under the effect claim ``ghl_contact:phone:<phone>`` (the key the
+        contact rules use for a contact known only by its number), so two texts from a new
+        number create one contact and a lost answer is looked up before anything is retried."""
+        mapping = await store.mapping_by_phone(conn, phone)
+        snapshot = None
+        if mapping is not None:
+            ghl_id = str(mapping.ghl_contact_id)
+        else:
+            ghl_id = await self.sync.ghl.find_duplicate(phone=phone) or ""
+            if not ghl_id:
+                incoming = CanonicalContact(phone=phone)
+                ghl_id, created = await self.sync._create_once(
+                    conn, f"ghl_contact:phone:{phone}", {"phone": phone, "source": "texting"}, incoming)
+                if created:  # the ContactCreate webhook GHL sends for it is our echo (LP-1)
+                    await store.record_write(conn, "ghl", ghl_id, incoming.projection_hash())
+                    snapshot = incoming.snapshot()
+        await store.upsert_mapping(conn, ghl_id=ghl_id, aloware_id=None, phone=phone, email=None,
+                                   direction="bidirectional", ghl_snapshot=snapshot)
+        return ghl_id
 
     async def _conversation(self, conn: Any, ghl_id: str) -> str:
         """M-1.6: the mapping's GHL conversation, else GHL's first one, else a new one."""
@@ -137,6 +183,7 @@ class MessageRules:
         an operator (``services/common/sync/effects.py``), never reposted."""
         key = f"m1:{msg.message_id or 'event:' + event.dedupe_key}"
         mapped = MessageMapping.texting_message_id == msg.message_id
+        attachments = media_urls(event.payload)
         if msg.message_id:
             await conn.execute(pg_insert(MessageMapping).values(
                 texting_message_id=msg.message_id, conversation_id=msg.conversation_id, direction=direction,
@@ -165,7 +212,7 @@ class MessageRules:
         try:
             ghl_message_id, conversation_id = await self._conv().add_message(
                 contact_id=ghl_id, conversation_id=conversation_id, text=msg.body or "", direction=direction,
-                date=msg.timestamp, attachments=[])
+                date=msg.timestamp, attachments=attachments)
         except Exception as exc:
             if not effects.may_have_landed(exc):
                 await effects.release(conn, held)
@@ -210,8 +257,9 @@ class MessageRules:
             if quiet:
                 return None
             raise
-        for message in listed:
-            if message.get("body") == text and message.get("direction") == direction and message.get("id"):
+        for message in listed:  # an MMS without text is posted with message ""
+            if (message.get("body") or "") == (text or "") and message.get("direction") == direction \
+                    and message.get("id"):
                 return str(message["id"])
         return None
 

@@ -235,9 +235,11 @@ class GhlSync:
         return Outcome("skipped", f"Unhandled event type: {event.event_name}")
 
     async def upsert_from_aloware(self, conn: Any, body: Any, incoming: CanonicalContact, mapping: Any,
-                                  event_at: datetime | None) -> tuple[str, bool]:
+                                  event_at: datetime | None, *, direction: str = "aloware_to_ghl"
+                                  ) -> tuple[str, bool]:
         """CA-2…CA-7 under the caller's contact lock: find (mapping, phone, e-mail) or create
-        the GHL contact, write what differs, upsert the mapping. (GHL id, wrote anything)."""
+        the GHL contact, write what differs, upsert the mapping (``direction`` on insert: D-1
+        maps ``bidirectional``, §1.17). (GHL id, wrote anything)."""
         disposition = (body.disposition_status or "").strip() or None
         customs = custom_fields(self.cf_ids, body.id, body.lead_source, body.intake_source)
         # one GHL contact per Aloware contact, else per phone number (the activity rules)
@@ -261,7 +263,7 @@ class GhlSync:
         else:
             raise RetryLater(None, "GHL contact kept changing during the sync")
         await store.upsert_mapping(conn, ghl_id=ghl_id, aloware_id=body.id, phone=incoming.phone,
-                                   email=incoming.email, direction="aloware_to_ghl",
+                                   email=incoming.email, direction=direction,
                                    aloware_event_at=event_at, ghl_snapshot=after.snapshot())
         return ghl_id, wrote
 

@@ -95,6 +95,7 @@ class SandboxState:
     object_records: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     sequences: dict[str, str] = field(default_factory=dict)
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ghl_custom_fields: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Sandbox:
@@ -339,6 +340,19 @@ def create_sandbox_app(settings: Settings) -> FastAPI:
         list_id = str(next(sandbox.state.aloware_ids))
         sandbox.state.aloware_lists[list_id] = {"id": list_id, "name": spec["name"], "contact_ids": []}
         return JSONResponse(sandbox.state.aloware_lists[list_id])
+
+    @app.post("/_sandbox/ghl/custom-fields")
+    async def ghl_new_custom_field(request: Request) -> JSONResponse:
+        """Define a contact custom field, as a GHL admin would (``name``, ``fieldKey``;
+        optional ``id``, ``dataType``); contacts then carry it as ``{id, value}``."""
+        spec = await request.json()
+        custom_field = {"id": str(spec.get("id") or "cf" + uuid.uuid4().hex[:18]), "name": spec["name"],
+                        "fieldKey": spec.get("fieldKey") or "contact." + spec["name"].lower().replace(" ", "_"),
+                        "dataType": spec.get("dataType", "TEXT"), "model": "contact",
+                        "locationId": settings.ghl_location_id or "sandbox-location",
+                        "position": len(sandbox.state.ghl_custom_fields)}
+        sandbox.state.ghl_custom_fields.append(custom_field)
+        return JSONResponse(custom_field)
 
     @app.get("/_sandbox/ghl/objects/{key}")
     async def ghl_object_records(key: str) -> JSONResponse:
@@ -659,6 +673,11 @@ def _ghl_route(sandbox: Sandbox, method: str, path: str, query: dict[str, str], 
         return _ghl_objects(sandbox, method, parts, body)
     if parts and parts[0] == "conversations":
         return _ghl_conversations(sandbox, method, parts, query, body, location)
+    if len(parts) == 3 and parts[0] == "locations" and parts[2] == "customFields" and method == "GET":
+        if parts[1] != location:
+            return 403, {"statusCode": 403, "message": "The token does not have access to this location"}
+        model = query.get("model") or "contact"
+        return 200, {"customFields": [f for f in state.ghl_custom_fields if model in ("all", f["model"])]}
     if parts == ["users"] and method == "GET":
         return 200, {"users": [{"id": "sbxUserChris", "name": "Chris Rep", "email": "chris.rep@example.com"},
                                {"id": "sbxUserRafi", "name": "Rafi Agent", "email": "rafi.agent@example.com"}]}
@@ -716,7 +735,8 @@ def _ghl_conversations(sandbox: Sandbox, method: str, parts: list[str], query: d
             return 400, {"statusCode": 400, "message": "Conversation not found for the contact"}
         message = {"id": "msg" + uuid.uuid4().hex[:16], "conversationId": conversation["id"],
                    "contactId": body["contactId"], "body": body.get("message"), "direction": body.get("direction"),
-                   "dateAdded": body.get("date") or now, "status": "delivered", "messageType": "TYPE_SMS"}
+                   "dateAdded": body.get("date") or now, "status": "delivered", "messageType": "TYPE_SMS",
+                   "attachments": list(body.get("attachments") or [])}
         state.messages[message["id"]] = message
         return 200, {"success": True, "conversationId": conversation["id"], "messageId": message["id"],
                      "message": "Message added", "contactId": body["contactId"], "dateAdded": now}
