@@ -12,6 +12,11 @@
   second SMS to a person cannot be taken back, and Verity has no lookup by correlationId.
   The ``message_mappings`` row (echo suppression, M-4) is written once the send is known.
   Opted-out numbers are never sent to (O-5a) and GHL is told the message failed.
+  Attachments: Verity's send-message API takes text only (spec/outbound.md §2.4 V1: ``to``,
+  ``body``, ``from``, ``conversationId``, ``correlationId``), so an agent's MMS goes out as
+  its text and the event and ``sync_log`` say ``attachments_dropped``; one with no text at
+  all has nothing Verity could send: it ends ``done`` (skipped, ``attachments_dropped``) and
+  GHL is told it failed, instead of ending ``dead`` as an invalid message.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -46,6 +52,7 @@ SEND_PATH = "/api/integrations/df-middleware/send-message"
 SEND_EFFECT = "verity.send_message"
 # 503 says the server did not take the request (RFC 9110 §15.6.4): safe to send again
 REFUSED_5XX = frozenset({503})
+ATTACHMENTS_DROPPED = "attachments_dropped"
 
 
 class VeritySync:
@@ -117,6 +124,8 @@ class VeritySync:
         common = {"direction": "ghl_to_texting", "entity_type": "message", "source_id": sms.message_id,
                   "started_at": datetime.now(UTC), "correlation_id": str(event.event_id), "attempt": attempt}
         phone = to_e164(sms.phone, self.settings.default_phone_region)
+        if phone and sms.attachments and not (sms.message or "").strip():
+            return await self._attachments_only(sms, common)
         if not phone or not sms.message:
             raise Permanent("provider message without phone or message text")
         key = f"m2:{sms.message_id}"  # GHL's message id: the same on every delivery of this send
@@ -142,7 +151,8 @@ class VeritySync:
             raise OutcomeUnknown(f"send-message for correlationId {sms.message_id} was interrupted; "
                                  "check Verity, then resolve the claim " + key)
         verity_id = await self._send(phone, sms, held)
-        details = {"attachments_dropped": len(sms.attachments)} if sms.attachments else None
+        details = {ATTACHMENTS_DROPPED: len(sms.attachments)} if sms.attachments else None
+        note = ATTACHMENTS_DROPPED if sms.attachments else None
         async with self.engine.begin() as conn:
             await effects.done(conn, key, verity_id)
             now = datetime.now(UTC)
@@ -152,8 +162,21 @@ class VeritySync:
                       "ghl_sync_status": "synced", "updated_at": now}
             await conn.execute(pg_insert(MessageMapping).values(ghl_message_id=sms.message_id, **values)
                                .on_conflict_do_update(index_elements=["ghl_message_id"], set_=values))
-            await store.log_sync(conn, status="success", rule="M-2", target_id=verity_id, details=details, **common)
-        return Outcome("applied")
+            await store.log_sync(conn, status="success", rule="M-2", target_id=verity_id, message=note,
+                                 details=details, **common)
+        return Outcome("applied", note)
+
+    async def _attachments_only(self, sms: ProviderOutboundMessage, common: dict[str, Any]) -> Outcome:
+        """An agent's MMS with no text: nothing Verity's API could send, and a retry cannot
+        change that. GHL is told first (a failed report retries the event before anything is
+        logged), so the agent's message does not stay pending for ever."""
+        await self._report(sms.message_id, "failed", {
+            "code": "attachments_not_supported", "type": "saas",
+            "message": "Attachments cannot be sent through this SMS provider; nothing was sent"})
+        async with self.engine.begin() as conn:
+            await store.log_sync(conn, status="skipped", rule="M-2", message=ATTACHMENTS_DROPPED,
+                                 details={ATTACHMENTS_DROPPED: len(sms.attachments)}, **common)
+        return Outcome("skipped", ATTACHMENTS_DROPPED)
 
     async def _send(self, phone: str, sms: ProviderOutboundMessage, held: effects.Claim) -> str:
         """V1, by the attempt holding the claim. A refusal (4xx, 429, 503, no connection)
