@@ -95,6 +95,7 @@ class SandboxState:
     object_records: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     sequences: dict[str, str] = field(default_factory=dict)
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    appointments: dict[str, dict[str, Any]] = field(default_factory=dict)
     ghl_custom_fields: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -422,6 +423,13 @@ def create_sandbox_app(settings: Settings) -> FastAPI:
             sandbox.provider_id = str(spec["provider_id"])
         return JSONResponse({"ok": True})
 
+    @app.post("/_sandbox/ghl/appointments")
+    async def ghl_new_appointment(request: Request) -> JSONResponse:
+        """An appointment GHL knows (G15 answers it), e.g. ``{"id": …, "contactId": …}``."""
+        appointment = await request.json()
+        sandbox.state.appointments[str(appointment["id"])] = appointment
+        return JSONResponse(appointment)
+
     @app.get("/_sandbox/ghl/conversations")
     async def ghl_conversations() -> JSONResponse:
         return JSONResponse({"conversations": list(sandbox.state.conversations.values()),
@@ -673,6 +681,11 @@ def _ghl_route(sandbox: Sandbox, method: str, path: str, query: dict[str, str], 
         return _ghl_objects(sandbox, method, parts, body)
     if parts and parts[0] == "conversations":
         return _ghl_conversations(sandbox, method, parts, query, body, location)
+    if parts[:3] == ["calendars", "events", "appointments"] and len(parts) == 4 and method == "GET":
+        appointment = state.appointments.get(parts[3])
+        if appointment is None:
+            return 404, {"statusCode": 404, "message": "Appointment not found"}
+        return 200, {"event": appointment}
     if len(parts) == 3 and parts[0] == "locations" and parts[2] == "customFields" and method == "GET":
         if parts[1] != location:
             return 403, {"statusCode": 403, "message": "The token does not have access to this location"}

@@ -16,8 +16,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 SPEC_FILES = ("contacts.json", "users.json", "conversations.json")
-# APIs whose GHL specs are not vendored (custom objects): served, not validated.
-UNVALIDATED_PREFIXES = ("/objects/",)
+# APIs whose GHL specs are not vendored (custom objects, calendars): served, not validated.
+UNVALIDATED_PREFIXES = ("/objects/", "/calendars/")
 # Where GHL's published schema contradicts its own default and examples, the sandbox checks
 # what the API is documented to accept, and says so here.
 SPEC_CORRECTIONS: dict[tuple[str, str, str], dict[str, Any]] = {

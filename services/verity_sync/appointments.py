@@ -5,6 +5,11 @@ created when there is none), then every broadcast that reached the contact gets 
 ``analytics_updated`` event so its figures include the new appointment (dedupe key
 ``broadcast:<id>:analytics_updated:appt:<appointment id>``, so a replay does not multiply
 the work). Failures in these steps are logged and do not fail the event (AP-4).
+
+The contact is the one the webhook names, else the appointment's at GHL, else the one GHL's
+duplicate search finds by the payload's phone, then e-mail (AP-1): workflow webhooks often
+carry only those. Its phone and e-mail come from our mapping, else from GHL; when GHL has no
+such contact either, the payload's own phone and e-mail find the Verity contact.
 """
 
 from __future__ import annotations
@@ -41,6 +46,14 @@ def _dig(payload: dict[str, Any], *paths: str) -> str | None:
     return None
 
 
+def payload_reach(event: WebhookEvent) -> tuple[str | None, str | None]:
+    """AP-1: the phone and e-mail the appointment webhook itself carries (workflow bodies)."""
+    p = event.payload
+    phone = _dig(p, "phone", "contact.phone", "appointment.phone", "body.phone", "data.phone")
+    email = _dig(p, "email", "contact.email", "appointment.email", "body.email", "data.email")
+    return phone, email
+
+
 def appointment_ids(event: WebhookEvent) -> tuple[str | None, str | None]:
     """AP-1: (appointment id, contact id) from the many shapes GHL sends."""
     p = event.payload
@@ -70,7 +83,7 @@ class AppointmentRules:
             return Outcome("skipped", "verity_database_not_configured")
         appointment_id, contact_id = appointment_ids(event)
         try:
-            phone, email = await self._contact(contact_id, appointment_id)
+            contact_id, phone, email = await self._contact(event, contact_id, appointment_id)
             pool = await self.verity_db.pool()
             async with pool.acquire() as verity:
                 verity_contact = await verity.fetchval(
@@ -98,8 +111,10 @@ class AppointmentRules:
                     "SELECT DISTINCT broadcast_id FROM broadcast_recipient WHERE contact_id = $1 "
                     "AND status = ANY($2) ORDER BY broadcast_id", verity_contact, list(REACHED))]
             for broadcast_id in broadcasts:
-                await self._recalculate(broadcast_id, appointment_id or "?", str(contact_id))
+                await self._recalculate(broadcast_id, appointment_id or "?", contact_id or "?")
         except (asyncpg.PostgresError, OSError, Permanent, RetryLater) as exc:  # AP-4: logged, not failed
+            if isinstance(exc, RetryLater) and not exc.counts_as_attempt:
+                raise  # our own GHL budget (burst or daily quota) is empty: wait for it, lose nothing
             log.warning("appointment_link_failed", error=str(exc), appointment_id=appointment_id)
             async with self.engine.begin() as conn:
                 await store.log_sync(conn, status="error", rule="AP", message=str(exc)[:500], **common)
@@ -109,23 +124,31 @@ class AppointmentRules:
                                  details={"broadcasts": broadcasts}, **common)
         return Outcome("applied")
 
-    async def _contact(self, contact_id: str | None, appointment_id: str | None) -> tuple[str | None, str | None]:
-        """Phone and e-mail from our mapping, else from GHL (resolving the contact through
-        the appointment when the webhook does not name it)."""
+    async def _contact(self, event: WebhookEvent, contact_id: str | None, appointment_id: str | None
+                       ) -> tuple[str | None, str | None, str | None]:
+        """AP-1/AP-2: (GHL contact id, phone, e-mail). The contact is the webhook's, else the
+        appointment's at GHL, else GHL's duplicate by the payload's phone, then e-mail; its
+        phone and e-mail from our mapping, else from GHL, else the payload's own."""
+        phone, email = payload_reach(event)
+        phone = to_e164(phone, self.settings.default_phone_region) if phone else None
         if contact_id is None and appointment_id and self.ghl is not None:
             contact_id = await self.ghl.appointment_contact(appointment_id)
+        if contact_id is None and self.ghl is not None:
+            contact_id = await self.ghl.find_duplicate(phone=phone) if phone else None
+            if contact_id is None and email:
+                contact_id = await self.ghl.find_duplicate(email=email)
         if contact_id is None:
-            raise Permanent("no contact id in the appointment")
+            if phone or email:  # GHL does not know them: the appointment's own details
+                return None, phone, email
+            raise Permanent("no contact id, phone or e-mail in the appointment")
         async with self.engine.connect() as conn:
             mapping = await store.mapping_by_ghl(conn, contact_id)
         if mapping is not None and (mapping.phone_number or mapping.email):
-            return mapping.phone_number, mapping.email
-        if self.ghl is None:
-            return None, None
-        contact = await self.ghl.get_contact(contact_id)
+            return contact_id, mapping.phone_number, mapping.email
+        contact = await self.ghl.get_contact(contact_id) if self.ghl is not None else None
         if contact is None:
-            return None, None
-        return to_e164(contact.phone, self.settings.default_phone_region), contact.email
+            return contact_id, phone, email
+        return contact_id, to_e164(contact.phone, self.settings.default_phone_region), contact.email
 
     async def _recalculate(self, broadcast_id: str, appointment_id: str, contact_id: str) -> None:
         """AP-3: an analytics event for the broadcast, published like an accepted webhook."""
