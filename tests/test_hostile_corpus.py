@@ -19,6 +19,7 @@ import httpx
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from services.clients.ghl_oauth import sign_state
 from services.common.signing import basic_auth, ghl_ed25519_signature, hmac_hex, load_private_key
 from tests.conftest import TEST_SECRETS, load_fixture
 from tests.jobs_rig import fetch
@@ -155,7 +156,7 @@ async def test_every_hostile_input_is_refused_or_reaches_a_terminal_state(
     random.Random(0).shuffle(cases)
     accepted: list[tuple[dict[str, Any], str, str]] = []
     async with running_pipeline(settings_) as p:
-        installed = await p.ingress.get("/leadconnector/oauth", params={"code": "code-test", "state": "x"})
+        installed = await p.ingress.get("/leadconnector/oauth", params={"code": "code-test", "state": sign_state(settings_)})
         assert installed.status_code == 200, installed.text  # texts reach GHL conversations
         for case in cases:
             source, endpoint, raw = build(case)
@@ -210,7 +211,7 @@ async def test_a_value_postgresql_refuses_in_a_consumer_ends_dead_at_once(
     SQLSTATE on the first attempt instead of after the whole retry budget."""
     settings_ = pipeline_settings(base_env, tmp_path)  # RETRY_MAX_ATTEMPTS stays at 11
     async with running_pipeline(settings_) as p:
-        installed = await p.ingress.get("/leadconnector/oauth", params={"code": "code-test", "state": "x"})
+        installed = await p.ingress.get("/leadconnector/oauth", params={"code": "code-test", "state": sign_state(settings_)})
         assert installed.status_code == 200, installed.text
         ids = []
         incompressible = "".join(random.Random(3).choices("abcdefghijklmnopqrstuvwxyz0123456789", k=6000))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.commands import ReplayRequested
-from services.clients.ghl_oauth import GhlOAuth
+from services.clients.ghl_oauth import GhlOAuth, sign_state
 from services.common.db.session import create_engine
 from tests.conftest import load_fixture
 from tests.jobs_rig import execute, fetch, running_jobs
@@ -19,7 +19,7 @@ from tests.test_activity import send_texting
 
 
 async def install(p: Pipeline) -> None:
-    answer = await p.ingress.get("/leadconnector/oauth", params={"code": "code-test", "state": "x"})
+    answer = await p.ingress.get("/leadconnector/oauth", params={"code": "code-test", "state": sign_state(p.settings)})
     assert answer.status_code == 200, answer.text
     assert answer.json()["success"] is True
 
@@ -46,8 +46,8 @@ async def test_install_callback_answers_and_stores_tokens_encrypted(
         assert denied.status_code == 400 and denied.json()["error"] == "access_denied"
         missing = await p.ingress.get("/leadconnector/oauth")
         assert missing.status_code == 400 and missing.json()["error"] == "missing_code"
-        bad = await p.ingress.get("/leadconnector/oauth", params={"code": "not-a-code"})
-        assert bad.status_code == 500 and bad.json()["error"] == "token_exchange_failed"
+        bad = await p.ingress.get("/leadconnector/oauth", params={"code": "not-a-code", "state": sign_state(settings)})
+        assert bad.status_code == 400 and bad.json()["error"] == "token_exchange_failed"
         await install(p)
         [row] = await fetch(clean_db, "SELECT * FROM ghl_oauth_tokens")
         assert row["location_id"] == settings.ghl_location_id

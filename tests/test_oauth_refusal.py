@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.clients.ghl_oauth import GhlOAuth, TokenCipher
+from services.clients.ghl_oauth import GhlOAuth, TokenCipher, sign_state
 from services.common.db.session import create_engine
 from services.common.errors import Permanent
 from services.common.settings import Settings
@@ -59,7 +59,7 @@ async def test_a_refused_refresh_marks_needs_reinstall_and_fails_at_once_then_re
         sandbox = await stack.enter_async_context(httpx.AsyncClient(base_url=sandbox_url, timeout=10))
         ingress_url = await stack.enter_async_context(running_ingress(settings))
         ingress = await stack.enter_async_context(httpx.AsyncClient(base_url=ingress_url, timeout=10))
-        assert (await ingress.get("/leadconnector/oauth", params={"code": "code-1"})).status_code == 200
+        assert (await ingress.get("/leadconnector/oauth", params={"code": "code-1", "state": sign_state(settings)})).status_code == 200
         await use_up_refresh_token(settings, sandbox, clean_db)
         before = await token_calls(sandbox)
 
@@ -81,7 +81,7 @@ async def test_a_refused_refresh_marks_needs_reinstall_and_fails_at_once_then_re
         assert await token_calls(sandbox) - before == 1
 
         async with asyncio.timeout(BOUND_S):  # the install callback is not blocked and repairs it
-            reinstalled = await ingress.get("/leadconnector/oauth", params={"code": "code-2"})
+            reinstalled = await ingress.get("/leadconnector/oauth", params={"code": "code-2", "state": sign_state(settings)})
         assert reinstalled.status_code == 200 and reinstalled.json()["locationId"] == location
         [row] = await fetch(clean_db, "SELECT needs_reinstall, last_refresh_error FROM ghl_oauth_tokens")
         assert row["needs_reinstall"] is False and row["last_refresh_error"] is None

@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.ingress.run import cpu_seconds, js_publish_rate, pg_insert_rate, wait_http
 from bench.procs import Processes
+from services.clients.ghl_oauth import sign_state
 from services.common.broker import prepare_topology
 from services.common.db import migrate
 from services.common.db.session import sync_url
@@ -303,7 +304,7 @@ def main() -> int:
             for _ in range(args.replicas if service != "recorder" else 1):
                 start(service)
         wait_http(f"http://127.0.0.1:{ingress_port}/api/health", start("ingress"))
-        answer = httpx.get(f"http://127.0.0.1:{ingress_port}/leadconnector/oauth", params={"code": "code-bench"})
+        answer = httpx.get(f"http://127.0.0.1:{ingress_port}/leadconnector/oauth", params={"code": "code-bench", "state": sign_state(settings)})
         assert answer.status_code == 200, answer.text
         time.sleep(2)  # consumers bind to their durables
         raw = asyncio.run(raw_limits(nats_server.url, pg.url(), sandbox))

@@ -11,13 +11,26 @@ that holds the row lock and committed before the error is raised (written from a
 connection it waited for that very lock for ever: security-audit F2), so the workers queued
 behind the lock see it at once and fail without calling GHL, and the install callback, which
 upserts the same row, is not blocked.
+
+Installs (OA-7, security-audit F12): the location is taken only from GHL's token response
+and must be one this deployment serves (``allowed_locations``), so someone holding an
+authorization code for their own location cannot replace our location's tokens. The
+callback accepts a code only with a ``state`` we signed (``sign_state``) within
+``GHL_OAUTH_STATE_TTL_S``, unless ``GHL_OAUTH_ALLOW_INSTALL_WITHOUT_STATE`` admits installs
+started from the Marketplace, which carry none.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlencode
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import select, update
@@ -33,6 +46,7 @@ from services.common.settings import Settings
 log = get_logger(__name__)
 REFRESH_MARGIN = timedelta(minutes=5)
 DEFAULT_EXPIRES_IN_S = 86_399
+STATE_FUTURE_SKEW_S = 60  # clocks of the ingress replicas that sign and verify may differ a little
 
 
 class TokenCipher:
@@ -66,10 +80,97 @@ class TokenRefused(Permanent):
         self.error = error
 
 
+class LocationNotAllowed(Permanent):
+    """The token response names no location, or one this deployment does not serve: the
+    tokens are dropped and nothing is stored."""
+
+    def __init__(self, location_id: str | None) -> None:
+        super().__init__(f"the token response is for location {location_id or '(none)'}, not an allowed one")
+        self.location_id = location_id
+
+
+StateProblem = Literal["missing_state", "invalid_state", "expired_state"]
+
+
+class InvalidState(Exception):
+    """The callback's ``state`` is absent, not signed by us, or too old (answered 400)."""
+
+    def __init__(self, reason: StateProblem) -> None:
+        super().__init__(reason)
+        self.reason: StateProblem = reason
+
+
 @dataclass(frozen=True)
 class Installation:
     location_id: str
     company_id: str | None
+
+
+def allowed_locations(settings: Settings) -> list[str]:
+    """The locations whose tokens an install may store: ``GHL_OAUTH_ALLOWED_LOCATIONS``, else
+    ``GHL_LOCATION_ID``, else none (then no install is possible: the app is not configured)."""
+    if settings.ghl_oauth_allowed_locations:
+        return list(settings.ghl_oauth_allowed_locations)
+    return [settings.ghl_location_id] if settings.ghl_location_id else []
+
+
+def _state_key(settings: Settings) -> bytes:
+    """``GHL_OAUTH_STATE_KEY``, else a key derived from ``GHL_CLIENT_SECRET`` (never the
+    secret itself: a state is public)."""
+    if settings.ghl_oauth_state_key is not None:
+        return settings.ghl_oauth_state_key.get_secret_value().encode()
+    if settings.ghl_client_secret is None:
+        raise Permanent("GHL_OAUTH_STATE_KEY or GHL_CLIENT_SECRET is needed to sign install states")
+    return hmac.new(settings.ghl_client_secret.get_secret_value().encode(), b"dfm-ghl-oauth-state-key",
+                    hashlib.sha256).digest()
+
+
+def _state_mac(key: bytes, payload: str) -> str:
+    digest = hmac.new(key, b"dfm-ghl-install:" + payload.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def sign_state(settings: Settings, *, now: float | None = None) -> str:
+    """A ``state`` for an install we start: ``<unix time>.<nonce>.<HMAC>``. ``dfm up``, the
+    bench and the tests sign one the same way before calling the callback."""
+    payload = f"{int(time.time() if now is None else now)}.{secrets.token_urlsafe(12)}"
+    return f"{payload}.{_state_mac(_state_key(settings), payload)}"
+
+
+def verify_state(settings: Settings, state: str | None, *, now: float | None = None) -> None:
+    """Raise ``InvalidState`` unless ``state`` is one of ours, signed at most
+    ``GHL_OAUTH_STATE_TTL_S`` ago. The signature is checked first, so a forged state is
+    ``invalid_state`` whatever time it claims."""
+    if not state:
+        raise InvalidState("missing_state")
+    issued, _, rest = state.partition(".")
+    nonce, _, mac = rest.partition(".")
+    if not (issued.isdigit() and nonce and mac):
+        raise InvalidState("invalid_state")
+    expected = _state_mac(_state_key(settings), f"{issued}.{nonce}")
+    if not hmac.compare_digest(mac.encode(), expected.encode()):
+        raise InvalidState("invalid_state")
+    age = (time.time() if now is None else now) - int(issued)
+    if age < -STATE_FUTURE_SKEW_S:
+        raise InvalidState("invalid_state")
+    if age > settings.ghl_oauth_state_ttl_s:
+        raise InvalidState("expired_state")
+
+
+def redirect_uri(settings: Settings) -> str | None:
+    """Where GHL sends the installer back: ``GHL_OAUTH_REDIRECT_URI``, else ``BASE_URL``'s
+    callback path."""
+    if settings.ghl_oauth_redirect_uri:
+        return settings.ghl_oauth_redirect_uri
+    return f"{settings.base_url.rstrip('/')}/leadconnector/oauth" if settings.base_url else None
+
+
+def install_url(settings: Settings, state: str) -> str:
+    """GHL's location chooser for our app, carrying ``state`` (reference/ghl/docs/oauth/
+    Authorization.md §3)."""
+    query = {"response_type": "code", "redirect_uri": redirect_uri(settings) or "",
+             "client_id": settings.ghl_client_id or "", "scope": settings.ghl_oauth_scopes, "state": state}
+    return f"{settings.ghl_oauth_authorize_url}?{urlencode(query)}"
 
 
 class GhlOAuth:
@@ -131,15 +232,19 @@ class GhlOAuth:
         log.info("ghl_oauth_refreshed", location_id=location_id)
         return str(data["access_token"])
 
-    async def install(self, code: str, state: str | None) -> Installation:
-        """OA-7: exchange an authorization code and store the location's tokens."""
+    async def install(self, code: str) -> Installation:
+        """OA-7: exchange an authorization code and store the location's tokens, when GHL's
+        answer names an allowed location (``LocationNotAllowed`` otherwise; nothing stored).
+        The spec's fallback to ``state`` for the location is gone: ``state`` is the caller's
+        to choose, so it let anyone pick whose row their tokens overwrite."""
         form = {"grant_type": "authorization_code", "code": code}
         if self.settings.ghl_oauth_redirect_uri:
             form["redirect_uri"] = self.settings.ghl_oauth_redirect_uri
         data = await self._token_call(form)
-        location_id = str(data.get("locationId") or data.get("location_id") or state or "").strip()
-        if not location_id:
-            raise ValueError("the token response names no location")
+        location_id = str(data.get("locationId") or data.get("location_id") or "").strip()
+        if location_id not in allowed_locations(self.settings):
+            log.warning("ghl_oauth_install_location_refused", location_id=location_id or None)
+            raise LocationNotAllowed(location_id or None)
         values = self._row_values(data, keep_refresh=None)
         async with self.engine.begin() as conn:
             await conn.execute(pg_insert(GhlOauthToken).values(location_id=location_id, **values)
@@ -193,4 +298,5 @@ def new_key() -> str:
     return Fernet.generate_key().decode()
 
 
-__all__ = ["GhlOAuth", "Installation", "TokenCipher", "TokenRefused", "new_key"]
+__all__ = ["GhlOAuth", "Installation", "InvalidState", "LocationNotAllowed", "TokenCipher", "TokenRefused",
+           "allowed_locations", "install_url", "new_key", "redirect_uri", "sign_state", "verify_state"]

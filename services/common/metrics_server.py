@@ -1,6 +1,7 @@
-"""Prometheus ``/metrics`` for processes without an HTTP app of their own (the consumers,
-jobs, scheduler), on ``METRICS_PORT`` (0 disables). The ingress and the gateway serve
-``/metrics`` on their own port."""
+"""Prometheus ``/metrics`` on ``METRICS_PORT`` (0 disables) for processes without an HTTP app
+of their own (the consumers, jobs, scheduler) and for the ingress in production, whose public
+port must not show it (security-audit F21; in development the ingress keeps ``/metrics`` on
+its own port). The gateway serves ``/metrics`` on its own port."""
 
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -235,6 +236,11 @@ class Settings(BaseSettings):
     )
     sandbox_port: int = Field(default=3099, ge=1, le=65535)
     metrics_port: int = Field(default=9464, ge=0, le=65535)
+    ingress_limit_concurrency: int = Field(
+        default=256, ge=1, le=100_000, description="connections plus requests in progress per ingress process; "
+        "beyond it uvicorn answers 503 (each may buffer up to WEBHOOK_MAX_BODY_BYTES)")
+    ingress_docs_enabled: bool | None = Field(
+        default=None, description="/docs, /redoc and /openapi.json on the ingress (default: on outside production)")
 
     # --- GHL --------------------------------------------------------------------------------
     ghl_api_key: SecretStr | None = None
@@ -246,6 +252,21 @@ class Settings(BaseSettings):
     ghl_client_id: str | None = None
     ghl_client_secret: SecretStr | None = None
     ghl_oauth_redirect_uri: str | None = None
+    # the install callback (services/ingress/oauth_route.py; security-audit F12)
+    ghl_oauth_state_key: SecretStr | None = Field(
+        default=None, description="HMAC key signing the install `state` (default: derived from GHL_CLIENT_SECRET)")
+    ghl_oauth_state_ttl_s: int = Field(
+        default=900, ge=60, le=86_400, description="how long an install started at /leadconnector/oauth/start may take")
+    ghl_oauth_allow_install_without_state: bool = Field(
+        default=False, description="accept installs started from the Marketplace, which carry no state of ours "
+        "(the location must still be allowed)")
+    ghl_oauth_allowed_locations: CsvList = Field(
+        default_factory=list, description="locations whose tokens the install callback stores (default: GHL_LOCATION_ID)")
+    ghl_oauth_rate_limit_max: int = Field(
+        default=20, ge=1, description="install callbacks per client address per 15 minutes")
+    ghl_oauth_authorize_url: str = "https://marketplace.gohighlevel.com/v2/oauth/chooselocation"
+    ghl_oauth_scopes: str = ("conversations.readonly conversations.write conversations/message.readonly "
+                             "conversations/message.write")
     dfm_token_key: SecretList = Field(
         default_factory=list,
         description="Fernet key(s) encrypting OAuth tokens at rest; the first encrypts, all decrypt")
@@ -287,12 +308,16 @@ class Settings(BaseSettings):
     verity_base_url: str | None = None
     verity_api_key: SecretStr | None = None
     verity_webhook_secret: SecretList = Field(default_factory=list)
+    verity_forward_secret: SecretStr | None = Field(
+        default=None, description="sent as X-Middleware-Secret on the F-1 forward to Verity; outside production "
+        "VERITY_WEBHOOK_SECRET stands in (with a warning), in production nothing does")
     verity_database_url: str | None = None
     verity_catalog_path: str | None = None
     verity_proxy_timeout_s: float = Field(default=60, gt=0)
     texting_sync_to_aloware: FlagTrue = False
-    texting_accept_plain_secret: bool = True
-    broadcast_accept_plain_secret: bool = True
+    # the plain shared-secret header: a static bearer (security-audit F13); default on outside production
+    texting_accept_plain_secret: bool | None = Field(default=None, description="default: on outside production")
+    broadcast_accept_plain_secret: bool | None = Field(default=None, description="default: on outside production")
     clerk_secret_key: SecretStr | None = None
     clerk_service_user_id: str | None = None
     clerk_authorized_parties: CsvList = Field(default_factory=list)
@@ -307,7 +332,12 @@ class Settings(BaseSettings):
     df_admin_secret: SecretList = Field(default_factory=list)
     x_df_jobs_secret: SecretList = Field(default_factory=list)
     dfm_insecure_allow_unsigned: CsvList = Field(default_factory=list)
+    dfm_allow_insecure_in_production: CsvList = Field(
+        default_factory=list, description="insecure switches (INSECURE_SWITCHES) a production process accepts")
     webhook_max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+    webhook_body_read_timeout_s: float = Field(
+        default=10, gt=0, le=300, description="longest time to receive a webhook body; then 408 (the body is "
+        "buffered before authentication, so a slow one must not hold its worker for ever)")
     # the consumers' envelope parser refuses more than 200 levels and the envelope adds its own
     webhook_max_json_depth: int = Field(default=64, ge=2, le=190,
                                         description="deepest JSON nesting a webhook body may have")
@@ -382,6 +412,43 @@ class Settings(BaseSettings):
     def _trim(cls, value: Any) -> Any:
         return value.strip() if isinstance(value, str) else value
 
+    @field_validator("texting_accept_plain_secret", "broadcast_accept_plain_secret", "ingress_docs_enabled",
+                     mode="before")
+    @classmethod
+    def _on_unless_production(cls, value: Any, info: ValidationInfo) -> Any:
+        """Unset: on for development and tests (``dfm up``, the suite), off in production; so
+        after validation the value is a bool, never None."""
+        if value is None:
+            return info.data.get("node_env") != "production"
+        return value
+
+    def insecure_switches(self) -> dict[str, str]:
+        """The insecure switches this configuration sets: variable name → its value."""
+        found: dict[str, str] = {}
+        if self.dfm_insecure_allow_unsigned:
+            found["DFM_INSECURE_ALLOW_UNSIGNED"] = ",".join(self.dfm_insecure_allow_unsigned)
+        if self.ghl_webhook_verify_mode == "log_only":
+            found["GHL_WEBHOOK_VERIFY_MODE"] = self.ghl_webhook_verify_mode
+        return found
+
+    def refuse_insecure_in_production(self) -> None:
+        """Raise ``ConfigError`` for an insecure switch under ``NODE_ENV=production`` that
+        ``DFM_ALLOW_INSECURE_IN_PRODUCTION`` does not name (security-audit F15): a debugging
+        switch left in a production environment opened the endpoint that sends SMS, and
+        showed nowhere. The override names each switch, so accepting one is never accepting
+        the next one someone sets."""
+        accepted = {name.upper() for name in self.dfm_allow_insecure_in_production}
+        unknown = sorted(accepted - set(INSECURE_SWITCHES))
+        if unknown:
+            raise ConfigError(f"DFM_ALLOW_INSECURE_IN_PRODUCTION is malformed: {unknown[0]} is not an insecure "
+                              f"switch, expected some of {', '.join(INSECURE_SWITCHES)}")
+        if self.node_env != "production":
+            return
+        for name, value in self.insecure_switches().items():
+            if name not in accepted:
+                raise ConfigError(f"{name}={value} is refused under NODE_ENV=production: unset it, or name it in "
+                                  "DFM_ALLOW_INSECURE_IN_PRODUCTION to accept the risk")
+
     # --------------------------------------------------------------------------------------
     def require(self, *names: str) -> None:
         """Raise ``ConfigError`` naming the first of ``names`` that is unset or empty."""
@@ -412,6 +479,10 @@ class Settings(BaseSettings):
         assert self.database_url is not None
         return self.database_url
 
+
+# Settings that switch authentication off; refused in production unless named in
+# DFM_ALLOW_INSECURE_IN_PRODUCTION (Settings.refuse_insecure_in_production).
+INSECURE_SWITCHES = ("DFM_INSECURE_ALLOW_UNSIGNED", "GHL_WEBHOOK_VERIFY_MODE")
 
 REQUIRED_HINTS: dict[str, str] = {
     "database_url": "a PostgreSQL URL such as postgresql://user:pass@host:5432/dbname",
@@ -457,8 +528,12 @@ def _describe(error: dict[str, Any]) -> str:
 
 def load_settings(env_file: str | None = None, **overrides: Any) -> Settings:
     """Build ``Settings`` from the environment (and ``env_file``, which the environment
-    overrides), turning validation errors into one line."""
+    overrides), turning validation errors into one line. A production configuration with an
+    insecure switch it does not accept explicitly is refused here, so every entry point
+    refuses it the same way."""
     try:
-        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        settings = Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
         raise ConfigError(_describe(exc.errors()[0])) from None
+    settings.refuse_insecure_in_production()
+    return settings

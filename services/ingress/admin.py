@@ -2,7 +2,10 @@
 
 Admin: ``X-DF-ADMIN-SECRET`` or ``Authorization: Bearer``, compared in constant time with
 every value of ``DF_ADMIN_SECRET``. Jobs: ``X-DF-Jobs-Secret`` or ``Authorization: Bearer``
-against ``X_DF_JOBS_SECRET``. Missing or wrong → 401 JSON. State changes are done through
+against ``X_DF_JOBS_SECRET``. Missing or wrong → 401 JSON; after ``ADMIN_RATE_LIMIT_MAX``
+failures from one address in 15 minutes every attempt from it is 429 until the oldest failure
+is 15 minutes old, the right secret too (otherwise guessing would simply go on between the
+refusals). State changes are done through
 ``services.common.operations``; work that takes time (replays, sweeps) is queued on the JOBS
 stream for the jobs service and answered at once.
 """
@@ -41,6 +44,7 @@ from services.common.operations import (
 )
 from services.common.settings import Settings
 from services.common.signing import secret_matches
+from services.ingress.limits import SlidingWindow, client_address
 
 log = get_logger(__name__)
 
@@ -59,6 +63,20 @@ class Unauthorized(Exception):
         self.reason = reason
 
 
+class Throttled(Exception):
+    """429: too many failed attempts from this address; try again after ``retry_after`` s."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(retry_after)
+        self.retry_after = retry_after
+
+
+def throttled_response(_: Request, exc: Exception) -> JSONResponse:
+    retry_after = exc.retry_after if isinstance(exc, Throttled) else 60
+    return JSONResponse({"error": "Too Many Requests", "reason": "too many failed attempts"}, status_code=429,
+                        headers={"Retry-After": str(retry_after)})
+
+
 def unauthorized_response(_: Request, exc: Exception) -> JSONResponse:
     reason = exc.reason if isinstance(exc, Unauthorized) else "unauthorized"
     return JSONResponse({"error": "Unauthorized", "reason": reason}, status_code=401,
@@ -75,10 +93,16 @@ def _given_secret(request: Request, header: str) -> str | None:
     return None
 
 
-def _guard(secrets: Sequence[SecretStr], header: str, realm: str) -> Any:
+def _guard(secrets: Sequence[SecretStr], header: str, realm: str, failures: SlidingWindow) -> Any:
     async def check(request: Request) -> str:
+        address = client_address(request)
+        retry_after = failures.retry_after(address)
+        if retry_after is not None:
+            log.warning("unauthorized_throttled", realm=realm, path=request.url.path)
+            raise Throttled(retry_after)
         given = _given_secret(request, header)
         if not secrets or given is None or not secret_matches(given, secrets):
+            failures.hit(address)
             log.warning("unauthorized", realm=realm, path=request.url.path,
                         reason="missing_credentials" if given is None else "bad_credentials")
             raise Unauthorized("missing credentials" if given is None else "bad credentials")
@@ -105,6 +129,17 @@ class ErrorBody(BaseModel):
 class UnauthorizedBody(BaseModel):
     error: Literal["Unauthorized"]
     reason: str
+
+
+class ThrottledBody(BaseModel):
+    error: Literal["Too Many Requests"]
+    reason: str
+
+
+GUARDED: dict[int | str, dict[str, Any]] = {
+    401: {"model": UnauthorizedBody, "description": "missing or bad credentials"},
+    429: {"model": ThrottledBody, "description": "too many failed attempts from this address; see Retry-After"},
+}
 
 
 class ValidationErrors(BaseModel):
@@ -159,10 +194,19 @@ def _not_a_number(value: Any) -> Any:
 IsoDateTime = Annotated[datetime, BeforeValidator(_not_a_number)]
 
 
-def admin_router(settings: Settings, engine: AsyncEngine, commands: CommandPublisher) -> APIRouter:
-    """The admin and jobs routes, bound to one engine and one command publisher."""
-    admin = Depends(_guard(settings.df_admin_secret, "x-df-admin-secret", "admin"))
-    jobs = Depends(_guard(settings.x_df_jobs_secret, "x-df-jobs-secret", "jobs"))
+def admin_guard(settings: Settings, failures: SlidingWindow) -> Any:
+    """The dependency of a route for operators (``DF_ADMIN_SECRET``), counting failures in
+    ``failures``."""
+    return Depends(_guard(settings.df_admin_secret, "x-df-admin-secret", "admin", failures))
+
+
+def admin_router(settings: Settings, engine: AsyncEngine, commands: CommandPublisher,
+                 failures: SlidingWindow | None = None) -> APIRouter:
+    """The admin and jobs routes, bound to one engine and one command publisher; failed
+    attempts of both secrets count in ``failures`` (per address, ``ADMIN_RATE_LIMIT_MAX``)."""
+    failures = failures or SlidingWindow(settings.admin_rate_limit_max)
+    admin = admin_guard(settings, failures)
+    jobs = Depends(_guard(settings.x_df_jobs_secret, "x-df-jobs-secret", "jobs", failures))
     def vendors_configured() -> bool:
         return bool(settings.ghl_api_key and settings.ghl_location_id and settings.aloware_api_token)
 
@@ -179,7 +223,7 @@ def admin_router(settings: Settings, engine: AsyncEngine, commands: CommandPubli
             await ghl.aclose()
             await alo.aclose()
 
-    router = APIRouter(responses={401: {"model": UnauthorizedBody, "description": "missing or bad credentials"}})
+    router = APIRouter(responses=GUARDED)
 
     @router.get("/api/admin/events", dependencies=[admin], summary="list events (cursor pagination)",
                 responses=errors(422))

@@ -30,7 +30,13 @@ from services.common.db.session import create_engine
 from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.ingress import metrics
-from services.ingress.admin import Unauthorized, admin_router, unauthorized_response
+from services.ingress.admin import (
+    Throttled,
+    Unauthorized,
+    admin_router,
+    throttled_response,
+    unauthorized_response,
+)
 from services.ingress.auth import (
     AuthFailure,
     GhlVerifier,
@@ -51,6 +57,7 @@ from services.ingress.classify import (
     classify_provider,
     classify_texting,
 )
+from services.ingress.limits import SlidingWindow
 from services.ingress.oauth_route import oauth_router
 from services.ingress.publisher import Accepted, Duplicate, EventPublisher, TooLarge
 
@@ -65,6 +72,7 @@ WEBHOOK_BODY_DOC: dict[str, Any] = {
         "200": {"description": "accepted, duplicate or ignored"},
         "400": {"description": "invalid JSON"},
         "401": {"description": "bad credentials"},
+        "408": {"description": "the body did not arrive within WEBHOOK_BODY_READ_TIMEOUT_S"},
         "413": {"description": "body too large"},
         "422": {"description": "missing required fields"},
         "429": {"description": "not durable now (GHL); retry after Retry-After"},
@@ -72,24 +80,37 @@ WEBHOOK_BODY_DOC: dict[str, Any] = {
     },
 }
 RETRY_AFTER_S = "60"
+READINESS_CACHE_S = 1.0
 
 
 class BodyTooLarge(Exception):
     """The request body exceeds ``WEBHOOK_MAX_BODY_BYTES``."""
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refusing more than ``limit`` bytes without reading it all (C2)."""
+class BodyTooSlow(Exception):
+    """The request body did not arrive within ``WEBHOOK_BODY_READ_TIMEOUT_S``."""
+
+
+async def read_body(request: Request, limit: int, deadline_s: float) -> bytes:
+    """The raw body, refusing more than ``limit`` bytes without reading it all (C2), and a
+    body that takes longer than ``deadline_s`` in all: it is buffered before authentication
+    (signatures cover it), so without a deadline anyone could hold a worker and up to
+    ``limit`` bytes of memory per connection for ever by sending a byte now and then
+    (security-audit F10; uvicorn's timeouts cover idle keep-alive connections only)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(deadline_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTooSlow from None
     return b"".join(chunks)
 
 
@@ -106,13 +127,51 @@ def _rejected(http_status: int, metric: str, error: str) -> tuple[str, JSONRespo
 UNAVAILABLE = {"success": False, "status": "unavailable", "error": "try_again_later"}
 
 
+class Readiness:
+    """The expensive readiness probes (a query, a JetStream API call), run by at most one
+    caller at a time and reused for ``READINESS_CACHE_S``, on an engine of their own with one
+    connection: the public probe used to borrow from the pool the outbox needs exactly when
+    NATS is down, so a flood of health requests turned webhooks into 429/503 (security-audit
+    F10), and each request cost a database round trip."""
+
+    def __init__(self, publisher: EventPublisher, engine: Any) -> None:
+        self.publisher = publisher
+        self.engine = engine
+        self._cached: tuple[float, dict[str, str]] | None = None
+        self._running: asyncio.Task[dict[str, str]] | None = None
+
+    async def checks(self) -> dict[str, str]:
+        """``database`` and ``stream``, at most ``READINESS_CACHE_S`` old."""
+        if self._cached is not None and time.monotonic() - self._cached[0] < READINESS_CACHE_S:
+            return self._cached[1]
+        if self._running is None or self._running.done():
+            self._running = asyncio.create_task(self._probe())
+        return await asyncio.shield(self._running)  # one caller giving up does not cancel the others'
+
+    async def _probe(self) -> dict[str, str]:
+        metrics.READINESS_PROBES.inc()
+        checks: dict[str, str] = {}
+        try:
+            async with asyncio.timeout(2):
+                async with self.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:  # any failure of the probe is a failed check, reported
+            checks["database"] = f"error: {type(exc).__name__}"
+        checks["stream"] = "ok" if await self.publisher.stream_present() else "error: missing"
+        self._cached = (time.monotonic(), checks)
+        return checks
+
+
 class Ingress:
     """Request handling with its dependencies made explicit (no module globals)."""
 
-    def __init__(self, settings: Settings, publisher: EventPublisher, engine: Any) -> None:
+    def __init__(self, settings: Settings, publisher: EventPublisher, engine: Any,
+                 readiness: Readiness | None = None) -> None:
         self.settings = settings
         self.publisher = publisher
         self.engine = engine
+        self.readiness = readiness or Readiness(publisher, engine)
         self.ghl_verifier = GhlVerifier.from_settings(settings)
         self.draining = False
 
@@ -149,9 +208,12 @@ class Ingress:
         classify: Callable[[dict[str, Any]], Classification],
     ) -> tuple[str, JSONResponse]:
         try:
-            body = await read_body(request, self.settings.webhook_max_body_bytes)
+            body = await read_body(request, self.settings.webhook_max_body_bytes,
+                                   self.settings.webhook_body_read_timeout_s)
         except BodyTooLarge:
             return _rejected(413, "too_large", "body_too_large")
+        except BodyTooSlow:
+            return _rejected(408, "too_slow", "body_read_timeout")
         try:
             auth = authenticate(request, body)
         except AuthFailure as failure:
@@ -255,7 +317,7 @@ class Ingress:
             self.settings, request.headers, body, source="texting",
             signature_headers=("x-texting-signature", "x-signature"),
             plain_header="x-texting-secret",
-            accept_plain=self.settings.texting_accept_plain_secret,
+            accept_plain=bool(self.settings.texting_accept_plain_secret),
         )
 
     def auth_broadcast(self, request: Request, body: bytes) -> AuthInfo:
@@ -263,7 +325,7 @@ class Ingress:
             self.settings, request.headers, body, source="broadcast",
             signature_headers=("x-broadcast-signature", "x-signature"),
             plain_header="x-df-broadcast-secret",
-            accept_plain=self.settings.broadcast_accept_plain_secret,
+            accept_plain=bool(self.settings.broadcast_accept_plain_secret),
         )
 
     def classify_ghl(self, payload: dict[str, Any]) -> Classification:
@@ -279,18 +341,27 @@ class Ingress:
         return classify_broadcast(payload, received_at=datetime.now(UTC))
 
     # --- health --------------------------------------------------------------------------
+    def security(self) -> dict[str, Any]:
+        """What authentication runs with, for operators (security-audit F15): a switch that
+        opens a door must be visible where readiness is looked at."""
+        s = self.settings
+        plain = {"texting": s.texting_accept_plain_secret, "broadcast": s.broadcast_accept_plain_secret}
+        return {
+            "mode": s.node_env,
+            "verify_mode": s.ghl_webhook_verify_mode,
+            "insecure_sources": list(s.dfm_insecure_allow_unsigned),
+            "insecure_overrides": sorted({name.upper() for name in s.dfm_allow_insecure_in_production}),
+            "plain_secret_sources": [source for source, on in plain.items() if on and s.verity_webhook_secret],
+            "ghl_keys": {"ed25519": len(self.ghl_verifier.ed25519_keys), "rsa": len(self.ghl_verifier.rsa_keys)},
+        }
+
     async def health(self) -> tuple[int, dict[str, Any]]:
-        """Readiness: PostgreSQL, NATS, stream, configured sources (spec §7.1)."""
-        checks: dict[str, Any] = {}
-        try:
-            async with asyncio.timeout(2):
-                async with self.engine.connect() as conn:
-                    await conn.execute(text("SELECT 1"))
-            checks["database"] = "ok"
-        except Exception as exc:  # any failure of the probe is a failed check, reported
-            checks["database"] = f"error: {type(exc).__name__}"
+        """Readiness: PostgreSQL, NATS, stream, configured sources (spec §7.1). The probes
+        are ``Readiness``'s (cached); NATS's connection state and draining are read live."""
+        probed = await self.readiness.checks()
+        checks: dict[str, Any] = {"database": probed["database"]}
         checks["nats"] = "ok" if self.publisher.nats_connected else "error: disconnected"
-        checks["stream"] = "ok" if await self.publisher.stream_present() else "error: missing"
+        checks["stream"] = probed["stream"] if self.publisher.nats_connected else "error: missing"
         for source, ok in configured_sources(self.settings).items():
             checks[f"config_{source}"] = "configured" if ok else "unconfigured"
         # NATS down is survivable (outbox), PostgreSQL down is survivable (stream); both not.
@@ -303,40 +374,55 @@ class Ingress:
             "timestamp": datetime.now(UTC).isoformat(),
             "service": "df-middleware-ingress",
             "checks": checks,
+            **self.security(),
         }
         return (200 if ready else 503), body
 
 
 def create_app(settings: Settings) -> FastAPI:
     """Build the ingress app; NATS and PostgreSQL connections open in the lifespan."""
+    settings.refuse_insecure_in_production()  # load_settings did; Settings built directly too
     engine = create_engine(settings, pool_size=min(settings.db_max_connections, 5))
+    probe_engine = create_engine(settings, pool_size=1)  # readiness only: never the outbox's pool
     publisher = EventPublisher(settings, engine)
-    ingress = Ingress(settings, publisher, engine)
+    ingress = Ingress(settings, publisher, engine, Readiness(publisher, probe_engine))
+    production = settings.node_env == "production"
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        log.info("ingress_mode", node_env=settings.node_env, verify_mode=settings.ghl_webhook_verify_mode,
+                 docs=bool(settings.ingress_docs_enabled))
         for source, ok in configured_sources(settings).items():
             if not ok and source not in settings.dfm_insecure_allow_unsigned:
                 log.error("webhook_source_unconfigured_fails_closed", source=source)
         for source in settings.dfm_insecure_allow_unsigned:
             log.warning("webhook_source_accepts_unsigned_requests", source=source)
+        if settings.ghl_webhook_verify_mode == "log_only":
+            log.warning("ghl_webhook_signatures_not_enforced", verify_mode="log_only")
         await publisher.start()
         try:
             yield
         finally:
             await publisher.close()
             await engine.dispose()
+            await probe_engine.dispose()
 
+    docs = bool(settings.ingress_docs_enabled)  # off in production unless INGRESS_DOCS_ENABLED
     app = FastAPI(
         title="DF-Middleware ingress",
         version="0.1.0",
         lifespan=lifespan,
         description="Webhook ingress: authenticated, durable before 2xx, deduplicated.",
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.ingress = ingress
-    app.include_router(admin_router(settings, engine, publisher))
-    app.include_router(oauth_router(settings, engine))
+    admin_failures = SlidingWindow(settings.admin_rate_limit_max)
+    app.include_router(admin_router(settings, engine, publisher, admin_failures))
+    app.include_router(oauth_router(settings, engine, admin_failures))
     app.add_exception_handler(Unauthorized, unauthorized_response)
+    app.add_exception_handler(Throttled, throttled_response)
 
     documented: dict[str, str] = {}
     fast_routes: dict[str, Callable[[Request], Awaitable[Response]]] = {}
@@ -377,8 +463,9 @@ def create_app(settings: Settings) -> FastAPI:
     async def prometheus() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_api_route("/metrics", prometheus, methods=["GET"], include_in_schema=False)
-    app.add_api_route("/api/metrics", prometheus, methods=["GET"], include_in_schema=False)
+    if not production:  # production: on METRICS_PORT only (main.run), not on the public port
+        app.add_api_route("/metrics", prometheus, methods=["GET"], include_in_schema=False)
+        app.add_api_route("/api/metrics", prometheus, methods=["GET"], include_in_schema=False)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -8,6 +8,7 @@ from types import FrameType
 
 import uvicorn
 
+from services.common.metrics_server import serve_metrics
 from services.common.settings import Settings, load_settings
 from services.ingress.app import WebhookFastPath, create_asgi
 
@@ -20,10 +21,20 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
+def serve_production_metrics(settings: Settings) -> None:
+    """Production: ``/metrics`` on ``METRICS_PORT``, which stays inside the cluster, and not
+    on the public webhook port (security-audit F21). With several workers the first to bind
+    the port serves its own process's metrics; run one worker per pod to see them all."""
+    if settings.node_env == "production":
+        serve_metrics(settings, "ingress")
+
+
 def app_factory() -> WebhookFastPath:
     """Build the app in each worker process from the environment (``--workers`` > 1)."""
     tune_gc()
-    return create_asgi(load_settings())
+    settings = load_settings()
+    serve_production_metrics(settings)
+    return create_asgi(settings)
 
 
 class DrainingServer(uvicorn.Server):
@@ -58,6 +69,9 @@ def run(settings: Settings, *, host: str = "0.0.0.0") -> None:
         "log_level": "warning",
         "timeout_graceful_shutdown": int(settings.dfm_drain_timeout_s),
         "backlog": 2048,
+        # connections plus requests in progress per process; beyond it uvicorn answers 503 at
+        # once instead of buffering one more body of up to WEBHOOK_MAX_BODY_BYTES (F10)
+        "limit_concurrency": settings.ingress_limit_concurrency,
     }
     if settings.dfm_ingress_workers > 1:
         uvicorn.run(
@@ -66,6 +80,7 @@ def run(settings: Settings, *, host: str = "0.0.0.0") -> None:
         )
     else:  # one process: the drain on SIGTERM (run one worker per pod and scale pods)
         tune_gc()
+        serve_production_metrics(settings)
         app = create_asgi(settings)
         config = uvicorn.Config(app, **options)  # type: ignore[arg-type]
         DrainingServer(config, app, settings.dfm_drain_grace_s).run()

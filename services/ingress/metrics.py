@@ -28,3 +28,7 @@ OUTBOX_FAILED = Gauge("dfm_ingress_outbox_failed", "Outbox rows the stream refus
 OUTBOX_WRITES = Counter(
     "dfm_ingress_outbox_writes_total", "Events written to the outbox because NATS did not ack"
 )
+READINESS_PROBES = Counter(
+    "dfm_ingress_readiness_probes_total",
+    "Readiness probes run against PostgreSQL and JetStream (answers in between are cached)",
+)

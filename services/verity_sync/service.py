@@ -55,6 +55,19 @@ REFUSED_5XX = frozenset({503})
 ATTACHMENTS_DROPPED = "attachments_dropped"
 
 
+def forward_secret(settings: Settings) -> str | None:
+    """The ``X-Middleware-Secret`` of the F-1 forward: ``VERITY_FORWARD_SECRET``. Outside
+    production ``VERITY_WEBHOOK_SECRET`` stands in, as before; in production nothing does. It
+    is the secret Verity's texting/broadcast webhooks authenticate with, so sending it on every
+    forward gave whoever read one forwarded request or one Verity log the power to forge
+    texting events, STOP/START included (security-audit F13)."""
+    if settings.verity_forward_secret is not None:
+        return settings.verity_forward_secret.get_secret_value()
+    if settings.node_env != "production" and settings.verity_webhook_secret:
+        return settings.verity_webhook_secret[0].get_secret_value()
+    return None
+
+
 class VeritySync:
     """Dispatches events to Verity-writing rules."""
 
@@ -66,6 +79,12 @@ class VeritySync:
         base = settings.verity_base_url or "http://localhost:3000"
         self.http = http or VendorHttp("verity", base)
         self.appointments = AppointmentRules(settings, engine, ghl)
+        self.forward_secret = forward_secret(settings)
+        if settings.verity_forward_secret is None and self.forward_secret is not None:
+            log.warning("verity_forward_uses_the_inbound_secret",
+                        hint="set VERITY_FORWARD_SECRET; production sends no secret without it")
+        elif self.forward_secret is None and settings.verity_base_url:
+            log.warning("verity_forward_without_secret", hint="set VERITY_FORWARD_SECRET")
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -100,8 +119,8 @@ class VeritySync:
         if forwarded is not None:  # a replay: Verity has this webhook already
             return Outcome("skipped", "already_forwarded")
         headers = {"Content-Type": "application/json", "X-Middleware-Forwarded": "true"}
-        if self.settings.verity_webhook_secret:
-            headers["X-Middleware-Secret"] = self.settings.verity_webhook_secret[0].get_secret_value()
+        if self.forward_secret is not None:
+            headers["X-Middleware-Secret"] = self.forward_secret
         if event.forward_signature:
             headers["x-ghl-signature"] = event.forward_signature
         response = await self.http.request("POST", FORWARD_PATH, "ghl.webhook.forward",
