@@ -267,3 +267,27 @@ async def test_oversized_body_is_413() -> None:
     async with stack() as (gw, _):
         answer = await gw.post("/api/verity", headers=KEY, content=b"{" + b" " * 110_000 + b"}")
         assert answer.status_code == 413
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b'{"endpoint":"/api/health","method":"GET","body":' + b"[" * 40 + b"]" * 40 + b"}", "json_too_deep"),
+    (b'{"endpoint":"/api/health","method":"GET","body":{"n":NaN}}', "non_finite_number"),
+    (b'{"endpoint":"/api/health","method":"GET","body":"\\ud800"}', "invalid_unicode_escape"),
+    ('{"endpoint":"/api/health","method":"GET"}'.encode("utf-16"), "body_not_utf8"),
+    (b"[1]", "body must be a JSON object"),
+])
+async def test_bodies_the_proxy_cannot_pass_on_are_400_never_500(body: bytes, message: str) -> None:
+    async with stack() as (gw, sandbox):
+        answer = await gw.post("/api/verity", headers={**KEY, "content-type": "application/json"}, content=body)
+        assert answer.status_code == 400 and answer.json()["error"]["message"] == message, answer.text
+        assert (await sandbox.get("/_sandbox/calls")).json() == []
+
+
+async def test_a_chunked_body_over_the_cap_is_413_without_content_length() -> None:
+    async def chunks() -> Any:
+        for _ in range(12):
+            yield b" " * 10_000
+
+    async with stack() as (gw, _):
+        answer = await gw.post("/api/verity", headers=KEY, content=chunks())
+        assert answer.status_code == 413

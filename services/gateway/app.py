@@ -20,7 +20,6 @@ it cannot be read, sends are ``503 OPTOUT_REGISTRY_UNAVAILABLE`` (fail closed).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -36,6 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from pydantic import BaseModel, Field
 from starlette.routing import Match
 
+from contracts.json_body import BodyError, parse_body
 from services.clients.clerk import ClerkVerifier, TokenInvalid
 from services.clients.verity import (
     DEFAULT_BASE_URL,
@@ -64,6 +64,7 @@ REQUESTS = Counter("dfm_gateway_requests_total", "Gateway requests", ["route", "
 DURATION = Histogram("dfm_gateway_request_duration_seconds", "Gateway request time", ["route"],
                      buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 MAX_BODY_BYTES = 100 * 1024
+MAX_BODY_DEPTH = 32  # a proxy request is {endpoint, method, params, query, body, headers}
 UNLIMITED = ("/health", "/metrics")  # spec §3.1: health is exempt (and cheap: health.py)
 DESCRIPTION = ("POST a JSON object {endpoint, method, params?, query?, body?, headers?} to proxy "
                "one request to the Verity API; GET returns this catalog.")
@@ -245,12 +246,20 @@ def create_app(settings: Settings) -> FastAPI:
     async def post_proxy(request: Request) -> Response:
         if not authorised(request):
             return _fail(401, "UNAUTHORIZED", "missing or invalid API key")
+        # read with the cap whatever Content-Length said (a chunked body has none), and parse
+        # with the ingress's rules (contracts.json_body): deep nesting, NaN, lone surrogates
+        # and non-UTF-8 are a 400 with the reason, never a 500 further down
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_BODY_BYTES:
+                return _fail(413, "PAYLOAD_TOO_LARGE", f"body larger than {MAX_BODY_BYTES} bytes")
         try:
-            spec = json.loads(await request.body() or b"{}")
-        except ValueError:
-            return _fail(400, "INVALID_REQUEST", "body is not JSON")
-        if not isinstance(spec, dict):
-            return _fail(400, "INVALID_REQUEST", "body must be a JSON object")
+            spec = parse_body(bytes(raw) or b"{}", max_depth=MAX_BODY_DEPTH)
+        except BodyError as exc:
+            message = {"invalid_json": "body is not JSON",
+                       "body_must_be_a_json_object": "body must be a JSON object"}.get(exc.reason, exc.reason)
+            return _fail(400, "INVALID_REQUEST", message)
         endpoint, method = spec.get("endpoint"), spec.get("method")
         try:
             check_endpoint(endpoint, method)
