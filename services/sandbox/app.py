@@ -367,6 +367,16 @@ def create_sandbox_app(settings: Settings) -> FastAPI:
     async def aloware_lists() -> JSONResponse:
         return JSONResponse(list(sandbox.state.aloware_lists.values()))
 
+    @app.patch("/_sandbox/aloware/contacts/{contact_id}")
+    async def aloware_edit_silently(contact_id: str, request: Request) -> JSONResponse:
+        """Change an Aloware contact without sending its webhook (a webhook Aloware lost)."""
+        contact = sandbox.state.aloware_contacts.get(contact_id)
+        if contact is None:
+            return JSONResponse({"error": "no such contact"}, status_code=404)
+        contact.update(await request.json())
+        contact["updated_at"] = datetime.now(UTC).isoformat()
+        return JSONResponse(contact)
+
     @app.get("/_sandbox/aloware/contacts")
     async def aloware_contacts() -> JSONResponse:
         return JSONResponse(list(sandbox.state.aloware_contacts.values()))
@@ -652,6 +662,12 @@ def _ghl_route(sandbox: Sandbox, method: str, path: str, query: dict[str, str], 
                 if key in body and contact.get(key) != body[key]:
                     contact[key] = to_e164(body[key]) if key == "phone" else body[key]
                     changed = True
+            values = {f["id"]: f.get("field_value", f.get("value")) for f in body.get("customFields", [])
+                      if isinstance(f, dict) and "id" in f}  # GHL updates the fields named, by id
+            held = {f["id"]: f.get("value") for f in contact.get("customFields", [])}
+            if any(held.get(k) != v for k, v in values.items()):
+                contact["customFields"] = [{"id": k, "value": v} for k, v in {**held, **values}.items()]
+                changed = True
             if changed:
                 contact["dateUpdated"] = datetime.now(UTC).isoformat()
                 sandbox.ghl_webhook("ContactUpdate", contact)
