@@ -389,6 +389,9 @@ class Settings(BaseSettings):
     ] = "merge"
     sync_ghl_contacts_to_aloware: bool = True
     sync_aloware_contacts_to_ghl: bool = True
+    ghl_snapshot_max_age_s: float = Field(
+        default=900, ge=0, description="CA trusts the GHL snapshot kept with a mapping for this long; an older "
+        "one is verified with one GET first (a lost GHL webhook goes unnoticed for at most this long; 0: always)")
     agent_list_keys: CsvList = Field(
         default_factory=lambda: ["CALL_NOW", "NEW_LEADS", "FOLLOW_UP", "HOT"]
     )

@@ -6,24 +6,36 @@ opt-out event (O-2) in ``activity.py``."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from prometheus_client import Counter
 from pydantic import ValidationError
+from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import WebhookEvent
 from contracts.payloads.aloware import AlowareContactEvent
+from contracts.streams import ALOWARE_SYNC
 from services.clients.aloware import AlowareClient
 from services.clients.ghl import GhlClient
 from services.clients.ghl_conversations import GhlConversations
+from services.common.db.models import EventDelivery
+from services.common.db.models import WebhookEvent as WebhookEventRow
 from services.common.delivery import Outcome
 from services.common.errors import OutcomeUnknown, Permanent, RetryLater
 from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.common.sync import effects, store
-from services.common.sync.contact import CanonicalContact, aloware_to_canonical, ghl_to_canonical
+from services.common.sync.contact import (
+    FIELDS,
+    GHL_NAMES,
+    CanonicalContact,
+    aloware_to_canonical,
+    custom_pairs,
+    ghl_to_canonical,
+)
 from services.common.trace import is_replay
 from services.ghl_sync import sequences
 from services.ghl_sync.activity import CALL_TYPES, ActivityRules
@@ -42,15 +54,28 @@ from services.ghl_sync.rules.contact import (
 
 SOT_SKIP = "aloware_contact_event_ignored_source_of_truth_is_ghl"
 CONTACT_EFFECT = "ghl.contact"
+# the GHL events after which CG re-reads the contact and refreshes the mapping's snapshot
+SNAPSHOT_REFRESHING_EVENTS = ("contact.created", "contact.updated", "contact.tags_changed")
+SNAPSHOT_VERIFIED = Counter(
+    "dfm_ghl_snapshot_verified_total",
+    "GHL snapshots CA read GHL for before diffing (one GET each), by why the snapshot was in doubt",
+    ["reason"])
+SNAPSHOT_MISSED = Counter(
+    "dfm_ghl_snapshot_missed_total",
+    "GHL changes our snapshot lacked, found by a verify read or in a write's answer", ["found_by"])
 
 
 @dataclass(frozen=True)
 class _Replan:
-    """GHL changed under the plan: drop the mapping and/or re-read ``ghl_id``, then re-plan."""
+    """GHL changed under the plan: drop the mapping and/or re-read ``ghl_id``, then re-plan
+    (from ``known`` when the answer to a write already showed GHL's state; ``wrote``: that
+    write happened)."""
 
     ghl_id: str
     drop_mapping: bool = False
     reread: bool = False
+    known: KnownGhlContact | None = None
+    wrote: bool = False
 
 log = get_logger(__name__)
 
@@ -63,6 +88,22 @@ def _same_person(key: str, ghl: CanonicalContact, incoming: CanonicalContact) ->
     if key.startswith("ghl_contact:phone:"):
         return ghl.phone == incoming.phone
     return (ghl.email or "").lower() == (incoming.email or "").lower()
+
+
+def _missed_besides(believed: CanonicalContact, answer: CanonicalContact, sent: dict[str, Any]) -> bool:
+    """Whether GHL's answer to our PUT differs from what we believed in a field we did not
+    write: GHL held a change our snapshot lacked (a GHL webhook lost or not yet applied).
+    Fields we wrote are left out, so GHL normalising a value we sent is no such change."""
+    written = {name for name, ghl_name in GHL_NAMES.items() if ghl_name in sent}
+    for name in FIELDS:
+        if name in written:
+            continue
+        had, has = getattr(believed, name), getattr(answer, name)
+        if name == "email":
+            had, has = (had or "").lower() or None, (has or "").lower() or None
+        if had != has:
+            return True
+    return {t.lower() for t in believed.tags} != {t.lower() for t in answer.tags}
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -107,18 +148,66 @@ class GhlSync:
             return None
         return KnownGhlContact(ghl_id, ghl_to_canonical(current, self.settings.default_phone_region))
 
-    async def _known_from_mapping(self, conn: Any, mapping: Any) -> KnownGhlContact | None:
-        """CA-2 (a): the mapped contact, from our snapshot when we have one, else GHL.
-        A replay always re-reads GHL, so a contact deleted there since is recreated."""
+    async def _known_from_mapping(self, conn: Any, mapping: Any,
+                                  customs: list[dict[str, str]]) -> KnownGhlContact | None:
+        """CA-2 (a): the mapped contact, from our snapshot while it can be trusted (no GHL
+        call), else from GHL: one GET, whose answer becomes the new snapshot. A contact
+        deleted in GHL since drops the mapping (then search and create)."""
         if mapping is None:
             return None
-        if mapping.ghl_snapshot and not is_replay():
-            return KnownGhlContact(mapping.ghl_contact_id,
-                                   CanonicalContact.from_snapshot(mapping.ghl_snapshot))
+        snapshot = CanonicalContact.from_snapshot(mapping.ghl_snapshot) if mapping.ghl_snapshot else None
+        doubt = (await self._snapshot_doubt(conn, mapping.ghl_contact_id, snapshot, customs)
+                 if snapshot is not None else "no_snapshot")
+        if snapshot is not None and doubt is None:
+            return KnownGhlContact(mapping.ghl_contact_id, snapshot, from_snapshot=True)
+        SNAPSHOT_VERIFIED.labels(doubt).inc()
         known = await self._known_by_id(mapping.ghl_contact_id)
         if known is None:
             await store.drop_mapping(conn, mapping.ghl_contact_id)
+            return None
+        if snapshot is not None and snapshot.projection_hash() != known.contact.projection_hash():
+            SNAPSHOT_MISSED.labels("verify_read").inc()
+            log.info("ghl_snapshot_stale", ghl_contact_id=mapping.ghl_contact_id, reason=doubt)
+            return replace(known, missed=True)
         return known
+
+    async def _snapshot_doubt(self, conn: Any, ghl_id: str, snapshot: CanonicalContact,
+                              customs: list[dict[str, str]]) -> str | None:
+        """Why the mapping's snapshot may not be GHL's current state, or None to trust it.
+
+        Only CG refreshes a snapshot from GHL's side: it re-reads the contact after each GHL
+        contact webhook. So the snapshot is in doubt when that cannot have happened: a
+        replay (asked for to re-check GHL), the GHL → Aloware direction switched off, a
+        contact without phone (CG-2 skips those), custom fields CA-6 needs but the snapshot
+        predates, a GHL contact webhook recorded since that CG has not absorbed (pending,
+        failed, skipped), or an age past ``GHL_SNAPSHOT_MAX_AGE_S``, which bounds how long a
+        webhook GHL never sent goes unnoticed. The checks cost no vendor call."""
+        if is_replay():
+            return "replay"
+        if not self.settings.sync_ghl_contacts_to_aloware:
+            return "ghl_to_aloware_off"
+        if not snapshot.phone:
+            return "no_phone"
+        if customs and snapshot.custom_fields is None:
+            return "custom_fields_unknown"
+        seen = snapshot.seen_at
+        if seen is None or (datetime.now(UTC) - seen).total_seconds() > self.settings.ghl_snapshot_max_age_s:
+            return "age"
+        if await self._ghl_event_since(conn, ghl_id, seen):
+            return "ghl_event_not_applied"
+        return None
+
+    @staticmethod
+    async def _ghl_event_since(conn: Any, ghl_id: str, seen: datetime) -> bool:
+        """A GHL contact event for ``ghl_id`` recorded after ``seen`` that aloware-sync did
+        not find to be an echo of ours (an echo shows the state we wrote and snapshotted)."""
+        row = WebhookEventRow
+        echo = exists().where(EventDelivery.event_id == row.id, EventDelivery.consumer == ALOWARE_SYNC.durable,
+                              EventDelivery.outcome == "echo")
+        found = await conn.execute(select(row.id).where(
+            row.source == "ghl", row.entity_type == "contact", row.entity_id == ghl_id,
+            row.canonical_type.in_(SNAPSHOT_REFRESHING_EVENTS), row.received_at > seen, ~echo).limit(1))
+        return found.first() is not None
 
     async def _known_from_search(self, incoming: CanonicalContact) -> KnownGhlContact | None:
         """CA-2 (b), (c): GHL's duplicate lookup by phone, then by e-mail."""
@@ -183,26 +272,38 @@ class GhlSync:
     async def _apply(self, conn: Any, plan: Plan, known: KnownGhlContact | None,
                      incoming: CanonicalContact, claim_key: str | None
                      ) -> tuple[str, CanonicalContact, bool] | _Replan:
-        """Run a plan's operations; every write is recorded in the echo ledger at once."""
+        """Run a plan's operations; every write is recorded in the echo ledger at once,
+        except on top of a GHL change our copy lacked (``KnownGhlContact.missed``): that
+        webhook must reach CG as the person's change it also carries."""
         ghl_id = known.ghl_id if known else ""
         after = known.contact if known else incoming
+        ours = not (known and known.missed)
         wrote = False
         for operation in plan.operations:
             if isinstance(operation, CreateGhlContact):
                 ghl_id, created = await self._create_once(conn, claim_key, operation.fields, incoming)
                 await self._fault_pause()
                 if not created:  # CA-3: GHL says it exists (duplicate 400 with meta.contactId)
-                    return _Replan(ghl_id, reread=True)
-                after = incoming.with_fields(tags=tuple(t.lower() for t in operation.fields.get("tags", [])))
+                    return _Replan(ghl_id, reread=True, wrote=wrote)
+                after = incoming.with_fields(tags=tuple(t.lower() for t in operation.fields.get("tags", [])),
+                                             custom_fields=custom_pairs({f["id"]: f["field_value"] for f in
+                                                                         operation.fields.get("customFields", [])}))
             elif isinstance(operation, UpdateGhlContact):
                 updated = await self.ghl.update_contact(operation.ghl_id, operation.fields)
                 if updated is None:  # gone from GHL since our snapshot: find or create again
-                    return _Replan(operation.ghl_id, drop_mapping=True)
+                    return _Replan(operation.ghl_id, drop_mapping=True, wrote=wrote)
                 after = ghl_to_canonical(updated, self.settings.default_phone_region)
+                if known is not None and known.from_snapshot and _missed_besides(known.contact, after,
+                                                                                  operation.fields):
+                    # the answer is a free read: plan again from it (no GET), this write unrecorded
+                    SNAPSHOT_MISSED.labels("write_answer").inc()
+                    log.info("ghl_snapshot_stale", ghl_contact_id=ghl_id, reason="write_answer")
+                    return _Replan(ghl_id, known=KnownGhlContact(ghl_id, after, missed=True), wrote=True)
             else:
                 await self.ghl.add_tags(operation.ghl_id, list(operation.tags))
                 after = after.with_fields(tags=(*after.tags, *(t.lower() for t in operation.tags)))
-            await store.record_write(conn, "ghl", ghl_id, after.projection_hash())
+            if ours:
+                await store.record_write(conn, "ghl", ghl_id, after.projection_hash())
             wrote = True
         return ghl_id, after, wrote
 
@@ -246,19 +347,23 @@ class GhlSync:
         claim_key = (f"ghl_contact:aloware:{body.id}" if body.id
                      else f"ghl_contact:phone:{incoming.phone}" if incoming.phone
                      else f"ghl_contact:email:{incoming.email.lower()}" if incoming.email else None)
-        known = await self._known_from_mapping(conn, mapping)
-        for _ in range(3):  # re-plan when GHL changed under us (contact gone, duplicate)
+        known = await self._known_from_mapping(conn, mapping, customs)
+        wrote_before = False
+        for _ in range(3):  # re-plan when GHL changed under us (contact gone, duplicate, a missed change)
             if known is None:
                 known = await self._known_from_search(incoming)
             plan = plan_contact_upsert(incoming, known, mode=self.settings.contact_source_of_truth,
                                        disposition=disposition, customs=customs)
             applied = await self._apply(conn, plan, known, incoming, claim_key)
             if isinstance(applied, _Replan):
+                wrote_before = wrote_before or applied.wrote
                 if applied.drop_mapping:
                     await store.drop_mapping(conn, applied.ghl_id)
-                known = await self._known_by_id(applied.ghl_id) if applied.reread else None
+                known = (applied.known if applied.known is not None
+                         else await self._known_by_id(applied.ghl_id) if applied.reread else None)
                 continue
             ghl_id, after, wrote = applied
+            wrote = wrote or wrote_before
             break
         else:
             raise RetryLater(None, "GHL contact kept changing during the sync")

@@ -41,6 +41,18 @@ def create_fields(incoming: CanonicalContact, disposition: str | None,
     return body
 
 
+def custom_field_changes(current: dict[str, str] | None, wanted: list[dict[str, str]],
+                         mode: str) -> list[dict[str, str]]:
+    """CA-6 on a contact GHL already has (an update, a duplicate match): the Aloware fields
+    GHL does not hold yet, and in mode ``aloware`` also those GHL holds another value for
+    (spec/outbound.md §1.5: custom fields are a union, GHL wins on the same key). When the
+    current values are not known (None) every field is sent: a guess never skips a write."""
+    have = current or {}
+    return [f for f in wanted
+            if current is None or have.get(f["id"]) is None
+            or (mode == "aloware" and have[f["id"]] != f["field_value"])]
+
+
 def update_fields(current: CanonicalContact, incoming: CanonicalContact, mode: str) -> dict[str, Any]:
     """CA-4: only the fields that differ under the source-of-truth mode; never tags/notes."""
     target = target_for_ghl(current, incoming, mode)
@@ -59,10 +71,17 @@ def _fields(contact: CanonicalContact) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class KnownGhlContact:
-    """The GHL contact this Aloware contact corresponds to, as we last knew it."""
+    """The GHL contact this Aloware contact corresponds to, as we last knew it.
+
+    ``from_snapshot``: our copy, trusted without a read (a write's answer may still show a
+    change it lacked). ``missed``: GHL holds a change our copy lacked, so Aloware may lack
+    it too; writes made on top of it are not recorded as pure echoes of ours (LP-1), so the
+    webhook they cause lets CG carry that change to Aloware."""
 
     ghl_id: str
     contact: CanonicalContact
+    from_snapshot: bool = False
+    missed: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,12 +126,16 @@ def plan_contact_upsert(
     disposition: str | None,
     customs: list[dict[str, str]],
 ) -> Plan:
-    """CA-3…CA-5 as a pure function: create when GHL has no such contact, else write only
-    the differing fields (LP-2) and the missing disposition tag; nothing when all agree."""
+    """CA-3…CA-6 as a pure function: create when GHL has no such contact, else write only
+    the differing fields (LP-2), the Aloware custom fields GHL lacks and the missing
+    disposition tag; nothing when all agree."""
     if known is None:
         return Plan((CreateGhlContact(create_fields(incoming, disposition, customs)),))
     operations: list[GhlOperation] = []
     changes = update_fields(known.contact, incoming, mode)
+    customs_changed = custom_field_changes(known.contact.custom_values(), customs, mode)
+    if customs_changed:
+        changes["customFields"] = customs_changed
     if changes:
         operations.append(UpdateGhlContact(known.ghl_id, changes))
     add = missing_tags(known.contact.tags, [disposition] if disposition else [])
