@@ -16,7 +16,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tests.jobs_rig import fetch
+from contracts.commands import ReconcileRequested
+from tests.jobs_rig import fetch, running_jobs
 from tests.sync_rig import Pipeline, eventually, pipeline_settings, running_pipeline
 from tests.test_contact_sync import aloware_contact, done, no_invalid_requests, send_aloware
 
@@ -231,6 +232,42 @@ async def test_a_missed_ghl_change_our_write_reveals_still_reaches_aloware(
         contact = await ghl_contact(p, ghl_id)
         assert (contact["firstName"], contact["city"]) == ("Adaline", "Shelbyville")
         assert (await aloware_record(p, phone) or {}).get("first_name") == "Adaline"
+        await no_invalid_requests(p)
+
+
+# --- reconciliation reads GHL and compares it with Aloware --------------------------------
+
+async def test_reconciliation_reads_ghl_and_finds_drift_our_copy_would_miss(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    """Our snapshot equals GHL, but Aloware lost the value (changed there without a
+    webhook): R-1 reads every mapped contact from GHL, compares it with Aloware (CG's plan)
+    and repairs through the normal rule; a second run finds nothing left to do."""
+    settings = pipeline_settings(base_env, tmp_path)
+    async with running_pipeline(settings) as p, running_jobs(settings) as jobs:
+        created = await p.sandbox.post("/ghl/contacts/", headers=GHL_HEADERS, json={
+            "locationId": settings.ghl_location_id, "firstName": "Rita", "lastName": "Sample",
+            "phone": "+15555560007", "city": "Springfield"})
+        assert created.status_code == 201
+        ghl_id = created.json()["contact"]["id"]
+        record = await eventually(lambda: aloware_record(p, "+15555560007"))
+        await eventually(lambda: ghl_event_done(clean_db, ghl_id, "contact.created"))
+        await eventually(lambda: settled(clean_db))
+        silently = await p.sandbox.patch(f"/_sandbox/aloware/contacts/{record['id']}", json={"city": "Elsewhere"})
+        assert silently.status_code == 200
+        reads = len(await contact_reads(p, ghl_id))
+
+        totals = await jobs.execute(ReconcileRequested())
+        assert len(await contact_reads(p, ghl_id)) > reads  # R-1 read GHL, not our copy
+        assert totals == {"driftCount": 0, "repairsCount": 1, "errors": 0, "totalProcessed": 1}
+
+        async def aloware_repaired() -> bool:
+            return ((await aloware_record(p, "+15555560007")) or {}).get("city") == "Springfield"
+
+        await eventually(aloware_repaired)
+        await eventually(lambda: settled(clean_db))
+        again = await jobs.execute(ReconcileRequested())
+        assert again == {"driftCount": 0, "repairsCount": 0, "errors": 0, "totalProcessed": 1}
         await no_invalid_requests(p)
 
 

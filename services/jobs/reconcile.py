@@ -1,16 +1,21 @@
-"""Contact reconciliation, rule R-1 (spec/outbound.md §1.14): heal missed GHL webhooks.
+"""Contact reconciliation, rule R-1 (spec/outbound.md §1.14): heal missed webhooks.
 
 Pages through ``contact_mappings`` by GHL id, resuming from the checkpoint in ``sync_state``
 (``ghl_to_aloware``/``contact``), and reads each mapped contact from GHL (through the shared
-rate budget). A contact GHL no longer has counts as drift. A contact whose sync-relevant
-fields differ from what we last saw (the mapping's snapshot) means a change we missed: the
-job publishes a ``ContactUpdate`` event carrying GHL's current state on the normal subject,
-so aloware-sync repairs Aloware through the same rule, ledger, echo guard and idempotency as
-a live webhook. The dedupe key is the state's hash: the same missed change is published once.
+rate budget). A contact GHL no longer has counts as drift. A repair is due when GHL's
+current state differs from what we last saw (the mapping's snapshot: a GHL webhook we
+missed), or, with the snapshot in agreement, when CG would still change something given
+Aloware's current record (looked up by phone): our copy of GHL is not evidence that Aloware
+holds the same, because CA refreshes it from GHL's answers and an Aloware webhook can be
+lost too. The repair is a ``ContactUpdate`` event carrying GHL's current state on the normal
+subject, so aloware-sync repairs Aloware through the same rule, ledger, echo guard and
+idempotency as a live webhook. The dedupe key is the hash of the states compared: the same
+drift is published once, a new one again.
 """
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,12 +27,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts.commands import ReconcileRequested
 from contracts.envelope import AuthInfo, WebhookEvent
 from contracts.subjects import EntityType, Source
+from services.aloware_sync.rules.contact import plan_ghl_contact_sync
+from services.clients.aloware import AlowareClient
 from services.clients.ghl import GhlClient
 from services.common.db.models import ContactMapping, ReconcileRun, SyncState
 from services.common.errors import Permanent, RetryLater
 from services.common.logging import get_logger
 from services.common.settings import Settings
-from services.common.sync.contact import CanonicalContact, ghl_to_canonical
+from services.common.sync.contact import CanonicalContact, aloware_to_canonical, ghl_to_canonical
 
 log = get_logger(__name__)
 JOB_NAME = "reconcile-contacts"
@@ -50,29 +57,35 @@ class ContactReconciler:
     """One reconciliation run per command."""
 
     def __init__(self, settings: Settings, engine: AsyncEngine, js: JetStreamContext,
-                 ghl: GhlClient | None) -> None:
+                 ghl: GhlClient | None, aloware: AlowareClient | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.js = js
         self.ghl = ghl
+        self.aloware = aloware  # None: one of our own per run, from ALOWARE_API_TOKEN when set
 
     async def run(self, command: ReconcileRequested) -> dict[str, Any]:
         async with self.engine.begin() as conn:
             run_id = (await conn.execute(insert(ReconcileRun).values(
                 job_name=JOB_NAME, status="running").returning(ReconcileRun.id))).scalar_one()
         totals = {"driftCount": 0, "repairsCount": 0, "errors": 0, "totalProcessed": 0}
+        own_aloware = (AlowareClient.from_settings(self.settings)
+                       if self.aloware is None and self.settings.aloware_api_token else None)
         try:
             if self.ghl is None or not self.settings.ghl_location_id:
                 raise Permanent("reconciliation needs GHL_API_KEY and GHL_LOCATION_ID")
-            wrapped = await self._page(command.limit, totals)
+            wrapped = await self._page(command.limit, totals, self.aloware or own_aloware)
         except Exception as exc:
             await self._finish(run_id, "error", totals, f"{type(exc).__name__}: {exc}"[:2000])
             raise
+        finally:
+            if own_aloware is not None:
+                await own_aloware.aclose()
         await self._finish(run_id, "success", {**totals, "wrapped": wrapped}, None)
         log.info("reconcile_done", **totals, wrapped=wrapped)
         return totals
 
-    async def _page(self, limit: int, totals: dict[str, int]) -> bool:
+    async def _page(self, limit: int, totals: dict[str, int], aloware: AlowareClient | None) -> bool:
         assert self.ghl is not None
         async with self.engine.connect() as conn:
             cursor = await conn.scalar(select(SyncState.cursor_id).where(
@@ -97,15 +110,39 @@ class ContactReconciler:
                 continue
             now = ghl_to_canonical(current, region)
             seen = CanonicalContact.from_snapshot(mapping.ghl_snapshot) if mapping.ghl_snapshot else None
-            if seen is not None and seen.projection_hash() == now.projection_hash():
-                continue
-            event = missed_update_event(str(self.settings.ghl_location_id), current, now.projection_hash())
+            state_hash = now.projection_hash()
+            if seen is not None and seen.projection_hash() == state_hash:
+                try:
+                    aloware_hash = await self._aloware_drift(aloware, now)
+                except (RetryLater, Permanent) as exc:
+                    totals["errors"] += 1
+                    log.warning("reconcile_aloware_read_failed", ghl_contact_id=mapping.ghl_contact_id,
+                                error=str(exc))
+                    continue
+                if aloware_hash is None:
+                    continue
+                state_hash = hashlib.sha256(f"{state_hash}:{aloware_hash}".encode()).hexdigest()
+            event = missed_update_event(str(self.settings.ghl_location_id), current, state_hash)
             await self.js.publish(event.subject, event.to_bytes(), headers=event.nats_headers(),
                                   timeout=self.settings.dfm_publish_timeout)
             totals["repairsCount"] += 1
         wrapped = len(mappings) < limit
         await self._checkpoint(None if wrapped else last, success=True)
         return wrapped
+
+    async def _aloware_drift(self, aloware: AlowareClient | None, ghl: CanonicalContact) -> str | None:
+        """The projection hash of Aloware's record when CG would change something given it
+        (spec R-1 "else CG sync", counted only when there is something to repair), else
+        None. Nothing to compare when CG is switched off, without an Aloware token or
+        without a phone (Aloware is looked up by phone, CG-2)."""
+        if aloware is None or not self.settings.sync_ghl_contacts_to_aloware or not ghl.phone:
+            return None
+        record = await aloware.lookup_by_phone(ghl.phone)
+        alo = aloware_to_canonical(record, self.settings.default_phone_region) if record else None
+        plan = plan_ghl_contact_sync(ghl, alo, self.settings.contact_source_of_truth)
+        if not plan.operations:
+            return None
+        return alo.projection_hash() if alo is not None else "absent"
 
     async def _checkpoint(self, cursor: str | None, *, success: bool) -> None:
         now = datetime.now(UTC)
