@@ -1,4 +1,4 @@
-"""GoHighLevel API v2 client for contacts, tags, notes and users (spec/outbound.md §2.2)."""
+"""GoHighLevel API v2 client for contacts, tags, notes, users and custom fields (spec/outbound.md §2.2)."""
 
 from __future__ import annotations
 
@@ -211,6 +211,15 @@ class GhlClient:
                 if isinstance(stage, dict) and stage.get("id"):
                     stages[str(stage["id"])] = str(stage.get("name") or "")
         return stages
+
+    async def custom_fields(self) -> list[dict[str, Any]]:
+        """G9: the location's contact custom-field definitions (``id``, ``name``, ``fieldKey``).
+        Contacts carry custom fields as ``{id, value}`` only, so a field configured by its key
+        is found on a contact through this list (spec/outbound.md L-0 priority 2)."""
+        path = f"/locations/{segment(self.location_id, 'ghl location id')}/customFields"
+        response = await self._call("GET", path, "locations.custom_fields.list", params={"model": "contact"})
+        fields = response.json().get("customFields", [])
+        return [f for f in fields if isinstance(f, dict)]
 
     async def list_users(self) -> list[dict[str, Any]]:
         """G8: the location's users (``id``, ``name``, ``email``)."""

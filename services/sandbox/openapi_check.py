@@ -15,7 +15,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-SPEC_FILES = ("contacts.json", "users.json", "conversations.json")
+SPEC_FILES = ("contacts.json", "users.json", "conversations.json", "locations.json")
 # APIs whose GHL specs are not vendored (custom objects, calendars): served, not validated.
 UNVALIDATED_PREFIXES = ("/objects/", "/calendars/")
 # Where GHL's published schema contradicts its own default and examples, the sandbox checks
