@@ -5,7 +5,7 @@ removes (L-1), list names (L-4)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,35 @@ def resolve_agent(agents: Iterable[Agent], contact: ContactView, default: str) -
         if agent.required_tag and agent.required_tag.lower() in tags:
             return agent.agent_key, f"tag_match:{agent.required_tag}"
     return default, "default_unassigned"
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+def custom_field_id(key: str, definitions: Iterable[Mapping[str, Any]]) -> str | None:
+    """L-0 priority 2: the id of the custom field ``GHL_ASSIGNED_AGENT_FIELD_KEY`` names, from
+    the location's definitions (G9). Contacts carry only ``{id, value}``, so the key is
+    matched here: an id given directly, else the ``fieldKey`` (with or without GHL's
+    ``contact.`` prefix, any case), else the key or the field's name spelt differently
+    (``assignedAgent`` finds the field "Assigned Agent", ``contact.assigned_agent``)."""
+    wanted = key.strip()
+    defined = [d for d in definitions if isinstance(d.get("id"), str) and d["id"]]
+    if not wanted or not defined:
+        return None
+    for definition in defined:
+        if definition["id"] == wanted:
+            return str(definition["id"])
+    bare = wanted.lower().removeprefix("contact.")
+    keys = [(d, str(d.get("fieldKey") or "").lower().removeprefix("contact.")) for d in defined]
+    for definition, field_key in keys:
+        if field_key and field_key == bare:
+            return str(definition["id"])
+    plain = _plain(bare)
+    for definition, field_key in keys:
+        if plain and plain in (_plain(field_key), _plain(str(definition.get("name") or ""))):
+            return str(definition["id"])
+    return None
 
 
 def tag_matches(tag: str, key: str, mode: str) -> bool:

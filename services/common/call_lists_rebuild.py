@@ -1,8 +1,9 @@
 """Admin rebuild of agent call lists (spec/outbound.md L-5).
 
 For each registry entry in scope, every ``active`` membership is re-validated: the GHL contact
-still exists, L-0 still resolves it to this agent, L-1's "contact changed" intent still
-includes this list key, and the mapping has an Aloware id. Invalid memberships become
+still exists, L-0 still resolves it to this agent (with the same agent custom-field
+resolution as aloware-sync, :class:`services.common.agents.AgentField`), L-1's "contact
+changed" intent still includes this list key, and the mapping has an Aloware id. Invalid memberships become
 ``removed`` (reason ``rebuild``); then the Aloware list is cleared and the valid contacts are
 added back. Used by ``POST /api/admin/lists/rebuild``.
 """
@@ -19,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.clients.aloware import AlowareClient
 from services.clients.ghl import GhlClient
 from services.common import optout
+from services.common.agents import AgentField
 from services.common.call_lists import Agent, ContactView, list_intent, resolve_agent
 from services.common.db.models import (
     AgentDirectory,
@@ -59,6 +61,7 @@ async def rebuild_lists(settings: Settings, engine: AsyncEngine, ghl: GhlClient,
     if not entries:
         raise UnknownList(f"List {agent_key or '*'}/{list_key or '*'} not found in registry")
     emails = {str(u.get("id")): str(u.get("email") or "") for u in await ghl.list_users()}
+    agent_field = AgentField(ghl, settings.ghl_assigned_agent_field_key)  # one definitions read per rebuild
     for entry in entries:
         if not entry.aloware_list_id:
             report.errors.append(f"{entry.agent_key}/{entry.list_key}: no Aloware list id yet")
@@ -69,7 +72,7 @@ async def rebuild_lists(settings: Settings, engine: AsyncEngine, ghl: GhlClient,
                 ContactListMembership.status == "active"))).all()
         valid: list[tuple[str, str]] = []
         for (ghl_id,) in members:
-            aloware_id = await _still_valid(settings, engine, ghl, agents, emails, entry, ghl_id)
+            aloware_id = await _still_valid(settings, engine, ghl, agents, emails, agent_field, entry, ghl_id)
             if aloware_id is None:
                 async with engine.begin() as conn:
                     await conn.execute(update(ContactListMembership).where(
@@ -92,12 +95,13 @@ async def rebuild_lists(settings: Settings, engine: AsyncEngine, ghl: GhlClient,
 
 
 async def _still_valid(settings: Settings, engine: AsyncEngine, ghl: GhlClient, agents: list[Agent],
-                       emails: dict[str, str], entry: Any, ghl_id: str) -> str | None:
+                       emails: dict[str, str], agent_field: AgentField, entry: Any, ghl_id: str) -> str | None:
     """The Aloware id when the membership still holds, else None."""
     contact = await ghl.get_contact(ghl_id)
     if contact is None:
         return None
-    view = ContactView(contact.assigned_to, emails.get(contact.assigned_to or "") or None, None, tuple(contact.tags))
+    view = ContactView(contact.assigned_to, emails.get(contact.assigned_to or "") or None,
+                       await agent_field.value(contact), tuple(contact.tags))
     agent, _ = resolve_agent(agents, view, settings.default_agent_key)
     if agent != entry.agent_key:
         return None
