@@ -76,7 +76,16 @@ GHL_SYNC = ConsumerSpec(
 ALOWARE_SYNC = ConsumerSpec(
     "aloware-sync",
     WEBHOOKS_STREAM,
-    ("webhooks.ghl.contact.>", "webhooks.ghl.tag.>", "webhooks.ghl.opportunity.>", "webhooks.texting.message.>"),
+    (
+        "webhooks.ghl.contact.>",  # CG, L, D-3 and O-7 (GHL DND)
+        "webhooks.ghl.tag.>",
+        "webhooks.ghl.opportunity.>",
+        "webhooks.texting.message.>",  # M-3, and an inbound STOP text (M-1.4)
+        # opt-outs ghl-sync records take the number off the call lists at once (R3): the
+        # event itself is the trigger, no later GHL contact event is waited for
+        "webhooks.texting.optout.optout_stop",
+        "webhooks.aloware.contact.contact_dnc_updated",
+    ),
     "Rules that write into Aloware",
     max_deliver=50,
     ack_wait_s=15.0,

@@ -21,12 +21,13 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from contracts.envelope import WebhookEvent
 from services.clients.ghl import GhlContact
 from services.common import optout
+from services.common.agents import AgentField
 from services.common.call_lists import (
     Agent,
     ContactView,
@@ -40,6 +41,7 @@ from services.common.db.models import (
     CallListRegistry,
     ContactAgentState,
     ContactListMembership,
+    ContactMapping,
 )
 from services.common.delivery import Outcome
 from services.common.errors import Permanent, RetryLater
@@ -48,6 +50,7 @@ from services.common.sync import store
 from services.common.sync.contact import ghl_to_canonical
 
 if TYPE_CHECKING:
+    from services.aloware_sync.optouts import OptOut
     from services.aloware_sync.service import AlowareSync
 
 log = get_logger(__name__)
@@ -65,10 +68,22 @@ class ListRules:
         self.engine = sync.engine
         self._users: tuple[float, dict[str, str]] = (0.0, {})
         self._stages: tuple[float, dict[str, str]] = (0.0, {})
+        self.agent_field = AgentField(sync.ghl, self.settings.ghl_assigned_agent_field_key)
 
     # --- entry points ----------------------------------------------------------------------
-    async def on_event(self, event: WebhookEvent, attempt: int, contact: GhlContact | None) -> Outcome:
-        """L-3 → L-1 → L-2 for GHL contact, tag and pipeline events."""
+    async def on_event(self, event: WebhookEvent, attempt: int, contact: GhlContact | None, *,
+                       echo: bool = False) -> Outcome:
+        """L-3 → L-1 → L-2 for GHL contact, tag and pipeline events.
+
+        ``echo``: the event is our own write coming back (LP-1), which changes no list (R1).
+        The echo ledger covers the fields we write (names, e-mail, phone, address, tags), not
+        the owner or the agent field, which we never write: a human who reassigned the contact
+        in GHL within the echo window sends an event that hashes like our write. So an echo
+        still runs L-3's reassignment when the agent resolved now differs from the recorded
+        one. Every other list effect of an echo (the event's own intent, the first placement
+        of a contact we created) is dropped and the outcome stays ``echo``; a contact seen
+        for the first time still gets its ``contact_agent_state`` row, so the sequences (S-7)
+        and a later reassignment find its agent."""
         if not self.settings.enable_agent_list_sync:
             return Outcome("skipped", "agent_list_sync_disabled")
         ghl_id = contact_id(event)
@@ -83,7 +98,7 @@ class ListRules:
             return Outcome("skipped", "ghl_contact_not_found")
         canonical = ghl_to_canonical(contact, self.settings.default_phone_region)
         view = ContactView(contact.assigned_to, await self._user_email(contact.assigned_to),
-                           _field(contact, self.settings.ghl_assigned_agent_field_key), tuple(contact.tags))
+                           await self.agent_field.value(contact), tuple(contact.tags))
         key = store.contact_lock_key(canonical.phone, ghl_id=ghl_id)
         async with store.contact_lock(self.engine, key) as conn:
             agents = await self._agents(conn)
@@ -91,6 +106,11 @@ class ListRules:
             opted_out = await optout.is_opted_out(conn, canonical.phone)
             details = {"agent": agent, "agent_reason": reason, "legacy_marker": has_legacy_marker(contact.tags)}
             state = (await conn.execute(select(ContactAgentState).where(ContactAgentState.contact_id == ghl_id))).first()
+            if echo and (state is None or state.agent_key == agent):
+                if state is None:  # the agent is remembered (S-7 and a later reassignment read it), no list changes
+                    await conn.execute(pg_insert(ContactAgentState).values(contact_id=ghl_id, agent_key=agent)
+                                       .on_conflict_do_nothing(index_elements=["contact_id"]))
+                return Outcome("echo", "middleware-originated")
             keys = list(self.settings.agent_list_keys)
             mode = self.settings.tag_match_mode
             changed = lambda: list_intent("contact.changed", {}, contact.tags, opted_out=opted_out,  # noqa: E731
@@ -130,6 +150,67 @@ class ListRules:
             log.info("contact_reassigned", ghl_contact_id=ghl_id, old=reassigned_from, new=agent)
         changed_any = any(r == "applied" for r in results)
         return Outcome("applied") if changed_any else Outcome("skipped", results[-1] if results else "no_list_change")
+
+    # --- R3 / O-5: the opt-out itself ------------------------------------------------------
+    async def remove_opted_out(self, event: WebhookEvent, attempt: int, opt_out: OptOut, *,
+                               ghl_id: str | None = None, aloware_id: str | None = None) -> Outcome:
+        """An opted-out number off every call list when the opt-out arrives (STOP, Aloware
+        DNC, GHL DND), not at the contact's next GHL event, which may never come (R3, O-5;
+        L-2 step 4 with every key of every agent, so nothing is re-added).
+
+        ``opt_out`` is recorded in the registry first, with the arguments ghl-sync's rule for
+        the same event uses (O-1 is idempotent per event), so whichever consumer gets there
+        first, the registry says opted out before the lists are touched and a concurrent
+        contact event adds nothing back (O-5b); with ``record=False`` the caller has
+        recorded it. The removal acts on the registry's verdict (O-4: a stale opt-out
+        changes nothing), for every live GHL contact with the number plus ``ghl_id``, and
+        every Aloware contact of theirs plus ``aloware_id`` (else Aloware's contact with the
+        number): Aloware can only take a contact off all its lists at once, which for an
+        opt-out is what we want, lists put together by hand included. Memberships are marked
+        ``removed`` (reason ``opted_out``) only after Aloware took the removal, so a retry
+        finds them active and removes again."""
+        if not self.settings.enable_agent_list_sync:
+            return Outcome("ignored", "agent_list_sync_disabled")
+        if not self.settings.enable_power_dialer_lists:
+            return Outcome("ignored", DISABLED)
+        phone, started = opt_out.phone, datetime.now(UTC)
+        if opt_out.record and not opt_out.under_lock:
+            async with self.engine.begin() as conn:
+                await opt_out.write(conn, event)
+        async with store.contact_lock(self.engine, phone) as conn:
+            if opt_out.record and opt_out.under_lock:
+                await opt_out.write(conn, event)
+            if not await optout.is_opted_out(conn, phone):
+                return Outcome("ignored", "not_opted_out")
+            mappings = (await conn.execute(select(ContactMapping.ghl_contact_id, ContactMapping.aloware_contact_id)
+                                           .where(ContactMapping.ghl_deleted_at.is_(None), or_(
+                                               ContactMapping.phone_number == phone,
+                                               ContactMapping.ghl_contact_id == (ghl_id or ""))))).all()
+            ghl_ids = sorted({m.ghl_contact_id for m in mappings} | ({ghl_id} if ghl_id else set()))
+            aloware_ids = sorted({str(m.aloware_contact_id) for m in mappings if m.aloware_contact_id}
+                                 | ({aloware_id} if aloware_id else set()))
+            active = (await conn.execute(select(ContactListMembership).where(
+                ContactListMembership.contact_id.in_(ghl_ids), ContactListMembership.status == "active"))).all() \
+                if ghl_ids else []
+            if not aloware_ids:
+                if active:  # L-2 step 2: the lists hold an Aloware contact we cannot name yet
+                    raise RetryLater(None, f"Could not resolve Aloware contact ID for GHL contact {active[0].contact_id}")
+                record = await self.sync.aloware.lookup_by_phone(phone)
+                if record is None:
+                    return Outcome("ignored", "no-aloware-contact")
+                aloware_ids = [str(record.id)]
+            removed = [await self.sync.aloware.remove_from_all_lists(alo) for alo in aloware_ids]
+            for row in active:
+                await self._membership(conn, row.contact_id, row.agent_key, row.list_key, "removed", "opted_out")
+            names = [list_name(r.agent_key, r.list_key) for r in active]
+            for alo, found in zip(aloware_ids, removed, strict=True):
+                await store.log_sync(conn, direction="ghl_to_aloware", entity_type="list", rule="L-2",
+                                     source_id=ghl_ids[0] if ghl_ids else alo, target_id=alo, status="success",
+                                     message=f"removed from {', '.join(names)}" if names else
+                                     "removed from every list" if found else "already absent in Aloware",
+                                     details={"trigger": event.canonical_type, "opted_out": True},
+                                     started_at=started, correlation_id=str(event.event_id), attempt=attempt)
+        return Outcome("applied") if active or any(removed) else Outcome("ignored", "already absent in Aloware")
 
     # --- L-2 -------------------------------------------------------------------------------
     async def apply(self, conn: Any, event: WebhookEvent, attempt: int, ghl_id: str, phone: str | None,
@@ -279,11 +360,3 @@ def contact_id(event: WebhookEvent) -> str:
             return value
     return event.entity_id
 
-
-def _field(contact: GhlContact, key: str) -> str | None:
-    """The agent custom field: by id when the location's field key resolves, else by key."""
-    for item in contact.custom_fields:
-        extra = item.model_extra or {}
-        if key in (item.id, extra.get("key"), extra.get("fieldKey")) and item.value:
-            return str(item.value)
-    return None

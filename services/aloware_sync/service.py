@@ -1,5 +1,7 @@
-"""aloware-sync: rules whose write target is Aloware. Implemented so far: CG (GHL contact
-created/updated/tags changed → Aloware contact) with merge modes and echo suppression."""
+"""aloware-sync: rules whose write target is Aloware: CG (GHL contact created/updated/tags
+changed → Aloware contact) with merge modes and echo suppression, the call lists (L), D-3,
+O-7, M-3, and the list half of every opt-out (STOP, Aloware DNC, GHL DND take the number off
+the call lists when they arrive, R3)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts.envelope import WebhookEvent
 from contracts.payloads import is_ghl_marketplace
 from contracts.payloads.texting import normalise_texting
+from services.aloware_sync import optouts
 from services.aloware_sync.lists import ListRules, contact_id
+from services.aloware_sync.optouts import OptOut
 from services.aloware_sync.rules.contact import (
     CreateAlowareContact,
     UpdateAlowareContact,
@@ -53,18 +57,31 @@ class AlowareSync:
 
     async def handle(self, event: WebhookEvent, attempt: int) -> Outcome:
         """The dispatch table (spec/outbound.md §1.1) for what is implemented."""
+        region = self.settings.default_phone_region
         if event.source.value == "ghl" and event.canonical_type == "contact.deleted":
             return await self.ghl_contact_deleted(event, attempt)
+        if event.source.value == "texting" and event.canonical_type == "optout.stop":
+            return await self.opted_out(event, attempt, optouts.texting_stop(event, region))
+        if event.source.value == "aloware" and event.canonical_type == "contact.dnc_updated":
+            body = optouts.dnc_body(event.payload)
+            return await self.opted_out(event, attempt, optouts.aloware_dnc(event, region),
+                                        aloware_id=str(body["id"]) if body.get("id") is not None else None)
         if event.source.value == "texting" and event.canonical_type in ("message.inbound", "message.outbound"):
-            return await self.link_text(event, attempt)
+            stop = optouts.stop_keyword(event, region)  # M-1.4: an inbound STOP text is an opt-out too
+            removed = await self.lists.remove_opted_out(event, attempt, stop) if stop else None
+            linked = await self.link_text(event, attempt)
+            return linked if removed is None else _merge(linked, removed)
         if event.source.value == "ghl" and event.canonical_type == "contact.dnd_changed":
             return await self.ghl_dnd_changed(event, attempt)
         if event.source.value == "ghl" and event.canonical_type in CG_TYPES:
             if self.settings.sync_ghl_contacts_to_aloware:
                 synced, latest = await self.sync_ghl_contact(event, attempt)
             else:
-                synced, latest = Outcome("skipped", "ghl_contact_sync_disabled"), None
-            return _merge(synced, await self.lists.on_event(event, attempt, latest))
+                synced, latest = await self._echo_only(event)
+            # R1: an echo of our own write changes no list (the reassignment a human may have
+            # made meanwhile excepted, see ListRules.on_event)
+            return _merge(synced, await self.lists.on_event(event, attempt, latest,
+                                                            echo=synced.outcome == "echo"))
         if event.source.value == "ghl" and event.canonical_type in LIST_TYPES:
             async with self.engine.connect() as conn:
                 mapped = await store.mapping_by_ghl(conn, contact_id(event))
@@ -77,18 +94,48 @@ class AlowareSync:
         prefix = "Unhandled GHL event type" if event.source.value == "ghl" else "Unhandled event type"
         return Outcome("skipped", f"{prefix}: {event.event_name}")
 
-    async def _body_is_echo(self, event: WebhookEvent, ghl_id: str) -> bool:
+    async def _body_echo(self, event: WebhookEvent, ghl_id: str) -> GhlContact | None:
         """LP-1 on the webhook body itself: a marketplace body carries the whole contact, so
-        an echo of our own write is recognised without re-reading GHL (one call saved)."""
+        an echo of our own write is recognised without re-reading GHL (one call saved). The
+        body's contact when it is an echo, else None."""
         if not is_ghl_marketplace(event.payload):
-            return False
+            return None
         try:
             body = GhlContact.model_validate(event.payload)
         except ValidationError:
-            return False
+            return None
         projection = ghl_to_canonical(body, self.settings.default_phone_region).projection_hash()
         async with self.engine.connect() as conn:
-            return await store.is_echo(conn, "ghl", ghl_id, projection, self.settings.echo_window_seconds)
+            echo = await store.is_echo(conn, "ghl", ghl_id, projection, self.settings.echo_window_seconds)
+        return body if echo else None
+
+    async def _echo_only(self, event: WebhookEvent) -> tuple[Outcome, GhlContact | None]:
+        """R1 with the contact sync off (``SYNC_GHL_CONTACTS_TO_ALOWARE=false``): the list rules
+        still must not act on our own echo, so the check CG would have made is made here (the
+        contact read, when needed, is the one the list rules would make anyway)."""
+        skipped = Outcome("skipped", "ghl_contact_sync_disabled")
+        body = await self._body_echo(event, event.entity_id)
+        if body is not None:
+            return Outcome("echo", "middleware-originated"), body
+        if is_ghl_marketplace(event.payload):
+            return skipped, None
+        current = await self.ghl.get_contact(contact_id(event))
+        if current is None:
+            return skipped, None
+        projection = ghl_to_canonical(current, self.settings.default_phone_region).projection_hash()
+        async with self.engine.connect() as conn:
+            echo = await store.is_echo(conn, "ghl", current.id, projection, self.settings.echo_window_seconds)
+        return (Outcome("echo", "middleware-originated") if echo else skipped), current
+
+    async def opted_out(self, event: WebhookEvent, attempt: int, opt_out: OptOut | None, *,
+                        aloware_id: str | None = None) -> Outcome:
+        """The list half of a texting STOP (O-2) or an Aloware DNC (D-1): ghl-sync writes the
+        registry and the GHL tags; this takes the number off every call list at once. An event
+        that opts nobody out (a DNC removal, no phone) changes no list: ``ignored``, so the
+        event's outcome is ghl-sync's."""
+        if opt_out is None:
+            return Outcome("ignored", "no_opt_out_for_lists")
+        return await self.lists.remove_opted_out(event, attempt, opt_out, aloware_id=aloware_id)
 
     async def link_text(self, event: WebhookEvent, attempt: int) -> Outcome:
         """M-3: Aloware has no message API; link the text's Aloware contact when one exists
@@ -147,7 +194,13 @@ class AlowareSync:
             await store.log_sync(conn, status="success" if decision.applied else "skipped", rule="O-7",
                                  target_id=phone, message=f"DND status: {decision.status}" if decision.applied
                                  else decision.reason, **common)
-        return Outcome("applied") if decision.applied else Outcome("skipped", decision.reason)
+        recorded = Outcome("applied") if decision.applied else Outcome("skipped", decision.reason)
+        if status != "opted_out":
+            return recorded
+        # GHL sends no other event for a DND change: the lists are cleaned now or never (R3)
+        removed = await self.lists.remove_opted_out(
+            event, attempt, OptOut(phone, "ghl", "GHL DND", event.received_at, record=False), ghl_id=ghl_id)
+        return _merge(recorded, removed)
 
     async def ghl_contact_deleted(self, event: WebhookEvent, attempt: int) -> Outcome:
         """D-3: take the Aloware contact off every call list; remember the GHL deletion."""
@@ -178,10 +231,11 @@ class AlowareSync:
         common = {"direction": "ghl_to_aloware", "entity_type": "contact", "source_id": ghl_id,
                   "started_at": started, "correlation_id": str(event.event_id), "attempt": attempt}
         region = self.settings.default_phone_region
-        if ghl_id == event.entity_id and await self._body_is_echo(event, ghl_id):  # the body is this contact
+        body = await self._body_echo(event, ghl_id) if ghl_id == event.entity_id else None  # the body is this contact
+        if body is not None:
             async with self.engine.begin() as conn:
                 await store.log_sync(conn, status="skipped", rule="LP-1", message="middleware-originated", **common)
-            return Outcome("echo", "middleware-originated"), None
+            return Outcome("echo", "middleware-originated"), body
         current = await self.ghl.get_contact(ghl_id)
         if current is None:
             async with self.engine.begin() as conn:
@@ -234,6 +288,15 @@ def explain(event: WebhookEvent) -> list[str]:
     first, so the exact writes are only known when it runs)."""
     if event.canonical_type in ("contact.deleted",):
         return [f"aloware-sync D-3: take the mapped Aloware contact of GHL {event.entity_id} off every list"]
+    lists = ("aloware-sync R3: if this opts the number out, take it off every Aloware call list and mark "
+             "its memberships removed (nothing while the Power Dialer lists are disabled)")
+    if event.canonical_type in ("optout.stop", "contact.dnc_updated"):
+        return [lists]
+    if event.canonical_type == "contact.dnd_changed":
+        return ["aloware-sync O-7: re-read the GHL contact's DND into the opt-out registry", lists]
+    if event.canonical_type in ("message.inbound", "message.outbound"):
+        link = "aloware-sync M-3: link the text to the number's Aloware contact (Aloware has no message API)"
+        return [lists, link] if optouts.stop_keyword(event, "US") is not None else [link]
     if event.entity_type.value == "contact":
         return [f"aloware-sync CG: read GHL contact {event.entity_id}, look it up in Aloware by phone, "
                 "write only the fields that differ (nothing if they agree)"]
