@@ -163,12 +163,13 @@ class ListRules:
         first, the registry says opted out before the lists are touched and a concurrent
         contact event adds nothing back (O-5b); with ``record=False`` the caller has
         recorded it. The removal acts on the registry's verdict (O-4: a stale opt-out
-        changes nothing), for every live GHL contact with the number plus ``ghl_id``, and
-        every Aloware contact of theirs plus ``aloware_id`` (else Aloware's contact with the
-        number): Aloware can only take a contact off all its lists at once, which for an
-        opt-out is what we want, lists put together by hand included. Memberships are marked
-        ``removed`` (reason ``opted_out``) only after Aloware took the removal, so a retry
-        finds them active and removes again."""
+        changes nothing) and on our memberships (LP-2: a replay, or a number never on one of
+        our lists, calls nothing): every live GHL contact with the number, plus ``ghl_id``,
+        that has an active membership has its Aloware contact (and ``aloware_id``, the DNC
+        event's own) taken off all power-dialer lists at once, the only removal Aloware has,
+        which for an opt-out is what we want. Memberships are marked ``removed`` (reason
+        ``opted_out``) only after Aloware took the removal, so a retry finds them active and
+        removes again."""
         if not self.settings.enable_agent_list_sync:
             return Outcome("ignored", "agent_list_sync_disabled")
         if not self.settings.enable_power_dialer_lists:
@@ -186,31 +187,29 @@ class ListRules:
                                            .where(ContactMapping.ghl_deleted_at.is_(None), or_(
                                                ContactMapping.phone_number == phone,
                                                ContactMapping.ghl_contact_id == (ghl_id or ""))))).all()
-            ghl_ids = sorted({m.ghl_contact_id for m in mappings} | ({ghl_id} if ghl_id else set()))
-            aloware_ids = sorted({str(m.aloware_contact_id) for m in mappings if m.aloware_contact_id}
-                                 | ({aloware_id} if aloware_id else set()))
+            ghl_ids = {m.ghl_contact_id for m in mappings} | ({ghl_id} if ghl_id else set())
             active = (await conn.execute(select(ContactListMembership).where(
-                ContactListMembership.contact_id.in_(ghl_ids), ContactListMembership.status == "active"))).all() \
-                if ghl_ids else []
-            if not aloware_ids:
-                if active:  # L-2 step 2: the lists hold an Aloware contact we cannot name yet
-                    raise RetryLater(None, f"Could not resolve Aloware contact ID for GHL contact {active[0].contact_id}")
-                record = await self.sync.aloware.lookup_by_phone(phone)
-                if record is None:
-                    return Outcome("ignored", "no-aloware-contact")
-                aloware_ids = [str(record.id)]
-            removed = [await self.sync.aloware.remove_from_all_lists(alo) for alo in aloware_ids]
+                ContactListMembership.contact_id.in_(sorted(ghl_ids)), ContactListMembership.status == "active"))).all()
+            if not active:  # LP-2: nothing of ours to take off (a replay, or never on a list)
+                return Outcome("ignored", "not_on_any_list")
+            listed = sorted({row.contact_id for row in active})
+            aloware_ids = sorted({str(m.aloware_contact_id) for m in mappings
+                                  if m.aloware_contact_id and m.ghl_contact_id in listed}
+                                 | ({aloware_id} if aloware_id else set()))
+            if not aloware_ids:  # L-2 step 2: the lists hold an Aloware contact we cannot name yet
+                raise RetryLater(None, f"Could not resolve Aloware contact ID for GHL contact {listed[0]}")
+            for alo in aloware_ids:
+                await self.sync.aloware.remove_from_all_lists(alo)
             for row in active:
                 await self._membership(conn, row.contact_id, row.agent_key, row.list_key, "removed", "opted_out")
-            names = [list_name(r.agent_key, r.list_key) for r in active]
-            for alo, found in zip(aloware_ids, removed, strict=True):
+            names = ", ".join(list_name(r.agent_key, r.list_key) for r in active)
+            for alo in aloware_ids:
                 await store.log_sync(conn, direction="ghl_to_aloware", entity_type="list", rule="L-2",
-                                     source_id=ghl_ids[0] if ghl_ids else alo, target_id=alo, status="success",
-                                     message=f"removed from {', '.join(names)}" if names else
-                                     "removed from every list" if found else "already absent in Aloware",
+                                     source_id=listed[0], target_id=alo, status="success",
+                                     message=f"removed from {names}",
                                      details={"trigger": event.canonical_type, "opted_out": True},
                                      started_at=started, correlation_id=str(event.event_id), attempt=attempt)
-        return Outcome("applied") if active or any(removed) else Outcome("ignored", "already absent in Aloware")
+        return Outcome("applied")
 
     # --- L-2 -------------------------------------------------------------------------------
     async def apply(self, conn: Any, event: WebhookEvent, attempt: int, ghl_id: str, phone: str | None,
