@@ -25,8 +25,31 @@ Chaos (``--chaos``): during the send window a random consumer process is SIGKILL
 replaced every ``--kill-every`` seconds, NATS is restarted once (a third in), PostgreSQL once
 (two thirds in), and the fake GHL answers bursts of 429 and 503. The ledger must still balance.
 
+Opt-outs and call lists (``--optouts SHARE``, default 0.05 of the contacts, at least one of
+each kind; 0 turns this part off; ``ENABLE_POWER_DIALER_LISTS=true`` and the gateway process
+run with it): ``--listed SHARE`` (default 0.2) of as many contacts again are list-managed. Each
+is created in GHL by a person (the sandbox's GHL API with an owner, Chris or Rafi, and the tag
+``call_now``), so GHL's own ContactCreate (the sandbox emits it; not our write, so not an echo)
+puts it on its agent's NEW_LEADS list, and a ContactTagUpdate the generator sends a few seconds
+later puts it on CALL_NOW. (The echoes of our own writes change no list, R1: the Aloware-created
+contacts of the mix above must end on no list, and the ledger counts that too.) The opt-out
+share of the list-managed contacts opt out a few seconds after their tag event, in the same
+open loop, by a texting ``optout.stop`` from their number, an Aloware DNC, or a GHL SMS DND
+(the contact changed in GHL without a webhook, then GHL's ContactDndUpdate), the three in turn;
+some opt-outs race their contact's own list events, which is the point.
+
+Phase 2 (sends after the opt-out): an open loop cannot order two events, so the sends that
+must be refused are sent only after every phase-1 event, including the webhooks the sandbox
+emitted, is finished in the database and the registry says opted out for every opted-out
+number. Then each list-managed number gets a GHL agent SMS (provider delivery, M-2, signed
+like GHL's; opted-out numbers half in national spelling) and a gateway ``/apisms`` send. The
+ledger: no Verity send-message request for an opted-out number, each refused (M-2 outcome and
+gateway 403 ``recipient_opted_out``); every other number's two sends reach Verity once; no
+opted-out number on any Aloware list or with an active ``contact_list_memberships`` row; every
+other list-managed contact on its two lists; nothing else on any list.
+
 Usage: python bench/e2e/run.py [--rate 100] [--seconds 30] [--replicas 1] [--chaos] [--edge SHARE]
-                               [--settle S] [--record]
+                               [--optouts SHARE] [--listed SHARE] [--settle S] [--record]
 """
 
 from __future__ import annotations
@@ -43,6 +66,8 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -60,6 +85,7 @@ from services.common.broker import prepare_topology
 from services.common.db import migrate
 from services.common.db.session import sync_url
 from services.common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from services.common.phone import to_e164
 from services.common.sender import sign
 from services.common.settings import Settings
 from services.common.signing import generate_ed25519, private_pem, public_pem
@@ -133,9 +159,155 @@ def with_edges(events: list[tuple[str, str, dict[str, Any]]], share: float, rng:
     return out[: len(events)]
 
 
-async def drive(base: str, settings: Settings, events: list[tuple[str, str, dict[str, Any]]], rate: float
-                ) -> dict[str, Any]:
-    """Open loop: event i is sent at start + i / rate whatever the answers do."""
+LIST_AGENTS = {"CHRIS": "sbxUserChris", "RAFI": "sbxUserRafi"}  # the sandbox GHL's users, seeded as agents
+LIST_NAMES = tuple(f"DF_{agent}_{key}" for agent in (*LIST_AGENTS, "UNASSIGNED") for key in ("NEW_LEADS", "CALL_NOW"))
+OPT_OUT_KINDS = ("stop", "dnc", "dnd")
+GATEWAY_KEY = "bench-gateway-key"
+CATALOG = ROOT / "tests" / "fixtures" / "apis" / "verity" / "api_catalog.json"
+
+
+@dataclass
+class Listed:
+    """A list-managed contact: created in GHL by a person, owned by ``agent``."""
+
+    n: int
+    phone: str
+    agent: str
+    opt_out: str | None  # one of OPT_OUT_KINDS, or None: never opts out
+
+
+def plan_listed(contacts: int, listed_share: float, optout_share: float) -> list[Listed]:
+    """The list-managed contacts (phones apart from the mix's), the first ``optout_share`` of
+    ``contacts`` (at least one of each kind) opting out, kinds and agents in turn."""
+    if optout_share <= 0:
+        return []
+    opting = max(len(OPT_OUT_KINDS), round(contacts * optout_share))
+    count = max(2 * opting, round(contacts * listed_share))
+    agents = list(LIST_AGENTS)
+    return [Listed(n, f"+1555{5_000_000 + n:07d}", agents[n % 2], OPT_OUT_KINDS[n % 3] if n < opting else None)
+            for n in range(count)]
+
+
+def with_listed(events: list[tuple[str, str, dict[str, Any]]], listed: list[Listed], rate: float,
+                rng: random.Random) -> list[tuple[str, str, dict[str, Any]]]:
+    """``events`` with each list-managed contact's GHL create (in the first 40 % of the run),
+    its tag event 2-6 s later and its opt-out 3-10 s after that. Their bodies need what the
+    sandbox answers (the GHL id, the Aloware id), so they are made when sent (``Lazy``)."""
+    slots = [(float(i), event) for i, event in enumerate(events)]
+    for contact in listed:
+        create = rng.uniform(0, 0.4 * len(events))
+        tag = create + rng.uniform(2, 6) * rate
+        slots += [(create, ("ghl_human_create", "sandbox", {"__lazy__": "create", "n": contact.n})),
+                  (tag, ("list_tag", "ghl", {"__lazy__": "tag", "n": contact.n}))]
+        if contact.opt_out:
+            slots.append((tag + rng.uniform(3, 10) * rate,
+                          (f"optout_{contact.opt_out}", "aloware" if contact.opt_out == "dnc" else
+                           "texting" if contact.opt_out == "stop" else "ghl", {"__lazy__": contact.opt_out,
+                                                                                "n": contact.n})))
+    return [event for _, event in sorted(slots, key=lambda s: s[0])]
+
+
+def national(phone: str) -> str:
+    """+15555000001 as a person types it: (555) 500-0001."""
+    return f"({phone[2:5]}) {phone[5:8]}-{phone[8:]}"
+
+
+def plan_sends(listed: list[Listed]) -> list[tuple[str, str, dict[str, Any]]]:
+    """Phase 2: an agent SMS through GHL's provider (M-2) and a gateway send to every
+    list-managed number; opted-out numbers half in national spelling (the gate normalises)."""
+    events: list[tuple[str, str, dict[str, Any]]] = []
+    for contact in listed:
+        to = national(contact.phone) if contact.opt_out and contact.n % 2 else contact.phone
+        events += [("agent_sms", "ghl_provider", {"__lazy__": "agent_sms", "n": contact.n, "to": to}),
+                   ("gateway_send", "gateway", {"__lazy__": "gateway", "n": contact.n, "to": to})]
+    return events
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+class Lazy:
+    """Makes the bodies of the list-managed events when they are sent, and performs the
+    actions that are not webhooks (a person's GHL create, a gateway send)."""
+
+    def __init__(self, sandbox: str, gateway: str | None, settings: Settings, listed: list[Listed]) -> None:
+        self.sandbox, self.gateway, self.settings = sandbox, gateway, settings
+        self.listed = {c.n: c for c in listed}
+        self.contacts: dict[int, dict[str, Any]] = {}  # GHL contacts as created, by ``Listed.n``
+        self.waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}  # this event loop's (one per phase)
+        self.actions: list[dict[str, Any]] = []  # what was not an ingress webhook, with its answer
+
+    def contact(self, n: int) -> asyncio.Future[dict[str, Any]]:
+        future = self.waiting.get(n)
+        if future is None or future.get_loop() is not asyncio.get_running_loop():
+            future = self.waiting[n] = asyncio.get_running_loop().create_future()
+        return future
+
+    async def ghl_contact(self, n: int) -> dict[str, Any]:
+        """The GHL contact of ``n``, waiting for its create when the send came first."""
+        if n in self.contacts:
+            return self.contacts[n]
+        return await asyncio.wait_for(asyncio.shield(self.contact(n)), timeout=60)
+
+    def ghl_webhook(self, kind: str, contact: dict[str, Any]) -> dict[str, Any]:
+        return {"type": kind, "locationId": contact.get("locationId"), **contact, "timestamp": _now(),
+                "webhookId": str(uuid.uuid4())}
+
+    async def resolve(self, client: httpx.AsyncClient, kind: str, source: str, body: dict[str, Any]
+                      ) -> tuple[str, dict[str, Any]] | None:
+        """(source, body) to post to the ingress, or None when the action was done here."""
+        listed, sandbox = self.listed[body["n"]], self.sandbox
+        if body["__lazy__"] == "create":  # a person creates the contact in GHL
+            answer = await client.post(f"{sandbox}/ghl/contacts/", headers=GHL, json={
+                "locationId": self.settings.ghl_location_id, "firstName": f"L{listed.n}", "lastName": "Listed",
+                "phone": listed.phone, "assignedTo": LIST_AGENTS[listed.agent], "tags": ["call_now"]})
+            self.actions.append({"kind": kind, "status": answer.status_code})
+            if answer.status_code == 201:
+                self.contacts[listed.n] = answer.json()["contact"]
+                self.contact(listed.n).set_result(self.contacts[listed.n])
+            else:
+                self.contact(listed.n).set_exception(RuntimeError(f"GHL create answered {answer.status_code}"))
+            return None
+        if body["__lazy__"] == "tag":
+            return source, self.ghl_webhook("ContactTagUpdate", await self.ghl_contact(listed.n))
+        if body["__lazy__"] == "stop":
+            return source, {"eventType": "optout.stop", "messageId": f"e2e-stop-{listed.n}", "direction": "inbound",
+                            "from": listed.phone, "to": "+15550000000", "body": "STOP",
+                            "conversationId": f"chat-stop-{listed.n}", "timestamp": _now(), "status": "received"}
+        if body["__lazy__"] == "dnd":  # changed in GHL (no webhook of its own), then GHL's ContactDndUpdate
+            contact = await self.ghl_contact(listed.n)
+            changed = await client.patch(f"{sandbox}/_sandbox/ghl/contacts/{contact['id']}",
+                                         json={"dndSettings": {"SMS": {"status": "active"}}})
+            return source, self.ghl_webhook("ContactDndUpdate", changed.json())
+        if body["__lazy__"] == "dnc":  # Aloware's contact, as aloware-sync created it (if it has yet)
+            found = [c for c in (await client.get(f"{sandbox}/_sandbox/aloware/contacts")).json()
+                     if c.get("phone_number") == listed.phone]
+            contact = {"first_name": f"L{listed.n}", "last_name": "Listed", "phone_number": listed.phone,
+                       "is_dnc": True, "updated_at": datetime.now(UTC).isoformat()}
+            return source, {"event": "Contact DNC Updated",
+                            "body": {**({"id": found[0]["id"]} if found else {}), **contact}}
+        if body["__lazy__"] == "agent_sms":
+            contact = await self.ghl_contact(listed.n)
+            return source, {"contactId": contact["id"], "locationId": self.settings.ghl_location_id,
+                            "messageId": f"e2e-agent-sms-{listed.n}", "type": "SMS", "phone": body["to"],
+                            "message": f"bench agent sms {listed.n}", "attachments": [],
+                            "userId": LIST_AGENTS[listed.agent]}
+        assert body["__lazy__"] == "gateway" and self.gateway is not None
+        answer = await client.post(f"{self.gateway}/api/verity", headers={"Authorization": f"Bearer {GATEWAY_KEY}"},
+                                   json={"endpoint": "/apisms", "method": "POST",
+                                         "body": {"to": body["to"], "body": f"bench gateway {listed.n}"}})
+        error = answer.json().get("error") if answer.headers.get("content-type", "").startswith(
+            "application/json") else None
+        self.actions.append({"kind": kind, "n": listed.n, "status": answer.status_code,
+                             "code": error.get("code") if isinstance(error, dict) else None})
+        return None
+
+
+async def drive(base: str, settings: Settings, events: list[tuple[str, str, dict[str, Any]]], rate: float,
+                lazy: Lazy | None = None) -> dict[str, Any]:
+    """Open loop: event i is sent at start + i / rate whatever the answers do (a lazy body is
+    made then, see ``Lazy``; what is not a webhook is not in the results)."""
     results: list[dict[str, Any]] = []
     start = time.monotonic() + 0.5
     wall = datetime.now(UTC).timestamp() + 0.5
@@ -143,6 +315,12 @@ async def drive(base: str, settings: Settings, events: list[tuple[str, str, dict
     async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
         async def one(i: int, source: str, body: dict[str, Any]) -> None:
             await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+            if "__lazy__" in body:
+                assert lazy is not None
+                made = await lazy.resolve(client, events[i][0], source, body)
+                if made is None:
+                    return
+                source, body = made
             raw = body["__raw__"].encode("latin-1") if "__raw__" in body else json.dumps(body).encode()
             request = sign(settings, source, raw)
             try:
@@ -176,6 +354,56 @@ async def settle(db: str, ids: set[str], timeout: float) -> dict[str, Any]:
                 return {r["id"]: (r["status"], float(r["done_at"]) if r["done_at"] is not None else None)
                         for r in rows}
             await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
+
+
+async def settle_all(db: str, timeout: float) -> int:
+    """Wait until every event in the database is finished, the webhooks the sandbox sent on
+    its own (a person's GHL create, echoes) included, and none arrived for 2 s; the number
+    still unfinished (0 when settled)."""
+    conn = await asyncpg.connect(sync_url(db))
+    try:
+        deadline, quiet, last = time.monotonic() + timeout, 0, -1
+        while True:
+            row = await conn.fetchrow(
+                "SELECT (SELECT count(*) FROM webhook_events) + (SELECT count(*) FROM texting_webhook_events) AS n, "
+                "(SELECT count(*) FROM webhook_events WHERE status NOT IN ('done', 'dead', 'quarantined')) + "
+                "(SELECT count(*) FROM texting_webhook_events WHERE status NOT IN ('done', 'dead', 'quarantined')) "
+                "AS open")
+            quiet = quiet + 1 if row["open"] == 0 and row["n"] == last else 0
+            last = row["n"]
+            if quiet >= 4 or time.monotonic() > deadline:
+                return int(row["open"])
+            await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
+
+
+async def optout_state(db: str, phones: list[str], ids: set[str]) -> tuple[int, int]:
+    """(opted-out numbers the registry says are opted out, opt-out events done)."""
+    conn = await asyncpg.connect(sync_url(db))
+    try:
+        registry = await conn.fetchval("SELECT count(*) FROM optout_registry WHERE status = 'opted_out' "
+                                       "AND phone_number = ANY($1::text[])", phones)
+        done = await conn.fetchval(
+            "SELECT (SELECT count(*) FROM webhook_events WHERE id = ANY($1::uuid[]) AND status = 'done') + "
+            "(SELECT count(*) FROM texting_webhook_events WHERE id = ANY($1::uuid[]) AND status = 'done')", list(ids))
+        return int(registry), int(done)
+    finally:
+        await conn.close()
+
+
+async def list_rows(db: str, provider_ids: set[str]) -> dict[str, Any]:
+    """What the database says about the lists and the agent SMS refusals."""
+    conn = await asyncpg.connect(sync_url(db))
+    try:
+        memberships = [dict(r) for r in await conn.fetch(
+            "SELECT contact_id, agent_key, list_key, status, reason FROM contact_list_memberships")]
+        outcomes = {r["id"]: (r["outcome"], r["outcome_reason"]) for r in await conn.fetch(
+            "SELECT id::text, outcome, outcome_reason FROM webhook_events WHERE id = ANY($1::uuid[])",
+            list(provider_ids))}
+        return {"memberships": memberships, "outcomes": outcomes}
     finally:
         await conn.close()
 
@@ -249,6 +477,81 @@ async def raw_limits(nats_url: str, db_url: str, sandbox: str, seconds: float = 
     return limits
 
 
+def optout_effects(listed: list[Listed], lazy: Lazy, gate: dict[str, Any], sends: list[dict[str, Any]],
+                   db: dict[str, Any], calls: list[dict[str, Any]], aloware_lists: list[dict[str, Any]],
+                   aloware_contacts: list[dict[str, Any]], ghl_contacts: list[dict[str, Any]], zeros: dict[str, int]
+                   ) -> dict[str, tuple[int, int, int]]:
+    """The opt-out part of the ledger: (got, expected, twice) rows, and the counts that must be
+    0 in ``zeros``. Numbers are compared in E.164, as the gate compares them."""
+    opted = {c.phone for c in listed if c.opt_out}
+    others = {c.phone for c in listed if not c.opt_out}
+    by_phone_alo: dict[str, set[str]] = {}
+    for c in aloware_contacts:
+        if (phone := to_e164(c.get("phone_number"))) is not None:
+            by_phone_alo.setdefault(phone, set()).add(str(c["id"]))
+    by_phone_ghl: dict[str, set[str]] = {}
+    for c in ghl_contacts:
+        if (phone := to_e164(c.get("phone"))) is not None:
+            by_phone_ghl.setdefault(phone, set()).add(str(c["id"]))
+
+    def alo_ids(phones: set[str]) -> set[str]:
+        return {i for p in phones for i in by_phone_alo.get(p, set())}
+
+    def ghl_ids(phones: set[str]) -> set[str]:
+        return {i for p in phones for i in by_phone_ghl.get(p, set())}
+
+    on_lists = [(str(item["name"]).upper(), str(i)) for item in aloware_lists for i in item["contact_ids"]]
+    active = [(r["contact_id"], r["agent_key"], r["list_key"]) for r in db["memberships"] if r["status"] == "active"]
+    listed_alo, listed_ghl = alo_ids(opted | others), ghl_ids(opted | others)
+    zeros["list memberships of opted-out numbers: Aloware lists"] = sum(1 for _, i in on_lists if i in alo_ids(opted))
+    zeros["list memberships of opted-out numbers: active contact_list_memberships rows"] = sum(
+        1 for g, _, _ in active if g in ghl_ids(opted))
+    zeros["list memberships of contacts not list-managed (echoes change no list): Aloware / rows"] = sum(
+        1 for _, i in on_lists if i not in listed_alo) + sum(1 for g, _, _ in active if g not in listed_ghl)
+
+    sends_seen = [c for c in calls if c["vendor"] == "verity" and c["path"].endswith("/send-message")
+                  and isinstance(c["body"], dict)]
+    zeros["Verity send-message requests for opted-out numbers"] = sum(
+        1 for c in sends_seen if to_e164(c["body"].get("to")) in opted)
+
+    def reached(prefix: str, status: int | None) -> tuple[int, int, int]:
+        hits = [to_e164(c["body"].get("to")) for c in sends_seen if str(c["body"].get("body", "")).startswith(prefix)
+                and to_e164(c["body"].get("to")) in others and status in (None, c["status"])]
+        return len(set(hits)), len(others), len(hits) - len(set(hits))
+
+    want = {(f"DF_{c.agent}_{key}", alo) for c in listed if not c.opt_out for key in ("NEW_LEADS", "CALL_NOW")
+            for alo in by_phone_alo.get(c.phone, {"(no Aloware contact)"})}  # (list, Aloware id) to be on
+    placed = [entry for entry in on_lists if entry in want]
+    want_rows = {(g, c.agent, key) for c in listed if not c.opt_out for g in by_phone_ghl.get(c.phone, {"?"})
+                 for key in ("NEW_LEADS", "CALL_NOW")}
+    numbers = {c.n: c for c in listed}
+    refused_m2 = sum(1 for r in sends if r["id"] and numbers[int(r["kind"]["messageId"].rsplit("-", 1)[1])].opt_out
+                     and db["outcomes"].get(r["id"]) == ("skipped", "recipient_opted_out"))
+    gateway = [a for a in lazy.actions if a["kind"] == "gateway_send"]
+    refused_gw = sum(1 for a in gateway if numbers[a["n"]].opt_out and a["status"] == 403
+                     and a["code"] == "recipient_opted_out")
+    removed = {r["contact_id"] for r in db["memberships"] if r["reason"] == "opted_out"}
+    creates = [a for a in lazy.actions if a["kind"] == "ghl_human_create"]
+    return {
+        "list-managed contacts created in GHL by a person": (sum(1 for a in creates if a["status"] == 201),
+                                                             len(listed), 0),
+        "opt-outs in the registry before phase 2 (opted_out)": (gate.get("registry", 0), len(opted), 0),
+        f"opted-out numbers that were on a list first (removed, reason opted_out; "
+        f"{len(opted) - len(removed & ghl_ids(opted))} opted out before their add, which was refused)":
+            (len(removed & ghl_ids(opted)), len(removed & ghl_ids(opted)), 0),
+        "other list-managed contacts on their 2 lists: Aloware": (len(set(placed)), len(want),
+                                                                  len(placed) - len(set(placed))),
+        "other list-managed contacts on their 2 lists: active rows": (len(want_rows & set(active)), len(want_rows), 0),
+        "agent SMS (M-2) to opted-out numbers refused (recipient_opted_out)": (
+            refused_m2, sum(1 for r in sends if r["kind"].get("type") == "SMS"
+                            and numbers[int(r["kind"]["messageId"].rsplit("-", 1)[1])].opt_out), 0),
+        "gateway sends to opted-out numbers refused (403 recipient_opted_out)": (
+            refused_gw, sum(1 for a in gateway if numbers[a["n"]].opt_out), 0),
+        "sends to other numbers: agent SMS (M-2) sent by Verity": reached("bench agent sms", 200),
+        "sends to other numbers: gateway requests reaching Verity's send-message": reached("bench gateway", None),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=100, help="events per second (open loop)")
@@ -258,6 +561,11 @@ def main() -> int:
     parser.add_argument("--kill-every", type=float, default=5.0)
     parser.add_argument("--edge", type=float, default=None,
                         help="share of edge inputs in the mix (default 0.05 with --chaos, else 0)")
+    parser.add_argument("--optouts", type=float, default=0.05,
+                        help="share of contacts that are list-managed and opt out (STOP, DNC, DND; 0: none, "
+                             "no call lists, no phase 2)")
+    parser.add_argument("--listed", type=float, default=0.2,
+                        help="list-managed contacts, as a share of the mix's contacts (with --optouts)")
     parser.add_argument("--settle", type=float, default=None,
                         help="seconds to wait for the accepted events to finish (default: 4 × --seconds, at least 120)")
     parser.add_argument("--record", action="store_true")
@@ -266,12 +574,14 @@ def main() -> int:
     contacts = max(1, int(total / 1.3 / 4))
     edge_share = args.edge if args.edge is not None else (0.05 if args.chaos else 0.0)
     events = with_edges(plan(contacts, random.Random(7))[:total], edge_share, random.Random(11))
+    listed = plan_listed(contacts, args.listed, args.optouts)
+    events = with_listed(events, listed, args.rate, random.Random(13))
     work = Path(tempfile.mkdtemp(prefix="dfm-bench-e2e-"))
     nats_server = EmbeddedNats(store_dir=work / "nats", sync_always=True).start()
     pg = EmbeddedPostgres(work / "pg", delete_on_stop=not args.chaos).start()  # chaos restarts it
     key, _ = generate_ed25519()
     (work / "key.pem").write_text(private_pem(key))
-    sandbox_port, ingress_port = free_port(), free_port()
+    sandbox_port, ingress_port, gateway_port = free_port(), free_port(), free_port()
     sandbox = f"http://127.0.0.1:{sandbox_port}"
     env = {
         **os.environ, "NATS_URL": nats_server.url, "DATABASE_URL": pg.url(), "LOG_LEVEL": "warning",
@@ -290,6 +600,9 @@ def main() -> int:
         # a killed process's messages come back within seconds; retries stay short under chaos
         "DFM_CONSUMER_ACK_WAIT_S": "5", "RETRY_BASE_DELAY_S": "0.5", "RETRY_MAX_DELAY_S": "5",
     }
+    if listed:  # the call lists, and the gateway for phase 2's sends (its rate limit off like the others)
+        env |= {"ENABLE_POWER_DIALER_LISTS": "true", "GATEWAY_PORT": str(gateway_port),
+                "DF_MIDDLEWARE_API_KEY": GATEWAY_KEY, "VERITY_CATALOG_PATH": str(CATALOG), "RATE_LIMIT_MAX": "1000000"}
     settings = Settings(**{k.lower(): v for k, v in env.items() if k.isupper() and k.lower() in Settings.model_fields})
 
     processes = Processes(env)
@@ -306,6 +619,15 @@ def main() -> int:
         wait_http(f"http://127.0.0.1:{ingress_port}/api/health", start("ingress"))
         answer = httpx.get(f"http://127.0.0.1:{ingress_port}/leadconnector/oauth", params={"code": "code-bench", "state": sign_state(settings)})
         assert answer.status_code == 200, answer.text
+        gateway = f"http://127.0.0.1:{gateway_port}" if listed else None
+        if listed:
+            wait_http(f"{gateway}/api/verity", start("gateway"))  # 401 without a key: it is up
+            seeded = httpx.post(f"http://127.0.0.1:{ingress_port}/api/admin/agents/seed",
+                                headers={"X-DF-ADMIN-SECRET": "bench"}, timeout=30)
+            assert seeded.status_code == 200, seeded.text
+            for name in LIST_NAMES:  # an Aloware admin made the lists (L-4 finds them by name)
+                httpx.post(f"{sandbox}/_sandbox/aloware/lists", json={"name": name}).raise_for_status()
+        lazy = Lazy(sandbox, gateway, settings, listed)
         time.sleep(2)  # consumers bind to their durables
         raw = asyncio.run(raw_limits(nats_server.url, pg.url(), sandbox))
         skip_calls = len(httpx.get(f"{sandbox}/_sandbox/calls").json())  # the ledger counts the load's only
@@ -317,25 +639,49 @@ def main() -> int:
                                  daemon=True) if args.chaos else None
         if chaos is not None:
             chaos.start()
-        run = asyncio.run(drive(f"http://127.0.0.1:{ingress_port}", settings, events, args.rate))
+        run = asyncio.run(drive(f"http://127.0.0.1:{ingress_port}", settings, events, args.rate, lazy))
         if chaos is not None:
             chaos.join()
         accepted = {r["id"] for r in run["results"] if r["answer"] == "accepted"}
         print(f"sent {len(run['results'])} in {run['elapsed']:.0f} s", file=sys.stderr)
-        finished = asyncio.run(settle(pg.url(), accepted, timeout=args.settle or max(120.0, args.seconds * 4)))
+        settle_s = args.settle or max(120.0, args.seconds * 4)
+        finished = asyncio.run(settle(pg.url(), accepted, timeout=settle_s))
+        phase2: dict[str, Any] = {"results": [], "elapsed": 0.0}
+        opted = [c.phone for c in listed if c.opt_out]
+        optout_ids = {r["id"] for r in run["results"] if r["answer"] == "accepted"
+                      and str(events[r["i"]][0]).startswith("optout_")}
+        gate: dict[str, Any] = {}
+        if listed:
+            # phase 2 only once every opt-out is processed: every event finished (the sandbox's
+            # own webhooks too), the opt-out events done, the registry saying opted out
+            gate["open after phase 1"] = asyncio.run(settle_all(pg.url(), timeout=settle_s))
+            gate["registry"], gate["optouts done"] = asyncio.run(optout_state(pg.url(), opted, optout_ids))
+            gate["ready"] = gate["open after phase 1"] == 0 and gate["registry"] == len(opted) \
+                and gate["optouts done"] == len(optout_ids)
+            print(f"phase 2 gate: {gate}", file=sys.stderr)
+            if gate["ready"]:
+                phase2 = asyncio.run(drive(f"http://127.0.0.1:{ingress_port}", settings, plan_sends(listed),
+                                           args.rate, lazy))
+                sent2 = {r["id"] for r in phase2["results"] if r["answer"] == "accepted"}
+                finished |= asyncio.run(settle(pg.url(), sent2, timeout=settle_s))
+                accepted |= sent2
+                gate["open after phase 2"] = asyncio.run(settle_all(pg.url(), timeout=settle_s))
+        lists_db = asyncio.run(list_rows(pg.url(), {r["id"] for r in phase2["results"] if r["id"]}))
         # a process killed by the chaos took its CPU count with it: no figure for its service
         cpu = {name: cpu_seconds(p) - before[name] if processes.pids()[name] == p else None
                for name, p in pids.items()}
         calls = httpx.get(f"{sandbox}/_sandbox/calls").json()[skip_calls:]
         ghl_contacts = httpx.get(f"{sandbox}/_sandbox/ghl/contacts").json()
         conversations = httpx.get(f"{sandbox}/_sandbox/ghl/conversations").json()
+        aloware_lists = httpx.get(f"{sandbox}/_sandbox/aloware/lists").json()
+        aloware_contacts = httpx.get(f"{sandbox}/_sandbox/aloware/contacts").json()
     finally:
         processes.stop_all()
         nats_server.stop()
         pg.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    results = run["results"]
+    results = run["results"] + phase2["results"]
     sent = len(results)
     duplicate = sum(1 for r in results if r["answer"] == "duplicate")
     rejected = sum(1 for r in results if r["status"] != 200)
@@ -376,9 +722,14 @@ def main() -> int:
                                                      len(edge_messages) - len(set(edge_messages))),
         "edge bodies refused with 400": (edges_400, len(refused_edges), 0),
     }
+    zeros: dict[str, int] = {}  # each must be 0
+    if listed:
+        effects |= optout_effects(listed, lazy, gate, phase2["results"], lists_db, calls, aloware_lists,
+                                  aloware_contacts, ghl_contacts, zeros)
     balanced = (sent == len(accepted) + duplicate + rejected and missing == 0 and dead == 0
                 and done + quarantined + late == len(accepted)
-                and all(got == want and twice == 0 for got, want, twice in effects.values()))
+                and all(got == want and twice == 0 for got, want, twice in effects.values())
+                and not any(zeros.values()) and (not listed or gate.get("ready", False)))
     latencies = sorted((done_at - r["scheduled"]) * 1000 for r in results if r["id"] in finished
                        and r["answer"] == "accepted" and (done_at := finished[r["id"]][1]) is not None)
     vendor_calls = len([c for c in calls if c["vendor"] in ("ghl", "aloware", "verity")])
@@ -391,12 +742,22 @@ def main() -> int:
         "",
         f"- command: `python bench/e2e/run.py --rate {args.rate:g} --seconds {args.seconds:g} --replicas {args.replicas}"
         f"{' --chaos' if args.chaos else ''}{f' --edge {args.edge:g}' if args.edge is not None else ''}"
+        f"{f' --optouts {args.optouts:g}' if args.optouts != 0.05 else ''}"
+        f"{f' --listed {args.listed:g}' if args.listed != 0.2 else ''}"
         f"{f' --settle {args.settle:g}' if args.settle else ''}`",
         f"- machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; every "
         "process, the sandbox vendors and the generator on one host; rate limiting off",
         f"- mix: {contacts} contacts × (Aloware create, update, call, inbound text), ~30 % repeated sends"
         + (f", {edge_share:.0%} edge inputs (NUL, 2 kB ids, lone surrogates, deep nesting, UTF-16)"
            if edge_share else ""),
+        *([(f"- lists and opt-outs: {len(listed)} list-managed contacts (created in GHL by a person with an owner "
+           f"and call_now, then a ContactTagUpdate), {len(opted)} of them opted out a few seconds later in the same "
+           f"loop ({', '.join(f'{sum(1 for c in listed if c.opt_out == k)} {name}' for k, name in zip(OPT_OUT_KINDS, ('texting STOP', 'Aloware DNC', 'GHL DND'), strict=True))}); "
+           f"phase 2, once every phase-1 event was finished and the registry held every opt-out: "
+           f"{len(phase2['results'])} agent SMS (M-2) and "
+           f"{sum(1 for a in lazy.actions if a['kind'] == 'gateway_send')} gateway /apisms sends, one of each per "
+           f"list-managed number, in {phase2['elapsed']:.0f} s; ENABLE_POWER_DIALER_LISTS=true")]
+          if listed else []),
         *([f"- chaos: {'; '.join(chaos_log)}"] if args.chaos else []),
         "",
         "| ledger | value |",
@@ -405,11 +766,13 @@ def main() -> int:
         f"| done / dead / quarantined / missing | {done} / {dead} / {quarantined} / {missing}"
         + (f" ({unfinished})" if unfinished else "") + " |",
         *[f"| {name}: got / expected / twice | {g} / {w} / {t} |" for name, (g, w, t) in effects.items()],
+        *[f"| {name} (must be 0) | {n} |" for name, n in zeros.items()],
         f"| balanced | {'yes' if balanced else 'NO'} |",
         "",
         "| measurement | value |",
         "| --- | ---: |",
-        f"| offered rate / achieved send rate | {args.rate:g} / {sent / run['elapsed']:.0f} events/s |",
+        (f"| offered rate / achieved send rate (phase 1) | {args.rate:g} / "
+         f"{len(run['results']) / run['elapsed']:.0f} events/s |"),
         f"| latency scheduled send → done p50 / p95 / p99 / max | {pct(0.5):.0f} / {pct(0.95):.0f} / "
         f"{pct(0.99):.0f} / {max(latencies) if latencies else float('nan'):.0f} ms |",
         f"| vendor calls per accepted event | {vendor_calls / max(1, len(accepted)):.2f} |",
