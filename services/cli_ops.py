@@ -342,7 +342,7 @@ def format_trace(d: dict[str, Any]) -> list[str]:
         tail = a["outcome"] or ""
         lines.append(f"  {a['finishedAt']}  {a['consumer']} → {a['status']} {tail} {a['detail'] or ''}".rstrip())
     for s in d["syncLog"]:
-        lines.append(f"  sync_log {s['rule']} {s['direction']} {s['status']} "
+        lines.append(f"  sync_log {s['rule'] or '-'} {s['direction']} {s['status']} "
                      f"{s['sourceId']} → {s['targetId'] or '-'} {s['message'] or ''}".rstrip())
     for q in d["quarantine"]:
         lines.append(f"  {q['quarantinedAt']}  quarantined: {q['reason']}"

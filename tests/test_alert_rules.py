@@ -15,6 +15,9 @@ EXPECTED = {  # alert name → (severity, threshold) from spec/inbound.md §7.3
     "DfmVendorFailureRate": ("critical", 0.10), "DfmLatencyP95": ("warning", 5),
     "DfmDeadEvents": ("warning", 0), "DfmAuthFailures": ("warning", 20), "DfmOutboxStuck": ("warning", 0),
     "DfmOutboxFailed": ("critical", 0),  # not in §7.3: accepted events the stream refused
+    # spec/outbound.md §2.6: OAuth reinstall needed, mapping conflicts, provider configuration errors
+    "DfmGhlOauthReinstallNeeded": ("critical", 0), "DfmMappingConflicts": ("warning", 0),
+    "DfmProviderMisconfigured": ("critical", 0),
 }
 
 

@@ -449,14 +449,11 @@ async def test_a_second_aloware_id_for_a_mapped_ghl_contact_is_a_mapping_conflic
         assert mappings == [{"ghl_contact_id": ghl["id"], "aloware_contact_id": "8000077"}]
 
 
-@pytest.mark.xfail(strict=True, reason="CA-7 says a mapping conflict logs a sync_log `error` row "
-                   "`mapping_conflict` (and alerts); store.upsert_mapping raises Permanent and nothing "
-                   "writes the row (reviews/spec-coverage.md CA-7, issue #16 item 9)")
 async def test_a_mapping_conflict_writes_its_sync_log_error_row(
     base_env: dict[str, str], tmp_path: Path, clean_db: str
 ) -> None:
-    """CA-7: ``log error mapping_conflict`` — the sync-error-rate alert counts these rows.
-    Fails today: no rule writes a sync_log row for the conflict."""
+    """CA-7: ``log error mapping_conflict`` — the sync-error-rate alert counts these rows (the
+    failed attempt's row comes from the delivery ledger, issue #16 item 9)."""
     from tests.test_contact_sync import done
 
     settings = pipeline_settings(base_env, tmp_path)

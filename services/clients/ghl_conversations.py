@@ -10,9 +10,9 @@ import httpx
 
 from services.clients.ghl import Acquire, _no_budget
 from services.clients.ghl_oauth import GhlOAuth
-from services.clients.http import VendorHttp, parse_body
+from services.clients.http import VendorError, VendorHttp, parse_body
 from services.clients.paths import segment
-from services.common.errors import Permanent
+from services.common.errors import Misconfigured, Permanent
 from services.common.settings import Settings
 
 CONVERSATIONS_VERSION = "2021-04-15"
@@ -45,7 +45,8 @@ class GhlConversations:
                 return response
             if attempt == 1:
                 token = await self.oauth.refresh(self.location_id, rejected=token)
-        raise Permanent(f"ghl 401 at {endpoint} after a token refresh: {_message(response)}")
+        # the token is not the provider app's (a PIT, another app): configuration, alerted (§2.2)
+        raise Misconfigured(f"ghl 401 at {endpoint} after a token refresh: {_message(response)}")
 
     async def find_conversation(self, contact_id: str) -> str | None:
         """G10: the contact's first conversation."""
@@ -68,7 +69,7 @@ class GhlConversations:
         misconfiguration) and carries GHL's message."""
         provider = self.settings.ghl_conversation_provider_id
         if not provider:
-            raise Permanent("GHL_CONVERSATION_PROVIDER_ID is not set")
+            raise Misconfigured("GHL_CONVERSATION_PROVIDER_ID is not set")
         body: dict[str, Any] = {
             "type": self.settings.ghl_provider_message_type, "contactId": contact_id,
             "conversationId": conversation_id, "conversationProviderId": provider, "message": text,
@@ -76,8 +77,14 @@ class GhlConversations:
         }
         if date:
             body["date"] = date
-        response = await self._call("POST", "/conversations/messages/inbound", "conversations.messages.inbound",
-                                    json=body)
+        try:
+            response = await self._call("POST", "/conversations/messages/inbound",
+                                        "conversations.messages.inbound", json=body)
+        except Permanent as exc:
+            # G12's 400s are the provider id/type GHL does not accept for this app (spec §2.2)
+            if isinstance(exc.__cause__, VendorError) and exc.__cause__.status == 400:
+                raise Misconfigured(exc.reason) from exc.__cause__
+            raise
         data = response.json()
         return str(data["messageId"]), str(data.get("conversationId") or conversation_id)
 

@@ -7,7 +7,9 @@ not run twice), run the rule under ``DFM_RULE_DEADLINE_S``, then record the outc
 event's aggregate status *before* acking (spec/inbound.md §4.2, spec/outbound.md §0.1).
 Errors decide delivery (STYLE.md §4): RetryLater → nak with the delay (error, or dead once
 the budget is spent), Permanent → dead and terminate; a rule past its deadline is a
-``DeadlineExceeded`` retry.
+``DeadlineExceeded`` retry. Every failed attempt also leaves one ``sync_log`` error row
+(spec/outbound.md §0.3), written with the delivery's end state, so the sync-error-rate alert
+counts every failure and not only those a rule logged itself.
 """
 
 from __future__ import annotations
@@ -23,17 +25,24 @@ from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
-from sqlalchemy import case, extract, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import case, cast, exists, extract, func, literal, select, text, update
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import HEADER_REDRIVE, WebhookEvent
 from contracts.streams import ConsumerSpec, expected_consumers
+from contracts.subjects import EntityType
 from services.common import tracing
 from services.common.db.errors import UNSTORABLE_VALUE, driver_error, sqlstate
-from services.common.db.models import EVENT_TABLES, EventAttempt, EventDelivery
-from services.common.errors import DeadlineExceeded, Permanent, RetryLater
+from services.common.db.models import EVENT_TABLES, EventAttempt, EventDelivery, SyncLog
+from services.common.errors import (
+    DeadlineExceeded,
+    MappingConflict,
+    Misconfigured,
+    Permanent,
+    RetryLater,
+)
 from services.common.events import row_for
 from services.common.logging import get_logger
 from services.common.settings import Settings
@@ -57,6 +66,16 @@ HEARTBEAT_FAILURES = Counter("dfm_heartbeat_failures_total",
                              ["consumer"])
 CLAIM_HELD = Counter("dfm_deliveries_claim_held_total",
                      "Messages NAKed because another attempt holds a live claim on the delivery", ["consumer"])
+RULE_FAILURES = Counter("dfm_rule_failures_total",
+                        "Failed rule attempts (each one sync_log error row), by cause", ["consumer", "cause"])
+# The sync_log direction of a consumer's rules, by the event's source (spec/outbound.md §0.3):
+# the failure row of a rule that wrote none itself says what the rule would have.
+_DIRECTIONS = {
+    ("ghl-sync", "aloware"): "aloware_to_ghl", ("ghl-sync", "texting"): "texting_to_ghl",
+    ("ghl-sync", "broadcast"): "texting_to_ghl", ("aloware-sync", "ghl"): "ghl_to_aloware",
+    ("aloware-sync", "texting"): "texting_to_aloware", ("verity-sync", "ghl"): "ghl_to_verity",
+    ("verity-sync", "ghl_provider"): "ghl_to_texting",
+}
 
 
 @dataclass(frozen=True)
@@ -68,6 +87,29 @@ class Outcome:
 
 
 Rule = Callable[[WebhookEvent, int], Awaitable[Outcome]]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failed attempt as its ``sync_log`` error row records it: the ledger's reason and,
+    for the failures alerted on their own (spec/outbound.md §2.6), a ``cause``."""
+
+    reason: str
+    cause: str | None = None
+
+
+def failure_cause(exc: Exception, trace: AttemptTrace) -> str | None:
+    """``mapping_conflict`` (CA-7), ``provider_misconfigured`` (the GHL conversation provider
+    refused or unset, G12; Verity refusing our credentials), else None. From the error's type
+    and the attempt's recorded vendor answers, never from its text."""
+    if isinstance(exc, MappingConflict):
+        return "mapping_conflict"
+    if isinstance(exc, Misconfigured):
+        return "provider_misconfigured"
+    refused = any(c["vendor"] == "verity" and c["status"] in ("401", "403") for c in trace.vendor_calls)
+    if isinstance(exc, Permanent) and refused:
+        return "provider_misconfigured"  # VERITY_API_KEY / the forward secret not Verity's
+    return None
 
 
 @dataclass(frozen=True)
@@ -199,9 +241,11 @@ class DeliveryLedger:
         refund_attempt: bool = False,
         attempt: int | None = None,
         trace: AttemptTrace | None = None,
+        failure: Failure | None = None,
     ) -> None:
         """Record the delivery's end state, the event's aggregate and (with ``trace``) the
-        attempt's ``event_attempts`` row, in one transaction."""
+        attempt's ``event_attempts`` row, in one transaction; with ``failure`` too, the
+        attempt's ``sync_log`` error row (``_failure_rows``)."""
         table = EVENT_TABLES[event_table(event)]
         values: dict[str, Any] = {
             "status": status, "updated_at": datetime.now(UTC), "next_attempt_at": next_attempt_at,
@@ -223,7 +267,10 @@ class DeliveryLedger:
         delivery = (update(EventDelivery)
                     .where(EventDelivery.event_id == event.event_id, EventDelivery.consumer == self.consumer)
                     .values(**values))
-        if trace is not None and attempt is not None:  # both writes in one statement (round trip)
+        if trace is not None and attempt is not None:  # all writes in one statement (round trip)
+            ctes = [delivery.cte("delivery")]
+            if failure is not None:
+                ctes += self._failure_rows(event, status, attempt, trace, failure)
             delivery = insert(EventAttempt).values(
                 event_id=event.event_id, consumer=self.consumer, attempt=attempt,
                 stream_seq=trace.stream_seq, num_delivered=trace.num_delivered,
@@ -231,10 +278,44 @@ class DeliveryLedger:
                 outcome=outcome.outcome if outcome else None,
                 detail=(outcome.reason if outcome else error),
                 vendor_calls=trace.vendor_calls, mappings=trace.mappings,
-            ).add_cte(delivery.cte("delivery"))
+            ).add_cte(*ctes)
         async with self._engine.begin() as conn:
             await conn.execute(delivery)
             await self._aggregate(conn, event, table, error=error, next_attempt_at=next_attempt_at)
+
+    def _failure_rows(self, event: WebhookEvent, status: str, attempt: int, trace: AttemptTrace,
+                      failure: Failure) -> list[Any]:
+        """The failed attempt's ``sync_log`` error row, as CTEs of ``finish``'s statement.
+
+        A rule that logged its own error row in this attempt (M-1, F-1: with its rule id and
+        target) keeps it: the delivery's facts and the cause are merged into its ``details``
+        and no second row is written, so the error rate counts the attempt once. Otherwise,
+        or when the rule's row was rolled back with its transaction, one row from what the
+        ledger knows: the consumer's direction for the source, the event's entity, the
+        reason the delivery records anyway (no payload data), ``rule`` unknown (NULL)."""
+        mark = {"consumer": self.consumer, "canonicalType": event.canonical_type, "delivery": status}
+        if failure.cause:
+            mark["cause"] = failure.cause
+        entity = "message" if event.entity_type is EntityType.PROVIDER_MESSAGE else event.entity_type.value
+        row = {
+            "direction": _DIRECTIONS.get((self.consumer, event.source.value), "unknown"),
+            "entity_type": entity, "entity_id": event.entity_id or "unknown",
+            "source_id": event.entity_id or "unknown", "status": "error", "started_at": trace.started_at,
+            "finished_at": func.now(), "error_message": failure.reason[:2000],
+            "correlation_id": str(event.event_id), "attempt": attempt, "details": cast(mark, JSONB),
+        }
+        if not trace.sync_errors:
+            return [insert(SyncLog).values(**row).cte("sync_error")]
+        # details may be SQL NULL or JSON null (how log_sync stores None): merge into an object
+        details = case((func.jsonb_typeof(SyncLog.details) == "object", SyncLog.details), else_=cast({}, JSONB))
+        marked = (update(SyncLog).where(SyncLog.id.in_(trace.sync_errors), SyncLog.status == "error")
+                  .values(details=details.op("||")(cast(mark, JSONB)))
+                  .returning(SyncLog.id).cte("sync_marked"))
+        columns = [SyncLog.__table__.c[name] for name in row]
+        values: list[Any] = [v if name in ("finished_at", "details") else literal(v, type_=SyncLog.__table__.c[name].type)
+                  for name, v in row.items()]
+        unless_marked = select(*values).where(~exists(select(marked.c.id)))
+        return [marked, insert(SyncLog).from_select(columns, unless_marked).cte("sync_error")]
 
     async def _aggregate(self, conn: Any, event: WebhookEvent, table: Any, *,
                          error: str | None = None, next_attempt_at: datetime | None = None) -> None:
@@ -351,9 +432,11 @@ class EventConsumer:
                 await self._retry(msg, event, attempt, exc, bound, trace)
             except Permanent as exc:
                 heartbeat.cancel()
-                log.warning("event_dead", reason=exc.reason, attempt=attempt, **bound)
-                await self.ledger.finish(event, "dead", error=exc.reason, attempt=attempt, trace=trace)
-                EVENTS.labels(self._spec.durable, event.canonical_type, "dead", "").inc()
+                why = failure_cause(exc, trace)
+                log.warning("event_dead", reason=exc.reason, attempt=attempt, cause=why, **bound)
+                await self.ledger.finish(event, "dead", error=exc.reason, attempt=attempt, trace=trace,
+                                         failure=Failure(exc.reason, why))
+                self._failed(event, "dead", why)
                 await msg.term()
             except Exception as exc:  # an unexpected bug: retried with back-off, then dead
                 heartbeat.cancel()
@@ -362,8 +445,9 @@ class EventConsumer:
                     # every retry, so dead now instead of after the whole retry budget
                     reason = f"unstorable_value: {type(cause).__name__} (SQLSTATE {sqlstate(cause)})"
                     log.warning("event_dead", reason=reason, attempt=attempt, **bound)
-                    await self.ledger.finish(event, "dead", error=reason, attempt=attempt, trace=trace)
-                    EVENTS.labels(self._spec.durable, event.canonical_type, "dead", "").inc()
+                    await self.ledger.finish(event, "dead", error=reason, attempt=attempt, trace=trace,
+                                             failure=Failure(reason))
+                    self._failed(event, "dead", None)
                     await msg.term()
                     return
                 reason = failure_reason(exc)
@@ -430,6 +514,11 @@ class EventConsumer:
                     log.warning("delivery_claim_lost", event_id=str(event.event_id),
                                 consumer=self._spec.durable, attempt=attempt)
 
+    def _failed(self, event: WebhookEvent, status: str, cause: str | None) -> None:
+        """Count a failed attempt: as an event outcome and by cause (its sync_log row's)."""
+        EVENTS.labels(self._spec.durable, event.canonical_type, status, "").inc()
+        RULE_FAILURES.labels(self._spec.durable, cause or "other").inc()
+
     def _beat_failed(self, event: WebhookEvent, beat: str, exc: Exception) -> None:
         HEARTBEAT_FAILURES.labels(self._spec.durable).inc()
         log.warning("heartbeat_failed", event_id=str(event.event_id), consumer=self._spec.durable,
@@ -448,17 +537,25 @@ class EventConsumer:
         if exc.counts_as_attempt and attempt >= self._settings.retry_max_attempts:
             reason = f"retry budget spent: {exc.reason}"
             log.warning("event_dead", reason=reason, attempt=attempt, **bound)
-            await self.ledger.finish(event, "dead", error=reason, attempt=attempt, trace=trace)
-            EVENTS.labels(self._spec.durable, event.canonical_type, "dead", "").inc()
+            await self.ledger.finish(event, "dead", error=reason, attempt=attempt, trace=trace,
+                                     failure=Failure(reason))
+            self._failed(event, "dead", None)
             await msg.term()
             return
         delay = exc.delay if exc.delay is not None else backoff_delay(self._settings, attempt)
+        # A wait our own rate budget (or another attempt's effect claim) imposes is no failure:
+        # the attempt is refunded, writes no sync_log error row and counts as `deferred`, so
+        # neither error rate rises while we only pace ourselves
         await self.ledger.finish(
             event, "error", error=exc.reason,
             next_attempt_at=datetime.now(UTC) + timedelta(seconds=delay),
             refund_attempt=not exc.counts_as_attempt, attempt=attempt, trace=trace,
+            failure=Failure(exc.reason) if exc.counts_as_attempt else None,
         )
-        EVENTS.labels(self._spec.durable, event.canonical_type, "error", "").inc()
+        if exc.counts_as_attempt:
+            self._failed(event, "error", None)
+        else:
+            EVENTS.labels(self._spec.durable, event.canonical_type, "deferred", "").inc()
         if delay <= self._settings.dfm_retry_nak_max_delay_s:
             log.info("event_retry", reason=exc.reason, delay_s=round(delay, 2), attempt=attempt, **bound)
             await msg.nak(delay=delay)

@@ -54,3 +54,19 @@ class DeadlineExceeded(RetryLater):
     def __init__(self, deadline_s: float) -> None:
         super().__init__(None, f"rule deadline of {deadline_s:g} s exceeded")
         self.deadline_s = deadline_s
+
+
+class MappingConflict(Permanent):
+    """CA-7/CG-7: the GHL contact is already mapped to another Aloware contact. The mapping is
+    never overwritten; an operator decides which pairing is right, so the delivery ends dead
+    and the conflict has its own alert (spec/outbound.md §2.6), apart from other dead events."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"mapping_conflict: {detail}")
+
+
+class Misconfigured(Permanent):
+    """Our configuration of a vendor is missing or refused (the GHL conversation provider id
+    unset or not the app's, G12; a token that is not the provider app's, G10-G14): every event
+    of the kind fails the same way until an operator fixes it, so it is alerted on its own
+    (spec/outbound.md §2.2 "permanent, alert", §2.6 "provider configuration errors")."""

@@ -12,6 +12,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 
 @dataclass
@@ -24,6 +25,9 @@ class AttemptTrace:
     replay_of: str | None = None
     vendor_calls: list[dict[str, Any]] = field(default_factory=list)
     mappings: list[dict[str, Any]] = field(default_factory=list)
+    # sync_log error rows the rule wrote itself: the ledger then adds no row of its own for a
+    # failed attempt, only the cause to these (services/common/delivery.py)
+    sync_errors: list[UUID] = field(default_factory=list)
 
 
 CURRENT: ContextVar[AttemptTrace | None] = ContextVar("dfm_attempt_trace", default=None)
@@ -46,6 +50,13 @@ def mapping_touched(kind: str, action: str, **ids: str | None) -> None:
     if trace is not None:
         trace.mappings.append({"kind": kind, "action": action,
                                **{k: v for k, v in ids.items() if v is not None}})
+
+
+def sync_error_logged(row_id: UUID) -> None:
+    """Note a ``sync_log`` error row written by the rule (it may yet be rolled back)."""
+    trace = CURRENT.get()
+    if trace is not None:
+        trace.sync_errors.append(row_id)
 
 
 def is_replay() -> bool:

@@ -10,6 +10,11 @@ check. Without ``ALERT_WEBHOOK_URL`` alerts are only logged.
 Thresholds are the spec's; the same thresholds exist as Prometheus rules in
 ``deploy/prometheus/alerts.yml``. Auth failures per source are counted only in the
 ingress's metrics, so that condition is a Prometheus rule only.
+
+Besides the thresholds, the specific alerts of spec/outbound.md §2.6: an OAuth installation
+that needs a reinstall (OA-6), mapping conflicts (CA-7) and conversation-provider
+configuration errors (G12), the last two read from the causes the consumers record on the
+failed attempts' ``sync_log`` rows (services/common/delivery.py).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ log = get_logger(__name__)
 
 PENDING = Gauge("dfm_events_pending", "Events not finished, per table and status", ["table", "status"])
 OLDEST = Gauge("dfm_event_oldest_pending_age_seconds", "Age of the oldest pending event", ["table"])
+REINSTALL = Gauge("dfm_ghl_oauth_reinstall_needed", "GHL locations whose OAuth installation needs a reinstall")
+CAUSE_WINDOW = "15 minutes"  # like dead events: a failure that stops recurring clears its alert
 TABLES = {"webhook": "webhook_events", "texting": "texting_webhook_events",
           "broadcast": "broadcast_webhook_events"}
 MIN_SAMPLE = 20  # rates over fewer events than this are not judged (one failure of 3 is noise)
@@ -144,8 +151,35 @@ async def check_latency_and_dead(conn: AsyncConnection) -> list[Finding]:
     ]
 
 
+async def check_specific_failures(conn: AsyncConnection) -> list[Finding]:
+    """OAuth reinstall needed (while any location is flagged), mapping conflicts and provider
+    misconfiguration (failed attempts with that cause in the last 15 minutes). Also refreshes
+    the reinstall gauge."""
+    locations = [r[0] for r in (await conn.execute(text(
+        "SELECT location_id FROM ghl_oauth_tokens WHERE needs_reinstall ORDER BY location_id"))).all()]
+    REINSTALL.set(len(locations))
+    causes = {r[0]: int(r[1]) for r in (await conn.execute(text(
+        "SELECT details->>'cause', count(*) FROM sync_log WHERE status = 'error' "
+        f"AND started_at >= now() - interval '{CAUSE_WINDOW}' "
+        "AND details->>'cause' IN ('mapping_conflict', 'provider_misconfigured') GROUP BY 1"))).all()}
+    conflicts, misconfigured = causes.get("mapping_conflict", 0), causes.get("provider_misconfigured", 0)
+    named = ", ".join(locations[:5]) + (" …" if len(locations) > 5 else "")
+    return [
+        Finding("ghl_oauth_reinstall_needed", "GHL OAuth reinstall needed", "critical" if locations else None,
+                f"{len(locations)} location(s) must install the Marketplace App again: {named}" if locations
+                else "no location needs a reinstall", len(locations)),
+        Finding("mapping_conflicts", "Contact mapping conflicts", "warning" if conflicts else None,
+                f"{conflicts} sync attempts hit a mapping conflict in the last 15 min "
+                "(dfm events list --status dead; the mapping was not overwritten)", conflicts),
+        Finding("provider_misconfigured", "Conversation provider misconfigured",
+                "critical" if misconfigured else None,
+                f"{misconfigured} sync attempts failed on the provider configuration in the last 15 min "
+                "(GHL_CONVERSATION_PROVIDER_ID, the app's token, VERITY_API_KEY)", misconfigured),
+    ]
+
+
 CHECKS: tuple[Callable[[AsyncConnection], Awaitable[list[Finding]]], ...] = (
-    check_pending, check_error_rates, check_latency_and_dead,
+    check_pending, check_error_rates, check_latency_and_dead, check_specific_failures,
 )
 LEVELS = {"warning": 1, "critical": 2}
 

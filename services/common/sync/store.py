@@ -6,14 +6,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import uuid4
 
 from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common.db.models import ContactListMembership, ContactMapping, OutboundWrite, SyncLog
-from services.common.errors import Permanent
-from services.common.trace import mapping_touched
+from services.common.errors import MappingConflict
+from services.common.trace import mapping_touched, sync_error_logged
 
 
 @asynccontextmanager
@@ -78,8 +79,8 @@ async def upsert_mapping(
     """CA-7/CG-7: upsert on the GHL id; a different non-null Aloware id is a conflict."""
     existing = await mapping_by_ghl(conn, ghl_id)
     if existing and aloware_id and existing.aloware_contact_id not in (None, aloware_id):
-        raise Permanent(
-            f"mapping_conflict: GHL {ghl_id} is mapped to Aloware {existing.aloware_contact_id}, not {aloware_id}"
+        raise MappingConflict(
+            f"GHL {ghl_id} is mapped to Aloware {existing.aloware_contact_id}, not {aloware_id}"
         )
     now = datetime.now(UTC)
     values: dict[str, Any] = {"last_synced_at": now, "updated_at": now}
@@ -136,14 +137,17 @@ async def log_sync(
     details: dict[str, Any] | None = None,
 ) -> None:
     """One ``sync_log`` row per rule execution (spec/outbound.md §0.3)."""
+    row_id = uuid4()
     await conn.execute(
         insert(SyncLog).values(
-            direction=direction, entity_type=entity_type, entity_id=source_id, source_id=source_id,
+            id=row_id, direction=direction, entity_type=entity_type, entity_id=source_id, source_id=source_id,
             target_id=target_id, status=status, started_at=started_at, finished_at=datetime.now(UTC),
             error_message=message, correlation_id=correlation_id, rule=rule, attempt=attempt,
             details=details,
         )
     )
+    if status == "error":  # the attempt's failure row already exists (services/common/delivery.py)
+        sync_error_logged(row_id)
 
 
 async def mark_ghl_deleted(conn: AsyncConnection, ghl_id: str) -> None:
