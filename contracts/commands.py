@@ -69,3 +69,13 @@ class AlertCheckRequested(_Command):
     """Evaluate the alert conditions now (scheduler, ``ALERT_CHECK_CRON``)."""
 
     slot: str | None = None
+
+
+class PurgeRequested(_Command):
+    """Apply the retention ages now (scheduler, ``PURGE_CRON``; ``dfm purge``): delete old
+    ``sync_log``, ``event_attempts``, ``outbound_writes`` and published outbox rows, empty old
+    finished events' payloads (the status rows stay) and drop forwarded raw bodies.
+    ``dry_run`` counts what would go and changes nothing."""
+
+    slot: str | None = None
+    dry_run: bool = False

@@ -72,6 +72,7 @@ SWEEP_SUBJECT = "jobs.sweep"
 REPLAY_SUBJECT = "jobs.replay"
 RECONCILE_SUBJECT = "jobs.reconcile"
 ALERTS_SUBJECT = "jobs.alerts"  # periodic alert evaluation (spec/inbound.md §7.3)
+PURGE_SUBJECT = "jobs.purge"  # retention (issue #16 item 10)
 
 
 def subject_matches(pattern: str, subject: str) -> bool:

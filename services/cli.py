@@ -28,6 +28,7 @@ app.command("sweep")(cli_ops.sweep)
 app.command("trace")(cli_ops.trace)
 app.command("backup")(cli_ops.backup)
 app.command("restore")(cli_ops.restore)
+app.command("purge")(cli_ops.purge)
 app.add_typer(cli_ops.nats_app, name="nats")
 
 

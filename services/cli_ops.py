@@ -354,6 +354,29 @@ def format_trace(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def purge(dry_run: Annotated[bool, typer.Option("--dry-run", help="count, delete nothing")] = False) -> None:
+    """Apply the retention ages now (what the scheduler's ``jobs.purge`` does daily): one line
+    per table with the rows deleted or emptied, or with --dry-run that would be."""
+    from contracts.commands import PurgeRequested
+    from services.jobs.purge import Purger
+
+    settings = tool_settings("purge")
+
+    async def go() -> Any:
+        async with _engine(settings) as engine:
+            async def shown(name: str, count: int) -> None:
+                typer.echo(f"{name:<34} {count}")
+
+            return await Purger(settings, engine).run(PurgeRequested(dry_run=dry_run, requested_by="cli"),
+                                                      progress=shown)
+
+    report = _run(go())
+    if dry_run:
+        typer.echo(f"dry run: nothing deleted; {report.total} rows would be purged")
+    else:
+        typer.echo(f"purged {report.total} rows in {report.batches} batches")
+
+
 agents_app = typer.Typer(help="The agent directory behind the call lists.", no_args_is_help=True)
 
 

@@ -49,6 +49,7 @@ from contracts.streams import (
 )
 from contracts.subjects import (
     ALERTS_SUBJECT,
+    PURGE_SUBJECT,
     RECONCILE_SUBJECT,
     REPLAY_SUBJECT,
     SWEEP_SUBJECT,
@@ -148,7 +149,8 @@ IDENTITIES: tuple[Identity, ...] = (
              publish_deny=SCAN_DENY,
              subscribe=("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>",
                         "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.>")),
-    Identity("scheduler", "scheduler", publish=(*STREAM_INFO, SWEEP_SUBJECT, ALERTS_SUBJECT, RECONCILE_SUBJECT)),
+    Identity("scheduler", "scheduler", publish=(*STREAM_INFO, SWEEP_SUBJECT, ALERTS_SUBJECT, RECONCILE_SUBJECT,
+                                                PURGE_SUBJECT)),
     Identity("gateway", "gateway (health connects, nothing else)"),
     Identity("mcp", "mcp operator tools: stream stats, replay", publish=(*STREAM_INFO, *CONSUMER_INFO_ALL,
                                                                         REPLAY_SUBJECT)),

@@ -381,6 +381,18 @@ class Settings(BaseSettings):
         description="retries due sooner are NAKed with that delay; later ones are left to the sweep",
     )
     echo_window_seconds: int = Field(default=600, ge=1)
+    # --- retention (services/jobs/purge.py): ages past which rows go; 0 keeps them --------
+    purge_cron: str | None = "30 3 * * *"
+    purge_batch_size: int = Field(default=1000, ge=1, le=100_000, description="rows per DELETE/UPDATE")
+    retention_sync_log_days: int = Field(default=180, ge=0)  # spec/outbound.md §4.3
+    retention_event_attempts_days: int = Field(default=30, ge=0)
+    retention_event_payloads_days: int = Field(default=30, ge=0, description="finished events' payloads "
+        "are emptied (payload_json '{}', payload_raw NULL); the status rows stay")
+    retention_outbound_writes_s: int = Field(default=86_400, ge=0, description="echo ledger (spec §4.9: "
+        "1 day); never less than ECHO_WINDOW_SECONDS")
+    retention_outbox_published_s: int = Field(default=86_400, ge=0)
+    retention_payload_raw_forwarded_s: int = Field(default=3600, ge=0, description="raw GHL bodies of "
+        "events received longer ago are dropped once the Verity forward (F-1) is done")
 
     # --- routing, lists, features ------------------------------------------------------------
     contact_source_of_truth: Annotated[
@@ -465,7 +477,7 @@ class Settings(BaseSettings):
         """Check the variables ``service`` cannot start without."""
         self.require(*REQUIRED_BY_SERVICE.get(service, ()))
 
-    @field_validator("sweep_cron", "alert_check_cron", "reconcile_cron")
+    @field_validator("sweep_cron", "alert_check_cron", "reconcile_cron", "purge_cron")
     @classmethod
     def _valid_cron(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
@@ -519,6 +531,7 @@ REQUIRED_BY_SERVICE: dict[str, tuple[str, ...]] = {
     "up": (),
     "trace": ("database_url",),
     "backup": _INFRA,
+    "purge": ("database_url",),
 }
 
 

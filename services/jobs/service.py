@@ -1,5 +1,5 @@
-"""The jobs consumer: commands from the JOBS stream (sweep, replay, reconcile, alert checks)
-and JetStream's dead-letter advisories.
+"""The jobs consumer: commands from the JOBS stream (sweep, replay, reconcile, alert checks,
+retention purge) and JetStream's dead-letter advisories.
 
 Commands arrive on the durable ``jobs`` shared by every replica. A command that fails is
 NAKed and retried on the durable's back-off; a command that cannot be parsed is terminated
@@ -25,19 +25,27 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.commands import (
     AlertCheckRequested,
+    PurgeRequested,
     ReconcileRequested,
     ReplayRequested,
     SweepRequested,
 )
 from contracts.envelope import WebhookEvent
 from contracts.streams import CONSUMERS, JOBS_CONSUMER, WEBHOOKS_STREAM
-from contracts.subjects import ALERTS_SUBJECT, RECONCILE_SUBJECT, REPLAY_SUBJECT, SWEEP_SUBJECT
+from contracts.subjects import (
+    ALERTS_SUBJECT,
+    PURGE_SUBJECT,
+    RECONCILE_SUBJECT,
+    REPLAY_SUBJECT,
+    SWEEP_SUBJECT,
+)
 from services.clients.ghl import GhlClient
 from services.common.db.models import DeadLetter, EventDelivery, ReconcileRun
 from services.common.delivery import DeliveryLedger, event_table
 from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.jobs.alerts import Alerter
+from services.jobs.purge import Purger
 from services.jobs.reconcile import ContactReconciler
 from services.jobs.replay import Replayer
 from services.jobs.sweep import Sweeper
@@ -54,6 +62,7 @@ COMMANDS: dict[str, type[BaseModel]] = {
     REPLAY_SUBJECT: ReplayRequested,
     RECONCILE_SUBJECT: ReconcileRequested,
     ALERTS_SUBJECT: AlertCheckRequested,
+    PURGE_SUBJECT: PurgeRequested,
 }
 MAX_ITEMS_RECORDED = 200
 CONSUMER_PENDING = Gauge("dfm_consumer_pending_messages", "Messages not yet delivered to a durable", ["consumer"])
@@ -75,6 +84,7 @@ class Jobs:
         self.replayer = Replayer(settings, engine, self.js)
         self.reconciler = ContactReconciler(settings, engine, self.js, ghl)
         self.alerter = Alerter(settings, engine)
+        self.purger = Purger(settings, engine)
         self._subs: list[Any] = []
 
     async def start_advisories(self) -> None:
@@ -125,6 +135,8 @@ class Jobs:
         if isinstance(command, AlertCheckRequested):
             await self.refresh_consumer_gauges()
             return await self.alerter.check()
+        if isinstance(command, PurgeRequested):
+            return await self.purger.run(command)
         raise TypeError(type(command).__name__)
 
     async def _record_replay(self, command: ReplayRequested, report: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """The scheduler: publishes periodic commands to the JOBS stream (APScheduler).
 
-``jobs.sweep`` on ``SWEEP_CRON``, ``jobs.alerts`` on ``ALERT_CHECK_CRON`` and, when set,
-``jobs.reconcile`` on ``RECONCILE_CRON``. Run as many replicas as availability needs: each
+``jobs.sweep`` on ``SWEEP_CRON``, ``jobs.alerts`` on ``ALERT_CHECK_CRON``, ``jobs.purge``
+(retention) on ``PURGE_CRON`` (daily by default) and, when set, ``jobs.reconcile`` on
+``RECONCILE_CRON``. Run as many replicas as availability needs: each
 firing is published with ``Nats-Msg-Id = <command>:<slot time>``, so JetStream's duplicate
 window keeps exactly one command per slot whatever the number of schedulers. A publish that
 fails is retried until the slot is over (NATS restarting, a cluster electing a leader).
@@ -19,9 +20,14 @@ from nats.js import JetStreamContext
 from prometheus_client import Counter
 from pydantic import BaseModel
 
-from contracts.commands import AlertCheckRequested, ReconcileRequested, SweepRequested
+from contracts.commands import (
+    AlertCheckRequested,
+    PurgeRequested,
+    ReconcileRequested,
+    SweepRequested,
+)
 from contracts.envelope import HEADER_MSG_ID
-from contracts.subjects import ALERTS_SUBJECT, RECONCILE_SUBJECT, SWEEP_SUBJECT
+from contracts.subjects import ALERTS_SUBJECT, PURGE_SUBJECT, RECONCILE_SUBJECT, SWEEP_SUBJECT
 from services.common.cron import current_slot, parse_cron
 from services.common.logging import get_logger
 from services.common.outbox import NATS_ERRORS
@@ -41,6 +47,9 @@ def schedule_of(settings: Settings) -> list[tuple[str, str, Callable[[str], Base
     if settings.alert_check_cron:
         entries.append((ALERTS_SUBJECT, settings.alert_check_cron,
                         lambda slot: AlertCheckRequested(slot=slot, requested_by="scheduler")))
+    if settings.purge_cron:
+        entries.append((PURGE_SUBJECT, settings.purge_cron,
+                        lambda slot: PurgeRequested(slot=slot, requested_by="scheduler")))
     if settings.reconcile_cron:
         entries.append((RECONCILE_SUBJECT, settings.reconcile_cron,
                         lambda slot: ReconcileRequested(limit=settings.reconcile_batch_size,
