@@ -120,6 +120,13 @@ def run(
     if identity:  # the process is this service on NATS: it checks the topology, never changes it
         os.environ["NATS_IDENTITY"] = identity  # for worker processes that load settings again
         settings = settings.model_copy(update={"nats_identity": identity})
+        if settings.nats_url:  # a missing seed is one line now, not a connect loop failing later
+            from services.common.broker import credential_options
+
+            try:
+                credential_options(settings, identity)
+            except ConfigError as exc:
+                fail(str(exc))
     configure_logging(service, settings.log_level, settings.log_format)
     from services.common import tracing
 

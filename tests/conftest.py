@@ -45,15 +45,17 @@ SESSION_NATS: EmbeddedNats | None = None
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
     """A private JetStream server for the whole session, with authentication on: the shipped
     identities (``dfm nats creds``, one seed per service in ``credentials_dir``) plus a
-    harness user with every right, whose password is in ``url`` so that a test's own
-    connections (stream reads, cleanup) work. Services never use it: they get
-    ``NATS_CREDENTIALS_DIR`` (``base_env``) and connect as their own identity."""
+    harness user with every right that connections *without* credentials become
+    (``no_auth_user``), so a test's own connections (stream reads, cleanup, relays that cut
+    the link) work with the plain ``url``. Services never are the harness: they get
+    ``NATS_CREDENTIALS_DIR`` (``base_env``), connect with their own nkey, and a connection
+    of ours without an identity is a configuration error, not a silent harness connection.
+    tests/test_nats_auth.py refuses unauthenticated clients on a server without the harness."""
     global SESSION_NATS
     store = tmp_path_factory.mktemp("nats")
-    password = secrets.token_urlsafe(16)
-    conf = write_credentials(store / "credentials", extra_users=[PasswordUser("harness", password)])
-    server = EmbeddedNats(store_dir=store / "server", auth_config=conf,
-                          client_credentials=("harness", password)).start()
+    conf = write_credentials(store / "credentials",
+                             extra_users=[PasswordUser("harness", secrets.token_urlsafe(16))])
+    server = EmbeddedNats(store_dir=store / "server", auth_config=conf, no_auth_user="harness").start()
     SESSION_NATS = server
     yield server
     SESSION_NATS = None

@@ -114,14 +114,25 @@ async def refused_connect(url: str, **options: Any) -> str:
 
 
 # --- authentication -------------------------------------------------------------------------
-async def test_a_client_without_credentials_is_refused(nats_server: EmbeddedNats) -> None:
-    assert "Authorization Violation" in await refused_connect(nats_server.plain_url)
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
+    """A server with exactly what `dfm nats creds` writes: no harness, no no_auth_user."""
+    store = tmp_path_factory.mktemp("shipped")
+    server = EmbeddedNats(store_dir=store / "nats", auth_config=nats_auth.write_credentials(store / "creds")).start()
+    yield server
+    server.stop()
 
 
-async def test_an_nkey_the_server_does_not_list_is_refused(nats_server: EmbeddedNats, tmp_path: Path) -> None:
+async def test_a_client_without_credentials_is_refused(shipped: EmbeddedNats) -> None:
+    assert "Authorization Violation" in await refused_connect(shipped.plain_url)
+
+
+async def test_an_nkey_the_server_does_not_list_is_refused(shipped: EmbeddedNats, tmp_path: Path) -> None:
     stranger = tmp_path / "stranger.nk"
     nats_auth.write_secret(stranger, nats_auth.new_seed())
-    assert "Authorization Violation" in await refused_connect(nats_server.plain_url, nkeys_seed=str(stranger))
+    assert "Authorization Violation" in await refused_connect(shipped.plain_url, nkeys_seed=str(stranger))
+    async with as_identity(shipped, "ingress") as ingress:  # while the listed ones get in
+        assert ingress.nc.is_connected
 
 
 @pytest.mark.parametrize("identity", [i.name for i in nats_auth.IDENTITIES])
@@ -309,6 +320,8 @@ def test_a_configured_identity_wins_over_the_urls_userinfo_and_logs_never_show_a
 async def test_service_connections_use_their_identity_even_with_a_harness_url(
     nats_server: EmbeddedNats, settings: Settings
 ) -> None:
+    harness_url = f"nats://harness:pw@127.0.0.1:{nats_server.port}"  # what a URL-only client would use
+    settings = settings.model_copy(update={"nats_url": [harness_url]})
     servers, options = connect_options(settings, name="dfm-recorder")
     assert servers == [nats_server.plain_url] and options["nkeys_seed"].endswith("recorder.nk")
     nc = await connect(settings, name="dfm-recorder", max_reconnect_attempts=0)
@@ -346,7 +359,7 @@ async def test_rotation_accepts_old_and_new_seeds_then_refuses_the_old_after_a_r
         async with as_identity(server, "ghl-sync", old_seed) as before:
             assert before.nc.is_connected
 
-        nats_auth.write_credentials(creds, rotate=True)  # step 1: both keys in auth.conf
+        nats_auth.write_credentials(creds, rotate=True)  # step 1: both keys in auth.inc
         assert len(nats_auth.public_keys(creds)["ghl-sync"]) == 2
         server.reload()
         new_seed = nats_auth.seed_path(creds, "ghl-sync")
@@ -539,3 +552,40 @@ async def test_a_dfm_run_process_connects_as_its_own_identity_not_the_urls(
             proc.wait(timeout=30)
     finally:
         server.stop()
+
+
+async def test_migrate_upgrade_runs_the_topology_step_as_admin(
+    nats_server: EmbeddedNats, database_url: str, clean_streams: None
+) -> None:
+    """`dfm migrate upgrade` (the migrations Job) is where the topology is made: a durable that
+    is missing comes back, made by the admin identity from the seeds directory."""
+    import os
+    import subprocess
+    import sys
+
+    async with harness(nats_server) as js:
+        await js.delete_consumer(WEBHOOKS.name, GHL_SYNC.durable)
+    env = {"PATH": os.environ["PATH"], "DATABASE_URL": database_url, "NATS_URL": nats_server.plain_url,
+           "NATS_CREDENTIALS_DIR": str(nats_server.credentials_dir)}
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "services.cli", "migrate", "upgrade", "head"],
+                                   env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "durables ready" in done.stdout
+    async with harness(nats_server) as js:
+        assert GHL_SYNC.durable in {c.name for c in await js.consumers_info(WEBHOOKS.name)}
+
+
+def test_dfm_run_without_its_seed_stops_with_one_line(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    nats_auth.write_credentials(tmp_path)
+    nats_auth.seed_path(tmp_path, "recorder").unlink()
+    env = {"PATH": os.environ["PATH"], "NATS_URL": "nats://127.0.0.1:1", "NATS_CREDENTIALS_DIR": str(tmp_path),
+           "DATABASE_URL": "postgresql://probe@127.0.0.1:1/probe"}
+    done = subprocess.run([sys.executable, "-m", "services.cli", "run", "recorder"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "dfm: error: NATS_CREDENTIALS_DIR has no recorder.nk (write it with `dfm nats creds --out DIR`)"]

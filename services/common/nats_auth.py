@@ -11,7 +11,7 @@ purges or deletes streams and durables.
 
 Identities are nkeys: the server's config holds only public keys (no secret in it), each process
 holds one seed file. ``dfm nats creds --out DIR`` makes them per deployment, never per image:
-``DIR/<identity>.nk`` (0600) for the processes and ``DIR/auth.conf`` for the servers, which the
+``DIR/<identity>.nk`` (0600) for the processes and ``DIR/auth.inc`` for the servers, which the
 shipped ``deploy/nats/*.conf`` include. Rotation without downtime: ``--rotate`` keeps each old
 seed as ``<identity>.nk.old`` and the server config then lists both public keys with the same
 permissions (NATS matches an nkey user by public key, so two entries are two users with one
@@ -61,7 +61,7 @@ from contracts.subjects import (
 ADMIN = "admin"
 SEED_SUFFIX = ".nk"
 OLD_SEED_SUFFIX = ".nk.old"
-AUTH_CONF = "auth.conf"
+AUTH_CONF = "auth.inc"  # an include file (not a whole config)
 
 
 @dataclass(frozen=True)
@@ -277,7 +277,7 @@ def public_keys(directory: Path) -> dict[str, list[str]]:
 
 def write_credentials(directory: Path | str, *, rotate: bool = False, finish_rotation: bool = False,
                       extra_users: Iterable[PasswordUser] = ()) -> Path:
-    """Make (or rotate) every identity's seed in ``directory`` and write ``auth.conf`` from them.
+    """Make (or rotate) every identity's seed in ``directory`` and write ``auth.inc`` from them.
 
     First run: one seed per identity. ``rotate``: each current seed becomes ``.nk.old`` and a new
     one is written; both keys are accepted until ``finish_rotation`` removes the old ones.
