@@ -489,11 +489,11 @@ nats_app = typer.Typer(help="NATS identities and the stream topology.", no_args_
 
 @nats_app.command("creds")
 def nats_creds(
-    out: Annotated[Path, typer.Option(help="directory for the seeds (0600) and auth.conf")],
+    out: Annotated[Path, typer.Option(help="directory for the seeds (0600) and auth.inc")],
     rotate: Annotated[bool, typer.Option(help="new seeds; old and new both accepted until finished")] = False,
     finish_rotation: Annotated[bool, typer.Option(help="drop the old seeds: only the new are accepted")] = False,
 ) -> None:
-    """Write one nkey seed per identity (<identity>.nk) and the servers' auth.conf (public keys and
+    """Write one nkey seed per identity (<identity>.nk) and the servers' auth.inc (public keys and
     permissions, no secret). Existing seeds are kept; see deploy/README.md "NATS identities"."""
     from services.common.nats_auth import write_credentials
 
