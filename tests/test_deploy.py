@@ -509,3 +509,73 @@ def test_a_production_install_imports_every_module_without_the_dev_packages(tmp_
                             text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert int(result.stdout.strip().splitlines()[-1]) > 50
+
+
+# --- NATS identities in the deployment files (deploy/README.md "NATS identities") ------------
+def uses_nats(env: dict[str, Any]) -> bool:
+    return "NATS_URL" in env
+
+
+def compose_identity(name: str, env: dict[str, Any]) -> str:
+    """The identity the code gives this container: `dfm run <service>`'s, or admin for the
+    topology step that `dfm migrate upgrade` runs."""
+    from services.common.nats_auth import ADMIN, service_identity
+
+    if name == "migrate":
+        return ADMIN
+    found = service_identity(name, admin_api="DF_ADMIN_SECRET" in env)
+    assert found is not None, name
+    return found
+
+
+def test_compose_nats_server_includes_the_generated_auth(compose: dict[str, Any]) -> None:
+    nats = compose["services"]["nats"]
+    config = next(v for v in nats["volumes"] if v.startswith("./deploy/nats/single.conf:"))
+    target = config.split(":")[1]
+    assert 'include "auth.inc"' in (ROOT / "deploy" / "nats" / "single.conf").read_text()
+    auth = [v for v in nats["volumes"] if v.split(":")[-2:] == [f"{Path(target).parent}/auth.inc", "ro"]]
+    assert len(auth) == 1, nats["volumes"]
+    assert auth[0].startswith("${DFM_NATS_AUTH_DIR:?") and "}/auth.inc:" in auth[0]  # fails fast when unset
+
+
+def test_compose_every_nats_client_has_only_its_own_seed(compose: dict[str, Any]) -> None:
+    clients = {n: s for n, s in compose["services"].items() if uses_nats(s.get("environment", {}))}
+    assert set(clients) == {*LONG_RUNNING, "migrate"}
+    for name, service in clients.items():
+        env = service["environment"]
+        directory = env.get("NATS_CREDENTIALS_DIR")
+        assert directory, name
+        identity = compose_identity(name, env)
+        seeds = [v for v in service.get("volumes", []) if ".nk:" in v]
+        assert seeds == [f"${{DFM_NATS_AUTH_DIR:?run dfm nats creds --out DIR and set DFM_NATS_AUTH_DIR}}/"
+                         f"{identity}.nk:{directory}/{identity}.nk:ro"], (name, seeds)
+    assert compose["services"]["migrate"]["depends_on"]["nats"]["condition"] == "service_healthy"
+
+
+def test_kubernetes_every_nats_client_mounts_its_own_seed_secret(manifests: list[dict[str, Any]]) -> None:
+    from services.common.nats_auth import ADMIN, service_identity
+
+    config = of_kind(manifests, "ConfigMap")["dfm-config"]["data"]
+    secret = of_kind(manifests, "Secret")["dfm-secrets"]["stringData"]
+    assert "NATS_URL" in config  # every pod below connects
+    assert not {"NATS_NKEY_SEED_FILE", "NATS_CREDENTIALS_DIR", "NATS_PASSWORD"} & (set(config) | set(secret))
+    docs = (ROOT / "deploy" / "README.md").read_text()
+    pods = {**of_kind(manifests, "Deployment"), **of_kind(manifests, "Job")}
+    assert set(pods) == {*LONG_RUNNING, "dfm-migrate"}
+    for name, doc in pods.items():
+        identity = ADMIN if name == "dfm-migrate" else service_identity(name, admin_api="DF_ADMIN_SECRET" in secret)
+        pod = doc["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        seed = env.get("NATS_NKEY_SEED_FILE")
+        assert seed, name
+        [mount] = [m for m in container.get("volumeMounts", []) if seed.startswith(m["mountPath"] + "/")]
+        assert mount.get("readOnly") is True, name
+        [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        assert volume["secret"]["secretName"] == f"dfm-nats-{identity}", name
+        assert volume["secret"].get("defaultMode", 0o644) & 0o077 == 0o040  # group-readable only
+        assert pod["securityContext"]["fsGroup"] == container["securityContext"]["runAsUser"]
+        # the Secret is made from `dfm nats creds`' file, never committed: deploy/README.md says how
+        key = seed.rsplit("/", 1)[1]
+        assert f"create secret generic dfm-nats-{identity} --from-file={key}=" in docs, identity
+    assert not [d for d in manifests if d["kind"] == "Secret" and d["metadata"]["name"].startswith("dfm-nats-")]
