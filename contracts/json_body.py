@@ -66,8 +66,8 @@ def json_depth(value: Any) -> int:
     return depth
 
 
-def _clean_text(text: str) -> str:
-    if "\x00" in text:
+def _clean_text(text: str, replace_nul: bool = True) -> str:
+    if replace_nul and "\x00" in text:
         text = text.replace("\x00", NUL_REPLACEMENT)
     try:
         text.encode("utf-8")
@@ -76,11 +76,11 @@ def _clean_text(text: str) -> str:
     return text
 
 
-def _clean(value: Any) -> Any:
+def _clean(value: Any, replace_nul: bool = True) -> Any:
     """The value with every string and key checked and cleaned (iteratively: depth is
     bounded before this runs, but a wide body must not cost a call per level either)."""
     if isinstance(value, str):
-        return _clean_text(value)
+        return _clean_text(value, replace_nul)
     if not isinstance(value, dict | list):
         return value
     root: Any = {} if isinstance(value, dict) else []
@@ -93,21 +93,24 @@ def _clean(value: Any) -> Any:
                 copy: Any = {} if isinstance(child, dict) else []
                 stack.append((child, copy))
             elif isinstance(child, str):
-                copy = _clean_text(child)
+                copy = _clean_text(child, replace_nul)
             else:
                 copy = child
             if isinstance(target, dict):
-                target[_clean_text(key)] = copy
+                target[_clean_text(key, replace_nul)] = copy
             else:
                 target.append(copy)
     return root
 
 
-def parse_body(raw: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> dict[str, Any]:
+def parse_body(raw: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH,
+               replace_nul: bool = True) -> dict[str, Any]:
     """Parse a webhook body into the payload every service works on; ``BodyError`` if it
     cannot be accepted (reasons: ``body_not_utf8``, ``invalid_json``,
     ``body_must_be_a_json_object``, ``json_too_deep``, ``non_finite_number``,
-    ``invalid_unicode_escape``)."""
+    ``invalid_unicode_escape``). With ``replace_nul`` False a NUL is kept: a request we pass
+    on (the gateway's) is not changed, and its own checks refuse NUL where it matters, e.g.
+    in a path parameter)."""
     if raw.startswith(_BOM):
         raw = raw[len(_BOM):]
     try:
@@ -126,5 +129,5 @@ def parse_body(raw: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> dict[str, A
         raise BodyError("body_must_be_a_json_object")
     if json_depth(value) > max_depth:
         raise BodyError("json_too_deep")
-    cleaned: dict[str, Any] = _clean(value)
+    cleaned: dict[str, Any] = _clean(value, replace_nul)
     return cleaned

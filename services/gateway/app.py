@@ -255,7 +255,7 @@ def create_app(settings: Settings) -> FastAPI:
             if len(raw) > MAX_BODY_BYTES:
                 return _fail(413, "PAYLOAD_TOO_LARGE", f"body larger than {MAX_BODY_BYTES} bytes")
         try:
-            spec = parse_body(bytes(raw) or b"{}", max_depth=MAX_BODY_DEPTH)
+            spec = parse_body(bytes(raw) or b"{}", max_depth=MAX_BODY_DEPTH, replace_nul=False)
         except BodyError as exc:
             message = {"invalid_json": "body is not JSON",
                        "body_must_be_a_json_object": "body must be a JSON object"}.get(exc.reason, exc.reason)
