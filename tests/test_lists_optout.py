@@ -305,19 +305,22 @@ async def test_the_admin_rebuild_resolves_the_custom_field_agent_the_same_way(
         assert (await memberships(clean_db))[("CHRIS", "CALL_NOW")] == "active"
 
 
-def test_aloware_sync_reads_an_opt_out_as_ghl_sync_records_it() -> None:
-    """Both consumers record the same event in the registry; they must read it the same way
-    (aloware_sync/optouts.py follows ghl_sync/activity.py, which it may not import)."""
-    from services.aloware_sync import optouts
-    from services.ghl_sync.activity import _dnc_flag, _event_time
+def test_both_consumers_read_an_opt_out_with_the_one_shared_reader() -> None:
+    """ghl-sync and aloware-sync record the same event in the registry; both read its DNC flag
+    and its time with services/common/optout.py, so they cannot disagree."""
+    from services.common import optout
 
     default = datetime(2026, 1, 1, tzinfo=UTC)
-    bodies = [{"is_dnc": True}, {"is_dnc": False}, {"dnc": True}, {"status": "DNC-listed"}, {"status": "active"}, {}]
-    for body in bodies:
-        for top in ({}, {"is_dnc": True}, {"status": "dnc"}):
-            assert optouts.dnc_flag(body, top) == _dnc_flag(body, top), (body, top)
-    for value in ("2025-03-07T09:00:00Z", "2025-03-07T09:00:00+02:00", "2025-03-07T09:00:00", "yesterday", "", None, 5):
-        assert optouts.event_time(value, default) == _event_time(value, default), value
+    cases = [({"is_dnc": True}, {}, True), ({"is_dnc": False}, {}, False), ({"dnc": True}, {}, True),
+             ({"status": "DNC-listed"}, {}, True), ({"status": "active"}, {}, False), ({}, {"is_dnc": True}, True),
+             ({}, {"status": "dnc"}, True), ({}, {}, False)]
+    for body, top, expected in cases:
+        assert optout.dnc_flag(body, top) is expected, (body, top)
+    assert optout.event_time("2025-03-07T09:00:00Z", default) == datetime(2025, 3, 7, 9, tzinfo=UTC)
+    assert optout.event_time("2025-03-07T09:00:00", default) == datetime(2025, 3, 7, 9, tzinfo=UTC)
+    assert optout.event_time("2025-03-07T11:00:00+02:00", default) == datetime(2025, 3, 7, 9, tzinfo=UTC)
+    for value in ("yesterday", "", None, 5):
+        assert optout.event_time(value, default) == default, value
 
 
 def test_aloware_sync_takes_every_opt_out_subject() -> None:

@@ -4,10 +4,11 @@ O-2, M-1.4, D-1), so that aloware-sync can take the number off the call lists at
 ghl-sync records STOP and Aloware DNC events in the opt-out registry; aloware-sync receives
 the same events and records them too, before touching any list, so the registry says opted
 out whichever consumer comes first (``optout.record`` is idempotent per event). For that the
-phone, source, reason and event time must be exactly those ghl-sync uses: the readers below
-follow ``services/ghl_sync/activity.py`` (``texting_optout``, ``dnc_updated``, ``_dnc_flag``,
-``_event_time``) and ``services/ghl_sync/messages.py`` (``_keywords``), which a service may not
-import (STYLE.md §2); a test holds them to the same answers.
+phone, source, reason and event time must be exactly those ghl-sync uses: the DNC flag and the
+event time come from ``services/common/optout.py`` (``dnc_flag``, ``event_time``), which both
+consumers call; the rest follows ``services/ghl_sync/activity.py`` (``texting_optout``,
+``dnc_updated``) and ``services/ghl_sync/messages.py`` (``_keywords``), which a service may not
+import (STYLE.md §2).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from contracts.payloads.texting import normalise_texting
 from services.common import optout
 from services.common.phone import to_e164
 
-__all__ = ["OptOut", "aloware_dnc", "dnc_body", "dnc_flag", "event_time", "stop_keyword", "texting_stop"]
+__all__ = ["OptOut", "aloware_dnc", "dnc_body", "stop_keyword", "texting_stop"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def texting_stop(event: WebhookEvent, region: str) -> OptOut | None:
     phone = to_e164(msg.from_number or msg.to_number, region)
     if not phone:
         return None
-    return OptOut(phone, "texting", "STOP", event_time(msg.timestamp, event.received_at))
+    return OptOut(phone, "texting", "STOP", optout.event_time(msg.timestamp, event.received_at))
 
 
 def stop_keyword(event: WebhookEvent, region: str) -> OptOut | None:
@@ -70,33 +71,12 @@ def aloware_dnc(event: WebhookEvent, region: str) -> OptOut | None:
     payload = event.payload
     body = dnc_body(payload)
     phone = to_e164(body.get("phone_number"), region) if body.get("phone_number") else None
-    if not phone or not dnc_flag(body, payload):
+    if not phone or not optout.dnc_flag(body, payload):
         return None
-    return OptOut(phone, "aloware", "DNC Updated", event_time(body.get("updated_at"), event.received_at))
+    return OptOut(phone, "aloware", "DNC Updated", optout.event_time(body.get("updated_at"), event.received_at))
 
 
 def dnc_body(payload: dict[str, Any]) -> dict[str, Any]:
     """The Aloware contact an Aloware webhook carries (``body``), empty when it has none."""
     body = payload.get("body")
     return body if isinstance(body, dict) else {}
-
-
-def dnc_flag(body: dict[str, Any], top: dict[str, Any]) -> bool:
-    """D-1: ``is_dnc``/``dnc`` true, or a ``status`` containing ``dnc``, in the body then the top level."""
-    for source in (body, top):
-        if source.get("is_dnc") is True or source.get("dnc") is True:
-            return True
-        if "dnc" in str(source.get("status") or "").lower():
-            return True
-    return False
-
-
-def event_time(value: Any, default: datetime) -> datetime:
-    """The vendor's own time of the change when it gives a readable one, else ``default``."""
-    if isinstance(value, str) and value:
-        try:
-            parsed = datetime.fromisoformat(value)  # 3.11 reads a trailing "Z"
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-        except ValueError:
-            pass
-    return default

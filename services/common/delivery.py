@@ -444,11 +444,7 @@ class EventConsumer:
                     # a value from the payload PostgreSQL refuses (class 22/54): the same on
                     # every retry, so dead now instead of after the whole retry budget
                     reason = f"unstorable_value: {type(cause).__name__} (SQLSTATE {sqlstate(cause)})"
-                    log.warning("event_dead", reason=reason, attempt=attempt, **bound)
-                    await self.ledger.finish(event, "dead", error=reason, attempt=attempt, trace=trace,
-                                             failure=Failure(reason))
-                    self._failed(event, "dead", None)
-                    await msg.term()
+                    await self._dead(msg, event, attempt, reason, bound, trace)
                     return
                 reason = failure_reason(exc)
                 if isinstance(exc, DBAPIError):  # a lock or statement timeout, the database away
@@ -524,6 +520,15 @@ class EventConsumer:
         log.warning("heartbeat_failed", event_id=str(event.event_id), consumer=self._spec.durable,
                     beat=beat, error=type(exc).__name__)
 
+    async def _dead(self, msg: Msg, event: WebhookEvent, attempt: int, reason: str,
+                    bound: dict[str, Any], trace: AttemptTrace) -> None:
+        """End the delivery ``dead`` with ``reason`` (and its sync_log error row), terminate."""
+        log.warning("event_dead", reason=reason, attempt=attempt, **bound)
+        await self.ledger.finish(event, "dead", error=reason, attempt=attempt, trace=trace,
+                                 failure=Failure(reason))
+        self._failed(event, "dead", None)
+        await msg.term()
+
     async def _retry(self, msg: Msg, event: WebhookEvent, attempt: int, exc: RetryLater,
                      bound: dict[str, Any], trace: AttemptTrace) -> None:
         """Record ``error`` (or ``dead`` once the budget is spent) and schedule the next try.
@@ -535,12 +540,7 @@ class EventConsumer:
         vendor outage would otherwise stall the whole consumer.
         """
         if exc.counts_as_attempt and attempt >= self._settings.retry_max_attempts:
-            reason = f"retry budget spent: {exc.reason}"
-            log.warning("event_dead", reason=reason, attempt=attempt, **bound)
-            await self.ledger.finish(event, "dead", error=reason, attempt=attempt, trace=trace,
-                                     failure=Failure(reason))
-            self._failed(event, "dead", None)
-            await msg.term()
+            await self._dead(msg, event, attempt, f"retry budget spent: {exc.reason}", bound, trace)
             return
         delay = exc.delay if exc.delay is not None else backoff_delay(self._settings, attempt)
         # A wait our own rate budget (or another attempt's effect claim) imposes is no failure:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -103,3 +103,27 @@ async def is_opted_out(conn: AsyncConnection, phone: str | None) -> bool:
         return False
     status = await conn.scalar(select(OptoutRegistry.status).where(OptoutRegistry.phone_number == phone))
     return status == "opted_out"
+
+
+def dnc_flag(body: dict[str, Any], top: dict[str, Any]) -> bool:
+    """D-1: ``is_dnc``/``dnc`` true, or a ``status`` containing ``dnc``, in an Aloware
+    webhook's ``body`` then its top level. Shared by ghl-sync (tags, registry) and
+    aloware-sync (list removal), so both read one event the same way."""
+    for source in (body, top):
+        if source.get("is_dnc") is True or source.get("dnc") is True:
+            return True
+        if "dnc" in str(source.get("status") or "").lower():
+            return True
+    return False
+
+
+def event_time(value: Any, default: datetime) -> datetime:
+    """The vendor's own time of the change when it gives a readable one, else ``default``
+    (the registry orders opt-outs by it, spec O-4)."""
+    if isinstance(value, str) and value:
+        try:
+            parsed = datetime.fromisoformat(value)  # 3.11 reads a trailing "Z"
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        except ValueError:
+            pass
+    return default

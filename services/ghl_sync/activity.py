@@ -301,9 +301,9 @@ class ActivityRules:
                 await store.log_sync(conn, status="skipped", rule="D-1", message="No phone number for DNC sync",
                                      **common)
             return Outcome("skipped", "No phone number for DNC sync")
-        dnc = _dnc_flag(body, payload)
+        dnc = optout.dnc_flag(body, payload)
         status: optout.Status = "opted_out" if dnc else "opted_in"
-        at = _event_time(body.get("updated_at"), event.received_at)
+        at = optout.event_time(body.get("updated_at"), event.received_at)
         async with self.engine.begin() as conn:
             decision = await optout.record(conn, phone, status, "aloware", "DNC Updated" if dnc else "DNC Removed",
                                            at=at, event_id=event.event_id)
@@ -331,7 +331,7 @@ class ActivityRules:
         phone = to_e164(msg.from_number or msg.to_number, self.region)
         if not phone:
             raise Permanent("No phone number in payload")
-        at = _event_time(msg.timestamp, event.received_at)
+        at = optout.event_time(msg.timestamp, event.received_at)
         async with self.engine.begin() as conn:
             decision = await optout.record(conn, phone, "opted_out", "texting", "STOP", at=at, event_id=event.event_id)
         async with store.contact_lock(self.engine, phone) as conn:
@@ -341,22 +341,3 @@ class ActivityRules:
                                  message=None if decision.applied else decision.reason,
                                  details={"tags_added": added}, **common)
         return Outcome("applied")
-
-
-def _dnc_flag(body: dict[str, Any], top: dict[str, Any]) -> bool:
-    for source in (body, top):
-        if source.get("is_dnc") is True or source.get("dnc") is True:
-            return True
-        if "dnc" in str(source.get("status") or "").lower():
-            return True
-    return False
-
-
-def _event_time(value: Any, default: datetime) -> datetime:
-    if isinstance(value, str) and value:
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-        except ValueError:
-            pass
-    return default
