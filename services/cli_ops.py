@@ -508,6 +508,27 @@ def nats_creds(
     typer.echo(f"{conf} and the seeds in {out}: {step}")
 
 
+@nats_app.command("certs")
+def nats_certs(
+    out: Annotated[Path, typer.Option(help="directory for ca.pem, ca-key.pem, server-cert.pem, server-key.pem")],
+    host: Annotated[list[str] | None, typer.Option(
+        help="a name or IP clients and routes dial (repeat; default localhost, 127.0.0.1, nats)")] = None,
+) -> None:
+    """Write a private CA and a NATS server certificate signed by it (the servers' tls blocks read
+    them from /etc/nats/tls; clients get ca.pem as NATS_TLS_CA_FILE). An existing CA is kept, so
+    running it again renews the server certificate without touching the clients; see
+    deploy/README.md "NATS TLS"."""
+    from services.common.nats_auth import DEFAULT_TLS_HOSTS, write_certificates
+
+    hosts = host or list(DEFAULT_TLS_HOSTS)
+    try:
+        write_certificates(out, hosts)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc), code=1)
+    typer.echo(f"{out}: ca.pem (every client), server-cert.pem and server-key.pem (the servers), "
+               f"ca-key.pem (keep offline); hosts {', '.join(hosts)}")
+
+
 def run_topology(settings: Settings, *, allow_downgrade: bool | None = None, wait_s: float = 60.0) -> None:
     """The topology step as the admin identity, waiting up to ``wait_s`` for NATS to come up
     (it starts next to the migrations in compose)."""

@@ -11,6 +11,7 @@ settings, so a process started with a stale or default environment never rewrite
 from __future__ import annotations
 
 import math
+import ssl
 import weakref
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -96,14 +97,45 @@ def credential_options(settings: Settings, identity: str | None) -> dict[str, An
     return {}
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The client TLS context when ``NATS_TLS_CA_FILE`` is set (None: plain, for a server
+    without TLS such as `dfm up`'s loopback one). It trusts only that CA, not the system's:
+    a NATS server's certificate comes from `dfm nats certs` (or the operator's own CA), and a
+    certificate some public CA issued for another name must not pass. Hostname checking stays on;
+    ``NATS_TLS_HOSTNAME`` names the certificate's host when clients dial an address it does not
+    carry. A client certificate (``NATS_TLS_CERT_FILE``/``NATS_TLS_KEY_FILE``) is sent for
+    servers that verify clients."""
+    if not settings.nats_tls_ca_file:
+        if settings.nats_tls_cert_file or settings.nats_tls_key_file:
+            raise ConfigError("NATS_TLS_CERT_FILE/NATS_TLS_KEY_FILE need NATS_TLS_CA_FILE (the servers' CA)")
+        return None
+    if bool(settings.nats_tls_cert_file) != bool(settings.nats_tls_key_file):
+        raise ConfigError("NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE go together")
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.nats_tls_ca_file)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if settings.nats_tls_cert_file and settings.nats_tls_key_file:
+            context.load_cert_chain(settings.nats_tls_cert_file, settings.nats_tls_key_file)
+    except (OSError, ssl.SSLError) as exc:  # a missing or unreadable file: one line at start-up
+        raise ConfigError(f"NATS TLS files: {type(exc).__name__}: {exc}") from exc
+    return context
+
+
 def connect_options(settings: Settings, *, name: str, identity: str | None = None) -> tuple[list[str], dict[str, Any]]:
     """(servers, options) for nats-py or FastStream. A configured credential wins over a URL's
-    userinfo, which is then dropped (the URL is what gets logged)."""
+    userinfo, which is then dropped (the URL is what gets logged). With ``NATS_TLS_CA_FILE``
+    the options carry ``tls`` (an ``ssl.SSLContext``; nats-py then upgrades a ``nats://``
+    connection after the server's INFO, and refuses a server that does not offer TLS)."""
     settings.require("nats_url")
     who = connection_identity(settings, name, identity)
     creds = credential_options(settings, who)
     servers = [_without_userinfo(u) for u in settings.nats_url] if creds else list(settings.nats_url)
     options: dict[str, Any] = {"name": name, **creds}
+    context = tls_context(settings)
+    if context is not None:
+        options["tls"] = context
+        if settings.nats_tls_hostname:
+            options["tls_hostname"] = settings.nats_tls_hostname
     if who is not None:
         options["inbox_prefix"] = nats_auth.inbox_prefix(who)
     return servers, options
@@ -328,5 +360,6 @@ __all__ = [
     "ensure_topology",
     "prepare_topology",
     "redact_url",
+    "tls_context",
     "stream_config",
 ]

@@ -338,3 +338,92 @@ def observer(password: str) -> PasswordUser:
         "publish": {"allow": list(reads)},
         "subscribe": {"allow": ["_INBOX.>"], "deny": [f"{i.inbox}.>" for i in IDENTITIES]},
     })
+
+
+# --- TLS (deploy/README.md "NATS TLS") -----------------------------------------------------
+# `dfm nats certs --out DIR` writes these; deploy/nats/*.conf read them under /etc/nats/tls
+CA_CERT = "ca.pem"
+CA_KEY = "ca-key.pem"
+SERVER_CERT = "server-cert.pem"
+SERVER_KEY = "server-key.pem"
+DEFAULT_TLS_HOSTS = ("localhost", "127.0.0.1", "nats")
+TLS_DAYS = 825  # the longest server-certificate lifetime common clients accept
+
+
+def write_certificates(directory: Path | str, hosts: Iterable[str] = DEFAULT_TLS_HOSTS, *,
+                       days: int = TLS_DAYS) -> Path:
+    """A private CA and one server certificate signed by it, for every NATS server of a
+    deployment (client port and cluster routes): ``ca.pem`` (public: every client gets it),
+    ``ca-key.pem`` (0600, keep it offline: it signs the next certificate),
+    ``server-cert.pem`` and ``server-key.pem`` (0600, the servers only). ``hosts`` become the
+    certificate's subject alternative names (IP addresses as such), so they must cover every
+    name clients and routes dial (``nats``, ``dfm-nats-1`` ...). The certificate carries both
+    serverAuth and clientAuth: a route dials its peers with it. An existing CA is reused, so a
+    new server certificate (other hosts, or renewal) stays trusted by the clients' ``ca.pem``."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    hosts = list(dict.fromkeys(hosts))
+    if not hosts:
+        raise ValueError("at least one --host: the names clients connect to")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption()).strip()
+
+    ca_cert_path, ca_key_path = directory / CA_CERT, directory / CA_KEY
+    if ca_cert_path.exists() and ca_key_path.exists():
+        ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
+        ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+        if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{ca_key_path}: not an EC key written by `dfm nats certs`")
+    else:
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "df-middleware NATS CA")])
+        ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+                   .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=10 * 365))
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                   .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                                key_encipherment=False, data_encipherment=False,
+                                                key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                                encipher_only=False, decipher_only=False), critical=True)
+                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+                   .sign(ca_key, hashes.SHA256()))
+        write_secret(ca_key_path, pem_key(ca_key))
+        ca_cert_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+        ca_cert_path.chmod(0o644)
+
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                  ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    write_secret(directory / SERVER_KEY, pem_key(key))
+    (directory / SERVER_CERT).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / SERVER_CERT).chmod(0o644)
+    return directory

@@ -210,6 +210,12 @@ class Settings(BaseSettings):
     nats_password: SecretStr | None = None
     nats_identity: str | None = Field(
         default=None, description="this process's identity in the table; `dfm run` sets the service's")
+    # NATS TLS (deploy/README.md "NATS TLS"): with a CA file every connection is TLS, verified
+    nats_tls_ca_file: str | None = Field(default=None, description="CA that signed the NATS servers' certificate")
+    nats_tls_cert_file: str | None = Field(default=None, description="client certificate (servers that verify)")
+    nats_tls_key_file: str | None = Field(default=None, description="key of NATS_TLS_CERT_FILE")
+    nats_tls_hostname: str | None = Field(
+        default=None, description="name to verify the server certificate against, when not the URL's host")
     dfm_stream_allow_downgrade: bool = Field(
         default=False, description="let the topology step lower num_replicas or max_age of a stream")
 

@@ -32,17 +32,26 @@ def faststream_auth(options: dict[str, Any]) -> dict[str, Any]:
     options = dict(options)
     user, password = options.pop("user", None), options.pop("password", None)
     seed, creds = options.pop("nkeys_seed", None), options.pop("user_credentials", None)
+    # TLS travels in the security object too (NatsBroker has no `tls=`; its parser turns the
+    # object's ssl_context into nats-py's `tls`)
+    tls = {"ssl_context": options.pop("tls", None), "tls_hostname": options.pop("tls_hostname", None)}
     try:
-        from faststream.nats.security import NatsCredentials, NatsNKey
+        from faststream.nats.security import NatsCredentials, NatsNKey, NatsSecurity, NatsUserPassword
     except ImportError:  # FastStream 0.6: only the keyword arguments
-        options.update({k: v for k, v in (("nkeys_seed", seed), ("user_credentials", creds)) if v})
-        NatsCredentials = NatsNKey = None  # type: ignore[assignment,misc]
-    if seed and NatsNKey is not None:
-        options["security"] = NatsNKey.from_file(seed)
-    elif creds and NatsCredentials is not None:
-        options["security"] = NatsCredentials(creds)
+        options.update({k: v for k, v in (("nkeys_seed", seed), ("user_credentials", creds),
+                                          ("tls", tls["ssl_context"]), ("tls_hostname", tls["tls_hostname"])) if v})
+        NatsCredentials = NatsNKey = NatsSecurity = NatsUserPassword = None  # type: ignore[assignment,misc]
+    if NatsNKey is None:
+        if user:
+            options["security"] = SASLPlaintext(username=user, password=password or "")
+    elif seed:
+        options["security"] = NatsNKey.from_file(seed, **tls)
+    elif creds:
+        options["security"] = NatsCredentials(creds, **tls)
     elif user:
-        options["security"] = SASLPlaintext(username=user, password=password or "")
+        options["security"] = NatsUserPassword(user, password or "", **tls)
+    elif tls["ssl_context"] is not None:
+        options["security"] = NatsSecurity(**tls)
     return options
 
 
