@@ -168,15 +168,27 @@ def test_dockerfile_final_stage_is_slim_non_root_and_runs_dfm() -> None:
 
 
 @pytest.mark.parametrize("name", ["single.conf", "cluster-n1.conf", "cluster-n2.conf", "cluster-n3.conf"])
-def test_nats_configs_are_valid_for_nats_server(name: str) -> None:
+def test_nats_configs_are_valid_for_nats_server(name: str, tmp_path: Path) -> None:
+    """`nats-server -t` loads the TLS files, so it runs on a copy whose /etc/nats/tls points at
+    what `dfm nats certs` writes (the shipped files name the mounted paths)."""
+    from services.common import nats_auth
+
     path = ROOT / "deploy" / "nats" / name
-    result = subprocess.run([nats_server_binary(), "-t", "-c", str(path)], capture_output=True, text=True,
+    text = path.read_text()
+    certs = nats_auth.write_certificates(tmp_path / "tls", ["nats", "dfm-nats-1", "dfm-nats-2", "dfm-nats-3"])
+    for tls_file in re.findall(r'(?:cert|key|ca)_file: "([^"]+)"', text):
+        assert tls_file.startswith("/etc/nats/tls/") and (certs / tls_file.rsplit("/", 1)[1]).is_file(), tls_file
+    (tmp_path / "auth.inc").write_text((path.parent / "auth.inc").read_text())
+    (tmp_path / name).write_text(text.replace("/etc/nats/tls/", f"{certs}/"))
+    result = subprocess.run([nats_server_binary(), "-t", "-c", str(tmp_path / name)], capture_output=True, text=True,
                             timeout=20, check=False)
     assert result.returncode == 0, result.stderr
-    text = path.read_text()
+    assert re.search(r"^tls \{", text, re.MULTILINE)  # clients: TLS required
     assert "http_port: 8222" in text  # KEDA reads consumer lag from the monitoring port
     if name.startswith("cluster"):
         assert "sync_interval: always" in text and text.count("nats-route://") == 3
+        cluster = text[text.index("cluster {"):]
+        assert re.search(r"^  tls \{", cluster, re.MULTILINE) and "ca_file:" in cluster  # routes verify peers
 
 
 def test_ci_workflow_runs_make_test_builds_the_image_and_migrates_before_rolling_out() -> None:
@@ -579,3 +591,15 @@ def test_kubernetes_every_nats_client_mounts_its_own_seed_secret(manifests: list
         key = seed.rsplit("/", 1)[1]
         assert f"create secret generic dfm-nats-{identity} --from-file={key}=" in docs, identity
     assert not [d for d in manifests if d["kind"] == "Secret" and d["metadata"]["name"].startswith("dfm-nats-")]
+
+
+def test_compose_nats_requires_tls_and_every_client_verifies_it(compose: dict[str, Any]) -> None:
+    volumes = compose["services"]["nats"]["volumes"]
+    for name in ("server-cert.pem", "server-key.pem"):
+        assert any(v.endswith(f"/{name}:/etc/nats/tls/{name}:ro") and v.startswith("${DFM_NATS_TLS_DIR:?")
+                   for v in volumes), name
+    for name, service in compose["services"].items():
+        env = service.get("environment", {})
+        if uses_nats(env):
+            ca = env.get("NATS_TLS_CA_FILE")
+            assert ca and any(v.endswith(f"/ca.pem:{ca}:ro") for v in service["volumes"]), name
