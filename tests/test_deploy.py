@@ -590,6 +590,11 @@ def test_kubernetes_every_nats_client_mounts_its_own_seed_secret(manifests: list
         # the Secret is made from `dfm nats creds`' file, never committed: deploy/README.md says how
         key = seed.rsplit("/", 1)[1]
         assert f"create secret generic dfm-nats-{identity} --from-file={key}=" in docs, identity
+        # TLS to NATS: the CA named by NATS_TLS_CA_FILE is mounted in every pod
+        ca = config["NATS_TLS_CA_FILE"]
+        [ca_mount] = [m for m in container.get("volumeMounts", []) if ca.startswith(m["mountPath"] + "/")]
+        [ca_volume] = [v for v in pod["volumes"] if v["name"] == ca_mount["name"]]
+        assert ca_volume["configMap"]["name"] == "dfm-nats-ca", name
     assert not [d for d in manifests if d["kind"] == "Secret" and d["metadata"]["name"].startswith("dfm-nats-")]
 
 
