@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = ["DEFAULT_MAX_DEPTH", "NUL_REPLACEMENT", "BodyError", "json_depth", "parse_body"]
@@ -87,7 +88,7 @@ def _clean(value: Any, replace_nul: bool = True) -> Any:
     stack: list[tuple[Any, Any]] = [(value, root)]
     while stack:
         source, target = stack.pop()
-        items = source.items() if isinstance(source, dict) else enumerate(source)
+        items: Iterable[tuple[Any, Any]] = source.items() if isinstance(source, dict) else enumerate(source)
         for key, child in items:
             if isinstance(child, dict | list):
                 copy: Any = {} if isinstance(child, dict) else []
@@ -111,8 +112,7 @@ def parse_body(raw: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH,
     ``invalid_unicode_escape``). With ``replace_nul`` False a NUL is kept: a request we pass
     on (the gateway's) is not changed, and its own checks refuse NUL where it matters, e.g.
     in a path parameter)."""
-    if raw.startswith(_BOM):
-        raw = raw[len(_BOM):]
+    raw = raw.removeprefix(_BOM)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

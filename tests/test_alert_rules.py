@@ -34,11 +34,12 @@ def test_rules_parse_and_match_the_spec_thresholds() -> None:
 
 
 def test_metric_names_in_rules_exist_in_the_code() -> None:
+    from prometheus_client import REGISTRY
+
     import services.clients.http  # noqa: F401  (registers the vendor metrics)
     import services.common.delivery  # noqa: F401
     import services.ingress.metrics  # noqa: F401
     import services.jobs.alerts  # noqa: F401
-    from prometheus_client import REGISTRY
 
     known = set()
     for metric in REGISTRY.collect():

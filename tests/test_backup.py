@@ -23,7 +23,6 @@ from cryptography.fernet import Fernet
 from sqlalchemy.engine import make_url
 
 from services.common.db.session import sync_url
-
 from services.common.embedded import EmbeddedNats
 from tests.conftest import create_database, drop_database
 from tests.jobs_rig import fetch

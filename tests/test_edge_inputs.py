@@ -226,8 +226,8 @@ async def test_an_outbox_row_the_stream_refuses_is_set_aside_and_the_rest_drain(
     engine = create_engine(settings)
     nc = await nats.connect(settings.nats_url)
     try:
-        from services.common.broker import ensure_stream
         from contracts.streams import STREAMS
+        from services.common.broker import ensure_stream
         js = nc.jetstream()
         for spec in STREAMS:
             await ensure_stream(js, spec, settings)

@@ -15,7 +15,6 @@ import random
 from pathlib import Path
 from typing import Any
 
-import httpx
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 

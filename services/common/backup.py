@@ -39,8 +39,8 @@ from sqlalchemy.engine import URL, make_url
 
 from contracts.streams import WEBHOOKS_STREAM
 from services.common.broker import connect, ensure_topology
-from services.common.nats_auth import ADMIN
 from services.common.db.session import sync_url
+from services.common.nats_auth import ADMIN
 from services.common.settings import Settings
 
 DUMP = "database.dump"

@@ -360,6 +360,6 @@ __all__ = [
     "ensure_topology",
     "prepare_topology",
     "redact_url",
-    "tls_context",
     "stream_config",
+    "tls_context",
 ]

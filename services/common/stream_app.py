@@ -36,7 +36,12 @@ def faststream_auth(options: dict[str, Any]) -> dict[str, Any]:
     # object's ssl_context into nats-py's `tls`)
     tls = {"ssl_context": options.pop("tls", None), "tls_hostname": options.pop("tls_hostname", None)}
     try:
-        from faststream.nats.security import NatsCredentials, NatsNKey, NatsSecurity, NatsUserPassword
+        from faststream.nats.security import (
+            NatsCredentials,
+            NatsNKey,
+            NatsSecurity,
+            NatsUserPassword,
+        )
     except ImportError:  # FastStream 0.6: only the keyword arguments
         options.update({k: v for k, v in (("nkeys_seed", seed), ("user_credentials", creds),
                                           ("tls", tls["ssl_context"]), ("tls_hostname", tls["tls_hostname"])) if v})

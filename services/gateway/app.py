@@ -53,7 +53,14 @@ from services.common.db.session import create_engine
 from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.gateway.health import DependencyProbe
-from services.gateway.limits import RateLimiter, bearer, client_address, key_id, reset_in, trusted_networks
+from services.gateway.limits import (
+    RateLimiter,
+    bearer,
+    client_address,
+    key_id,
+    reset_in,
+    trusted_networks,
+)
 from services.gateway.redirects import SameOriginRedirects
 
 log = get_logger(__name__)

@@ -30,9 +30,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import WebhookEvent
 from contracts.streams import RECORDER as RECORDER_SPEC
+from services.common.db.errors import driver_error
 from services.common.db.models import DeadLetter
 from services.common.events import row_for
-from services.common.db.errors import driver_error
 from services.common.logging import get_logger
 
 log = get_logger(__name__)
