@@ -9,9 +9,9 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from services.common.db.models import Base
-from services.common.db.session import async_url
-from services.common.settings import load_settings
+from services.infra.db.models import Base
+from services.infra.db.session import async_url
+from services.infra.settings import load_settings
 
 config = context.config
 target_metadata = Base.metadata

@@ -20,12 +20,12 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from services.common.db import migrate
-from services.common.db.models import Base
-from services.common.db.session import sync_url
-from services.common.embedded import EmbeddedNats, EmbeddedPostgres
-from services.common.nats_auth import PasswordUser, write_credentials
-from services.common.settings import Settings
+from services.infra.db import migrate
+from services.infra.db.models import Base
+from services.infra.db.session import sync_url
+from services.infra.nats_auth import PasswordUser, write_credentials
+from services.infra.settings import Settings
+from services.tooling.embedded import EmbeddedNats, EmbeddedPostgres
 
 TESTS_DIR = Path(__file__).parent
 FIXTURES = TESTS_DIR / "fixtures"
@@ -155,7 +155,7 @@ async def clean_streams(nats_server: EmbeddedNats) -> None:
     import nats
     from nats.js.errors import NotFoundError
 
-    from services.common.broker import apply_topology
+    from services.infra.broker import apply_topology
 
     nc = await nats.connect(nats_server.url)
     try:

@@ -17,12 +17,11 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from contracts.streams import RECORDER
 from contracts.subjects import subject_matches
-from services.common.broker import prepare_topology
-from services.common.consumer import PullConsumer
-from services.common.db.session import create_engine, sync_url
-from services.common.embedded import free_port
-from services.common.settings import Settings
-from services.common.signing import (
+from services.infra.broker import prepare_topology
+from services.infra.consumer import PullConsumer
+from services.infra.db.session import create_engine, sync_url
+from services.infra.settings import Settings
+from services.infra.signing import (
     basic_auth,
     ghl_ed25519_signature,
     ghl_rsa_signature,
@@ -31,6 +30,7 @@ from services.common.signing import (
 )
 from services.ingress.app import create_asgi
 from services.recorder.service import Recorder
+from services.tooling.embedded import free_port
 
 
 @dataclass

@@ -12,10 +12,10 @@ import asyncpg
 from contracts.streams import JOBS_CONSUMER
 from services.clients.budget import RateBudget
 from services.clients.ghl import GhlClient
-from services.common.broker import connect, prepare_topology
-from services.common.db.session import create_engine, sync_url
-from services.common.settings import Settings
-from services.common.stream_app import start_sync_broker
+from services.infra.broker import connect, prepare_topology
+from services.infra.db.session import create_engine, sync_url
+from services.infra.settings import Settings
+from services.infra.stream_app import start_sync_broker
 from services.jobs.service import Jobs
 
 

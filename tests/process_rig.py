@@ -21,7 +21,7 @@ def http_service(service: str, env: dict[str, str], port_variable: str, health: 
                  log: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Start ``service`` with ``env`` (plus PATH) on a free port; yield its base URL and process
     once ``health`` answers 200; stop it on exit. Its output goes to ``log``."""
-    from services.common.embedded import free_port
+    from services.tooling.embedded import free_port
     from tests import conftest
 
     port = free_port()

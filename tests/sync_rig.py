@@ -19,14 +19,14 @@ from services.clients.budget import RateBudget
 from services.clients.ghl import GhlClient
 from services.clients.ghl_conversations import GhlConversations
 from services.clients.ghl_oauth import GhlOAuth
-from services.common.stream_app import start_sync_broker
-from services.common.db.session import create_engine
-from services.common.delivery import EventConsumer, consumer_batch
-from services.common.embedded import free_port
-from services.common.settings import Settings
-from services.common.signing import generate_ed25519, private_pem
 from services.ghl_sync.service import GhlSync
+from services.infra.db.session import create_engine
+from services.infra.delivery import EventConsumer, consumer_batch
+from services.infra.settings import Settings
+from services.infra.signing import generate_ed25519, private_pem
+from services.infra.stream_app import start_sync_broker
 from services.sandbox.app import create_sandbox_app
+from services.tooling.embedded import free_port
 from services.verity_sync.service import VeritySync
 from tests.ingress_rig import running_ingress, running_recorder, serving
 
@@ -52,7 +52,7 @@ def pipeline_settings(base_env: dict[str, str], tmp: Path, **extra: str) -> Sett
     key, _ = generate_ed25519()
     key_file = tmp / "ghl-signing.pem"
     key_file.write_text(private_pem(key))
-    from services.common.signing import public_pem
+    from services.infra.signing import public_pem
 
     sandbox_port, ingress_port = free_port(), free_port()
     env = {

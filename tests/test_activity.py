@@ -10,8 +10,8 @@ from typing import Any
 
 from contracts.commands import ReplayRequested
 from contracts.envelope import WebhookEvent
-from services.common.optout import decide, keyword
-from services.common.redrive import publish_redrive
+from services.domain.optout import decide, keyword
+from services.infra.redrive import publish_redrive
 from tests.conftest import TEST_SECRETS, load_fixture
 from tests.ingress_rig import dumps
 from tests.jobs_rig import fetch, running_jobs

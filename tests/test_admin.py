@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from services.common.settings import Settings
+from services.infra.settings import Settings
 from tests.conftest import TEST_SECRETS
 from tests.ingress_rig import running_ingress
 from tests.jobs_rig import execute, fetch

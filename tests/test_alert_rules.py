@@ -37,7 +37,7 @@ def test_metric_names_in_rules_exist_in_the_code() -> None:
     from prometheus_client import REGISTRY
 
     import services.clients.http  # noqa: F401  (registers the vendor metrics)
-    import services.common.delivery  # noqa: F401
+    import services.infra.delivery  # noqa: F401
     import services.ingress.metrics  # noqa: F401
     import services.jobs.alerts  # noqa: F401
 

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import Case, GenerationMode, Response
 
-from services.common.embedded import EmbeddedNats
-from services.common.signing import basic_auth, hmac_hex
+from services.infra.signing import basic_auth, hmac_hex
+from services.tooling.embedded import EmbeddedNats
 from tests.conftest import TEST_SECRETS
 from tests.process_rig import http_service
 

@@ -22,8 +22,8 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import make_url
 
-from services.common.db.session import sync_url
-from services.common.embedded import EmbeddedNats
+from services.infra.db.session import sync_url
+from services.tooling.embedded import EmbeddedNats
 from tests.conftest import create_database, drop_database
 from tests.jobs_rig import fetch
 from tests.sync_rig import eventually, pipeline_settings, running_pipeline

@@ -11,8 +11,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from services.common.db.session import sync_url
 from services.ghl_sync.broadcasts import analytics
+from services.infra.db.session import sync_url
 from tests.conftest import TEST_SECRETS, create_database, drop_database
 from tests.jobs_rig import fetch
 from tests.sync_rig import Pipeline, eventually, pipeline_settings, running_pipeline
@@ -110,7 +110,7 @@ async def test_an_appointment_reaches_the_verity_lead_and_recomputes_the_broadca
     broadcast that reached the contact is recomputed (now with 2 appointments)."""
     import json as _json
 
-    from services.common.sender import sign
+    from services.tooling.sender import sign
 
     settings = pipeline_settings(base_env, tmp_path, VERITY_DATABASE_URL=verity_db)
     async with running_pipeline(settings) as p:

@@ -13,8 +13,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from services.common.db.session import sync_url
-from services.common.signing import basic_auth
+from services.infra.db.session import sync_url
+from services.infra.signing import basic_auth
 from tests.conftest import TEST_SECRETS, load_fixture
 from tests.sync_rig import Pipeline, eventually, pipeline_settings, running_pipeline
 

@@ -30,13 +30,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import WebhookEvent
 from contracts.streams import GHL_SYNC
-from services.common.broker import prepare_topology
-from services.common.db.session import create_engine, sync_url
-from services.common.delivery import EventConsumer, Outcome, Rule
-from services.common.embedded import EmbeddedNats
-from services.common.redrive import publish_redrive
-from services.common.settings import Settings
-from services.common.sync.store import contact_lock
+from services.domain.store import contact_lock
+from services.infra.broker import prepare_topology
+from services.infra.db.session import create_engine, sync_url
+from services.infra.delivery import EventConsumer, Outcome, Rule
+from services.infra.redrive import publish_redrive
+from services.infra.settings import Settings
+from services.tooling.embedded import EmbeddedNats
 from tests.jobs_rig import fetch
 from tests.sync_rig import eventually
 from tests.test_jobs_ops import probe_event

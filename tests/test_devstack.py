@@ -17,9 +17,9 @@ import pytest
 
 from contracts.streams import GHL_SYNC
 from contracts.subjects import subject_matches
-from services.common.broker import ensure_topology
-from services.common.embedded import EmbeddedNats, free_port
-from services.common.settings import Settings
+from services.infra.broker import ensure_topology
+from services.infra.settings import Settings
+from services.tooling.embedded import EmbeddedNats, free_port
 
 
 def _alive(pid: int) -> bool:

@@ -16,12 +16,11 @@ from typing import Any
 
 import httpx
 
-from services.common.embedded import free_port
 from services.sandbox.app import create_sandbox_app
+from services.tooling.embedded import free_port
 from tests.ingress_rig import running_ingress, running_recorder, serving, stream_messages
 from tests.sync_rig import eventually, pipeline_settings
 from tests.test_contact_sync import ALOWARE_AUTH, aloware_contact, done
-
 
 LOGS: dict[int, Path] = {}
 

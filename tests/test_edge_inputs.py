@@ -15,11 +15,11 @@ import pytest
 
 from contracts.envelope import WebhookEvent
 from contracts.json_body import parse_body
-from services.common.embedded import NATS_MAX_PAYLOAD, EmbeddedNats
-from services.common.outbox import drain_outbox
-from services.common.settings import Settings
-from services.common.signing import hmac_hex
+from services.infra.outbox import drain_outbox
+from services.infra.settings import Settings
+from services.infra.signing import hmac_hex
 from services.jobs.alerts import check_latency_and_dead
+from services.tooling.embedded import NATS_MAX_PAYLOAD, EmbeddedNats
 from tests.conftest import TEST_SECRETS
 from tests.ingress_rig import count_rows, running_ingress, running_recorder, stream_messages
 from tests.jobs_rig import fetch
@@ -205,7 +205,7 @@ async def test_an_outbox_row_the_stream_refuses_is_set_aside_and_the_rest_drain(
     rows behind it: it is marked failed with its reason, shown by the admin API and alerted."""
     import nats
 
-    from services.common.db.session import create_engine
+    from services.infra.db.session import create_engine
     from tests.jobs_rig import execute
 
     big = json.dumps({"x": "y" * (NATS_MAX_PAYLOAD + 10)}).encode()
@@ -227,7 +227,7 @@ async def test_an_outbox_row_the_stream_refuses_is_set_aside_and_the_rest_drain(
     nc = await nats.connect(settings.nats_url)
     try:
         from contracts.streams import STREAMS
-        from services.common.broker import ensure_stream
+        from services.infra.broker import ensure_stream
         js = nc.jetstream()
         for spec in STREAMS:
             await ensure_stream(js, spec, settings)

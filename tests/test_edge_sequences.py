@@ -18,11 +18,11 @@ import httpx
 import nats
 
 from contracts.streams import WEBHOOKS
-from services.common.broker import prepare_topology
-from services.common.embedded import EmbeddedNats
-from services.common.sender import refresh, sign
-from services.common.settings import Settings
+from services.infra.broker import prepare_topology
+from services.infra.settings import Settings
 from services.sandbox.app import create_sandbox_app
+from services.tooling.embedded import EmbeddedNats
+from services.tooling.sender import refresh, sign
 from tests.conftest import load_fixture
 from tests.ingress_rig import (
     Keys,

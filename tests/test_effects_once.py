@@ -16,10 +16,10 @@ import httpx
 from contracts.commands import ReplayRequested
 from contracts.envelope import AuthInfo, WebhookEvent
 from contracts.subjects import EntityType, Source
-from services.common.db.session import create_engine
-from services.common.delivery import Outcome
-from services.common.errors import RetryLater
-from services.common.sync import effects
+from services.domain import effects
+from services.infra.db.session import create_engine
+from services.infra.delivery import Outcome
+from services.infra.errors import RetryLater
 from services.sandbox.app import create_sandbox_app
 from services.verity_sync.service import SEND_PATH, VeritySync
 from tests.conftest import load_fixture

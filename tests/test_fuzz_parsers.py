@@ -8,14 +8,20 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contracts.phone import to_e164
 from services.clients.verity import Endpoint, ProxyError, check_endpoint, resolve
-from services.common.call_lists import list_intent, tag_names
-from services.common.operations import redact
-from services.common.optout import keyword
-from services.common.phone import to_e164
-from services.ghl_sync.rules.activity import KIND_OF_CANONICAL, artifact, call_data, call_note, call_tags
+from services.domain.call_lists import list_intent, tag_names
+from services.domain.optout import keyword
+from services.ghl_sync.rules.activity import (
+    KIND_OF_CANONICAL,
+    artifact,
+    call_data,
+    call_note,
+    call_tags,
+)
 from services.ghl_sync.sequences import trigger
 from services.mcp.tools import generate, map_arguments
+from services.tooling.operations import redact
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),

@@ -17,10 +17,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from services.clients.clerk import ClerkVerifier, TokenInvalid
 from services.clients.verity import ProxyError, resolve, rewrite
-from services.common.embedded import free_port
-from services.common.settings import Settings
 from services.gateway.app import create_app
+from services.infra.settings import Settings
 from services.sandbox.app import CLERK_ISSUER, create_sandbox_app
+from services.tooling.embedded import free_port
 from tests.ingress_rig import serving
 
 CATALOG = Path(__file__).parent / "fixtures" / "apis" / "verity" / "api_catalog.json"

@@ -23,11 +23,11 @@ import httpx
 from sqlalchemy.engine import make_url
 from starlette.responses import Response
 
-from services.common.db.session import sync_url
-from services.common.embedded import free_port
-from services.common.settings import Settings
 from services.gateway.app import create_app
+from services.infra.db.session import sync_url
+from services.infra.settings import Settings
 from services.sandbox.app import create_sandbox_app
+from services.tooling.embedded import free_port
 from tests.ingress_rig import serving
 from tests.process_rig import http_service
 from tests.test_gateway import CATALOG, KEY, clerk_token, gateway_settings, proxy, stack

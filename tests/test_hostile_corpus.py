@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from services.clients.ghl_oauth import sign_state
-from services.common.signing import basic_auth, ghl_ed25519_signature, hmac_hex, load_private_key
+from services.infra.signing import basic_auth, ghl_ed25519_signature, hmac_hex, load_private_key
 from tests.conftest import TEST_SECRETS, load_fixture
 from tests.jobs_rig import fetch
 from tests.sync_rig import Pipeline, eventually, pipeline_settings, running_pipeline

@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from contracts.envelope import WebhookEvent
-from services.common.embedded import EmbeddedNats
-from services.common.sender import refresh
-from services.common.settings import Settings
+from services.infra.settings import Settings
+from services.tooling.embedded import EmbeddedNats
+from services.tooling.sender import refresh
 from tests.conftest import WEBHOOK_FIXTURES, load_fixture
 from tests.ingress_rig import (
     Keys,

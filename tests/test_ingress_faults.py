@@ -12,9 +12,9 @@ import nats
 import pytest
 
 from contracts.envelope import WebhookEvent
-from services.common.embedded import EmbeddedNats, EmbeddedPostgres
-from services.common.settings import Settings
-from services.common.signing import hmac_hex
+from services.infra.settings import Settings
+from services.infra.signing import hmac_hex
+from services.tooling.embedded import EmbeddedNats, EmbeddedPostgres
 from tests.conftest import TEST_SECRETS, create_database
 from tests.ingress_rig import count_rows, running_ingress, running_recorder, stream_messages
 
@@ -98,7 +98,7 @@ async def test_nats_and_postgres_down_answers_429_with_retry_after(
     server = EmbeddedNats(store_dir=tmp_path / "nats").start()
     pg = EmbeddedPostgres(tmp_path / "pg", delete_on_stop=True).start()
     database_url = await create_database(pg.url())
-    from services.common.db import migrate
+    from services.infra.db import migrate
 
     await asyncio.to_thread(migrate.upgrade, database_url, "head")
     settings = settings_for(server.url, database_url, VERITY_WEBHOOK_SECRET=SECRET)

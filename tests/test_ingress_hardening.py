@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 from sqlalchemy import text
 
-from services.common.broker import prepare_topology
-from services.common.embedded import free_port
-from services.common.settings import Settings
+from services.infra.broker import prepare_topology
+from services.infra.settings import Settings
 from services.ingress.app import create_asgi
+from services.tooling.embedded import free_port
 from tests.conftest import TEST_SECRETS
 from tests.ingress_rig import serving
 from tests.process_rig import http_service

@@ -13,7 +13,7 @@ from typing import Any
 
 from contracts.commands import ReconcileRequested, ReplayRequested
 from contracts.envelope import WebhookEvent
-from services.common.redrive import publish_redrive
+from services.infra.redrive import publish_redrive
 from tests.conftest import TEST_SECRETS
 from tests.jobs_rig import execute, fetch, running_jobs
 from tests.sync_rig import Pipeline, eventually, pipeline_settings, running_pipeline

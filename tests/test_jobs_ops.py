@@ -20,8 +20,8 @@ from starlette.routing import Route
 
 from contracts.envelope import AuthInfo, WebhookEvent
 from contracts.subjects import EntityType, Source
-from services.common.db.session import create_engine
-from services.common.settings import Settings
+from services.infra.db.session import create_engine
+from services.infra.settings import Settings
 from services.jobs.alerts import Alerter
 from services.jobs.sweep import Sweeper
 from tests.ingress_rig import running_recorder, serving

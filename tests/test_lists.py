@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from services.common.call_lists import Agent, ContactView, list_intent, resolve_agent, tag_names
-from services.common.signing import ghl_ed25519_signature, load_private_key
+from services.domain.call_lists import Agent, ContactView, list_intent, resolve_agent, tag_names
+from services.infra.signing import ghl_ed25519_signature, load_private_key
 from tests.jobs_rig import execute, fetch
 from tests.sync_rig import Pipeline, eventually, pipeline_settings, running_pipeline
 from tests.test_admin import ADMIN

@@ -19,10 +19,10 @@ import nats
 import pytest
 
 from contracts.streams import ALOWARE_SYNC, expected_consumers
-from services.common.broker import consumer_config, prepare_topology
-from services.common.embedded import EmbeddedNats
-from services.common.settings import Settings
-from services.common.signing import ghl_ed25519_signature, load_private_key
+from services.infra.broker import consumer_config, prepare_topology
+from services.infra.settings import Settings
+from services.infra.signing import ghl_ed25519_signature, load_private_key
+from services.tooling.embedded import EmbeddedNats
 from tests.conftest import load_fixture
 from tests.jobs_rig import fetch
 from tests.sync_rig import Pipeline, eventually, pipeline_settings, running_pipeline
@@ -194,7 +194,7 @@ async def _first_name(p: Pipeline, name: str) -> bool:
 
 
 def test_the_agent_field_key_resolves_to_the_field_id() -> None:
-    from services.common.call_lists import custom_field_id
+    from services.domain.call_lists import custom_field_id
 
     fields = [{"id": "cfScore", "name": "Lead Score", "fieldKey": "contact.lead_score"},
               {"id": "cfAgent", "name": "Assigned Agent", "fieldKey": "contact.assigned_agent"}]
@@ -216,8 +216,8 @@ async def test_the_field_definitions_are_read_once_and_again_only_on_a_miss(
     import httpx
 
     from services.clients.ghl import GhlClient, GhlContact
-    from services.common.agents import AgentField
     from services.sandbox.app import create_sandbox_app
+    from services.tooling.agents import AgentField
     from tests.ingress_rig import serving
 
     settings = pipeline_settings(base_env, tmp_path, DFM_SANDBOX_WEBHOOK_URL="")
@@ -307,8 +307,8 @@ async def test_the_admin_rebuild_resolves_the_custom_field_agent_the_same_way(
 
 def test_both_consumers_read_an_opt_out_with_the_one_shared_reader() -> None:
     """ghl-sync and aloware-sync record the same event in the registry; both read its DNC flag
-    and its time with services/common/optout.py, so they cannot disagree."""
-    from services.common import optout
+    and its time with services/domain/optout.py, so they cannot disagree."""
+    from services.domain import optout
 
     default = datetime(2026, 1, 1, tzinfo=UTC)
     cases = [({"is_dnc": True}, {}, True), ({"is_dnc": False}, {}, False), ({"dnc": True}, {}, True),

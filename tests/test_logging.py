@@ -10,9 +10,9 @@ import time
 
 import httpx
 
-from services.common.embedded import EmbeddedNats, free_port
-from services.common.logging import REDACTED, redact
-from services.common.signing import hmac_hex
+from services.infra.logging import REDACTED, redact
+from services.infra.signing import hmac_hex
+from services.tooling.embedded import EmbeddedNats, free_port
 from tests.conftest import TEST_SECRETS
 
 

@@ -17,7 +17,7 @@ from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
 from services.clients.verity import Endpoint
-from services.common.settings import Settings
+from services.infra.settings import Settings
 from services.mcp.tools import generate, map_arguments
 from services.sandbox.app import create_sandbox_app
 from tests.ingress_rig import serving

@@ -11,7 +11,7 @@ from typing import Any
 
 from contracts.commands import ReplayRequested
 from services.clients.ghl_oauth import GhlOAuth, sign_state
-from services.common.db.session import create_engine
+from services.infra.db.session import create_engine
 from tests.conftest import load_fixture
 from tests.jobs_rig import execute, fetch, running_jobs
 from tests.sync_rig import Pipeline, eventually, pipeline_settings, running_pipeline

@@ -12,9 +12,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from services.common.db import migrate
-from services.common.db.models import Base
-from services.common.db.session import async_url, sync_url
+from services.infra.db import migrate
+from services.infra.db.models import Base
+from services.infra.db.session import async_url, sync_url
 from tests.conftest import create_database, drop_database
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import asyncpg
 from prometheus_client import REGISTRY
 
-from services.common.db.session import sync_url
-from services.common.sender import sign
+from services.infra.db.session import sync_url
+from services.tooling.sender import sign
 from tests.conftest import load_fixture
 from tests.jobs_rig import fetch
 from tests.sync_rig import Pipeline, eventually, pipeline_settings, running_pipeline

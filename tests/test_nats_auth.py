@@ -1,5 +1,5 @@
 """NATS identities with least privilege (issue #15 parts 1, 2 and 7), against a real nats-server
-running the shipped permissions (``services/common/nats_auth.py``, what ``dfm nats creds``
+running the shipped permissions (``services/infra/nats_auth.py``, what ``dfm nats creds``
 writes): who is refused what, that each identity can do what its service does, rotation
 without downtime, and that no starting process rewrites the stream's replicas or retention.
 
@@ -25,8 +25,8 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
 from contracts.streams import ALOWARE_SYNC, CONSUMERS, GHL_SYNC, RECORDER, VERITY_SYNC, WEBHOOKS
-from services.common import nats_auth
-from services.common.broker import (
+from services.infra import nats_auth
+from services.infra.broker import (
     TopologyDowngrade,
     TopologyMissing,
     apply_topology,
@@ -35,9 +35,9 @@ from services.common.broker import (
     prepare_topology,
     redact_url,
 )
-from services.common.embedded import EmbeddedNats, free_port
-from services.common.settings import Settings
-from services.common.stream_app import start_sync_broker
+from services.infra.settings import Settings
+from services.infra.stream_app import start_sync_broker
+from services.tooling.embedded import EmbeddedNats, free_port
 from tests.sync_rig import eventually
 
 OUTBOUND_SMS = "webhooks.ghl.provider_message.provider_outbound_sms"  # verity-sync texts from these
@@ -479,7 +479,7 @@ async def test_a_process_starting_with_lower_replicas_or_retention_changes_nothi
         await prepare_topology(stale.model_copy(update={"nats_identity": service}))
     nc = await connect(stale, name="dfm-ingress")  # the ingress's connect loop checks the streams
     try:
-        from services.common.broker import ensure_stream
+        from services.infra.broker import ensure_stream
 
         await ensure_stream(nc.jetstream(), WEBHOOKS, stale)
     finally:

@@ -11,7 +11,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from services.common.embedded import EmbeddedNats, free_port
+from services.tooling.embedded import EmbeddedNats, free_port
 from tests.sync_rig import eventually, pipeline_settings, running_pipeline
 from tests.test_contact_sync import ALOWARE_AUTH, aloware_contact, done
 

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from faststream.nats import NatsBroker
 
-from services.common import nats_auth
-from services.common.broker import connect, connect_options
-from services.common.embedded import EmbeddedNats
-from services.common.settings import ConfigError, Settings
-from services.common.stream_app import faststream_auth
+from services.infra import nats_auth
+from services.infra.broker import connect, connect_options
+from services.infra.settings import ConfigError, Settings
+from services.infra.stream_app import faststream_auth
+from services.tooling.embedded import EmbeddedNats
 from tests.sync_rig import eventually
 
 ROOT = Path(__file__).parents[1]
@@ -133,7 +133,7 @@ async def test_a_client_trusting_another_ca_is_refused(server: EmbeddedNats, tmp
 
 
 async def test_faststream_consumers_get_the_same_tls(server: EmbeddedNats, certs: Path) -> None:
-    """Consumers connect through FastStream (services/common/stream_app.py), not connect()."""
+    """Consumers connect through FastStream (services/infra/stream_app.py), not connect()."""
     cfg = settings(server, nats_tls_ca_file=str(certs / nats_auth.CA_CERT), nats_tls_hostname="nats")
     servers, options = connect_options(cfg, name="dfm-scheduler", identity="scheduler")
     broker = NatsBroker(servers, max_reconnect_attempts=0, **faststream_auth(options))

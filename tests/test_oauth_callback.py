@@ -22,9 +22,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 from pydantic import SecretStr
 
-from services.common.embedded import free_port
-from services.common.settings import Settings
+from services.infra.settings import Settings
 from services.sandbox.app import create_sandbox_app
+from services.tooling.embedded import free_port
 from tests.conftest import TEST_SECRETS
 from tests.ingress_rig import running_ingress, serving
 from tests.jobs_rig import fetch

@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from services.clients.ghl_oauth import GhlOAuth, TokenCipher, sign_state
-from services.common.db.session import create_engine
-from services.common.errors import Permanent
-from services.common.settings import Settings
+from services.infra.db.session import create_engine
+from services.infra.errors import Permanent
+from services.infra.settings import Settings
 from services.sandbox.app import create_sandbox_app
 from tests.ingress_rig import running_ingress, serving
 from tests.jobs_rig import execute, fetch

@@ -12,17 +12,17 @@ from prometheus_client import REGISTRY
 
 import services.clients.http  # noqa: F401  (each import registers its metrics)
 import services.clients.verity  # noqa: F401
-import services.common.delivery  # noqa: F401
 import services.gateway.app  # noqa: F401
+import services.infra.delivery  # noqa: F401
 import services.ingress.metrics  # noqa: F401
 import services.jobs.alerts  # noqa: F401
 import services.jobs.service  # noqa: F401
 import services.jobs.sweep  # noqa: F401
 import services.recorder.service  # noqa: F401
 import services.scheduler.service  # noqa: F401
-from services.common.embedded import free_port
-from services.common.metrics_server import serve_metrics
-from services.common.settings import Settings
+from services.infra.metrics_server import serve_metrics
+from services.infra.settings import Settings
+from services.tooling.embedded import free_port
 
 ROOT = Path(__file__).parents[1]
 

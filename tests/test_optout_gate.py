@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from contracts.phone import to_e164
 from services.clients.verity import (
     SEND_MESSAGE_PATH,
     SENDING_ENDPOINTS,
@@ -27,13 +28,12 @@ from services.clients.verity import (
     rewrite,
     sending_endpoint,
 )
-from services.common import optout
-from services.common.db.session import create_engine
-from services.common.embedded import free_port
-from services.common.phone import to_e164
-from services.common.settings import Settings
+from services.domain import optout
 from services.gateway.app import create_app
+from services.infra.db.session import create_engine
+from services.infra.settings import Settings
 from services.sandbox.app import create_sandbox_app
+from services.tooling.embedded import free_port
 from tests.conftest import load_fixture
 from tests.ingress_rig import serving
 from tests.jobs_rig import fetch

@@ -21,9 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.common.embedded import free_port
-from services.common.settings import ConfigError, load_settings
-from services.common.signing import hmac_hex
+from services.infra.settings import ConfigError, load_settings
+from services.infra.signing import hmac_hex
+from services.tooling.embedded import free_port
 from tests.conftest import TEST_SECRETS, load_fixture
 from tests.ingress_rig import Keys
 from tests.process_rig import ROOT, http_service

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from services.clients.http import MAX_RETRY_AFTER_S, retry_delay
-from services.common.signing import ghl_ed25519_signature, load_private_key
+from services.infra.signing import ghl_ed25519_signature, load_private_key
 from tests.jobs_rig import execute, fetch
 from tests.sync_rig import Pipeline, eventually, pipeline_settings, running_pipeline
 from tests.test_contact_sync import aloware_contact, done, send_aloware

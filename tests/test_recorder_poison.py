@@ -19,11 +19,11 @@ from nats.js import JetStreamContext
 
 from contracts.envelope import WebhookEvent
 from contracts.streams import RECORDER, WEBHOOKS_STREAM
-from services.common.broker import ensure_topology
-from services.common.db.session import create_engine, sync_url
-from services.common.embedded import EmbeddedNats, free_port
-from services.common.settings import Settings
+from services.infra.broker import ensure_topology
+from services.infra.db.session import create_engine, sync_url
+from services.infra.settings import Settings
 from services.recorder.service import Recorder
+from services.tooling.embedded import EmbeddedNats, free_port
 from tests.ingress_rig import running_recorder
 from tests.sync_rig import eventually
 

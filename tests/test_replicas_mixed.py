@@ -20,9 +20,9 @@ import asyncpg
 import nats
 
 from contracts.envelope import WebhookEvent
-from services.common.db.models import Base
-from services.common.db.session import sync_url
-from services.common.redrive import publish_redrive
+from services.infra.db.models import Base
+from services.infra.db.session import sync_url
+from services.infra.redrive import publish_redrive
 from tests.conftest import load_fixture
 from tests.jobs_rig import fetch, running_jobs
 from tests.sync_rig import Pipeline, eventually, pipeline_settings, running_pipeline

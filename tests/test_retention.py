@@ -19,7 +19,7 @@ from typing import Any
 import nats
 from prometheus_client import REGISTRY
 
-from services.common.settings import Settings
+from services.infra.settings import Settings
 from tests.ingress_rig import stream_messages
 from tests.jobs_rig import execute, fetch, running_jobs
 from tests.sync_rig import eventually

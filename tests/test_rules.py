@@ -8,8 +8,8 @@ from services.aloware_sync.rules.contact import (
     WriteBackToGhl,
     plan_ghl_contact_sync,
 )
-from services.common.sync.contact import CanonicalContact
-from services.common.sync.merge import merge
+from services.domain.contact import CanonicalContact
+from services.domain.merge import merge
 from services.ghl_sync.rules.contact import (
     AddGhlTags,
     CreateGhlContact,

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from services.common.settings import Settings
+from services.infra.settings import Settings
 from services.sandbox.app import create_sandbox_app
 from tests.ingress_rig import serving
 

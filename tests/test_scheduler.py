@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.common.cron import current_slot, parse_cron
-from services.common.settings import Settings
+from services.infra.cron import current_slot, parse_cron
+from services.infra.settings import Settings
 from tests.ingress_rig import stream_messages
 from tests.jobs_rig import fetch, running_jobs
 from tests.sync_rig import eventually

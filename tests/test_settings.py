@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from services.common.settings import ConfigError, Settings, load_settings
+from services.infra.settings import ConfigError, Settings, load_settings
 
 
 def run_dfm(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from services.common.embedded import free_port
-from services.common.settings import ConfigError, load_settings
-from services.common.signing import public_pem
+from services.infra.settings import ConfigError, load_settings
+from services.infra.signing import public_pem
+from services.tooling.embedded import free_port
 from tests.ingress_rig import Keys
 from tests.process_rig import ROOT, http_service
 

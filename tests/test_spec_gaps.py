@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from services.common.delivery import backoff_delay
-from services.common.settings import Settings
-from services.common.signing import hmac_hex
+from services.infra.delivery import backoff_delay
+from services.infra.settings import Settings
+from services.infra.signing import hmac_hex
 from tests.conftest import TEST_SECRETS, load_fixture
 from tests.ingress_rig import running_ingress, running_recorder, wait_for_row
 from tests.jobs_rig import execute, fetch, running_jobs

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.common.settings import Settings
+from services.infra.settings import Settings
 from services.sandbox.app import create_sandbox_app
 from tests.ingress_rig import running_ingress, running_recorder, serving
 from tests.sync_rig import eventually, pipeline_settings

@@ -18,8 +18,8 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
-from services.common.db.session import create_engine
-from services.common.settings import Settings
+from services.infra.db.session import create_engine
+from services.infra.settings import Settings
 from services.jobs.alerts import CHECKS, Finding
 from tests.conftest import load_fixture
 from tests.jobs_rig import execute, fetch

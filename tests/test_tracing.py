@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from contracts.envelope import HEADER_EVENT_ID
-from services.common import tracing
+from services.infra import tracing
 from tests.ingress_rig import stream_messages
 from tests.sync_rig import eventually, pipeline_settings, running_pipeline
 from tests.test_contact_sync import ALOWARE_AUTH, aloware_contact, done

@@ -19,8 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.clients.paths import UnsafeSegment, segment
-from services.common.errors import Permanent
-from services.common.sender import refresh, sign
+from services.infra.errors import Permanent
+from services.tooling.sender import refresh, sign
 from tests.conftest import load_fixture
 from tests.jobs_rig import fetch
 from tests.sync_rig import Pipeline, eventually, pipeline_settings, running_pipeline

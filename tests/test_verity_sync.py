@@ -12,7 +12,7 @@ from typing import Any
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from contracts.commands import ReplayRequested
-from services.common.sender import refresh, sign
+from services.tooling.sender import refresh, sign
 from tests.conftest import load_fixture
 from tests.jobs_rig import execute, fetch, running_jobs
 from tests.sync_rig import Pipeline, eventually, pipeline_settings, running_pipeline

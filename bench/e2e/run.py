@@ -80,15 +80,15 @@ sys.path.insert(0, str(ROOT))
 
 from bench.ingress.run import cpu_seconds, js_publish_rate, pg_insert_rate, wait_http
 from bench.procs import Processes
+from contracts.phone import to_e164
 from services.clients.ghl_oauth import sign_state
-from services.common.broker import prepare_topology
-from services.common.db import migrate
-from services.common.db.session import sync_url
-from services.common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
-from services.common.phone import to_e164
-from services.common.sender import sign
-from services.common.settings import Settings
-from services.common.signing import generate_ed25519, private_pem, public_pem
+from services.infra.broker import prepare_topology
+from services.infra.db import migrate
+from services.infra.db.session import sync_url
+from services.infra.settings import Settings
+from services.infra.signing import generate_ed25519, private_pem, public_pem
+from services.tooling.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from services.tooling.sender import sign
 
 SECRET = "bench-verity-secret"
 GHL = {"Authorization": "Bearer sandbox-ghl-key", "Version": "2021-07-28"}

@@ -35,11 +35,11 @@ import nats
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from services.common.broker import prepare_topology
-from services.common.db import migrate
-from services.common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
-from services.common.settings import Settings
-from services.common.signing import basic_auth, generate_ed25519, ghl_ed25519_signature
+from services.infra.broker import prepare_topology
+from services.infra.db import migrate
+from services.infra.settings import Settings
+from services.infra.signing import basic_auth, generate_ed25519, ghl_ed25519_signature
+from services.tooling.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
 FIXTURES = ROOT / "tests" / "fixtures" / "webhooks"
 CONNECTIONS = 32
@@ -156,7 +156,7 @@ async def js_publish_rate(url: str, seconds: float) -> float:
 
 
 async def pg_insert_rate(url: str, seconds: float) -> float:
-    from services.common.db.session import sync_url
+    from services.infra.db.session import sync_url
 
     dsn = sync_url(url)
     setup = await asyncpg.connect(dsn)

@@ -30,12 +30,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from contracts.commands import SweepRequested
-from services.common.broker import connect, ensure_topology
-from services.common.db import migrate
-from services.common.db.session import create_engine, sync_url
-from services.common.embedded import EmbeddedNats, EmbeddedPostgres
-from services.common.settings import Settings
+from services.infra.broker import connect, ensure_topology
+from services.infra.db import migrate
+from services.infra.db.session import create_engine, sync_url
+from services.infra.settings import Settings
 from services.jobs.sweep import Sweeper
+from services.tooling.embedded import EmbeddedNats, EmbeddedPostgres
 from tests.conftest import create_database, drop_database
 
 FILL_DONE = """

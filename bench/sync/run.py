@@ -32,12 +32,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench.ingress.run import cpu_seconds, wait_http
 from bench.procs import Processes
-from services.common.broker import prepare_topology
-from services.common.db import migrate
-from services.common.db.session import sync_url
-from services.common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
-from services.common.settings import Settings
-from services.common.signing import basic_auth, generate_ed25519, private_pem, public_pem
+from services.infra.broker import prepare_topology
+from services.infra.db import migrate
+from services.infra.db.session import sync_url
+from services.infra.settings import Settings
+from services.infra.signing import basic_auth, generate_ed25519, private_pem, public_pem
+from services.tooling.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
 PASSWORD = "bench:pass"
 

@@ -26,9 +26,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from contracts.envelope import WebhookEvent
 from services.clients.ghl import GhlContact
-from services.common import optout
-from services.common.agents import AgentField
-from services.common.call_lists import (
+from services.domain import optout, store
+from services.domain.call_lists import (
     Agent,
     ContactView,
     has_legacy_marker,
@@ -36,18 +35,18 @@ from services.common.call_lists import (
     list_name,
     resolve_agent,
 )
-from services.common.db.models import (
-    AgentDirectory,
-    CallListRegistry,
-    ContactAgentState,
-    ContactListMembership,
-    ContactMapping,
+from services.domain.contact import ghl_to_canonical
+from services.infra.db.models import (
+    AgentDirectoryRow,
+    CallListRegistryRow,
+    ContactAgentStateRow,
+    ContactListMembershipRow,
+    ContactMappingRow,
 )
-from services.common.delivery import Outcome
-from services.common.errors import Permanent, RetryLater
-from services.common.logging import get_logger
-from services.common.sync import store
-from services.common.sync.contact import ghl_to_canonical
+from services.infra.delivery import Outcome
+from services.infra.errors import Permanent, RetryLater
+from services.infra.logging import get_logger
+from services.tooling.agents import AgentField
 
 if TYPE_CHECKING:
     from services.aloware_sync.optouts import OptOut
@@ -105,10 +104,10 @@ class ListRules:
             agent, reason = resolve_agent(agents, view, self.settings.default_agent_key)
             opted_out = await optout.is_opted_out(conn, canonical.phone)
             details = {"agent": agent, "agent_reason": reason, "legacy_marker": has_legacy_marker(contact.tags)}
-            state = (await conn.execute(select(ContactAgentState).where(ContactAgentState.contact_id == ghl_id))).first()
+            state = (await conn.execute(select(ContactAgentStateRow).where(ContactAgentStateRow.contact_id == ghl_id))).first()
             if echo and (state is None or state.agent_key == agent):
                 if state is None:  # the agent is remembered (S-7 and a later reassignment read it), no list changes
-                    await conn.execute(pg_insert(ContactAgentState).values(contact_id=ghl_id, agent_key=agent)
+                    await conn.execute(pg_insert(ContactAgentStateRow).values(contact_id=ghl_id, agent_key=agent)
                                        .on_conflict_do_nothing(index_elements=["contact_id"]))
                 return Outcome("echo", "middleware-originated")
             keys = list(self.settings.agent_list_keys)
@@ -125,16 +124,16 @@ class ListRules:
                 old_keys = await self._active_keys(conn, ghl_id, state.agent_key)
                 add, _ = changed()
                 steps += [(state.agent_key, [], old_keys, "-reassign-remove"), (agent, add, [], "-reassign-add")]
-                state_write = (update(ContactAgentState).where(ContactAgentState.id == state.id)
+                state_write = (update(ContactAgentStateRow).where(ContactAgentStateRow.id == state.id)
                                .values(agent_key=agent, updated_at=datetime.now(UTC)))
             else:
                 if state is None:
-                    state_write = (pg_insert(ContactAgentState).values(contact_id=ghl_id, agent_key=agent)
+                    state_write = (pg_insert(ContactAgentStateRow).values(contact_id=ghl_id, agent_key=agent)
                                    .on_conflict_do_nothing(index_elements=["contact_id"]))
                     add, _ = changed()
                     steps.append((agent, add, [], "-new-agent"))
                 else:
-                    state_write = (update(ContactAgentState).where(ContactAgentState.id == state.id)
+                    state_write = (update(ContactAgentStateRow).where(ContactAgentStateRow.id == state.id)
                                    .values(updated_at=datetime.now(UTC)))
                 stage = await self._stage(event) if event.canonical_type in ("opportunity.statusChanged",
                                                                               "pipeline.stageChanged") else None
@@ -183,13 +182,13 @@ class ListRules:
                 await opt_out.write(conn, event)
             if not await optout.is_opted_out(conn, phone):
                 return Outcome("ignored", "not_opted_out")
-            mappings = (await conn.execute(select(ContactMapping.ghl_contact_id, ContactMapping.aloware_contact_id)
-                                           .where(ContactMapping.ghl_deleted_at.is_(None), or_(
-                                               ContactMapping.phone_number == phone,
-                                               ContactMapping.ghl_contact_id == (ghl_id or ""))))).all()
+            mappings = (await conn.execute(select(ContactMappingRow.ghl_contact_id, ContactMappingRow.aloware_contact_id)
+                                           .where(ContactMappingRow.ghl_deleted_at.is_(None), or_(
+                                               ContactMappingRow.phone_number == phone,
+                                               ContactMappingRow.ghl_contact_id == (ghl_id or ""))))).all()
             ghl_ids = {m.ghl_contact_id for m in mappings} | ({ghl_id} if ghl_id else set())
-            active = (await conn.execute(select(ContactListMembership).where(
-                ContactListMembership.contact_id.in_(sorted(ghl_ids)), ContactListMembership.status == "active"))).all()
+            active = (await conn.execute(select(ContactListMembershipRow).where(
+                ContactListMembershipRow.contact_id.in_(sorted(ghl_ids)), ContactListMembershipRow.status == "active"))).all()
             if not active:  # LP-2: nothing of ours to take off (a replay, or never on a list)
                 return Outcome("ignored", "not_on_any_list")
             listed = sorted({row.contact_id for row in active})
@@ -246,8 +245,8 @@ class ListRules:
                                  message=f"added to {list_name(agent, key)}", **common)
             changed = True
         if remove:
-            registered = {r.list_key: r.aloware_list_id for r in (await conn.execute(select(CallListRegistry).where(
-                CallListRegistry.agent_key == agent, CallListRegistry.list_key.in_(remove)))).all()}
+            registered = {r.list_key: r.aloware_list_id for r in (await conn.execute(select(CallListRegistryRow).where(
+                CallListRegistryRow.agent_key == agent, CallListRegistryRow.list_key.in_(remove)))).all()}
             if any(registered.get(k) for k in remove):
                 # the removal is marked only once the other lists are back: a RetryLater here
                 # leaves the keys active, so the retry removes and restores again (A4 empties
@@ -270,8 +269,8 @@ class ListRules:
 
     async def ensure_call_list(self, conn: Any, agent: str, key: str) -> str:
         """L-4: the registry's list id, else Aloware's list of that name (case-insensitive)."""
-        row = (await conn.execute(select(CallListRegistry).where(
-            CallListRegistry.agent_key == agent, CallListRegistry.list_key == key))).first()
+        row = (await conn.execute(select(CallListRegistryRow).where(
+            CallListRegistryRow.agent_key == agent, CallListRegistryRow.list_key == key))).first()
         if row is not None and row.aloware_list_id:
             return str(row.aloware_list_id)
         name = list_name(agent, key)
@@ -281,7 +280,7 @@ class ListRules:
             raise Permanent(f'Call list "{name}" not found in Aloware; create it manually')
         values = {"aloware_list_id": str(found["id"]), "aloware_list_name": str(found["name"]),
                   "updated_at": datetime.now(UTC)}
-        await conn.execute(pg_insert(CallListRegistry).values(agent_key=agent, list_key=key, **values)
+        await conn.execute(pg_insert(CallListRegistryRow).values(agent_key=agent, list_key=key, **values)
                            .on_conflict_do_update(index_elements=["agent_key", "list_key"], set_=values))
         return str(found["id"])
 
@@ -293,31 +292,31 @@ class ListRules:
         raise RetryLater(None, f"Could not resolve Aloware contact ID for GHL contact {ghl_id}")
 
     async def _agents(self, conn: Any) -> list[Agent]:
-        rows = (await conn.execute(select(AgentDirectory).where(AgentDirectory.is_active.is_(True))
-                                   .order_by(AgentDirectory.agent_key))).all()
+        rows = (await conn.execute(select(AgentDirectoryRow).where(AgentDirectoryRow.is_active.is_(True))
+                                   .order_by(AgentDirectoryRow.agent_key))).all()
         return [Agent(r.agent_key, r.ghl_owner_id, r.ghl_owner_email, r.ghl_assigned_agent_field_value,
                       r.required_tag) for r in rows]
 
     async def _is_active(self, conn: Any, ghl_id: str, agent: str, key: str) -> bool:
-        status = await conn.scalar(select(ContactListMembership.status).where(
-            ContactListMembership.contact_id == ghl_id, ContactListMembership.agent_key == agent,
-            ContactListMembership.list_key == key))
+        status = await conn.scalar(select(ContactListMembershipRow.status).where(
+            ContactListMembershipRow.contact_id == ghl_id, ContactListMembershipRow.agent_key == agent,
+            ContactListMembershipRow.list_key == key))
         return status == "active"
 
     async def _active_keys(self, conn: Any, ghl_id: str, agent: str) -> list[str]:
-        rows = (await conn.execute(select(ContactListMembership.list_key).where(
-            ContactListMembership.contact_id == ghl_id, ContactListMembership.agent_key == agent,
-            ContactListMembership.status == "active"))).all()
+        rows = (await conn.execute(select(ContactListMembershipRow.list_key).where(
+            ContactListMembershipRow.contact_id == ghl_id, ContactListMembershipRow.agent_key == agent,
+            ContactListMembershipRow.status == "active"))).all()
         return [r.list_key for r in rows]
 
     async def _all_active(self, conn: Any, ghl_id: str) -> list[tuple[str, str]]:
-        rows = (await conn.execute(select(ContactListMembership.agent_key, ContactListMembership.list_key).where(
-            ContactListMembership.contact_id == ghl_id, ContactListMembership.status == "active"))).all()
+        rows = (await conn.execute(select(ContactListMembershipRow.agent_key, ContactListMembershipRow.list_key).where(
+            ContactListMembershipRow.contact_id == ghl_id, ContactListMembershipRow.status == "active"))).all()
         return [(r.agent_key, r.list_key) for r in rows]
 
     async def _membership(self, conn: Any, ghl_id: str, agent: str, key: str, status: str, reason: str) -> None:
         values = {"status": status, "reason": reason, "updated_at": datetime.now(UTC)}
-        await conn.execute(pg_insert(ContactListMembership).values(contact_id=ghl_id, agent_key=agent, list_key=key,
+        await conn.execute(pg_insert(ContactListMembershipRow).values(contact_id=ghl_id, agent_key=agent, list_key=key,
                                                                    **values)
                            .on_conflict_do_update(index_elements=["contact_id", "agent_key", "list_key"], set_=values))
 

@@ -9,11 +9,11 @@ from services.aloware_sync.service import AlowareSync
 from services.clients.aloware import AlowareClient
 from services.clients.budget import RateBudget
 from services.clients.ghl import GhlClient
-from services.common.db.session import create_engine
-from services.common.metrics_server import serve_metrics
-from services.common.delivery import EventConsumer, consumer_batch
-from services.common.settings import Settings
-from services.common.stream_app import serve_until_terminated
+from services.infra.db.session import create_engine
+from services.infra.delivery import EventConsumer, consumer_batch
+from services.infra.metrics_server import serve_metrics
+from services.infra.settings import Settings
+from services.infra.stream_app import serve_until_terminated
 
 
 async def serve(settings: Settings) -> None:

@@ -5,7 +5,7 @@ ghl-sync records STOP and Aloware DNC events in the opt-out registry; aloware-sy
 the same events and records them too, before touching any list, so the registry says opted
 out whichever consumer comes first (``optout.record`` is idempotent per event). For that the
 phone, source, reason and event time must be exactly those ghl-sync uses: the DNC flag and the
-event time come from ``services/common/optout.py`` (``dnc_flag``, ``event_time``), which both
+event time come from ``services/domain/optout.py`` (``dnc_flag``, ``event_time``), which both
 consumers call; the rest follows ``services/ghl_sync/activity.py`` (``texting_optout``,
 ``dnc_updated``) and ``services/ghl_sync/messages.py`` (``_keywords``), which a service may not
 import (STYLE.md §2).
@@ -21,8 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.envelope import WebhookEvent
 from contracts.payloads.texting import normalise_texting
-from services.common import optout
-from services.common.phone import to_e164
+from contracts.phone import to_e164
+from services.domain import optout
 
 __all__ = ["OptOut", "aloware_dnc", "dnc_body", "stop_keyword", "texting_stop"]
 

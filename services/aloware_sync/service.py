@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts.envelope import WebhookEvent
 from contracts.payloads import is_ghl_marketplace
 from contracts.payloads.texting import normalise_texting
+from contracts.phone import to_e164
 from services.aloware_sync import optouts
 from services.aloware_sync.lists import ListRules, contact_id
 from services.aloware_sync.optouts import OptOut
@@ -25,14 +26,12 @@ from services.aloware_sync.rules.contact import (
 )
 from services.clients.aloware import AlowareClient
 from services.clients.ghl import GhlClient, GhlContact
-from services.common import optout
-from services.common.db.models import ContactMapping, MessageMapping
-from services.common.delivery import Outcome
-from services.common.errors import RetryLater
-from services.common.phone import to_e164
-from services.common.settings import Settings
-from services.common.sync import store
-from services.common.sync.contact import aloware_to_canonical, ghl_to_canonical
+from services.domain import optout, store
+from services.domain.contact import aloware_to_canonical, ghl_to_canonical
+from services.infra.db.models import ContactMappingRow, MessageMappingRow
+from services.infra.delivery import Outcome
+from services.infra.errors import RetryLater
+from services.infra.settings import Settings
 
 CG_TYPES = ("contact.created", "contact.updated", "contact.tags_changed")
 LIST_TYPES = ("tag.added", "tag.removed", "opportunity.statusChanged", "pipeline.stageChanged")
@@ -160,13 +159,13 @@ class AlowareSync:
                 await store.log_sync(conn, status="skipped", rule="M-3", message="no-aloware-contact", **common)
                 return Outcome("skipped", "no-aloware-contact")
             if msg.message_id:
-                await conn.execute(pg_insert(MessageMapping).values(
+                await conn.execute(pg_insert(MessageMappingRow).values(
                     texting_message_id=msg.message_id, aloware_contact_id=aloware_id, direction=direction,
                 ).on_conflict_do_update(index_elements=["texting_message_id"], set_={
-                    "aloware_contact_id": func.coalesce(MessageMapping.aloware_contact_id, aloware_id),
+                    "aloware_contact_id": func.coalesce(MessageMappingRow.aloware_contact_id, aloware_id),
                     "updated_at": func.now()}))
-            await conn.execute(update(ContactMapping).where(
-                ContactMapping.phone_number == phone, ContactMapping.aloware_contact_id.is_(None))
+            await conn.execute(update(ContactMappingRow).where(
+                ContactMappingRow.phone_number == phone, ContactMappingRow.aloware_contact_id.is_(None))
                 .values(aloware_contact_id=aloware_id, updated_at=func.now()))
             await store.log_sync(conn, status="skipped", rule="M-3", target_id=aloware_id,
                                  message="aloware_has_no_message_api", **common)

@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.payloads._types import IdStr, Tags
 from services.clients.http import VendorHttp, parse_body
-from services.common.errors import Permanent
-from services.common.settings import Settings
+from services.infra.errors import Permanent
+from services.infra.settings import Settings
 
 
 class AlowareContactRecord(BaseModel):

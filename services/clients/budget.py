@@ -33,9 +33,9 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.errors import RetryLater
-from services.common.logging import get_logger
-from services.common.settings import Settings
+from services.infra.errors import RetryLater
+from services.infra.logging import get_logger
+from services.infra.settings import Settings
 
 log = get_logger(__name__)
 

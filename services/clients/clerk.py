@@ -23,8 +23,8 @@ import httpx
 import jwt
 
 from services.clients.paths import UnsafeSegment, segment
-from services.common.logging import get_logger
-from services.common.settings import Settings
+from services.infra.logging import get_logger
+from services.infra.settings import Settings
 
 log = get_logger(__name__)
 LEEWAY_S = 5

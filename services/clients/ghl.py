@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from contracts.payloads._types import Tags
 from services.clients.http import VendorHttp, parse_body
 from services.clients.paths import segment
-from services.common.errors import Permanent
-from services.common.settings import Settings
+from services.infra.errors import Permanent
+from services.infra.settings import Settings
 
 CONTACTS_VERSION = "2021-07-28"
 USERS_VERSION = "2021-07-28"

@@ -12,8 +12,8 @@ from services.clients.ghl import Acquire, _no_budget
 from services.clients.ghl_oauth import GhlOAuth
 from services.clients.http import VendorError, VendorHttp, parse_body
 from services.clients.paths import segment
-from services.common.errors import Misconfigured, Permanent
-from services.common.settings import Settings
+from services.infra.errors import Misconfigured, Permanent
+from services.infra.settings import Settings
 
 CONVERSATIONS_VERSION = "2021-04-15"
 

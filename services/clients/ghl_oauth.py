@@ -38,10 +38,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.clients.http import VendorHttp, parse_body
-from services.common.db.models import GhlOauthToken
-from services.common.errors import Permanent, RetryLater
-from services.common.logging import get_logger
-from services.common.settings import Settings
+from services.infra.db.models import GhlOauthTokenRow
+from services.infra.errors import Permanent, RetryLater
+from services.infra.logging import get_logger
+from services.infra.settings import Settings
 
 log = get_logger(__name__)
 REFRESH_MARGIN = timedelta(minutes=5)
@@ -195,7 +195,7 @@ class GhlOAuth:
         """OA-2: the location's token, refreshed first when it expires within 5 minutes."""
         location_id = location_id.strip()
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(GhlOauthToken).where(GhlOauthToken.location_id == location_id))).first()
+            row = (await conn.execute(select(GhlOauthTokenRow).where(GhlOauthTokenRow.location_id == location_id))).first()
         row = self._usable(row, location_id)
         if row.expires_at - datetime.now(UTC) <= REFRESH_MARGIN:
             return await self.refresh(location_id)
@@ -205,7 +205,7 @@ class GhlOAuth:
         """OA-3/OA-4 under the row lock. ``rejected`` is a token GHL just answered 401 to
         (OA-5): refresh unless another worker already replaced it."""
         async with self.engine.begin() as conn:
-            row = (await conn.execute(select(GhlOauthToken).where(GhlOauthToken.location_id == location_id)
+            row = (await conn.execute(select(GhlOauthTokenRow).where(GhlOauthTokenRow.location_id == location_id)
                                       .with_for_update())).first()
             row = self._usable(row, location_id)
             current = self.cipher.decrypt(row.access_token)
@@ -220,11 +220,11 @@ class GhlOAuth:
                                                "refresh_token": self.cipher.decrypt(row.refresh_token)})
             except TokenRefused as exc:  # OA-6, under this lock and committed with this block
                 refused = exc
-                await conn.execute(update(GhlOauthToken).where(GhlOauthToken.id == row.id).values(
+                await conn.execute(update(GhlOauthTokenRow).where(GhlOauthTokenRow.id == row.id).values(
                     needs_reinstall=True, last_refresh_error=exc.error[:500], updated_at=datetime.now(UTC)))
             else:
                 values = self._row_values(data, keep_refresh=row.refresh_token)
-                await conn.execute(update(GhlOauthToken).where(GhlOauthToken.id == row.id).values(**values))
+                await conn.execute(update(GhlOauthTokenRow).where(GhlOauthTokenRow.id == row.id).values(**values))
         if refused is not None:
             log.error("ghl_oauth_needs_reinstall", location_id=location_id, error=refused.error[:200])
             raise Permanent(f"OAuth installation of location {location_id} needs a reinstall "
@@ -247,7 +247,7 @@ class GhlOAuth:
             raise LocationNotAllowed(location_id or None)
         values = self._row_values(data, keep_refresh=None)
         async with self.engine.begin() as conn:
-            await conn.execute(pg_insert(GhlOauthToken).values(location_id=location_id, **values)
+            await conn.execute(pg_insert(GhlOauthTokenRow).values(location_id=location_id, **values)
                                .on_conflict_do_update(index_elements=["location_id"], set_=values))
         log.info("ghl_oauth_installed", location_id=location_id)
         return Installation(location_id, data.get("companyId"))

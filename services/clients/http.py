@@ -14,10 +14,10 @@ import httpx
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Histogram
 
-from services.common import tracing
-from services.common.errors import Permanent, RetryLater
-from services.common.logging import get_logger
-from services.common.trace import vendor_call
+from services.infra import tracing
+from services.infra.errors import Permanent, RetryLater
+from services.infra.logging import get_logger
+from services.infra.trace import vendor_call
 
 log = get_logger(__name__)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import unicodedata
 from urllib.parse import quote, unquote
 
-from services.common.errors import Permanent
+from services.infra.errors import Permanent
 
 __all__ = ["MAX_SEGMENT_CHARS", "UnsafeSegment", "segment"]
 

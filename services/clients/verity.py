@@ -24,12 +24,12 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from contracts.phone import to_e164
 from services.clients.paths import UnsafeSegment, segment
-from services.common import optout, tracing
-from services.common.logging import get_logger
-from services.common.phone import to_e164
-from services.common.settings import Settings
-from services.common.sync import store
+from services.domain import optout, store
+from services.infra import tracing
+from services.infra.logging import get_logger
+from services.infra.settings import Settings
 
 log = get_logger(__name__)
 
@@ -320,7 +320,7 @@ class OptOutGate:
     when every recipient it names is known to the opt-out registry as not opted out.
 
     One gate in the proxy covers the gateway and the MCP server (both send through
-    :class:`VerityProxy`). It asks :func:`services.common.optout.is_opted_out`, the function
+    :class:`VerityProxy`). It asks :func:`services.domain.optout.is_opted_out`, the function
     M-2 asks, with numbers normalised by ``to_e164`` and ``DEFAULT_PHONE_REGION``, so
     ``+1 (555) 555-0103`` and ``5555550103`` are the same person. A refusal is a
     ``sync_log`` row per opted-out recipient (rule ``O-5a``, ``skipped``,

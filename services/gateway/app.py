@@ -48,10 +48,6 @@ from services.clients.verity import (
     check_endpoint,
     target,
 )
-from services.common import tracing
-from services.common.db.session import create_engine
-from services.common.logging import get_logger
-from services.common.settings import Settings
 from services.gateway.health import DependencyProbe
 from services.gateway.limits import (
     RateLimiter,
@@ -62,6 +58,10 @@ from services.gateway.limits import (
     trusted_networks,
 )
 from services.gateway.redirects import SameOriginRedirects
+from services.infra import tracing
+from services.infra.db.session import create_engine
+from services.infra.logging import get_logger
+from services.infra.settings import Settings
 
 log = get_logger(__name__)
 

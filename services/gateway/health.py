@@ -18,9 +18,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.broker import connect
-from services.common.logging import get_logger
-from services.common.settings import Settings
+from services.infra.broker import connect
+from services.infra.logging import get_logger
+from services.infra.settings import Settings
 
 log = get_logger(__name__)
 

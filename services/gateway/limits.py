@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from pydantic import SecretStr
 
-from services.common.settings import ConfigError
+from services.infra.settings import ConfigError
 
 WINDOW_S = 15 * 60
 MAX_TRACKED = 100_000  # buckets kept per limiter; beyond it the oldest of the window are forgotten

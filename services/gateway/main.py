@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import uvicorn
 
-from services.common.settings import Settings
 from services.gateway.app import create_app
+from services.infra.settings import Settings
 
 
 def run(settings: Settings, *, host: str = "0.0.0.0") -> None:

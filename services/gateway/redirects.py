@@ -22,7 +22,7 @@ from __future__ import annotations
 import httpx
 
 from services.clients.verity import sending_endpoint
-from services.common.logging import get_logger
+from services.infra.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -2,7 +2,7 @@
 disposition (D-2), Aloware DNC (D-1) and the texting ``optout.stop`` event (O-2).
 
 Each note is posted at most once per source activity: the effect claim
-``note:aloware:<kind>:<source id>`` (``services/common/sync/effects.py``) is inserted before
+``note:aloware:<kind>:<source id>`` (``services/domain/effects.py``) is inserted before
 the POST, and only the attempt that inserted it posts; ``activity_mappings`` records the note
 once it exists. A retry that took over the claim of an attempt that died, or whose answer was
 lost, looks for the note on the contact (its text depends only on the event, never on the
@@ -21,14 +21,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from contracts.envelope import WebhookEvent
 from contracts.payloads.aloware import AlowareContact
 from contracts.payloads.texting import normalise_texting
-from services.common import optout
-from services.common.db.models import ActivityMapping
-from services.common.delivery import Outcome
-from services.common.errors import OutcomeUnknown, Permanent, RetryLater
-from services.common.logging import get_logger
-from services.common.phone import to_e164
-from services.common.sync import effects, store
-from services.common.sync.contact import CanonicalContact, aloware_to_canonical, ghl_to_canonical
+from contracts.phone import to_e164
+from services.domain import effects, optout, store
+from services.domain.contact import CanonicalContact, aloware_to_canonical, ghl_to_canonical
 from services.ghl_sync.rules.activity import (
     KIND_OF_CANONICAL,
     Artifact,
@@ -41,6 +36,10 @@ from services.ghl_sync.rules.activity import (
     truncate,
 )
 from services.ghl_sync.rules.contact import missing_tags
+from services.infra.db.models import ActivityMappingRow
+from services.infra.delivery import Outcome
+from services.infra.errors import OutcomeUnknown, Permanent, RetryLater
+from services.infra.logging import get_logger
 
 if TYPE_CHECKING:
     from services.ghl_sync.service import GhlSync
@@ -131,7 +130,7 @@ class ActivityRules:
     async def _note_done(self, conn: Any, key: str, kind: str, source_id: str, ghl_id: str, note_id: str) -> None:
         await effects.done(conn, key, note_id)
         values = {"ghl_contact_id": ghl_id, "ghl_note_id": note_id}
-        await conn.execute(pg_insert(ActivityMapping).values(source_system="aloware", kind=kind,
+        await conn.execute(pg_insert(ActivityMappingRow).values(source_system="aloware", kind=kind,
                                                              source_id=source_id, **values)
                            .on_conflict_do_update(index_elements=["source_system", "kind", "source_id"],
                                                   set_=values))

@@ -19,11 +19,11 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from contracts.envelope import WebhookEvent
-from services.common.db.models import GhlObjectRecordMapping
-from services.common.delivery import Outcome
-from services.common.errors import Permanent
-from services.common.sync import store
-from services.common.verity_db import VerityDatabase
+from services.domain import store
+from services.infra.db.models import GhlObjectRecordMappingRow
+from services.infra.delivery import Outcome
+from services.infra.errors import Permanent
+from services.infra.verity_db import VerityDatabase
 
 if TYPE_CHECKING:
     from services.ghl_sync.service import GhlSync
@@ -121,9 +121,9 @@ class BroadcastRules:
                                      **common)
             return Outcome("skipped", "verity_database_not_configured")
         async with store.contact_lock(self.engine, f"broadcast:{broadcast_id}") as conn:
-            mapping = (await conn.execute(select(GhlObjectRecordMapping).where(
-                GhlObjectRecordMapping.object_key == OBJECT_KEY,
-                GhlObjectRecordMapping.external_id == broadcast_id))).first()
+            mapping = (await conn.execute(select(GhlObjectRecordMappingRow).where(
+                GhlObjectRecordMappingRow.object_key == OBJECT_KEY,
+                GhlObjectRecordMappingRow.external_id == broadcast_id))).first()
             if mapping is not None and mapping.updated_at > event.received_at:
                 await store.log_sync(conn, status="skipped", rule="B", target_id=mapping.ghl_record_id,
                                      message="coalesced", **common)
@@ -135,7 +135,7 @@ class BroadcastRules:
                 raise Permanent(f"broadcast {broadcast_id} not found in Verity")
             record_id = await self._upsert(mapping.ghl_record_id if mapping else None, broadcast_id, properties)
             values = {"ghl_record_id": record_id, "updated_at": datetime.now(UTC)}
-            await conn.execute(pg_insert(GhlObjectRecordMapping).values(
+            await conn.execute(pg_insert(GhlObjectRecordMappingRow).values(
                 object_key=OBJECT_KEY, external_id=broadcast_id, **values)
                 .on_conflict_do_update(index_elements=["object_key", "external_id"], set_=values))
             await store.log_sync(conn, status="success", rule="B", target_id=record_id,

@@ -10,12 +10,12 @@ from services.clients.budget import RateBudget
 from services.clients.ghl import GhlClient
 from services.clients.ghl_conversations import GhlConversations
 from services.clients.ghl_oauth import GhlOAuth
-from services.common.db.session import create_engine
-from services.common.metrics_server import serve_metrics
-from services.common.delivery import EventConsumer, consumer_batch
-from services.common.settings import Settings
-from services.common.stream_app import serve_until_terminated
 from services.ghl_sync.service import GhlSync
+from services.infra.db.session import create_engine
+from services.infra.delivery import EventConsumer, consumer_batch
+from services.infra.metrics_server import serve_metrics
+from services.infra.settings import Settings
+from services.infra.stream_app import serve_until_terminated
 
 
 async def serve(settings: Settings) -> None:

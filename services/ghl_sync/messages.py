@@ -3,7 +3,7 @@
 GHL agents sent through us (M-4).
 
 A message is posted at most once: only the attempt that inserted the effect claim
-``m1:<texting messageId>`` posts it (``services/common/sync/effects.py``), and the
+``m1:<texting messageId>`` posts it (``services/domain/effects.py``), and the
 ``message_mappings`` row keyed by the texting message id records the result. A retry that
 took over the claim of an attempt that died, or whose answer was lost, looks for the message
 in the GHL conversation first, and reposts only in the first case when it is not there.
@@ -27,16 +27,15 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from contracts.envelope import WebhookEvent
 from contracts.payloads.texting import normalise_texting
+from contracts.phone import to_e164
 from services.clients.ghl_conversations import GhlConversations
-from services.common import optout
-from services.common.db.models import ContactMapping, MessageMapping
-from services.common.delivery import Outcome
-from services.common.errors import OutcomeUnknown, Permanent, RetryLater
-from services.common.logging import get_logger
-from services.common.phone import to_e164
-from services.common.sync import effects, store
-from services.common.sync.contact import CanonicalContact
+from services.domain import effects, optout, store
+from services.domain.contact import CanonicalContact
 from services.ghl_sync.activity import SMS_OPTOUT_TAGS
+from services.infra.db.models import ContactMappingRow, MessageMappingRow
+from services.infra.delivery import Outcome
+from services.infra.errors import OutcomeUnknown, Permanent, RetryLater
+from services.infra.logging import get_logger
 
 if TYPE_CHECKING:
     from services.ghl_sync.service import GhlSync
@@ -102,8 +101,8 @@ class MessageRules:
                 return echo
         if msg.message_id:
             async with self.engine.connect() as conn:
-                done = await conn.scalar(select(MessageMapping.ghl_message_id).where(
-                    MessageMapping.texting_message_id == msg.message_id, MessageMapping.ghl_message_id.is_not(None)))
+                done = await conn.scalar(select(MessageMappingRow.ghl_message_id).where(
+                    MessageMappingRow.texting_message_id == msg.message_id, MessageMappingRow.ghl_message_id.is_not(None)))
             if done:
                 async with self.engine.begin() as conn:
                     await store.log_sync(conn, status="success", rule="M-1", target_id=done,
@@ -164,13 +163,13 @@ class MessageRules:
 
     async def _conversation(self, conn: Any, ghl_id: str) -> str:
         """M-1.6: the mapping's GHL conversation, else GHL's first one, else a new one."""
-        known = await conn.scalar(select(ContactMapping.ghl_conversation_id).where(
-            ContactMapping.ghl_contact_id == ghl_id))
+        known = await conn.scalar(select(ContactMappingRow.ghl_conversation_id).where(
+            ContactMappingRow.ghl_contact_id == ghl_id))
         if known:
             return str(known)
         conversation_id = await self._conv().find_conversation(ghl_id) or \
             await self._conv().create_conversation(ghl_id)
-        await conn.execute(update(ContactMapping).where(ContactMapping.ghl_contact_id == ghl_id)
+        await conn.execute(update(ContactMappingRow).where(ContactMappingRow.ghl_contact_id == ghl_id)
                            .values(ghl_conversation_id=conversation_id))
         return conversation_id
 
@@ -180,12 +179,12 @@ class MessageRules:
         key when the message has no id): only the attempt holding it posts. One that took
         over the claim of an attempt that died, or finds the outcome ``unknown``, looks for
         the message in the conversation first; an ``unknown`` one not found there waits for
-        an operator (``services/common/sync/effects.py``), never reposted."""
+        an operator (``services/domain/effects.py``), never reposted."""
         key = f"m1:{msg.message_id or 'event:' + event.dedupe_key}"
-        mapped = MessageMapping.texting_message_id == msg.message_id
+        mapped = MessageMappingRow.texting_message_id == msg.message_id
         attachments = media_urls(event.payload)
         if msg.message_id:
-            await conn.execute(pg_insert(MessageMapping).values(
+            await conn.execute(pg_insert(MessageMappingRow).values(
                 texting_message_id=msg.message_id, conversation_id=msg.conversation_id, direction=direction,
                 from_number=to_e164(msg.from_number, self.region), to_number=to_e164(msg.to_number, self.region),
                 ghl_contact_id=ghl_id, ghl_conversation_id=conversation_id, body_sha256=body_sha256(msg.body),
@@ -218,7 +217,7 @@ class MessageRules:
                 await effects.release(conn, held)
                 if isinstance(exc, Permanent):
                     if msg.message_id:
-                        await conn.execute(update(MessageMapping).where(mapped).values(
+                        await conn.execute(update(MessageMappingRow).where(mapped).values(
                             ghl_sync_status="failed", updated_at=datetime.now(UTC)))
                     await store.log_sync(conn, status="error", rule="M-1", target_id=ghl_id, message=exc.reason,
                                          **common)
@@ -241,8 +240,8 @@ class MessageRules:
         await effects.done(conn, key, ghl_message_id)
         if not texting_id:
             return
-        row = (await conn.execute(select(MessageMapping).where(MessageMapping.texting_message_id == texting_id))).one()
-        await conn.execute(update(MessageMapping).where(MessageMapping.texting_message_id == texting_id).values(
+        row = (await conn.execute(select(MessageMappingRow).where(MessageMappingRow.texting_message_id == texting_id))).one()
+        await conn.execute(update(MessageMappingRow).where(MessageMappingRow.texting_message_id == texting_id).values(
             ghl_message_id=row.ghl_message_id or ghl_message_id,
             ghl_conversation_id=row.ghl_conversation_id or conversation_id,
             ghl_sync_status="synced", updated_at=datetime.now(UTC)))
@@ -269,18 +268,18 @@ class MessageRules:
         ids = [v for v in (raw.get("correlationId"), event.payload.get("correlationId"), raw.get("chatMessageId"))
                if isinstance(v, str) and v]
         async with self.engine.begin() as conn:
-            conditions = [MessageMapping.correlation_id.in_(ids), MessageMapping.verity_message_id.in_(ids)] if ids else []
+            conditions = [MessageMappingRow.correlation_id.in_(ids), MessageMappingRow.verity_message_id.in_(ids)] if ids else []
             conditions.append(and_(
-                MessageMapping.to_number == phone, MessageMapping.body_sha256 == body_sha256(msg.body),
-                MessageMapping.texting_message_id.is_(None),
-                MessageMapping.created_at >= datetime.now(UTC) - ECHO_WINDOW))
-            row = (await conn.execute(select(MessageMapping).where(
-                MessageMapping.ghl_message_id.is_not(None), MessageMapping.verity_message_id.is_not(None),
-                or_(*conditions)).order_by(MessageMapping.created_at.desc()).limit(1))).first()
+                MessageMappingRow.to_number == phone, MessageMappingRow.body_sha256 == body_sha256(msg.body),
+                MessageMappingRow.texting_message_id.is_(None),
+                MessageMappingRow.created_at >= datetime.now(UTC) - ECHO_WINDOW))
+            row = (await conn.execute(select(MessageMappingRow).where(
+                MessageMappingRow.ghl_message_id.is_not(None), MessageMappingRow.verity_message_id.is_not(None),
+                or_(*conditions)).order_by(MessageMappingRow.created_at.desc()).limit(1))).first()
             if row is None:
                 return None
             if row.texting_message_id is None and msg.message_id:
-                await conn.execute(update(MessageMapping).where(MessageMapping.id == row.id)
+                await conn.execute(update(MessageMappingRow).where(MessageMappingRow.id == row.id)
                                    .values(texting_message_id=msg.message_id, updated_at=datetime.now(UTC)))
             await store.log_sync(conn, direction="texting_to_ghl", entity_type="message",
                                  source_id=msg.message_id or "unknown", status="skipped",
@@ -302,10 +301,10 @@ class MessageRules:
         row = None
         if ids:
             async with self.engine.connect() as conn:
-                row = (await conn.execute(select(MessageMapping).where(
-                    MessageMapping.ghl_message_id.is_not(None), MessageMapping.verity_message_id.is_not(None),
-                    or_(MessageMapping.texting_message_id.in_(ids), MessageMapping.verity_message_id.in_(ids),
-                        MessageMapping.correlation_id.in_(ids))).limit(1))).first()
+                row = (await conn.execute(select(MessageMappingRow).where(
+                    MessageMappingRow.ghl_message_id.is_not(None), MessageMappingRow.verity_message_id.is_not(None),
+                    or_(MessageMappingRow.texting_message_id.in_(ids), MessageMappingRow.verity_message_id.in_(ids),
+                        MessageMappingRow.correlation_id.in_(ids))).limit(1))).first()
         if row is None or ghl_status is None:
             reason = "no_mapping" if row is None else f"status_not_reported:{name}"
             async with self.engine.begin() as conn:
@@ -317,7 +316,7 @@ class MessageRules:
                      "message": msg.error_message or "Message failed to deliver"}
         await self._conv().update_status(str(row.ghl_message_id), ghl_status, error)
         async with self.engine.begin() as conn:
-            await conn.execute(update(MessageMapping).where(MessageMapping.id == row.id)
+            await conn.execute(update(MessageMappingRow).where(MessageMappingRow.id == row.id)
                                .values(delivery_status=name, updated_at=datetime.now(UTC)))
             await store.log_sync(conn, status="success", rule="M-4", target_id=row.ghl_message_id,
                                  message=f"status {ghl_status}", **common)

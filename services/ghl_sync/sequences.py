@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 
 from contracts.envelope import WebhookEvent
-from services.common.db.models import ContactAgentState
-from services.common.errors import Permanent
-from services.common.logging import get_logger
-from services.common.phone import to_e164
-from services.common.sync import store
+from contracts.phone import to_e164
+from services.domain import store
+from services.infra.db.models import ContactAgentStateRow
+from services.infra.errors import Permanent
+from services.infra.logging import get_logger
 
 if TYPE_CHECKING:
     from services.ghl_sync.service import GhlSync
@@ -59,8 +59,8 @@ async def run(sync: GhlSync, event: WebhookEvent, attempt: int) -> None:
               "started_at": datetime.now(UTC), "correlation_id": str(event.event_id), "attempt": attempt}
     async with sync.engine.begin() as conn:
         mapping = await store.mapping_by_aloware(conn, str(body["id"])) if body.get("id") else None
-        state = (await conn.execute(select(ContactAgentState).where(
-            ContactAgentState.contact_id == mapping.ghl_contact_id))).first() if mapping else None
+        state = (await conn.execute(select(ContactAgentStateRow).where(
+            ContactAgentStateRow.contact_id == mapping.ghl_contact_id))).first() if mapping else None
         if state is not None and (state.last_aloware_list_status or "") == status:
             log.info("sequence_status_unchanged", status=status)  # S-2
             return
@@ -91,7 +91,7 @@ async def run(sync: GhlSync, event: WebhookEvent, attempt: int) -> None:
     async with sync.engine.begin() as conn:
         await store.log_sync(conn, status=result, rule="S", message=message, **common)
         if state is not None:  # S-7: only when the agent row exists
-            await conn.execute(update(ContactAgentState).where(ContactAgentState.id == state.id)
+            await conn.execute(update(ContactAgentStateRow).where(ContactAgentStateRow.id == state.id)
                                .values(last_aloware_list_status=status, updated_at=datetime.now(UTC)))
 
 

@@ -21,14 +21,8 @@ from contracts.streams import ALOWARE_SYNC
 from services.clients.aloware import AlowareClient
 from services.clients.ghl import GhlClient
 from services.clients.ghl_conversations import GhlConversations
-from services.common.db.models import EventDelivery
-from services.common.db.models import WebhookEvent as WebhookEventRow
-from services.common.delivery import Outcome
-from services.common.errors import OutcomeUnknown, Permanent, RetryLater
-from services.common.logging import get_logger
-from services.common.settings import Settings
-from services.common.sync import effects, store
-from services.common.sync.contact import (
+from services.domain import effects, store
+from services.domain.contact import (
     FIELDS,
     GHL_NAMES,
     CanonicalContact,
@@ -36,7 +30,6 @@ from services.common.sync.contact import (
     custom_pairs,
     ghl_to_canonical,
 )
-from services.common.trace import is_replay
 from services.ghl_sync import sequences
 from services.ghl_sync.activity import CALL_TYPES, ActivityRules
 from services.ghl_sync.broadcasts import BroadcastRules
@@ -51,6 +44,12 @@ from services.ghl_sync.rules.contact import (
     custom_fields,
     plan_contact_upsert,
 )
+from services.infra.db.models import EventDeliveryRow, WebhookEventRow
+from services.infra.delivery import Outcome
+from services.infra.errors import OutcomeUnknown, Permanent, RetryLater
+from services.infra.logging import get_logger
+from services.infra.settings import Settings
+from services.infra.trace import is_replay
 
 SOT_SKIP = "aloware_contact_event_ignored_source_of_truth_is_ghl"
 CONTACT_EFFECT = "ghl.contact"
@@ -202,8 +201,8 @@ class GhlSync:
         """A GHL contact event for ``ghl_id`` recorded after ``seen`` that aloware-sync did
         not find to be an echo of ours (an echo shows the state we wrote and snapshotted)."""
         row = WebhookEventRow
-        echo = exists().where(EventDelivery.event_id == row.id, EventDelivery.consumer == ALOWARE_SYNC.durable,
-                              EventDelivery.outcome == "echo")
+        echo = exists().where(EventDeliveryRow.event_id == row.id, EventDeliveryRow.consumer == ALOWARE_SYNC.durable,
+                              EventDeliveryRow.outcome == "echo")
         found = await conn.execute(select(row.id).where(
             row.source == "ghl", row.entity_type == "contact", row.entity_id == ghl_id,
             row.canonical_type.in_(SNAPSHOT_REFRESHING_EVENTS), row.received_at > seen, ~echo).limit(1))
@@ -218,7 +217,7 @@ class GhlSync:
 
     async def _create_once(self, conn: Any, key: str | None, fields: dict[str, Any],
                            incoming: CanonicalContact) -> tuple[str, bool]:
-        """G3 under the effect claim ``key`` (``services/common/sync/effects.py``): (GHL id,
+        """G3 under the effect claim ``key`` (``services/domain/effects.py``): (GHL id,
         created). Only the attempt holding the claim creates; a contact this key created
         before is reused while GHL still has it (recreated once it is deleted there). When a
         create's answer is lost, GHL's duplicate search is asked before the outcome is called

@@ -6,7 +6,7 @@ against ``X_DF_JOBS_SECRET``. Missing or wrong → 401 JSON; after ``ADMIN_RATE_
 failures from one address in 15 minutes every attempt from it is 429 until the oldest failure
 is 15 minutes old, the right secret too (otherwise guessing would simply go on between the
 refusals). State changes are done through
-``services.common.operations``; work that takes time (replays, sweeps) is queued on the JOBS
+``services.tooling.operations``; work that takes time (replays, sweeps) is queued on the JOBS
 stream for the jobs service and answered at once.
 """
 
@@ -26,9 +26,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.commands import ReplayRequested, SweepRequested
 from contracts.subjects import REPLAY_SUBJECT, SWEEP_SUBJECT
-from services.common.db.models import EVENT_TABLES
-from services.common.logging import get_logger
-from services.common.operations import (
+from services.infra.db.models import EVENT_TABLES
+from services.infra.logging import get_logger
+from services.infra.settings import Settings
+from services.infra.signing import secret_matches
+from services.ingress.limits import SlidingWindow, client_address
+from services.tooling.operations import (
     EventFilter,
     OperationError,
     TableName,
@@ -42,9 +45,6 @@ from services.common.operations import (
     quarantine,
     show_event,
 )
-from services.common.settings import Settings
-from services.common.signing import secret_matches
-from services.ingress.limits import SlidingWindow, client_address
 
 log = get_logger(__name__)
 
@@ -350,7 +350,7 @@ def admin_router(settings: Settings, engine: AsyncEngine, commands: CommandPubli
     @router.post("/api/admin/agents/seed", dependencies=[admin], summary="seed the agent directory (L-6)",
                  responses=errors(502, 503))
     async def post_agents_seed() -> JSONResponse:
-        from services.common.agents import seed_agents
+        from services.tooling.agents import seed_agents
 
         if not vendors_configured():
             return _unconfigured()
@@ -365,7 +365,7 @@ def admin_router(settings: Settings, engine: AsyncEngine, commands: CommandPubli
     @router.post("/api/admin/lists/rebuild", dependencies=[admin], summary="rebuild agent call lists (L-5)",
                  responses=errors(404, 422, 502, 503))
     async def post_lists_rebuild(agentKey: str | None = None, listKey: str | None = None) -> JSONResponse:  # noqa: N803
-        from services.common.call_lists_rebuild import UnknownList, rebuild_lists
+        from services.tooling.call_lists_rebuild import UnknownList, rebuild_lists
 
         if not vendors_configured():
             return _unconfigured()

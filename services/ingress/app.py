@@ -25,10 +25,10 @@ from starlette.routing import Route
 
 from contracts.envelope import AuthInfo
 from contracts.json_body import BodyError, parse_body
-from services.common import tracing
-from services.common.db.session import create_engine
-from services.common.logging import get_logger
-from services.common.settings import Settings
+from services.infra import tracing
+from services.infra.db.session import create_engine
+from services.infra.logging import get_logger
+from services.infra.settings import Settings
 from services.ingress import metrics
 from services.ingress.admin import (
     Throttled,

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from pydantic import SecretStr
 
 from contracts.envelope import AuthInfo
-from services.common.settings import Settings, pem_public_keys
-from services.common.signing import secret_matches
+from services.infra.settings import Settings, pem_public_keys
+from services.infra.signing import secret_matches
 
 FUTURE_SKEW_S = 300
 

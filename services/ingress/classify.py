@@ -16,9 +16,9 @@ from typing import Any
 from contracts.envelope import AuthInfo, WebhookEvent
 from contracts.payloads import is_ghl_marketplace
 from contracts.payloads.texting import normalise_texting
+from contracts.phone import to_e164
 from contracts.subjects import EntityType, Source
 from contracts.tokens import MAX_KEY_CHARS, bounded_id, normalise_token
-from services.common.phone import to_e164
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from types import FrameType
 
 import uvicorn
 
-from services.common.metrics_server import serve_metrics
-from services.common.settings import Settings, load_settings
+from services.infra.metrics_server import serve_metrics
+from services.infra.settings import Settings, load_settings
 from services.ingress.app import WebhookFastPath, create_asgi
 
 

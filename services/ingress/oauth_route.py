@@ -39,9 +39,9 @@ from services.clients.ghl_oauth import (
     sign_state,
     verify_state,
 )
-from services.common.errors import Permanent, RetryLater
-from services.common.logging import get_logger
-from services.common.settings import Settings
+from services.infra.errors import Permanent, RetryLater
+from services.infra.logging import get_logger
+from services.infra.settings import Settings
 from services.ingress.admin import GUARDED, admin_guard
 from services.ingress.limits import SlidingWindow, client_address
 

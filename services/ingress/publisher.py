@@ -20,12 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import HEADER_EVENT_ID, WebhookEvent
 from contracts.streams import STREAMS, WEBHOOKS_STREAM
-from services.common import tracing
-from services.common.broker import connect, ensure_stream
-from services.common.db.models import IngressOutbox
-from services.common.logging import get_logger
-from services.common.outbox import DB_ERRORS, NATS_ERRORS, drain_outbox, outbox_depth, outbox_failed
-from services.common.settings import Settings
+from services.infra import tracing
+from services.infra.broker import connect, ensure_stream
+from services.infra.db.models import IngressOutboxRow
+from services.infra.logging import get_logger
+from services.infra.outbox import DB_ERRORS, NATS_ERRORS, drain_outbox, outbox_depth, outbox_failed
+from services.infra.settings import Settings
 from services.ingress import metrics
 
 log = get_logger(__name__)
@@ -204,10 +204,10 @@ class EventPublisher:
         self, subject: str, dedupe_key: str, headers: dict[str, str], body: bytes
     ) -> PublishResult:
         stmt = (
-            insert(IngressOutbox)
+            insert(IngressOutboxRow)
             .values(subject=subject, dedupe_key=dedupe_key, headers=headers, body=body)
             .on_conflict_do_nothing(index_elements=["dedupe_key"])
-            .returning(IngressOutbox.id)
+            .returning(IngressOutboxRow.id)
         )
         try:
             async with asyncio.timeout(self._settings.dfm_publish_timeout * 2):

@@ -14,7 +14,7 @@ ingress's metrics, so that condition is a Prometheus rule only.
 Besides the thresholds, the specific alerts of spec/outbound.md §2.6: an OAuth installation
 that needs a reinstall (OA-6), mapping conflicts (CA-7) and conversation-provider
 configuration errors (G12), the last two read from the causes the consumers record on the
-failed attempts' ``sync_log`` rows (services/common/delivery.py).
+failed attempts' ``sync_log`` rows (services/infra/delivery.py).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.common.db.models import AlertIncident
-from services.common.logging import get_logger
-from services.common.settings import Settings
+from services.infra.db.models import AlertIncidentRow
+from services.infra.logging import get_logger
+from services.infra.settings import Settings
 
 log = get_logger(__name__)
 
@@ -220,39 +220,39 @@ class Alerter:
         async with self.engine.begin() as conn:
             if f.level is None:
                 resolved = (await conn.execute(
-                    AlertIncident.__table__.update()
-                    .where(AlertIncident.key == f.key, AlertIncident.resolved_at.is_(None))
+                    AlertIncidentRow.__table__.update()
+                    .where(AlertIncidentRow.key == f.key, AlertIncidentRow.resolved_at.is_(None))
                     .values(resolved_at=datetime.now(UTC))
-                    .returning(AlertIncident.id, AlertIncident.notified_open))).first()
+                    .returning(AlertIncidentRow.id, AlertIncidentRow.notified_open))).first()
                 if resolved is None:
                     return
                 if resolved.notified_open and await self._send(f, resolved=True):
-                    await conn.execute(AlertIncident.__table__.update()
-                                       .where(AlertIncident.id == resolved.id).values(notified_resolved=True))
+                    await conn.execute(AlertIncidentRow.__table__.update()
+                                       .where(AlertIncidentRow.id == resolved.id).values(notified_resolved=True))
                 return
             opened = (await conn.execute(
-                insert(AlertIncident).values(key=f.key, level=f.level, title=f.title, message=f.message,
+                insert(AlertIncidentRow).values(key=f.key, level=f.level, title=f.title, message=f.message,
                                              value=f.value)
-                .on_conflict_do_nothing(index_elements=["key"], index_where=AlertIncident.resolved_at.is_(None))
-                .returning(AlertIncident.id))).first()
+                .on_conflict_do_nothing(index_elements=["key"], index_where=AlertIncidentRow.resolved_at.is_(None))
+                .returning(AlertIncidentRow.id))).first()
             if opened is not None:
                 incident_id, notify = opened.id, True
             else:
                 row = (await conn.execute(
-                    AlertIncident.__table__.select()
-                    .where(AlertIncident.key == f.key, AlertIncident.resolved_at.is_(None))
+                    AlertIncidentRow.__table__.select()
+                    .where(AlertIncidentRow.key == f.key, AlertIncidentRow.resolved_at.is_(None))
                     .with_for_update())).first()
                 if row is None:
                     return
                 incident_id = row.id
                 escalated = LEVELS[f.level] > LEVELS[row.level]
                 notify = escalated or not row.notified_open
-                await conn.execute(AlertIncident.__table__.update().where(AlertIncident.id == row.id).values(
+                await conn.execute(AlertIncidentRow.__table__.update().where(AlertIncidentRow.id == row.id).values(
                     last_seen_at=datetime.now(UTC), value=f.value, message=f.message,
                     level=f.level if escalated else row.level))
             if notify and await self._send(f, resolved=False):
-                await conn.execute(AlertIncident.__table__.update()
-                                   .where(AlertIncident.id == incident_id).values(notified_open=True))
+                await conn.execute(AlertIncidentRow.__table__.update()
+                                   .where(AlertIncidentRow.id == incident_id).values(notified_open=True))
 
     async def _send(self, f: Finding, *, resolved: bool) -> bool:
         """POST the alert (the original's shape); True when delivered or only logged."""

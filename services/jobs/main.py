@@ -8,12 +8,12 @@ import contextlib
 from contracts.streams import JOBS_CONSUMER
 from services.clients.budget import RateBudget
 from services.clients.ghl import GhlClient
-from services.common.broker import connect
-from services.common.db.session import create_engine
-from services.common.logging import get_logger
-from services.common.metrics_server import serve_metrics
-from services.common.settings import Settings
-from services.common.stream_app import serve_until_terminated
+from services.infra.broker import connect
+from services.infra.db.session import create_engine
+from services.infra.logging import get_logger
+from services.infra.metrics_server import serve_metrics
+from services.infra.settings import Settings
+from services.infra.stream_app import serve_until_terminated
 from services.jobs.service import Jobs
 
 log = get_logger(__name__)

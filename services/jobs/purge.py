@@ -40,9 +40,9 @@ from sqlalchemy import func, insert, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.commands import PurgeRequested
-from services.common.db.models import ReconcileRun
-from services.common.logging import get_logger
-from services.common.settings import Settings
+from services.infra.db.models import ReconcileRunRow
+from services.infra.logging import get_logger
+from services.infra.settings import Settings
 
 log = get_logger(__name__)
 
@@ -237,14 +237,14 @@ class Purger:
     async def _start(self, command: PurgeRequested) -> Any:
         async with self.engine.begin() as conn:
             return (await conn.execute(
-                insert(ReconcileRun).values(job_name="purge", status="running",
+                insert(ReconcileRunRow).values(job_name="purge", status="running",
                                             totals={"slot": command.slot, "commandId": str(command.command_id),
                                                     "requestedBy": command.requested_by})
-                .returning(ReconcileRun.id))).scalar_one()
+                .returning(ReconcileRunRow.id))).scalar_one()
 
     async def _finish(self, run_id: Any, status: str, report: PurgeReport, slot: str | None,
                       error: str | None) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(update(ReconcileRun).where(ReconcileRun.id == run_id).values(
+            await conn.execute(update(ReconcileRunRow).where(ReconcileRunRow.id == run_id).values(
                 status=status, finished_at=func.now(), error_message=error,
                 totals={**report.as_json(), "slot": slot}))

@@ -27,14 +27,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts.commands import ReconcileRequested
 from contracts.envelope import AuthInfo, WebhookEvent
 from contracts.subjects import EntityType, Source
-from services.aloware_sync.rules.contact import plan_ghl_contact_sync
 from services.clients.aloware import AlowareClient
 from services.clients.ghl import GhlClient
-from services.common.db.models import ContactMapping, ReconcileRun, SyncState
-from services.common.errors import Permanent, RetryLater
-from services.common.logging import get_logger
-from services.common.settings import Settings
-from services.common.sync.contact import CanonicalContact, aloware_to_canonical, ghl_to_canonical
+from services.domain.contact import CanonicalContact, aloware_to_canonical, ghl_to_canonical
+from services.domain.merge import out_of_sync
+from services.infra.db.models import ContactMappingRow, ReconcileRunRow, SyncStateRow
+from services.infra.errors import Permanent, RetryLater
+from services.infra.logging import get_logger
+from services.infra.settings import Settings
 
 log = get_logger(__name__)
 JOB_NAME = "reconcile-contacts"
@@ -66,8 +66,8 @@ class ContactReconciler:
 
     async def run(self, command: ReconcileRequested) -> dict[str, Any]:
         async with self.engine.begin() as conn:
-            run_id = (await conn.execute(insert(ReconcileRun).values(
-                job_name=JOB_NAME, status="running").returning(ReconcileRun.id))).scalar_one()
+            run_id = (await conn.execute(insert(ReconcileRunRow).values(
+                job_name=JOB_NAME, status="running").returning(ReconcileRunRow.id))).scalar_one()
         totals = {"driftCount": 0, "repairsCount": 0, "errors": 0, "totalProcessed": 0}
         own_aloware = (AlowareClient.from_settings(self.settings)
                        if self.aloware is None and self.settings.aloware_api_token else None)
@@ -88,12 +88,12 @@ class ContactReconciler:
     async def _page(self, limit: int, totals: dict[str, int], aloware: AlowareClient | None) -> bool:
         assert self.ghl is not None
         async with self.engine.connect() as conn:
-            cursor = await conn.scalar(select(SyncState.cursor_id).where(
-                SyncState.direction == "ghl_to_aloware", SyncState.entity_type == "contact"))
-            stmt = select(ContactMapping).where(ContactMapping.ghl_deleted_at.is_(None))
+            cursor = await conn.scalar(select(SyncStateRow.cursor_id).where(
+                SyncStateRow.direction == "ghl_to_aloware", SyncStateRow.entity_type == "contact"))
+            stmt = select(ContactMappingRow).where(ContactMappingRow.ghl_deleted_at.is_(None))
             if cursor:
-                stmt = stmt.where(ContactMapping.ghl_contact_id > cursor)
-            mappings = (await conn.execute(stmt.order_by(ContactMapping.ghl_contact_id).limit(limit))).all()
+                stmt = stmt.where(ContactMappingRow.ghl_contact_id > cursor)
+            mappings = (await conn.execute(stmt.order_by(ContactMappingRow.ghl_contact_id).limit(limit))).all()
         region = self.settings.default_phone_region
         last = cursor
         for mapping in mappings:
@@ -139,8 +139,7 @@ class ContactReconciler:
             return None
         record = await aloware.lookup_by_phone(ghl.phone)
         alo = aloware_to_canonical(record, self.settings.default_phone_region) if record else None
-        plan = plan_ghl_contact_sync(ghl, alo, self.settings.contact_source_of_truth)
-        if not plan.operations:
+        if not out_of_sync(ghl, alo, self.settings.contact_source_of_truth):
             return None
         return alo.projection_hash() if alo is not None else "absent"
 
@@ -151,10 +150,10 @@ class ContactReconciler:
             values["last_success_at"] = now
         async with self.engine.begin() as conn:
             await conn.execute(
-                pg_insert(SyncState).values(direction="ghl_to_aloware", entity_type="contact", **values)
+                pg_insert(SyncStateRow).values(direction="ghl_to_aloware", entity_type="contact", **values)
                 .on_conflict_do_update(index_elements=["direction", "entity_type"], set_=values))
 
     async def _finish(self, run_id: Any, status: str, totals: dict[str, Any], error: str | None) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(update(ReconcileRun).where(ReconcileRun.id == run_id).values(
+            await conn.execute(update(ReconcileRunRow).where(ReconcileRunRow.id == run_id).values(
                 status=status, finished_at=func.now(), totals=totals, error_message=error))

@@ -26,10 +26,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts.commands import ReplayRequested
 from contracts.envelope import HEADER_REDRIVE, WebhookEvent
 from contracts.streams import WEBHOOKS_STREAM, expected_consumers
-from services.common.logging import get_logger
-from services.common.operations import OperationError, TableName, find_event, reset_for_replay
-from services.common.redrive import envelope_for, publish_redrive
-from services.common.settings import Settings
+from services.infra.logging import get_logger
+from services.infra.redrive import envelope_for, publish_redrive
+from services.infra.settings import Settings
+from services.tooling.operations import OperationError, TableName, find_event, reset_for_replay
 
 log = get_logger(__name__)
 SCAN_BATCH = 256

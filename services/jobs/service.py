@@ -40,10 +40,10 @@ from contracts.subjects import (
     SWEEP_SUBJECT,
 )
 from services.clients.ghl import GhlClient
-from services.common.db.models import DeadLetter, EventDelivery, ReconcileRun
-from services.common.delivery import DeliveryLedger, event_table
-from services.common.logging import get_logger
-from services.common.settings import Settings
+from services.infra.db.models import DeadLetterRow, EventDeliveryRow, ReconcileRunRow
+from services.infra.delivery import DeliveryLedger, event_table
+from services.infra.logging import get_logger
+from services.infra.settings import Settings
 from services.jobs.alerts import Alerter
 from services.jobs.purge import Purger
 from services.jobs.reconcile import ContactReconciler
@@ -143,7 +143,7 @@ class Jobs:
         report = {**report, "items": report["items"][:MAX_ITEMS_RECORDED],
                   "requestedBy": command.requested_by}
         async with self.engine.begin() as conn:
-            await conn.execute(insert(ReconcileRun).values(
+            await conn.execute(insert(ReconcileRunRow).values(
                 job_name="replay", status="success", totals=json.loads(json.dumps(report, default=str)),
                 finished_at=func.now()))
 
@@ -198,14 +198,14 @@ class Jobs:
                 stream, consumer, seq, subject, event, kind, deliveries, reason))
             open_delivery = None
             if event is not None and kind == "max_deliveries":
-                open_delivery = (await conn.execute(select(EventDelivery.status).where(
-                    EventDelivery.event_id == event.event_id, EventDelivery.consumer == consumer))).scalar()
+                open_delivery = (await conn.execute(select(EventDeliveryRow.status).where(
+                    EventDeliveryRow.event_id == event.event_id, EventDeliveryRow.consumer == consumer))).scalar()
         log.warning("dead_letter_recorded", stream=stream, consumer=consumer, stream_seq=seq, kind=kind,
                     event_id=str(event.event_id) if event else None)
         if event is not None and kind == "max_deliveries" and open_delivery not in ("done", "dead"):
             if open_delivery is None:  # the consumer never got as far as claiming it
                 async with self.engine.begin() as conn:
-                    await conn.execute(pg_insert(EventDelivery).values(
+                    await conn.execute(pg_insert(EventDeliveryRow).values(
                         event_id=event.event_id, consumer=consumer, event_table=event_table(event),
                         status="processing", attempts=int(deliveries or 0),
                     ).on_conflict_do_nothing(index_elements=["event_id", "consumer"]))
@@ -214,7 +214,7 @@ class Jobs:
 
 def _dead_letter_upsert(stream: str, consumer: str, seq: int, subject: str | None,
                         event: WebhookEvent | None, kind: str, deliveries: Any, reason: str) -> Any:
-    return (pg_insert(DeadLetter)
+    return (pg_insert(DeadLetterRow)
             .values(stream=stream, consumer=consumer, stream_seq=seq, subject=subject,
                     event_id=event.event_id if event else None, kind=kind,
                     deliveries=deliveries, reason=reason)

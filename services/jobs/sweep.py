@@ -31,12 +31,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts.commands import SweepRequested
 from contracts.streams import expected_consumers
-from services.common.db.models import EVENT_TABLES, EventDelivery, QuarantineEvent, ReconcileRun
-from services.common.logging import get_logger
-from services.common.operations import TABLE_NAMES, TableName
-from services.common.outbox import NATS_ERRORS, drain_outbox
-from services.common.redrive import envelope_for, publish_redrive
-from services.common.settings import Settings
+from services.infra.db.models import (
+    EVENT_TABLES,
+    TABLE_NAMES,
+    EventDeliveryRow,
+    QuarantineEventRow,
+    ReconcileRunRow,
+    TableName,
+)
+from services.infra.logging import get_logger
+from services.infra.outbox import NATS_ERRORS, drain_outbox
+from services.infra.redrive import envelope_for, publish_redrive
+from services.infra.settings import Settings
 
 log = get_logger(__name__)
 
@@ -72,10 +78,10 @@ class Sweeper:
         started = time.perf_counter()
         async with self.engine.begin() as conn:
             run_id = (await conn.execute(
-                insert(ReconcileRun).values(job_name="pending-sweep", status="running",
+                insert(ReconcileRunRow).values(job_name="pending-sweep", status="running",
                                             totals={"slot": command.slot,
                                                     "commandId": str(command.command_id)})
-                .returning(ReconcileRun.id))).scalar_one()
+                .returning(ReconcileRunRow.id))).scalar_one()
         report = SweepReport(str(run_id), str(command.command_id))
         try:
             for table in TABLE_NAMES:
@@ -99,7 +105,7 @@ class Sweeper:
     async def _finish(self, run_id: Any, status: str, report: SweepReport, slot: str | None,
                       error: str | None) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(update(ReconcileRun).where(ReconcileRun.id == run_id).values(
+            await conn.execute(update(ReconcileRunRow).where(ReconcileRunRow.id == run_id).values(
                 status=status, finished_at=func.now(), error_message=error,
                 totals={**report.as_json(), "slot": slot}))
 
@@ -140,8 +146,8 @@ class Sweeper:
 
     def _candidates(self, table: TableName, where: list[Any], order: Any) -> Any:
         model = EVENT_TABLES[table]
-        not_quarantined = ~exists().where(QuarantineEvent.event_id == model.id,
-                                          QuarantineEvent.released_at.is_(None))
+        not_quarantined = ~exists().where(QuarantineEventRow.event_id == model.id,
+                                          QuarantineEventRow.released_at.is_(None))
         return (select(model).where(*where, not_quarantined).order_by(order)
                 .limit(self.settings.jobs_batch_size).with_for_update(skip_locked=True))
 
@@ -157,9 +163,9 @@ class Sweeper:
             reason = func.concat("retry budget spent: ", func.coalesce(model.error_message, "unknown error"))
             await conn.execute(update(model).where(model.id.in_(ids)).values(
                 status="dead", error_message=reason, next_attempt_at=None, last_error_at=func.now()))
-            await conn.execute(update(EventDelivery).where(
-                EventDelivery.event_id.in_(ids), EventDelivery.status == "error",
-                EventDelivery.attempts >= max_attempts).values(status="dead", next_attempt_at=None,
+            await conn.execute(update(EventDeliveryRow).where(
+                EventDeliveryRow.event_id.in_(ids), EventDeliveryRow.status == "error",
+                EventDeliveryRow.attempts >= max_attempts).values(status="dead", next_attempt_at=None,
                                                               updated_at=func.now()))
         log.warning("sweep_marked_dead", table=table, count=len(ids))
         return len(ids)
@@ -175,9 +181,9 @@ class Sweeper:
             ids = [r.id for r in rows]
             await conn.execute(update(model).where(model.id.in_(ids)).values(
                 status="pending", claimed_at=None, next_attempt_at=None))
-            await conn.execute(update(EventDelivery).where(
-                EventDelivery.event_id.in_(ids), EventDelivery.status == "processing",
-                EventDelivery.claimed_at < cutoff).values(status="pending", updated_at=func.now()))
+            await conn.execute(update(EventDeliveryRow).where(
+                EventDeliveryRow.event_id.in_(ids), EventDeliveryRow.status == "processing",
+                EventDeliveryRow.claimed_at < cutoff).values(status="pending", updated_at=func.now()))
         log.warning("sweep_unstuck_processing", table=table, count=len(ids))
         return len(ids)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from services.common.settings import Settings
+from services.infra.settings import Settings
 from services.mcp.server import serve
 
 

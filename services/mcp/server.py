@@ -38,18 +38,18 @@ from services.clients.verity import (
     VerityProxy,
     is_send_message,
 )
-from services.common.db.models import ReconcileRun
-from services.common.db.session import create_engine
-from services.common.logging import get_logger
-from services.common.operations import (
+from services.infra.db.models import ReconcileRunRow
+from services.infra.db.session import create_engine
+from services.infra.logging import get_logger
+from services.infra.settings import Settings
+from services.mcp.tools import CatalogTool, generate, map_arguments
+from services.tooling.operations import (
     EventFilter,
     OperationError,
     list_events,
     quarantine,
     show_event,
 )
-from services.common.settings import Settings
-from services.mcp.tools import CatalogTool, generate, map_arguments
 
 log = get_logger(__name__)
 SERVER_NAME = "df-middleware-mcp-server"
@@ -198,7 +198,7 @@ class McpBackend:
         if not self.settings.nats_url:
             raise ToolError("operator tools need NATS_URL")
         if self._nc is None:
-            from services.common.broker import connect
+            from services.infra.broker import connect
 
             self._nc = await connect(self.settings, name="dfm-mcp", max_reconnect_attempts=3)
         return self._nc
@@ -250,9 +250,9 @@ async def _replay(b: McpBackend, a: dict[str, Any]) -> Any:
     async with asyncio.timeout(REPLAY_WAIT_S):
         while True:
             async with engine.connect() as conn:
-                totals = await conn.scalar(select(ReconcileRun.totals).where(
-                    ReconcileRun.job_name == "replay",
-                    ReconcileRun.totals["commandId"].astext == str(command.command_id)))
+                totals = await conn.scalar(select(ReconcileRunRow.totals).where(
+                    ReconcileRunRow.job_name == "replay",
+                    ReconcileRunRow.totals["commandId"].astext == str(command.command_id)))
             if totals is not None:
                 return totals
             await asyncio.sleep(0.2)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 
 from contracts.streams import RECORDER
-from services.common.consumer import PullConsumer
-from services.common.db.session import create_engine
-from services.common.metrics_server import serve_metrics
-from services.common.runtime import on_termination
-from services.common.settings import Settings
+from services.infra.consumer import PullConsumer
+from services.infra.db.session import create_engine
+from services.infra.metrics_server import serve_metrics
+from services.infra.runtime import on_termination
+from services.infra.settings import Settings
 from services.recorder.service import Recorder
 
 

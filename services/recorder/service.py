@@ -30,10 +30,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import WebhookEvent
 from contracts.streams import RECORDER as RECORDER_SPEC
-from services.common.db.errors import driver_error
-from services.common.db.models import DeadLetter
-from services.common.events import row_for
-from services.common.logging import get_logger
+from services.infra.db.errors import driver_error
+from services.infra.db.models import DeadLetterRow
+from services.infra.events import row_for
+from services.infra.logging import get_logger
 
 log = get_logger(__name__)
 RETRY_DELAY_S = 2.0
@@ -151,7 +151,7 @@ class Recorder:
                   f"(SQLSTATE {sqlstate}) in {item.table.__tablename__}")
         async with self._engine.begin() as conn:
             await conn.execute(
-                insert(DeadLetter).values(
+                insert(DeadLetterRow).values(
                     stream=meta.stream, consumer=meta.consumer or RECORDER_SPEC.durable,
                     stream_seq=meta.sequence.stream, subject=item.msg.subject,
                     event_id=item.event.event_id, kind="terminated", deliveries=meta.num_delivered,

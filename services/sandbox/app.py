@@ -38,10 +38,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from services.common.logging import get_logger
-from services.common.phone import to_e164
-from services.common.settings import Settings
-from services.common.signing import basic_auth, ghl_ed25519_signature, load_private_key
+from contracts.phone import to_e164
+from services.infra.logging import get_logger
+from services.infra.settings import Settings
+from services.infra.signing import basic_auth, ghl_ed25519_signature, load_private_key
 from services.sandbox.openapi_check import GhlOpenApi
 
 log = get_logger(__name__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uvicorn
 
-from services.common.settings import Settings
+from services.infra.settings import Settings
 from services.sandbox.app import create_sandbox_app
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from services.common.broker import connect, prepare_topology
-from services.common.metrics_server import serve_metrics
-from services.common.runtime import on_termination
-from services.common.settings import Settings
+from services.infra.broker import connect, prepare_topology
+from services.infra.metrics_server import serve_metrics
+from services.infra.runtime import on_termination
+from services.infra.settings import Settings
 from services.scheduler.service import CommandScheduler
 
 

@@ -28,10 +28,10 @@ from contracts.commands import (
 )
 from contracts.envelope import HEADER_MSG_ID
 from contracts.subjects import ALERTS_SUBJECT, PURGE_SUBJECT, RECONCILE_SUBJECT, SWEEP_SUBJECT
-from services.common.cron import current_slot, parse_cron
-from services.common.logging import get_logger
-from services.common.outbox import NATS_ERRORS
-from services.common.settings import Settings
+from services.infra.cron import current_slot, parse_cron
+from services.infra.logging import get_logger
+from services.infra.outbox import NATS_ERRORS
+from services.infra.settings import Settings
 
 log = get_logger(__name__)
 PUBLISHED = Counter("dfm_scheduler_commands_total", "Commands published by the scheduler",

@@ -21,16 +21,16 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import AuthInfo, WebhookEvent
+from contracts.phone import to_e164
 from contracts.subjects import EntityType, Source
 from services.clients.ghl import GhlClient
-from services.common.broker import connect
-from services.common.delivery import Outcome
-from services.common.errors import Permanent, RetryLater
-from services.common.logging import get_logger
-from services.common.phone import to_e164
-from services.common.settings import Settings
-from services.common.sync import store
-from services.common.verity_db import VerityDatabase
+from services.domain import store
+from services.infra.broker import connect
+from services.infra.delivery import Outcome
+from services.infra.errors import Permanent, RetryLater
+from services.infra.logging import get_logger
+from services.infra.settings import Settings
+from services.infra.verity_db import VerityDatabase
 
 log = get_logger(__name__)
 REACHED = ("sent", "delivered", "opened", "clicked")

@@ -4,7 +4,7 @@
   GHL's signature header, so Verity can verify it as if GHL had called it.
 * M-2 — an SMS a GHL agent sends (conversation-provider delivery) goes out through Verity's
   send-message API at most once: the effect claim ``m2:<GHL messageId>`` is inserted before
-  the send and only the attempt that inserted it sends (``services/common/sync/effects.py``);
+  the send and only the attempt that inserted it sends (``services/domain/effects.py``);
   another delivery running at the same time waits for it. A send Verity refused (4xx, 429,
   503, no connection) releases the claim and is retried; one that may have gone out
   (timeout, connection lost after the request, other 5xx) leaves the claim ``unknown`` and
@@ -33,17 +33,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import WebhookEvent
 from contracts.payloads.provider import ProviderOutboundMessage
+from contracts.phone import to_e164
 from services.clients.ghl import GhlClient
 from services.clients.ghl_conversations import GhlConversations
 from services.clients.http import VendorHttp, parse_body
-from services.common import optout
-from services.common.db.models import MessageMapping, SyncLog
-from services.common.delivery import Outcome
-from services.common.errors import OutcomeUnknown, Permanent, RetryLater
-from services.common.logging import get_logger
-from services.common.phone import to_e164
-from services.common.settings import Settings
-from services.common.sync import effects, store
+from services.domain import effects, optout, store
+from services.infra.db.models import MessageMappingRow, SyncLogRow
+from services.infra.delivery import Outcome
+from services.infra.errors import OutcomeUnknown, Permanent, RetryLater
+from services.infra.logging import get_logger
+from services.infra.settings import Settings
 from services.verity_sync.appointments import AppointmentRules
 
 log = get_logger(__name__)
@@ -113,8 +112,8 @@ class VeritySync:
         if event.payload.get("dfmReconciled") or event.payload_raw_b64 is None:
             return Outcome("skipped", "not_a_ghl_delivery")  # rebuilt by reconciliation: GHL never sent it
         async with self.engine.connect() as conn:
-            forwarded = await conn.scalar(select(SyncLog.id).where(
-                SyncLog.rule == "F-1", SyncLog.status == "success", SyncLog.correlation_id == str(event.event_id))
+            forwarded = await conn.scalar(select(SyncLogRow.id).where(
+                SyncLogRow.rule == "F-1", SyncLogRow.status == "success", SyncLogRow.correlation_id == str(event.event_id))
                 .limit(1))
         if forwarded is not None:  # a replay: Verity has this webhook already
             return Outcome("skipped", "already_forwarded")
@@ -179,7 +178,7 @@ class VeritySync:
                       "ghl_contact_id": sms.contact_id, "to_number": phone, "body_sha256":
                       hashlib.sha256(sms.message.strip().encode()).hexdigest(), "direction": "outbound",
                       "ghl_sync_status": "synced", "updated_at": now}
-            await conn.execute(pg_insert(MessageMapping).values(ghl_message_id=sms.message_id, **values)
+            await conn.execute(pg_insert(MessageMappingRow).values(ghl_message_id=sms.message_id, **values)
                                .on_conflict_do_update(index_elements=["ghl_message_id"], set_=values))
             await store.log_sync(conn, status="success", rule="M-2", target_id=verity_id, message=note,
                                  details=details, **common)

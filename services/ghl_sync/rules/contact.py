@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from services.common.sync.contact import GHL_NAMES, CanonicalContact
-from services.common.sync.merge import changed_fields, target_for_ghl
+from services.domain.contact import GHL_NAMES, CanonicalContact
+from services.domain.merge import changed_fields, target_for_ghl
 
 
 @dataclass(frozen=True)

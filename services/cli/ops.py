@@ -1,0 +1,565 @@
+"""Operator commands of ``dfm``: ``events``, ``replay``, ``sweep`` and ``trace``.
+
+They talk to PostgreSQL and NATS directly (``DATABASE_URL``, ``NATS_URL``; next to a running
+``dfm up`` they read ``.dfm/stack.env``), applying the same transitions as the admin API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+
+from services.infra.settings import ConfigError, Settings, load_settings
+
+T = TypeVar("T")
+events_app = typer.Typer(help="Inspect and act on recorded events.", no_args_is_help=True)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"dfm: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def tool_settings(kind: str) -> Settings:
+    """Settings for an operator tool: the environment, over ``.dfm/stack.env`` when present."""
+    stack_env = Path(load_settings().dfm_data_dir) / "stack.env"
+    try:
+        settings = load_settings(env_file=str(stack_env) if stack_env.exists() else None)
+        settings.require_for(kind)
+    except ConfigError as exc:
+        _fail(str(exc))
+    from services.infra.logging import configure_logging
+
+    configure_logging(f"dfm-{kind}", "warning", "console")  # stdout stays the command's output
+    return settings
+
+
+def _run(coro: Awaitable[T]) -> T:
+    from services.tooling.operations import OperationError
+
+    try:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    except OperationError as exc:
+        _fail(exc.message, code=1)
+
+
+@asynccontextmanager
+async def _engine(settings: Settings) -> Any:
+    from services.infra.db.session import create_engine
+
+    engine = create_engine(settings, pool_size=2)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@asynccontextmanager
+async def _jobs(settings: Settings, explain: bool = False) -> Any:
+    """A Jobs runner in this process (database + NATS)."""
+    from services.infra.broker import connect
+    from services.jobs.service import Jobs
+
+    async with _engine(settings) as engine:
+        try:
+            nc = await connect(settings, name="dfm-cli", max_reconnect_attempts=2)
+        except Exception as exc:  # any connection failure is one line for the operator
+            from services.infra.broker import redact_url
+
+            _fail(f"cannot reach NATS at {','.join(map(redact_url, settings.nats_url))}: {type(exc).__name__}",
+                  code=1)
+        jobs = Jobs(settings, engine, nc)
+        if explain:
+            jobs.replayer.explain = _explainer(settings, engine)
+        try:
+            yield jobs
+        finally:
+            await jobs.close()
+            await nc.drain()
+
+
+def _explainer(settings: Settings, engine: Any) -> Callable[[Any], Awaitable[list[str]]]:
+    from contracts.streams import expected_consumers
+    from services.aloware_sync.service import explain as aloware_explain
+    from services.ghl_sync.service import explain as ghl_explain
+
+    async def explain(event: Any) -> list[str]:
+        lines: list[str] = []
+        for consumer in expected_consumers(event.subject):
+            if consumer == "ghl-sync":
+                lines += await ghl_explain(settings, engine, event)
+            elif consumer == "aloware-sync":
+                lines += aloware_explain(event)
+            else:
+                lines.append(f"{consumer}: runs its rules for {event.canonical_type}")
+        return lines
+
+    return explain
+
+
+def _parse_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        _fail(f"not an event id: {value!r}")
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+# --- dfm events ------------------------------------------------------------------------------
+@events_app.command("list")
+def events_list(
+    table: Annotated[str, typer.Option(help="webhook, texting or broadcast")] = "webhook",
+    status: Annotated[str | None, typer.Option(help="pending, processing, done, error, dead, quarantined")] = None,
+    source: Annotated[str | None, typer.Option(help="ghl, ghl_provider, aloware (webhook table)")] = None,
+    event_type: Annotated[str | None, typer.Option("--type", help="event type as sent")] = None,
+    entity_id: Annotated[str | None, typer.Option(help="entity id")] = None,
+    since: Annotated[datetime | None, typer.Option(help="received at or after (ISO time)")] = None,
+    until: Annotated[datetime | None, typer.Option(help="received before (ISO time)")] = None,
+    order: Annotated[str, typer.Option(help="asc or desc")] = "asc",
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    cursor: Annotated[str | None, typer.Option(help="nextCursor of the previous page")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (payloads redacted)")] = False,
+) -> None:
+    """List events, oldest first (one page; the next page's cursor is printed last)."""
+    from services.tooling.operations import TABLE_NAMES, EventFilter, list_events
+
+    if table not in TABLE_NAMES or order not in ("asc", "desc"):
+        _fail("--table must be webhook, texting or broadcast and --order asc or desc")
+    settings = tool_settings("events")
+    f = EventFilter(table=table, status=status, source=source, event_type=event_type,  # type: ignore[arg-type]
+                    entity_id=entity_id, received_from=since, received_to=until, order=order,  # type: ignore[arg-type]
+                    limit=limit, cursor=cursor)
+
+    async def go() -> tuple[list[dict[str, Any]], str | None]:
+        async with _engine(settings) as engine:
+            return await list_events(engine, f)
+
+    events, next_cursor = _run(go())
+    if as_json:
+        _print_json({"events": events, "count": len(events), "nextCursor": next_cursor})
+        return
+    for e in events:
+        typer.echo(f"{e['id']}  {e['receivedAt'][:23]}  {e['source']:<9} {e['eventType']:<28} "
+                   f"{e['status']:<11} {e['outcome'] or '':<8} attempts={e['attempts']} "
+                   f"{e['errorMessage'] or e['outcomeReason'] or ''}")
+    typer.echo(f"{len(events)} events" + (f"; next page: --cursor {next_cursor}" if next_cursor else ""))
+
+
+@events_app.command("show")
+def events_show(event_id: str) -> None:
+    """One event with its deliveries, attempts and sync_log rows (JSON, payload redacted)."""
+    from services.tooling.operations import show_event
+
+    settings = tool_settings("events")
+
+    async def go() -> dict[str, Any]:
+        async with _engine(settings) as engine:
+            return await show_event(engine, _parse_id(event_id))
+
+    _print_json(_run(go()))
+
+
+@events_app.command("mark-done")
+def events_mark_done(event_id: str) -> None:
+    """pending/error/dead → done (outcome skipped, marked_done_by_operator)."""
+    from services.tooling.operations import mark_done
+
+    settings = tool_settings("events")
+
+    async def go() -> None:
+        async with _engine(settings) as engine:
+            await mark_done(engine, _parse_id(event_id), by="cli")
+
+    _run(go())
+    typer.echo(f"{event_id}: marked done")
+
+
+@events_app.command("quarantine")
+def events_quarantine(
+    event_id: str,
+    reason: Annotated[str, typer.Option(help="why")] = "Manual quarantine",
+    by: Annotated[str | None, typer.Option(help="who")] = None,
+) -> None:
+    """Quarantine an event: never processed until replayed with --force."""
+    from services.tooling.operations import quarantine
+
+    settings = tool_settings("events")
+
+    async def go() -> None:
+        async with _engine(settings) as engine:
+            await quarantine(engine, _parse_id(event_id), reason=reason, by=by or "cli")
+
+    _run(go())
+    typer.echo(f"{event_id}: quarantined")
+
+
+@events_app.command("replay")
+def events_replay(
+    event_ids: Annotated[list[str], typer.Argument(help="one or more event ids")],
+    force: Annotated[bool, typer.Option(help="also release quarantined events")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would be re-delivered")] = False,
+) -> None:
+    """Replay events by id (same as ``dfm replay --event-id``)."""
+    _replay(event_ids=[_parse_id(i) for i in event_ids], force=force, dry_run=dry_run)
+
+
+# --- dfm replay / sweep / trace --------------------------------------------------------------
+def replay(
+    subject: Annotated[str | None, typer.Option(help="subject filter, e.g. 'webhooks.aloware.contact.>'")] = None,
+    since: Annotated[datetime | None, typer.Option(help="stream time from (ISO time)")] = None,
+    until: Annotated[datetime | None, typer.Option(help="stream time to (ISO time)")] = None,
+    from_seq: Annotated[int | None, typer.Option(min=1, help="first stream sequence")] = None,
+    to_seq: Annotated[int | None, typer.Option(min=1, help="last stream sequence")] = None,
+    event_id: Annotated[list[str] | None, typer.Option(help="replay these events (repeatable)")] = None,
+    force: Annotated[bool, typer.Option(help="also release quarantined events")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print what would be re-delivered and the plans")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Re-deliver events from the WEBHOOKS stream, through the same idempotency as live traffic."""
+    if not subject and not event_id:
+        _fail("give --subject (with an optional time or sequence range) or --event-id")
+    _replay(subject=subject, since=since, until=until, from_seq=from_seq, to_seq=to_seq,
+            event_ids=[_parse_id(i) for i in event_id or []], force=force, dry_run=dry_run,
+            as_json=as_json)
+
+
+def _replay(*, as_json: bool = False, **fields: Any) -> None:
+    from pydantic import ValidationError
+
+    from contracts.commands import ReplayRequested
+
+    try:
+        command = ReplayRequested(requested_by="cli", **fields)
+    except ValidationError as exc:
+        _fail(exc.errors()[0]["msg"])
+    settings = tool_settings("replay")
+
+    async def go() -> Any:
+        async with _jobs(settings, explain=command.dry_run) as jobs:
+            return await jobs.execute(command)
+
+    report = _run(go())
+    if as_json:
+        _print_json(report.as_json())
+        return
+    verb = "would replay" if command.dry_run else "replayed"
+    for item in report.items:
+        state = f"{item.action}" + (f" ({item.reason})" if item.reason else "")
+        typer.echo(f"{item.event_id}  {item.subject}  was={item.status_before}  {state}  "
+                   f"consumers={','.join(item.consumers) or '-'}")
+        for line in item.plan:
+            typer.echo(f"    {line}")
+    typer.echo(f"scanned {report.scanned} stream messages; {verb} {report.replayed}, "
+               f"skipped {report.skipped}")
+
+
+def sweep(
+    here: Annotated[bool, typer.Option(help="run the sweep in this process and print its totals")] = False,
+) -> None:
+    """Ask the jobs service for a pending sweep now (or run one here with --here)."""
+    from contracts.commands import SweepRequested
+
+    command = SweepRequested(requested_by="cli")
+    if here:
+        settings = tool_settings("replay")
+
+        async def run_here() -> Any:
+            async with _jobs(settings) as jobs:
+                return await jobs.execute(command)
+
+        report = _run(run_here())
+        _print_json({"runId": report.run_id, **report.as_json()})
+        return
+    settings = tool_settings("sweep")
+
+    async def queue() -> int:
+        from contracts.subjects import SWEEP_SUBJECT
+        from services.infra.broker import connect
+
+        nc = await connect(settings, name="dfm-cli", max_reconnect_attempts=2)
+        try:
+            ack = await nc.jetstream().publish(SWEEP_SUBJECT, command.model_dump_json().encode(),
+                                               headers={"Nats-Msg-Id": f"sweep:manual:{command.command_id}"})
+        finally:
+            await nc.drain()
+        return int(ack.seq)
+
+    try:
+        seq = asyncio.run(queue())
+    except Exception as exc:  # connection failures are one line
+        _fail(f"cannot queue the sweep: {type(exc).__name__}: {exc}", code=1)
+    typer.echo(f"sweep {command.command_id} queued (jobs stream seq {seq})")
+
+
+def trace(event_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """An event's life: receipt, stream sequence, deliveries, vendor calls, mappings touched.
+
+    Each delivery per consumer with its outcome, each vendor call (method, path, status,
+    latency), the mappings written, the sync_log rows and the current state."""
+    from services.tooling.operations import show_event
+
+    settings = tool_settings("trace")
+
+    async def go() -> dict[str, Any]:
+        async with _engine(settings) as engine:
+            return await show_event(engine, _parse_id(event_id))
+
+    detail = _run(go())
+    if as_json:
+        _print_json(detail)
+        return
+    for line in format_trace(detail):
+        typer.echo(line)
+
+
+def format_trace(d: dict[str, Any]) -> list[str]:
+    """The trace as text lines, in time order."""
+    lines = [
+        f"event {d['id']}  {d['source']} {d['eventType']} ({d.get('canonicalType') or d['table']})  "
+        f"entity {d['entityType']}:{d['entityId']}",
+        f"  {d['receivedAt']}  received; stream seq {d['streamSeq'] or '-'}; dedupe key {d['dedupeKey']}",
+    ]
+    for a in d["attemptLog"]:
+        via = f" via {a['redrive']}" if a["redrive"] else ""
+        lines.append(f"  {a['startedAt']}  {a['consumer']} attempt {a['attempt']}{via} "
+                     f"(stream seq {a['streamSeq'] or '-'}, delivery #{a['numDelivered'] or '-'})")
+        for c in a["vendorCalls"]:
+            lines.append(f"      {c['vendor']:<8} {c['method']:<6} {c['path']}  → {c['status']}  {c['ms']} ms")
+        for m in a["mappings"]:
+            ids = " ".join(f"{k}={v}" for k, v in m.items() if k not in ("kind", "action"))
+            lines.append(f"      mapping {m['kind']} {m['action']}: {ids}")
+        tail = a["outcome"] or ""
+        lines.append(f"  {a['finishedAt']}  {a['consumer']} → {a['status']} {tail} {a['detail'] or ''}".rstrip())
+    for s in d["syncLog"]:
+        lines.append(f"  sync_log {s['rule'] or '-'} {s['direction']} {s['status']} "
+                     f"{s['sourceId']} → {s['targetId'] or '-'} {s['message'] or ''}".rstrip())
+    for q in d["quarantine"]:
+        lines.append(f"  {q['quarantinedAt']}  quarantined: {q['reason']}"
+                     + (f" (released {q['releasedAt']})" if q["releasedAt"] else ""))
+    for dl in d["deliveries"]:
+        lines.append(f"  now: {dl['consumer']} {dl['status']} {dl['outcome'] or ''} "
+                     f"attempts={dl['attempts']} {dl['lastError'] or ''}".rstrip())
+    lines.append(f"  event status {d['status']} {d['outcome'] or ''} {d['errorMessage'] or d['outcomeReason'] or ''}".rstrip())
+    return lines
+
+
+def purge(dry_run: Annotated[bool, typer.Option("--dry-run", help="count, delete nothing")] = False) -> None:
+    """Apply the retention ages now (what the scheduler's ``jobs.purge`` does daily): one line
+    per table with the rows deleted or emptied, or with --dry-run that would be."""
+    from contracts.commands import PurgeRequested
+    from services.jobs.purge import Purger
+
+    settings = tool_settings("purge")
+
+    async def go() -> Any:
+        async with _engine(settings) as engine:
+            async def shown(name: str, count: int) -> None:
+                typer.echo(f"{name:<34} {count}")
+
+            return await Purger(settings, engine).run(PurgeRequested(dry_run=dry_run, requested_by="cli"),
+                                                      progress=shown)
+
+    report = _run(go())
+    if dry_run:
+        typer.echo(f"dry run: nothing deleted; {report.total} rows would be purged")
+    else:
+        typer.echo(f"purged {report.total} rows in {report.batches} batches")
+
+
+agents_app = typer.Typer(help="The agent directory behind the call lists.", no_args_is_help=True)
+
+
+@agents_app.command("seed")
+def agents_seed() -> None:
+    """Insert or update CHRIS, RAFI and UNASSIGNED, matched to GHL and Aloware users by name."""
+    from services.clients.aloware import AlowareClient
+    from services.clients.ghl import GhlClient
+    from services.tooling.agents import seed_agents
+
+    settings = tool_settings("aloware-sync")
+
+    async def go() -> int:
+        ghl, alo = GhlClient.from_settings(settings), AlowareClient.from_settings(settings)
+        try:
+            async with _engine(settings) as engine:
+                return await seed_agents(engine, await ghl.list_users(), await alo.list_users())
+        finally:
+            await ghl.aclose()
+            await alo.aclose()
+
+    typer.echo(f"agents seeded: {_run(go())} inserted")
+
+
+def backup(
+    directory: Annotated[Path | None, typer.Option(
+        "--dir", help="backup root (default DFM_BACKUP_DIR, else ~/.local/state/dfm/backups)")] = None,
+    keep: Annotated[int | None, typer.Option(min=1, help="backups to keep (default DFM_BACKUP_RETENTION)")] = None,
+    encrypt: Annotated[bool | None, typer.Option(
+        "--encrypt/--no-encrypt", help="encrypt with DFM_BACKUP_KEY (default: when it is set)")] = None,
+) -> None:
+    """Back up the database (pg_dump) and the WEBHOOKS stream (JSON lines) into a new private
+    (0700) directory."""
+    from services.tooling.backup import backup as run_backup
+    from services.tooling.backup import backup_root
+
+    settings = tool_settings("backup")
+    root = backup_root(settings, directory)
+    try:
+        report = asyncio.run(run_backup(settings, root, retention=keep or settings.dfm_backup_retention,
+                                        encrypt=encrypt))
+    except Exception as exc:  # tool failures are one line
+        _fail(f"backup failed: {exc}", code=1)
+    typer.echo(f"backup {report.path}: database {report.database_bytes} bytes, {report.messages} stream messages"
+               + (", encrypted" if report.encrypted else ""))
+
+
+def restore(source: Annotated[Path, typer.Argument(help="a directory written by `dfm backup`")]) -> None:
+    """Restore a backup into DATABASE_URL (replacing what is there) and NATS_URL's WEBHOOKS stream."""
+    from services.tooling.backup import restore as run_restore
+
+    settings = tool_settings("backup")
+    try:
+        result = asyncio.run(run_restore(settings, source))
+    except Exception as exc:  # tool failures are one line
+        _fail(f"restore failed: {exc}", code=1)
+    typer.echo(f"restored {source}: database and {result['messages']} stream messages")
+
+
+effects_app = typer.Typer(
+    help="Irreversible vendor writes (SMS, notes, messages, contacts) whose outcome is unknown.\n\n"
+    "Such a write may or may not have reached the vendor (a timeout or 5xx after the request): its "
+    "delivery is dead with outcome_unknown and nothing resends it. Check the vendor, then resolve:\n\n"
+    "  dfm effects list\n\n"
+    "  dfm effects resolve m2:<GHL messageId> --sent --vendor-id <id>   # it happened\n\n"
+    "  dfm effects resolve note:aloware:call:<id> --not-sent            # it did not: next replay writes\n\n"
+    "then `dfm events replay <event id>`.",
+    no_args_is_help=True,
+)
+
+
+@effects_app.command("list")
+def effects_list() -> None:
+    """Claims in state unknown, oldest first (key, effect, event id, detail)."""
+    from services.domain.effects import list_unknown
+
+    settings = tool_settings("events")
+
+    async def go() -> list[dict[str, Any]]:
+        async with _engine(settings) as engine, engine.connect() as conn:
+            return await list_unknown(conn)
+
+    _print_json(_run(go()))
+
+
+@effects_app.command("resolve")
+def effects_resolve(
+    key: str,
+    sent: Annotated[bool, typer.Option("--sent/--not-sent", help="what the vendor shows")],
+    vendor_id: Annotated[str | None, typer.Option(help="the vendor's id of the write, when sent")] = None,
+) -> None:
+    """--sent records the write done (a replay then does not write); --not-sent deletes the
+    claim (the next replay writes once)."""
+    from services.domain.effects import resolve
+
+    settings = tool_settings("events")
+
+    async def go() -> bool:
+        async with _engine(settings) as engine, engine.begin() as conn:
+            return await resolve(conn, key, "sent" if sent else "not_sent", vendor_id)
+
+    if not _run(go()):
+        _fail(f"no unknown or claimed effect {key}", 1)
+    typer.echo(f"{key}: resolved {'sent' if sent else 'not sent'}")
+
+
+# --- dfm nats: identities and the topology step (services/infra/nats_auth.py) -------------
+nats_app = typer.Typer(help="NATS identities and the stream topology.", no_args_is_help=True)
+
+
+@nats_app.command("creds")
+def nats_creds(
+    out: Annotated[Path, typer.Option(help="directory for the seeds (0600) and auth.inc")],
+    rotate: Annotated[bool, typer.Option(help="new seeds; old and new both accepted until finished")] = False,
+    finish_rotation: Annotated[bool, typer.Option(help="drop the old seeds: only the new are accepted")] = False,
+) -> None:
+    """Write one nkey seed per identity (<identity>.nk) and the servers' auth.inc (public keys and
+    permissions, no secret). Existing seeds are kept; see deploy/README.md "NATS identities"."""
+    from services.infra.nats_auth import write_credentials
+
+    if rotate and finish_rotation:
+        _fail("--rotate and --finish-rotation are two steps: run one, reload the servers, then the other")
+    try:
+        conf = write_credentials(out, rotate=rotate, finish_rotation=finish_rotation)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc), code=1)
+    step = ("rotation started: reload the servers, move services to the new seeds, then --finish-rotation"
+            if rotate else "rotation finished: reload the servers" if finish_rotation else "ready")
+    typer.echo(f"{conf} and the seeds in {out}: {step}")
+
+
+@nats_app.command("certs")
+def nats_certs(
+    out: Annotated[Path, typer.Option(help="directory for ca.pem, ca-key.pem, server-cert.pem, server-key.pem")],
+    host: Annotated[list[str] | None, typer.Option(
+        help="a name or IP clients and routes dial (repeat; default localhost, 127.0.0.1, nats)")] = None,
+) -> None:
+    """Write a private CA and a NATS server certificate signed by it (the servers' tls blocks read
+    them from /etc/nats/tls; clients get ca.pem as NATS_TLS_CA_FILE). An existing CA is kept, so
+    running it again renews the server certificate without touching the clients; see
+    deploy/README.md "NATS TLS"."""
+    from services.infra.nats_auth import DEFAULT_TLS_HOSTS, write_certificates
+
+    hosts = host or list(DEFAULT_TLS_HOSTS)
+    try:
+        write_certificates(out, hosts)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc), code=1)
+    typer.echo(f"{out}: ca.pem (every client), server-cert.pem and server-key.pem (the servers), "
+               f"ca-key.pem (keep offline); hosts {', '.join(hosts)}")
+
+
+def run_topology(settings: Settings, *, allow_downgrade: bool | None = None, wait_s: float = 60.0) -> None:
+    """The topology step as the admin identity, waiting up to ``wait_s`` for NATS to come up
+    (it starts next to the migrations in compose)."""
+    import time
+
+    from services.infra.broker import TopologyDowngrade, prepare_topology
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            asyncio.run(prepare_topology(settings.model_copy(update={"nats_identity": None}),
+                                         allow_downgrade=allow_downgrade))
+            return
+        except (TopologyDowngrade, ConfigError) as exc:
+            _fail(str(exc))
+        except Exception as exc:  # NATS not up yet, or refused: retried, then one line
+            if time.monotonic() >= deadline:
+                _fail(f"topology step failed: {type(exc).__name__}: {exc}", code=1)
+            time.sleep(1.0)  # NATS start-up poll
+
+
+@nats_app.command("topology")
+def nats_topology(
+    allow_downgrade: Annotated[bool, typer.Option(help="allow lowering replicas or max_age")] = False,
+) -> None:
+    """Create or update the streams and durables to the settings (admin identity); refuses to
+    lower a stream's replicas or retention unless --allow-downgrade."""
+    settings = tool_settings("nats")
+    try:
+        settings.require("nats_url")
+    except ConfigError as exc:
+        _fail(str(exc))
+    run_topology(settings, allow_downgrade=allow_downgrade or None, wait_s=10.0)
+    typer.echo("streams WEBHOOKS and JOBS and their durables ready")

@@ -1,0 +1,219 @@
+"""Exclusive claims for vendor writes that cannot be taken back (ARCHITECTURE.md §3,
+invariant 2): an agent's SMS (M-2), a GHL note (CL-3, AR-4), a GHL conversation message
+(M-1), a new GHL contact (CA-3 and the find-or-create of the activity rules).
+
+Every such write is preceded by a row in ``effect_claims`` whose key comes from ids of the
+*source event* (``m2:<GHL messageId>``, ``note:aloware:call:<call id>``), never from text we
+generate or the clock, so every delivery of the event computes the same key. The row is
+inserted with ``INSERT … ON CONFLICT DO NOTHING RETURNING``: only the attempt that got a row
+back performs the write. Its state then says what happened:
+
+``claimed``  an attempt is performing the write. Another delivery of the event (a sweep
+             re-drive, a redelivery after a lost heartbeat) that finds a live claim waits
+             (``RetryLater`` until the claim expires) instead of writing in parallel. A
+             claim whose ``expires_at`` has passed belongs to an attempt that died; one
+             attempt may take it over (``Claim.recovered``) and must first check whether
+             the write happened, where the vendor lets us look (notes, messages, contacts),
+             or treat it as ``unknown`` where it does not (an SMS through Verity).
+``done``     the write happened; ``vendor_id`` is what the vendor called it.
+``unknown``  the write may or may not have happened: the request was sent and then the
+             answer was lost (timeout, connection dropped after the request was written, a
+             5xx). A resend could duplicate it, so the delivery ends ``dead`` with
+             ``outcome_unknown: …`` (``OutcomeUnknown``) and a replay does not resend
+             while the row stays ``unknown``; it only looks again where the vendor lets it.
+
+A failure that proves the vendor did not act (a 4xx refusal, a 429, our own rate budget,
+no connection made) releases the claim, and the ordinary retry runs the write again.
+
+Operators resolve ``unknown`` rows after checking the vendor (``resolve``): ``sent`` with
+the vendor's id records the write as done (a replay then finishes without writing);
+``not_sent`` deletes the row, so the next replay of the event performs the write.
+
+``conn`` in every function must commit each statement at once (the contact-lock connection
+is in autocommit mode; elsewhere use ``engine.begin()`` per call): a claim other processes
+cannot see yet is not a claim.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+import httpx
+from sqlalchemy import delete, extract, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.infra.db.models import EffectClaimRow
+from services.infra.errors import OutcomeUnknown, Permanent, RetryLater
+from services.infra.logging import get_logger
+
+__all__ = [
+    "Claim",
+    "Settled",
+    "claim",
+    "done",
+    "expire",
+    "list_unknown",
+    "may_have_landed",
+    "release",
+    "reopen",
+    "resolve",
+    "unknown",
+]
+
+log = get_logger(__name__)
+
+# transport failures raised before a byte of the request left: the vendor cannot have acted
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """This attempt holds the write. ``recovered``: it took over the expired claim of an
+    attempt that died, which may have written before dying."""
+
+    key: str
+    token: uuid.UUID
+    recovered: bool = False
+
+
+@dataclass(frozen=True)
+class Settled:
+    """The write was claimed and settled before: ``done`` (with the vendor's id) or
+    ``unknown`` (with what was seen)."""
+
+    key: str
+    state: Literal["done", "unknown"]
+    vendor_id: str | None
+    detail: str | None
+
+
+async def claim(conn: AsyncConnection, key: str, effect: str, *, event_id: uuid.UUID | None,
+                ttl_s: float) -> Claim | Settled:
+    """Claim ``key`` for this attempt, or say how an earlier claim ended.
+
+    Raises ``RetryLater`` (not counted against the retry budget: no vendor was asked) while
+    another attempt holds a live claim, with the delay until that claim expires."""
+    token = uuid.uuid4()
+    expires = func.now() + timedelta(seconds=ttl_s)
+    for _ in range(3):  # a row released or resolved between the statements: claim again
+        inserted = await conn.scalar(
+            pg_insert(EffectClaimRow)
+            .values(key=key, effect=effect, state="claimed", token=token, event_id=event_id,
+                    expires_at=expires)
+            .on_conflict_do_nothing(index_elements=["key"])
+            .returning(EffectClaimRow.token))
+        if inserted is not None:
+            return Claim(key, token)
+        taken = await conn.scalar(
+            update(EffectClaimRow)
+            .where(EffectClaimRow.key == key, EffectClaimRow.state == "claimed", EffectClaimRow.expires_at < func.now())
+            .values(token=token, event_id=event_id, claimed_at=func.now(), expires_at=expires,
+                    attempts=EffectClaimRow.attempts + 1)
+            .returning(EffectClaimRow.token))
+        if taken is not None:
+            log.warning("effect_claim_recovered", key=key, effect=effect)
+            return Claim(key, token, recovered=True)
+        row = (await conn.execute(
+            select(EffectClaimRow.state, EffectClaimRow.vendor_id, EffectClaimRow.detail,
+                   extract("epoch", EffectClaimRow.expires_at - func.now()).label("left"))
+            .where(EffectClaimRow.key == key))).first()
+        if row is None:
+            continue
+        if row.state in ("done", "unknown"):
+            return Settled(key, row.state, row.vendor_id, row.detail)
+        raise RetryLater(max(1.0, float(row.left) + 1.0), f"{effect} {key} is being written by another attempt",
+                         counts_as_attempt=False)
+    raise RetryLater(None, f"{effect} {key}: claim kept changing")
+
+
+async def done(conn: AsyncConnection, key: str, vendor_id: str | None) -> None:
+    """The write happened (this attempt's, or one found at the vendor)."""
+    await conn.execute(update(EffectClaimRow).where(EffectClaimRow.key == key)
+                       .values(state="done", vendor_id=vendor_id, detail=None, settled_at=func.now()))
+
+
+async def unknown(conn: AsyncConnection, key: str, detail: str) -> None:
+    """The write may have happened; an operator decides (never an automatic resend)."""
+    await conn.execute(update(EffectClaimRow).where(EffectClaimRow.key == key, EffectClaimRow.state != "done")
+                       .values(state="unknown", detail=detail[:2000], settled_at=func.now()))
+    log.error("effect_outcome_unknown", key=key, detail=detail[:200])
+
+
+async def release(conn: AsyncConnection, owned: Claim) -> None:
+    """The vendor did not act on the write: free the key so a retry can perform it."""
+    await conn.execute(delete(EffectClaimRow).where(EffectClaimRow.key == owned.key, EffectClaimRow.token == owned.token,
+                                                 EffectClaimRow.state == "claimed"))
+
+
+async def expire(conn: AsyncConnection, owned: Claim) -> None:
+    """Give the claim up without saying the write did not happen (this attempt could not
+    check the vendor): the next attempt takes it over at once and checks again."""
+    await conn.execute(update(EffectClaimRow).where(EffectClaimRow.key == owned.key, EffectClaimRow.token == owned.token,
+                                                 EffectClaimRow.state == "claimed")
+                       .values(expires_at=func.now()))
+
+
+async def reopen(conn: AsyncConnection, key: str, vendor_id: str, *, event_id: uuid.UUID | None,
+                 ttl_s: float) -> Claim | None:
+    """Claim a ``done`` write again because what it made is gone at the vendor (a GHL
+    contact deleted since): only the attempt whose update matched may write it anew."""
+    token = uuid.uuid4()
+    taken = await conn.scalar(
+        update(EffectClaimRow)
+        .where(EffectClaimRow.key == key, EffectClaimRow.state == "done", EffectClaimRow.vendor_id == vendor_id)
+        .values(state="claimed", token=token, event_id=event_id, claimed_at=func.now(), vendor_id=None,
+                expires_at=func.now() + timedelta(seconds=ttl_s), settled_at=None,
+                attempts=EffectClaimRow.attempts + 1)
+        .returning(EffectClaimRow.token))
+    return Claim(key, token) if taken is not None else None
+
+
+def may_have_landed(exc: BaseException) -> bool:
+    """False only when the failure proves the vendor did not act on the request.
+
+    Proof is: a ``Permanent`` refusal (a 4xx; our own ``OutcomeUnknown`` excepted), a
+    ``RetryLater`` with a vendor-given delay (429) or from our own rate budget (raised
+    before the request), or a transport error raised before the request was sent (no
+    connection). Everything else (a read or write timeout, a connection dropped mid-way, a
+    5xx, an unreadable 2xx) may have reached the vendor. A 429 and a 503 are refusals
+    (``RetryLater.status``, set by ``clients/http.py``): the vendor says it did not take the
+    request. Any other 5xx counts as "may have landed": the safe side for a write that cannot
+    be taken back.
+    """
+    if isinstance(exc, OutcomeUnknown):
+        return True
+    if isinstance(exc, Permanent):
+        return False
+    if isinstance(exc, RetryLater):
+        if not exc.counts_as_attempt or exc.delay is not None or exc.status in (429, 503):
+            return False
+        # clients/http.py chains the httpx error for transport failures; a 5xx has no cause
+        return not isinstance(exc.__cause__, _NOT_SENT)
+    return True
+
+
+async def resolve(conn: AsyncConnection, key: str, outcome: Literal["sent", "not_sent"],
+                  vendor_id: str | None = None) -> bool:
+    """Operator decision on an ``unknown`` (or stuck ``claimed``) write, after checking the
+    vendor: ``sent`` records it done (a replay then does not write), ``not_sent`` deletes
+    the claim (the next replay writes). False when there is no such unsettled claim."""
+    where = (EffectClaimRow.key == key, EffectClaimRow.state.in_(("unknown", "claimed")))
+    if outcome == "sent":
+        result = await conn.execute(update(EffectClaimRow).where(*where).values(
+            state="done", vendor_id=vendor_id, detail="resolved by operator: sent", settled_at=func.now()))
+    else:
+        result = await conn.execute(delete(EffectClaimRow).where(*where))
+    return bool(result.rowcount)
+
+
+async def list_unknown(conn: AsyncConnection, limit: int = 100) -> list[dict[str, Any]]:
+    """Writes waiting for an operator, oldest first."""
+    rows = await conn.execute(
+        select(EffectClaimRow.key, EffectClaimRow.effect, EffectClaimRow.event_id, EffectClaimRow.detail,
+               EffectClaimRow.claimed_at, EffectClaimRow.settled_at)
+        .where(EffectClaimRow.state == "unknown").order_by(EffectClaimRow.claimed_at).limit(limit))
+    return [dict(r._mapping) for r in rows]

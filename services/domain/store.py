@@ -1,0 +1,168 @@
+"""Database side of the sync rules: per-contact locks, mappings, echo ledger, sync_log."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import uuid4
+
+from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.infra.db.models import (
+    ContactListMembershipRow,
+    ContactMappingRow,
+    OutboundWriteRow,
+    SyncLogRow,
+)
+from services.infra.errors import MappingConflict
+from services.infra.trace import mapping_touched, sync_error_logged
+
+
+@asynccontextmanager
+async def contact_lock(engine: AsyncEngine, key: str) -> AsyncIterator[AsyncConnection]:
+    """Serialise every rule touching this contact (spec/outbound.md §0.1).
+
+    A session-level advisory lock on a connection in autocommit mode: each write made
+    through the yielded connection (mapping, echo ledger, sync_log) commits at once, so a
+    vendor write that succeeded is never "forgotten" by a later failure in the same rule,
+    while the lock still spans the whole rule, vendor calls included.
+    """
+    async with engine.connect() as conn:
+        auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await auto.execute(text("SELECT pg_advisory_lock(hashtext(:k))"), {"k": "contact:" + key})
+        try:
+            yield auto
+        finally:
+            await auto.execute(text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": "contact:" + key})
+
+
+def contact_lock_key(phone: str | None, ghl_id: str | None = None, aloware_id: str | None = None) -> str:
+    """E.164 phone if known, else ``ghl:<id>``, else ``aloware:<id>``."""
+    if phone:
+        return phone
+    if ghl_id:
+        return f"ghl:{ghl_id}"
+    return f"aloware:{aloware_id}"
+
+
+async def mapping_by_aloware(conn: AsyncConnection, aloware_id: str) -> Any:
+    return (await conn.execute(select(ContactMappingRow).where(ContactMappingRow.aloware_contact_id == aloware_id))).first()
+
+
+async def mapping_by_ghl(conn: AsyncConnection, ghl_id: str) -> Any:
+    return (await conn.execute(select(ContactMappingRow).where(ContactMappingRow.ghl_contact_id == ghl_id))).first()
+
+
+async def mapping_by_phone(conn: AsyncConnection, phone: str) -> Any:
+    """The mapping of an E.164 number (the most recently synced one if several)."""
+    return (await conn.execute(
+        select(ContactMappingRow).where(ContactMappingRow.phone_number == phone, ContactMappingRow.ghl_deleted_at.is_(None))
+        .order_by(ContactMappingRow.last_synced_at.desc()).limit(1))).first()
+
+
+async def drop_mapping(conn: AsyncConnection, ghl_id: str) -> None:
+    await conn.execute(delete(ContactMappingRow).where(ContactMappingRow.ghl_contact_id == ghl_id))
+    mapping_touched("contact", "dropped", ghl_contact_id=ghl_id)
+
+
+async def upsert_mapping(
+    conn: AsyncConnection,
+    *,
+    ghl_id: str,
+    aloware_id: str | None,
+    phone: str | None,
+    email: str | None,
+    direction: str,
+    aloware_event_at: datetime | None = None,
+    ghl_event_at: datetime | None = None,
+    ghl_snapshot: dict[str, Any] | None = None,
+) -> None:
+    """CA-7/CG-7: upsert on the GHL id; a different non-null Aloware id is a conflict."""
+    existing = await mapping_by_ghl(conn, ghl_id)
+    if existing and aloware_id and existing.aloware_contact_id not in (None, aloware_id):
+        raise MappingConflict(
+            f"GHL {ghl_id} is mapped to Aloware {existing.aloware_contact_id}, not {aloware_id}"
+        )
+    now = datetime.now(UTC)
+    values: dict[str, Any] = {"last_synced_at": now, "updated_at": now}
+    if aloware_id:
+        values["aloware_contact_id"] = aloware_id
+    if phone:
+        values["phone_number"] = phone
+    if email:
+        values["email"] = email.lower()
+    if aloware_event_at:
+        values["aloware_event_at"] = aloware_event_at
+    if ghl_event_at:
+        values["ghl_event_at"] = ghl_event_at
+    if ghl_snapshot is not None:
+        values["ghl_snapshot"] = ghl_snapshot
+    await conn.execute(
+        pg_insert(ContactMappingRow)
+        .values(ghl_contact_id=ghl_id, sync_direction=direction, **values)
+        .on_conflict_do_update(index_elements=["ghl_contact_id"], set_=values)
+    )
+    mapping_touched("contact", "upserted", ghl_contact_id=ghl_id, aloware_contact_id=aloware_id)
+
+
+async def record_write(conn: AsyncConnection, system: str, entity_id: str, field_hash: str) -> None:
+    """LP-1: remember our own write so its webhook echo is recognised."""
+    await conn.execute(insert(OutboundWriteRow).values(system=system, entity_id=entity_id, field_hash=field_hash))
+
+
+async def is_echo(conn: AsyncConnection, system: str, entity_id: str, field_hash: str, window_s: int) -> bool:
+    """True when we wrote exactly this projection of this record within the window."""
+    since = datetime.now(UTC) - timedelta(seconds=window_s)
+    found = await conn.scalar(
+        select(func.count()).select_from(OutboundWriteRow).where(
+            OutboundWriteRow.system == system, OutboundWriteRow.entity_id == entity_id,
+            OutboundWriteRow.field_hash == field_hash, OutboundWriteRow.written_at >= since,
+        )
+    )
+    return bool(found)
+
+
+async def log_sync(
+    conn: AsyncConnection,
+    *,
+    direction: str,
+    entity_type: str,
+    source_id: str,
+    status: str,
+    started_at: datetime,
+    correlation_id: str,
+    rule: str,
+    attempt: int,
+    target_id: str | None = None,
+    message: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """One ``sync_log`` row per rule execution (spec/outbound.md §0.3)."""
+    row_id = uuid4()
+    await conn.execute(
+        insert(SyncLogRow).values(
+            id=row_id, direction=direction, entity_type=entity_type, entity_id=source_id, source_id=source_id,
+            target_id=target_id, status=status, started_at=started_at, finished_at=datetime.now(UTC),
+            error_message=message, correlation_id=correlation_id, rule=rule, attempt=attempt,
+            details=details,
+        )
+    )
+    if status == "error":  # the attempt's failure row already exists (services/infra/delivery.py)
+        sync_error_logged(row_id)
+
+
+async def mark_ghl_deleted(conn: AsyncConnection, ghl_id: str) -> None:
+    """D-3: the GHL contact is gone; its list memberships end."""
+    now = datetime.now(UTC)
+    await conn.execute(update(ContactMappingRow).where(ContactMappingRow.ghl_contact_id == ghl_id)
+                       .values(ghl_deleted_at=now, updated_at=now))
+    mapping_touched("contact", "ghl_deleted", ghl_contact_id=ghl_id)
+    await conn.execute(
+        update(ContactListMembershipRow)
+        .where(ContactListMembershipRow.contact_id == ghl_id, ContactListMembershipRow.status == "active")
+        .values(status="removed", reason="ghl_contact_deleted", updated_at=now)
+    )

@@ -1,0 +1,565 @@
+"""Per-consumer event state and the delivery loop every sync consumer shares.
+
+For each message: make sure the event's row exists (permanent dedupe: a duplicate outside
+the stream window is acked and not processed), refuse quarantined events, claim the
+consumer's ``event_deliveries`` row (a finished delivery is never re-run, a running one is
+not run twice), run the rule under ``DFM_RULE_DEADLINE_S``, then record the outcome and the
+event's aggregate status *before* acking (spec/inbound.md §4.2, spec/outbound.md §0.1).
+Errors decide delivery (STYLE.md §4): RetryLater → nak with the delay (error, or dead once
+the budget is spent), Permanent → dead and terminate; a rule past its deadline is a
+``DeadlineExceeded`` retry. Every failed attempt also leaves one ``sync_log`` error row
+(spec/outbound.md §0.3), written with the delivery's end state, so the sync-error-rate alert
+counts every failure and not only those a rule logged itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from nats.aio.msg import Msg
+from opentelemetry.trace import SpanKind
+from prometheus_client import Counter, Histogram
+from pydantic import ValidationError
+from sqlalchemy import case, cast, exists, extract, func, literal, select, text, update
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts.envelope import HEADER_REDRIVE, WebhookEvent
+from contracts.streams import ConsumerSpec, expected_consumers
+from contracts.subjects import EntityType
+from services.infra import tracing
+from services.infra.db.errors import UNSTORABLE_VALUE, driver_error, sqlstate
+from services.infra.db.models import EVENT_TABLES, EventAttemptRow, EventDeliveryRow, SyncLogRow
+from services.infra.errors import (
+    DeadlineExceeded,
+    MappingConflict,
+    Misconfigured,
+    Permanent,
+    RetryLater,
+)
+from services.infra.events import row_for
+from services.infra.logging import get_logger
+from services.infra.settings import Settings
+from services.infra.trace import CURRENT, AttemptTrace
+
+log = get_logger(__name__)
+
+OutcomeName = Literal["applied", "skipped", "ignored", "echo"]
+EVENTS = Counter("dfm_events_total", "Event outcomes per consumer",
+                 ["consumer", "canonical_type", "status", "outcome"])
+PROCESSING = Histogram("dfm_event_processing_duration_seconds", "Rule duration",
+                       ["consumer", "canonical_type"])
+ATTEMPTS = Histogram("dfm_event_attempts", "Attempts an event needed", ["consumer"],
+                     buckets=(1, 2, 3, 5, 8, 11, 20))
+ECHOES = Counter("dfm_events_echo_total", "Webhooks recognised as echoes of our own writes",
+                 ["source"])
+MALFORMED = Counter("dfm_malformed_messages_total", "Stream messages that are not envelopes",
+                    ["consumer"])
+HEARTBEAT_FAILURES = Counter("dfm_heartbeat_failures_total",
+                             "Heartbeats (+WPI or claim renewal) that failed and are tried again next tick",
+                             ["consumer"])
+CLAIM_HELD = Counter("dfm_deliveries_claim_held_total",
+                     "Messages NAKed because another attempt holds a live claim on the delivery", ["consumer"])
+RULE_FAILURES = Counter("dfm_rule_failures_total",
+                        "Failed rule attempts (each one sync_log error row), by cause", ["consumer", "cause"])
+# The sync_log direction of a consumer's rules, by the event's source (spec/outbound.md §0.3):
+# the failure row of a rule that wrote none itself says what the rule would have.
+_DIRECTIONS = {
+    ("ghl-sync", "aloware"): "aloware_to_ghl", ("ghl-sync", "texting"): "texting_to_ghl",
+    ("ghl-sync", "broadcast"): "texting_to_ghl", ("aloware-sync", "ghl"): "ghl_to_aloware",
+    ("aloware-sync", "texting"): "texting_to_aloware", ("verity-sync", "ghl"): "ghl_to_verity",
+    ("verity-sync", "ghl_provider"): "ghl_to_texting",
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a rule did: ``applied``, ``skipped``, ``ignored`` or ``echo`` (with a reason)."""
+
+    outcome: OutcomeName
+    reason: str | None = None
+
+
+Rule = Callable[[WebhookEvent, int], Awaitable[Outcome]]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failed attempt as its ``sync_log`` error row records it: the ledger's reason and,
+    for the failures alerted on their own (spec/outbound.md §2.6), a ``cause``."""
+
+    reason: str
+    cause: str | None = None
+
+
+def failure_cause(exc: Exception, trace: AttemptTrace) -> str | None:
+    """``mapping_conflict`` (CA-7), ``provider_misconfigured`` (the GHL conversation provider
+    refused or unset, G12; Verity refusing our credentials), else None. From the error's type
+    and the attempt's recorded vendor answers, never from its text."""
+    if isinstance(exc, MappingConflict):
+        return "mapping_conflict"
+    if isinstance(exc, Misconfigured):
+        return "provider_misconfigured"
+    refused = any(c["vendor"] == "verity" and c["status"] in ("401", "403") for c in trace.vendor_calls)
+    if isinstance(exc, Permanent) and refused:
+        return "provider_misconfigured"  # VERITY_API_KEY / the forward secret not Verity's
+    return None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What ``DeliveryLedger.begin`` decided for one message: run the rule as ``attempt``;
+    or, with ``held_for_s``, another attempt holds a live claim (NAK, look again then); or,
+    with neither, there is nothing to do (a duplicate, a finished or quarantined delivery:
+    ack)."""
+
+    attempt: int | None = None
+    held_for_s: float | None = None
+
+
+_AGGREGATE = text("SELECT dfm_event_aggregate(CAST(:table AS text), CAST(:event AS uuid), "
+                  "CAST(:expected AS text[]), CAST(:error AS text), CAST(:next AS timestamptz))")
+
+
+def event_table(event: WebhookEvent) -> str:
+    """Which event table holds ``event``: webhook, texting or broadcast."""
+    return {"texting": "texting", "broadcast": "broadcast"}.get(event.source.value, "webhook")
+
+
+class DeliveryLedger:
+    """Reads and writes ``event_deliveries`` and the event's own row for one consumer.
+
+    A ``processing`` delivery is a claim held by one running attempt. The attempt renews
+    ``claimed_at`` with every heartbeat (``renew``) until it finishes or reaches the rule
+    deadline; the claim is live while ``claimed_at`` is younger than ``claim_lease_s``
+    (three heartbeats). So a claim expires one lease after its holder died, or at the latest
+    one lease after the rule deadline of a holder that is stuck; only then may another
+    delivery of the event take it over.
+    """
+
+    def __init__(self, engine: AsyncEngine, consumer: str, settings: Settings, *,
+                 claim_lease_s: float | None = None) -> None:
+        self._engine = engine
+        self.consumer = consumer
+        self._settings = settings
+        self.claim_lease_s = claim_lease_s or 3 * heartbeat_interval(settings.dfm_consumer_ack_wait_s or 60.0)
+
+    async def begin(self, event: WebhookEvent, stream_seq: int | None) -> Claim:
+        """Claim this consumer's delivery for a new attempt (see ``Claim``).
+
+        A ``pending`` or ``error`` delivery is claimed; so is a ``processing`` one whose
+        claim expired (its attempt died, or is stuck past the deadline and no longer
+        renews). A *live* claim is not taken: two deliveries of one event at once (a sweep
+        re-drive of a lagging event, a redelivery after a NATS blip while the first attempt
+        still runs) would otherwise run the rule twice concurrently. Such a message is not
+        acked either: if it is the very message the running attempt holds, an ack would
+        settle it for that attempt, and were the attempt then to die the event would be
+        lost to the stream. It is NAKed until the claim's lease could have run out
+        (``held_for_s``, at most one lease): by then the attempt has finished (the delivery
+        is done and the message is acked) or has died (the claim has expired and this
+        delivery runs the rule), so it is never run twice and never dropped.
+        """
+        table_name = event_table(event)
+        table, values = row_for(event, stream_seq, self._settings.default_phone_region)
+        async with self._engine.begin() as conn:
+            # one round trip: the row this statement inserted, else the one already there. No
+            # conflict target: the recorder or another consumer inserting the same event at the
+            # same moment collides on the primary key too, and that must not be an error (it
+            # was: an IntegrityError and a NAK, ~1 s late, in the e2e bench)
+            inserted = (insert(table).values(**values).on_conflict_do_nothing()
+                        .returning(table.id, table.status).cte("inserted"))
+            existing = select(table.id, table.status).where(table.dedupe_key == event.dedupe_key)
+            row = (await conn.execute(select(inserted.c.id, inserted.c.status).union_all(existing))).first()
+            if row is None:  # another transaction committed it while this statement waited
+                row = (await conn.execute(existing)).one()
+            if row.id != event.event_id:
+                log.info("duplicate_event_skipped", event_id=str(event.event_id), first_id=str(row.id))
+                return Claim()
+            if row.status == "quarantined" or event.outcome_hint:
+                return Claim()
+            # claimed_at on the database clock, written and compared there: replicas' clocks
+            # may differ by more than a lease
+            lease = timedelta(seconds=self.claim_lease_s)
+            expired = EventDeliveryRow.claimed_at.is_(None) | (EventDeliveryRow.claimed_at < func.now() - lease)
+            claimed = (
+                await conn.execute(
+                    insert(EventDeliveryRow)
+                    .values(event_id=event.event_id, consumer=self.consumer, event_table=table_name,
+                            status="processing", attempts=1, claimed_at=func.now())
+                    .on_conflict_do_update(
+                        index_elements=["event_id", "consumer"],
+                        set_={"status": "processing", "attempts": EventDeliveryRow.attempts + 1,
+                              "claimed_at": func.now(), "updated_at": datetime.now(UTC)},
+                        where=EventDeliveryRow.status.in_(("pending", "error"))
+                        | ((EventDeliveryRow.status == "processing") & expired),
+                    )
+                    .returning(EventDeliveryRow.attempts)
+                )
+            ).scalar_one_or_none()
+            if claimed is None:
+                return await self._not_claimed(conn, event)
+            await self._aggregate(conn, event, table)
+        return Claim(attempt=int(claimed))
+
+    async def _not_claimed(self, conn: Any, event: WebhookEvent) -> Claim:
+        """Finished (ack), or held by a live attempt: look again when its lease could end."""
+        remaining = extract("epoch", EventDeliveryRow.claimed_at + timedelta(seconds=self.claim_lease_s) - func.now())
+        state = (await conn.execute(
+            select(EventDeliveryRow.status, remaining.label("remaining"))
+            .where(EventDeliveryRow.event_id == event.event_id, EventDeliveryRow.consumer == self.consumer))).first()
+        if state is not None and state.status not in ("processing", "pending", "error"):
+            return Claim()  # done or dead: never run again
+        # processing (live), or changed since the claim was refused: never longer than a lease
+        wait = float(state.remaining) if state is not None and state.remaining is not None else 0.0
+        return Claim(held_for_s=min(max(wait, 0.5), self.claim_lease_s))
+
+    async def renew(self, event: WebhookEvent, attempt: int) -> bool:
+        """Keep ``attempt``'s claim live (a heartbeat); False when it is no longer ours (it
+        expired and another delivery took it over, or the delivery was finished)."""
+        async with self._engine.begin() as conn:
+            renewed = await conn.execute(
+                update(EventDeliveryRow)
+                .where(EventDeliveryRow.event_id == event.event_id, EventDeliveryRow.consumer == self.consumer,
+                       EventDeliveryRow.status == "processing", EventDeliveryRow.attempts == attempt)
+                .values(claimed_at=func.now()))
+        return bool(renewed.rowcount)
+
+    async def finish(
+        self,
+        event: WebhookEvent,
+        status: str,
+        *,
+        outcome: Outcome | None = None,
+        error: str | None = None,
+        next_attempt_at: datetime | None = None,
+        refund_attempt: bool = False,
+        attempt: int | None = None,
+        trace: AttemptTrace | None = None,
+        failure: Failure | None = None,
+    ) -> None:
+        """Record the delivery's end state, the event's aggregate and (with ``trace``) the
+        attempt's ``event_attempts`` row, in one transaction; with ``failure`` too, the
+        attempt's ``sync_log`` error row (``_failure_rows``)."""
+        table = EVENT_TABLES[event_table(event)]
+        values: dict[str, Any] = {
+            "status": status, "updated_at": datetime.now(UTC), "next_attempt_at": next_attempt_at,
+            "outcome": outcome.outcome if outcome else None,
+            "outcome_reason": outcome.reason if outcome else None,
+        }
+        if outcome is not None and outcome.outcome != "applied":
+            # two deliveries of one event ran at once and this one found the work done: the
+            # event's effect was applied, and that is what the delivery keeps saying
+            keep = EventDeliveryRow.outcome == "applied"
+            values["outcome"] = case((keep, "applied"), else_=outcome.outcome)
+            values["outcome_reason"] = case((keep, EventDeliveryRow.outcome_reason), else_=outcome.reason)
+        if error is not None:
+            values["last_error"] = error[:2000]
+        elif status == "done":
+            values["last_error"] = None  # the history stays in event_attempts
+        if refund_attempt:
+            values["attempts"] = EventDeliveryRow.attempts - 1
+        delivery = (update(EventDeliveryRow)
+                    .where(EventDeliveryRow.event_id == event.event_id, EventDeliveryRow.consumer == self.consumer)
+                    .values(**values))
+        if trace is not None and attempt is not None:  # all writes in one statement (round trip)
+            ctes = [delivery.cte("delivery")]
+            if failure is not None:
+                ctes += self._failure_rows(event, status, attempt, trace, failure)
+            delivery = insert(EventAttemptRow).values(
+                event_id=event.event_id, consumer=self.consumer, attempt=attempt,
+                stream_seq=trace.stream_seq, num_delivered=trace.num_delivered,
+                replay_of=trace.replay_of, started_at=trace.started_at, status=status,
+                outcome=outcome.outcome if outcome else None,
+                detail=(outcome.reason if outcome else error),
+                vendor_calls=trace.vendor_calls, mappings=trace.mappings,
+            ).add_cte(*ctes)
+        async with self._engine.begin() as conn:
+            await conn.execute(delivery)
+            await self._aggregate(conn, event, table, error=error, next_attempt_at=next_attempt_at)
+
+    def _failure_rows(self, event: WebhookEvent, status: str, attempt: int, trace: AttemptTrace,
+                      failure: Failure) -> list[Any]:
+        """The failed attempt's ``sync_log`` error row, as CTEs of ``finish``'s statement.
+
+        A rule that logged its own error row in this attempt (M-1, F-1: with its rule id and
+        target) keeps it: the delivery's facts and the cause are merged into its ``details``
+        and no second row is written, so the error rate counts the attempt once. Otherwise,
+        or when the rule's row was rolled back with its transaction, one row from what the
+        ledger knows: the consumer's direction for the source, the event's entity, the
+        reason the delivery records anyway (no payload data), ``rule`` unknown (NULL)."""
+        mark = {"consumer": self.consumer, "canonicalType": event.canonical_type, "delivery": status}
+        if failure.cause:
+            mark["cause"] = failure.cause
+        entity = "message" if event.entity_type is EntityType.PROVIDER_MESSAGE else event.entity_type.value
+        row = {
+            "direction": _DIRECTIONS.get((self.consumer, event.source.value), "unknown"),
+            "entity_type": entity, "entity_id": event.entity_id or "unknown",
+            "source_id": event.entity_id or "unknown", "status": "error", "started_at": trace.started_at,
+            "finished_at": func.now(), "error_message": failure.reason[:2000],
+            "correlation_id": str(event.event_id), "attempt": attempt, "details": cast(mark, JSONB),
+        }
+        if not trace.sync_errors:
+            return [insert(SyncLogRow).values(**row).cte("sync_error")]
+        # details may be SQL NULL or JSON null (how log_sync stores None): merge into an object
+        details = case((func.jsonb_typeof(SyncLogRow.details) == "object", SyncLogRow.details), else_=cast({}, JSONB))
+        marked = (update(SyncLogRow).where(SyncLogRow.id.in_(trace.sync_errors), SyncLogRow.status == "error")
+                  .values(details=details.op("||")(cast(mark, JSONB)))
+                  .returning(SyncLogRow.id).cte("sync_marked"))
+        columns = [SyncLogRow.__table__.c[name] for name in row]
+        values: list[Any] = [v if name in ("finished_at", "details") else literal(v, type_=SyncLogRow.__table__.c[name].type)
+                  for name, v in row.items()]
+        unless_marked = select(*values).where(~exists(select(marked.c.id)))
+        return [marked, insert(SyncLogRow).from_select(columns, unless_marked).cte("sync_error")]
+
+    async def _aggregate(self, conn: Any, event: WebhookEvent, table: Any, *,
+                         error: str | None = None, next_attempt_at: datetime | None = None) -> None:
+        """The event's status from its deliveries (spec/inbound.md §4.2), in one round trip.
+
+        The database function locks the event row, then reads the deliveries and updates the
+        row (migrations/versions/0004_round_trip_functions.py): dead > error > processing >
+        pending > done over the consumers that take the subject (no delivery row yet counts as
+        pending); when done, the best outcome (applied > echo > skipped > ignored) and a
+        reason, preferring one that says more than "Unhandled…"/"…_disabled"; on error/dead,
+        the error and next attempt time. A quarantined event is left alone."""
+        await conn.execute(_AGGREGATE, {"table": table.__tablename__, "event": event.event_id,
+                                        "expected": expected_consumers(event.subject), "error": error,
+                                        "next": next_attempt_at})
+
+
+def consumer_batch(settings: Settings) -> int:
+    """Messages handled at once by one process: a rule holds its contact-lock connection and
+    briefly a second one (rate budget, ledger), so the pool must cover two per message."""
+    return max(1, (settings.db_max_connections - 1) // 2)
+
+
+def heartbeat_interval(ack_wait_s: float) -> float:
+    """How often a running rule tells JetStream (+WPI) and the ledger (claim) it is alive:
+    three times per AckWait, so one lost beat neither redelivers the message nor expires
+    the claim."""
+    return max(0.5, ack_wait_s / 3)
+
+
+def failure_reason(exc: Exception) -> str:
+    """An unexpected exception as a ledger reason. For a database error, the server's message
+    only: SQLAlchemy's text adds the statement and its parameters, which can hold personal
+    data (phone numbers in contact-lock keys)."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return f"{type(exc).__name__}: {exc.orig}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def backoff_delay(settings: Settings, attempt: int) -> float:
+    """``min(base · 2^(n−1), max)`` with ±20 % jitter, n = attempts made (spec §4.3)."""
+    base = settings.retry_base_delay_s * (2 ** max(0, attempt - 1))
+    return min(base, settings.retry_max_delay_s) * random.uniform(0.8, 1.2)
+
+
+class EventConsumer:
+    """Runs ``rule`` for every message of one durable consumer, with the ledger around it."""
+
+    def __init__(self, settings: Settings, spec: ConsumerSpec, engine: AsyncEngine, rule: Rule) -> None:
+        self._settings = settings
+        self._spec = spec
+        self._rule = rule
+        self._ack_wait = settings.dfm_consumer_ack_wait_s or spec.ack_wait_s
+        self._heartbeat_s = heartbeat_interval(self._ack_wait)
+        self.ledger = DeliveryLedger(engine, spec.durable, settings, claim_lease_s=3 * self._heartbeat_s)
+
+    async def handle(self, msg: Msg) -> None:
+        """One message, end to end."""
+        try:
+            event = WebhookEvent.from_bytes(msg.data)
+        except (ValidationError, ValueError) as exc:
+            MALFORMED.labels(self._spec.durable).inc()
+            log.error("malformed_message_terminated", consumer=self._spec.durable,
+                      subject=msg.subject, error=str(exc).splitlines()[0])
+            await msg.term()
+            return
+        meta = msg.metadata if msg.reply else None
+        trace = AttemptTrace(
+            stream_seq=meta.sequence.stream if meta else None,
+            num_delivered=meta.num_delivered if meta else None,
+            replay_of=(msg.headers or {}).get(HEADER_REDRIVE),
+        )
+        try:
+            claim = await self.ledger.begin(event, trace.stream_seq)
+        except SQLAlchemyError as exc:  # e.g. a deadlock victim or the database restarting
+            if (cause := driver_error(exc, UNSTORABLE_VALUE)) is not None:
+                # the event's own row cannot be stored: retrying cannot help, and the recorder
+                # gives it a dead_letters row; terminate (the advisory records it too)
+                MALFORMED.labels(self._spec.durable).inc()
+                log.error("unstorable_event_terminated", event_id=str(event.event_id),
+                          consumer=self._spec.durable, error=type(cause).__name__, sqlstate=sqlstate(cause))
+                await msg.term()
+                return
+            log.warning("claim_failed_will_retry", event_id=str(event.event_id),
+                        consumer=self._spec.durable, error=type(exc).__name__)
+            await msg.nak(delay=1.0)
+            return
+        if claim.held_for_s is not None:  # another attempt runs it now (DeliveryLedger.begin)
+            CLAIM_HELD.labels(self._spec.durable).inc()
+            log.info("delivery_claim_held", event_id=str(event.event_id), consumer=self._spec.durable,
+                     delay_s=round(claim.held_for_s, 2), redrive=trace.replay_of)
+            await msg.nak(delay=claim.held_for_s)
+            return
+        if claim.attempt is None:
+            await msg.ack()
+            return
+        attempt = claim.attempt
+        bound = {"event_id": str(event.event_id), "consumer": self._spec.durable,
+                 "canonical_type": event.canonical_type, "subject": event.subject}
+        if trace.replay_of:
+            bound["redrive"] = trace.replay_of
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        heartbeat = asyncio.create_task(self._keep_alive(msg, event, attempt,
+                                                         started + self._settings.dfm_rule_deadline_s))
+        # continues the trace the ingress put in the message headers (tracing.py)
+        with tracing.span(f"{self._spec.durable} {event.canonical_type}", kind=SpanKind.CONSUMER,
+                          parent=msg.headers or {}, attributes={"dfm.event_id": str(event.event_id),
+                                                                "dfm.attempt": attempt}):
+            token = CURRENT.set(trace)
+            try:
+                outcome = await self._run_rule(event, attempt)
+            except RetryLater as exc:
+                heartbeat.cancel()
+                await self._retry(msg, event, attempt, exc, bound, trace)
+            except Permanent as exc:
+                heartbeat.cancel()
+                why = failure_cause(exc, trace)
+                log.warning("event_dead", reason=exc.reason, attempt=attempt, cause=why, **bound)
+                await self.ledger.finish(event, "dead", error=exc.reason, attempt=attempt, trace=trace,
+                                         failure=Failure(exc.reason, why))
+                self._failed(event, "dead", why)
+                await msg.term()
+            except Exception as exc:  # an unexpected bug: retried with back-off, then dead
+                heartbeat.cancel()
+                if (cause := driver_error(exc, UNSTORABLE_VALUE)) is not None:
+                    # a value from the payload PostgreSQL refuses (class 22/54): the same on
+                    # every retry, so dead now instead of after the whole retry budget
+                    reason = f"unstorable_value: {type(cause).__name__} (SQLSTATE {sqlstate(cause)})"
+                    await self._dead(msg, event, attempt, reason, bound, trace)
+                    return
+                reason = failure_reason(exc)
+                if isinstance(exc, DBAPIError):  # a lock or statement timeout, the database away
+                    log.warning("rule_failed", attempt=attempt, error=reason, **bound)
+                else:
+                    log.exception("rule_failed", attempt=attempt, **bound)
+                await self._retry(msg, event, attempt, RetryLater(None, reason), bound, trace)
+            else:
+                heartbeat.cancel()
+                await self.ledger.finish(event, "done", outcome=outcome, attempt=attempt, trace=trace)
+                PROCESSING.labels(self._spec.durable, event.canonical_type).observe(loop.time() - started)
+                ATTEMPTS.labels(self._spec.durable).observe(attempt)
+                EVENTS.labels(self._spec.durable, event.canonical_type, "done", outcome.outcome).inc()
+                if outcome.outcome == "echo":
+                    ECHOES.labels(event.source.value).inc()
+                log.info("event_done", outcome=outcome.outcome, reason=outcome.reason, attempt=attempt, **bound)
+                await msg.ack()
+            finally:
+                CURRENT.reset(token)
+
+    async def _run_rule(self, event: WebhookEvent, attempt: int) -> Outcome:
+        """The rule, cancelled at ``DFM_RULE_DEADLINE_S``: a vendor that stops answering or a
+        wait that never ends must not hold the message, its contact lock and two pool
+        connections for ever. A ``TimeoutError`` of the rule's own is not the deadline."""
+        deadline = self._settings.dfm_rule_deadline_s
+        timeout = asyncio.timeout(deadline)
+        try:
+            async with timeout:
+                return await self._rule(event, attempt)
+        except TimeoutError:
+            if timeout.expired():
+                raise DeadlineExceeded(deadline) from None
+            raise
+
+    async def _keep_alive(self, msg: Msg, event: WebhookEvent, attempt: int, deadline_at: float) -> None:
+        """While the rule runs: tell JetStream (+WPI), so a short AckWait is safe and only a
+        dead process's messages are redelivered, quickly; and renew the delivery's claim, so
+        no other delivery of the event runs it meanwhile (``DeliveryLedger``).
+
+        A failed beat (a NATS reconnect, a database blip) is counted and tried again on the
+        next tick: giving up for good would let a healthy long rule be redelivered and run
+        twice. Past the rule deadline the beats stop: the rule has been cancelled, and one
+        that ignores its cancellation must not keep its message in progress, or its claim
+        live, for ever; JetStream then redelivers and the claim expires one lease later."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            if loop.time() >= deadline_at:
+                log.warning("heartbeat_stopped_past_deadline", event_id=str(event.event_id),
+                            consumer=self._spec.durable, attempt=attempt)
+                return
+            try:
+                await msg.in_progress()
+            except Exception as exc:  # noqa: BLE001 - any failed beat is retried next tick
+                self._beat_failed(event, "in_progress", exc)
+            try:
+                async with asyncio.timeout(self._heartbeat_s):  # never delays the next +WPI
+                    ours = await self.ledger.renew(event, attempt)
+            except Exception as exc:  # noqa: BLE001 - as above
+                self._beat_failed(event, "claim", exc)
+            else:
+                if not ours:
+                    log.warning("delivery_claim_lost", event_id=str(event.event_id),
+                                consumer=self._spec.durable, attempt=attempt)
+
+    def _failed(self, event: WebhookEvent, status: str, cause: str | None) -> None:
+        """Count a failed attempt: as an event outcome and by cause (its sync_log row's)."""
+        EVENTS.labels(self._spec.durable, event.canonical_type, status, "").inc()
+        RULE_FAILURES.labels(self._spec.durable, cause or "other").inc()
+
+    def _beat_failed(self, event: WebhookEvent, beat: str, exc: Exception) -> None:
+        HEARTBEAT_FAILURES.labels(self._spec.durable).inc()
+        log.warning("heartbeat_failed", event_id=str(event.event_id), consumer=self._spec.durable,
+                    beat=beat, error=type(exc).__name__)
+
+    async def _dead(self, msg: Msg, event: WebhookEvent, attempt: int, reason: str,
+                    bound: dict[str, Any], trace: AttemptTrace) -> None:
+        """End the delivery ``dead`` with ``reason`` (and its sync_log error row), terminate."""
+        log.warning("event_dead", reason=reason, attempt=attempt, **bound)
+        await self.ledger.finish(event, "dead", error=reason, attempt=attempt, trace=trace,
+                                 failure=Failure(reason))
+        self._failed(event, "dead", None)
+        await msg.term()
+
+    async def _retry(self, msg: Msg, event: WebhookEvent, attempt: int, exc: RetryLater,
+                     bound: dict[str, Any], trace: AttemptTrace) -> None:
+        """Record ``error`` (or ``dead`` once the budget is spent) and schedule the next try.
+
+        A retry due within ``DFM_RETRY_NAK_MAX_DELAY_S`` is a NAK with that delay (JetStream
+        redelivers). A later one is acked and left to the sweep (S3 re-drives it when
+        ``next_attempt_at`` has passed): a NAKed message holds one of the durable's
+        ``max_ack_pending`` slots until it is redelivered, so hour-long back-offs during a
+        vendor outage would otherwise stall the whole consumer.
+        """
+        if exc.counts_as_attempt and attempt >= self._settings.retry_max_attempts:
+            await self._dead(msg, event, attempt, f"retry budget spent: {exc.reason}", bound, trace)
+            return
+        delay = exc.delay if exc.delay is not None else backoff_delay(self._settings, attempt)
+        # A wait our own rate budget (or another attempt's effect claim) imposes is no failure:
+        # the attempt is refunded, writes no sync_log error row and counts as `deferred`, so
+        # neither error rate rises while we only pace ourselves
+        await self.ledger.finish(
+            event, "error", error=exc.reason,
+            next_attempt_at=datetime.now(UTC) + timedelta(seconds=delay),
+            refund_attempt=not exc.counts_as_attempt, attempt=attempt, trace=trace,
+            failure=Failure(exc.reason) if exc.counts_as_attempt else None,
+        )
+        if exc.counts_as_attempt:
+            self._failed(event, "error", None)
+        else:
+            EVENTS.labels(self._spec.durable, event.canonical_type, "deferred", "").inc()
+        if delay <= self._settings.dfm_retry_nak_max_delay_s:
+            log.info("event_retry", reason=exc.reason, delay_s=round(delay, 2), attempt=attempt, **bound)
+            await msg.nak(delay=delay)
+        else:
+            log.info("event_retry_by_sweep", reason=exc.reason, delay_s=round(delay, 2),
+                     attempt=attempt, **bound)
+            await msg.ack()

@@ -1,0 +1,109 @@
+"""FastStream front of the sync consumers: one NATS broker, one pull subscriber bound to the
+service's durable, ``workers`` concurrent handlers, manual acknowledgement.
+
+The durable's configuration is ours (the topology step, ``apply_topology``: no BackOff list,
+short AckWait, filters per implemented rule); FastStream binds to it and drives the fetch loop, and every
+message goes to ``EventConsumer.handle``, which acks, naks with delay or terminates it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from faststream import AckPolicy
+from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from faststream.security import SASLPlaintext
+from nats.aio.msg import Msg
+
+from contracts.streams import ConsumerSpec
+from services.infra.broker import connect_options, prepare_topology
+from services.infra.nats_auth import inbox_prefix
+from services.infra.runtime import on_termination
+from services.infra.settings import Settings
+
+MessageHandler = Callable[[Msg], Awaitable[None]]
+
+
+def faststream_auth(options: dict[str, Any]) -> dict[str, Any]:
+    """``connect_options`` as FastStream takes them: credentials through ``security=`` (its
+    nats-py keyword arguments for them are deprecated since 0.7), the rest as they are."""
+    options = dict(options)
+    user, password = options.pop("user", None), options.pop("password", None)
+    seed, creds = options.pop("nkeys_seed", None), options.pop("user_credentials", None)
+    # TLS travels in the security object too (NatsBroker has no `tls=`; its parser turns the
+    # object's ssl_context into nats-py's `tls`)
+    tls = {"ssl_context": options.pop("tls", None), "tls_hostname": options.pop("tls_hostname", None)}
+    try:
+        from faststream.nats.security import (
+            NatsCredentials,
+            NatsNKey,
+            NatsSecurity,
+            NatsUserPassword,
+        )
+    except ImportError:  # FastStream 0.6: only the keyword arguments
+        options.update({k: v for k, v in (("nkeys_seed", seed), ("user_credentials", creds),
+                                          ("tls", tls["ssl_context"]), ("tls_hostname", tls["tls_hostname"])) if v})
+        NatsCredentials = NatsNKey = NatsSecurity = NatsUserPassword = None  # type: ignore[assignment,misc]
+    if NatsNKey is None:
+        if user:
+            options["security"] = SASLPlaintext(username=user, password=password or "")
+    elif seed:
+        options["security"] = NatsNKey.from_file(seed, **tls)
+    elif creds:
+        options["security"] = NatsCredentials(creds, **tls)
+    elif user:
+        options["security"] = NatsUserPassword(user, password or "", **tls)
+    elif tls["ssl_context"] is not None:
+        options["security"] = NatsSecurity(**tls)
+    return options
+
+
+def sync_broker(settings: Settings, spec: ConsumerSpec, handle: MessageHandler,
+                workers: int) -> NatsBroker:
+    """A broker whose single subscriber feeds ``handle`` from the durable ``spec``."""
+    # the durable's own identity (nats_auth): it may pull, ack and read the info of this
+    # durable only; FastStream reads that info first and, the durable existing, creates nothing
+    servers, auth = connect_options(settings, name=f"dfm-{spec.durable}", identity=spec.durable)
+    broker = NatsBroker(servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                        graceful_timeout=settings.dfm_drain_timeout_s, **faststream_auth(auth))
+
+    @broker.subscriber(
+        spec.filter_subjects[0],
+        stream=JStream(spec.stream, declare=False),
+        durable=spec.durable,
+        pull_sub=PullSub(batch_size=workers, timeout=5.0),
+        max_workers=workers,
+        ack_policy=AckPolicy.MANUAL,
+        # the fetch inbox under the identity's prefix too (FastStream's default is _INBOX.)
+        inbox_prefix=f"{inbox_prefix(spec.durable)}.".encode(),
+    )
+    async def on_message(msg: NatsMessage) -> None:
+        await handle(msg.raw_message)
+
+    return broker
+
+
+async def serve_until_terminated(settings: Settings, spec: ConsumerSpec, handle: MessageHandler,
+                                 workers: int) -> None:
+    """Consume until SIGTERM/SIGINT, then drain: no new fetches, the messages in hand finish
+    and are acked (up to ``DFM_DRAIN_TIMEOUT_S``); anything fetched but not started is left
+    unacked and redelivered to another replica after the AckWait."""
+    stop = asyncio.Event()
+    on_termination(asyncio.get_running_loop(), stop.set)
+    broker = await start_sync_broker(settings, spec, handle, workers)
+    try:
+        await stop.wait()
+    finally:
+        await broker.stop()
+
+
+async def start_sync_broker(settings: Settings, spec: ConsumerSpec, handle: MessageHandler,
+                            workers: int) -> NatsBroker:
+    """Make sure the durable exists (a service only checks; the topology step creates it),
+    then start consuming."""
+    await prepare_topology(settings, durables=(spec,))
+    broker = sync_broker(settings, spec, handle, workers)
+    await broker.start()
+    return broker
