@@ -1,0 +1,344 @@
+"""Running without containers, against the code: the systemd units (deploy/systemd), the
+Procfile, .env.example, docker-compose.yml's observability profile and the Kubernetes
+kustomization. Every unit and Procfile line must start a service `dfm run` knows, with
+variables the settings know, and the processes of one host must never share a metrics port.
+`systemd-analyze verify` checks the units as systemd reads them when this machine has it; the
+static checks run everywhere."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import shutil
+import stat
+import subprocess
+import warnings
+from pathlib import Path
+
+import pytest
+import typer
+from pydantic import ValidationError
+
+from contracts.streams import CONSUMERS
+from services.cli.main import RUNNERS, SERVICES, app
+from services.infra.nats_auth import ADMIN, service_identity
+from services.infra.settings import REQUIRED_BY_SERVICE, Settings
+
+ROOT = Path(__file__).parents[1]
+UNITS = ROOT / "deploy" / "systemd"
+FIELDS = {name.upper() for name in Settings.model_fields}
+DFM = "/opt/dfm/venv/bin/dfm"
+# what the units set for Python itself, not settings
+PYTHON_ENV = {"PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
+# services that run on a host but not as a long-running process of the stack: the MCP server
+# speaks on stdio (one process per connection, dfm-mcp.socket); the sandbox fakes the vendors
+NOT_LONG_RUNNING = {"mcp": "stdio, one process per connection", "sandbox": "fake vendors, staging only"}
+LONG_RUNNING = tuple(s for s in SERVICES if s not in NOT_LONG_RUNNING)
+CONSUMER_SERVICES = {spec.durable for spec in CONSUMERS} & set(SERVICES)  # scale to N replicas
+HARDENING = {
+    "NoNewPrivileges": "yes",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "PrivateDevices": "yes",
+    "ProtectKernelTunables": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectKernelLogs": "yes",
+    "ProtectControlGroups": "yes",
+    "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+    "CapabilityBoundingSet": "",
+    "SystemCallFilter": "@system-service",
+    "RestrictSUIDSGID": "yes",
+    "LockPersonality": "yes",
+}
+
+
+# --- reading unit files ------------------------------------------------------------------------
+Unit = dict[str, dict[str, list[str]]]  # section -> key -> every value, in order
+
+
+def parse_unit(path: Path) -> Unit:
+    """systemd's unit syntax as far as these files use it: sections, repeated keys, comments."""
+    unit: Unit = {}
+    section: dict[str, list[str]] | None = None
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = unit.setdefault(line[1:-1], {})
+            continue
+        assert section is not None, f"{path.name}: {raw!r} outside a section"
+        assert "=" in line, f"{path.name}: {raw!r}"
+        key, value = line.split("=", 1)
+        section.setdefault(key.strip(), []).append(value.strip())
+    return unit
+
+
+def one(unit: Unit, section: str, key: str) -> str:
+    values = unit.get(section, {}).get(key, [])
+    assert len(values) == 1, (section, key, values)
+    return values[0]
+
+
+def words(unit: Unit, section: str, key: str) -> list[str]:
+    return [w for v in unit.get(section, {}).get(key, []) for w in v.split()]
+
+
+def environment(unit: Unit, instance: str | None = None) -> dict[str, str]:
+    """Environment= assignments, with the instance specifier filled in as systemd would."""
+    env: dict[str, str] = {}
+    for value in unit.get("Service", {}).get("Environment", []):
+        for item in value.split():
+            name, _, setting = item.partition("=")
+            env[name] = setting.replace("%i", instance) if instance is not None else setting
+    return env
+
+
+@pytest.fixture(scope="module")
+def units() -> dict[str, Unit]:
+    found = {p.name: parse_unit(p) for p in sorted(UNITS.iterdir()) if p.suffix in (".service", ".socket", ".target")}
+    assert found
+    return found
+
+
+def run_service(unit: Unit) -> str | None:
+    """The service of ``dfm run <service>`` in ExecStart, or None for another command."""
+    command = one(unit, "Service", "ExecStart").split()
+    assert command[0] == DFM, command
+    if command[1:2] == ["run"]:
+        assert len(command) == 3, command
+        return command[2]
+    return None
+
+
+def services(units: dict[str, Unit]) -> dict[str, str]:
+    """unit file name -> the service it runs."""
+    return {name: s for name, u in units.items() if name.endswith(".service") and (s := run_service(u))}
+
+
+# --- systemd -----------------------------------------------------------------------------------
+def test_every_unit_runs_a_real_service_and_every_service_has_a_unit(units: dict[str, Unit]) -> None:
+    by_unit = services(units)
+    assert sorted(by_unit.values()) == sorted(SERVICES)  # one unit per service, none unknown
+    for name, service in by_unit.items():
+        assert service in RUNNERS, service
+        stem = name.removesuffix(".service")
+        assert stem in (f"dfm-{service}", f"dfm-{service}@"), name  # the unit is named after it
+    command = typer.main.get_command(app)
+    assert "run" in command.commands  # type: ignore[attr-defined]
+    migrate = one(units["dfm-migrate.service"], "Service", "ExecStart").split()
+    assert migrate[:3] == [DFM, "migrate", "upgrade"] and migrate[3:] == ["head"]
+    assert "upgrade" in command.commands["migrate"].commands  # type: ignore[attr-defined]
+    assert one(units["dfm-migrate.service"], "Service", "Type") == "oneshot"
+    assert one(units["dfm-migrate.service"], "Service", "RemainAfterExit") == "yes"
+
+
+def test_consumers_are_templates_for_replicas_and_the_rest_plain_units(units: dict[str, Unit]) -> None:
+    by_unit = services(units)
+    expected = {"recorder", "ghl-sync", "aloware-sync", "verity-sync", "jobs"} & set(SERVICES)
+    assert expected == CONSUMER_SERVICES
+    for name, service in by_unit.items():
+        if service in CONSUMER_SERVICES:
+            assert name == f"dfm-{service}@.service", name
+        elif service == "mcp":  # stdio: one process per connection to the socket
+            assert name == "dfm-mcp@.service"
+            socket = units["dfm-mcp.socket"]
+            assert one(socket, "Socket", "Accept") == "yes"
+            assert one(socket, "Socket", "ListenStream").startswith("/run/")
+            assert one(units[name], "Service", "StandardInput") == "socket"
+            assert one(units[name], "Service", "StandardOutput") == "socket"
+            assert one(units[name], "Service", "StandardError") == "journal"  # logs never in the protocol
+        else:
+            assert name == f"dfm-{service}.service", name
+
+
+def test_every_service_unit_is_configured_logged_restarted_and_hardened(units: dict[str, Unit]) -> None:
+    for name, unit in units.items():
+        if not name.endswith(".service"):
+            continue
+        service = unit["Service"]
+        assert service["EnvironmentFile"] == ["/etc/dfm/dfm.env"], name
+        assert one(unit, "Service", "User") == "dfm" and one(unit, "Service", "Group") == "dfm", name
+        assert one(unit, "Service", "StandardError") == "journal", name
+        if name != "dfm-mcp@.service":
+            assert one(unit, "Service", "StandardOutput") == "journal", name
+        if name in services(units) and services(units)[name] in (*LONG_RUNNING, "sandbox"):
+            assert one(unit, "Service", "Restart") == "on-failure", name
+            assert "2" in words(unit, "Service", "RestartPreventExitStatus"), name  # dfm's configuration error
+        for key, value in HARDENING.items():
+            assert value in service.get(key, []), (name, key, service.get(key))
+        assert "ReadWritePaths" not in service, name  # nothing is written; add one only with a reason
+        assert "~@privileged" in words(unit, "Service", "SystemCallFilter"), name
+
+
+def test_every_long_running_service_waits_for_the_migrations_and_belongs_to_the_target(units: dict[str, Unit]) -> None:
+    by_unit = services(units)
+    target = units["dfm.target"]
+    wanted = set(words(target, "Unit", "Wants"))
+    expected = {"dfm-migrate.service"}
+    for name, service in by_unit.items():
+        unit = units[name]
+        if service not in LONG_RUNNING:
+            assert name not in wanted and not any(w.startswith(name.removesuffix(".service")) for w in wanted), name
+            assert "dfm.target" not in words(unit, "Install", "WantedBy"), name
+            continue
+        assert "dfm-migrate.service" in words(unit, "Unit", "Requires"), name
+        assert "dfm-migrate.service" in words(unit, "Unit", "After"), name
+        assert words(unit, "Unit", "PartOf") == ["dfm.target"], name
+        assert words(unit, "Install", "WantedBy") == ["dfm.target"], name
+        if name.endswith("@.service"):
+            assert one(unit, "Install", "DefaultInstance") == "1", name
+            expected.add(name.replace("@.service", "@1.service"))
+        else:
+            expected.add(name)
+    assert wanted == expected
+    migrate = units["dfm-migrate.service"]
+    assert "Requires" not in migrate["Unit"] and "dfm-migrate.service" not in words(migrate, "Unit", "After")
+
+
+def test_unit_environment_names_are_settings(units: dict[str, Unit]) -> None:
+    for name, unit in units.items():
+        for variable in environment(unit, "1"):
+            assert variable in FIELDS | PYTHON_ENV, (name, variable)
+
+
+def test_every_nats_client_unit_gets_only_its_own_seed(units: dict[str, Unit]) -> None:
+    admin_api = "df_admin_secret" in REQUIRED_BY_SERVICE["ingress"]  # the ingress always has its admin API
+    clients = {name: service_identity(s, admin_api=admin_api) for name, s in services(units).items()}
+    clients["dfm-migrate.service"] = ADMIN  # the topology step
+    for name, identity in clients.items():
+        unit = units[name]
+        credentials = dict(c.split(":", 1) for c in unit["Service"].get("LoadCredential", []))
+        env = environment(unit)
+        if identity is None:  # the sandbox
+            assert not credentials and not {k for k in env if k.startswith("NATS_")}, name
+            continue
+        assert credentials.pop(f"{identity}.nk") == f"/etc/dfm/nats/{identity}.nk", name
+        assert env["NATS_CREDENTIALS_DIR"] == "%d", name  # systemd's credentials directory
+        [(ca_name, ca_path)] = credentials.items()  # nothing else: no other identity's seed
+        assert env["NATS_TLS_CA_FILE"] == f"%d/{ca_name}" and ca_path == "/etc/dfm/nats/ca.pem", name
+
+
+def serves_metrics_port(service: str) -> bool:
+    """Whether ``dfm run <service>`` serves /metrics on METRICS_PORT (the gateway serves its own)."""
+    return "serve_metrics(" in inspect.getsource(importlib.import_module(RUNNERS[service]))
+
+
+def test_no_two_processes_on_one_host_share_a_port(units: dict[str, Unit]) -> None:
+    """Every replica's METRICS_PORT is its own, for instances 1-9 of each template (more replicas
+    of one consumer than that do not fit one host's connection budget anyway), and none is an
+    HTTP port. A tenth instance makes a port the settings refuse: a loud start-up error, never
+    a silent collision."""
+    fields = Settings.model_fields
+    taken: dict[int, str] = {
+        fields["ingress_port"].default: "ingress",
+        fields["gateway_port"].default: "gateway",
+        fields["sandbox_port"].default: "sandbox",
+    }
+    for name, service in services(units).items():
+        unit = units[name]
+        if not serves_metrics_port(service):
+            continue
+        assert "METRICS_PORT" in environment(unit), name  # never the shared default
+        if name == "dfm-mcp@.service":
+            assert environment(unit)["METRICS_PORT"] == "0"  # one process per connection: none
+            continue
+        instances = [str(i) for i in range(1, 10)] if name.endswith("@.service") else [None]
+        for instance in instances:
+            port = Settings.model_validate({"metrics_port": environment(unit, instance)["METRICS_PORT"]}).metrics_port
+            where = f"{name} instance {instance}"
+            assert port >= 1024 and port not in taken, (where, port, taken.get(port))
+            taken[port] = where
+        if name.endswith("@.service"):
+            with pytest.raises(ValidationError):
+                Settings.model_validate({"metrics_port": environment(unit, "10")["METRICS_PORT"]})
+    assert {s for s in LONG_RUNNING if serves_metrics_port(s)} >= CONSUMER_SERVICES | {"ingress", "scheduler"}
+
+
+def fake_root(tmp_path: Path) -> Path:
+    """A root directory holding the units and an executable where ExecStart looks."""
+    root = tmp_path / "root"
+    (root / "etc" / "systemd" / "system").mkdir(parents=True)
+    for path in UNITS.iterdir():
+        if path.suffix in (".service", ".socket", ".target"):
+            shutil.copy(path, root / "etc" / "systemd" / "system" / path.name)
+    binary = root / DFM.lstrip("/")
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
+    return root
+
+
+def systemd_analyze_verify(root: Path, names: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["systemd-analyze", "verify", f"--root={root}", "--man=no", "--recursive-errors=no", *names],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=root / "etc" / "systemd" / "system",
+    )
+
+
+def test_units_pass_systemd_analyze_verify(units: dict[str, Unit], tmp_path: Path) -> None:
+    """Static: the sections are systemd's. Then, where systemd-analyze exists, systemd itself
+    reads every unit (a template as its instance 1) and must not warn about anything."""
+    for name, unit in units.items():
+        kind = name.rsplit(".", 1)[1].capitalize()
+        assert set(unit) <= {"Unit", kind, "Install"}, (name, set(unit))
+    if shutil.which("systemd-analyze") is None:
+        warnings.warn("systemd-analyze is not installed: the units were checked statically only", stacklevel=1)
+        return
+    root = fake_root(tmp_path)
+    names = [n.replace("@.", "@1.") for n in units]
+    result = systemd_analyze_verify(root, names)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+    # and it does catch a mistake: a misspelt hardening option
+    broken = root / "etc" / "systemd" / "system" / "dfm-ingress.service"
+    broken.write_text(broken.read_text().replace("ProtectHome=yes", "ProtectHom=yes"))
+    result = systemd_analyze_verify(root, ["dfm-ingress.service"])
+    assert result.returncode != 0 and "ProtectHom" in result.stderr
+
+
+# --- Procfile ----------------------------------------------------------------------------------
+def procfile() -> dict[str, str]:
+    lines = {}
+    for raw in (ROOT / "Procfile").read_text().splitlines():
+        if not raw.strip() or raw.startswith("#"):
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9_-]+):\s*(.+)", raw)
+        assert match, raw  # the format honcho and overmind read
+        lines[match.group(1)] = match.group(2)
+    return lines
+
+
+def test_every_procfile_line_runs_a_real_service_with_real_settings() -> None:
+    lines = procfile()
+    assert sorted(lines) == sorted(LONG_RUNNING)  # migrations first, by hand: a runner stops all when one exits
+    for name, command in lines.items():
+        parts = command.split()
+        assignments = [p.split("=", 1)[0] for p in parts if re.match(r"[A-Z_]+=", p)]
+        assert set(assignments) <= FIELDS, (name, assignments)
+        assert parts[-3:] == ["dfm", "run", name] and name in SERVICES and "exec" in parts, (name, command)
+
+
+def test_procfile_processes_get_distinct_metrics_ports_and_the_gateway_keeps_its_port(tmp_path: Path) -> None:
+    """Each line runs under sh as honcho and overmind run it, with PORT set the way they set it
+    (their own per process) and a stand-in `dfm` that prints what it got."""
+    (tmp_path / "dfm").write_text('#!/bin/sh\necho "$METRICS_PORT|$GATEWAY_PORT|$*"\n')
+    (tmp_path / "dfm").chmod(0o755)
+    seen: dict[str, tuple[str, str]] = {}
+    for number, (name, command) in enumerate(procfile().items()):
+        port = str(5000 + 100 * number)
+        env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "PORT": port}
+        result = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True, timeout=10, check=True)
+        metrics, gateway, args = result.stdout.strip().split("|")
+        assert args == f"run {name}", (name, result.stdout)
+        seen[name] = (metrics, gateway)
+        if serves_metrics_port(name):
+            assert metrics == port, (name, metrics)  # the runner's port: distinct per process and replica
+    # the settings read PORT as GATEWAY_PORT when GATEWAY_PORT is unset (validation_alias)
+    assert "port" in str(Settings.model_fields["gateway_port"].validation_alias)
+    assert seen["gateway"][1] == str(Settings.model_fields["gateway_port"].default)
