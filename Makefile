@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install lint clean lock lock-check audit
+.PHONY: run test install lint format clean lock lock-check audit
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,10 +40,19 @@ lock-check: $(STAMP)
 audit: $(STAMP)
 	$(BIN)/python requirements/audit.py
 
+## lint: the gates .ci/run applies before the suite: ruff's rules, ruff's format, mypy --strict,
+## the import layers (import-linter) and the committed API documents
 lint: $(STAMP)
-	$(BIN)/python -m pip install --quiet ruff mypy
-	$(BIN)/ruff check contracts services tests
-	$(BIN)/mypy --strict contracts services
+	$(BIN)/ruff check contracts services tests bench migrations
+	$(BIN)/ruff format --check contracts services tests bench migrations
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	@if [ -f services/apidocs.py ]; then $(BIN)/python -m services.apidocs check; fi
+
+## format: apply ruff's formatter and its safe fixes
+format: $(STAMP)
+	$(BIN)/ruff check --fix contracts services tests bench migrations
+	$(BIN)/ruff format contracts services tests bench migrations
 
 clean:
 	rm -rf $(VENV) .dfm .pytest_cache
