@@ -15,9 +15,11 @@ import stat
 import subprocess
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
+from dotenv import dotenv_values
 from pydantic import ValidationError
 
 from contracts.streams import CONSUMERS
@@ -342,3 +344,78 @@ def test_procfile_processes_get_distinct_metrics_ports_and_the_gateway_keeps_its
     # the settings read PORT as GATEWAY_PORT when GATEWAY_PORT is unset (validation_alias)
     assert "port" in str(Settings.model_fields["gateway_port"].validation_alias)
     assert seen["gateway"][1] == str(Settings.model_fields["gateway_port"].default)
+
+
+# --- .env.example --------------------------------------------------------------------------------
+ENV_LINE = re.compile(r"^(# )?([A-Z][A-Z0-9_]*)=(.*)$")
+
+
+def env_example_lines() -> list[tuple[bool, str, str]]:
+    """(commented, name, value) of every assignment in the committed .env.example."""
+    found = []
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        match = ENV_LINE.match(line)
+        if match:
+            found.append((bool(match.group(1)), match.group(2), match.group(3)))
+    return found
+
+
+def test_env_example_is_what_the_generator_makes_from_the_settings_now() -> None:
+    from services.tooling.env_example import render_env_example
+
+    assert (ROOT / ".env.example").read_text() == render_env_example(), (
+        "regenerate it: python -m services.tooling.env_example > .env.example"
+    )
+
+
+def test_env_example_names_every_setting_once_and_what_compose_interpolates() -> None:
+    from services.tooling.env_example import EXTRA_VARIABLES
+
+    names = [name for _, name, _ in env_example_lines()]
+    extras = {name for name, _, _ in EXTRA_VARIABLES}
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+    assert set(names) == FIELDS | extras
+    assert not extras & FIELDS
+    interpolated = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", (ROOT / "docker-compose.yml").read_text()))
+    assert interpolated <= FIELDS | extras, interpolated - FIELDS - extras
+
+
+def clean_settings(monkeypatch: pytest.MonkeyPatch, env_file: Path | None = None) -> dict[str, Any]:
+    for name in (*FIELDS, "PORT"):
+        monkeypatch.delenv(name, raising=False)
+    values = Settings(_env_file=env_file).model_dump()
+    # PEM keys: the file carries them with \n escapes, which settings.pem_public_keys reads
+    return {k: v.replace("\\n", "\n") if isinstance(v, str) else v for k, v in values.items()}
+
+
+def test_env_example_leaves_secrets_empty_and_its_defaults_are_the_settings_defaults(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """As it is, the file changes nothing; with every commented default uncommented it still
+    changes nothing, so each line shows the real default in a form the settings read back."""
+    secrets = {name.upper() for name, field in Settings.model_fields.items() if "SecretStr" in str(field.annotation)}
+    assert {"GHL_API_KEY", "DF_ADMIN_SECRET", "DFM_TOKEN_KEY", "NATS_PASSWORD"} <= secrets
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        assert not line or line.startswith("#") or re.fullmatch(r"[A-Z][A-Z0-9_]*=", line), line
+    lines = env_example_lines()
+    for commented, name, value in lines:
+        if name in secrets:
+            assert (commented, value) == (False, ""), name
+        if not commented:
+            assert value == "", name  # only the empty ones to fill in are live
+    defaults = clean_settings(monkeypatch)
+    as_is = tmp_path / "as-is.env"
+    as_is.write_text((ROOT / ".env.example").read_text())
+    assert clean_settings(monkeypatch, as_is) == defaults
+    uncommented = tmp_path / "uncommented.env"
+    uncommented.write_text("\n".join(f"{name}={value}" for _, name, value in lines) + "\n")
+    assert set(dotenv_values(uncommented)) == {name for _, name, _ in lines}  # no line unreadable
+    assert clean_settings(monkeypatch, uncommented) == defaults
+
+
+def test_env_example_does_not_set_what_the_units_set(units: dict[str, Unit]) -> None:
+    """systemd lets EnvironmentFile= values win over a unit's Environment=, so /etc/dfm/dfm.env
+    copied from the example must leave those variables alone (even empty would unset them)."""
+    live = {name for commented, name, _ in env_example_lines() if not commented}
+    for name, unit in units.items():
+        assert not set(environment(unit)) & live, (name, set(environment(unit)) & live)
