@@ -69,7 +69,7 @@ class ClerkVerifier:
                 raise TokenInvalid(f"malformed token: {exc}") from None
         else:
             raise TokenInvalid("token verification is not configured (CLERK_JWT_KEY or CLERK_JWKS_URL)")
-        options = {"require": ["exp", "sub"], "verify_iss": bool(self.settings.clerk_jwt_issuer)}
+        options: jwt.types.Options = {"require": ["exp", "sub"], "verify_iss": bool(self.settings.clerk_jwt_issuer)}
         try:
             claims = jwt.decode(token, key, algorithms=["RS256"], leeway=LEEWAY_S, options=options,
                                 issuer=self.settings.clerk_jwt_issuer or None)

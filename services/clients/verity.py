@@ -108,7 +108,7 @@ class Catalog:
         if self._data is not None and mtime == self._mtime:
             return self._data
         try:
-            data = json.loads(self.path.read_text())
+            data: dict[str, Any] = json.loads(self.path.read_text())
             endpoints = [
                 Endpoint(path=str(e["path"]), methods=tuple(str(m).upper() for m in e["methods"]),
                          description=e.get("description"), parameters=dict(e.get("parameters") or {}),

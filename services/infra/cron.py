@@ -26,8 +26,8 @@ def parse_cron(expression: str, timezone: str = "UTC") -> CronTrigger:
 def current_slot(trigger: CronTrigger, now: datetime) -> datetime | None:
     """The latest fire time at or before ``now`` (the slot a run that fires now belongs to)."""
     for lookback in (timedelta(hours=1), timedelta(days=2), timedelta(days=400)):
-        fire = trigger.get_next_fire_time(None, now - lookback)
-        latest = None
+        fire: datetime | None = trigger.get_next_fire_time(None, now - lookback)
+        latest: datetime | None = None
         while fire is not None and fire <= now:
             latest = fire
             fire = trigger.get_next_fire_time(fire, fire + timedelta(microseconds=1))

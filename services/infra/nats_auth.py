@@ -198,7 +198,7 @@ def identity_for(name: str, *, admin_api: bool = True) -> str | None:
 # --- nkeys ---------------------------------------------------------------------------------
 def new_seed() -> bytes:
     """A fresh user nkey seed (``SU…``), from 32 random bytes."""
-    import nkeys  # type: ignore[import-untyped]
+    import nkeys
 
     return bytes(nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER))
 

@@ -21,6 +21,7 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 GHL_ED25519_PUBLIC_KEY = """-----BEGIN PUBLIC KEY-----
@@ -120,7 +121,7 @@ def _public_keys_of(kind: str) -> Any:
         if isinstance(value, str):
             for number, key in enumerate(pem_public_keys(value), 1):
                 if not isinstance(key, wanted):  # a ValueError: pydantic reports only those as invalid
-                    raise ValueError(f"expected {kind} public keys, but key {number} is another kind")  # noqa: TRY004
+                    raise ValueError(f"expected {kind} public keys, but key {number} is another kind")
         return value
 
     return check
@@ -267,7 +268,9 @@ class Settings(BaseSettings):
         default=False, description="accept installs started from the Marketplace, which carry no state of ours "
         "(the location must still be allowed)")
     ghl_oauth_allowed_locations: CsvList = Field(
-        default_factory=list, description="locations whose tokens the install callback stores (default: GHL_LOCATION_ID)")
+        default_factory=list,
+        description="locations whose tokens the install callback stores (default: GHL_LOCATION_ID)",
+    )
     ghl_oauth_rate_limit_max: int = Field(
         default=20, ge=1, description="install callbacks per client address per 15 minutes")
     ghl_oauth_authorize_url: str = "https://marketplace.gohighlevel.com/v2/oauth/chooselocation"
@@ -541,7 +544,7 @@ REQUIRED_BY_SERVICE: dict[str, tuple[str, ...]] = {
 }
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: ErrorDetails) -> str:
     loc = error.get("loc") or ("?",)
     name = str(loc[0]).upper()
     message = str(error.get("msg", "invalid value"))
@@ -554,7 +557,7 @@ def load_settings(env_file: str | None = None, **overrides: Any) -> Settings:
     insecure switch it does not accept explicitly is refused here, so every entry point
     refuses it the same way."""
     try:
-        settings = Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        settings = Settings(_env_file=env_file, **overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc.errors()[0])) from None
     settings.refuse_insecure_in_production()

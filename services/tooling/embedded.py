@@ -177,9 +177,9 @@ class EmbeddedPostgres:
             with warnings.catch_warnings():
                 # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers); harmless.
                 warnings.simplefilter("ignore")
-                import pgserver  # lazily: only needed when no DATABASE_URL is set
+                from pgserver import get_server  # type: ignore[attr-defined]  # lazily; pgserver has no __all__
 
-                self._server = pgserver.get_server(self.data_dir, cleanup_mode=mode)
+                self._server = get_server(self.data_dir, cleanup_mode=mode)
         except Exception as exc:  # pgserver raises plain exceptions from initdb/pg_ctl
             raise EmbeddedError(f"embedded PostgreSQL failed to start: {exc}") from exc
         return self

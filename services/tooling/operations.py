@@ -15,12 +15,14 @@ from typing import Any, Literal
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
 
 from services.infra.db.models import (
     EVENT_TABLES,
     TABLE_NAMES,
     EventAttemptRow,
     EventDeliveryRow,
+    EventRow,
     IngressOutboxRow,
     QuarantineEventRow,
     SyncLogRow,
@@ -150,6 +152,12 @@ def event_summary(table: TableName, row: Any, *, raw_payload: bool = False) -> d
     }
 
 
+def _column(model: type[EventRow], name: str) -> ColumnElement[Any]:
+    """A column only some event tables have (the caller checked which table it is)."""
+    column: ColumnElement[Any] = model.__table__.c[name]
+    return column
+
+
 async def list_events(engine: AsyncEngine, f: EventFilter, *, raw_payload: bool = False
                       ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of events and the cursor of the next page (None at the end).
@@ -167,15 +175,15 @@ async def list_events(engine: AsyncEngine, f: EventFilter, *, raw_payload: bool 
         conditions.append(model.status == f.status)
     if f.source:
         if f.table == "webhook":
-            conditions.append(model.source == f.source)
+            conditions.append(_column(model, "source") == f.source)
         elif f.source != f.table:
             return [], None
     if f.event_type:
         conditions.append(model.event_type == f.event_type)
     if f.entity_type and f.table != "broadcast":
-        conditions.append(model.entity_type == f.entity_type)
+        conditions.append(_column(model, "entity_type") == f.entity_type)
     if f.entity_id:
-        column = model.broadcast_id if f.table == "broadcast" else model.entity_id
+        column = _column(model, "broadcast_id" if f.table == "broadcast" else "entity_id")
         conditions.append(column == f.entity_id)
     if f.received_from:
         conditions.append(model.received_at >= f.received_from)

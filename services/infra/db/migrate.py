@@ -13,12 +13,13 @@ from __future__ import annotations
 import io
 from importlib import resources
 from pathlib import Path
+from typing import TextIO
 
 from alembic import command
 from alembic.config import Config
 
 
-def alembic_config(database_url: str, *, stdout: io.TextIOBase | None = None) -> Config:
+def alembic_config(database_url: str, *, stdout: TextIO | None = None) -> Config:
     """An Alembic config pointing at the bundled ``migrations`` package."""
     location = Path(str(resources.files("migrations")))
     cfg = Config(stdout=stdout) if stdout is not None else Config()

@@ -1,4 +1,6 @@
-"""The accepted events (spec/inbound.md §5.1–§5.3) and what happened to them: deliveries, attempts, dead letters, quarantine, the ingress outbox."""
+"""The accepted events (spec/inbound.md §5.1–§5.3) and what happened to them: deliveries, attempts,
+dead letters, quarantine, the ingress outbox.
+"""
 
 from __future__ import annotations
 
@@ -114,7 +116,9 @@ class BroadcastWebhookEventRow(EventStatusColumns, Base):
 TableName = Literal["webhook", "texting", "broadcast"]
 TABLE_NAMES: tuple[TableName, ...] = ("webhook", "texting", "broadcast")
 
-EVENT_TABLES: dict[str, type[Base]] = {
+EventRow = WebhookEventRow | TextingWebhookEventRow | BroadcastWebhookEventRow
+
+EVENT_TABLES: dict[TableName, type[EventRow]] = {
     "webhook": WebhookEventRow,
     "texting": TextingWebhookEventRow,
     "broadcast": BroadcastWebhookEventRow,

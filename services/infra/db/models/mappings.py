@@ -1,4 +1,6 @@
-"""Cross-system identity and what we wrote: ID mappings, the echo ledger (outbound writes), sync_log, sync cursors, effect claims."""
+"""Cross-system identity and what we wrote: ID mappings, the echo ledger (outbound writes),
+sync_log, sync cursors, effect claims.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Operational state: reconcile runs, alert incidents, the shared vendor rate budget and GHL OAuth tokens."""
+"""Operational state: reconcile runs, alert incidents, the shared vendor rate budget and GHL OAuth
+tokens.
+"""
 
 from __future__ import annotations
 
