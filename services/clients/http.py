@@ -15,7 +15,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Histogram
 
 from services.infra import tracing
-from services.infra.errors import Permanent, RetryLater
+from services.infra.errors import Cause, Permanent, RetryLater, status_cause
 from services.infra.logging import get_logger
 from services.infra.trace import vendor_call
 
@@ -155,9 +155,10 @@ class VendorHttp:
                 status = str(response.status_code)
                 span.set_attribute("http.response.status_code", response.status_code)
         except httpx.TimeoutException as exc:
-            raise RetryLater(None, f"{self.vendor} timeout: {type(exc).__name__}") from exc
+            raise RetryLater(None, f"{self.vendor} timeout: {type(exc).__name__}", cause=_transport_cause(exc)) from exc
         except httpx.TransportError as exc:
-            raise RetryLater(None, f"{self.vendor} unreachable: {type(exc).__name__}") from exc
+            raise RetryLater(None, f"{self.vendor} unreachable: {type(exc).__name__}",
+                             cause=_transport_cause(exc)) from exc
         finally:
             elapsed = time.perf_counter() - started
             VENDOR_REQUESTS.labels(self.vendor, endpoint, status).inc()
@@ -170,13 +171,27 @@ class VendorHttp:
             return response
         url = redact_url(str(response.request.url))
         if code == 429:
-            raise RetryLater(retry_delay(response.headers), f"{self.vendor} 429 at {endpoint}", status=429)
+            raise RetryLater(retry_delay(response.headers), f"{self.vendor} 429 at {endpoint}", status=429,
+                             cause=Cause.THROTTLED)
         if code >= 500 or code in RETRYABLE_STATUS:
-            raise RetryLater(None, f"{self.vendor} {code} at {endpoint}", status=code)
+            raise RetryLater(None, f"{self.vendor} {code} at {endpoint}", status=code, cause=status_cause(code))
         body = parse_body(response)
-        raise Permanent(f"{self.vendor} {code} at {endpoint}: {_short(body)}") from VendorError(
-            self.vendor, code, body, url
-        )
+        raise Permanent(f"{self.vendor} {code} at {endpoint}: {_short(body)}", status=code,
+                        cause=status_cause(code)) from VendorError(self.vendor, code, body, url)
+
+
+# transport failures raised before a byte of the request left: the vendor cannot have acted
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+def _transport_cause(exc: httpx.TransportError) -> Cause:
+    """No connection made (``NOT_SENT``), no answer in time (``TIMEOUT``), or the connection
+    lost once the request may have left (``CONNECTION_LOST``)."""
+    if isinstance(exc, _NOT_SENT):
+        return Cause.NOT_SENT
+    if isinstance(exc, httpx.TimeoutException):
+        return Cause.TIMEOUT
+    return Cause.CONNECTION_LOST
 
 
 def _short(body: Any) -> str:

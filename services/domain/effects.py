@@ -41,13 +41,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
-import httpx
 from sqlalchemy import delete, extract, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.infra.db.models import EffectClaimRow
-from services.infra.errors import OutcomeUnknown, Permanent, RetryLater
+from services.infra.errors import Cause, OutcomeUnknown, Permanent, RetryLater
 from services.infra.logging import get_logger
 
 __all__ = [
@@ -65,9 +64,6 @@ __all__ = [
 ]
 
 log = get_logger(__name__)
-
-# transport failures raised before a byte of the request left: the vendor cannot have acted
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
 
 @dataclass(frozen=True)
@@ -126,7 +122,7 @@ async def claim(conn: AsyncConnection, key: str, effect: str, *, event_id: uuid.
         if row.state in ("done", "unknown"):
             return Settled(key, row.state, row.vendor_id, row.detail)
         raise RetryLater(max(1.0, float(row.left) + 1.0), f"{effect} {key} is being written by another attempt",
-                         counts_as_attempt=False)
+                         counts_as_attempt=False, cause=Cause.CLAIM_HELD)
     raise RetryLater(None, f"{effect} {key}: claim kept changing")
 
 
@@ -175,25 +171,19 @@ async def reopen(conn: AsyncConnection, key: str, vendor_id: str, *, event_id: u
 def may_have_landed(exc: BaseException) -> bool:
     """False only when the failure proves the vendor did not act on the request.
 
-    Proof is: a ``Permanent`` refusal (a 4xx; our own ``OutcomeUnknown`` excepted), a
-    ``RetryLater`` with a vendor-given delay (429) or from our own rate budget (raised
-    before the request), or a transport error raised before the request was sent (no
-    connection). Everything else (a read or write timeout, a connection dropped mid-way, a
-    5xx, an unreadable 2xx) may have reached the vendor. A 429 and a 503 are refusals
-    (``RetryLater.status``, set by ``clients/http.py``): the vendor says it did not take the
-    request. Any other 5xx counts as "may have landed": the safe side for a write that cannot
-    be taken back.
+    Proof is the failure's typed cause (``services.infra.errors.Cause``): no connection made,
+    a 4xx refusal, a 429 or 503 (the vendor says it did not take the request), our own rate
+    budget or another attempt's claim (no request made). A ``Permanent`` is a refusal or was
+    raised before any request (an invalid payload, a missing setting). Everything else (a read or
+    write timeout, a connection dropped mid-way, any other 5xx, an unreadable 2xx, a failure
+    nobody typed) may have reached the vendor: the safe side for a write that cannot be taken
+    back. ``OutcomeUnknown`` says so by definition.
     """
     if isinstance(exc, OutcomeUnknown):
         return True
-    if isinstance(exc, Permanent):
-        return False
     if isinstance(exc, RetryLater):
-        if not exc.counts_as_attempt or exc.delay is not None or exc.status in (429, 503):
-            return False
-        # clients/http.py chains the httpx error for transport failures; a 5xx has no cause
-        return not isinstance(exc.__cause__, _NOT_SENT)
-    return True
+        return exc.counts_as_attempt and exc.cause.may_have_acted
+    return not isinstance(exc, Permanent)
 
 
 async def resolve(conn: AsyncConnection, key: str, outcome: Literal["sent", "not_sent"],
