@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install lint format clean lock lock-check audit
+.PHONY: run test install browser lint format clean lock lock-check audit
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,12 +19,23 @@ $(STAMP): pyproject.toml requirements/dev.lock | $(BIN)/python
 
 install: $(STAMP)
 
+## browser: Debian's chromium for the console's browser tests (Playwright drives /usr/bin/chromium;
+## no browser download). Installed with apt-get when missing (as root, or through sudo).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "make: install Debian's chromium package ($(CHROMIUM))" >&2; exit 1; }
+	$(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive sh -c \
+		'apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null'
+	test -x $(CHROMIUM)
+
+browser: $(CHROMIUM)
+
 ## run: the whole stack (embedded NATS/PostgreSQL and sandbox vendors when unconfigured)
 run: $(STAMP)
 	$(BIN)/dfm up
 
 ## test: the whole suite, hermetic (own nats-server, fresh database)
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 ## lock: requirements/{prod,dev}.lock from pyproject.toml (pins kept where still allowed;
