@@ -608,3 +608,17 @@ def test_compose_nats_requires_tls_and_every_client_verifies_it(compose: dict[st
         if uses_nats(env):
             ca = env.get("NATS_TLS_CA_FILE")
             assert ca and any(v.endswith(f"/ca.pem:{ca}:ro") for v in service["volumes"]), name
+
+
+def test_compose_every_container_of_the_image_takes_the_env_file(compose: dict[str, Any]) -> None:
+    """The gap the production-mode test above leaves: a container added later from the same
+    image (a second ingress, a one-off tool) must read .env too; the observability containers
+    are other images and read none of our settings."""
+    ours = {n: s for n, s in compose["services"].items() if s.get("image") == "df-middleware:local"}
+    assert set(ours) >= {*LONG_RUNNING, "migrate"}
+    for name, service in ours.items():
+        assert {"path": ".env", "required": False} in service["env_file"], name
+        assert service["environment"]["NODE_ENV"] == "production", name
+    for name, service in compose["services"].items():
+        if name not in ours:
+            assert "env_file" not in service, name  # no secrets in containers that do not need them

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import re
 import shutil
 import stat
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 import typer
+import yaml
 from dotenv import dotenv_values
 from pydantic import ValidationError
 
@@ -419,3 +421,111 @@ def test_env_example_does_not_set_what_the_units_set(units: dict[str, Unit]) -> 
     live = {name for commented, name, _ in env_example_lines() if not commented}
     for name, unit in units.items():
         assert not set(environment(unit)) & live, (name, set(environment(unit)) & live)
+
+
+# --- docker-compose.yml: the observability profile ---------------------------------------------
+OBSERVABILITY = {"prometheus", "grafana", "otel-collector", "jaeger"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return loaded
+
+
+def mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """container path -> host path of each bind mount from this repository."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("./"):
+            found[target] = ROOT / source
+    return found
+
+
+def dfm_services(compose: dict[str, Any]) -> dict[str, str]:
+    """compose service -> the `dfm run` service it runs."""
+    return {name: s["command"][1] for name, s in compose["services"].items() if s.get("command", [])[:1] == ["run"]}
+
+
+def test_observability_services_exist_only_in_their_profile_with_pinned_images(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        if name in OBSERVABILITY:
+            assert service["profiles"] == ["observability"], name
+            image = service["image"]
+            assert re.fullmatch(r"[a-z0-9./-]+:v?\d+\.\d+\.\d+", image), image  # a release, never latest
+            for target, source in mounts(service).items():
+                assert source.exists(), (name, target, source)
+        else:
+            assert "profiles" not in service, name  # the stack itself runs with or without the profile
+    assert set(compose["services"]) >= OBSERVABILITY
+    assert {"prometheus-data", "grafana-data"} <= set(compose["volumes"])
+
+
+def test_prometheus_scrapes_every_metrics_port_of_the_compose_stack(compose: dict[str, Any]) -> None:
+    prometheus = compose["services"]["prometheus"]
+    files = mounts(prometheus)
+    config_path = next(a.split("=", 1)[1] for a in prometheus["command"] if a.startswith("--config.file="))
+    config = yaml.safe_load(files[config_path].read_text())
+    [rules] = config["rule_files"]
+    assert files[rules] == ROOT / "deploy" / "prometheus" / "alerts.yml"
+    scraped: dict[str, int] = {}
+    for job in config["scrape_configs"]:
+        for sd in job.get("dns_sd_configs", []):
+            assert sd["type"] == "A"  # every replica of a scaled service
+            for host in sd["names"]:
+                scraped[host] = sd["port"]
+    expected = {}
+    fields = Settings.model_fields
+    for name, service in dfm_services(compose).items():
+        env = compose["services"][name].get("environment", {})
+        if serves_metrics_port(service):
+            expected[name] = int(env.get("METRICS_PORT", fields["metrics_port"].default))
+        elif service == "gateway":  # /metrics on its own port
+            from services.gateway.app import create_app
+
+            paths = {getattr(r, "path", "") for r in create_app(Settings()).routes}
+            assert "/metrics" in paths
+            expected[name] = int(env.get("GATEWAY_PORT", fields["gateway_port"].default))
+    assert set(expected) == set(LONG_RUNNING)
+    assert scraped == expected
+
+
+def test_grafana_provisioning_points_at_real_files_and_services(compose: dict[str, Any]) -> None:
+    grafana = compose["services"]["grafana"]
+    files = mounts(grafana)
+    provisioning = files["/etc/grafana/provisioning"]
+    [datasources] = (provisioning / "datasources").glob("*.yml")
+    sources = {d["type"]: d for d in yaml.safe_load(datasources.read_text())["datasources"]}
+    assert sources["prometheus"]["url"] == "http://prometheus:9090" and sources["prometheus"]["isDefault"]
+    assert any(p.endswith(":9090") for p in compose["services"]["prometheus"]["ports"])
+    assert sources["jaeger"]["url"] == "http://jaeger:16686"
+    assert any(p.endswith(":16686") for p in compose["services"]["jaeger"]["ports"])
+    [dashboards] = (provisioning / "dashboards").glob("*.yml")
+    [provider] = yaml.safe_load(dashboards.read_text())["providers"]
+    folder = provider["options"]["path"]
+    mounted = {target: source for target, source in files.items() if target.startswith(folder + "/")}
+    assert list(mounted.values()) == [ROOT / "deploy" / "grafana" / "dfm-overview.json"]
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dfm-overview.json").read_text())
+    [variable] = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
+    assert variable["query"] == "prometheus"  # resolves to the provisioned default
+    assert grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] in mounted
+
+
+def test_traces_go_from_the_services_through_the_collector_to_jaeger(compose: dict[str, Any]) -> None:
+    from services.infra import tracing
+    from services.tooling.env_example import EXTRA_VARIABLES
+
+    assert "otlp" in tracing.EXPORTERS and "exporter.otlp.proto.http" in inspect.getsource(tracing)  # OTLP/HTTP
+    collector = compose["services"]["otel-collector"]
+    config_path = next(a.split("=", 1)[1] for a in collector["command"] if a.startswith("--config="))
+    config = yaml.safe_load(mounts(collector)[config_path].read_text())
+    http = config["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+    assert http == "0.0.0.0:4318"  # reachable from the other containers
+    [endpoint_doc] = [d for n, d, _ in EXTRA_VARIABLES if n == "OTEL_EXPORTER_OTLP_ENDPOINT"]
+    assert "http://otel-collector:4318" in endpoint_doc
+    pipeline = config["service"]["pipelines"]["traces"]
+    assert pipeline["receivers"] == ["otlp"]
+    [exporter] = pipeline["exporters"]
+    assert config["exporters"][exporter]["endpoint"] == "jaeger:4317"
+    assert compose["services"]["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
