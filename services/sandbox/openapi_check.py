@@ -23,7 +23,10 @@ UNVALIDATED_PREFIXES = ("/objects/", "/calendars/")
 SPEC_CORRECTIONS: dict[tuple[str, str, str], dict[str, Any]] = {
     # declared "type": "object", but the default is "outbound" and the examples are strings
     ("conversations.json", "ProcessMessageBodyDto", "direction"): {
-        "type": "string", "enum": ["inbound", "outbound"], "default": "outbound"},
+        "type": "string",
+        "enum": ["inbound", "outbound"],
+        "default": "outbound",
+    },
 }
 
 
@@ -63,22 +66,27 @@ class GhlOpenApi:
                 if file == name:
                     spec["components"]["schemas"][schema_name]["properties"][prop] = fixed
             uri = f"file:///apps/{name}"
-            registry = Registry().with_resources([
-                (uri, Resource.from_contents(spec, default_specification=DRAFT202012)),
-                ("file:///common/common-schemas.json",
-                 Resource.from_contents(_strict(common), default_specification=DRAFT202012)),
-            ])
+            registry = Registry().with_resources(
+                [
+                    (uri, Resource.from_contents(spec, default_specification=DRAFT202012)),
+                    (
+                        "file:///common/common-schemas.json",
+                        Resource.from_contents(_strict(common), default_specification=DRAFT202012),
+                    ),
+                ]
+            )
             for template, ops in spec["paths"].items():
                 pattern = re.compile("^" + re.sub(r"\{[^/]+\}", r"[^/]+", template.rstrip("/")) + "/?$")
                 for method, op in ops.items():
                     params = op.get("parameters", [])
-                    version = next((p["schema"].get("enum", [None])[0] for p in params
-                                    if p.get("name") == "Version"), None)
+                    version = next(
+                        (p["schema"].get("enum", [None])[0] for p in params if p.get("name") == "Version"), None
+                    )
                     required = tuple(p["name"] for p in params if p.get("in") == "query" and p.get("required"))
-                    schema = (op.get("requestBody", {}).get("content", {})
-                              .get("application/json", {}).get("schema"))
-                    operation = Operation(method.upper(), template, pattern, required, version,
-                                          copy.deepcopy(schema) if schema else None)
+                    schema = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+                    operation = Operation(
+                        method.upper(), template, pattern, required, version, copy.deepcopy(schema) if schema else None
+                    )
                     self.operations.append(operation)
                     if schema:
                         wrapped = {**schema, "$id": uri} if "$ref" not in schema else {"$ref": uri + schema["$ref"]}
@@ -94,8 +102,7 @@ class GhlOpenApi:
                 return op
         return None
 
-    def problems(self, method: str, path: str, headers: dict[str, str], query: dict[str, str],
-                 body: Any) -> list[str]:
+    def problems(self, method: str, path: str, headers: dict[str, str], query: dict[str, str], body: Any) -> list[str]:
         """Everything wrong with a request, empty when it conforms."""
         if path.startswith(UNVALIDATED_PREFIXES):
             return []
