@@ -7,7 +7,7 @@ static checks run everywhere."""
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import inspect
 import json
 import re
@@ -227,7 +227,9 @@ def test_every_nats_client_unit_gets_only_its_own_seed(units: dict[str, Unit]) -
 
 def serves_metrics_port(service: str) -> bool:
     """Whether ``dfm run <service>`` serves /metrics on METRICS_PORT (the gateway serves its own)."""
-    return "serve_metrics(" in inspect.getsource(importlib.import_module(RUNNERS[service]))
+    spec = importlib.util.find_spec(RUNNERS[service])  # its source, without importing the service
+    assert spec is not None and spec.origin is not None, service
+    return "serve_metrics(" in Path(spec.origin).read_text()
 
 
 def test_no_two_processes_on_one_host_share_a_port(units: dict[str, Unit]) -> None:
@@ -529,3 +531,161 @@ def test_traces_go_from_the_services_through_the_collector_to_jaeger(compose: di
     [exporter] = pipeline["exporters"]
     assert config["exporters"][exporter]["endpoint"] == "jaeger:4317"
     assert compose["services"]["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+
+
+# --- Kubernetes: kustomization, images, secrets, PodMonitors -----------------------------------
+K8S = ROOT / "deploy" / "k8s"
+# the Secret's keys only (empty values), for the tests and readers: not a resource of the
+# kustomization, whose secretGenerator makes dfm-secrets from a file that is never committed
+SECRET_EXAMPLE = "secret.example.yaml"
+
+
+def k8s_docs(directory: Path) -> dict[str, list[dict[str, Any]]]:
+    return {p.name: [d for d in yaml.safe_load_all(p.read_text()) if d] for p in sorted(directory.glob("*.yaml"))}
+
+
+@pytest.fixture(scope="module")
+def kustomization() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((K8S / "kustomization.yml").read_text())
+    return loaded
+
+
+def pods(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Deployment or Job name -> its pod template."""
+    return {d["metadata"]["name"]: d["spec"]["template"] for d in docs if d["kind"] in ("Deployment", "Job")}
+
+
+def test_kustomization_lists_every_core_manifest_and_sets_the_image(kustomization: dict[str, Any]) -> None:
+    files = k8s_docs(K8S)
+    assert sorted(kustomization["resources"]) == sorted(set(files) - {SECRET_EXAMPLE})
+    assert kustomization["namespace"] == "dfm"
+    [image] = kustomization["images"]
+    assert image["newName"] and image["newTag"]
+    docs = [d for name in kustomization["resources"] for d in files[name]]
+    templates = pods(docs)
+    assert set(templates) >= set(LONG_RUNNING) | {"dfm-migrate"}
+    for name, template in templates.items():
+        for container in template["spec"]["containers"]:
+            assert container["image"] == image["name"], name  # no tag or registry here: the kustomization sets it
+    assert ":" not in image["name"] and "/" not in image["name"]
+
+
+def test_keda_owns_the_replica_count_of_what_it_scales() -> None:
+    """A `replicas:` on a Deployment that KEDA scales resets it on every `kubectl apply`."""
+    docs = [d for ds in k8s_docs(K8S).values() for d in ds]
+    scaled = {d["spec"]["scaleTargetRef"]["name"] for d in docs if d["kind"] == "ScaledObject"}
+    assert scaled == CONSUMER_SERVICES
+    for doc in docs:
+        if doc["kind"] == "Deployment":
+            assert ("replicas" in doc["spec"]) != (doc["metadata"]["name"] in scaled), doc["metadata"]["name"]
+
+
+def test_no_secret_value_is_committed_and_the_secret_comes_from_an_ignored_file(kustomization: dict[str, Any]) -> None:
+    files = k8s_docs(K8S)
+    for name in kustomization["resources"]:
+        assert not [d for d in files[name] if d["kind"] == "Secret"], name  # generated, never a resource
+    [generator] = kustomization["secretGenerator"]
+    assert generator["name"] == "dfm-secrets"
+    [env_file] = generator["envs"]
+    tracked = subprocess.run(
+        ["git", "ls-files", "--error-unmatch", f"deploy/k8s/{env_file}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert tracked.returncode != 0, f"{env_file} is committed"
+    ignored = subprocess.run(["git", "check-ignore", "-q", f"deploy/k8s/{env_file}"], cwd=ROOT, check=False)
+    assert ignored.returncode == 0, f"{env_file} is not git-ignored"
+    example = dotenv_values(K8S / f"{env_file}.example")
+    [secret] = files[SECRET_EXAMPLE]
+    assert secret["kind"] == "Secret" and secret["metadata"]["name"] == "dfm-secrets"
+    assert set(example) == set(secret["stringData"]) and set(example) <= FIELDS
+    assert set(example.values()) == {""} and set(secret["stringData"].values()) == {""}  # keys only
+    for value in (v for ds in files.values() for d in ds if d["kind"] == "Secret" for v in d.get("data", {}).values()):
+        raise AssertionError(f"a Secret with data in git: {value[:4]}...")
+
+
+def test_kustomize_renders_the_image_and_the_generated_secret_everywhere(
+    kustomization: dict[str, Any], tmp_path: Path
+) -> None:
+    """Where kubectl (or kustomize) exists: render a copy with a filled-in secrets file, as the
+    deploy job does, and check what would be applied."""
+    tool = shutil.which("kubectl") or shutil.which("kustomize")
+    if tool is None:
+        warnings.warn(
+            "neither kubectl nor kustomize is installed: the kustomization was checked statically only", stacklevel=1
+        )
+        return
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    [generator] = kustomization["secretGenerator"]
+    [env_file] = generator["envs"]
+    example = (copy / f"{env_file}.example").read_text()
+    (copy / env_file).write_text(re.sub(r"^([A-Z_]+)=$", r"\1=value-of-\1", example, flags=re.MULTILINE))
+    command = [tool, "kustomize", str(copy)] if tool.endswith("kubectl") else [tool, "build", str(copy)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    [secret] = [d for d in docs if d["kind"] == "Secret"]
+    assert secret["metadata"]["name"].startswith("dfm-secrets-")  # a new name per change: pods roll
+    assert secret["metadata"]["labels"]["app.kubernetes.io/component"] == "config"
+    [image] = kustomization["images"]
+    for name, template in pods(docs).items():
+        [container] = template["spec"]["containers"]
+        assert container["image"] == f"{image['newName']}:{image['newTag']}", name
+        refs = {r["secretRef"]["name"] for r in container["envFrom"] if "secretRef" in r}
+        assert refs == {secret["metadata"]["name"]}, name
+    [config] = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert config["metadata"]["labels"]["app.kubernetes.io/component"] == "config"  # the deploy job's first step
+
+
+def matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        value, values = labels.get(expression["key"]), expression.get("values", [])
+        if (expression["operator"] == "In" and value not in values) or (
+            expression["operator"] == "NotIn" and value in values
+        ):
+            return False
+    return True
+
+
+def test_pod_monitors_scrape_every_pods_metrics_port() -> None:
+    """PodMonitors (prometheus-operator) in their own directory, so the core manifests apply
+    and validate without that CRD."""
+    core = [d for ds in k8s_docs(K8S).values() for d in ds]
+    monitors = [d for ds in k8s_docs(K8S / "monitoring").values() for d in ds if d["kind"] == "PodMonitor"]
+    assert monitors and not [d for d in core if d["apiVersion"].startswith("monitoring.coreos.com/")]
+    [config] = [d for d in core if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "dfm-config"]
+    metrics_port = int(config["data"]["METRICS_PORT"])
+    for name, template in pods([d for d in core if d["kind"] == "Deployment"]).items():
+        labels = template["metadata"]["labels"]
+        [container] = template["spec"]["containers"]
+        ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
+        expected = "metrics" if serves_metrics_port(name) else "http"
+        if expected == "metrics":
+            assert ports.get("metrics") == metrics_port, name
+        else:  # the gateway: /metrics on its HTTP port
+            assert name == "gateway" and ports["http"] == Settings.model_fields["gateway_port"].default
+        scraping = [
+            (m, e) for m in monitors if matches(m["spec"]["selector"], labels) for e in m["spec"]["podMetricsEndpoints"]
+        ]
+        assert [(e["port"], e.get("path", "/metrics")) for _, e in scraping] == [(expected, "/metrics")], name
+        for monitor, _ in scraping:
+            assert monitor["metadata"]["namespace"] == "dfm", name
+
+
+def test_the_deploy_job_sets_the_image_with_kustomize_and_migrates_first(kustomization: dict[str, Any]) -> None:
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    steps = {s.get("name", ""): s for s in workflow["jobs"]["deploy"]["steps"]}
+    text = " ".join(str(s.get("run", "")) for s in steps.values())
+    assert "sed " not in text  # the images come from the kustomization
+    [image] = kustomization["images"]
+    assert f"kustomize edit set image {image['name']}=" in text
+    [generator] = kustomization["secretGenerator"]
+    assert f"deploy/k8s/{generator['envs'][0]}" in text  # written from the environment's secret
+    migrate = steps["migrations first"]["run"]
+    assert "kubectl apply -k deploy/k8s -l 'app.kubernetes.io/component in (config,migrate)'" in migrate
+    assert "kubectl apply -k deploy/k8s" in steps["rolling update of every service"]["run"]
