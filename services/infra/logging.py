@@ -1,7 +1,16 @@
-"""structlog JSON logs with redaction (STYLE.md §6, spec/inbound.md §7.4).
+"""One log format per process: structlog records with redaction (STYLE.md §6, spec/inbound.md §7.4).
+
+``configure_logging`` is called once at the start of every process. After it, structlog's own
+records and every stdlib record (uvicorn, nats-py, asyncio, httpx, FastStream, ``warnings``,
+an uncaught exception) go through the same processors — service, level, timestamp, redaction
+— and leave on **stderr**, one record per line: JSON, or human-readable lines on a terminal.
+stderr because stdout is taken: it is the MCP stdio protocol for ``dfm run mcp`` and the
+output of every other ``dfm`` command (``dfm up`` prints its progress there).
 
 Bodies, phone numbers, e-mail addresses and secrets never reach a log line: keys that may
-carry them are replaced before rendering, whatever the caller passed.
+carry them are replaced before rendering, whatever the caller passed, and free text (a stdlib
+message, an exception, any string value) has phone numbers, e-mail addresses, URL passwords
+and bearer tokens masked.
 """
 
 from __future__ import annotations
@@ -9,11 +18,26 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
-from typing import Any
+import threading
+from collections.abc import Callable, MutableMapping
+from types import TracebackType
+from typing import IO, Any, Literal
 
 import orjson
 import structlog
+from structlog.typing import Processor
+
+__all__ = [
+    "BROKER_LOGGER",
+    "REDACTED",
+    "SENSITIVE_KEYS",
+    "LogFormat",
+    "configure_logging",
+    "get_logger",
+    "redact",
+    "resolve_format",
+    "scrub_text",
+]
 
 REDACTED = "[REDACTED]"
 SENSITIVE_KEYS = frozenset(
@@ -24,16 +48,42 @@ SENSITIVE_KEYS = frozenset(
         "password", "secret", "token", "api_key", "authorization", "signature",
         "x-ghl-signature", "x-wh-signature", "cookie",
     }
-)
+)  # fmt: skip
 
+LogFormat = Literal["json", "console", "auto"]
+
+# The stdlib logger FastStream brokers are given (``NatsBroker(logger=...)``): without it
+# FastStream makes its own, which writes coloured plain text to stdout, bypassing everything here.
+BROKER_LOGGER = "dfm.broker"
 
 # userinfo of a URL (nats://user:password@host): the password never reaches a log line
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]*@")
+# an e-mail address, not the user of a URL (nats://user@host)
+_EMAIL = re.compile(r"(?<![\w.+/-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+# a phone number: 10 to 15 digits as one token, optionally +, spaces, dashes or brackets between
+# them; dots and colons end a token, so IP addresses, ports and times are left alone
+_PHONE = re.compile(r"(?<![\w+./:-])\+?\d(?:[ ()-]{0,2}\d){9,14}(?![\w./:-])")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
+_SECRET_PARAM = re.compile(r"(?i)\b(api_key|apikey|token|secret|password|signature|authorization)=[^&\s\"']+")
+# attributes of stdlib records that are not the caller's context (uvicorn's ANSI copy of the
+# message, the formatter's caches)
+_RECORD_NOISE = ("color_message", "message", "asctime", "taskName")
+
+
+def scrub_text(text: str) -> str:
+    """Mask phone numbers, e-mail addresses, URL passwords and credentials in free text."""
+    if "@" in text:
+        text = _URL_USERINFO.sub(r"\g<scheme>\g<user>:***@", text)
+        text = _EMAIL.sub(REDACTED, text)
+    if "=" in text:
+        text = _SECRET_PARAM.sub(rf"\1={REDACTED}", text)
+    text = _BEARER.sub(rf"\1 {REDACTED}", text)
+    return _PHONE.sub(REDACTED, text)
 
 
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
-        return _URL_USERINFO.sub(r"\g<scheme>\g<user>:***@", value) if "@" in value else value
+        return scrub_text(value)
     if isinstance(value, dict):
         return {k: REDACTED if str(k).lower() in SENSITIVE_KEYS else _scrub(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -42,45 +92,144 @@ def _scrub(value: Any) -> Any:
 
 
 def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: mask sensitive keys at any depth (the ``event`` text is kept)."""
+    """structlog processor: mask sensitive keys at any depth and sensitive text in every string
+    (the ``event`` text is kept, with phone numbers, addresses and credentials masked)."""
     for key in list(event_dict):
         if key == "event":
-            continue
-        if key.lower() in SENSITIVE_KEYS:
+            if isinstance(event_dict[key], str):
+                event_dict[key] = scrub_text(event_dict[key])
+        elif key.lower() in SENSITIVE_KEYS:
             event_dict[key] = REDACTED
         else:
             event_dict[key] = _scrub(event_dict[key])
     return event_dict
 
 
-def configure_logging(service: str, level: str = "info", fmt: str = "json") -> None:
-    """Configure structlog and the stdlib root logger once per process."""
+def resolve_format(fmt: str, stream: IO[Any]) -> Literal["json", "console"]:
+    """``auto``: human-readable lines on a terminal, JSON anywhere else (a pipe, a file, a
+    process manager, a container runtime)."""
+    if fmt == "auto":
+        return "console" if _isatty(stream) else "json"
+    return "console" if fmt == "console" else "json"
+
+
+def _isatty(stream: IO[Any]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
+
+
+def _add_service(service: str) -> Processor:
+    def add_service(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        event_dict.setdefault("service", service)
+        return event_dict
+
+    return add_service
+
+
+def _drop_record_noise(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in _RECORD_NOISE:
+        event_dict.pop(key, None)
+    return event_dict
+
+
+def _json_text(obj: Any, **kwargs: Any) -> str:
+    return orjson.dumps(obj, **kwargs).decode()
+
+
+class _StructlogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The root handler ``configure_logging`` installs (found again on a second call)."""
+
+
+def configure_logging(service: str, level: str = "info", fmt: str = "auto") -> None:
+    """Configure structlog and the stdlib root logger once per process (a second call
+    replaces the first). ``fmt``: ``json``, ``console`` or ``auto`` (console on a terminal)."""
     numeric = getattr(logging, level.upper(), logging.INFO)
-    json_logs = fmt == "json"
-    renderer: Any = (
-        structlog.processors.JSONRenderer(serializer=orjson.dumps)
-        if json_logs
-        else structlog.dev.ConsoleRenderer()
-    )
+    stream = sys.stderr
+    json_logs = resolve_format(fmt, stream) == "json"
+    colors = not json_logs and _isatty(stream)
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        _add_service(service),
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+    ]
+    # exceptions are rendered to text before redaction, so a traceback is scrubbed too
+    final: list[Processor] = [structlog.processors.format_exc_info, redact]
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
-            redact,
-            structlog.processors.format_exc_info,
-            renderer,
+            *shared,
+            *final,
+            structlog.processors.JSONRenderer(serializer=orjson.dumps)
+            if json_logs
+            else structlog.dev.ConsoleRenderer(colors=colors),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=(
-            structlog.BytesLoggerFactory(file=sys.stderr.buffer)
-            if json_logs
-            else structlog.PrintLoggerFactory(file=sys.stderr)
+            structlog.BytesLoggerFactory(file=stream.buffer) if json_logs else structlog.PrintLoggerFactory(file=stream)
         ),
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=service)
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+
+    # stdlib records: the same processors, through structlog's ProcessorFormatter
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            *shared,
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.ExtraAdder(),  # FastStream's subject/message_id, a caller's extra=
+            _drop_record_noise,
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *final,
+            structlog.processors.JSONRenderer(serializer=_json_text)
+            if json_logs
+            else structlog.dev.ConsoleRenderer(colors=colors),
+        ],
+    )
+    handler = _StructlogHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StructlogHandler | logging.StreamHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    # libraries' chatter below a warning stays out (httpx logs every request at info)
+    root.setLevel(max(numeric, logging.WARNING))
+    # FastStream: its module logger has a stderr handler of its own and does not propagate;
+    # the brokers' logger (BROKER_LOGGER) follows LOG_LEVEL (per-message lines are debug)
+    for name in ("faststream", BROKER_LOGGER):
+        lib = logging.getLogger(name)
+        lib.handlers.clear()
+        lib.propagate = True
+        lib.setLevel(numeric)
+    logging.captureWarnings(True)
+    log = structlog.get_logger("uncaught")
+    sys.excepthook = _log_uncaught(log)
+    threading.excepthook = _log_uncaught_in_thread(log)
+
+
+def _log_uncaught(
+    log: Any,
+) -> Callable[[type[BaseException], BaseException, TracebackType | None], None]:
+    def excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        log.critical("uncaught_exception", exc_info=(kind, exc, tb))
+
+    return excepthook
+
+
+def _log_uncaught_in_thread(log: Any) -> Callable[[threading.ExceptHookArgs], None]:
+    def excepthook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is None or args.exc_type is SystemExit:
+            return
+        log.critical(
+            "uncaught_exception",
+            thread=args.thread.name if args.thread else None,
+            exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+        )
+
+    return excepthook
 
 
 def get_logger(name: str | None = None) -> Any:

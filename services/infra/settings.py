@@ -157,7 +157,8 @@ class Settings(BaseSettings):
     node_env: Literal["development", "production", "test"] = "development"
     base_url: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["json", "console"] = "json"
+    log_format: Literal["json", "console", "auto"] = Field(
+        default="auto", description="auto: human-readable lines on a terminal, JSON elsewhere (a pipe, a file, a journal)")
     # spans are always made and carried (traceparent in NATS and vendor headers); exported only
     # when this says so; the OTLP exporter reads the standard OTEL_EXPORTER_OTLP_* variables
     otel_traces_exporter: Literal["none", "console", "otlp"] = "none"

@@ -9,6 +9,7 @@ message goes to ``EventConsumer.handle``, which acks, naks with delay or termina
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from nats.aio.msg import Msg
 
 from contracts.streams import ConsumerSpec
 from services.infra.broker import connect_options, prepare_topology
+from services.infra.logging import BROKER_LOGGER
 from services.infra.nats_auth import inbox_prefix
 from services.infra.runtime import on_termination
 from services.infra.settings import Settings
@@ -66,8 +68,11 @@ def sync_broker(settings: Settings, spec: ConsumerSpec, handle: MessageHandler,
     # the durable's own identity (nats_auth): it may pull, ack and read the info of this
     # durable only; FastStream reads that info first and, the durable existing, creates nothing
     servers, auth = connect_options(settings, name=f"dfm-{spec.durable}", identity=spec.durable)
+    # its records go through structlog (configure_logging); its per-message "Received" and
+    # "Processed" lines are debug, its errors keep their level
     broker = NatsBroker(servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                        graceful_timeout=settings.dfm_drain_timeout_s, **faststream_auth(auth))
+                        graceful_timeout=settings.dfm_drain_timeout_s, **faststream_auth(auth),
+                        logger=logging.getLogger(BROKER_LOGGER), log_level=logging.DEBUG)
 
     @broker.subscriber(
         spec.filter_subjects[0],
