@@ -8,6 +8,7 @@ from types import FrameType
 
 import uvicorn
 
+from services.infra.logging import configure_logging
 from services.infra.metrics_server import serve_metrics
 from services.infra.settings import Settings, load_settings
 from services.ingress.app import WebhookFastPath, create_asgi
@@ -33,6 +34,7 @@ def app_factory() -> WebhookFastPath:
     """Build the app in each worker process from the environment (``--workers`` > 1)."""
     tune_gc()
     settings = load_settings()
+    configure_logging("ingress", settings.log_level, settings.log_format)  # a spawned process
     serve_production_metrics(settings)
     return create_asgi(settings)
 
@@ -67,6 +69,7 @@ def run(settings: Settings, *, host: str = "0.0.0.0") -> None:
         "http": "httptools",
         "access_log": False,
         "log_level": "warning",
+        "log_config": None,  # its loggers propagate to the root handler of configure_logging
         "timeout_graceful_shutdown": int(settings.dfm_drain_timeout_s),
         "backlog": 2048,
         # connections plus requests in progress per process; beyond it uvicorn answers 503 at
