@@ -79,3 +79,25 @@ class PurgeRequested(_Command):
 
     slot: str | None = None
     dry_run: bool = False
+
+
+class AgentsSeedRequested(_Command):
+    """Seed the agent directory from the GHL and Aloware users (spec/outbound.md L-6); run by
+    the jobs service, which alone calls the vendors for it, and recorded as one
+    ``reconcile_runs`` row (``agents-seed``, totals ``{"inserted": n}``)."""
+
+
+class ListsRebuildRequested(_Command):
+    """Rebuild agent call lists (spec/outbound.md L-5): every registry entry, or those of
+    ``agent_key`` and/or ``list_key``. Run by the jobs service and recorded as one
+    ``reconcile_runs`` row (``lists-rebuild``, totals ``{"rebuilt", "removed", "errors"}``)."""
+
+    agent_key: str | None = None
+    list_key: str | None = None
+
+    @model_validator(mode="after")
+    def _storable_keys(self) -> ListsRebuildRequested:
+        # the keys are compared in PostgreSQL, which refuses a NUL in text
+        if "\x00" in (self.agent_key or "") + (self.list_key or ""):
+            raise ValueError("agent_key and list_key must not contain NUL")
+        return self

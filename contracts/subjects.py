@@ -73,6 +73,8 @@ REPLAY_SUBJECT = "jobs.replay"
 RECONCILE_SUBJECT = "jobs.reconcile"
 ALERTS_SUBJECT = "jobs.alerts"  # periodic alert evaluation (spec/inbound.md §7.3)
 PURGE_SUBJECT = "jobs.purge"  # retention (issue #16 item 10)
+AGENTS_SEED_SUBJECT = "jobs.agents_seed"  # spec/outbound.md L-6 (vendor reads: jobs only)
+LISTS_REBUILD_SUBJECT = "jobs.lists_rebuild"  # spec/outbound.md L-5 (vendor calls: jobs only)
 
 
 def subject_matches(pattern: str, subject: str) -> bool:

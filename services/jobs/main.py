@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from contextlib import AsyncExitStack
+
+from nats.aio.client import Client as NatsClient
 
 from contracts.streams import JOBS_CONSUMER
+from services.clients.aloware import AlowareClient
 from services.clients.budget import RateBudget
 from services.clients.ghl import GhlClient
 from services.infra.broker import connect
@@ -21,24 +25,29 @@ WORKERS = 2  # a long replay does not hold up the next sweep
 
 
 async def serve(settings: Settings) -> None:
-    """Consume commands until SIGTERM/SIGINT."""
-    engine = create_engine(settings)
-    ghl = None
-    if settings.ghl_api_key and settings.ghl_location_id:
-        ghl = GhlClient.from_settings(settings, RateBudget.for_ghl(engine, settings).acquire)
-    nc = await connect(settings, name="dfm-jobs")
-    jobs = Jobs(settings, engine, nc, ghl)
-    serve_metrics(settings, "jobs")
-    try:
+    """Consume commands until SIGTERM/SIGINT; resources close in reverse order of opening."""
+    async with AsyncExitStack() as stack:
+        engine = create_engine(settings)
+        stack.push_async_callback(engine.dispose)
+        ghl = aloware = None
+        if settings.ghl_api_key and settings.ghl_location_id:
+            ghl = GhlClient.from_settings(settings, RateBudget.for_ghl(engine, settings).acquire)
+            stack.push_async_callback(ghl.aclose)
+        if settings.aloware_api_token:  # the call-list commands (seed, rebuild) write into Aloware
+            aloware = AlowareClient.from_settings(settings)
+            stack.push_async_callback(aloware.aclose)
+        nc = await connect(settings, name="dfm-jobs")
+        stack.push_async_callback(_drain, nc)
+        jobs = Jobs(settings, engine, nc, ghl, aloware)
+        stack.push_async_callback(jobs.close)
+        serve_metrics(settings, "jobs")
         await jobs.start_advisories()
         await serve_until_terminated(settings, JOBS_CONSUMER, jobs.handle, WORKERS)
-    finally:
-        await jobs.close()
-        with contextlib.suppress(Exception):
-            await nc.drain()
-        if ghl is not None:
-            await ghl.aclose()
-        await engine.dispose()
+
+
+async def _drain(nc: NatsClient) -> None:
+    with contextlib.suppress(Exception):  # a connection already lost has nothing to drain
+        await nc.drain()
 
 
 def run(settings: Settings) -> None:

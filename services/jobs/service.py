@@ -1,17 +1,19 @@
 """The jobs consumer: commands from the JOBS stream (sweep, replay, reconcile, alert checks,
-retention purge) and JetStream's dead-letter advisories.
+retention purge, the call-list seed and rebuild) and JetStream's dead-letter advisories.
 
-Commands arrive on the durable ``jobs`` shared by every replica. A command that fails is
-NAKed and retried on the durable's back-off; a command that cannot be parsed is terminated
-and logged. Dead-letter advisories (a consumer reached ``max_deliver``, or terminated a
-message) are core-NATS messages, taken by one replica of the queue group each, and recorded
-in ``dead_letters``; for max-deliveries the event's delivery is also ended as ``dead``.
+Commands arrive on the durable ``jobs`` shared by every replica, through the FastStream front
+every consumer shares, and are settled by ``services.jobs.commands.deliver_command`` (retried
+on ``RetryLater`` or any failure, terminated on ``Permanent`` or when unreadable). ``execute``
+is a table from command type to the runner that owns it. Dead-letter advisories (a consumer
+reached ``max_deliver``, or terminated a message) are core-NATS messages, taken by one replica
+of the queue group each, and recorded in ``dead_letters``; for max-deliveries the event's
+delivery is also ended as ``dead``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
@@ -24,27 +26,25 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.commands import (
+    AgentsSeedRequested,
     AlertCheckRequested,
+    ListsRebuildRequested,
     PurgeRequested,
     ReconcileRequested,
     ReplayRequested,
     SweepRequested,
 )
 from contracts.envelope import WebhookEvent
-from contracts.streams import CONSUMERS, JOBS_CONSUMER, WEBHOOKS_STREAM
-from contracts.subjects import (
-    ALERTS_SUBJECT,
-    PURGE_SUBJECT,
-    RECONCILE_SUBJECT,
-    REPLAY_SUBJECT,
-    SWEEP_SUBJECT,
-)
+from contracts.streams import CONSUMERS, WEBHOOKS_STREAM
+from services.clients.aloware import AlowareClient
 from services.clients.ghl import GhlClient
 from services.infra.db.models import DeadLetterRow, EventDeliveryRow, ReconcileRunRow
 from services.infra.delivery import DeliveryLedger, event_table
 from services.infra.logging import get_logger
 from services.infra.settings import Settings
 from services.jobs.alerts import Alerter
+from services.jobs.call_lists import CallListJobs
+from services.jobs.commands import COMMANDS, deliver_command
 from services.jobs.purge import Purger
 from services.jobs.reconcile import ContactReconciler
 from services.jobs.replay import Replayer
@@ -57,25 +57,24 @@ ADVISORY_SUBJECTS = (
     "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.>",
 )
 ADVISORY_QUEUE = "dfm-jobs-dead-letters"
-COMMANDS: dict[str, type[BaseModel]] = {
-    SWEEP_SUBJECT: SweepRequested,
-    REPLAY_SUBJECT: ReplayRequested,
-    RECONCILE_SUBJECT: ReconcileRequested,
-    ALERTS_SUBJECT: AlertCheckRequested,
-    PURGE_SUBJECT: PurgeRequested,
-}
+__all__ = ["COMMANDS", "Jobs"]  # COMMANDS: subject -> model (services/jobs/commands.py)
 MAX_ITEMS_RECORDED = 200
 CONSUMER_PENDING = Gauge("dfm_consumer_pending_messages", "Messages not yet delivered to a durable", ["consumer"])
-CONSUMER_ACK_PENDING = Gauge("dfm_consumer_ack_pending_messages", "Messages delivered, not yet acked",
-                             ["consumer"])
+CONSUMER_ACK_PENDING = Gauge("dfm_consumer_ack_pending_messages", "Messages delivered, not yet acked", ["consumer"])
 CONSUMER_REDELIVERED = Gauge("dfm_consumer_redelivered_messages", "Messages being redelivered", ["consumer"])
 
 
 class Jobs:
     """Runs commands against one database and one NATS connection."""
 
-    def __init__(self, settings: Settings, engine: AsyncEngine, nc: NatsClient,
-                 ghl: GhlClient | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        nc: NatsClient,
+        ghl: GhlClient | None = None,
+        aloware: AlowareClient | None = None,
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.nc = nc
@@ -85,6 +84,17 @@ class Jobs:
         self.reconciler = ContactReconciler(settings, engine, self.js, ghl)
         self.alerter = Alerter(settings, engine)
         self.purger = Purger(settings, engine)
+        self.call_lists = CallListJobs(settings, engine, ghl, aloware)
+        # one runner per command type; COMMANDS maps each subject to one of these types
+        self.runners: dict[type[BaseModel], Callable[[Any], Awaitable[Any]]] = {
+            SweepRequested: self.sweeper.run,
+            ReplayRequested: self._replay,
+            ReconcileRequested: self.reconciler.run,
+            AlertCheckRequested: self._check_alerts,
+            PurgeRequested: self.purger.run,
+            AgentsSeedRequested: self.call_lists.seed,
+            ListsRebuildRequested: self.call_lists.rebuild,
+        }
         self._subs: list[Any] = []
 
     async def start_advisories(self) -> None:
@@ -99,60 +109,43 @@ class Jobs:
 
     # --- commands --------------------------------------------------------------------------
     async def handle(self, msg: Msg) -> None:
-        """One command message: run it, then ack; NAK on failure (the durable backs off)."""
-        model = COMMANDS.get(msg.subject)
-        if model is None:
-            log.error("unknown_command_terminated", subject=msg.subject)
-            await msg.term()
-            return
-        try:
-            command = model.model_validate_json(msg.data)
-        except (ValidationError, ValueError) as exc:
-            log.error("malformed_command_terminated", subject=msg.subject, error=str(exc).splitlines()[0])
-            await msg.term()
-            return
-        heartbeat = asyncio.create_task(_keep_alive(msg))
-        try:
-            await self.execute(command)
-        except Exception:
-            log.exception("command_failed", subject=msg.subject)
-            heartbeat.cancel()
-            await msg.nak()
-            return
-        heartbeat.cancel()
-        await msg.ack()
+        """One command message, settled by ``deliver_command``."""
+        await deliver_command(msg, self.execute)
 
     async def execute(self, command: BaseModel) -> Any:
         """Run one command in-process (also used by the CLI's ``dfm sweep --here``)."""
-        if isinstance(command, SweepRequested):
-            return await self.sweeper.run(command)
-        if isinstance(command, ReplayRequested):
-            report = await self.replayer.run(command)
-            await self._record_replay(command, report.as_json())
-            return report
-        if isinstance(command, ReconcileRequested):
-            return await self.reconciler.run(command)
-        if isinstance(command, AlertCheckRequested):
-            await self.refresh_consumer_gauges()
-            return await self.alerter.check()
-        if isinstance(command, PurgeRequested):
-            return await self.purger.run(command)
-        raise TypeError(type(command).__name__)
+        runner = self.runners.get(type(command))
+        if runner is None:
+            raise TypeError(type(command).__name__)
+        return await runner(command)
+
+    async def _replay(self, command: ReplayRequested) -> Any:
+        report = await self.replayer.run(command)
+        await self._record_replay(command, report.as_json())
+        return report
+
+    async def _check_alerts(self, _: AlertCheckRequested) -> Any:
+        await self.refresh_consumer_gauges()
+        return await self.alerter.check()
 
     async def _record_replay(self, command: ReplayRequested, report: dict[str, Any]) -> None:
-        report = {**report, "items": report["items"][:MAX_ITEMS_RECORDED],
-                  "requestedBy": command.requested_by}
+        report = {**report, "items": report["items"][:MAX_ITEMS_RECORDED], "requestedBy": command.requested_by}
         async with self.engine.begin() as conn:
-            await conn.execute(insert(ReconcileRunRow).values(
-                job_name="replay", status="success", totals=json.loads(json.dumps(report, default=str)),
-                finished_at=func.now()))
+            await conn.execute(
+                insert(ReconcileRunRow).values(
+                    job_name="replay",
+                    status="success",
+                    totals=json.loads(json.dumps(report, default=str)),
+                    finished_at=func.now(),
+                )
+            )
 
     async def refresh_consumer_gauges(self) -> None:
         """Lag of every durable (what KEDA scales on), for dashboards and alerts."""
         for spec in CONSUMERS:
             try:
                 info = await self.js.consumer_info(spec.stream, spec.durable)
-            except Exception as exc:  # a durable not created yet, or NATS away: skip this round
+            except Exception as exc:  # noqa: BLE001 - a durable not created yet, or NATS away: skip this round
                 log.debug("consumer_info_unavailable", consumer=spec.durable, error=type(exc).__name__)
                 continue
             CONSUMER_PENDING.labels(spec.durable).set(info.num_pending or 0)
@@ -174,8 +167,9 @@ class Jobs:
         except Exception:
             log.exception("dead_letter_not_recorded", stream=stream, consumer=consumer, stream_seq=seq)
 
-    async def record_dead_letter(self, stream: str, consumer: str, seq: int, kind: str,
-                                 advisory: dict[str, Any]) -> None:
+    async def record_dead_letter(
+        self, stream: str, consumer: str, seq: int, kind: str, advisory: dict[str, Any]
+    ) -> None:
         deliveries = advisory.get("deliveries")
         subject: str | None = None
         event: WebhookEvent | None = None
@@ -191,41 +185,68 @@ class Jobs:
         if kind == "max_deliveries":
             reason = f"JetStream stopped redelivering after {deliveries} deliveries to {consumer}"
         else:
+            # a command the jobs service refused keeps its reason in its reconcile_runs row
+            unreadable = event is None and stream == WEBHOOKS_STREAM
             reason = advisory.get("reason") or (
-                f"terminated by {consumer}" + ("" if event else " (not a readable event envelope)"))
+                f"terminated by {consumer}" + (" (not a readable event envelope)" if unreadable else "")
+            )
         async with self.engine.begin() as conn:
-            await conn.execute(_dead_letter_upsert(
-                stream, consumer, seq, subject, event, kind, deliveries, reason))
+            await conn.execute(_dead_letter_upsert(stream, consumer, seq, subject, event, kind, deliveries, reason))
             open_delivery = None
             if event is not None and kind == "max_deliveries":
-                open_delivery = (await conn.execute(select(EventDeliveryRow.status).where(
-                    EventDeliveryRow.event_id == event.event_id, EventDeliveryRow.consumer == consumer))).scalar()
-        log.warning("dead_letter_recorded", stream=stream, consumer=consumer, stream_seq=seq, kind=kind,
-                    event_id=str(event.event_id) if event else None)
+                open_delivery = (
+                    await conn.execute(
+                        select(EventDeliveryRow.status).where(
+                            EventDeliveryRow.event_id == event.event_id, EventDeliveryRow.consumer == consumer
+                        )
+                    )
+                ).scalar()
+        log.warning(
+            "dead_letter_recorded",
+            stream=stream,
+            consumer=consumer,
+            stream_seq=seq,
+            kind=kind,
+            event_id=str(event.event_id) if event else None,
+        )
         if event is not None and kind == "max_deliveries" and open_delivery not in ("done", "dead"):
             if open_delivery is None:  # the consumer never got as far as claiming it
                 async with self.engine.begin() as conn:
-                    await conn.execute(pg_insert(EventDeliveryRow).values(
-                        event_id=event.event_id, consumer=consumer, event_table=event_table(event),
-                        status="processing", attempts=int(deliveries or 0),
-                    ).on_conflict_do_nothing(index_elements=["event_id", "consumer"]))
+                    await conn.execute(
+                        pg_insert(EventDeliveryRow)
+                        .values(
+                            event_id=event.event_id,
+                            consumer=consumer,
+                            event_table=event_table(event),
+                            status="processing",
+                            attempts=int(deliveries or 0),
+                        )
+                        .on_conflict_do_nothing(index_elements=["event_id", "consumer"])
+                    )
             await DeliveryLedger(self.engine, consumer, self.settings).finish(event, "dead", error=reason)
 
 
-def _dead_letter_upsert(stream: str, consumer: str, seq: int, subject: str | None,
-                        event: WebhookEvent | None, kind: str, deliveries: Any, reason: str) -> Any:
-    return (pg_insert(DeadLetterRow)
-            .values(stream=stream, consumer=consumer, stream_seq=seq, subject=subject,
-                    event_id=event.event_id if event else None, kind=kind,
-                    deliveries=deliveries, reason=reason)
-            .on_conflict_do_nothing(index_elements=["stream", "consumer", "stream_seq"]))
-
-
-async def _keep_alive(msg: Msg) -> None:
-    interval = max(1.0, JOBS_CONSUMER.ack_wait_s / 3)
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await msg.in_progress()
-        except Exception:
-            return
+def _dead_letter_upsert(
+    stream: str,
+    consumer: str,
+    seq: int,
+    subject: str | None,
+    event: WebhookEvent | None,
+    kind: str,
+    deliveries: Any,
+    reason: str,
+) -> Any:
+    return (
+        pg_insert(DeadLetterRow)
+        .values(
+            stream=stream,
+            consumer=consumer,
+            stream_seq=seq,
+            subject=subject,
+            event_id=event.event_id if event else None,
+            kind=kind,
+            deliveries=deliveries,
+            reason=reason,
+        )
+        .on_conflict_do_nothing(index_elements=["stream", "consumer", "stream_seq"])
+    )
