@@ -689,3 +689,18 @@ def test_the_deploy_job_sets_the_image_with_kustomize_and_migrates_first(kustomi
     migrate = steps["migrations first"]["run"]
     assert "kubectl apply -k deploy/k8s -l 'app.kubernetes.io/component in (config,migrate)'" in migrate
     assert "kubectl apply -k deploy/k8s" in steps["rolling update of every service"]["run"]
+
+
+# --- deploy/README.md ----------------------------------------------------------------------------
+def test_the_vm_install_instructions_name_real_files_and_the_units_ports(units: dict[str, Unit]) -> None:
+    text = (ROOT / "deploy" / "README.md").read_text()
+    section = text[text.index("## Install on a VM with systemd") : text.index("## Observability")]
+    for path in re.findall(r"(?<![\w/])((?:deploy|requirements)/[\w./*-]+|\.env\.example)", section):
+        assert list(ROOT.glob(path.rstrip("."))), path
+    for name, prefix in re.findall(r"`(dfm-[\w-]+)@N` (\d+)N", section):
+        assert environment(units[f"{name}@.service"])["METRICS_PORT"] == f"{prefix}%i", name
+    for service in ("ingress", "scheduler"):
+        port = environment(units[f"dfm-{service}.service"])["METRICS_PORT"]
+        assert f"{service} {port}" in section, service
+    templated = {n.removesuffix("@.service") for n, s in services(units).items() if s in CONSUMER_SERVICES}
+    assert templated == set(re.findall(r"`(dfm-[\w-]+)@N`", section))
