@@ -60,6 +60,7 @@ __all__ = [
     "release",
     "reopen",
     "resolve",
+    "settled",
     "unknown",
 ]
 
@@ -124,6 +125,16 @@ async def claim(conn: AsyncConnection, key: str, effect: str, *, event_id: uuid.
         raise RetryLater(max(1.0, float(row.left) + 1.0), f"{effect} {key} is being written by another attempt",
                          counts_as_attempt=False, cause=Cause.CLAIM_HELD)
     raise RetryLater(None, f"{effect} {key}: claim kept changing")
+
+
+async def settled(conn: AsyncConnection, key: str) -> Settled | None:
+    """How an earlier claim of ``key`` ended, without claiming it (a planner's known state,
+    the dry run): None while it was never claimed or is still being written."""
+    row = (await conn.execute(select(EffectClaimRow.state, EffectClaimRow.vendor_id, EffectClaimRow.detail)
+                              .where(EffectClaimRow.key == key))).first()
+    if row is None or row.state not in ("done", "unknown"):
+        return None
+    return Settled(key, row.state, row.vendor_id, row.detail)
 
 
 async def done(conn: AsyncConnection, key: str, vendor_id: str | None) -> None:

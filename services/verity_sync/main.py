@@ -1,8 +1,11 @@
-"""``dfm run verity-sync``."""
+"""``dfm run verity-sync``: the composition root. Every resource is entered into one
+``AsyncExitStack`` as it is made, so it is closed, in reverse order, however start-up or
+consumption ends."""
 
 from __future__ import annotations
 
 import asyncio
+from contextlib import AsyncExitStack
 
 from contracts.streams import VERITY_SYNC
 from services.clients.budget import RateBudget
@@ -20,24 +23,23 @@ from services.verity_sync.service import VeritySync
 async def serve(settings: Settings) -> None:
     """Consume until SIGTERM/SIGINT."""
     serve_metrics(settings, "verity-sync")
-    engine = create_engine(settings)
-    oauth = GhlOAuth(settings, engine)
-    conversations = (GhlConversations(settings, oauth, acquire=RateBudget.for_ghl(engine, settings).acquire)
-                     if settings.ghl_location_id else None)
-    ghl = (GhlClient.from_settings(settings, RateBudget.for_ghl(engine, settings).acquire)
-           if settings.ghl_api_key and settings.ghl_location_id else None)
-    sync = VeritySync(settings, engine, conversations, ghl=ghl)
-    consumer = EventConsumer(settings, VERITY_SYNC, engine, sync.handle)
-    try:
+    async with AsyncExitStack() as stack:
+        engine = create_engine(settings)
+        stack.push_async_callback(engine.dispose)
+        oauth = GhlOAuth(settings, engine)
+        stack.push_async_callback(oauth.aclose)
+        conversations = None
+        if settings.ghl_location_id:
+            conversations = GhlConversations(settings, oauth, acquire=RateBudget.for_ghl(engine, settings).acquire)
+            stack.push_async_callback(conversations.aclose)
+        ghl = None
+        if settings.ghl_api_key and settings.ghl_location_id:
+            ghl = GhlClient.from_settings(settings, RateBudget.for_ghl(engine, settings).acquire)
+            stack.push_async_callback(ghl.aclose)
+        sync = VeritySync(settings, engine, conversations, ghl=ghl)
+        stack.push_async_callback(sync.aclose)
+        consumer = EventConsumer(settings, VERITY_SYNC, engine, sync.handle)
         await serve_until_terminated(settings, VERITY_SYNC, consumer.handle, consumer_batch(settings))
-    finally:
-        await sync.aclose()
-        if ghl is not None:
-            await ghl.aclose()
-        if conversations is not None:
-            await conversations.aclose()
-        await oauth.aclose()
-        await engine.dispose()
 
 
 def run(settings: Settings) -> None:
