@@ -27,13 +27,16 @@ def test_no_route_is_shadowed_by_an_earlier_one() -> None:
         assert not any(subject_matches(earlier.subject, route.subject) for earlier in ROUTES[:i]), route.subject
 
 
-@pytest.mark.parametrize(("fixture", "handler"), [
-    ("ghl/ContactUpdate.json", VeritySync.forward),
-    ("ghl/workflow-contact-webhook.json", VeritySync.forward),
-    ("ghl/OpportunityStatusUpdate.json", VeritySync.forward),
-    ("ghl/AppointmentCreate.json", VeritySync.forward_and_link),
-    ("ghl/workflow-appointment-webhook.json", VeritySync.forward_and_link),
-])
+@pytest.mark.parametrize(
+    ("fixture", "handler"),
+    [
+        ("ghl/ContactUpdate.json", VeritySync.forward),
+        ("ghl/workflow-contact-webhook.json", VeritySync.forward),
+        ("ghl/OpportunityStatusUpdate.json", VeritySync.forward),
+        ("ghl/AppointmentCreate.json", VeritySync.forward_and_link),
+        ("ghl/workflow-appointment-webhook.json", VeritySync.forward_and_link),
+    ],
+)
 def test_ghl_webhooks_are_forwarded_and_appointments_linked(fixture: str, handler: object) -> None:
     assert route_for(ghl_event(fixture).subject).handler is handler
 
