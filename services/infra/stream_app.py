@@ -62,17 +62,22 @@ def faststream_auth(options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def sync_broker(settings: Settings, spec: ConsumerSpec, handle: MessageHandler,
-                workers: int) -> NatsBroker:
-    """A broker whose single subscriber feeds ``handle`` from the durable ``spec``."""
+def durable_broker(settings: Settings, spec: ConsumerSpec) -> NatsBroker:
+    """A broker connecting as the durable ``spec``'s own identity, with no subscriber yet."""
     # the durable's own identity (nats_auth): it may pull, ack and read the info of this
     # durable only; FastStream reads that info first and, the durable existing, creates nothing
     servers, auth = connect_options(settings, name=f"dfm-{spec.durable}", identity=spec.durable)
     # its records go through structlog (configure_logging); its per-message "Received" and
     # "Processed" lines are debug, its errors keep their level
-    broker = NatsBroker(servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                        graceful_timeout=settings.dfm_drain_timeout_s, **faststream_auth(auth),
-                        logger=logging.getLogger(BROKER_LOGGER), log_level=logging.DEBUG)
+    return NatsBroker(servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                      graceful_timeout=settings.dfm_drain_timeout_s, **faststream_auth(auth),
+                      logger=logging.getLogger(BROKER_LOGGER), log_level=logging.DEBUG)
+
+
+def sync_broker(settings: Settings, spec: ConsumerSpec, handle: MessageHandler,
+                workers: int) -> NatsBroker:
+    """A broker whose single subscriber feeds ``handle`` from the durable ``spec``."""
+    broker = durable_broker(settings, spec)
 
     @broker.subscriber(
         spec.filter_subjects[0],

@@ -1,6 +1,7 @@
 """The recorder: every accepted event gets its PostgreSQL row within seconds (spec §4.2).
 
-Consumes ``webhooks.>`` in batches and inserts into ``webhook_events``,
+Consumes ``webhooks.>`` in batches (FastStream's batch pull subscriber,
+services/infra/consumer.py) and inserts into ``webhook_events``,
 ``texting_webhook_events`` or ``broadcast_webhook_events`` with
 ``ON CONFLICT (dedupe_key) DO NOTHING`` — the permanent dedupe that outlives the stream's
 duplicate window. Acks only after the transaction commits.
