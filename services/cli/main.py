@@ -30,6 +30,8 @@ app.command("backup")(cli_ops.backup)
 app.command("restore")(cli_ops.restore)
 app.command("purge")(cli_ops.purge)
 app.add_typer(cli_ops.nats_app, name="nats")
+console_app = typer.Typer(help="The operator console (`dfm run console`).", no_args_is_help=True)
+app.add_typer(console_app, name="console")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -39,7 +41,7 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 SERVICES = ("ingress", "recorder", "ghl-sync", "aloware-sync", "verity-sync", "jobs", "scheduler",
-            "gateway", "mcp", "sandbox")
+            "gateway", "mcp", "sandbox", "console")
 RUNNERS = {
     "ingress": "services.ingress.main",
     "recorder": "services.recorder.main",
@@ -51,6 +53,7 @@ RUNNERS = {
     "gateway": "services.gateway.main",
     "mcp": "services.mcp.main",
     "sandbox": "services.sandbox.main",
+    "console": "services.console.main",
 }
 
 
@@ -200,6 +203,27 @@ def migrate_current() -> None:
 
     settings = settings_for("migrate")
     typer.echo(migrate.current(settings.database_url_str) or "base")
+
+
+@console_app.command("hash-password")
+def console_hash_password(
+    name: Annotated[str | None, typer.Option(help="print name:hash, a CONSOLE_OPERATORS entry")] = None,
+    stdin: Annotated[bool, typer.Option("--stdin", help="read the password from the first line of stdin")] = False,
+) -> None:
+    """Hash an operator's password for CONSOLE_OPERATORS (scrypt with a random salt). The
+    password is asked twice without echo, or read from stdin; it is never printed."""
+    from services.console.auth import OPERATOR_NAME, hash_password
+
+    if name is not None and not OPERATOR_NAME.match(name):
+        fail("--name must be 1-64 letters, digits or ._@-")
+    if stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
+    if len(password) < 12:
+        fail("the password must have at least 12 characters")
+    encoded = hash_password(password)
+    typer.echo(f"{name}:{encoded}" if name else encoded)
 
 
 def main() -> None:

@@ -154,6 +154,8 @@ IDENTITIES: tuple[Identity, ...] = (
     Identity("gateway", "gateway (health connects, nothing else)"),
     Identity("mcp", "mcp operator tools: stream stats, replay", publish=(*STREAM_INFO, *CONSUMER_INFO_ALL,
                                                                         REPLAY_SUBJECT)),
+    Identity("console", "operator console: replays it queues for jobs, stream info, every durable's info (its lag)",
+             publish=(*STREAM_INFO, *CONSUMER_INFO_ALL, REPLAY_SUBJECT)),
     Identity("cli", "operator CLI: dfm replay, sweep, backup (a replay and `sweep --here` run jobs' "
              "code in the CLI process; `dfm sweep` queues one)",
              publish=(*STREAM_INFO, *CONSUMER_INFO_ALL, _msg_get(WEBHOOKS_STREAM), _msg_get(JOBS_STREAM),
@@ -171,6 +173,7 @@ CONNECTION_IDENTITIES = {
     "dfm-scheduler": "scheduler",
     "dfm-gateway": "gateway",
     "dfm-mcp": "mcp",
+    "dfm-console": "console",
     "dfm-cli": "cli",
     "dfm-backup": "cli",
     "dfm-restore": ADMIN,
@@ -180,7 +183,7 @@ CONNECTION_IDENTITIES = {
 SERVICE_IDENTITIES = {
     "ingress": "ingress-admin", "recorder": "recorder", "ghl-sync": "ghl-sync",
     "aloware-sync": "aloware-sync", "verity-sync": "verity-sync", "jobs": "jobs",
-    "scheduler": "scheduler", "gateway": "gateway", "mcp": "mcp",
+    "scheduler": "scheduler", "gateway": "gateway", "mcp": "mcp", "console": "console",
 }
 
 

@@ -243,6 +243,30 @@ class Settings(BaseSettings):
         default=3001, ge=1, le=65535, validation_alias=AliasChoices("gateway_port", "port")
     )
     sandbox_port: int = Field(default=3099, ge=1, le=65535)
+    # --- operator console (services/console) --------------------------------------------
+    console_port: int = Field(default=3004, ge=1, le=65535)
+    console_host: str = Field(
+        default="127.0.0.1", description="address the console binds; anything but loopback needs "
+        "CONSOLE_TLS_PROXY (a TLS-terminating proxy in front) under NODE_ENV=production")
+    console_operators: CsvList = Field(
+        default_factory=list, description="name:hash pairs, comma-separated; the hash is what "
+        "`dfm console hash-password` prints (scrypt$…). Unset: DF_ADMIN_SECRET signs in as admin (first start)")
+    console_session_secret: SecretStr | None = Field(
+        default=None, description="key signing the console's session cookie; required in production "
+        "(elsewhere a random one per process: sessions end when it restarts)")
+    console_idle_timeout_s: int = Field(
+        default=1800, ge=60, le=86_400, description="a console session unused this long is signed out")
+    console_session_max_age_s: int = Field(
+        default=43_200, ge=300, le=604_800, description="a console session ends this long after sign-in, used or not")
+    console_tls_proxy: bool = Field(
+        default=False, description="the console is reached only through a TLS-terminating proxy (required "
+        "in production when CONSOLE_HOST is not loopback)")
+    console_trusted_proxies: CsvList = Field(
+        default_factory=list, description="CIDRs of proxies whose X-Forwarded-For the console believes for "
+        "sign-in throttling (default none: the peer address is the client)")
+    console_signin_max_failures: int = Field(
+        default=5, ge=1, le=1000, description="failed console sign-ins per client address, and per user name, "
+        "in 15 minutes; then sign-in is refused for them until the window passes")
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     ingress_limit_concurrency: int = Field(
         default=256, ge=1, le=100_000, description="connections plus requests in progress per ingress process; "
@@ -474,6 +498,21 @@ class Settings(BaseSettings):
                 raise ConfigError(f"{name}={value} is refused under NODE_ENV=production: unset it, or name it in "
                                   "DFM_ALLOW_INSECURE_IN_PRODUCTION to accept the risk")
 
+    def refuse_insecure_console(self) -> None:
+        """Raise ``ConfigError`` for a production console that would be unsafe to start: no
+        ``CONSOLE_SESSION_SECRET`` (a per-process key would sign everyone out on every restart
+        and differ between replicas), or bound beyond loopback without ``CONSOLE_TLS_PROXY``
+        (its session cookie and passwords would cross the network in the clear)."""
+        if self.node_env != "production":
+            return
+        if self.console_session_secret is None or len(self.console_session_secret.get_secret_value()) < 32:
+            raise ConfigError("CONSOLE_SESSION_SECRET is required under NODE_ENV=production: expected a random "
+                              "value of at least 32 characters")
+        if not _loopback(self.console_host) and not self.console_tls_proxy:
+            raise ConfigError(f"CONSOLE_HOST={self.console_host} is refused under NODE_ENV=production without "
+                              "CONSOLE_TLS_PROXY=true: serve the console through a TLS-terminating proxy, or bind "
+                              "it to 127.0.0.1")
+
     # --------------------------------------------------------------------------------------
     def require(self, *names: str) -> None:
         """Raise ``ConfigError`` naming the first of ``names`` that is unset or empty."""
@@ -503,6 +542,18 @@ class Settings(BaseSettings):
         self.require("database_url")
         assert self.database_url is not None
         return self.database_url
+
+
+def _loopback(host: str) -> bool:
+    """True for an address only this machine can reach (``localhost``, 127.0.0.0/8, ``::1``)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 # Settings that switch authentication off; refused in production unless named in
@@ -542,6 +593,7 @@ REQUIRED_BY_SERVICE: dict[str, tuple[str, ...]] = {
     "trace": ("database_url",),
     "backup": _INFRA,
     "purge": ("database_url",),
+    "console": _INFRA,
 }
 
 

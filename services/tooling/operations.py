@@ -6,6 +6,7 @@ jobs service, so every path applies the same transitions.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import uuid
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
+from contracts.commands import ReplayRequested
 from services.infra.db.models import (
     EVENT_TABLES,
     TABLE_NAMES,
@@ -25,6 +27,7 @@ from services.infra.db.models import (
     EventRow,
     IngressOutboxRow,
     QuarantineEventRow,
+    ReconcileRunRow,
     SyncLogRow,
     TableName,
 )
@@ -122,6 +125,9 @@ class EventFilter:
     order: Literal["asc", "desc"] = "asc"
     limit: int = 50
     cursor: str | None = None
+    # an id as an operator pastes it: the event id, its dedupe key, the entity id (a GHL or
+    # Aloware contact id, a call id), a texting conversation id or a broadcast id
+    search: str | None = None
 
 
 def _source_of(table: TableName, row: Any) -> str:
@@ -158,6 +164,16 @@ def _column(model: type[EventRow], name: str) -> ColumnElement[Any]:
     return column
 
 
+def _search(table: TableName, model: type[EventRow], text: str) -> ColumnElement[bool]:
+    """Equality on every id column an operator may paste (each has an index)."""
+    columns = {"webhook": ("entity_id",), "texting": ("entity_id", "conversation_id"),
+               "broadcast": ("broadcast_id",)}[table]
+    matches: list[ColumnElement[bool]] = [model.dedupe_key == text, *(_column(model, c) == text for c in columns)]
+    with contextlib.suppress(ValueError):
+        matches.append(model.id == uuid.UUID(text))
+    return or_(*matches)
+
+
 async def list_events(engine: AsyncEngine, f: EventFilter, *, raw_payload: bool = False
                       ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of events and the cursor of the next page (None at the end).
@@ -168,7 +184,7 @@ async def list_events(engine: AsyncEngine, f: EventFilter, *, raw_payload: bool 
     if not 1 <= f.limit <= MAX_LIMIT:
         raise OperationError(422, f"limit must be between 1 and {MAX_LIMIT}")
     no_nul(source=f.source, status=f.status, event_type=f.event_type, entity_type=f.entity_type,
-           entity_id=f.entity_id)
+           entity_id=f.entity_id, search=f.search)
     model = EVENT_TABLES[f.table]
     conditions: list[Any] = []
     if f.status:
@@ -185,6 +201,8 @@ async def list_events(engine: AsyncEngine, f: EventFilter, *, raw_payload: bool 
     if f.entity_id:
         column = _column(model, "broadcast_id" if f.table == "broadcast" else "entity_id")
         conditions.append(column == f.entity_id)
+    if f.search and f.search.strip():
+        conditions.append(_search(f.table, model, f.search.strip()))
     if f.received_from:
         conditions.append(model.received_at >= f.received_from)
     if f.received_to:
@@ -347,6 +365,39 @@ async def reset_for_replay(conn: AsyncConnection, event_id: uuid.UUID, *,
     return name, row
 
 
+# --- replay commands (queued on the JOBS stream; the jobs service runs them) ---------------
+async def replay_command(engine: AsyncEngine, event_id: uuid.UUID, *, table: TableName | None = None,
+                         force: bool = False, dry_run: bool = False, requested_by: str) -> ReplayRequested:
+    """The replay command for one event, after the checks the admin API answers at once (404
+    unknown, 409 quarantined without ``force`` or being processed) instead of leaving them to
+    the jobs service's report. Publish it with ``replay_msg_id`` as ``Nats-Msg-Id``."""
+    async with engine.connect() as conn:
+        name, row = await find_event(conn, event_id, table)
+    if row.status == "quarantined" and not force:
+        raise OperationError(409, "event is quarantined; replay with force=true to release it")
+    if row.status == "processing":
+        raise OperationError(409, "event is being processed; replay it when it ends")
+    return ReplayRequested(event_ids=[event_id], event_table=name, force=force, dry_run=dry_run,
+                           requested_by=requested_by)
+
+
+def replay_msg_id(command: ReplayRequested) -> str:
+    """The JOBS stream message id of a replay command (a re-sent command is taken once)."""
+    return f"replay:{command.command_id}"
+
+
+async def replay_report(engine: AsyncEngine, command_id: uuid.UUID) -> dict[str, Any] | None:
+    """The report the jobs service recorded for a replay command (``reconcile_runs``, job
+    ``replay``), or None while it has not run."""
+    async with engine.connect() as conn:
+        totals = await conn.scalar(
+            select(ReconcileRunRow.totals)
+            .where(ReconcileRunRow.job_name == "replay",
+                   ReconcileRunRow.totals["commandId"].astext == str(command_id))
+            .order_by(ReconcileRunRow.started_at.desc()).limit(1))
+    return dict(totals) if isinstance(totals, dict) else None
+
+
 async def is_quarantined(conn: AsyncConnection, event_id: uuid.UUID) -> bool:
     """True while an unreleased quarantine record exists."""
     found = await conn.scalar(
@@ -367,6 +418,9 @@ __all__ = [
     "parse_event_id",
     "quarantine",
     "redact",
+    "replay_command",
+    "replay_msg_id",
+    "replay_report",
     "reset_for_replay",
     "show_event",
 ]

@@ -44,6 +44,8 @@ from services.infra.db.models.mappings import (
 )
 from services.infra.db.models.operations import (
     AlertIncidentRow,
+    ConsoleAuditRow,
+    ConsoleSessionRow,
     GhlOauthTokenRow,
     RateBudgetBucketRow,
     ReconcileRunRow,
@@ -64,6 +66,8 @@ __all__ = [
     "Base",
     "BroadcastWebhookEventRow",
     "CallListRegistryRow",
+    "ConsoleAuditRow",
+    "ConsoleSessionRow",
     "ContactAgentStateRow",
     "ContactListMembershipRow",
     "ContactMappingRow",

@@ -110,3 +110,42 @@ class GhlOauthTokenRow(Base):
         UniqueConstraint("location_id"),
         Index("ix_ghl_oauth_tokens_expires_at", "expires_at"),
     )
+
+
+class ConsoleAuditRow(Base):
+    """Who did what in the operator console, and when (services/console): every sign-in, failed
+    sign-in, sign-out, payload reveal and action. Failed sign-ins are also what the console's
+    throttle counts, so the refusal holds across restarts and replicas."""
+
+    __tablename__ = "console_audit"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    at: Mapped[datetime] = _now()
+    operator: Mapped[str] = mapped_column(Text, nullable=False)
+    action: Mapped[str] = mapped_column(Text, nullable=False)
+    target: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    client: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_console_audit_at", "at"),
+        Index("ix_console_audit_action_at", "action", "at"),
+        Index("ix_console_audit_target", "target"),
+    )
+
+
+class ConsoleSessionRow(Base):
+    """A signed-in console session. The cookie carries only a random token whose SHA-256 is
+    ``id``: signing out or the idle timeout ends the row, so a copied cookie stops working too
+    (a cookie alone cannot be revoked)."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    operator: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = _now()
+    last_seen_at: Mapped[datetime] = _now()
+    ended_at: Mapped[datetime | None] = _ts()
+    client: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_console_sessions_last_seen_at", "last_seen_at"),)
