@@ -25,17 +25,17 @@ from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
-from sqlalchemy import case, cast, exists, extract, func, literal, select, text, update
+from sqlalchemy import Executable, case, cast, exists, extract, func, literal, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import HEADER_REDRIVE, WebhookEvent
 from contracts.streams import ConsumerSpec, expected_consumers
-from contracts.subjects import EntityType
+from contracts.subjects import EntityType, Source
 from services.infra import tracing
 from services.infra.db.errors import UNSTORABLE_VALUE, driver_error, sqlstate
-from services.infra.db.models import EVENT_TABLES, EventAttemptRow, EventDeliveryRow, SyncLogRow
+from services.infra.db.models import EVENT_TABLES, EventAttemptRow, EventDeliveryRow, SyncLogRow, TableName
 from services.infra.errors import (
     DeadlineExceeded,
     MappingConflict,
@@ -98,17 +98,15 @@ class Failure:
     cause: str | None = None
 
 
-def failure_cause(exc: Exception, trace: AttemptTrace) -> str | None:
+def failure_cause(exc: Exception) -> str | None:
     """``mapping_conflict`` (CA-7), ``provider_misconfigured`` (the GHL conversation provider
-    refused or unset, G12; Verity refusing our credentials), else None. From the error's type
-    and the attempt's recorded vendor answers, never from its text."""
+    refused or unset, G12; Verity refusing our credentials), else None. From the error's type,
+    raised where the failure was known (``MappingConflict``, ``Misconfigured``), never from its
+    text."""
     if isinstance(exc, MappingConflict):
         return "mapping_conflict"
     if isinstance(exc, Misconfigured):
         return "provider_misconfigured"
-    refused = any(c["vendor"] == "verity" and c["status"] in ("401", "403") for c in trace.vendor_calls)
-    if isinstance(exc, Permanent) and refused:
-        return "provider_misconfigured"  # VERITY_API_KEY / the forward secret not Verity's
     return None
 
 
@@ -127,9 +125,13 @@ _AGGREGATE = text("SELECT dfm_event_aggregate(CAST(:table AS text), CAST(:event 
                   "CAST(:expected AS text[]), CAST(:error AS text), CAST(:next AS timestamptz))")
 
 
-def event_table(event: WebhookEvent) -> str:
+def event_table(event: WebhookEvent) -> TableName:
     """Which event table holds ``event``: webhook, texting or broadcast."""
-    return {"texting": "texting", "broadcast": "broadcast"}.get(event.source.value, "webhook")
+    if event.source is Source.TEXTING:
+        return "texting"
+    if event.source is Source.BROADCAST:
+        return "broadcast"
+    return "webhook"
 
 
 class DeliveryLedger:
@@ -267,11 +269,12 @@ class DeliveryLedger:
         delivery = (update(EventDeliveryRow)
                     .where(EventDeliveryRow.event_id == event.event_id, EventDeliveryRow.consumer == self.consumer)
                     .values(**values))
+        statement: Executable = delivery
         if trace is not None and attempt is not None:  # all writes in one statement (round trip)
             ctes = [delivery.cte("delivery")]
             if failure is not None:
                 ctes += self._failure_rows(event, status, attempt, trace, failure)
-            delivery = insert(EventAttemptRow).values(
+            statement = insert(EventAttemptRow).values(
                 event_id=event.event_id, consumer=self.consumer, attempt=attempt,
                 stream_seq=trace.stream_seq, num_delivered=trace.num_delivered,
                 replay_of=trace.replay_of, started_at=trace.started_at, status=status,
@@ -280,7 +283,7 @@ class DeliveryLedger:
                 vendor_calls=trace.vendor_calls, mappings=trace.mappings,
             ).add_cte(*ctes)
         async with self._engine.begin() as conn:
-            await conn.execute(delivery)
+            await conn.execute(statement)
             await self._aggregate(conn, event, table, error=error, next_attempt_at=next_attempt_at)
 
     def _failure_rows(self, event: WebhookEvent, status: str, attempt: int, trace: AttemptTrace,
@@ -312,8 +315,9 @@ class DeliveryLedger:
                   .values(details=details.op("||")(cast(mark, JSONB)))
                   .returning(SyncLogRow.id).cte("sync_marked"))
         columns = [SyncLogRow.__table__.c[name] for name in row]
-        values: list[Any] = [v if name in ("finished_at", "details") else literal(v, type_=SyncLogRow.__table__.c[name].type)
-                  for name, v in row.items()]
+        values: list[Any] = [
+            v if name in ("finished_at", "details") else literal(v, type_=SyncLogRow.__table__.c[name].type)
+            for name, v in row.items()]
         unless_marked = select(*values).where(~exists(select(marked.c.id)))
         return [marked, insert(SyncLogRow).from_select(columns, unless_marked).cte("sync_error")]
 
@@ -357,7 +361,7 @@ def failure_reason(exc: Exception) -> str:
 def backoff_delay(settings: Settings, attempt: int) -> float:
     """``min(base · 2^(n−1), max)`` with ±20 % jitter, n = attempts made (spec §4.3)."""
     base = settings.retry_base_delay_s * (2 ** max(0, attempt - 1))
-    return min(base, settings.retry_max_delay_s) * random.uniform(0.8, 1.2)
+    return float(min(base, settings.retry_max_delay_s)) * random.uniform(0.8, 1.2)
 
 
 class EventConsumer:
@@ -432,7 +436,7 @@ class EventConsumer:
                 await self._retry(msg, event, attempt, exc, bound, trace)
             except Permanent as exc:
                 heartbeat.cancel()
-                why = failure_cause(exc, trace)
+                why = failure_cause(exc)
                 log.warning("event_dead", reason=exc.reason, attempt=attempt, cause=why, **bound)
                 await self.ledger.finish(event, "dead", error=exc.reason, attempt=attempt, trace=trace,
                                          failure=Failure(exc.reason, why))
