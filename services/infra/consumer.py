@@ -37,8 +37,9 @@ log = get_logger(__name__)
 BatchHandler = Callable[[list[Msg]], Awaitable[None]]
 
 
-def batch_broker(settings: Settings, spec: ConsumerSpec, handler: BatchHandler, *, batch: int,
-                 fetch_timeout: float) -> NatsBroker:
+def batch_broker(
+    settings: Settings, spec: ConsumerSpec, handler: BatchHandler, *, batch: int, fetch_timeout: float
+) -> NatsBroker:
     """A broker whose single batch subscriber feeds ``handler`` from the durable ``spec``."""
     broker = durable_broker(settings, spec)
 
@@ -59,8 +60,15 @@ def batch_broker(settings: Settings, spec: ConsumerSpec, handler: BatchHandler, 
 class PullConsumer:
     """Runs ``handler`` over batches of up to ``batch`` messages of the durable ``spec``."""
 
-    def __init__(self, settings: Settings, spec: ConsumerSpec, handler: BatchHandler, *, batch: int = 1,
-                 fetch_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        spec: ConsumerSpec,
+        handler: BatchHandler,
+        *,
+        batch: int = 1,
+        fetch_timeout: float = 5.0,
+    ) -> None:
         self._settings = settings
         self._spec = spec
         self._handler = handler
@@ -77,8 +85,9 @@ class PullConsumer:
         """Make sure the durable exists (a service only checks; the topology step creates it),
         then consume until ``stop()``."""
         await prepare_topology(self._settings, durables=(self._spec,))
-        broker = batch_broker(self._settings, self._spec, self._handler, batch=self._batch,
-                              fetch_timeout=self._fetch_timeout)
+        broker = batch_broker(
+            self._settings, self._spec, self._handler, batch=self._batch, fetch_timeout=self._fetch_timeout
+        )
         await broker.start()
         try:
             self.ready.set()

@@ -84,8 +84,7 @@ class Recorder:
             try:
                 event = WebhookEvent.from_bytes(msg.data)
             except (ValidationError, ValueError) as exc:
-                log.error("malformed_event_terminated", subject=msg.subject,
-                          error=str(exc).splitlines()[0])
+                log.error("malformed_event_terminated", subject=msg.subject, error=str(exc).splitlines()[0])
                 RECORDED.labels("malformed").inc()
                 await msg.term()
                 continue
@@ -113,7 +112,8 @@ class Recorder:
         async with self._engine.begin() as conn:
             for table, rows in by_table.items():
                 stmt = (
-                    insert(table).values(rows)
+                    insert(table)
+                    .values(rows)
                     .on_conflict_do_nothing()  # dedupe key or id: a consumer may insert it now
                     .returning(table.id)
                 )
@@ -137,8 +137,11 @@ class Recorder:
                     if unstorable(dl_exc) is None:  # the reason must be kept: retry it later
                         await self._nak(pending[n:], dl_exc)
                         return
-                    log.error("dead_letter_unstorable", stream_seq=item.msg.metadata.sequence.stream,
-                              error=type(dl_exc).__name__)
+                    log.error(
+                        "dead_letter_unstorable",
+                        stream_seq=item.msg.metadata.sequence.stream,
+                        error=type(dl_exc).__name__,
+                    )
                 await item.msg.term()
                 continue
             await self._settled([item], inserted)
@@ -148,21 +151,35 @@ class Recorder:
         names the error type and SQLSTATE only: PostgreSQL's message can quote the value."""
         meta = item.msg.metadata
         sqlstate = getattr(cause, "sqlstate", None) or "?"
-        reason = (f"recorder cannot store the event: {type(cause).__name__} "
-                  f"(SQLSTATE {sqlstate}) in {item.table.__tablename__}")
+        reason = (
+            f"recorder cannot store the event: {type(cause).__name__} "
+            f"(SQLSTATE {sqlstate}) in {item.table.__tablename__}"
+        )
         async with self._engine.begin() as conn:
             await conn.execute(
-                insert(DeadLetterRow).values(
-                    stream=meta.stream, consumer=meta.consumer or RECORDER_SPEC.durable,
-                    stream_seq=meta.sequence.stream, subject=item.msg.subject,
-                    event_id=item.event.event_id, kind="terminated", deliveries=meta.num_delivered,
-                    reason=reason)
+                insert(DeadLetterRow)
+                .values(
+                    stream=meta.stream,
+                    consumer=meta.consumer or RECORDER_SPEC.durable,
+                    stream_seq=meta.sequence.stream,
+                    subject=item.msg.subject,
+                    event_id=item.event.event_id,
+                    kind="terminated",
+                    deliveries=meta.num_delivered,
+                    reason=reason,
+                )
                 # a redelivery (term lost) or the jobs advisory listener may have written it
-                .on_conflict_do_nothing(index_elements=["stream", "consumer", "stream_seq"]))
+                .on_conflict_do_nothing(index_elements=["stream", "consumer", "stream_seq"])
+            )
         self.dead_lettered += 1
         RECORDED.labels("unstorable").inc()
-        log.error("unstorable_event_dead_lettered", event_id=str(item.event.event_id),
-                  stream_seq=meta.sequence.stream, error=type(cause).__name__, sqlstate=sqlstate)
+        log.error(
+            "unstorable_event_dead_lettered",
+            event_id=str(item.event.event_id),
+            stream_seq=meta.sequence.stream,
+            error=type(cause).__name__,
+            sqlstate=sqlstate,
+        )
 
     async def _nak(self, pending: list[_Pending], exc: BaseException) -> None:
         log.warning("record_failed_will_retry", error=type(exc).__name__, batch=len(pending))
