@@ -81,7 +81,9 @@ async def signed_in(client: httpx.AsyncClient, name: str = "alice") -> str:
 
 
 async def fetch(database_url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
+    """Rows as dicts, JSONB decoded."""
     conn = await asyncpg.connect(sync_url(database_url))
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
     try:
         return [dict(r) for r in await conn.fetch(sql, *args)]
     finally:
@@ -138,3 +140,54 @@ async def insert_event(
         "GHL 500 at contact.update" if status in ("error", "dead") else None,
     )
     return event_id
+
+
+async def eventually(check: Any, timeout: float = 20, interval: float = 0.1) -> Any:
+    """Poll an async predicate until it returns something truthy (the jobs service is asynchronous)."""
+    import asyncio
+
+    async with asyncio.timeout(timeout):
+        while True:
+            result = await check()
+            if result:
+                return result
+            await asyncio.sleep(interval)
+
+
+async def insert_attempt(
+    database_url: str,
+    event_id: str,
+    *,
+    consumer: str = "aloware-sync",
+    status: str = "error",
+    calls: list[dict[str, Any]] | None = None,
+    mappings: list[dict[str, Any]] | None = None,
+    detail: str | None = "aloware 500 at contact.upsert",
+) -> None:
+    """An event_attempts row as the delivery ledger writes one, with its sync_log row."""
+    started = datetime.now(UTC) - timedelta(minutes=4)
+    await execute(
+        database_url,
+        """
+        INSERT INTO event_attempts (event_id, consumer, attempt, stream_seq, num_delivered, started_at, finished_at,
+                                    status, outcome, detail, vendor_calls, mappings)
+        VALUES ($1::uuid, $2, 1, 7, 1, $3, $4, $5, NULL, $6, $7::jsonb, $8::jsonb)""",
+        event_id,
+        consumer,
+        started,
+        started + timedelta(milliseconds=420),
+        status,
+        detail,
+        json.dumps(calls or []),
+        json.dumps(mappings or []),
+    )
+    await execute(
+        database_url,
+        """
+        INSERT INTO sync_log (direction, entity_type, entity_id, source_id, target_id, status, started_at,
+                              finished_at, error_message, correlation_id, rule, attempt)
+        VALUES ('ghl_to_aloware', 'contact', 'ghlContact0001', 'ghlContact0001', NULL, 'error', $1, $1,
+                'aloware 500', $2, 'CG-3', 1)""",
+        started + timedelta(milliseconds=400),
+        event_id,
+    )
