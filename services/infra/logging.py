@@ -19,6 +19,7 @@ import logging
 import re
 import sys
 import threading
+import zlib
 from collections.abc import Callable, MutableMapping
 from types import TracebackType
 from typing import IO, Any, Literal
@@ -32,9 +33,11 @@ __all__ = [
     "REDACTED",
     "SENSITIVE_KEYS",
     "LogFormat",
+    "ServiceLineRenderer",
     "configure_logging",
     "get_logger",
     "redact",
+    "render_service_line",
     "resolve_format",
     "scrub_text",
 ]
@@ -138,6 +141,59 @@ def _json_text(obj: Any, **kwargs: Any) -> str:
     return orjson.dumps(obj, **kwargs).decode()
 
 
+# the human-readable form: ``service | level event key=value``, every line of a record (a
+# traceback, a multi-line message) prefixed by its service, so interleaved services stay legible
+_SERVICE_WIDTH = 12  # aloware-sync, the longest service name
+_LEVEL_WIDTH = 7
+_NOT_KEY_VALUES = frozenset({"service", "level", "event", "timestamp", "exception", "stack"})
+_RESET = "\x1b[0m"
+_LEVEL_COLOURS = {
+    "debug": "\x1b[2m",
+    "info": "\x1b[32m",
+    "warning": "\x1b[33m",
+    "error": "\x1b[31;1m",
+    "critical": "\x1b[41;37;1m",
+}
+_SERVICE_COLOURS = ("\x1b[36m", "\x1b[35m", "\x1b[34m", "\x1b[33m", "\x1b[32m", "\x1b[96m", "\x1b[95m", "\x1b[94m")
+_BARE_VALUE = re.compile(r"[^\s\"'=]+")
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value if _BARE_VALUE.fullmatch(value) else _json_text(value)
+    return _json_text(value, default=str)
+
+
+def render_service_line(event_dict: MutableMapping[str, Any], *, colors: bool = False) -> str:
+    """One record as ``service | level event key=value``; a traceback or a multi-line message
+    adds lines, each prefixed by the service too. Colour only when ``colors``."""
+    service = str(event_dict.get("service", "-"))
+    level = str(event_dict.get("level", "info"))
+    head = f"{service:<{_SERVICE_WIDTH}} |"
+    if colors:
+        head = f"{_SERVICE_COLOURS[zlib.crc32(service.encode()) % len(_SERVICE_COLOURS)]}{head}{_RESET}"
+    shown_level = f"{level:<{_LEVEL_WIDTH}}"
+    if colors and level in _LEVEL_COLOURS:
+        shown_level = f"{_LEVEL_COLOURS[level]}{shown_level}{_RESET}"
+    first, *more = str(event_dict.get("event", "")).rstrip("\n").split("\n")
+    pairs = "".join(f" {k}={_value_text(v)}" for k, v in event_dict.items() if k not in _NOT_KEY_VALUES)
+    lines = [f"{head} {shown_level} {first}{pairs}"]
+    indent = f"{head} {'':<{_LEVEL_WIDTH}} "
+    for extra in (*more, *(str(event_dict[k]).rstrip("\n") for k in ("stack", "exception") if event_dict.get(k))):
+        lines.extend(indent + line for line in extra.split("\n"))
+    return "\n".join(lines)
+
+
+class ServiceLineRenderer:
+    """structlog renderer of :func:`render_service_line`: the ``console`` format."""
+
+    def __init__(self, *, colors: bool) -> None:
+        self._colors = colors
+
+    def __call__(self, _: Any, __: str, event_dict: MutableMapping[str, Any]) -> str:
+        return render_service_line(event_dict, colors=self._colors)
+
+
 class _StructlogHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The root handler ``configure_logging`` installs (found again on a second call)."""
 
@@ -163,11 +219,12 @@ def configure_logging(service: str, level: str = "info", fmt: str = "auto") -> N
             *final,
             structlog.processors.JSONRenderer(serializer=orjson.dumps)
             if json_logs
-            else structlog.dev.ConsoleRenderer(colors=colors),
+            else ServiceLineRenderer(colors=colors),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=(
-            structlog.BytesLoggerFactory(file=stream.buffer) if json_logs else structlog.PrintLoggerFactory(file=stream)
+            # one write per record (print would make two, and another thread's line could land between)
+            structlog.BytesLoggerFactory(file=stream.buffer) if json_logs else structlog.WriteLoggerFactory(file=stream)
         ),
         cache_logger_on_first_use=True,
     )
@@ -186,13 +243,13 @@ def configure_logging(service: str, level: str = "info", fmt: str = "auto") -> N
             *final,
             structlog.processors.JSONRenderer(serializer=_json_text)
             if json_logs
-            else structlog.dev.ConsoleRenderer(colors=colors),
+            else ServiceLineRenderer(colors=colors),
         ],
     )
     handler = _StructlogHandler(stream)
     handler.setFormatter(formatter)
     root = logging.getLogger()
-    for old in [h for h in root.handlers if isinstance(h, _StructlogHandler | logging.StreamHandler)]:
+    for old in [h for h in root.handlers if isinstance(h, _StructlogHandler)]:
         root.removeHandler(old)
     root.addHandler(handler)
     # libraries' chatter below a warning stays out (httpx logs every request at info)

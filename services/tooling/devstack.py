@@ -4,6 +4,12 @@ Starts what is missing, runs migrations, creates streams and consumers, then sta
 service as a child process (``dfm run <service>``) with one shared environment, which is
 also written to ``<data dir>/stack.env`` so ``dfm send`` in another terminal can sign with
 the same secrets. Ctrl-C stops the children, then everything this command started.
+
+Output: stdout is the command's progress (what started, where it listens, ``ready``);
+stderr is the stack's log stream, like every process's (services/infra/logging.py). The
+children log JSON into pipes and :class:`LogRelay` writes each of their lines as one record
+tagged with its service: ``service | level event key=value`` on a terminal (or with
+``LOG_FORMAT=console``), a JSON object per line otherwise (or with ``LOG_FORMAT=json``).
 """
 
 from __future__ import annotations
@@ -15,15 +21,20 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO, Any, BinaryIO
 
 import httpx
+import orjson
 
 from services.infra.broker import prepare_topology, redact_url
 from services.infra.db import migrate
+from services.infra.logging import configure_logging, redact, render_service_line, resolve_format
 from services.infra.nats_auth import observer, write_credentials, write_secret
 from services.infra.settings import Settings, load_settings
 from services.infra.signing import generate_ed25519, load_private_key, private_pem, public_pem
@@ -43,6 +54,88 @@ DEV_SECRET_VARS = (
 )
 
 
+class LogRelay:
+    """The stack's one log stream: every line a child writes, as one record of its service.
+
+    A reader thread per child pipe takes each line as it comes; a JSON object is a record
+    (the children log JSON), anything else (a traceback printed before logging was set up, a
+    library's ``print``) becomes one with the line as its ``event``. Each record is redacted
+    again (a child is a process we do not control line by line), gets its ``service`` and is
+    written in one piece, under one lock: a JSON line, or :func:`render_service_line`."""
+
+    def __init__(self, out: BinaryIO, fmt: str, *, colors: bool = False) -> None:
+        self._out = out
+        self._json = fmt == "json"
+        self._colors = colors
+        self._lock = threading.Lock()
+        self._readers: list[threading.Thread] = []
+        self._broken = False
+
+    @classmethod
+    def to(cls, out: BinaryIO, log_format: str) -> LogRelay:
+        """A relay writing to ``out`` in ``LOG_FORMAT`` (``auto``: lines on a terminal, JSON
+        elsewhere); colour only on a terminal, and never with ``NO_COLOR`` set."""
+        fmt = resolve_format(log_format, out)
+        return cls(out, fmt, colors=fmt == "console" and out.isatty() and "NO_COLOR" not in os.environ)
+
+    def follow(self, service: str, pipe: IO[bytes], stream: str) -> None:
+        """Relay ``pipe`` (a child's ``stream``, stdout or stderr) until it closes."""
+        reader = threading.Thread(
+            target=self._pump, args=(service, pipe, stream), name=f"logs-{service}-{stream}", daemon=True
+        )
+        self._readers.append(reader)
+        reader.start()
+
+    def drain(self, timeout: float = 10) -> None:
+        """Wait until every pipe followed so far is read to its end (the children have exited)."""
+        deadline = time.monotonic() + timeout
+        for reader in self._readers:
+            reader.join(max(0.0, deadline - time.monotonic()))
+        self._readers = [r for r in self._readers if r.is_alive()]
+
+    def _pump(self, service: str, pipe: IO[bytes], stream: str) -> None:
+        with pipe:
+            for line in pipe:  # to EOF: the pipe keeps being emptied, so a child never blocks on it
+                if line.strip():
+                    self.write(service, line, stream)
+
+    def write(self, service: str, line: bytes, stream: str = "stderr") -> None:
+        """Write one line of ``service`` as a record."""
+        record = self._record(service, line, stream)
+        text = (
+            orjson.dumps(record, default=str)
+            if self._json
+            else render_service_line(record, colors=self._colors).encode()
+        ) + b"\n"
+        with self._lock:
+            if self._broken:
+                return
+            try:
+                self._out.write(text)
+                self._out.flush()
+            except (BrokenPipeError, ValueError):  # a reader that went away (`dfm up | head`)
+                self._broken = True
+
+    @staticmethod
+    def _record(service: str, line: bytes, stream: str) -> MutableMapping[str, Any]:
+        try:
+            parsed = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, dict):
+            record: MutableMapping[str, Any] = {"service": service, **parsed}
+            record["service"] = service
+        else:
+            record = {
+                "service": service,
+                "event": line.decode(errors="replace").rstrip("\r\n"),
+                "level": "error" if stream == "stderr" else "info",
+                "stream": stream,
+                "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            }
+        return redact(None, "", record)
+
+
 @dataclass
 class Stack:
     """What ``dfm up`` started or attached to."""
@@ -53,9 +146,30 @@ class Stack:
     postgres: EmbeddedPostgres | None = None
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     metrics: dict[str, int] = field(default_factory=dict)
+    # where the children's output goes; None: they write to this process's stdout/stderr
+    logs: LogRelay | None = None
+
+    def spawn(self, service: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """Start a child of the stack; with ``logs``, it logs JSON into pipes the relay reads."""
+        if self.logs is None:
+            proc = subprocess.Popen(argv, env=env)
+        else:
+            proc = subprocess.Popen(
+                argv,
+                env={**env, "LOG_FORMAT": "json"},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            assert proc.stdout is not None and proc.stderr is not None
+            self.logs.follow(service, proc.stdout, "stdout")
+            self.logs.follow(service, proc.stderr, "stderr")
+        self.children[service] = proc
+        return proc
 
     def stop(self) -> None:
-        """Stop children (SIGTERM, then SIGKILL), then the embedded servers."""
+        """Stop children (SIGTERM, then SIGKILL), relay what they wrote to the end, then stop
+        the embedded servers."""
         for proc in self.children.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -66,6 +180,8 @@ class Stack:
                 proc.kill()
                 proc.wait()
         self.children.clear()
+        if self.logs is not None:
+            self.logs.drain()
         if self.nats is not None:
             self.nats.stop()
         if self.postgres is not None:
@@ -97,8 +213,11 @@ def dev_secrets(data_dir: Path, configured: Settings) -> dict[str, str]:
     for var in DEV_SECRET_VARS:
         if getattr(configured, var.lower()):
             continue
-        fresh = (base64.urlsafe_b64encode(secrets.token_bytes(32)).decode() if var == "DFM_TOKEN_KEY"
-                 else secrets.token_urlsafe(24))  # a Fernet key for the token store
+        fresh = (
+            base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+            if var == "DFM_TOKEN_KEY"
+            else secrets.token_urlsafe(24)
+        )  # a Fernet key for the token store
         out[var] = known.get(var) or fresh
     if "ALOWARE_WEBHOOK_BASIC_PASS" in out and not configured.aloware_webhook_basic_user:
         out["ALOWARE_WEBHOOK_BASIC_USER"] = known.get("ALOWARE_WEBHOOK_BASIC_USER", "aloware")
@@ -151,8 +270,11 @@ def sandbox_env(settings: Settings, say: Callable[[str], None]) -> dict[str, str
         "CLERK_SECRET_KEY": "sandbox-clerk-secret",
         "CLERK_SERVICE_USER_ID": "user_sandbox_service",
         "CLERK_JWKS_URL": f"{base}/clerk/.well-known/jwks.json",
-        **({"VERITY_CATALOG_PATH": str(EXAMPLE_CATALOG)}
-           if not settings.verity_catalog_path and EXAMPLE_CATALOG.exists() else {}),
+        **(
+            {"VERITY_CATALOG_PATH": str(EXAMPLE_CATALOG)}
+            if not settings.verity_catalog_path and EXAMPLE_CATALOG.exists()
+            else {}
+        ),
     }
 
 
@@ -167,13 +289,17 @@ def embedded_nats(data_dir: Path) -> EmbeddedNats:
         data_dir.mkdir(parents=True, exist_ok=True)
         write_secret(observer_pw, secrets.token_urlsafe(24).encode())
     conf = write_credentials(creds, extra_users=[observer(observer_pw.read_text().strip())])
-    return EmbeddedNats(store_dir=data_dir / "nats", sync_always=True, auth_config=conf,
-                        no_auth_user="observer").start()
+    return EmbeddedNats(
+        store_dir=data_dir / "nats", sync_always=True, auth_config=conf, no_auth_user="observer"
+    ).start()
 
 
 def start_infrastructure(settings: Settings, data_dir: Path, say: Callable[[str], None]) -> Stack:
-    """Attach to configured NATS/PostgreSQL or start embedded ones; migrate; make streams."""
-    stack = Stack(data_dir=data_dir)
+    """Attach to configured NATS/PostgreSQL or start embedded ones; migrate; make streams.
+
+    This process's own records (migrations, topology) and the children's share stderr."""
+    configure_logging("dfm-up", settings.log_level, settings.log_format)
+    stack = Stack(data_dir=data_dir, logs=LogRelay.to(sys.stderr.buffer, settings.log_format))
     try:
         if settings.nats_url:
             say(f"NATS        {','.join(map(redact_url, settings.nats_url))} (configured)")
@@ -182,8 +308,7 @@ def start_infrastructure(settings: Settings, data_dir: Path, say: Callable[[str]
             stack.env["NATS_URL"] = stack.nats.url
             stack.env["NATS_CREDENTIALS_DIR"] = str(stack.nats.credentials_dir)
             say(f"NATS        {stack.nats.url} (embedded, store {stack.nats.store_dir})")
-            say(f"identities  {stack.nats.credentials_dir} (one nkey seed per service; no_auth_user "
-                "is read-only)")
+            say(f"identities  {stack.nats.credentials_dir} (one nkey seed per service; no_auth_user is read-only)")
         if settings.database_url:
             say("PostgreSQL  DATABASE_URL (configured)")
         else:
@@ -214,13 +339,10 @@ def start_service(stack: Stack, service: str) -> subprocess.Popen[bytes]:
     if service not in ("ingress", "gateway", "sandbox"):
         env["METRICS_PORT"] = str(free_port())
         stack.metrics[service] = int(env["METRICS_PORT"])
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "run", service], env=env)
-    stack.children[service] = proc
-    return proc
+    return stack.spawn(service, [sys.executable, "-m", "services.cli", "run", service], env)
 
 
-def start_services(stack: Stack, services: list[str], settings: Settings,
-                   say: Callable[[str], None]) -> None:
+def start_services(stack: Stack, services: list[str], settings: Settings, say: Callable[[str], None]) -> None:
     """Start each named service; print where the HTTP ones listen."""
     if "SANDBOX_PORT" in stack.env:
         sandbox = f"http://127.0.0.1:{stack.env['SANDBOX_PORT']}"
@@ -236,8 +358,11 @@ def start_services(stack: Stack, services: list[str], settings: Settings,
                 # the callback wants a state we signed
                 from services.clients.ghl_oauth import sign_state
 
-                answer = httpx.get(ingress + "/leadconnector/oauth",
-                                   params={"code": "code-dev", "state": sign_state(settings)}, timeout=10)
+                answer = httpx.get(
+                    ingress + "/leadconnector/oauth",
+                    params={"code": "code-dev", "state": sign_state(settings)},
+                    timeout=10,
+                )
                 say(f"GHL OAuth   sandbox installation {'done' if answer.status_code == 200 else answer.text}")
         elif service == "gateway":
             gateway = f"http://127.0.0.1:{settings.gateway_port}"
