@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 from prometheus_client import Gauge
-from sqlalchemy import text
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -41,8 +41,7 @@ PENDING = Gauge("dfm_events_pending", "Events not finished, per table and status
 OLDEST = Gauge("dfm_event_oldest_pending_age_seconds", "Age of the oldest pending event", ["table"])
 REINSTALL = Gauge("dfm_ghl_oauth_reinstall_needed", "GHL locations whose OAuth installation needs a reinstall")
 CAUSE_WINDOW = "15 minutes"  # like dead events: a failure that stops recurring clears its alert
-TABLES = {"webhook": "webhook_events", "texting": "texting_webhook_events",
-          "broadcast": "broadcast_webhook_events"}
+TABLES = {"webhook": "webhook_events", "texting": "texting_webhook_events", "broadcast": "broadcast_webhook_events"}
 MIN_SAMPLE = 20  # rates over fewer events than this are not judged (one failure of 3 is noise)
 
 
@@ -74,22 +73,32 @@ async def check_pending(conn: AsyncConnection) -> list[Finding]:
     total = 0
     oldest_age = 0.0
     for table, name in TABLES.items():
-        rows = (await conn.execute(text(
-            f"SELECT status, count(*) FROM {name} WHERE status IN "
-            "('pending','processing','error','dead') GROUP BY status"))).all()
+        rows = (
+            await conn.execute(
+                text(
+                    f"SELECT status, count(*) FROM {name} WHERE status IN "
+                    "('pending','processing','error','dead') GROUP BY status"
+                )
+            )
+        ).all()
         counts = {r[0]: int(r[1]) for r in rows}
         for status in ("pending", "processing", "error", "dead"):
             PENDING.labels(table, status).set(counts.get(status, 0))
         total += counts.get("pending", 0)
-        age = await _scalar(conn, f"SELECT extract(epoch FROM now() - min(received_at)) FROM {name} "
-                                  "WHERE status = 'pending'")
+        age = await _scalar(
+            conn, f"SELECT extract(epoch FROM now() - min(received_at)) FROM {name} WHERE status = 'pending'"
+        )
         OLDEST.labels(table).set(float(age or 0))
         oldest_age = max(oldest_age, float(age or 0))
     return [
-        Finding("pending_events", "Pending events backlog", _level(total, 1000, 500),
-                f"{total} events pending", total),
-        Finding("processing_delay", "Processing delay", _level(oldest_age, None, 600),
-                f"oldest pending event is {oldest_age:.0f} s old", oldest_age),
+        Finding("pending_events", "Pending events backlog", _level(total, 1000, 500), f"{total} events pending", total),
+        Finding(
+            "processing_delay",
+            "Processing delay",
+            _level(oldest_age, None, 600),
+            f"oldest pending event is {oldest_age:.0f} s old",
+            oldest_age,
+        ),
     ]
 
 
@@ -97,17 +106,32 @@ async def check_error_rates(conn: AsyncConnection) -> list[Finding]:
     """Webhook event error rate and sync error rate over the last five minutes."""
     received = failed = 0
     for name in TABLES.values():
-        row = (await conn.execute(text(
-            f"SELECT count(*), count(*) FILTER (WHERE status IN ('error','dead')) FROM {name} "
-            "WHERE received_at >= now() - interval '5 minutes'"))).one()
+        row = (
+            await conn.execute(
+                text(
+                    f"SELECT count(*), count(*) FILTER (WHERE status IN ('error','dead')) FROM {name} "
+                    "WHERE received_at >= now() - interval '5 minutes'"
+                )
+            )
+        ).one()
         received, failed = received + int(row[0]), failed + int(row[1])
-    sync = (await conn.execute(text(
-        "SELECT count(*), count(*) FILTER (WHERE status = 'error') FROM sync_log "
-        "WHERE started_at >= now() - interval '5 minutes'"))).one()
-    calls = (await conn.execute(text(
-        "SELECT count(*), count(*) FILTER (WHERE c->>'status' = 'error' OR c->>'status' >= '500' "
-        "OR c->>'status' = '429') FROM event_attempts a, jsonb_array_elements(a.vendor_calls) c "
-        "WHERE a.finished_at >= now() - interval '5 minutes'"))).one()
+    sync = (
+        await conn.execute(
+            text(
+                "SELECT count(*), count(*) FILTER (WHERE status = 'error') FROM sync_log "
+                "WHERE started_at >= now() - interval '5 minutes'"
+            )
+        )
+    ).one()
+    calls = (
+        await conn.execute(
+            text(
+                "SELECT count(*), count(*) FILTER (WHERE c->>'status' = 'error' OR c->>'status' >= '500' "
+                "OR c->>'status' = '429') FROM event_attempts a, jsonb_array_elements(a.vendor_calls) c "
+                "WHERE a.finished_at >= now() - interval '5 minutes'"
+            )
+        )
+    ).one()
     findings = []
     for key, title, (n, bad), crit, warn in (
         ("webhook_error_rate", "Webhook event error rate", (received, failed), 0.05, 0.01),
@@ -123,31 +147,65 @@ async def check_error_rates(conn: AsyncConnection) -> list[Finding]:
 async def check_latency_and_dead(conn: AsyncConnection) -> list[Finding]:
     """p95 accepted→done over five minutes, recent dead events, a stuck outbox, outbox rows
     the stream refused."""
-    p95 = await _scalar(conn, (
-        "SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM a.finished_at - e.received_at)) "
-        "FROM event_attempts a JOIN webhook_events e ON e.id = a.event_id "
-        "WHERE a.finished_at >= now() - interval '5 minutes' AND a.status = 'done'"))
+    p95 = await _scalar(
+        conn,
+        (
+            "SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM a.finished_at - e.received_at)) "
+            "FROM event_attempts a JOIN webhook_events e ON e.id = a.event_id "
+            "WHERE a.finished_at >= now() - interval '5 minutes' AND a.status = 'done'"
+        ),
+    )
     dead = 0
     for name in TABLES.values():
-        dead += int(await _scalar(conn, f"SELECT count(*) FROM {name} WHERE status = 'dead' "
-                                        "AND last_error_at >= now() - interval '15 minutes'") or 0)
-    outbox_age = float(await _scalar(conn, (
-        "SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM ingress_outbox "
-        "WHERE published_at IS NULL AND failed_at IS NULL")) or 0)
-    outbox_failed = int(await _scalar(conn, (
-        "SELECT count(*) FROM ingress_outbox WHERE failed_at IS NOT NULL")) or 0)
+        dead += int(
+            await _scalar(
+                conn,
+                f"SELECT count(*) FROM {name} WHERE status = 'dead' AND last_error_at >= now() - interval '15 minutes'",
+            )
+            or 0
+        )
+    outbox_age = float(
+        await _scalar(
+            conn,
+            (
+                "SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM ingress_outbox "
+                "WHERE published_at IS NULL AND failed_at IS NULL"
+            ),
+        )
+        or 0
+    )
+    outbox_failed = int(await _scalar(conn, ("SELECT count(*) FROM ingress_outbox WHERE failed_at IS NOT NULL")) or 0)
     p95_s = float(p95 or 0)
     return [
-        Finding("latency_p95", "Event latency p95", _level(p95_s, None, 5.0),
-                f"p95 accepted→done {p95_s:.1f} s over 5 min", p95_s),
-        Finding("dead_events", "Dead events", "warning" if dead else None,
-                f"{dead} events became dead in the last 15 min", dead),
-        Finding("outbox_stuck", "Ingress outbox not draining", _level(outbox_age, None, 300),
-                f"oldest outbox row waits {outbox_age:.0f} s", outbox_age),
+        Finding(
+            "latency_p95",
+            "Event latency p95",
+            _level(p95_s, None, 5.0),
+            f"p95 accepted→done {p95_s:.1f} s over 5 min",
+            p95_s,
+        ),
+        Finding(
+            "dead_events",
+            "Dead events",
+            "warning" if dead else None,
+            f"{dead} events became dead in the last 15 min",
+            dead,
+        ),
+        Finding(
+            "outbox_stuck",
+            "Ingress outbox not draining",
+            _level(outbox_age, None, 300),
+            f"oldest outbox row waits {outbox_age:.0f} s",
+            outbox_age,
+        ),
         # accepted events the stream refused: each got a 2xx, so an operator must look
-        Finding("outbox_failed", "Outbox rows the stream refused", "critical" if outbox_failed else None,
-                f"{outbox_failed} accepted events could not be published (GET /api/admin/outbox/failed)",
-                outbox_failed),
+        Finding(
+            "outbox_failed",
+            "Outbox rows the stream refused",
+            "critical" if outbox_failed else None,
+            f"{outbox_failed} accepted events could not be published (GET /api/admin/outbox/failed)",
+            outbox_failed,
+        ),
     ]
 
 
@@ -155,31 +213,63 @@ async def check_specific_failures(conn: AsyncConnection) -> list[Finding]:
     """OAuth reinstall needed (while any location is flagged), mapping conflicts and provider
     misconfiguration (failed attempts with that cause in the last 15 minutes). Also refreshes
     the reinstall gauge."""
-    locations = [r[0] for r in (await conn.execute(text(
-        "SELECT location_id FROM ghl_oauth_tokens WHERE needs_reinstall ORDER BY location_id"))).all()]
+    locations = [
+        r[0]
+        for r in (
+            await conn.execute(
+                text("SELECT location_id FROM ghl_oauth_tokens WHERE needs_reinstall ORDER BY location_id")
+            )
+        ).all()
+    ]
     REINSTALL.set(len(locations))
-    causes = {r[0]: int(r[1]) for r in (await conn.execute(text(
-        "SELECT details->>'cause', count(*) FROM sync_log WHERE status = 'error' "
-        f"AND started_at >= now() - interval '{CAUSE_WINDOW}' "
-        "AND details->>'cause' IN ('mapping_conflict', 'provider_misconfigured') GROUP BY 1"))).all()}
+    causes = {
+        r[0]: int(r[1])
+        for r in (
+            await conn.execute(
+                text(
+                    "SELECT details->>'cause', count(*) FROM sync_log WHERE status = 'error' "
+                    f"AND started_at >= now() - interval '{CAUSE_WINDOW}' "
+                    "AND details->>'cause' IN ('mapping_conflict', 'provider_misconfigured') GROUP BY 1"
+                )
+            )
+        ).all()
+    }
     conflicts, misconfigured = causes.get("mapping_conflict", 0), causes.get("provider_misconfigured", 0)
     named = ", ".join(locations[:5]) + (" …" if len(locations) > 5 else "")
     return [
-        Finding("ghl_oauth_reinstall_needed", "GHL OAuth reinstall needed", "critical" if locations else None,
-                f"{len(locations)} location(s) must install the Marketplace App again: {named}" if locations
-                else "no location needs a reinstall", len(locations)),
-        Finding("mapping_conflicts", "Contact mapping conflicts", "warning" if conflicts else None,
-                f"{conflicts} sync attempts hit a mapping conflict in the last 15 min "
-                "(dfm events list --status dead; the mapping was not overwritten)", conflicts),
-        Finding("provider_misconfigured", "Conversation provider misconfigured",
-                "critical" if misconfigured else None,
-                f"{misconfigured} sync attempts failed on the provider configuration in the last 15 min "
-                "(GHL_CONVERSATION_PROVIDER_ID, the app's token, VERITY_API_KEY)", misconfigured),
+        Finding(
+            "ghl_oauth_reinstall_needed",
+            "GHL OAuth reinstall needed",
+            "critical" if locations else None,
+            f"{len(locations)} location(s) must install the Marketplace App again: {named}"
+            if locations
+            else "no location needs a reinstall",
+            len(locations),
+        ),
+        Finding(
+            "mapping_conflicts",
+            "Contact mapping conflicts",
+            "warning" if conflicts else None,
+            f"{conflicts} sync attempts hit a mapping conflict in the last 15 min "
+            "(dfm events list --status dead; the mapping was not overwritten)",
+            conflicts,
+        ),
+        Finding(
+            "provider_misconfigured",
+            "Conversation provider misconfigured",
+            "critical" if misconfigured else None,
+            f"{misconfigured} sync attempts failed on the provider configuration in the last 15 min "
+            "(GHL_CONVERSATION_PROVIDER_ID, the app's token, VERITY_API_KEY)",
+            misconfigured,
+        ),
     ]
 
 
 CHECKS: tuple[Callable[[AsyncConnection], Awaitable[list[Finding]]], ...] = (
-    check_pending, check_error_rates, check_latency_and_dead, check_specific_failures,
+    check_pending,
+    check_error_rates,
+    check_latency_and_dead,
+    check_specific_failures,
 )
 LEVELS = {"warning": 1, "critical": 2}
 
@@ -187,8 +277,7 @@ LEVELS = {"warning": 1, "critical": 2}
 class Alerter:
     """Evaluates the checks and notifies once per incident."""
 
-    def __init__(self, settings: Settings, engine: AsyncEngine,
-                 http: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, settings: Settings, engine: AsyncEngine, http: httpx.AsyncClient | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.http = http or httpx.AsyncClient(timeout=10)
@@ -203,14 +292,19 @@ class Alerter:
             async with self.engine.connect() as conn:
                 findings = [f for check in CHECKS for f in await check(conn)]
         except (SQLAlchemyError, OSError) as exc:
-            finding = Finding("database", "Database unreachable", "critical",
-                              f"alert checks cannot reach PostgreSQL: {type(exc).__name__}")
+            finding = Finding(
+                "database",
+                "Database unreachable",
+                "critical",
+                f"alert checks cannot reach PostgreSQL: {type(exc).__name__}",
+            )
             if not self._db_down_notified:
                 self._db_down_notified = await self._send(finding, resolved=False)
             return [finding]
         if self._db_down_notified:
-            await self._send(Finding("database", "Database unreachable", None, "PostgreSQL reachable again"),
-                             resolved=True)
+            await self._send(
+                Finding("database", "Database unreachable", None, "PostgreSQL reachable again"), resolved=True
+            )
             self._db_down_notified = False
         for finding in findings:
             await self._track(finding)
@@ -219,40 +313,60 @@ class Alerter:
     async def _track(self, f: Finding) -> None:
         async with self.engine.begin() as conn:
             if f.level is None:
-                resolved = (await conn.execute(
-                    AlertIncidentRow.__table__.update()
-                    .where(AlertIncidentRow.key == f.key, AlertIncidentRow.resolved_at.is_(None))
-                    .values(resolved_at=datetime.now(UTC))
-                    .returning(AlertIncidentRow.id, AlertIncidentRow.notified_open))).first()
+                resolved = (
+                    await conn.execute(
+                        update(AlertIncidentRow)
+                        .where(AlertIncidentRow.key == f.key, AlertIncidentRow.resolved_at.is_(None))
+                        .values(resolved_at=datetime.now(UTC))
+                        .returning(AlertIncidentRow.id, AlertIncidentRow.notified_open)
+                    )
+                ).first()
                 if resolved is None:
                     return
                 if resolved.notified_open and await self._send(f, resolved=True):
-                    await conn.execute(AlertIncidentRow.__table__.update()
-                                       .where(AlertIncidentRow.id == resolved.id).values(notified_resolved=True))
+                    await conn.execute(
+                        update(AlertIncidentRow)
+                        .where(AlertIncidentRow.id == resolved.id)
+                        .values(notified_resolved=True)
+                    )
                 return
-            opened = (await conn.execute(
-                insert(AlertIncidentRow).values(key=f.key, level=f.level, title=f.title, message=f.message,
-                                             value=f.value)
-                .on_conflict_do_nothing(index_elements=["key"], index_where=AlertIncidentRow.resolved_at.is_(None))
-                .returning(AlertIncidentRow.id))).first()
+            opened = (
+                await conn.execute(
+                    insert(AlertIncidentRow)
+                    .values(key=f.key, level=f.level, title=f.title, message=f.message, value=f.value)
+                    .on_conflict_do_nothing(index_elements=["key"], index_where=AlertIncidentRow.resolved_at.is_(None))
+                    .returning(AlertIncidentRow.id)
+                )
+            ).first()
             if opened is not None:
                 incident_id, notify = opened.id, True
             else:
-                row = (await conn.execute(
-                    AlertIncidentRow.__table__.select()
-                    .where(AlertIncidentRow.key == f.key, AlertIncidentRow.resolved_at.is_(None))
-                    .with_for_update())).first()
+                row = (
+                    await conn.execute(
+                        select(AlertIncidentRow.__table__)
+                        .where(AlertIncidentRow.key == f.key, AlertIncidentRow.resolved_at.is_(None))
+                        .with_for_update()
+                    )
+                ).first()
                 if row is None:
                     return
                 incident_id = row.id
                 escalated = LEVELS[f.level] > LEVELS[row.level]
                 notify = escalated or not row.notified_open
-                await conn.execute(AlertIncidentRow.__table__.update().where(AlertIncidentRow.id == row.id).values(
-                    last_seen_at=datetime.now(UTC), value=f.value, message=f.message,
-                    level=f.level if escalated else row.level))
+                await conn.execute(
+                    update(AlertIncidentRow)
+                    .where(AlertIncidentRow.id == row.id)
+                    .values(
+                        last_seen_at=datetime.now(UTC),
+                        value=f.value,
+                        message=f.message,
+                        level=f.level if escalated else row.level,
+                    )
+                )
             if notify and await self._send(f, resolved=False):
-                await conn.execute(AlertIncidentRow.__table__.update()
-                                   .where(AlertIncidentRow.id == incident_id).values(notified_open=True))
+                await conn.execute(
+                    update(AlertIncidentRow).where(AlertIncidentRow.id == incident_id).values(notified_open=True)
+                )
 
     async def _send(self, f: Finding, *, resolved: bool) -> bool:
         """POST the alert (the original's shape); True when delivered or only logged."""
@@ -261,11 +375,9 @@ class Alerter:
             "title": f"Resolved: {f.title}" if resolved else f.title,
             "message": f.message,
             "timestamp": datetime.now(UTC).isoformat(),
-            "metadata": {"key": f.key, "value": f.value, "resolved": resolved,
-                         "service": "df-middleware"},
+            "metadata": {"key": f.key, "value": f.value, "resolved": resolved, "service": "df-middleware"},
         }
-        log.warning("alert_resolved" if resolved else "alert_raised", key=f.key, level=body["level"],
-                    message=f.message)
+        log.warning("alert_resolved" if resolved else "alert_raised", key=f.key, level=body["level"], message=f.message)
         if not self.settings.alert_webhook_url:
             return True
         try:

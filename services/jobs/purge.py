@@ -64,8 +64,10 @@ class _Delete:
         return f"SELECT count(*) FROM {self.table} WHERE {self.column} < :cutoff"
 
     def batch_sql(self) -> str:
-        return (f"DELETE FROM {self.table} WHERE id IN (SELECT id FROM {self.table} "
-                f"WHERE {self.column} < :cutoff LIMIT :n FOR UPDATE SKIP LOCKED)")
+        return (
+            f"DELETE FROM {self.table} WHERE id IN (SELECT id FROM {self.table} "
+            f"WHERE {self.column} < :cutoff LIMIT :n FOR UPDATE SKIP LOCKED)"
+        )
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,12 @@ class _Empty:
 
     def _where(self, status: str | None) -> str:
         if self.raw_only:  # any status: the event may still be running other consumers' rules
-            return ("e.payload_raw IS NOT NULL AND EXISTS (SELECT 1 FROM event_deliveries d "
-                    "WHERE d.event_id = e.id AND d.consumer = 'verity-sync' AND d.status = 'done') "
-                    "AND EXISTS (SELECT 1 FROM sync_log s WHERE s.correlation_id = e.id::text "
-                    "AND s.rule = 'F-1' AND s.status = 'success')")
+            return (
+                "e.payload_raw IS NOT NULL AND EXISTS (SELECT 1 FROM event_deliveries d "
+                "WHERE d.event_id = e.id AND d.consumer = 'verity-sync' AND d.status = 'done') "
+                "AND EXISTS (SELECT 1 FROM sync_log s WHERE s.correlation_id = e.id::text "
+                "AND s.rule = 'F-1' AND s.status = 'success')"
+            )
         emptied = "e.payload_json <> '{}'::jsonb"
         if self.table == "webhook_events":
             emptied = f"({emptied} OR e.payload_raw IS NOT NULL)"
@@ -100,10 +104,12 @@ class _Empty:
             changes = "payload_json = '{}'::jsonb, payload_raw = NULL"
         else:
             changes = "payload_json = '{}'::jsonb"
-        return (f"UPDATE {self.table} SET {changes} WHERE id IN (SELECT e.id FROM {self.table} e "
-                "WHERE e.received_at >= :after_at AND e.received_at < :cutoff "
-                f"AND (e.received_at, e.id) > (:after_at, :after_id) AND {self._where(status)} "
-                "ORDER BY e.received_at, e.id LIMIT :n FOR UPDATE SKIP LOCKED) RETURNING received_at, id")
+        return (
+            f"UPDATE {self.table} SET {changes} WHERE id IN (SELECT e.id FROM {self.table} e "
+            "WHERE e.received_at >= :after_at AND e.received_at < :cutoff "
+            f"AND (e.received_at, e.id) > (:after_at, :after_id) AND {self._where(status)} "
+            "ORDER BY e.received_at, e.id LIMIT :n FOR UPDATE SKIP LOCKED) RETURNING received_at, id"
+        )
 
 
 @dataclass(frozen=True)
@@ -125,19 +131,30 @@ def targets(settings: Settings) -> list[Target]:
     writes = settings.retention_outbound_writes_s
     out = [
         Target("sync_log", age(settings.retention_sync_log_days * day), _Delete("sync_log", "started_at")),
-        Target("event_attempts", age(settings.retention_event_attempts_days * day),
-               _Delete("event_attempts", "finished_at")),
+        Target(
+            "event_attempts",
+            age(settings.retention_event_attempts_days * day),
+            _Delete("event_attempts", "finished_at"),
+        ),
         # the echo check reads this window: purging inside it would let our own writes come back
-        Target("outbound_writes", age(max(writes, settings.echo_window_seconds)) if writes else None,
-               _Delete("outbound_writes", "written_at")),
+        Target(
+            "outbound_writes",
+            age(max(writes, settings.echo_window_seconds)) if writes else None,
+            _Delete("outbound_writes", "written_at"),
+        ),
         Target("ingress_outbox", age(settings.retention_outbox_published_s), _Delete("ingress_outbox", "published_at")),
     ]
     payloads = age(settings.retention_event_payloads_days * day)
     for table in EVENT_TABLES:
         out.append(Target(f"{table}.payload", payloads, _Empty(table)))
         if table == "webhook_events":
-            out.append(Target(f"{table}.payload_raw", age(settings.retention_payload_raw_forwarded_s),
-                              _Empty(table, raw_only=True)))
+            out.append(
+                Target(
+                    f"{table}.payload_raw",
+                    age(settings.retention_payload_raw_forwarded_s),
+                    _Empty(table, raw_only=True),
+                )
+            )
     return out
 
 
@@ -157,8 +174,14 @@ class PurgeReport:
         return sum(self.tables.values())
 
     def as_json(self) -> dict[str, Any]:
-        return {"commandId": self.command_id, "dryRun": self.dry_run, "tables": self.tables,
-                "cutoffs": self.cutoffs, "batches": self.batches, "durationMs": round(self.duration_ms, 1)}
+        return {
+            "commandId": self.command_id,
+            "dryRun": self.dry_run,
+            "tables": self.tables,
+            "cutoffs": self.cutoffs,
+            "batches": self.batches,
+            "durationMs": round(self.duration_ms, 1),
+        }
 
 
 class Purger:
@@ -168,20 +191,28 @@ class Purger:
         self.settings = settings
         self.engine = engine
 
-    async def run(self, command: PurgeRequested,
-                  progress: Callable[[str, int], Awaitable[None]] | None = None) -> PurgeReport:
+    async def run(
+        self, command: PurgeRequested, progress: Callable[[str, int], Awaitable[None]] | None = None
+    ) -> PurgeReport:
         """One purge (or count, with ``dry_run``); ``progress`` hears each target's total."""
         started = time.perf_counter()
         report = PurgeReport(str(command.command_id), command.dry_run)
         run_id = None if command.dry_run else await self._start(command)
         try:
             async with self.engine.connect() as conn:
-                now = (await conn.execute(text("SELECT now()"))).scalar_one()  # the database's clock
+                now: datetime = (await conn.execute(text("SELECT now()"))).scalar_one()  # the database's clock
             for target in targets(self.settings):
                 cutoff = now - target.age if target.age is not None else None
                 report.cutoffs[target.name] = cutoff.isoformat() if cutoff else None
-                count = 0 if cutoff is None else (
-                    await self._count(target, cutoff) if command.dry_run else await self._purge(target, cutoff, report))
+                count = (
+                    0
+                    if cutoff is None
+                    else (
+                        await self._count(target, cutoff)
+                        if command.dry_run
+                        else await self._purge(target, cutoff, report)
+                    )
+                )
                 report.tables[target.name] = count
                 if progress is not None:
                     await progress(target.name, count)
@@ -194,8 +225,14 @@ class Purger:
         if run_id is not None:
             await self._finish(run_id, "success", report, command.slot, None)
             LAST_SUCCESS.set_to_current_time()
-        log.info("purge_done", dry_run=command.dry_run, slot=command.slot, tables=report.tables,
-                 batches=report.batches, duration_ms=round(report.duration_ms, 1))
+        log.info(
+            "purge_done",
+            dry_run=command.dry_run,
+            slot=command.slot,
+            tables=report.tables,
+            batches=report.batches,
+            duration_ms=round(report.duration_ms, 1),
+        )
         return report
 
     async def _count(self, target: Target, cutoff: datetime) -> int:
@@ -203,8 +240,12 @@ class Purger:
         async with self.engine.connect() as conn:
             if isinstance(action, _Delete):
                 return int((await conn.execute(text(action.count_sql()), {"cutoff": cutoff})).scalar_one())
-            return sum([int((await conn.execute(text(action.count_sql(s)), {"cutoff": cutoff})).scalar_one())
-                        for s in action.statuses()])
+            return sum(
+                [
+                    int((await conn.execute(text(action.count_sql(s)), {"cutoff": cutoff})).scalar_one())
+                    for s in action.statuses()
+                ]
+            )
 
     async def _purge(self, target: Target, cutoff: datetime, report: PurgeReport) -> int:
         """Batches until one comes back short; each its own transaction."""
@@ -224,8 +265,12 @@ class Purger:
             after_at, after_id = _START
             while True:
                 async with self.engine.begin() as conn:
-                    rows = (await conn.execute(text(action.batch_sql(status)), {
-                        "cutoff": cutoff, "n": n, "after_at": after_at, "after_id": after_id})).all()
+                    rows = (
+                        await conn.execute(
+                            text(action.batch_sql(status)),
+                            {"cutoff": cutoff, "n": n, "after_at": after_at, "after_id": after_id},
+                        )
+                    ).all()
                 report.batches += 1
                 total += len(rows)
                 PURGED.labels(target.name).inc(len(rows))
@@ -236,15 +281,31 @@ class Purger:
 
     async def _start(self, command: PurgeRequested) -> Any:
         async with self.engine.begin() as conn:
-            return (await conn.execute(
-                insert(ReconcileRunRow).values(job_name="purge", status="running",
-                                            totals={"slot": command.slot, "commandId": str(command.command_id),
-                                                    "requestedBy": command.requested_by})
-                .returning(ReconcileRunRow.id))).scalar_one()
+            return (
+                await conn.execute(
+                    insert(ReconcileRunRow)
+                    .values(
+                        job_name="purge",
+                        status="running",
+                        totals={
+                            "slot": command.slot,
+                            "commandId": str(command.command_id),
+                            "requestedBy": command.requested_by,
+                        },
+                    )
+                    .returning(ReconcileRunRow.id)
+                )
+            ).scalar_one()
 
-    async def _finish(self, run_id: Any, status: str, report: PurgeReport, slot: str | None,
-                      error: str | None) -> None:
+    async def _finish(self, run_id: Any, status: str, report: PurgeReport, slot: str | None, error: str | None) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(update(ReconcileRunRow).where(ReconcileRunRow.id == run_id).values(
-                status=status, finished_at=func.now(), error_message=error,
-                totals={**report.as_json(), "slot": slot}))
+            await conn.execute(
+                update(ReconcileRunRow)
+                .where(ReconcileRunRow.id == run_id)
+                .values(
+                    status=status,
+                    finished_at=func.now(),
+                    error_message=error,
+                    totals={**report.as_json(), "slot": slot},
+                )
+            )

@@ -43,21 +43,32 @@ JOB_NAME = "reconcile-contacts"
 def missed_update_event(location_id: str, contact: Any, state_hash: str) -> WebhookEvent:
     """A ContactUpdate webhook rebuilt from GHL's current state of ``contact``."""
     body = contact.model_dump(by_alias=True, exclude_none=True)
-    payload = {"type": "ContactUpdate", "locationId": location_id, **body,
-               "dfmReconciled": True}
+    payload = {"type": "ContactUpdate", "locationId": location_id, **body, "dfmReconciled": True}
     return WebhookEvent(
-        source=Source.GHL, event_name="ContactUpdate", event_type="contact_update",
-        canonical_type="contact.updated", entity_type=EntityType.CONTACT, entity_id=contact.id,
-        dedupe_key=f"reconcile:contact:{contact.id}:{state_hash[:32]}", location_id=location_id,
-        auth=AuthInfo(method="internal", verified=True), payload=payload,
+        source=Source.GHL,
+        event_name="ContactUpdate",
+        event_type="contact_update",
+        canonical_type="contact.updated",
+        entity_type=EntityType.CONTACT,
+        entity_id=contact.id,
+        dedupe_key=f"reconcile:contact:{contact.id}:{state_hash[:32]}",
+        location_id=location_id,
+        auth=AuthInfo(method="internal", verified=True),
+        payload=payload,
     )
 
 
 class ContactReconciler:
     """One reconciliation run per command."""
 
-    def __init__(self, settings: Settings, engine: AsyncEngine, js: JetStreamContext,
-                 ghl: GhlClient | None, aloware: AlowareClient | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        js: JetStreamContext,
+        ghl: GhlClient | None,
+        aloware: AlowareClient | None = None,
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.js = js
@@ -66,11 +77,17 @@ class ContactReconciler:
 
     async def run(self, command: ReconcileRequested) -> dict[str, Any]:
         async with self.engine.begin() as conn:
-            run_id = (await conn.execute(insert(ReconcileRunRow).values(
-                job_name=JOB_NAME, status="running").returning(ReconcileRunRow.id))).scalar_one()
+            run_id = (
+                await conn.execute(
+                    insert(ReconcileRunRow).values(job_name=JOB_NAME, status="running").returning(ReconcileRunRow.id)
+                )
+            ).scalar_one()
         totals = {"driftCount": 0, "repairsCount": 0, "errors": 0, "totalProcessed": 0}
-        own_aloware = (AlowareClient.from_settings(self.settings)
-                       if self.aloware is None and self.settings.aloware_api_token else None)
+        own_aloware = (
+            AlowareClient.from_settings(self.settings)
+            if self.aloware is None and self.settings.aloware_api_token
+            else None
+        )
         try:
             if self.ghl is None or not self.settings.ghl_location_id:
                 raise Permanent("reconciliation needs GHL_API_KEY and GHL_LOCATION_ID")
@@ -88,8 +105,11 @@ class ContactReconciler:
     async def _page(self, limit: int, totals: dict[str, int], aloware: AlowareClient | None) -> bool:
         assert self.ghl is not None
         async with self.engine.connect() as conn:
-            cursor = await conn.scalar(select(SyncStateRow.cursor_id).where(
-                SyncStateRow.direction == "ghl_to_aloware", SyncStateRow.entity_type == "contact"))
+            cursor = await conn.scalar(
+                select(SyncStateRow.cursor_id).where(
+                    SyncStateRow.direction == "ghl_to_aloware", SyncStateRow.entity_type == "contact"
+                )
+            )
             stmt = select(ContactMappingRow).where(ContactMappingRow.ghl_deleted_at.is_(None))
             if cursor:
                 stmt = stmt.where(ContactMappingRow.ghl_contact_id > cursor)
@@ -116,15 +136,15 @@ class ContactReconciler:
                     aloware_hash = await self._aloware_drift(aloware, now)
                 except (RetryLater, Permanent) as exc:
                     totals["errors"] += 1
-                    log.warning("reconcile_aloware_read_failed", ghl_contact_id=mapping.ghl_contact_id,
-                                error=str(exc))
+                    log.warning("reconcile_aloware_read_failed", ghl_contact_id=mapping.ghl_contact_id, error=str(exc))
                     continue
                 if aloware_hash is None:
                     continue
                 state_hash = hashlib.sha256(f"{state_hash}:{aloware_hash}".encode()).hexdigest()
             event = missed_update_event(str(self.settings.ghl_location_id), current, state_hash)
-            await self.js.publish(event.subject, event.to_bytes(), headers=event.nats_headers(),
-                                  timeout=self.settings.dfm_publish_timeout)
+            await self.js.publish(
+                event.subject, event.to_bytes(), headers=event.nats_headers(), timeout=self.settings.dfm_publish_timeout
+            )
             totals["repairsCount"] += 1
         wrapped = len(mappings) < limit
         await self._checkpoint(None if wrapped else last, success=True)
@@ -150,10 +170,15 @@ class ContactReconciler:
             values["last_success_at"] = now
         async with self.engine.begin() as conn:
             await conn.execute(
-                pg_insert(SyncStateRow).values(direction="ghl_to_aloware", entity_type="contact", **values)
-                .on_conflict_do_update(index_elements=["direction", "entity_type"], set_=values))
+                pg_insert(SyncStateRow)
+                .values(direction="ghl_to_aloware", entity_type="contact", **values)
+                .on_conflict_do_update(index_elements=["direction", "entity_type"], set_=values)
+            )
 
     async def _finish(self, run_id: Any, status: str, totals: dict[str, Any], error: str | None) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(update(ReconcileRunRow).where(ReconcileRunRow.id == run_id).values(
-                status=status, finished_at=func.now(), totals=totals, error_message=error))
+            await conn.execute(
+                update(ReconcileRunRow)
+                .where(ReconcileRunRow.id == run_id)
+                .values(status=status, finished_at=func.now(), totals=totals, error_message=error)
+            )

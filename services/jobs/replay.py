@@ -10,7 +10,6 @@ unless ``force`` releases them. ``dry_run`` selects and describes without changi
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,10 +25,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts.commands import ReplayRequested
 from contracts.envelope import HEADER_REDRIVE, WebhookEvent
 from contracts.streams import WEBHOOKS_STREAM, expected_consumers
+from services.infra.db.models import TableName
 from services.infra.logging import get_logger
 from services.infra.redrive import envelope_for, publish_redrive
 from services.infra.settings import Settings
-from services.tooling.operations import OperationError, TableName, find_event, reset_for_replay
+from services.tooling.operations import OperationError, find_event, reset_for_replay
 
 log = get_logger(__name__)
 SCAN_BATCH = 256
@@ -75,17 +75,24 @@ class ReplayReport:
         return sum(1 for i in self.items if i.action == "skipped")
 
     def as_json(self) -> dict[str, Any]:
-        return {"commandId": self.command_id, "dryRun": self.dry_run, "scanned": self.scanned,
-                "selected": len(self.items), "replayed": 0 if self.dry_run else self.replayed,
-                "wouldReplay": self.replayed if self.dry_run else None,
-                "skipped": self.skipped, "items": [i.as_json() for i in self.items]}
+        return {
+            "commandId": self.command_id,
+            "dryRun": self.dry_run,
+            "scanned": self.scanned,
+            "selected": len(self.items),
+            "replayed": 0 if self.dry_run else self.replayed,
+            "wouldReplay": self.replayed if self.dry_run else None,
+            "skipped": self.skipped,
+            "items": [i.as_json() for i in self.items],
+        }
 
 
 class Replayer:
     """Selects events for a replay command and re-delivers them."""
 
-    def __init__(self, settings: Settings, engine: AsyncEngine, js: JetStreamContext,
-                 explain: Explainer | None = None) -> None:
+    def __init__(
+        self, settings: Settings, engine: AsyncEngine, js: JetStreamContext, explain: Explainer | None = None
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.js = js
@@ -99,9 +106,15 @@ class Replayer:
             targets = await self._scan(command, report)
         for event_id, subject in targets:
             report.items.append(await self._one(command, event_id, subject))
-        log.info("replay_done", command_id=report.command_id, dry_run=command.dry_run,
-                 selected=len(report.items), replayed=report.replayed, skipped=report.skipped,
-                 requested_by=command.requested_by)
+        log.info(
+            "replay_done",
+            command_id=report.command_id,
+            dry_run=command.dry_run,
+            selected=len(report.items),
+            replayed=report.replayed,
+            skipped=report.skipped,
+            requested_by=command.requested_by,
+        )
         return report
 
     async def _one(self, command: ReplayRequested, event_id: uuid.UUID, subject: str | None) -> ReplayItem:
@@ -132,11 +145,9 @@ class Replayer:
                 if self.explain is not None:
                     item.plan = await self.explain(event)
                 return item
-            await reset_for_replay(conn, event_id, table=table, force=command.force,
-                                   by=command.requested_by)
+            await reset_for_replay(conn, event_id, table=table, force=command.force, by=command.requested_by)
         # published after the reset commits, so a consumer never sees the old state
-        await publish_redrive(self.js, event, f"replay:{command.command_id}",
-                              self.settings.dfm_publish_timeout)
+        await publish_redrive(self.js, event, f"replay:{command.command_id}", self.settings.dfm_publish_timeout)
         return item
 
     async def _scan(self, command: ReplayRequested, report: ReplayReport) -> list[tuple[uuid.UUID, str | None]]:
@@ -152,13 +163,12 @@ class Replayer:
             last = min(last, command.to_seq)
         if last == 0 or (command.from_seq and command.from_seq > last):
             return []
-        config = ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=30.0,
-                                deliver_policy=DeliverPolicy.ALL)
+        config = ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=30.0, deliver_policy=DeliverPolicy.ALL)
         if command.from_seq:
             config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, command.from_seq
         elif command.since:
             config.deliver_policy = DeliverPolicy.BY_START_TIME
-            config.opt_start_time = command.since.isoformat()
+            config.opt_start_time = command.since  # nats-py sends it as RFC 3339 in UTC
         sub = await self.js.pull_subscribe(command.subject, stream=WEBHOOKS_STREAM, config=config)
         found: dict[uuid.UUID, str | None] = {}
         try:
@@ -166,7 +176,7 @@ class Replayer:
             while not done:
                 try:
                     msgs = await sub.fetch(SCAN_BATCH, timeout=1.0)
-                except (asyncio.TimeoutError, TimeoutError):
+                except TimeoutError:
                     break
                 for msg in msgs:
                     meta = msg.metadata

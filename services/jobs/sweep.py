@@ -61,8 +61,12 @@ class SweepReport:
     duration_ms: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
-        return {**self.totals, "outbox": {"S5": self.outbox}, "durationMs": round(self.duration_ms, 1),
-                "commandId": self.command_id}
+        return {
+            **self.totals,
+            "outbox": {"S5": self.outbox},
+            "durationMs": round(self.duration_ms, 1),
+            "commandId": self.command_id,
+        }
 
 
 class Sweeper:
@@ -77,11 +81,17 @@ class Sweeper:
         """One sweep, recorded in ``reconcile_runs``."""
         started = time.perf_counter()
         async with self.engine.begin() as conn:
-            run_id = (await conn.execute(
-                insert(ReconcileRunRow).values(job_name="pending-sweep", status="running",
-                                            totals={"slot": command.slot,
-                                                    "commandId": str(command.command_id)})
-                .returning(ReconcileRunRow.id))).scalar_one()
+            run_id = (
+                await conn.execute(
+                    insert(ReconcileRunRow)
+                    .values(
+                        job_name="pending-sweep",
+                        status="running",
+                        totals={"slot": command.slot, "commandId": str(command.command_id)},
+                    )
+                    .returning(ReconcileRunRow.id)
+                )
+            ).scalar_one()
         report = SweepReport(str(run_id), str(command.command_id))
         try:
             for table in TABLE_NAMES:
@@ -89,8 +99,11 @@ class Sweeper:
                     report.totals[table] = await self._sweep_table(table, command, report.run_id)
             if "S5" in command.steps:
                 report.outbox = await drain_outbox(
-                    self.engine, self.js, limit=self.settings.jobs_batch_size,
-                    publish_timeout=self.settings.dfm_publish_timeout)
+                    self.engine,
+                    self.js,
+                    limit=self.settings.jobs_batch_size,
+                    publish_timeout=self.settings.dfm_publish_timeout,
+                )
                 SWEEP_RUNS.labels("outbox", "S5").inc()
                 SWEEP_REDRIVEN.labels("outbox", "S5").inc(report.outbox)
         except Exception as exc:
@@ -102,12 +115,18 @@ class Sweeper:
         log.info("sweep_done", run_id=report.run_id, slot=command.slot, totals=report.as_json())
         return report
 
-    async def _finish(self, run_id: Any, status: str, report: SweepReport, slot: str | None,
-                      error: str | None) -> None:
+    async def _finish(self, run_id: Any, status: str, report: SweepReport, slot: str | None, error: str | None) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(update(ReconcileRunRow).where(ReconcileRunRow.id == run_id).values(
-                status=status, finished_at=func.now(), error_message=error,
-                totals={**report.as_json(), "slot": slot}))
+            await conn.execute(
+                update(ReconcileRunRow)
+                .where(ReconcileRunRow.id == run_id)
+                .values(
+                    status=status,
+                    finished_at=func.now(),
+                    error_message=error,
+                    totals={**report.as_json(), "slot": slot},
+                )
+            )
 
     # --- steps -----------------------------------------------------------------------------
     async def _sweep_table(self, table: TableName, command: SweepRequested, run_id: str) -> dict[str, int]:
@@ -138,18 +157,27 @@ class Sweeper:
             where = [model.status == "processing", model.claimed_at < cutoff]
         elif step == "S1":
             min_age = 0 if command and command.ignore_min_age else self.settings.sweep_pending_min_age_s
-            where = [model.status == "pending", model.received_at < now - timedelta(seconds=min_age),
-                     (model.next_attempt_at.is_(None)) | (model.next_attempt_at <= now)]
+            where = [
+                model.status == "pending",
+                model.received_at < now - timedelta(seconds=min_age),
+                (model.next_attempt_at.is_(None)) | (model.next_attempt_at <= now),
+            ]
         else:
             where = [model.status == "error", model.next_attempt_at <= now]
         return self._candidates(table, where, model.received_at)
 
     def _candidates(self, table: TableName, where: list[Any], order: Any) -> Any:
         model = EVENT_TABLES[table]
-        not_quarantined = ~exists().where(QuarantineEventRow.event_id == model.id,
-                                          QuarantineEventRow.released_at.is_(None))
-        return (select(model).where(*where, not_quarantined).order_by(order)
-                .limit(self.settings.jobs_batch_size).with_for_update(skip_locked=True))
+        not_quarantined = ~exists().where(
+            QuarantineEventRow.event_id == model.id, QuarantineEventRow.released_at.is_(None)
+        )
+        return (
+            select(model)
+            .where(*where, not_quarantined)
+            .order_by(order)
+            .limit(self.settings.jobs_batch_size)
+            .with_for_update(skip_locked=True)
+        )
 
     async def _expire(self, table: TableName) -> int:
         """S4: error rows whose budget is spent → dead (with their deliveries)."""
@@ -161,12 +189,20 @@ class Sweeper:
                 return 0
             ids = [r.id for r in rows]
             reason = func.concat("retry budget spent: ", func.coalesce(model.error_message, "unknown error"))
-            await conn.execute(update(model).where(model.id.in_(ids)).values(
-                status="dead", error_message=reason, next_attempt_at=None, last_error_at=func.now()))
-            await conn.execute(update(EventDeliveryRow).where(
-                EventDeliveryRow.event_id.in_(ids), EventDeliveryRow.status == "error",
-                EventDeliveryRow.attempts >= max_attempts).values(status="dead", next_attempt_at=None,
-                                                              updated_at=func.now()))
+            await conn.execute(
+                update(model)
+                .where(model.id.in_(ids))
+                .values(status="dead", error_message=reason, next_attempt_at=None, last_error_at=func.now())
+            )
+            await conn.execute(
+                update(EventDeliveryRow)
+                .where(
+                    EventDeliveryRow.event_id.in_(ids),
+                    EventDeliveryRow.status == "error",
+                    EventDeliveryRow.attempts >= max_attempts,
+                )
+                .values(status="dead", next_attempt_at=None, updated_at=func.now())
+            )
         log.warning("sweep_marked_dead", table=table, count=len(ids))
         return len(ids)
 
@@ -179,16 +215,22 @@ class Sweeper:
             if not rows:
                 return 0
             ids = [r.id for r in rows]
-            await conn.execute(update(model).where(model.id.in_(ids)).values(
-                status="pending", claimed_at=None, next_attempt_at=None))
-            await conn.execute(update(EventDeliveryRow).where(
-                EventDeliveryRow.event_id.in_(ids), EventDeliveryRow.status == "processing",
-                EventDeliveryRow.claimed_at < cutoff).values(status="pending", updated_at=func.now()))
+            await conn.execute(
+                update(model).where(model.id.in_(ids)).values(status="pending", claimed_at=None, next_attempt_at=None)
+            )
+            await conn.execute(
+                update(EventDeliveryRow)
+                .where(
+                    EventDeliveryRow.event_id.in_(ids),
+                    EventDeliveryRow.status == "processing",
+                    EventDeliveryRow.claimed_at < cutoff,
+                )
+                .values(status="pending", updated_at=func.now())
+            )
         log.warning("sweep_unstuck_processing", table=table, count=len(ids))
         return len(ids)
 
-    async def _redrive(self, table: TableName, step: str, command: SweepRequested,
-                       run_id: str) -> tuple[int, int]:
+    async def _redrive(self, table: TableName, step: str, command: SweepRequested, run_id: str) -> tuple[int, int]:
         """S1 (pending, old enough) or S3 (error, due): publish again; (re-driven, unrouted)."""
         model = EVENT_TABLES[table]
         guard = datetime.now(UTC) + timedelta(seconds=max(60, self.settings.sweep_pending_min_age_s))
@@ -202,31 +244,44 @@ class Sweeper:
             if unrouted:
                 await self._mark_unrouted(conn, table, unrouted, events)
             results = await asyncio.gather(
-                *(publish_redrive(self.js, ev, f"sweep:{run_id}", self.settings.dfm_publish_timeout)
-                  for _, ev in routed),
+                *(
+                    publish_redrive(self.js, ev, f"sweep:{run_id}", self.settings.dfm_publish_timeout)
+                    for _, ev in routed
+                ),
                 return_exceptions=True,
             )
-            sent = [row.id for (row, _), result in zip(routed, results, strict=True)
-                    if not isinstance(result, BaseException)]
+            sent = [
+                row.id
+                for (row, _), result in zip(routed, results, strict=True)
+                if not isinstance(result, BaseException)
+            ]
             failed = [r for r in results if isinstance(r, BaseException)]
             if failed and not isinstance(failed[0], NATS_ERRORS):
                 raise failed[0]
             if sent:
                 await conn.execute(update(model).where(model.id.in_(sent)).values(next_attempt_at=guard))
         if failed:
-            log.warning("sweep_publish_failed", table=table, step=step, failed=len(failed),
-                        error=type(failed[0]).__name__)
+            log.warning(
+                "sweep_publish_failed", table=table, step=step, failed=len(failed), error=type(failed[0]).__name__
+            )
         if sent:
             log.info("sweep_redriven", table=table, step=step, count=len(sent), run_id=run_id)
         return len(sent), len(unrouted)
 
-    async def _mark_unrouted(self, conn: AsyncConnection, table: TableName, ids: list[Any],
-                             events: list[Any]) -> None:
+    async def _mark_unrouted(self, conn: AsyncConnection, table: TableName, ids: list[Any], events: list[Any]) -> None:
         """Pending rows no consumer takes (recorded before their type lost its rule): done,
         ignored, as the recorder would record them now."""
         model = EVENT_TABLES[table]
         names = {ev.event_id: ev.event_name for ev in events}
         for event_id in ids:
-            await conn.execute(update(model).where(model.id == event_id).values(
-                status="done", outcome="ignored", processed_at=func.now(), next_attempt_at=None,
-                outcome_reason=f"Unhandled event type: {names.get(event_id, '?')}"))
+            await conn.execute(
+                update(model)
+                .where(model.id == event_id)
+                .values(
+                    status="done",
+                    outcome="ignored",
+                    processed_at=func.now(),
+                    next_attempt_at=None,
+                    outcome_reason=f"Unhandled event type: {names.get(event_id, '?')}",
+                )
+            )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -31,7 +31,16 @@ log = get_logger(__name__)
 # not cost a GHL call per event)
 FIELD_REFRESH_S = 60.0
 
-DEFAULT_AGENTS = (
+class DefaultAgent(TypedDict):
+    """One agent the seed writes (spec/outbound.md L-6): no field value or tag for UNASSIGNED."""
+
+    agent_key: str
+    display_name: str
+    field: str | None
+    tag: str | None
+
+
+DEFAULT_AGENTS: tuple[DefaultAgent, ...] = (
     {"agent_key": "CHRIS", "display_name": "Chris", "field": "Chris", "tag": "Owner: Chris"},
     {"agent_key": "RAFI", "display_name": "Rafi", "field": "Rafi", "tag": "Owner: Rafi"},
     {"agent_key": "UNASSIGNED", "display_name": "Unassigned", "field": None, "tag": None},
