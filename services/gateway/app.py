@@ -27,9 +27,10 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Security
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPBearer
 from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field
@@ -108,6 +109,10 @@ ERROR_ANSWER = {"model": Envelope, "description": "the gateway's error, or Verit
 TOO_MANY = {"description": "rate limit (RATE_LIMIT_MAX per 15 minutes per key or client address; "
                            "GATEWAY_AUTH_FAILURE_MAX failed key attempts per address)",
             "content": {"text/plain": {"schema": {"type": "string"}}}}
+# The key is checked by the limits middleware, before any route (the limits are per verified
+# key); the routes that need it depend on this scheme so the OpenAPI document declares it there.
+API_KEY = HTTPBearer(scheme_name="GatewayKey", auto_error=False,
+                     description="DF_MIDDLEWARE_API_KEY (any of its comma-separated values)")
 PROXY_DOC: dict[str, Any] = {
     "requestBody": {"required": True, "content": {"application/json": {
         "schema": ProxyRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}},
@@ -237,7 +242,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/api/verity", response_model=Envelope,
+    @app.get("/api/verity", response_model=Envelope, dependencies=[Security(API_KEY)],
              responses={401: ERROR_ANSWER, 429: TOO_MANY, 503: ERROR_ANSWER})
     async def get_catalog(request: Request) -> JSONResponse:
         if not authorised(request):
@@ -248,7 +253,7 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"success": True, "data": {"catalog": data, "gateway": {
             "endpoint": "/api/verity", "method": "POST", "description": DESCRIPTION}}})
 
-    @app.post("/api/verity", response_model=Envelope, openapi_extra=PROXY_DOC,
+    @app.post("/api/verity", response_model=Envelope, openapi_extra=PROXY_DOC, dependencies=[Security(API_KEY)],
               responses={"4XX": ERROR_ANSWER, 429: TOO_MANY, "5XX": ERROR_ANSWER})
     async def post_proxy(request: Request) -> Response:
         if not authorised(request):

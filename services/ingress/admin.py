@@ -1,11 +1,13 @@
 """Operator endpoints on the ingress (ARCHITECTURE.md §5; spec/inbound.md §4.5, §4.6).
 
 Admin: ``X-DF-ADMIN-SECRET`` or ``Authorization: Bearer``, compared in constant time with
-every value of ``DF_ADMIN_SECRET``. Jobs: ``X-DF-Jobs-Secret`` or ``Authorization: Bearer``
+every value of ``DF_ADMIN_SECRET``. Jobs: ``X-DF-JOBS-SECRET`` or ``Authorization: Bearer``
 against ``X_DF_JOBS_SECRET``. Missing or wrong → 401 JSON; after ``ADMIN_RATE_LIMIT_MAX``
 failures from one address in 15 minutes every attempt from it is 429 until the oldest failure
 is 15 minutes old, the right secret too (otherwise guessing would simply go on between the
-refusals). State changes are done through
+refusals). Both places are FastAPI security schemes, so the OpenAPI document declares them on
+every guarded operation (``AdminSecret`` or ``AdminBearer``, ``JobsSecret`` or ``JobsBearer``).
+State changes are done through
 ``services.tooling.operations``; work that takes time (replays, sweeps) is queued on the JOBS
 stream for the jobs service and answered at once.
 """
@@ -18,11 +20,13 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any, Literal, Protocol
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Query, Request, Security
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, BeforeValidator, SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import HTTPConnection
 
 from contracts.commands import ReplayRequested, SweepRequested
 from contracts.subjects import REPLAY_SUBJECT, SWEEP_SUBJECT
@@ -83,24 +87,36 @@ def unauthorized_response(_: Request, exc: Exception) -> JSONResponse:
                         headers={"WWW-Authenticate": "Bearer"})
 
 
-def _given_secret(request: Request, header: str) -> str | None:
-    value = request.headers.get(header)
-    if value:
-        return value.strip()
-    auth = request.headers.get("authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
-    return None
+class BearerSecret(HTTPBearer):
+    """``Authorization: Bearer <secret>`` read as this API always has: what follows the first
+    seven characters, trimmed, so an empty token is a wrong secret rather than a missing one
+    (FastAPI's own ``HTTPBearer`` would call it missing). Never raises: the guard answers."""
+
+    async def __call__(self, request: HTTPConnection) -> HTTPAuthorizationCredentials | None:
+        auth = request.headers.get("authorization", "")
+        if auth[:7].lower() != "bearer ":
+            return None
+        return HTTPAuthorizationCredentials(scheme=auth[:6], credentials=auth[7:].strip())
 
 
-def _guard(secrets: Sequence[SecretStr], header: str, realm: str, failures: SlidingWindow) -> Any:
-    async def check(request: Request) -> str:
+def _guard(secrets: Sequence[SecretStr], header: str, realm: str, variable: str,
+           failures: SlidingWindow) -> Any:
+    """The dependency that checks one secret: in ``header``, else as a bearer token."""
+    title = realm.capitalize()
+    in_header = APIKeyHeader(name=header, scheme_name=f"{title}Secret", auto_error=False,
+                             description=f"{variable} (any of its comma-separated values)")
+    as_bearer = BearerSecret(scheme_name=f"{title}Bearer", auto_error=False,
+                             description=f"{variable} as a bearer token, instead of {header}")
+    from_header, from_bearer = Security(in_header), Security(as_bearer)
+
+    async def check(request: Request, header_value: str | None = from_header,
+                    bearer: HTTPAuthorizationCredentials | None = from_bearer) -> str:
         address = client_address(request)
         retry_after = failures.retry_after(address)
         if retry_after is not None:
             log.warning("unauthorized_throttled", realm=realm, path=request.url.path)
             raise Throttled(retry_after)
-        given = _given_secret(request, header)
+        given = header_value.strip() if header_value else bearer.credentials if bearer else None
         if not secrets or given is None or not secret_matches(given, secrets):
             failures.hit(address)
             log.warning("unauthorized", realm=realm, path=request.url.path,
@@ -197,7 +213,7 @@ IsoDateTime = Annotated[datetime, BeforeValidator(_not_a_number)]
 def admin_guard(settings: Settings, failures: SlidingWindow) -> Any:
     """The dependency of a route for operators (``DF_ADMIN_SECRET``), counting failures in
     ``failures``."""
-    return Depends(_guard(settings.df_admin_secret, "x-df-admin-secret", "admin", failures))
+    return Depends(_guard(settings.df_admin_secret, "X-DF-ADMIN-SECRET", "admin", "DF_ADMIN_SECRET", failures))
 
 
 def admin_router(settings: Settings, engine: AsyncEngine, commands: CommandPublisher,
@@ -206,7 +222,7 @@ def admin_router(settings: Settings, engine: AsyncEngine, commands: CommandPubli
     attempts of both secrets count in ``failures`` (per address, ``ADMIN_RATE_LIMIT_MAX``)."""
     failures = failures or SlidingWindow(settings.admin_rate_limit_max)
     admin = admin_guard(settings, failures)
-    jobs = Depends(_guard(settings.x_df_jobs_secret, "x-df-jobs-secret", "jobs", failures))
+    jobs = Depends(_guard(settings.x_df_jobs_secret, "X-DF-JOBS-SECRET", "jobs", "X_DF_JOBS_SECRET", failures))
     def vendors_configured() -> bool:
         return bool(settings.ghl_api_key and settings.ghl_location_id and settings.aloware_api_token)
 
