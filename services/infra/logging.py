@@ -66,15 +66,24 @@ _EMAIL = re.compile(r"(?<![\w.+/-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 # a phone number: 10 to 15 digits as one token, optionally +, spaces, dashes or brackets between
 # them; dots and colons end a token, so IP addresses, ports and times are left alone
 _PHONE = re.compile(r"(?<![\w+./:-])\+?\d(?:[ ()-]{0,2}\d){9,14}(?![\w./:-])")
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
-_SECRET_PARAM = re.compile(r"(?i)\b(api_key|apikey|token|secret|password|signature|authorization)=[^&\s\"']+")
+_BEARER = re.compile(r"\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+_SECRET_PARAM = re.compile(
+    r"\b(api_key|apikey|token|secret|password|signature|authorization)=[^&\s\"']+", re.IGNORECASE
+)
 # attributes of stdlib records that are not the caller's context (uvicorn's ANSI copy of the
 # message, the formatter's caches)
 _RECORD_NOISE = ("color_message", "message", "asctime", "taskName")
 
 
+# one search says whether any of them could apply: most values (ids, names of things, times)
+# need no substitution, and the ingress logs every request
+_ANY_SENSITIVE = re.compile("|".join(p.pattern for p in (_PHONE, _BEARER, _SECRET_PARAM)) + "|@", re.IGNORECASE)
+
+
 def scrub_text(text: str) -> str:
     """Mask phone numbers, e-mail addresses, URL passwords and credentials in free text."""
+    if len(text) < 5 or not _ANY_SENSITIVE.search(text):
+        return text
     if "@" in text:
         text = _URL_USERINFO.sub(r"\g<scheme>\g<user>:***@", text)
         text = _EMAIL.sub(REDACTED, text)
