@@ -6,6 +6,7 @@ gateway in front of the sandbox's fake Verity and Clerk."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -44,10 +45,27 @@ def sandbox_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield base
 
 
+async def _topology(url: str) -> None:
+    import nats
+
+    from services.infra.broker import apply_topology
+    from services.infra.settings import Settings
+
+    nc = await nats.connect(url)
+    try:
+        await apply_topology(nc.jetstream(), Settings(nats_url=url))
+    finally:
+        await nc.close()
+
+
 @pytest.fixture(scope="module")
 def ingress_api(nats_server: EmbeddedNats, database_url: str, sandbox_api: str,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The ingress with its admin routes' vendors (agent seeding, list rebuilds) on the sandbox."""
+    """The ingress with its admin routes' vendors (agent seeding, list rebuilds) on the sandbox,
+    on a stream topology of its own making (the ingress only checks that it exists, as in
+    production where `dfm migrate upgrade` makes it; this module must not rely on a test that
+    ran before it)."""
+    asyncio.run(_topology(nats_server.url))
     env = {**TEST_SECRETS, "NATS_URL": nats_server.url, "DATABASE_URL": database_url,
            "GHL_API_KEY": "sandbox-ghl-key", "GHL_BASE_URL": f"{sandbox_api}/ghl",
            "ALOWARE_API_TOKEN": "sandbox-aloware-token", "ALOWARE_BASE_URL": f"{sandbox_api}/aloware/api/v1"}
