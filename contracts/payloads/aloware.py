@@ -52,6 +52,9 @@ class AlowareCall(BaseModel):
     incoming_number: str | None = None
     created_at: str | None = None
     ended_at: str | None = None
+    # the contact object some call webhooks embed (CL-1), and the caller's rating
+    contact: dict[str, Any] | None = None
+    csat_score: int | float | str | None = None
 
 
 class AlowareCallArtifact(BaseModel):
