@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install browser lint format clean lock lock-check audit
+.PHONY: run test install browser lint format docs env-example clean lock lock-check audit
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,7 +58,15 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check contracts services tests bench migrations
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	@if [ -f services/apidocs.py ]; then $(BIN)/python -m services.apidocs check; fi
+	$(BIN)/python -m services.apidocs check
+
+## docs: docs/asyncapi.json and docs/openapi-{ingress,gateway}.json, written from the code
+docs: $(STAMP)
+	$(BIN)/python -m services.apidocs write
+
+## env-example: .env.example, written from the settings
+env-example: $(STAMP)
+	$(BIN)/python -m services.tooling.env_example > .env.example
 
 ## format: apply ruff's formatter and its safe fixes
 format: $(STAMP)
