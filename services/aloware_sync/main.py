@@ -1,8 +1,9 @@
-"""``dfm run aloware-sync``."""
+"""``dfm run aloware-sync``: the composition root (engine, clients, the rule, the consumer)."""
 
 from __future__ import annotations
 
 import asyncio
+from contextlib import AsyncExitStack
 
 from contracts.streams import ALOWARE_SYNC
 from services.aloware_sync.service import AlowareSync
@@ -17,19 +18,17 @@ from services.infra.stream_app import serve_until_terminated
 
 
 async def serve(settings: Settings) -> None:
-    """Consume until SIGTERM/SIGINT."""
+    """Consume until SIGTERM/SIGINT; every resource is released in reverse order of making."""
     serve_metrics(settings, "aloware-sync")
-    engine = create_engine(settings)
-    ghl = GhlClient.from_settings(settings, RateBudget.for_ghl(engine, settings).acquire)
-    aloware = AlowareClient.from_settings(settings)
-    consumer = EventConsumer(settings, ALOWARE_SYNC, engine,
-                             AlowareSync(settings, engine, ghl, aloware).handle)
-    try:
+    async with AsyncExitStack() as resources:
+        engine = create_engine(settings)
+        resources.push_async_callback(engine.dispose)
+        ghl = GhlClient.from_settings(settings, RateBudget.for_ghl(engine, settings).acquire)
+        resources.push_async_callback(ghl.aclose)
+        aloware = AlowareClient.from_settings(settings)
+        resources.push_async_callback(aloware.aclose)
+        consumer = EventConsumer(settings, ALOWARE_SYNC, engine, AlowareSync(settings, engine, ghl, aloware).handle)
         await serve_until_terminated(settings, ALOWARE_SYNC, consumer.handle, consumer_batch(settings))
-    finally:
-        await ghl.aclose()
-        await aloware.aclose()
-        await engine.dispose()
 
 
 def run(settings: Settings) -> None:
