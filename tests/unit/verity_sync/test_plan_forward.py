@@ -11,7 +11,7 @@ from services.infra.delivery import Outcome
 from services.infra.errors import Cause, Misconfigured, Permanent
 from services.verity_sync.rules.forward import KnownForward, plan_forward
 from services.verity_sync.rules.ops import VERITY_API, ForwardWebhook, LogSync, SyncSubject
-from tests.unit.verity_sync.plans import SIGNATURE, Answers, ctx, ghl_event, provider_event, raw_b64, run
+from tests.unit.verity_sync.verity_plans import SIGNATURE, Answers, ctx, ghl_event, provider_event, raw_b64, run
 
 CONTACT = SyncSubject("ghl_to_verity", "contact", "ghlContactAda0000001")
 APPOINTMENT = SyncSubject("ghl_to_verity", "appointment", "ghlApptDemo000000001")

@@ -31,7 +31,7 @@ from services.verity_sync.rules.ops import (
     StepFailed,
     SyncSubject,
 )
-from tests.unit.verity_sync.plans import Answers, ctx, ghl_event, run
+from tests.unit.verity_sync.verity_plans import Answers, ctx, ghl_event, run
 
 MARKETPLACE = "ghl/AppointmentCreate.json"
 WORKFLOW = "ghl/workflow-appointment-webhook.json"

@@ -20,7 +20,7 @@ from services.verity_sync.rules.provider_message import (
     plan_send_sms,
 )
 from tests.conftest import load_fixture
-from tests.unit.verity_sync.plans import Answers, ctx, run
+from tests.unit.verity_sync.verity_plans import Answers, ctx, run
 
 FIXTURE = "ghl-provider-delivery/ProviderOutboundMessage-sms.json"
 MESSAGE_ID = "ghlMsgDemo0000000002"

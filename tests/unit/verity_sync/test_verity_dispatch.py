@@ -8,7 +8,7 @@ import pytest
 from contracts.streams import VERITY_SYNC
 from contracts.subjects import subject_matches
 from services.verity_sync.service import ROUTES, VeritySync, route_for
-from tests.unit.verity_sync.plans import ghl_event, provider_event
+from tests.unit.verity_sync.verity_plans import ghl_event, provider_event
 
 
 def test_every_route_lies_inside_the_durable_s_filters() -> None:

@@ -16,7 +16,7 @@ from services.infra.db.models import ContactMappingRow, OptoutRegistryRow, SyncL
 from services.infra.db.session import create_engine
 from services.infra.settings import Settings
 from services.verity_sync.explain import explain
-from tests.unit.verity_sync.plans import ghl_event, provider_event
+from tests.unit.verity_sync.verity_plans import ghl_event, provider_event
 
 
 def configured(db: str, **extra: Any) -> Settings:
