@@ -235,7 +235,7 @@ async def _log_for(db: str, rule: str) -> bool:
 
 
 def test_fixture_contact_disposed_tags() -> None:
-    from services.ghl_sync.rules.activity import disposition_of, disposition_tags
+    from services.ghl_sync.rules.calls import disposition_of, disposition_tags
 
     body = json.loads((Path(__file__).parent / "fixtures/webhooks/aloware/contact-disposed.json").read_text())
     assert disposition_tags(disposition_of(body)) == ["Disposition: Not Interested", "Contact Disposed"]

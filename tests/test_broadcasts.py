@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from services.ghl_sync.broadcasts import analytics
+from services.ghl_sync.broadcast_figures import analytics
 from services.infra.db.session import sync_url
 from tests.conftest import TEST_SECRETS, create_database, drop_database
 from tests.jobs_rig import fetch

@@ -12,13 +12,13 @@ from contracts.phone import to_e164
 from services.clients.verity import Endpoint, ProxyError, check_endpoint, resolve
 from services.domain.call_lists import list_intent, tag_names
 from services.domain.optout import keyword
-from services.ghl_sync.rules.activity import (
+from services.ghl_sync.rules.calls import (
     KIND_OF_CANONICAL,
     artifact,
-    call_data,
     call_note,
     call_tags,
 )
+from services.ghl_sync.rules.calls import parse_call as call_data
 from services.ghl_sync.sequences import trigger
 from services.mcp.tools import generate, map_arguments
 from services.tooling.operations import redact

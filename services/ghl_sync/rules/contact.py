@@ -1,12 +1,68 @@
-"""Rules CA (spec/outbound.md §1.2): Aloware contact → GHL contact, as pure planners."""
+"""Rules CA (spec/outbound.md §1.2): Aloware contact → GHL contact, as pure planners.
+
+``plan_aloware_contact`` is the rule (CA-0 … CA-8 around one contact event);
+``plan_contact_upsert`` plans the writes to one GHL contact (CA-3 … CA-6), which the
+``SyncGhlContact`` operation runs and re-runs when GHL changed under it
+(``services/ghl_sync/contacts.py``); ``snapshot_doubt`` says when our copy of the GHL
+contact must be re-read first.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from services.domain.contact import GHL_NAMES, CanonicalContact
+from contracts.payloads.aloware import AlowareContact
+from services.domain.contact import GHL_NAMES, CanonicalContact, aloware_to_canonical
 from services.domain.merge import changed_fields, target_for_ghl
+from services.domain.rules import RuleContext
+from services.domain.store import contact_lock_key
+from services.ghl_sync.rules.ops import (
+    AddGhlTags,
+    CheckEcho,
+    ContactUpserted,
+    ContactWrites,
+    CreateGhlContact,
+    Done,
+    EventRef,
+    FindAlowareMapping,
+    GhlOperation,
+    KnownMapping,
+    LockContact,
+    Plan,
+    SyncGhlContact,
+    SyncLogFor,
+    UpdateGhlContact,
+)
+
+__all__ = [
+    "SNAPSHOT_MAX_AGE",
+    "SOT_SKIP",
+    "SYNC_ALOWARE_TO_GHL",
+    "SYNC_GHL_TO_ALOWARE",
+    "AddGhlTags",
+    "ContactWrites",
+    "CreateGhlContact",
+    "CustomFieldIds",
+    "KnownGhlContact",
+    "UpdateGhlContact",
+    "create_fields",
+    "custom_field_changes",
+    "custom_fields",
+    "missing_tags",
+    "parse_time",
+    "plan_aloware_contact",
+    "plan_contact_upsert",
+    "snapshot_doubt",
+    "update_fields",
+]
+
+SOT_SKIP = "aloware_contact_event_ignored_source_of_truth_is_ghl"
+# RuleContext flags and limits these rules honour
+SYNC_ALOWARE_TO_GHL = "sync_aloware_contacts_to_ghl"  # SYNC_ALOWARE_CONTACTS_TO_GHL (CA-0)
+SYNC_GHL_TO_ALOWARE = "sync_ghl_contacts_to_aloware"  # CG runs, so snapshots are kept fresh
+SNAPSHOT_MAX_AGE = "ghl_snapshot_max_age_s"  # GHL_SNAPSHOT_MAX_AGE_S
 
 
 @dataclass(frozen=True)
@@ -18,19 +74,22 @@ class CustomFieldIds:
     intake_source: str | None = None
 
 
-def custom_fields(ids: CustomFieldIds, aloware_id: str, lead_source: str | None,
-                  intake_source: str | None) -> list[dict[str, str]]:
+def custom_fields(
+    ids: CustomFieldIds, aloware_id: str, lead_source: str | None, intake_source: str | None
+) -> list[dict[str, str]]:
     """CA-6 in GHL's array form."""
     out = []
-    for field_id, value in ((ids.aloware_contact_id, aloware_id), (ids.lead_source, lead_source),
-                            (ids.intake_source, intake_source)):
+    for field_id, value in (
+        (ids.aloware_contact_id, aloware_id),
+        (ids.lead_source, lead_source),
+        (ids.intake_source, intake_source),
+    ):
         if field_id and value:
             out.append({"id": field_id, "field_value": value})
     return out
 
 
-def create_fields(incoming: CanonicalContact, disposition: str | None,
-                  customs: list[dict[str, str]]) -> dict[str, Any]:
+def create_fields(incoming: CanonicalContact, disposition: str | None, customs: list[dict[str, str]]) -> dict[str, Any]:
     """CA-3 body (table 1.4.1) without ``locationId``, which the client adds."""
     body: dict[str, Any] = {GHL_NAMES[k]: v for k, v in _fields(incoming).items() if v}
     body["source"] = "aloware"
@@ -41,16 +100,19 @@ def create_fields(incoming: CanonicalContact, disposition: str | None,
     return body
 
 
-def custom_field_changes(current: dict[str, str] | None, wanted: list[dict[str, str]],
-                         mode: str) -> list[dict[str, str]]:
+def custom_field_changes(
+    current: dict[str, str] | None, wanted: list[dict[str, str]], mode: str
+) -> list[dict[str, str]]:
     """CA-6 on a contact GHL already has (an update, a duplicate match): the Aloware fields
     GHL does not hold yet, and in mode ``aloware`` also those GHL holds another value for
     (spec/outbound.md §1.5: custom fields are a union, GHL wins on the same key). When the
     current values are not known (None) every field is sent: a guess never skips a write."""
     have = current or {}
-    return [f for f in wanted
-            if current is None or have.get(f["id"]) is None
-            or (mode == "aloware" and have[f["id"]] != f["field_value"])]
+    return [
+        f
+        for f in wanted
+        if current is None or have.get(f["id"]) is None or (mode == "aloware" and have[f["id"]] != f["field_value"])
+    ]
 
 
 def update_fields(current: CanonicalContact, incoming: CanonicalContact, mode: str) -> dict[str, Any]:
@@ -84,53 +146,22 @@ class KnownGhlContact:
     missed: bool = False
 
 
-@dataclass(frozen=True)
-class CreateGhlContact:
-    """CA-3: POST /contacts/."""
-
-    fields: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class UpdateGhlContact:
-    """CA-4: PUT /contacts/{id} with the changed fields only."""
-
-    ghl_id: str
-    fields: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class AddGhlTags:
-    """CA-5: POST /contacts/{id}/tags (additive)."""
-
-    ghl_id: str
-    tags: tuple[str, ...]
-
-
-GhlOperation = CreateGhlContact | UpdateGhlContact | AddGhlTags
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a rule will do: operations in order, or why it does nothing."""
-
-    operations: tuple[GhlOperation, ...] = ()
-    skip_reason: str | None = None
-
-
 def plan_contact_upsert(
     incoming: CanonicalContact,
     known: KnownGhlContact | None,
+    ctx: RuleContext | None = None,
     *,
-    mode: str,
+    mode: str | None = None,
     disposition: str | None,
     customs: list[dict[str, str]],
-) -> Plan:
+) -> ContactWrites:
     """CA-3…CA-6 as a pure function: create when GHL has no such contact, else write only
     the differing fields (LP-2), the Aloware custom fields GHL lacks and the missing
-    disposition tag; nothing when all agree."""
+    disposition tag; nothing when all agree. ``mode`` (CONTACT_SOURCE_OF_TRUTH) is the
+    context's unless given."""
+    mode = mode or (ctx.source_of_truth if ctx is not None else "merge")
     if known is None:
-        return Plan((CreateGhlContact(create_fields(incoming, disposition, customs)),))
+        return ContactWrites((CreateGhlContact(create_fields(incoming, disposition, customs)),))
     operations: list[GhlOperation] = []
     changes = update_fields(known.contact, incoming, mode)
     customs_changed = custom_field_changes(known.contact.custom_values(), customs, mode)
@@ -141,4 +172,75 @@ def plan_contact_upsert(
     add = missing_tags(known.contact.tags, [disposition] if disposition else [])
     if add:
         operations.append(AddGhlTags(known.ghl_id, tuple(add)))
-    return Plan(tuple(operations)) if operations else Plan(skip_reason="no_changes")
+    if operations:
+        return ContactWrites(tuple(operations))
+    return ContactWrites(skip_reason="no_changes")
+
+
+def snapshot_doubt(snapshot: CanonicalContact, customs: list[dict[str, str]], ctx: RuleContext) -> str | None:
+    """Why the mapping's snapshot may not be GHL's current state, as far as the snapshot
+    itself tells (the executor also asks for GHL contact webhooks not yet absorbed), or None.
+
+    Only CG refreshes a snapshot from GHL's side: it re-reads the contact after each GHL
+    contact webhook. So the snapshot is in doubt when that cannot have happened: a replay
+    (asked for to re-check GHL), the GHL → Aloware direction switched off, a contact without
+    phone (CG-2 skips those), custom fields CA-6 needs but the snapshot predates, or an age
+    past ``GHL_SNAPSHOT_MAX_AGE_S``, which bounds how long a webhook GHL never sent goes
+    unnoticed."""
+    if ctx.replay:
+        return "replay"
+    if not ctx.flag(SYNC_GHL_TO_ALOWARE):
+        return "ghl_to_aloware_off"
+    if not snapshot.phone:
+        return "no_phone"
+    if customs and snapshot.custom_fields is None:
+        return "custom_fields_unknown"
+    seen = snapshot.seen_at
+    if seen is None or (ctx.now - seen).total_seconds() > ctx.limit(SNAPSHOT_MAX_AGE, 0):
+        return "age"
+    return None
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """An ISO time from a payload (UTC when it names no zone); None when unreadable."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def plan_aloware_contact(body: AlowareContact, event: EventRef, ctx: RuleContext) -> Plan:
+    """CA-0 … CA-8 for one Aloware contact event: skipped while Aloware is not a source of
+    contacts (CA-0); under the contact's lock, an echo of our own write (LP-1) and an event
+    older than the mapping's watermark (CA-2) change nothing; otherwise the GHL contact is
+    found or created and brought up to date (``SyncGhlContact``)."""
+    log = SyncLogFor("aloware_to_ghl", "contact", body.id)
+    if not ctx.flag(SYNC_ALOWARE_TO_GHL):
+        yield log.row("skipped", "CA-0", message=SOT_SKIP)
+        return Done("skipped", SOT_SKIP)
+    incoming = aloware_to_canonical(body, ctx.region)
+    event_at = parse_time(body.updated_at) or event.received_at
+    yield LockContact(contact_lock_key(incoming.phone, aloware_id=body.id))
+    if (yield CheckEcho("aloware", body.id, incoming.projection_hash())):
+        yield log.row("skipped", "LP-1", message="middleware-originated")
+        return Done("echo", "middleware-originated")
+    mapping: KnownMapping | None = yield FindAlowareMapping(body.id)
+    # An event as old as the watermark is a redelivery of the newest one: skipped, except
+    # in a replay, which is asked for to re-check GHL against it.
+    watermark = mapping.aloware_event_at if mapping is not None else None
+    if (
+        mapping is not None
+        and watermark is not None
+        and (event_at < watermark or (event_at == watermark and not ctx.replay))
+    ):
+        yield log.row("skipped", "CA-2", target_id=mapping.ghl_id, message="stale_event")
+        return Done("skipped", "stale_event")
+    upserted: ContactUpserted = yield SyncGhlContact(body, mapping, event_at)
+    if upserted.wrote:
+        yield log.row("success", "CA", target_id=upserted.ghl_id)
+        return Done("applied")
+    yield log.row("skipped", "CA", target_id=upserted.ghl_id, message="no_changes")
+    return Done("skipped", "no_changes")
