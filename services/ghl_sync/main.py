@@ -1,8 +1,10 @@
-"""``dfm run ghl-sync``."""
+"""``dfm run ghl-sync``: the composition root. Every resource is entered into one
+``AsyncExitStack``, so they close in reverse order of opening however serving ends."""
 
 from __future__ import annotations
 
 import asyncio
+from contextlib import AsyncExitStack
 
 from contracts.streams import GHL_SYNC
 from services.clients.aloware import AlowareClient
@@ -21,23 +23,23 @@ from services.infra.stream_app import serve_until_terminated
 async def serve(settings: Settings) -> None:
     """Consume until SIGTERM/SIGINT."""
     serve_metrics(settings, "ghl-sync")
-    engine = create_engine(settings)
-    ghl = GhlClient.from_settings(settings, RateBudget.for_ghl(engine, settings).acquire)
-    aloware = AlowareClient.from_settings(settings) if settings.aloware_api_token else None
-    oauth = GhlOAuth(settings, engine)
-    conversations = GhlConversations(settings, oauth, acquire=RateBudget.for_ghl(engine, settings).acquire)
-    sync = GhlSync(settings, engine, ghl, aloware, conversations)
-    consumer = EventConsumer(settings, GHL_SYNC, engine, sync.handle)
-    try:
+    async with AsyncExitStack() as stack:
+        engine = create_engine(settings)
+        stack.push_async_callback(engine.dispose)
+        aloware = None  # without a token CL-1 uses the call's own data
+        if settings.aloware_api_token:
+            aloware = AlowareClient.from_settings(settings)
+            stack.push_async_callback(aloware.aclose)
+        oauth = GhlOAuth(settings, engine)
+        stack.push_async_callback(oauth.aclose)
+        conversations = GhlConversations(settings, oauth, acquire=RateBudget.for_ghl(engine, settings).acquire)
+        stack.push_async_callback(conversations.aclose)
+        ghl = GhlClient.from_settings(settings, RateBudget.for_ghl(engine, settings).acquire)
+        stack.push_async_callback(ghl.aclose)
+        sync = GhlSync(settings, engine, ghl, aloware, conversations)
+        stack.push_async_callback(sync.aclose)
+        consumer = EventConsumer(settings, GHL_SYNC, engine, sync.handle)
         await serve_until_terminated(settings, GHL_SYNC, consumer.handle, consumer_batch(settings))
-    finally:
-        await sync.aclose()
-        await ghl.aclose()
-        await conversations.aclose()
-        await oauth.aclose()
-        if aloware is not None:
-            await aloware.aclose()
-        await engine.dispose()
 
 
 def run(settings: Settings) -> None:
