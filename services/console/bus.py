@@ -6,6 +6,7 @@ consumer info, nothing else (services/infra/nats_auth.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
@@ -24,6 +25,7 @@ __all__ = ["CONNECTION_NAME", "CommandBus"]
 
 log = get_logger(__name__)
 CONNECTION_NAME = "dfm-console"
+CONNECT_WAIT_S = 2.0  # how long a request waits for a first connection
 NATS_ERRORS = (NatsError, JetStreamError, asyncio.TimeoutError, TimeoutError, OSError)
 
 
@@ -33,24 +35,38 @@ class CommandBus:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.nc: NatsClient | None = None
+        self._connecting: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        """Start connecting in the background: the pages that need only PostgreSQL work while
+        NATS is away, and the connection keeps being retried (nats-py) until it is back."""
+        if self._connecting is None:
+            self._connecting = asyncio.create_task(self._connect(), name="console-nats-connect")
+
+    async def _connect(self) -> None:
         try:
-            self.nc = await connect(
-                self.settings, name=CONNECTION_NAME, max_reconnect_attempts=-1, connect_timeout=2, allow_reconnect=True
-            )
-        except NATS_ERRORS as exc:  # the console still shows what PostgreSQL knows
+            self.nc = await connect(self.settings, name=CONNECTION_NAME)
+        except NATS_ERRORS as exc:
             log.warning("console_nats_unavailable", error=type(exc).__name__)
-            self.nc = None
+            self._connecting = None  # the next request tries again
 
     async def close(self) -> None:
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connecting
+        self._connecting = None
         if self.nc is not None:
             await self.nc.drain()
             self.nc = None
 
     async def _connected(self) -> NatsClient | None:
-        if self.nc is None:
-            await self.start()
+        """The connection, waiting briefly for a first connect in progress; None while NATS is away."""
+        await self.start()
+        task = self._connecting
+        if task is not None and not task.done():
+            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), CONNECT_WAIT_S)
         return self.nc if self.nc is not None and self.nc.is_connected else None
 
     async def replay(self, command: ReplayRequested) -> bool:

@@ -175,13 +175,13 @@ async def find_contact(
             ).all()
             view.memberships = [
                 {
-                    "agent_key": r[0].agent_key,
-                    "list_key": r[0].list_key,
-                    "status": r[0].status,
-                    "reason": r[0].reason,
-                    "updated_at": r[0].updated_at,
-                    "list_name": r[1],
-                    "list_id": r[2],
+                    "agent_key": r.agent_key,
+                    "list_key": r.list_key,
+                    "status": r.status,
+                    "reason": r.reason,
+                    "updated_at": r.updated_at,
+                    "list_name": r.aloware_list_name,
+                    "list_id": r.aloware_list_id,
                 }
                 for r in rows
             ]
