@@ -85,6 +85,8 @@ ALOWARE_SYNC = ConsumerSpec(
         # event itself is the trigger, no later GHL contact event is waited for
         "webhooks.texting.optout.optout_stop",
         "webhooks.aloware.contact.contact_dnc_updated",
+        # S (list status -> Aloware sequence) writes into Aloware; CA, on the same event, is ghl-sync's
+        "webhooks.aloware.contact.contact_updated",
     ),
     "Rules that write into Aloware",
     max_deliver=50,

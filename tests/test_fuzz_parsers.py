@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contracts.phone import to_e164
+from services.aloware_sync.rules.sequences import trigger
 from services.clients.verity import Endpoint, ProxyError, check_endpoint, resolve
 from services.domain.call_lists import list_intent, tag_names
 from services.domain.optout import keyword
@@ -19,7 +20,6 @@ from services.ghl_sync.rules.calls import (
     call_tags,
 )
 from services.ghl_sync.rules.calls import parse_call as call_data
-from services.ghl_sync.sequences import trigger
 from services.mcp.tools import generate, map_arguments
 from services.tooling.operations import redact
 

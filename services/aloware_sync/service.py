@@ -203,6 +203,7 @@ ROUTES: MappingProxyType[str, Route] = MappingProxyType(
         "webhooks.texting.message.>": texting_message,  # M-3, and an inbound STOP text (M-1.4)
         "webhooks.texting.optout.optout_stop": texting_optout,
         "webhooks.aloware.contact.contact_dnc_updated": aloware_dnc_updated,
+        "webhooks.aloware.contact.contact_updated": aloware_contact_updated,  # S
     }
 )
 

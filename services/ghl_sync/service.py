@@ -14,7 +14,6 @@ from contracts.envelope import WebhookEvent
 from services.clients.aloware import AlowareClient
 from services.clients.ghl import GhlClient
 from services.clients.ghl_conversations import GhlConversations
-from services.ghl_sync import sequences
 from services.ghl_sync.broadcast_figures import BroadcastFigures
 from services.ghl_sync.contacts import GhlContacts
 from services.ghl_sync.context import rule_context
@@ -30,11 +29,8 @@ from services.infra.verity_db import VerityDatabase
 
 __all__ = ["BEFORE", "GhlSync", "explain"]
 
-# Steps that run before an event's rule. S-1 (Aloware sequences) moves to aloware-sync
-# (issue #17): delete this entry and the ``sequences`` import then.
-BEFORE: dict[tuple[str, str], Callable[[GhlSync, WebhookEvent, int], Awaitable[None]]] = {
-    ("aloware", "contact.updated"): sequences.run,
-}
+# Steps that run before an event's rule (none since S-1, Aloware sequences, is aloware-sync's: issue #17).
+BEFORE: dict[tuple[str, str], Callable[[GhlSync, WebhookEvent, int], Awaitable[None]]] = {}
 
 
 class GhlSync:

@@ -179,3 +179,26 @@ async def test_a_list_event_for_an_unsynced_contact_stops_at_the_ghl_read(clean_
         "aloware-sync: read GHL contact ghlContactGrace00002 (G1; not read in a dry run); the rest of the plan "
         "depends on the answer",
     ]
+
+
+async def test_s_enrols_a_changed_list_status(clean_db: str, engine: AsyncEngine) -> None:
+    from services.infra.db.models import ContactAgentStateRow
+
+    await given(
+        engine,
+        MAPPED,
+        insert(ContactAgentStateRow).values(contact_id=ADA, agent_key="CHRIS", last_aloware_list_status="warm"),
+    )
+    settings = configured(clean_db, enable_aloware_sequences="true", aloware_status_to_sequence='{"hot": "seq-hot"}')
+    lines = await explain(settings, engine, event("aloware/contact-updated.json"))
+    assert lines == [
+        "aloware-sync S: if the list status changed, enrol the number in its mapped Aloware sequence",
+        f"aloware-sync: mapping of {ALO}: GHL {ADA} / Aloware {ALO}",
+        f"aloware-sync: agent state of GHL {ADA}: CHRIS, last list status 'warm'",
+        f"aloware-sync: take Aloware contact {ALO} off every power-dialer list (A4)",
+        "aloware-sync: take the number ending 0101 out of every sequence (A7)",
+        "aloware-sync: enrol the number ending 0101 in sequence seq-hot (A6)",
+        "aloware-sync: sync_log success S (dry run)",
+        "aloware-sync: remember list status 'hot' (S-7)",
+        "aloware-sync: applied",
+    ]
