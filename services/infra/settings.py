@@ -3,7 +3,9 @@
 Every variable of spec/inbound.md §6 and spec/outbound.md §0.4 plus the architecture's
 NATS, stream and port variables. Which variables are *required* depends on the service
 that runs (a webhook-only deployment needs no Clerk key): see ``REQUIRED_BY_SERVICE`` and
-``Settings.require``.
+``Settings.require``. ``load_settings`` (every entry point) also reads ``./.env`` when present,
+the environment overriding it, and reports every problem at once (``collect_settings``): an
+unknown choice or invalid JSON is an error naming the variable, never a silent default.
 """
 
 from __future__ import annotations
@@ -64,15 +66,30 @@ def _flag_unless_false(value: Any) -> bool:
     return value is None or str(value) != "false"
 
 
-def _json_object_or_empty(value: Any) -> Any:
-    """``ALOWARE_STATUS_TO_SEQUENCE``: invalid JSON means ``{}`` (spec/inbound.md §6.1)."""
-    if isinstance(value, str):
-        try:
-            parsed = json.loads(value) if value.strip() else {}
-        except ValueError:
-            return {}
-        return parsed if isinstance(parsed, dict) else {}
-    return value
+_SEQUENCE_MAP = 'a JSON object such as {"hot": "<sequence id>", "warm": {"sequence_id": "<id>", "optional": true}}'
+
+
+def _status_to_sequence(value: Any) -> Any:
+    """``ALOWARE_STATUS_TO_SEQUENCE`` (spec/outbound.md S-5): a JSON object of status → sequence id
+    or ``{"sequence_id", "optional"}``; empty means ``{}``. The original read invalid JSON as
+    ``{}`` (spec/inbound.md §6.1), which silently switched every enrolment off; now it stops the
+    start naming the variable (issue #20). The value is never echoed (it may be long)."""
+    if not isinstance(value, str):
+        return value
+    if not value.strip():
+        return {}
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"expected {_SEQUENCE_MAP}, but it is not valid JSON ({exc.msg} at column {exc.colno})") \
+            from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"expected {_SEQUENCE_MAP}, got a JSON {type(parsed).__name__}")
+    for status, entry in parsed.items():
+        if not isinstance(entry, str | dict) or (isinstance(entry, dict) and not set(entry) <= {"sequence_id",
+                                                                                              "optional"}):
+            raise ValueError(f"expected {_SEQUENCE_MAP}, but the entry of {status!r} is neither")
+    return parsed
 
 
 def _postgres_url(value: Any) -> Any:
@@ -127,13 +144,6 @@ def _public_keys_of(kind: str) -> Any:
     return check
 
 
-def _choice_or_default(default: str, allowed: tuple[str, ...]) -> Any:
-    def parse(value: Any) -> Any:
-        return value if value in allowed else default
-
-    return parse
-
-
 # A secret that may hold several comma-separated values (rotation, spec C5).
 SecretList = Annotated[list[SecretStr], NoDecode, BeforeValidator(_split_commas)]
 CsvList = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
@@ -142,7 +152,16 @@ FlagUnlessFalse = Annotated[bool, NoDecode, BeforeValidator(_flag_unless_false)]
 
 
 class ConfigError(Exception):
-    """A required variable is missing or a value is malformed. ``str()`` is one line."""
+    """Required variables are missing or values are malformed: ``problems`` holds one line per
+    variable, each starting with its name (``NAME is required: ...``, ``NAME is malformed:
+    ...``), so an operator fixes everything in one go. ``str()`` is one line (joined by ``; ``)."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__(*problems)
+        self.problems: tuple[str, ...] = problems or ("the configuration is invalid",)
+
+    def __str__(self) -> str:
+        return "; ".join(self.problems)
 
 
 class Settings(BaseSettings):
@@ -268,6 +287,19 @@ class Settings(BaseSettings):
         default=5, ge=1, le=1000, description="failed console sign-ins per client address, and per user name, "
         "in 15 minutes; then sign-in is refused for them until the window passes")
     metrics_port: int = Field(default=9464, ge=0, le=65535)
+    # the metrics port also answers GET /health/live and GET /health (services/infra/metrics_server.py)
+    dfm_health_stall_s: float = Field(
+        default=180, gt=0, le=3600, description="a consumer is not ready (GET /health on METRICS_PORT answers "
+        "503) when every handler of its fetch loop has been busy this long with no message started or finished; "
+        "longer than DFM_RULE_DEADLINE_S")
+    dfm_state_gauges_interval_s: float = Field(
+        default=15, gt=0, le=3600, description="how often every jobs replica recomputes the gauges of the whole "
+        "database and stream (backlog, oldest pending event, consumer lag); replicas export the same values, so "
+        "rules and dashboards take their max")
+    dfm_metrics_multiproc_dir: str | None = Field(
+        default=None, description="with DFM_INGRESS_WORKERS > 1: where the ingress makes a fresh directory for its "
+        "workers' metric files at each start, removed at exit (default: the system temp directory; on a read-only "
+        "root filesystem a writable volume)")
     ingress_limit_concurrency: int = Field(
         default=256, ge=1, le=100_000, description="connections plus requests in progress per ingress process; "
         "beyond it uvicorn answers 503 (each may buffer up to WEBHOOK_MAX_BODY_BYTES)")
@@ -334,8 +366,9 @@ class Settings(BaseSettings):
     aloware_webhook_bearer_token: SecretList = Field(default_factory=list)
     aloware_webhook_allowed_events: CsvList = Field(default_factory=list)
     aloware_status_to_sequence: Annotated[
-        dict[str, Any], NoDecode, BeforeValidator(_json_object_or_empty)
-    ] = Field(default_factory=dict)
+        dict[str, Any], NoDecode, BeforeValidator(_status_to_sequence)
+    ] = Field(default_factory=dict, description="JSON: Aloware list status → sequence id, or "
+              '{"sequence_id": ..., "optional": true}; invalid JSON stops the start')
     enable_aloware_sequences: FlagTrue = False
 
     # --- Verity, texting, Clerk --------------------------------------------------------------
@@ -347,6 +380,9 @@ class Settings(BaseSettings):
         "VERITY_WEBHOOK_SECRET stands in (with a warning), in production nothing does")
     verity_database_url: str | None = None
     verity_catalog_path: str | None = None
+    mcp_tool_allowlist: CsvList = Field(
+        default_factory=list, description="catalog tools `dfm run mcp` lists: tool names or glob patterns "
+        "(comms_*), comma-separated; empty lists every catalog tool; the dfm_* operator tools are always listed")
     verity_proxy_timeout_s: float = Field(default=60, gt=0)
     texting_sync_to_aloware: FlagTrue = False
     # the plain shared-secret header: a static bearer (security-audit F13); default on outside production
@@ -429,10 +465,8 @@ class Settings(BaseSettings):
         "events received longer ago are dropped once the Verity forward (F-1) is done")
 
     # --- routing, lists, features ------------------------------------------------------------
-    contact_source_of_truth: Annotated[
-        Literal["ghl", "aloware", "merge"],
-        BeforeValidator(_choice_or_default("merge", ("ghl", "aloware", "merge"))),
-    ] = "merge"
+    # an unknown value stops the start naming the variable; the original quietly used the default
+    contact_source_of_truth: Literal["ghl", "aloware", "merge"] = "merge"
     sync_ghl_contacts_to_aloware: bool = True
     sync_aloware_contacts_to_ghl: bool = True
     ghl_snapshot_max_age_s: float = Field(
@@ -444,12 +478,7 @@ class Settings(BaseSettings):
     default_agent_key: str = "UNASSIGNED"
     enable_agent_list_sync: FlagUnlessFalse = True
     enable_power_dialer_lists: FlagTrue = False
-    tag_match_mode: Annotated[
-        Literal["exact", "case_insensitive", "regex"],
-        BeforeValidator(
-            _choice_or_default("case_insensitive", ("exact", "case_insensitive", "regex"))
-        ),
-    ] = "case_insensitive"
+    tag_match_mode: Literal["exact", "case_insensitive", "regex"] = "case_insensitive"  # unknown: an error
     default_phone_region: str = Field(default="US", min_length=2, max_length=2)
 
     # --- other components (listed so the object is complete) -----------------------------
@@ -486,17 +515,20 @@ class Settings(BaseSettings):
         switch left in a production environment opened the endpoint that sends SMS, and
         showed nowhere. The override names each switch, so accepting one is never accepting
         the next one someone sets."""
+        problems = self.insecure_problems()
+        if problems:
+            raise ConfigError(*problems)
+
+    def insecure_problems(self) -> list[str]:
+        """What :meth:`refuse_insecure_in_production` refuses, one line per variable."""
         accepted = {name.upper() for name in self.dfm_allow_insecure_in_production}
-        unknown = sorted(accepted - set(INSECURE_SWITCHES))
-        if unknown:
-            raise ConfigError(f"DFM_ALLOW_INSECURE_IN_PRODUCTION is malformed: {unknown[0]} is not an insecure "
-                              f"switch, expected some of {', '.join(INSECURE_SWITCHES)}")
-        if self.node_env != "production":
-            return
-        for name, value in self.insecure_switches().items():
-            if name not in accepted:
-                raise ConfigError(f"{name}={value} is refused under NODE_ENV=production: unset it, or name it in "
-                                  "DFM_ALLOW_INSECURE_IN_PRODUCTION to accept the risk")
+        problems = [f"DFM_ALLOW_INSECURE_IN_PRODUCTION is malformed: {name} is not an insecure switch, expected "
+                    f"some of {', '.join(INSECURE_SWITCHES)}" for name in sorted(accepted - set(INSECURE_SWITCHES))]
+        if self.node_env == "production":
+            problems += [f"{name}={value} is refused under NODE_ENV=production: unset it, or name it in "
+                         "DFM_ALLOW_INSECURE_IN_PRODUCTION to accept the risk"
+                         for name, value in self.insecure_switches().items() if name not in accepted]
+        return problems
 
     def refuse_insecure_console(self) -> None:
         """Raise ``ConfigError`` for a production console that would be unsafe to start: no
@@ -514,13 +546,16 @@ class Settings(BaseSettings):
                               "it to 127.0.0.1")
 
     # --------------------------------------------------------------------------------------
+    def missing(self, *names: str) -> list[str]:
+        """One ``NAME is required: expected ...`` line for each of ``names`` unset or empty."""
+        return [f"{name.upper()} is required: expected {REQUIRED_HINTS.get(name, 'a non-empty value')}"
+                for name in names if getattr(self, name) in (None, [], "")]
+
     def require(self, *names: str) -> None:
-        """Raise ``ConfigError`` naming the first of ``names`` that is unset or empty."""
-        for name in names:
-            value = getattr(self, name)
-            if value is None or value == [] or value == "":
-                hint = REQUIRED_HINTS.get(name, "a non-empty value")
-                raise ConfigError(f"{name.upper()} is required: expected {hint}")
+        """Raise ``ConfigError`` naming every one of ``names`` that is unset or empty."""
+        problems = self.missing(*names)
+        if problems:
+            raise ConfigError(*problems)
 
     def require_for(self, service: str) -> None:
         """Check the variables ``service`` cannot start without."""
@@ -597,21 +632,75 @@ REQUIRED_BY_SERVICE: dict[str, tuple[str, ...]] = {
 }
 
 
+def _field_name(error: ErrorDetails) -> str | None:
+    """The field an error is about (its alias resolved: ``PORT`` is ``gateway_port``)."""
+    loc = error.get("loc") or ()
+    if not loc:
+        return None
+    name = str(loc[0]).lower()
+    if name in Settings.model_fields:
+        return name
+    for field, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices) and name in [str(c).lower() for c in alias.choices]:
+            return field
+    return None
+
+
 def _describe(error: ErrorDetails) -> str:
     loc = error.get("loc") or ("?",)
     name = str(loc[0]).upper()
-    message = str(error.get("msg", "invalid value"))
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")  # our validators' own words
     return f"{name} is malformed: {message}"
 
 
-def load_settings(env_file: str | None = None, **overrides: Any) -> Settings:
-    """Build ``Settings`` from the environment (and ``env_file``, which the environment
-    overrides), turning validation errors into one line. A production configuration with an
-    insecure switch it does not accept explicitly is refused here, so every entry point
-    refuses it the same way."""
-    try:
-        settings = Settings(_env_file=env_file, **overrides)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc.errors()[0])) from None
-    settings.refuse_insecure_in_production()
+# A .env in the current directory is read when present, as Node users expect (issue #20);
+# the environment overrides it, and an explicit env file (stack.env) overrides both.
+DOT_ENV = ".env"
+
+
+def collect_settings(env_file: str | None = None, *, service: str | None = None,
+                     **overrides: Any) -> tuple[Settings, list[str]]:
+    """Build ``Settings`` from the environment, ``./.env`` and ``env_file`` (later wins; the
+    environment over both files), and list *every* problem, one line each naming its variable:
+    malformed values (unknown choices, bad JSON, out of range), what ``service`` requires and
+    lacks (``REQUIRED_BY_SERVICE``), insecure switches refused in production. A malformed value
+    is replaced by its default so the rest can still be checked; the settings returned are for
+    reading harmless values (``DFM_DATA_DIR``) when there are problems, never for running."""
+    problems: list[str] = []
+    replaced: dict[str, Any] = {}
+    files = tuple(f for f in (DOT_ENV, env_file) if f)
+    settings: Settings | None = None
+    for _ in range(len(Settings.model_fields)):  # each round replaces at least one field
+        try:
+            settings = Settings(_env_file=files, **{**overrides, **replaced})
+            break
+        except ValidationError as exc:
+            fresh = False
+            for error in exc.errors():
+                name = _field_name(error)
+                if name is None or name in replaced:
+                    continue
+                problems.append(_describe(error))
+                replaced[name] = Settings.model_fields[name].get_default(call_default_factory=True)
+                fresh = True
+            if not fresh:  # an error no default clears (not expected): report it as it is
+                problems += [_describe(e) for e in exc.errors() if _field_name(e) is None]
+                break
+    if settings is None:
+        return Settings.model_construct(), problems or ["the configuration is invalid"]
+    if service is not None:
+        wanted = [n for n in REQUIRED_BY_SERVICE.get(service, ()) if n not in replaced]
+        problems += settings.missing(*wanted)
+    problems += settings.insecure_problems()
+    return settings, problems
+
+
+def load_settings(env_file: str | None = None, *, service: str | None = None, **overrides: Any) -> Settings:
+    """Build ``Settings`` (see :func:`collect_settings`) or raise ``ConfigError`` listing every
+    problem. A production configuration with an insecure switch it does not accept explicitly
+    is refused here, so every entry point refuses it the same way."""
+    settings, problems = collect_settings(env_file, service=service, **overrides)
+    if problems:
+        raise ConfigError(*problems)
     return settings
