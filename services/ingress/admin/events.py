@@ -13,7 +13,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator
 from sqlalchemy import select
 
-from contracts.commands import ReplayRequested
 from contracts.subjects import REPLAY_SUBJECT
 from services.infra.db.models import TableName, TextingWebhookEventRow
 from services.infra.logging import get_logger
@@ -23,12 +22,13 @@ from services.tooling.operations import (
     EventFilter,
     OperationError,
     failed_outbox_rows,
-    find_event,
     list_events,
     mark_done,
     mask_number,
     parse_event_id,
     quarantine,
+    replay_command,
+    replay_msg_id,
     show_event,
 )
 
@@ -211,20 +211,17 @@ def events_router(deps: AdminDeps) -> APIRouter:
     ) -> JSONResponse:
         body = body or ReplayBody()
         source, force = body.eventSource or eventSource, body.force or force
-        try:
-            ident = parse_event_id(event_id)
-            async with engine.connect() as conn:
-                table, row = await find_event(conn, ident, source)
-            if row.status == "quarantined" and not force:
-                raise OperationError(409, "event is quarantined; replay with force=true to release it")
-            if row.status == "processing":
-                raise OperationError(409, "event is being processed; replay it when it ends")
+        try:  # the same checks and command as the console's replay (operations.replay_command)
+            command = await replay_command(
+                engine,
+                parse_event_id(event_id),
+                table=source,
+                force=force,
+                requested_by=body.requestedBy or "admin-api",
+            )
         except OperationError as exc:
             return fail(exc)
-        command = ReplayRequested(
-            event_ids=[ident], event_table=table, force=force, requested_by=body.requestedBy or "admin-api"
-        )
-        failed = await queue_command(deps.commands, REPLAY_SUBJECT, command, f"replay:{command.command_id}", "replay")
+        failed = await queue_command(deps.commands, REPLAY_SUBJECT, command, replay_msg_id(command), "replay")
         if failed is not None:
             return failed
         log.info("admin_replay_queued", event_id=event_id, command_id=str(command.command_id), force=force)
