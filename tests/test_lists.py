@@ -10,7 +10,7 @@ from typing import Any
 
 from services.domain.call_lists import Agent, ContactView, list_intent, resolve_agent, tag_names
 from services.infra.signing import ghl_ed25519_signature, load_private_key
-from tests.jobs_rig import execute, fetch
+from tests.jobs_rig import execute, fetch, running_jobs
 from tests.sync_rig import Pipeline, eventually, pipeline_settings, running_pipeline
 from tests.test_admin import ADMIN
 
@@ -40,9 +40,26 @@ def test_agent_resolution_and_intent_rules() -> None:
                        mode="case_insensitive", stage="Closed won") == ([], KEYS)
 
 
+async def job_run(p: Pipeline, answer: Any, job: str) -> dict[str, Any]:
+    """The finished run of the command a 202 queued: the jobs service runs it (and makes its
+    vendor calls) and records it in reconcile_runs."""
+    assert answer.status_code == 202, answer.text
+    command_id = answer.json()["commandId"]
+
+    async def finished() -> list[dict[str, Any]]:
+        return await fetch(p.settings.database_url, "SELECT status, totals, error_message FROM reconcile_runs "
+                           "WHERE job_name = $1 AND totals->>'commandId' = $2 AND status <> 'running'",
+                           job, command_id)
+
+    async with running_jobs(p.settings):
+        [run] = await eventually(finished)
+    totals = json.loads(run["totals"]) if isinstance(run["totals"], str) else run["totals"]
+    return {**run, "totals": totals}
+
+
 async def setup_lists(p: Pipeline, *names: str) -> dict[str, str]:
-    seeded = await p.ingress.post("/api/admin/agents/seed", headers=ADMIN)
-    assert seeded.status_code == 200 and seeded.json()["inserted"] == 3, seeded.text
+    seeded = await job_run(p, await p.ingress.post("/api/admin/agents/seed", headers=ADMIN), "agents-seed")
+    assert seeded["status"] == "success" and seeded["totals"]["inserted"] == 3, seeded
     return {n: (await p.sandbox.post("/_sandbox/aloware/lists", json={"name": n})).json()["id"] for n in names}
 
 
@@ -220,8 +237,9 @@ async def test_l5_admin_rebuild_revalidates_memberships_and_resets_the_list(
             "api_token": "sandbox-aloware-token", "list_id": lists["DF_CHRIS_CALL_NOW"]["id"], "contact_ids": [stray_id]})
         answer = await p.ingress.post("/api/admin/lists/rebuild", headers=ADMIN,
                                       params={"agentKey": "CHRIS", "listKey": "CALL_NOW"})
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["rebuilt"] == 1 and answer.json()["removed"] == 1
+        run = await job_run(p, answer, "lists-rebuild")
+        assert run["status"] == "success", run
+        assert run["totals"]["rebuilt"] == 1 and run["totals"]["removed"] == 1
         keep_alo = next(c["id"] for c in await p.aloware_contacts() if c["phone_number"] == "+15555550311")
         assert (await members(p))["DF_CHRIS_CALL_NOW"] == [keep_alo]
         state = await fetch(clean_db, "SELECT c.contact_id, c.status FROM contact_list_memberships c "

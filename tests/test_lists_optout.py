@@ -29,7 +29,7 @@ from tests.sync_rig import Pipeline, eventually, pipeline_settings, running_pipe
 from tests.test_activity import send_texting
 from tests.test_admin import ADMIN
 from tests.test_contact_sync import send_aloware
-from tests.test_lists import create_contact, members, memberships, setup_lists
+from tests.test_lists import create_contact, job_run, members, memberships, setup_lists
 
 GHL = {"Authorization": "Bearer sandbox-ghl-key", "Version": "2021-07-28"}
 PHONE = "+15555550361"
@@ -299,8 +299,9 @@ async def test_the_admin_rebuild_resolves_the_custom_field_agent_the_same_way(
         _, aloware_id = await custom_field_contact(p, clean_db)
         answer = await p.ingress.post("/api/admin/lists/rebuild", headers=ADMIN,
                                       params={"agentKey": "CHRIS", "listKey": "CALL_NOW"})
-        assert answer.status_code == 200, answer.text
-        assert (answer.json()["rebuilt"], answer.json()["removed"], answer.json()["errors"]) == (1, 0, [])
+        run = await job_run(p, answer, "lists-rebuild")
+        assert run["status"] == "success", run
+        assert (run["totals"]["rebuilt"], run["totals"]["removed"], run["totals"]["errors"]) == (1, 0, [])
         assert (await members(p))["DF_CHRIS_CALL_NOW"] == [aloware_id]
         assert (await memberships(clean_db))[("CHRIS", "CALL_NOW")] == "active"
 

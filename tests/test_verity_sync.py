@@ -125,7 +125,10 @@ async def test_replays_repeat_no_forward_no_tag_and_no_list_change(
     """Replay of the F-1, O-2, D-1 and L families: nothing is sent or written twice."""
     settings = pipeline_settings(base_env, tmp_path, ENABLE_POWER_DIALER_LISTS="true")
     async with running_pipeline(settings) as p, running_jobs(settings) as jobs:
-        await p.ingress.post("/api/admin/agents/seed", headers={"X-DF-ADMIN-SECRET": "admin-secret-1"})
+        from tests.test_lists import job_run
+
+        seed = await p.ingress.post("/api/admin/agents/seed", headers={"X-DF-ADMIN-SECRET": "admin-secret-1"})
+        await job_run(p, seed, "agents-seed")
         await p.sandbox.post("/_sandbox/aloware/lists", json={"name": "DF_UNASSIGNED_NEW_LEADS"})
         created = await p.sandbox.post("/ghl/contacts/", headers=GHL, json={
             "locationId": settings.ghl_location_id, "firstName": "Rep", "phone": "+15555550777"})

@@ -48,7 +48,9 @@ from contracts.streams import (
     ConsumerSpec,
 )
 from contracts.subjects import (
+    AGENTS_SEED_SUBJECT,
     ALERTS_SUBJECT,
+    LISTS_REBUILD_SUBJECT,
     PURGE_SUBJECT,
     RECONCILE_SUBJECT,
     REPLAY_SUBJECT,
@@ -127,7 +129,8 @@ SCAN_DENY = tuple(s for c in WEBHOOK_DURABLES for s in (
     _api("CONSUMER", "CREATE", WEBHOOKS_STREAM, c.durable, ">"),
     _api("CONSUMER", "MSG", "NEXT", WEBHOOKS_STREAM, c.durable)))
 CONSUMER_INFO_ALL = tuple(_api("CONSUMER", "INFO", c.stream, c.durable) for c in CONSUMERS)  # lag gauges
-ADMIN_API_COMMANDS = (REPLAY_SUBJECT, SWEEP_SUBJECT)  # services/ingress/admin.py
+# services/ingress/admin/: replays, sweeps and the call-list commands whose vendor calls jobs makes
+ADMIN_API_COMMANDS = (REPLAY_SUBJECT, SWEEP_SUBJECT, AGENTS_SEED_SUBJECT, LISTS_REBUILD_SUBJECT)
 # verity-sync's AP-3 analytics event (services/verity_sync/appointments.py)
 AP3_SUBJECT = webhook_subject(Source.BROADCAST, EntityType.BROADCAST, "analytics_updated")
 
@@ -137,7 +140,8 @@ IDENTITIES: tuple[Identity, ...] = (
     Identity(ADMIN, "the topology step (dfm nats topology / migrate upgrade / up), dfm restore",
              publish=("$JS.API.>", "webhooks.>", "jobs.>")),
     Identity("ingress", "ingress without its admin API (no DF_ADMIN_SECRET)", publish=_INGRESS_PUBLISH),
-    Identity("ingress-admin", "ingress serving its admin API on the same connection (replay, sweep)",
+    Identity("ingress-admin", "ingress serving its admin API on the same connection (replay, sweep, "
+             "agents seed, lists rebuild)",
              publish=(*_INGRESS_PUBLISH, *ADMIN_API_COMMANDS)),
     Identity("recorder", "recorder", publish=(*STREAM_INFO, *_consume(RECORDER))),
     Identity("ghl-sync", "ghl-sync", publish=(*STREAM_INFO, *_consume(GHL_SYNC))),

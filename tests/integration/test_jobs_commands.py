@@ -16,6 +16,8 @@ from contracts.streams import JOBS_CONSUMER
 from contracts.subjects import AGENTS_SEED_SUBJECT, LISTS_REBUILD_SUBJECT, subject_matches
 from services.jobs.commands import COMMANDS
 from services.jobs.service import Jobs
+from tests.conftest import TEST_SECRETS
+from tests.ingress_rig import stream_messages
 from tests.jobs_rig import fetch, running_jobs
 from tests.sync_rig import Pipeline, eventually, pipeline_settings, running_pipeline
 
@@ -192,3 +194,69 @@ async def test_without_vendor_credentials_the_seed_is_refused_with_the_reason(
         await publish(jobs, AGENTS_SEED_SUBJECT, command)
         [run] = await eventually(lambda: finished(clean_db, "agents-seed", command, "error"))
         assert run["error_message"] == "GHL and Aloware credentials are not configured"
+
+
+# --- the admin endpoints queue the commands; only jobs calls the vendors ------------------------
+ADMIN = {"X-DF-ADMIN-SECRET": TEST_SECRETS["DF_ADMIN_SECRET"].split(",")[0]}
+
+
+async def queued(p: Pipeline, answer: Any, subject: str, job: str) -> str:
+    """The 202's command id, after checking that command is waiting on the JOBS stream."""
+    assert answer.status_code == 202, answer.text
+    body = answer.json()
+    assert (body["success"], body["status"], body["job"]) == (True, "queued", job)
+    on_stream = [json.loads(m.data) for m in await stream_messages(p.settings.nats_url, subject)]
+    assert [c["command_id"] for c in on_stream] == [body["commandId"]]
+    return str(body["commandId"])
+
+
+async def run_of(db: str, job: str, command_id: str) -> list[dict[str, Any]]:
+    return await finished(db, job, AgentsSeedRequested(command_id=command_id))
+
+
+async def test_the_ingress_queues_the_seed_and_the_rebuild_and_never_calls_a_vendor_for_them(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    """With no jobs service running, each endpoint answers 202 and the sandbox vendors see no
+    request at all; the jobs service, started afterwards, makes the calls and records the run."""
+    settings = pipeline_settings(base_env, tmp_path, ENABLE_POWER_DIALER_LISTS="true")
+    async with running_pipeline(settings) as p:
+        calls = await p.calls()
+        seed_id = await queued(
+            p, await p.ingress.post("/api/admin/agents/seed", headers=ADMIN), AGENTS_SEED_SUBJECT, "agents-seed"
+        )
+        assert await p.calls() == calls  # the ingress called no vendor
+        assert await runs(clean_db, "agents-seed", AgentsSeedRequested(command_id=seed_id)) == []
+        async with running_jobs(settings):
+            [run] = await eventually(lambda: run_of(clean_db, "agents-seed", seed_id))
+        assert run["totals"]["inserted"] == 3 and run["totals"]["requestedBy"] == "admin-api"
+        made = vendor_calls((await p.calls())[len(calls) :])
+        assert ("ghl", "GET", "/users/") in made and ("aloware", "GET", "/webhook/users") in made
+
+        async with running_jobs(settings) as jobs:  # lists and memberships for the rebuild
+            _, drop = await setup_call_now(p, jobs, clean_db)
+        await p.sandbox.patch(f"/_sandbox/ghl/contacts/{drop['id']}", json={"tags": []})
+        calls = await p.calls()
+        rebuild_id = await queued(
+            p,
+            await p.ingress.post(
+                "/api/admin/lists/rebuild", headers=ADMIN, params={"agentKey": "CHRIS", "listKey": "CALL_NOW"}
+            ),
+            LISTS_REBUILD_SUBJECT,
+            "lists-rebuild",
+        )
+        assert await p.calls() == calls
+        async with running_jobs(settings):
+            [run] = await eventually(lambda: run_of(clean_db, "lists-rebuild", rebuild_id))
+        assert (run["totals"]["rebuilt"], run["totals"]["removed"], run["totals"]["errors"]) == (1, 1, [])
+        made = vendor_calls((await p.calls())[len(calls) :])
+        assert ("aloware", "POST", "/webhook/powerdialer-clear-list") in made
+
+        # refused before anything is queued: an unknown scope (404) and a NUL key (422)
+        missing = await p.ingress.post(
+            "/api/admin/lists/rebuild", headers=ADMIN, params={"agentKey": "NOBODY", "listKey": "HOT"}
+        )
+        assert missing.status_code == 404 and missing.json()["error"] == "List NOBODY/HOT not found in registry"
+        nul = await p.ingress.post("/api/admin/lists/rebuild", headers=ADMIN, params={"agentKey": "CH\x00RIS"})
+        assert nul.status_code == 422
+        assert len(await stream_messages(p.settings.nats_url, LISTS_REBUILD_SUBJECT)) == 1
