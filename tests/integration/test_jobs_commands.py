@@ -6,20 +6,25 @@ their error family (STYLE.md §4)."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 from pydantic import BaseModel
 
 from contracts.commands import AgentsSeedRequested, ListsRebuildRequested
 from contracts.streams import JOBS_CONSUMER
 from contracts.subjects import AGENTS_SEED_SUBJECT, LISTS_REBUILD_SUBJECT, subject_matches
+from services.infra.settings import Settings
 from services.jobs.commands import COMMANDS
 from services.jobs.service import Jobs
+from services.sandbox.app import create_sandbox_app
 from tests.conftest import TEST_SECRETS
-from tests.ingress_rig import stream_messages
+from tests.ingress_rig import running_ingress, running_recorder, serving, stream_messages
 from tests.jobs_rig import fetch, running_jobs
-from tests.sync_rig import Pipeline, eventually, pipeline_settings, running_pipeline
+from tests.sync_rig import Pipeline, consumers, eventually, pipeline_settings, running_pipeline
 
 GHL = {"Authorization": "Bearer sandbox-ghl-key", "Version": "2021-07-28"}
 
@@ -102,11 +107,16 @@ async def test_a_vendor_asking_to_wait_retries_the_command_after_its_delay(
 
 
 async def setup_call_now(p: Pipeline, jobs: Jobs, db: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The directory seeded (by command), CHRIS's lists made in Aloware, and two of Chris's
-    contacts tagged call_now on DF_CHRIS_CALL_NOW."""
+    """The directory seeded (by command), then ``call_now_lists``."""
     seed = AgentsSeedRequested()
     await publish(jobs, AGENTS_SEED_SUBJECT, seed)
     await eventually(lambda: finished(db, "agents-seed", seed))
+    return await call_now_lists(p, db)
+
+
+async def call_now_lists(p: Pipeline, db: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """CHRIS's lists made in Aloware and two of Chris's contacts tagged call_now on
+    DF_CHRIS_CALL_NOW (aloware-sync puts them there)."""
     for name in ("DF_CHRIS_CALL_NOW", "DF_CHRIS_NEW_LEADS"):
         await p.sandbox.post("/_sandbox/aloware/lists", json={"name": name})
     contacts = []
@@ -214,13 +224,29 @@ async def run_of(db: str, job: str, command_id: str) -> list[dict[str, Any]]:
     return await finished(db, job, AgentsSeedRequested(command_id=command_id))
 
 
+@asynccontextmanager
+async def without_running_consumers(settings: Settings) -> AsyncIterator[Pipeline]:
+    """Sandbox vendors, recorder and ingress, but no sync consumer: a vendor request the
+    sandbox records now was made by the ingress (or by a jobs runner the test starts)."""
+    async with AsyncExitStack() as stack:
+        sandbox_url = await stack.enter_async_context(
+            serving(create_sandbox_app(settings), "/_sandbox/calls", port=settings.sandbox_port)
+        )
+        await stack.enter_async_context(running_recorder(settings))
+        ingress_url = await stack.enter_async_context(running_ingress(settings, port=settings.ingress_port))
+        ingress = await stack.enter_async_context(httpx.AsyncClient(base_url=ingress_url, timeout=10))
+        sandbox = await stack.enter_async_context(httpx.AsyncClient(base_url=sandbox_url, timeout=10))
+        yield Pipeline(settings, ingress, sandbox)
+
+
 async def test_the_ingress_queues_the_seed_and_the_rebuild_and_never_calls_a_vendor_for_them(
     base_env: dict[str, str], tmp_path: Path, clean_db: str
 ) -> None:
-    """With no jobs service running, each endpoint answers 202 and the sandbox vendors see no
-    request at all; the jobs service, started afterwards, makes the calls and records the run."""
+    """With no jobs service and no sync consumer running, each endpoint answers 202 and the
+    sandbox vendors see no request at all; the jobs service, started afterwards, makes the
+    calls and records the run."""
     settings = pipeline_settings(base_env, tmp_path, ENABLE_POWER_DIALER_LISTS="true")
-    async with running_pipeline(settings) as p:
+    async with without_running_consumers(settings) as p:
         calls = await p.calls()
         seed_id = await queued(
             p, await p.ingress.post("/api/admin/agents/seed", headers=ADMIN), AGENTS_SEED_SUBJECT, "agents-seed"
@@ -233,8 +259,8 @@ async def test_the_ingress_queues_the_seed_and_the_rebuild_and_never_calls_a_ven
         made = vendor_calls((await p.calls())[len(calls) :])
         assert ("ghl", "GET", "/users/") in made and ("aloware", "GET", "/webhook/users") in made
 
-        async with running_jobs(settings) as jobs:  # lists and memberships for the rebuild
-            _, drop = await setup_call_now(p, jobs, clean_db)
+        async with consumers(settings, 1):  # aloware-sync makes the lists and memberships, then stops
+            _, drop = await call_now_lists(p, clean_db)
         await p.sandbox.patch(f"/_sandbox/ghl/contacts/{drop['id']}", json={"tags": []})
         calls = await p.calls()
         rebuild_id = await queued(
