@@ -14,11 +14,14 @@ from typing import Any
 import httpx
 import pytest
 from mcp import ClientSession, StdioServerParameters
+from mcp.client.session import MessageHandlerFnT
 from mcp.client.stdio import stdio_client
 
 from services.clients.verity import Endpoint
 from services.infra.settings import Settings
-from services.mcp.tools import generate, map_arguments
+from services.mcp.server import McpBackend
+from services.mcp.tools import ANY_JSON, allowed, as_mcp_tool, generate, map_arguments
+from services.mcp.watch import CatalogWatch
 from services.sandbox.app import create_sandbox_app
 from tests.ingress_rig import serving
 from tests.jobs_rig import execute, running_jobs
@@ -40,13 +43,22 @@ PARITY = {  # spec/outbound.md §3.3, the "required" columns
     "calls_scripts_create": ("POST", "/apicalls/scripts"),
     "health_health_get": ("GET", "/api/health"),
 }
-OPERATOR = {"dfm_events_list", "dfm_event_show", "dfm_stream_stats", "dfm_replay", "dfm_event_quarantine"}
+OPERATOR = {
+    "dfm_events_list",
+    "dfm_event_show",
+    "dfm_stream_stats",
+    "dfm_replay",
+    "dfm_event_quarantine",
+    "dfm_event_mark_done",
+}
 
 
 def catalog_endpoints() -> list[Endpoint]:
     data = json.loads(CATALOG.read_text())
-    return [Endpoint(e["path"], tuple(e["methods"]), e.get("description"), e.get("parameters") or {},
-                     e.get("authType")) for e in data["endpoints"]]
+    return [
+        Endpoint(e["path"], tuple(e["methods"]), e.get("description"), e.get("parameters") or {}, e.get("authType"))
+        for e in data["endpoints"]
+    ]
 
 
 def test_tool_names_and_resolution_match_the_parity_table() -> None:
@@ -57,36 +69,70 @@ def test_tool_names_and_resolution_match_the_parity_table() -> None:
     assert schema["properties"]["body"]["type"] == "object"  # this method's body, not the first method's
     assert by_name["comms_broadcasts_get"].input_schema["properties"]["page"]["type"] == "number"
     assert by_name["comms_broadcasts_get_by_id"].input_schema["required"] == ["id"]
-    params, query, body = map_arguments(by_name["comms_contacts_patch"],
-                                        {"id": "c1", "phone": "+15550001111", "canText": True, "junk": 1})
+    params, query, body = map_arguments(
+        by_name["comms_contacts_patch"], {"id": "c1", "phone": "+15550001111", "canText": True, "junk": 1}
+    )
     assert (params, query, body) == ({"id": "c1"}, {}, {"phoneE164": "+15550001111", "canText": True})
     params, query, body = map_arguments(by_name["comms_broadcasts_get"], {"page": 2, "status": ["a", "b"]})
     assert (params, query, body) == ({}, {"page": 2, "status": ["a", "b"]}, None)
-    assert map_arguments(by_name["calls_scripts_test"], {"scriptId": "s1", "body": {"to": "+1555", "x": 1}}) \
-        == ({"scriptId": "s1"}, {}, {"to": "+1555"})
+    assert map_arguments(by_name["calls_scripts_test"], {"scriptId": "s1", "body": {"to": "+1555", "x": 1}}) == (
+        {"scriptId": "s1"},
+        {},
+        {"to": "+1555"},
+    )
+
+
+def server_params(env: dict[str, str]) -> StdioServerParameters:
+    return StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "services.cli", "run", "mcp"],
+        env={"PATH": os.environ["PATH"], **env},
+        cwd=str(Path(__file__).parents[1]),
+    )
 
 
 @asynccontextmanager
-async def mcp_session(env: dict[str, str]) -> AsyncIterator[ClientSession]:
-    params = StdioServerParameters(command=sys.executable, args=["-m", "services.cli", "run", "mcp"],
-                                   env={"PATH": os.environ["PATH"], **env}, cwd=str(Path(__file__).parents[1]))
-    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+async def mcp_session(
+    env: dict[str, str], message_handler: MessageHandlerFnT | None = None
+) -> AsyncIterator[ClientSession]:
+    """The official client on the initialize handshake (protocol 2025-11-25) with a real
+    ``dfm run mcp`` process."""
+    async with (
+        stdio_client(server_params(env)) as (read, write),
+        ClientSession(read, write, message_handler=message_handler) as session,
+    ):
         await session.initialize()
         yield session
 
 
-@pytest.fixture
-async def sandbox() -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
-    async with serving(create_sandbox_app(Settings()), "/_sandbox/calls") as url, \
-            httpx.AsyncClient(base_url=url, timeout=10) as client:
+@asynccontextmanager
+async def sandbox_api() -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
+    """The sandbox's fake Verity and Clerk on loopback, and a client of its inspection routes."""
+    async with (
+        serving(create_sandbox_app(Settings()), "/_sandbox/calls") as url,
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+    ):
         yield url, client
 
 
+@pytest.fixture
+async def sandbox() -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
+    async with sandbox_api() as api:
+        yield api
+
+
 def mcp_env(base_env: dict[str, str], sandbox_url: str, **extra: str) -> dict[str, str]:
-    return {**base_env, "VERITY_BASE_URL": f"{sandbox_url}/verity", "VERITY_CATALOG_PATH": str(CATALOG),
-            "VERITY_API_KEY": "sandbox-verity-key", "CLERK_SECRET_KEY": "sandbox-clerk-secret",
-            "CLERK_SERVICE_USER_ID": "user_sandbox_service", "CLERK_API_URL": f"{sandbox_url}/clerk/v1",
-            "LOG_LEVEL": "warning", **extra}
+    return {
+        **base_env,
+        "VERITY_BASE_URL": f"{sandbox_url}/verity",
+        "VERITY_CATALOG_PATH": str(CATALOG),
+        "VERITY_API_KEY": "sandbox-verity-key",
+        "CLERK_SECRET_KEY": "sandbox-clerk-secret",
+        "CLERK_SERVICE_USER_ID": "user_sandbox_service",
+        "CLERK_API_URL": f"{sandbox_url}/clerk/v1",
+        "LOG_LEVEL": "warning",
+        **extra,
+    }
 
 
 def text_of(result: Any) -> str:
@@ -103,15 +149,20 @@ async def test_tools_calls_token_refresh_and_errors_over_stdio(
         assert {t.name for t in tools} == set(PARITY) | OPERATOR
 
         result = await session.call_tool("comms_broadcasts_get_by_id", {"id": "b7"})
-        assert not result.isError, text_of(result)
-        assert json.loads(text_of(result)) == {"method": "GET", "path": "/api/comms/broadcasts/b7", "query": {},
-                                               "body": None, "user": "user_sandbox_service"}
+        assert not result.is_error, text_of(result)
+        assert json.loads(text_of(result)) == {
+            "method": "GET",
+            "path": "/api/comms/broadcasts/b7",
+            "query": {},
+            "body": None,
+            "user": "user_sandbox_service",
+        }
         created = await session.call_tool("calls_scripts_create", {"body": {"name": "intro"}})
         assert json.loads(text_of(created))["path"] == "/api/calls/scripts"  # not the /test endpoint
 
         await client.post("/_sandbox/clerk/expire-tokens")  # Verity now rejects the cached token
         again = await session.call_tool("comms_broadcasts_get", {"page": 2})
-        assert not again.isError, text_of(again)
+        assert not again.is_error, text_of(again)
         assert json.loads(text_of(again))["query"] == {"page": "2"}
         calls = (await client.get("/_sandbox/calls")).json()
         minted = [c for c in calls if c["vendor"] == "clerk" and c["method"] == "POST"]
@@ -120,12 +171,12 @@ async def test_tools_calls_token_refresh_and_errors_over_stdio(
         assert statuses == [401, 200]
 
         sms = await session.call_tool("sms_sms_create", {"body": {"to": "+15550001111", "body": "hi"}})
-        assert not sms.isError and json.loads(text_of(sms))["messageId"].startswith("vmsg")
+        assert not sms.is_error and json.loads(text_of(sms))["messageId"].startswith("vmsg")
 
         missing = await session.call_tool("comms_broadcasts_get_by_id", {"id": "missing"})
-        assert missing.isError and text_of(missing) == "Error: Not found: /api/comms/broadcasts/missing"
+        assert missing.is_error and text_of(missing) == "Error: Not found: /api/comms/broadcasts/missing"
         unknown = await session.call_tool("no_such_tool", {})
-        assert unknown.isError and text_of(unknown) == "Error: Unknown tool: no_such_tool"
+        assert unknown.is_error and text_of(unknown) == "Error: Unknown tool: no_such_tool"
         still = await session.call_tool("health_health_get", {})  # the server survived every error
         assert json.loads(text_of(still)) == {"status": "ok"}
 
@@ -137,7 +188,7 @@ async def test_a_second_401_after_the_refresh_is_reported_not_retried_again(
     async with mcp_session(mcp_env(base_env, url)) as session:
         await client.post("/_sandbox/clerk/expire-tokens", params={"all": "true"})
         result = await session.call_tool("comms_broadcasts_get", {})
-        assert result.isError
+        assert result.is_error
         assert text_of(result) == "Error: Authentication failed after token refresh: Unauthorized"
         calls = (await client.get("/_sandbox/calls")).json()
         assert len([c for c in calls if c["vendor"] == "clerk" and c["method"] == "POST"]) == 2
@@ -151,7 +202,7 @@ async def test_a_service_user_without_an_active_session_gets_a_clear_error(
     env = mcp_env(base_env, url, CLERK_SERVICE_USER_ID="user_without_sessions")
     async with mcp_session(env) as session:
         result = await session.call_tool("comms_broadcasts_get", {})
-        assert result.isError
+        assert result.is_error
         assert text_of(result).startswith("Error: Failed to get Clerk authentication token: no active Clerk session")
 
 
@@ -161,11 +212,16 @@ async def test_operator_tools_list_show_and_replay_dry_run(
     url, _ = sandbox
     ident = "5a1d0000-0000-4000-8000-000000000001"
     payload = {"event": "Contact Created", "body": {"id": "8000123", "phone_number": "+15555550123"}}
-    await execute(clean_db, """
+    await execute(
+        clean_db,
+        """
         INSERT INTO webhook_events (id, source, event_type, event_token, canonical_type, entity_type, entity_id,
             payload_json, dedupe_key, status, outcome)
         VALUES ($1::uuid, 'aloware', 'Contact Created', 'contact_created', 'contact.created', 'contact', '8000123',
-                $2::jsonb, 'mcp:1', 'done', 'applied')""", ident, json.dumps(payload))
+                $2::jsonb, 'mcp:1', 'done', 'applied')""",
+        ident,
+        json.dumps(payload),
+    )
     async with running_jobs(settings), mcp_session(mcp_env(base_env, url)) as session:
         listed = json.loads(text_of(await session.call_tool("dfm_events_list", {"status": "done"})))
         assert [e["id"] for e in listed["events"]] == [ident]
@@ -178,9 +234,9 @@ async def test_operator_tools_list_show_and_replay_dry_run(
         stats = json.loads(text_of(await session.call_tool("dfm_stream_stats", {})))
         assert {"WEBHOOKS", "JOBS"} <= set(stats["streams"]) and "jobs" in stats["consumers"]
         bad = await session.call_tool("dfm_event_show", {"id": "nope"})
-        assert bad.isError and text_of(bad) == "Error: not an event id: 'nope'"
+        assert bad.is_error and text_of(bad) == "Error: not an event id: 'nope'"
         gone = await session.call_tool("dfm_event_show", {"id": "5a1d0000-0000-4000-8000-00000000ffff"})
-        assert gone.isError and "Event not found" in text_of(gone)
+        assert gone.is_error and "Event not found" in text_of(gone)
 
 
 async def test_without_a_catalog_the_server_starts_with_operator_tools_only(
@@ -191,6 +247,87 @@ async def test_without_a_catalog_the_server_starts_with_operator_tools_only(
     async with mcp_session(mcp_env(base_env, url, VERITY_CATALOG_PATH=str(catalog))) as session:
         assert {t.name for t in (await session.list_tools()).tools} == OPERATOR
         failed = await session.call_tool("health_health_get", {})
-        assert failed.isError and text_of(failed) == "Error: Failed to load API catalog"
+        assert failed.is_error and text_of(failed) == "Error: Failed to load API catalog"
         catalog.write_text(CATALOG.read_text())  # tools/list retries the load
         assert len((await session.list_tools()).tools) == len(PARITY) + len(OPERATOR)
+
+
+# --- annotations, the allow-list and the catalog watch (pure, in-process) ---------------------
+def hints(tool: Any) -> tuple[bool | None, bool | None, bool | None, bool | None]:
+    a = tool.annotations
+    return a.read_only_hint, a.destructive_hint, a.idempotent_hint, a.open_world_hint
+
+
+def test_catalog_tools_carry_hints_from_their_http_method_and_a_fixed_result_envelope() -> None:
+    tools = {t.name: as_mcp_tool(t) for t in generate(catalog_endpoints())}
+    # (readOnly, destructive, idempotent, openWorld): every catalog tool calls Verity
+    assert hints(tools["comms_broadcasts_get"]) == (True, False, True, True)
+    assert hints(tools["comms_broadcasts_create"]) == (False, False, False, True)  # additive
+    assert hints(tools["comms_broadcasts_patch"]) == (False, True, False, True)
+    assert hints(tools["comms_broadcasts_delete"]) == (False, True, True, True)
+    assert hints(tools["sms_sms_create"]) == (False, False, False, True)
+    by_id = tools["comms_broadcasts_get_by_id"].annotations
+    assert by_id is not None and by_id.title == "GET /api/comms/broadcasts/[id]"
+    for tool in tools.values():
+        assert tool.output_schema == {"type": "object", "properties": {"data": ANY_JSON}, "required": ["data"]}
+
+
+def test_the_allow_list_takes_names_and_glob_patterns() -> None:
+    names = [t.name for t in generate(catalog_endpoints())]
+    assert [n for n in names if allowed(n, ["comms_broadcasts_*", "health_health_get"])] == [
+        "comms_broadcasts_get",
+        "comms_broadcasts_create",
+        "comms_broadcasts_get_by_id",
+        "comms_broadcasts_patch",
+        "comms_broadcasts_delete",
+        "health_health_get",
+    ]
+    assert all(allowed(n, []) for n in names)  # no allow-list: every catalog tool
+    assert not allowed("comms_broadcasts_get", ["COMMS_*"])  # names are case-sensitive, as MCP's are
+
+
+def write_catalog(path: Path, endpoints: list[dict[str, Any]]) -> None:
+    """The catalog as an editor or a deploy writes it: a new file renamed over the old one."""
+    fresh = path.with_suffix(".new")
+    fresh.write_text(json.dumps({"version": "1.0.0", "endpoints": endpoints}))
+    os.replace(fresh, path)
+
+
+def catalog_json() -> list[dict[str, Any]]:
+    return list(json.loads(CATALOG.read_text())["endpoints"])
+
+
+async def test_the_catalog_watch_announces_a_changed_tool_list_and_nothing_else(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.json"
+    write_catalog(path, catalog_json())
+    settings = Settings(verity_catalog_path=str(path), mcp_tool_allowlist=["comms_*", "health_*"])
+    backend = McpBackend(settings)
+    announced: list[int] = []
+
+    async def announce() -> None:
+        announced.append(len(backend.list_tools()))
+
+    try:
+        watch = CatalogWatch(path, backend.list_tools, announce)
+        assert not await watch.check()  # nothing happened since the start
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        assert not await watch.check()  # a new mtime, the same tools
+        write_catalog(path, [*catalog_json(), {"path": "/api/calls/recordings", "methods": ["GET"]}])
+        assert not await watch.check()  # a new tool the allow-list leaves out: the list is the same
+        assert announced == []
+
+        write_catalog(path, [e for e in catalog_json() if e["path"] != "/api/health"])
+        assert await watch.check()
+        assert announced == [len(OPERATOR) + 8]  # the 8 comms_* tools; health is gone
+        assert not await watch.check()  # announced once
+
+        write_catalog(path, catalog_json())
+        watch.served(backend.list_tools())  # a client listed the tools before the watch looked
+        assert not await watch.check()
+
+        path.unlink()  # the catalog tools go with the file
+        assert await watch.check()
+        assert announced[-1] == len(OPERATOR)
+    finally:
+        await backend.aclose()

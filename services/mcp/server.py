@@ -1,6 +1,14 @@
-"""The MCP server (spec/outbound.md §3.3): stdio, the ``mcp`` SDK's low-level ``Server`` with
-a dynamic tool list — one tool per Verity catalog endpoint and method, plus operator tools
-of our own (events, stream stats, replay with dry-run, quarantine).
+"""The MCP server (spec/outbound.md §3.3): stdio, the ``mcp`` 2.x SDK's low-level ``Server``
+with a dynamic tool list — one tool per Verity catalog endpoint and method that
+``MCP_TOOL_ALLOWLIST`` lets through, plus operator tools of our own (events, stream stats,
+replay with dry-run, quarantine, mark done), always listed.
+
+For agents (issue #20): every tool carries annotations (read-only, destructive, idempotent,
+open-world) and an ``outputSchema``; a result carries ``structuredContent`` and, for older
+clients, the same JSON as text. Arguments are checked against the tool's input schema before
+anything runs. When the catalog file changes and the tool list with it, clients hear
+``notifications/tools/list_changed``: spontaneously on the initialize handshake (protocol
+2024-11-05 … 2025-11-25), on their ``subscriptions/listen`` stream on 2026-07-28.
 
 Verity calls carry a Clerk session token for the service user (cached, refreshed before
 expiry, and refreshed exactly once when Verity answers 401); the send-message endpoint uses
@@ -21,7 +29,14 @@ from datetime import datetime
 from typing import Any
 
 import mcp.types as types
-from mcp.server.lowlevel import Server
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import NotificationOptions, Server
+from mcp.server.session import ServerSession
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
+from mcp.types.version import MODERN_PROTOCOL_VERSIONS
+from nats.js.errors import NotFoundError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -42,11 +57,14 @@ from services.infra.db.models import ReconcileRunRow
 from services.infra.db.session import create_engine
 from services.infra.logging import get_logger
 from services.infra.settings import Settings
-from services.mcp.tools import CatalogTool, generate, map_arguments
+from services.mcp.operator_tools import OPERATOR_TOOLS
+from services.mcp.tools import CatalogTool, allowed, as_mcp_tool, generate, map_arguments
+from services.mcp.watch import CatalogWatch
 from services.tooling.operations import (
     EventFilter,
     OperationError,
     list_events,
+    mark_done,
     quarantine,
     show_event,
 )
@@ -55,52 +73,35 @@ log = get_logger(__name__)
 SERVER_NAME = "df-middleware-mcp-server"
 SERVER_VERSION = "1.0.0"
 REPLAY_WAIT_S = 30.0
+INSTRUCTIONS = (
+    "DF-Middleware: tools named after Verity's API (one per endpoint and method) call Verity; the dfm_* tools "
+    "read and act on the middleware's own events and streams. Read-only tools are annotated so; dfm_replay "
+    "defaults to a dry run that only reports; dfm_event_quarantine and dfm_event_mark_done change an event's "
+    "status. The tool list follows Verity's catalog and can change while connected."
+)
+OPERATOR_SCHEMAS = {t.name: t.input_schema for t in OPERATOR_TOOLS}
 
 
 class ToolError(Exception):
     """A tool failed; the message is what the agent sees after ``Error: ``."""
 
 
-def _text(data: Any) -> types.CallToolResult:
-    return types.CallToolResult(content=[types.TextContent(type="text", text=json.dumps(data, indent=2, default=str))])
+def _result(data: Any, *, wrapped: bool = False) -> types.CallToolResult:
+    """``structuredContent`` (``{"data": ...}`` when ``wrapped``: a catalog tool's answer need not
+    be an object) and the JSON of the data as text, for clients that read only content."""
+    plain = json.loads(json.dumps(data, default=str))  # the JSON both channels carry
+    text = types.TextContent(type="text", text=json.dumps(plain, indent=2))
+    return types.CallToolResult(content=[text], structured_content={"data": plain} if wrapped else plain)
 
 
 def _error(message: str) -> types.CallToolResult:
-    return types.CallToolResult(content=[types.TextContent(type="text", text=f"Error: {message}")], isError=True)
+    return types.CallToolResult(content=[types.TextContent(type="text", text=f"Error: {message}")], is_error=True)
 
 
-OPERATOR_TOOLS: list[types.Tool] = [
-    types.Tool(name="dfm_events_list", description="List recorded webhook events (newest or oldest first, "
-               "filtered; payloads redacted). Returns events and nextCursor.", inputSchema={
-                   "type": "object", "properties": {
-                       "table": {"type": "string", "enum": ["webhook", "texting", "broadcast"]},
-                       "status": {"type": "string", "enum": ["pending", "processing", "done", "error", "dead",
-                                                              "quarantined"]},
-                       "source": {"type": "string"}, "eventType": {"type": "string"},
-                       "entityId": {"type": "string"}, "order": {"type": "string", "enum": ["asc", "desc"]},
-                       "limit": {"type": "integer", "minimum": 1, "maximum": 500},
-                       "cursor": {"type": "string"}}, "additionalProperties": False}),
-    types.Tool(name="dfm_event_show", description="One event with its per-consumer deliveries, attempts "
-               "(vendor calls) and sync_log rows.", inputSchema={
-                   "type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"],
-                   "additionalProperties": False}),
-    types.Tool(name="dfm_stream_stats", description="JetStream streams and durable consumers: messages, "
-               "pending, ack-pending and redelivered counts.", inputSchema={
-                   "type": "object", "properties": {}, "additionalProperties": False}),
-    types.Tool(name="dfm_replay", description="Replay events by id or by subject and time/sequence range "
-               "through the jobs service. dry_run (default true) only reports what would be re-delivered.",
-               inputSchema={"type": "object", "properties": {
-                   "event_ids": {"type": "array", "items": {"type": "string"}},
-                   "subject": {"type": "string"}, "since": {"type": "string", "format": "date-time"},
-                   "until": {"type": "string", "format": "date-time"},
-                   "from_seq": {"type": "integer", "minimum": 1}, "to_seq": {"type": "integer", "minimum": 1},
-                   "force": {"type": "boolean"}, "dry_run": {"type": "boolean", "default": True}},
-                   "additionalProperties": False}),
-    types.Tool(name="dfm_event_quarantine", description="Quarantine an event so it is never processed "
-               "until replayed with force.", inputSchema={"type": "object", "properties": {
-                   "id": {"type": "string"}, "reason": {"type": "string"}}, "required": ["id"],
-                   "additionalProperties": False}),
-]
+def _check_arguments(schema: dict[str, Any], arguments: dict[str, Any]) -> None:
+    error = best_match(Draft202012Validator(schema).iter_errors(arguments))
+    if error is not None:
+        raise ToolError(f"Input validation error: {error.message}")
 
 
 class McpBackend:
@@ -110,11 +111,10 @@ class McpBackend:
         self.settings = settings
         self.catalog = Catalog(settings.verity_catalog_path)
         # one engine for the operator tools and the opt-out gate; creating it connects nothing
-        self._engine: AsyncEngine | None = (create_engine(settings, pool_size=2) if settings.database_url
-                                            else None)
+        self._engine: AsyncEngine | None = create_engine(settings, pool_size=2) if settings.database_url else None
         self.proxy = VerityProxy(settings, gate=OptOutGate(settings, self._engine, sender="mcp"))
         self.clerk = ClerkTokenManager(settings)
-        self._tools: dict[str, CatalogTool] = {}
+        self.allowlist = tuple(settings.mcp_tool_allowlist)
         self._nc: Any = None
 
     async def aclose(self) -> None:
@@ -127,28 +127,29 @@ class McpBackend:
 
     # --- tools -----------------------------------------------------------------------------
     def catalog_tools(self) -> list[CatalogTool]:
-        """Regenerated whenever the catalog (re)loads; empty while it is unavailable."""
-        tools = generate(self.catalog.endpoints)
-        self._tools = {t.name: t for t in tools}
-        return tools
+        """Every tool of the catalog as the file is now (it reloads when the file changes); empty
+        while it is unavailable."""
+        return generate(self.catalog.endpoints)
 
     def list_tools(self) -> list[types.Tool]:
-        catalog = [types.Tool(name=t.name, description=t.description, inputSchema=t.input_schema)
-                   for t in self.catalog_tools()]
+        """What ``tools/list`` answers: the allowed catalog tools, then every operator tool."""
+        catalog = [as_mcp_tool(t) for t in self.catalog_tools() if allowed(t.name, self.allowlist)]
         return catalog + OPERATOR_TOOLS
 
     async def call(self, name: str, arguments: dict[str, Any]) -> types.CallToolResult:
         try:
             handler = OPERATOR_HANDLERS.get(name)
             if handler is not None:
-                return _text(await handler(self, arguments))
-            if not self._tools:
-                self.catalog_tools()
-                if self.catalog.load() is None:
-                    raise ToolError("Failed to load API catalog")
-            tool = self._tools.get(name)
+                _check_arguments(OPERATOR_SCHEMAS[name], arguments)
+                return _result(await handler(self, arguments))
+            if self.catalog.load() is None:
+                raise ToolError("Failed to load API catalog")
+            tool = next((t for t in self.catalog_tools() if t.name == name), None)
             if tool is None:
                 raise ToolError(f"Unknown tool: {name}")
+            if not allowed(name, self.allowlist):
+                raise ToolError(f"Tool {name} is not in MCP_TOOL_ALLOWLIST")
+            _check_arguments(tool.input_schema, arguments)
             return await self._call_verity(tool, arguments)
         except ToolError as exc:
             return _error(str(exc))
@@ -175,12 +176,14 @@ class McpBackend:
                     raise ToolError(f"Authentication failed after token refresh: {_message(result)}")
         if not result.ok:
             raise ToolError(_message(result))
-        return _text(result.envelope.get("data"))
+        return _result(result.envelope.get("data"), wrapped=True)
 
-    async def _proxy(self, tool: CatalogTool, params: dict[str, str], query: dict[str, Any], body: Any,
-                     token: str) -> ProxyResult:
-        return await self.proxy.call(tool.path, tool.method, params=params, query=query, body=body,
-                                     token=token, metric_endpoint=tool.path)
+    async def _proxy(
+        self, tool: CatalogTool, params: dict[str, str], query: dict[str, Any], body: Any, token: str
+    ) -> ProxyResult:
+        return await self.proxy.call(
+            tool.path, tool.method, params=params, query=query, body=body, token=token, metric_endpoint=tool.path
+        )
 
     async def _token(self) -> str:
         try:
@@ -205,9 +208,16 @@ class McpBackend:
 
 
 async def _events_list(b: McpBackend, a: dict[str, Any]) -> Any:
-    f = EventFilter(table=a.get("table", "webhook"), status=a.get("status"), source=a.get("source"),
-                    event_type=a.get("eventType"), entity_id=a.get("entityId"), order=a.get("order", "desc"),
-                    limit=int(a.get("limit", 20)), cursor=a.get("cursor"))
+    f = EventFilter(
+        table=a.get("table", "webhook"),
+        status=a.get("status"),
+        source=a.get("source"),
+        event_type=a.get("eventType"),
+        entity_id=a.get("entityId"),
+        order=a.get("order", "desc"),
+        limit=int(a.get("limit", 20)),
+        cursor=a.get("cursor"),
+    )
     events, cursor = await list_events(b.engine(), f)
     return {"events": events, "count": len(events), "nextCursor": cursor}
 
@@ -219,49 +229,71 @@ async def _event_show(b: McpBackend, a: dict[str, Any]) -> Any:
 async def _stream_stats(b: McpBackend, _: dict[str, Any]) -> Any:
     js = (await b.nats()).jetstream()
     out: dict[str, Any] = {"streams": {}, "consumers": {}}
-    for spec in STREAMS:
-        info = await js.stream_info(spec.name)
-        out["streams"][spec.name] = {"messages": info.state.messages, "bytes": info.state.bytes,
-                                     "first_seq": info.state.first_seq, "last_seq": info.state.last_seq}
-    for spec in CONSUMERS:
+    for stream in STREAMS:
+        state = (await js.stream_info(stream.name)).state
+        out["streams"][stream.name] = {
+            "messages": state.messages,
+            "bytes": state.bytes,
+            "first_seq": state.first_seq,
+            "last_seq": state.last_seq,
+        }
+    for consumer in CONSUMERS:
         try:
-            info = await js.consumer_info(spec.stream, spec.durable)
-        except Exception:  # a durable not created yet
+            info = await js.consumer_info(consumer.stream, consumer.durable)
+        except NotFoundError:  # a durable not created yet
             continue
-        out["consumers"][spec.durable] = {"stream": spec.stream, "pending": info.num_pending,
-                                          "ack_pending": info.num_ack_pending,
-                                          "redelivered": info.num_redelivered, "waiting": info.num_waiting}
+        out["consumers"][consumer.durable] = {
+            "stream": consumer.stream,
+            "pending": info.num_pending,
+            "ack_pending": info.num_ack_pending,
+            "redelivered": info.num_redelivered,
+            "waiting": info.num_waiting,
+        }
     return out
 
 
 async def _replay(b: McpBackend, a: dict[str, Any]) -> Any:
     try:
         command = ReplayRequested(
-            event_ids=[_uuid(i) for i in a.get("event_ids") or []], subject=a.get("subject"),
-            since=_time(a.get("since")), until=_time(a.get("until")), from_seq=a.get("from_seq"),
-            to_seq=a.get("to_seq"), force=bool(a.get("force", False)), dry_run=bool(a.get("dry_run", True)),
-            requested_by="mcp")
+            event_ids=[_uuid(i) for i in a.get("event_ids") or []],
+            subject=a.get("subject"),
+            since=_time(a.get("since")),
+            until=_time(a.get("until")),
+            from_seq=a.get("from_seq"),
+            to_seq=a.get("to_seq"),
+            force=bool(a.get("force", False)),
+            dry_run=bool(a.get("dry_run", True)),
+            requested_by="mcp",
+        )
     except ValueError as exc:
         raise ToolError(str(exc).splitlines()[-1] if "\n" in str(exc) else str(exc)) from None
     js = (await b.nats()).jetstream()
-    await js.publish(REPLAY_SUBJECT, command.model_dump_json().encode(),
-                     headers={"Nats-Msg-Id": f"replay:{command.command_id}"})
+    await js.publish(
+        REPLAY_SUBJECT, command.model_dump_json().encode(), headers={"Nats-Msg-Id": f"replay:{command.command_id}"}
+    )
     engine = b.engine()
     async with asyncio.timeout(REPLAY_WAIT_S):
         while True:
             async with engine.connect() as conn:
-                totals = await conn.scalar(select(ReconcileRunRow.totals).where(
-                    ReconcileRunRow.job_name == "replay",
-                    ReconcileRunRow.totals["commandId"].astext == str(command.command_id)))
+                totals = await conn.scalar(
+                    select(ReconcileRunRow.totals).where(
+                        ReconcileRunRow.job_name == "replay",
+                        ReconcileRunRow.totals["commandId"].astext == str(command.command_id),
+                    )
+                )
             if totals is not None:
                 return totals
             await asyncio.sleep(0.2)
 
 
 async def _quarantine(b: McpBackend, a: dict[str, Any]) -> Any:
-    table = await quarantine(b.engine(), _uuid(a["id"]), reason=a.get("reason") or "Quarantined via MCP",
-                             by="mcp")
+    table = await quarantine(b.engine(), _uuid(a["id"]), reason=a.get("reason") or "Quarantined via MCP", by="mcp")
     return {"success": True, "eventId": a["id"], "table": table, "status": "quarantined"}
+
+
+async def _mark_done(b: McpBackend, a: dict[str, Any]) -> Any:
+    table = await mark_done(b.engine(), _uuid(a["id"]), by="mcp")
+    return {"success": True, "eventId": a["id"], "table": table, "status": "done"}
 
 
 def _uuid(value: Any) -> uuid.UUID:
@@ -281,33 +313,76 @@ def _message(result: ProxyResult) -> str:
 
 
 OPERATOR_HANDLERS: dict[str, Callable[[McpBackend, dict[str, Any]], Awaitable[Any]]] = {
-    "dfm_events_list": _events_list, "dfm_event_show": _event_show, "dfm_stream_stats": _stream_stats,
-    "dfm_replay": _replay, "dfm_event_quarantine": _quarantine,
+    "dfm_events_list": _events_list,
+    "dfm_event_show": _event_show,
+    "dfm_stream_stats": _stream_stats,
+    "dfm_replay": _replay,
+    "dfm_event_quarantine": _quarantine,
+    "dfm_event_mark_done": _mark_done,
 }
 
 
-def build_server(backend: McpBackend) -> Server:
-    server: Server = Server(SERVER_NAME, version=SERVER_VERSION)
+class ToolListAudience:
+    """Who hears that the tool list changed. On the initialize handshake the session that
+    listed the tools is told directly (stdio serves one client, so the latest session is the
+    client); on 2026-07-28 nothing is sent unasked, and the news goes to the
+    ``subscriptions/listen`` streams through the bus."""
 
-    @server.list_tools()
-    async def list_tools() -> list[types.Tool]:
-        return backend.list_tools()
+    def __init__(self) -> None:
+        self.bus = InMemorySubscriptionBus()
+        self._session: ServerSession | None = None
 
-    @server.call_tool()
-    async def call_tool(name: str, arguments: dict[str, Any]) -> types.CallToolResult:
-        return await backend.call(name, arguments or {})
+    def listed(self, ctx: ServerRequestContext[Any]) -> None:
+        if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            self._session = ctx.session
 
-    return server
+    async def announce(self) -> None:
+        if self._session is not None:
+            await self._session.send_tool_list_changed()  # best effort: a gone client is no error
+        await self.bus.publish(ToolsListChanged())
+
+
+def build_server(backend: McpBackend, audience: ToolListAudience, watch: CatalogWatch) -> Server[Any]:
+    async def list_tools(
+        ctx: ServerRequestContext[Any], _: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        tools = backend.list_tools()
+        audience.listed(ctx)
+        watch.served(tools)
+        return types.ListToolsResult(tools=tools)
+
+    async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
+        return await backend.call(params.name, params.arguments or {})
+
+    return Server(
+        SERVER_NAME,
+        version=SERVER_VERSION,
+        instructions=INSTRUCTIONS,
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+        on_subscriptions_listen=ListenHandler(audience.bus),
+    )
 
 
 async def serve(settings: Settings) -> None:
     from mcp.server.stdio import stdio_server
 
     backend = McpBackend(settings)
-    server = build_server(backend)
-    log.info("mcp_server_starting", catalog_tools=len(backend.catalog_tools()))
+    audience = ToolListAudience()
+    watch = CatalogWatch(backend.catalog.path, backend.list_tools, audience.announce)
+    server = build_server(backend, audience, watch)
+    names = [t.name for t in backend.catalog_tools()]
+    unmatched = [p for p in backend.allowlist if not any(allowed(n, [p]) for n in names)]
+    log.info("mcp_server_starting", catalog_tools=len(names), allowlist=list(backend.allowlist))
+    if names and unmatched:  # a typo in MCP_TOOL_ALLOWLIST hides tools silently otherwise
+        log.warning("mcp_allowlist_matches_nothing", patterns=unmatched)
+    options = server.create_initialization_options(NotificationOptions(tools_changed=True))
     try:
-        async with stdio_server() as (read, write):
-            await server.run(read, write, server.create_initialization_options())
+        async with stdio_server() as (read, write), asyncio.TaskGroup() as tasks:
+            watching = tasks.create_task(watch.run())
+            try:
+                await server.run(read, write, options)
+            finally:
+                watching.cancel()
     finally:
         await backend.aclose()

@@ -1,25 +1,51 @@
 """MCP tools generated from the Verity catalog (spec/outbound.md §3.3), as pure functions:
-names, descriptions and input schemas, and the mapping of a call's arguments onto the
-request. The registry keeps each tool's (method, catalog path), so a call never re-parses
-its name (the original's resolution bug)."""
+names, descriptions, input schemas, annotations and the result's schema, the allow-list, and
+the mapping of a call's arguments onto the request. The registry keeps each tool's (method,
+catalog path), so a call never re-parses its name (the original's resolution bug)."""
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import mcp.types as types
 
 from services.clients.verity import Endpoint, is_send_message
 
 _PLACEHOLDER = re.compile(r"\[([^\]/]+)\]|\{([^}/]+)\}")
 _NAME_OK = re.compile(r"[^A-Za-z0-9_-]")
-ACTION_SEGMENTS = (("test", "test"), ("list", "list"), ("all", "list"), ("create", "create"),
-                   ("new", "create"), ("update", "update"), ("edit", "update"), ("delete", "delete"),
-                   ("remove", "delete"))
+ACTION_SEGMENTS = (
+    ("test", "test"),
+    ("list", "list"),
+    ("all", "list"),
+    ("create", "create"),
+    ("new", "create"),
+    ("update", "update"),
+    ("edit", "update"),
+    ("delete", "delete"),
+    ("remove", "delete"),
+)
 METHOD_ACTIONS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 BODY_METHODS = ("POST", "PUT", "PATCH")
 QUERY_TYPES = {"number": "number", "integer": "number", "boolean": "boolean"}
+# (readOnlyHint, destructiveHint, idempotentHint) by HTTP method, as HTTP defines the methods:
+# a POST adds (a broadcast draft, a contact, a sent text), PUT/PATCH overwrite, DELETE removes.
+# A method the catalog might add later gets the cautious answer.
+METHOD_HINTS: dict[str, tuple[bool, bool, bool]] = {
+    "GET": (True, False, True),
+    "POST": (False, False, False),
+    "PUT": (False, True, True),
+    "PATCH": (False, True, False),
+    "DELETE": (False, True, True),
+}
+CAUTIOUS_HINTS = (False, True, False)
+# a catalog tool answers Verity's ``data``, whatever Verity put there (structuredContent must
+# be a JSON object through protocol 2025-11-25, so the data is wrapped)
+ANY_JSON: dict[str, Any] = {"description": "the data of Verity's answer, as Verity sent it"}
 
 
 @dataclass(frozen=True)
@@ -85,8 +111,9 @@ def input_schema(endpoint: Endpoint, method: str) -> dict[str, Any]:
         properties[name] = {"type": "string", "description": f"{name} parameter"}
         required.append(name)
     for name, kind in endpoint.query_params.items():
-        properties.setdefault(name, {"type": QUERY_TYPES.get(str(kind).lower(), "string"),
-                                     "description": f"Query parameter: {name}"})
+        properties.setdefault(
+            name, {"type": QUERY_TYPES.get(str(kind).lower(), "string"), "description": f"Query parameter: {name}"}
+        )
     if method in BODY_METHODS:
         properties["body"] = {"type": "object", "description": "Request body"}
     return {"type": "object", "properties": properties, "required": required, "additionalProperties": True}
@@ -113,9 +140,48 @@ def generate(endpoints: list[Endpoint]) -> list[CatalogTool]:
                 n += 1
             taken.add(name)
             description = endpoint.description or f"{method} {endpoint.path} - {action} {resource} in {domain}"
-            tools.append(CatalogTool(name, method, endpoint.path, description, input_schema(endpoint, method),
-                                     params, tuple(endpoint.query_params)))
+            tools.append(
+                CatalogTool(
+                    name,
+                    method,
+                    endpoint.path,
+                    description,
+                    input_schema(endpoint, method),
+                    params,
+                    tuple(endpoint.query_params),
+                )
+            )
     return tools
+
+
+def annotations_of(tool: CatalogTool) -> types.ToolAnnotations:
+    """What the tool does to the world, from its HTTP method; every catalog tool calls Verity,
+    so every one is open-world."""
+    read_only, destructive, idempotent = METHOD_HINTS.get(tool.method, CAUTIOUS_HINTS)
+    return types.ToolAnnotations(
+        title=f"{tool.method} {tool.path}",
+        read_only_hint=read_only,
+        destructive_hint=destructive,
+        idempotent_hint=idempotent,
+        open_world_hint=True,
+    )
+
+
+def as_mcp_tool(tool: CatalogTool) -> types.Tool:
+    """The tool as ``tools/list`` announces it."""
+    return types.Tool(
+        name=tool.name,
+        description=tool.description,
+        input_schema=tool.input_schema,
+        output_schema={"type": "object", "properties": {"data": dict(ANY_JSON)}, "required": ["data"]},
+        annotations=annotations_of(tool),
+    )
+
+
+def allowed(name: str, patterns: Sequence[str]) -> bool:
+    """Whether ``MCP_TOOL_ALLOWLIST`` lets a catalog tool through: names or shell-style globs
+    (``comms_*``), case-sensitive like MCP tool names; an empty list lets every tool through."""
+    return not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 CONTACT_FIELDS = ("firstName", "lastName", "email", "canText", "canEmail", "status", "source", "tags")
@@ -124,7 +190,8 @@ CONTACT_FIELDS = ("firstName", "lastName", "email", "canText", "canEmail", "stat
 def map_arguments(tool: CatalogTool, arguments: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any], Any]:
     """(path params, query, body) for a call (spec §3.3 argument mapping and adapters)."""
     args = dict(arguments)
-    nested = args.get("body") if isinstance(args.get("body"), dict) else {}
+    given = args.get("body")
+    nested: dict[str, Any] = given if isinstance(given, dict) else {}
     params: dict[str, str] = {}
     for name in tool.path_params:
         value = args.pop(name, None)
