@@ -6,8 +6,6 @@ messages and their status) and B (broadcast analytics)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import WebhookEvent
@@ -27,10 +25,7 @@ from services.infra.settings import Settings
 from services.infra.trace import is_replay
 from services.infra.verity_db import VerityDatabase
 
-__all__ = ["BEFORE", "GhlSync", "explain"]
-
-# Steps that run before an event's rule (none since S-1, Aloware sequences, is aloware-sync's: issue #17).
-BEFORE: dict[tuple[str, str], Callable[[GhlSync, WebhookEvent, int], Awaitable[None]]] = {}
+__all__ = ["GhlSync", "explain"]
 
 
 class GhlSync:
@@ -46,12 +41,11 @@ class GhlSync:
         conversations: GhlConversations | None = None,
     ) -> None:
         self.settings = settings
-        self.engine = engine
-        self.aloware = aloware  # CL-1's phone lookup; without a token the call's own data is used
         ttl = settings.dfm_effect_claim_ttl_s
         ids = CustomFieldIds(
             settings.ghl_cf_aloware_contact_id, settings.ghl_cf_lead_source, settings.ghl_cf_intake_source
         )
+        # ``aloware`` answers CL-1's phone lookup; without a token the call's own data is used
         self.contacts = GhlContacts(
             ghl, aloware, cf_ids=ids, claim_ttl_s=ttl, fault_pause_s=settings.dfm_fault_pause_after_vendor_write_s
         )
@@ -71,7 +65,4 @@ class GhlSync:
         if route is None:
             return Outcome("skipped", f"Unhandled event type: {event.event_name}")
         ctx = rule_context(self.settings, attempt=attempt, replay=is_replay())
-        before = BEFORE.get((event.source.value, event.canonical_type))
-        if before is not None:
-            await before(self, event, attempt)
         return await self.executor.run(route.plan(event, ctx), event, ctx)

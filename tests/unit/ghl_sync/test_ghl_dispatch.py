@@ -9,7 +9,6 @@ import pytest
 from contracts.streams import GHL_SYNC
 from contracts.subjects import subject_matches
 from services.ghl_sync.routes import ROUTES, route_for
-from services.ghl_sync.service import BEFORE
 from tests.unit.ghl_sync.ghl_plans import event
 
 
@@ -60,8 +59,3 @@ def test_a_fixture_reaches_its_rule_on_a_filtered_subject(fixture: str, rule: st
 @pytest.mark.parametrize("fixture", ["texting/optout.help.json", "texting/conversation.created.json"])
 def test_events_no_rule_handles_have_no_route(fixture: str) -> None:
     assert route_for(event(fixture)) is None
-
-
-def test_steps_before_a_rule_belong_to_routed_event_types() -> None:
-    routed = {(route.source, kind) for route in ROUTES for kind in route.canonical_types}
-    assert set(BEFORE) <= routed
