@@ -200,7 +200,7 @@ async def test_after_a_stop_the_mcp_send_tool_refuses_every_form_and_verity_hear
         # ``to`` as a tool argument of its own (the adapter flattens it into the body)
         results.append(await session.call_tool("sms_sms_create", {"to": FORMS[1], "body": {"body": "hi"}}))
         for result in results:
-            assert result.isError, text_of(result)
+            assert result.is_error, text_of(result)
             assert text_of(result).startswith("Error: recipient_opted_out"), text_of(result)
         assert await verity_send_calls(sandbox) == []
         rows = await refusals(clean_db)
@@ -209,7 +209,7 @@ async def test_after_a_stop_the_mcp_send_tool_refuses_every_form_and_verity_hear
             ("mcp_to_texting", "skipped", STOPPED)}
 
         sent = await session.call_tool("sms_sms_create", {"body": {"to": NEVER_OPTED_OUT, "body": "hi"}})
-        assert not sent.isError, text_of(sent)
+        assert not sent.is_error, text_of(sent)
         assert json.loads(text_of(sent))["messageId"].startswith("vmsg")
         [call] = await verity_send_calls(sandbox)
         assert call["status"] == 200 and call["body"]["to"] == NEVER_OPTED_OUT

@@ -627,9 +627,11 @@ def main() -> int:
         gateway = f"http://127.0.0.1:{gateway_port}" if listed else None
         if listed:
             wait_http(f"{gateway}/api/verity", start("gateway"))  # 401 without a key: it is up
-            seeded = httpx.post(f"http://127.0.0.1:{ingress_port}/api/admin/agents/seed",
-                                headers={"X-DF-ADMIN-SECRET": "bench"}, timeout=30)
-            assert seeded.status_code == 200, seeded.text
+            # the admin endpoint only queues jobs.agents_seed (202) and the bench runs no jobs
+            # service: seed the way `dfm agents seed` does, in a process of its own, and wait for it
+            seeded = subprocess.run([sys.executable, "-m", "services.cli", "agents", "seed"],
+                                    env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=False)
+            assert seeded.returncode == 0, seeded.stderr[-2000:]
             for name in LIST_NAMES:  # an Aloware admin made the lists (L-4 finds them by name)
                 httpx.post(f"{sandbox}/_sandbox/aloware/lists", json={"name": name}).raise_for_status()
         lazy = Lazy(sandbox, gateway, settings, listed)
