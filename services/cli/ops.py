@@ -1,26 +1,59 @@
-"""Operator commands of ``dfm``: ``events``, ``replay``, ``sweep`` and ``trace``.
+"""Operator commands of ``dfm``: ``events``, ``replay``, ``sweep``, ``trace``, ``purge``,
+``agents``, ``backup``/``restore``, ``effects`` and ``nats``.
 
 They talk to PostgreSQL and NATS directly (``DATABASE_URL``, ``NATS_URL``; next to a running
-``dfm up`` they read ``.dfm/stack.env``), applying the same transitions as the admin API.
+``dfm up`` they read ``.dfm/stack.env``), applying the same transitions as the admin API. What
+they print is ``--output table`` (for people) or ``--output json`` (one document); choices are
+enums the shell completes; what cannot be undone asks first or takes ``--yes``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from services.infra.settings import ConfigError, Settings, load_settings
+from contracts.subjects import Source
+from services.cli.config import data_dir, settings_or_exit
+from services.cli.output import JsonFlag, Output, OutputOption, chosen, print_fields, print_json, print_table
+from services.infra.settings import ConfigError, Settings
 
 T = TypeVar("T")
 events_app = typer.Typer(help="Inspect and act on recorded events.", no_args_is_help=True)
+
+
+class EventTable(StrEnum):
+    """The event tables (services/infra/db/models/events.py ``TableName``)."""
+
+    WEBHOOK = "webhook"
+    TEXTING = "texting"
+    BROADCAST = "broadcast"
+
+
+class EventStatus(StrEnum):
+    """An event's status (``EVENT_STATUSES``, ARCHITECTURE.md §3 invariant 3)."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    DONE = "done"
+    ERROR = "error"
+    DEAD = "dead"
+    QUARANTINED = "quarantined"
+
+
+class Order(StrEnum):
+    """Listing order by receipt time."""
+
+    DESC = "desc"
+    ASC = "asc"
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -28,14 +61,22 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def confirm_or_exit(question: str, *, yes: bool, refusal: str, command: str) -> None:
+    """Ask ``question`` on the terminal unless ``--yes``. Without a terminal (a script, a pipe,
+    cron) nobody can answer: exit 2 saying so, never a default answer. "No" exits 1."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        _fail(f"{refusal}; no terminal to confirm on: pass --yes", code=2)
+    if not typer.confirm(question, default=False, err=True):
+        _fail(f"{command} not confirmed: nothing changed", code=1)
+
+
 def tool_settings(kind: str) -> Settings:
-    """Settings for an operator tool: the environment, over ``.dfm/stack.env`` when present."""
-    stack_env = Path(load_settings().dfm_data_dir) / "stack.env"
-    try:
-        settings = load_settings(env_file=str(stack_env) if stack_env.exists() else None)
-        settings.require_for(kind)
-    except ConfigError as exc:
-        _fail(str(exc))
+    """Settings for an operator tool: the environment and ./.env, over ``.dfm/stack.env`` when
+    present; every problem on stderr and exit 2 otherwise."""
+    stack_env = data_dir() / "stack.env"
+    settings = settings_or_exit(kind, env_file=str(stack_env) if stack_env.exists() else None)
     from services.infra.logging import configure_logging
 
     configure_logging(f"dfm-{kind}", "warning", "console")  # stdout stays the command's output
@@ -113,52 +154,69 @@ def _parse_id(value: str) -> uuid.UUID:
 
 
 def _print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, default=str))
+    print_json(data)
 
 
 # --- dfm events ------------------------------------------------------------------------------
 @events_app.command("list")
 def events_list(
-    table: Annotated[str, typer.Option(help="webhook, texting or broadcast")] = "webhook",
-    status: Annotated[str | None, typer.Option(help="pending, processing, done, error, dead, quarantined")] = None,
-    source: Annotated[str | None, typer.Option(help="ghl, ghl_provider, aloware (webhook table)")] = None,
+    table: Annotated[EventTable, typer.Option(help="which events")] = EventTable.WEBHOOK,
+    status: Annotated[EventStatus | None, typer.Option(help="only this status", show_default=False)] = None,
+    source: Annotated[Source | None, typer.Option(help="only this source (webhook table)", show_default=False)] = None,
     event_type: Annotated[str | None, typer.Option("--type", help="event type as sent")] = None,
     entity_id: Annotated[str | None, typer.Option(help="entity id")] = None,
     since: Annotated[datetime | None, typer.Option(help="received at or after (ISO time)")] = None,
     until: Annotated[datetime | None, typer.Option(help="received before (ISO time)")] = None,
-    order: Annotated[str, typer.Option(help="asc or desc")] = "asc",
+    order: Annotated[Order, typer.Option(help="newest first (desc) or oldest first (asc)")] = Order.DESC,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
     cursor: Annotated[str | None, typer.Option(help="nextCursor of the previous page")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON (payloads redacted)")] = False,
+    output: OutputOption = Output.TABLE,
+    as_json: JsonFlag = False,
 ) -> None:
-    """List events, oldest first (one page; the next page's cursor is printed last)."""
-    from services.tooling.operations import TABLE_NAMES, EventFilter, list_events
+    """List events, newest first (one page; the next page's cursor is printed last).
 
-    if table not in TABLE_NAMES or order not in ("asc", "desc"):
-        _fail("--table must be webhook, texting or broadcast and --order asc or desc")
+    Payloads are redacted; `dfm events show ID` has one event in full, `dfm trace ID` its life.
+
+    Examples:
+
+        dfm events list --status dead
+
+        dfm events list --source aloware --since 2025-01-01T09:00 --order asc
+
+        dfm events list --status error -o json | jq -r '.events[].id'
+    """
+    from services.tooling.operations import EventFilter, list_events
+
     settings = tool_settings("events")
-    f = EventFilter(table=table, status=status, source=source, event_type=event_type,  # type: ignore[arg-type]
-                    entity_id=entity_id, received_from=since, received_to=until, order=order,  # type: ignore[arg-type]
-                    limit=limit, cursor=cursor)
+    f = EventFilter(table=table.value, status=status.value if status else None,
+                    source=source.value if source else None, event_type=event_type, entity_id=entity_id,
+                    received_from=since, received_to=until, order=order.value, limit=limit, cursor=cursor)
 
     async def go() -> tuple[list[dict[str, Any]], str | None]:
         async with _engine(settings) as engine:
             return await list_events(engine, f)
 
     events, next_cursor = _run(go())
-    if as_json:
-        _print_json({"events": events, "count": len(events), "nextCursor": next_cursor})
+    if chosen(output, as_json) is Output.JSON:
+        print_json({"events": events, "count": len(events), "nextCursor": next_cursor})
         return
-    for e in events:
-        typer.echo(f"{e['id']}  {e['receivedAt'][:23]}  {e['source']:<9} {e['eventType']:<28} "
-                   f"{e['status']:<11} {e['outcome'] or '':<8} attempts={e['attempts']} "
-                   f"{e['errorMessage'] or e['outcomeReason'] or ''}")
+    print_table(["id", "received", "source", "type", "status", "outcome", "attempts", "error"],
+                [(e["id"], e["receivedAt"][:23], e["source"], e["eventType"], e["status"], e["outcome"],
+                  e["attempts"], e["errorMessage"] or e["outcomeReason"]) for e in events])
     typer.echo(f"{len(events)} events" + (f"; next page: --cursor {next_cursor}" if next_cursor else ""))
 
 
 @events_app.command("show")
-def events_show(event_id: str) -> None:
-    """One event with its deliveries, attempts and sync_log rows (JSON, payload redacted)."""
+def events_show(event_id: str, output: OutputOption = Output.TABLE) -> None:
+    """One event with its deliveries per consumer (-o json: also attempts, sync_log rows and
+    the redacted payload).
+
+    Examples:
+
+        dfm events show 0b5f3c1e-6f1d-4a51-9d6a-2f1f3e0c9a11
+
+        dfm events show 0b5f3c1e-6f1d-4a51-9d6a-2f1f3e0c9a11 -o json | jq .deliveries
+    """
     from services.tooling.operations import show_event
 
     settings = tool_settings("events")
@@ -167,12 +225,32 @@ def events_show(event_id: str) -> None:
         async with _engine(settings) as engine:
             return await show_event(engine, _parse_id(event_id))
 
-    _print_json(_run(go()))
+    d = _run(go())
+    if output is Output.JSON:
+        print_json(d)
+        return
+    print_fields([
+        ("id", d["id"]), ("table", d["table"]), ("received", d["receivedAt"]), ("source", d["source"]),
+        ("type", d["eventType"]), ("entity", f"{d['entityType']}:{d['entityId']}"), ("status", d["status"]),
+        ("outcome", d["outcome"]), ("reason", d["errorMessage"] or d["outcomeReason"]),
+        ("attempts", d["attempts"]), ("stream seq", d["streamSeq"]), ("next attempt", d["nextAttemptAt"]),
+        ("processed", d["processedAt"]),
+    ])
+    if d.get("deliveries"):
+        typer.echo("")
+        print_table(["consumer", "status", "outcome", "attempts", "last error"],
+                    [(x["consumer"], x["status"], x["outcome"], x["attempts"], x["lastError"])
+                     for x in d["deliveries"]])
 
 
 @events_app.command("mark-done")
-def events_mark_done(event_id: str) -> None:
-    """pending/error/dead → done (outcome skipped, marked_done_by_operator)."""
+def events_mark_done(event_id: str, output: OutputOption = Output.TABLE) -> None:
+    """pending/error/dead → done (outcome skipped, marked_done_by_operator).
+
+    Examples:
+
+        dfm events mark-done 0b5f3c1e-6f1d-4a51-9d6a-2f1f3e0c9a11
+    """
     from services.tooling.operations import mark_done
 
     settings = tool_settings("events")
@@ -182,7 +260,10 @@ def events_mark_done(event_id: str) -> None:
             await mark_done(engine, _parse_id(event_id), by="cli")
 
     _run(go())
-    typer.echo(f"{event_id}: marked done")
+    if output is Output.JSON:
+        print_json({"id": event_id, "status": "done"})
+    else:
+        typer.echo(f"{event_id}: marked done")
 
 
 @events_app.command("quarantine")
@@ -190,8 +271,14 @@ def events_quarantine(
     event_id: str,
     reason: Annotated[str, typer.Option(help="why")] = "Manual quarantine",
     by: Annotated[str | None, typer.Option(help="who")] = None,
+    output: OutputOption = Output.TABLE,
 ) -> None:
-    """Quarantine an event: never processed until replayed with --force."""
+    """Quarantine an event: never processed until replayed with --force.
+
+    Examples:
+
+        dfm events quarantine 0b5f3c1e-6f1d-4a51-9d6a-2f1f3e0c9a11 --reason "poison: bad phone" --by ana
+    """
     from services.tooling.operations import quarantine
 
     settings = tool_settings("events")
@@ -201,7 +288,10 @@ def events_quarantine(
             await quarantine(engine, _parse_id(event_id), reason=reason, by=by or "cli")
 
     _run(go())
-    typer.echo(f"{event_id}: quarantined")
+    if output is Output.JSON:
+        print_json({"id": event_id, "status": "quarantined"})
+    else:
+        typer.echo(f"{event_id}: quarantined")
 
 
 @events_app.command("replay")
@@ -209,9 +299,18 @@ def events_replay(
     event_ids: Annotated[list[str], typer.Argument(help="one or more event ids")],
     force: Annotated[bool, typer.Option(help="also release quarantined events")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would be re-delivered")] = False,
+    output: OutputOption = Output.TABLE,
 ) -> None:
-    """Replay events by id (same as ``dfm replay --event-id``)."""
-    _replay(event_ids=[_parse_id(i) for i in event_ids], force=force, dry_run=dry_run)
+    """Replay events by id (same as ``dfm replay --event-id``). Naming each event is the
+    confirmation: --force here does not ask.
+
+    Examples:
+
+        dfm events replay 0b5f3c1e-6f1d-4a51-9d6a-2f1f3e0c9a11 --dry-run
+
+        dfm events replay 0b5f3c1e-6f1d-4a51-9d6a-2f1f3e0c9a11 --force
+    """
+    _replay(event_ids=[_parse_id(i) for i in event_ids], force=force, dry_run=dry_run, output=output)
 
 
 # --- dfm replay / sweep / trace --------------------------------------------------------------
@@ -222,19 +321,38 @@ def replay(
     from_seq: Annotated[int | None, typer.Option(min=1, help="first stream sequence")] = None,
     to_seq: Annotated[int | None, typer.Option(min=1, help="last stream sequence")] = None,
     event_id: Annotated[list[str] | None, typer.Option(help="replay these events (repeatable)")] = None,
-    force: Annotated[bool, typer.Option(help="also release quarantined events")] = False,
+    force: Annotated[bool, typer.Option(help="also release quarantined events (asks first over a --subject)")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask (--force without a terminal needs it)")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print what would be re-delivered and the plans")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    output: OutputOption = Output.TABLE,
+    as_json: JsonFlag = False,
 ) -> None:
-    """Re-deliver events from the WEBHOOKS stream, through the same idempotency as live traffic."""
+    """Re-deliver events from the WEBHOOKS stream, through the same idempotency as live traffic.
+
+    --force over a --subject releases every quarantined event it matches, so it asks first on
+    a terminal and needs --yes without one (exit 2 otherwise); --dry-run changes nothing and
+    never asks.
+
+    Examples:
+
+        dfm replay --subject 'webhooks.aloware.contact.>' --since 2025-01-01T09:00 --dry-run
+
+        dfm replay --subject 'webhooks.ghl.>' --from-seq 1200 --to-seq 1450
+
+        dfm replay --subject 'webhooks.aloware.>' --force --yes -o json
+    """
     if not subject and not event_id:
         _fail("give --subject (with an optional time or sequence range) or --event-id")
+    if force and subject and not dry_run:
+        confirm_or_exit(f"Replay every event on {subject} in the range given, releasing the quarantined ones?",
+                        yes=yes, refusal=f"replay --force releases every quarantined event on {subject}",
+                        command="replay")
     _replay(subject=subject, since=since, until=until, from_seq=from_seq, to_seq=to_seq,
             event_ids=[_parse_id(i) for i in event_id or []], force=force, dry_run=dry_run,
-            as_json=as_json)
+            output=chosen(output, as_json))
 
 
-def _replay(*, as_json: bool = False, **fields: Any) -> None:
+def _replay(*, output: Output = Output.TABLE, **fields: Any) -> None:
     from pydantic import ValidationError
 
     from contracts.commands import ReplayRequested
@@ -250,8 +368,8 @@ def _replay(*, as_json: bool = False, **fields: Any) -> None:
             return await jobs.execute(command)
 
     report = _run(go())
-    if as_json:
-        _print_json(report.as_json())
+    if output is Output.JSON:
+        print_json(report.as_json())
         return
     verb = "would replay" if command.dry_run else "replayed"
     for item in report.items:
@@ -266,8 +384,16 @@ def _replay(*, as_json: bool = False, **fields: Any) -> None:
 
 def sweep(
     here: Annotated[bool, typer.Option(help="run the sweep in this process and print its totals")] = False,
+    output: OutputOption = Output.TABLE,
 ) -> None:
-    """Ask the jobs service for a pending sweep now (or run one here with --here)."""
+    """Ask the jobs service for a pending sweep now (or run one here with --here).
+
+    Examples:
+
+        dfm sweep
+
+        dfm sweep --here -o json
+    """
     from contracts.commands import SweepRequested
 
     command = SweepRequested(requested_by="cli")
@@ -279,7 +405,11 @@ def sweep(
                 return await jobs.execute(command)
 
         report = _run(run_here())
-        _print_json({"runId": report.run_id, **report.as_json()})
+        totals = {"runId": report.run_id, **report.as_json()}
+        if output is Output.JSON:
+            print_json(totals)
+        else:
+            print_fields(_flatten(totals))
         return
     settings = tool_settings("sweep")
 
@@ -299,14 +429,35 @@ def sweep(
         seq = asyncio.run(queue())
     except Exception as exc:  # connection failures are one line
         _fail(f"cannot queue the sweep: {type(exc).__name__}: {exc}", code=1)
-    typer.echo(f"sweep {command.command_id} queued (jobs stream seq {seq})")
+    if output is Output.JSON:
+        print_json({"commandId": str(command.command_id), "queued": True, "jobsStreamSeq": seq})
+    else:
+        typer.echo(f"sweep {command.command_id} queued (jobs stream seq {seq})")
 
 
-def trace(event_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested totals as ``a.b  value`` rows."""
+    rows: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            rows += _flatten(value, f"{prefix}{key}.")
+        else:
+            rows.append((f"{prefix}{key}", value))
+    return rows
+
+
+def trace(event_id: str, output: OutputOption = Output.TABLE, as_json: JsonFlag = False) -> None:
     """An event's life: receipt, stream sequence, deliveries, vendor calls, mappings touched.
 
     Each delivery per consumer with its outcome, each vendor call (method, path, status,
-    latency), the mappings written, the sync_log rows and the current state."""
+    latency), the mappings written, the sync_log rows and the current state, in time order.
+
+    Examples:
+
+        dfm trace 0b5f3c1e-6f1d-4a51-9d6a-2f1f3e0c9a11
+
+        dfm trace 0b5f3c1e-6f1d-4a51-9d6a-2f1f3e0c9a11 -o json | jq '.attemptLog[].vendorCalls'
+    """
     from services.tooling.operations import show_event
 
     settings = tool_settings("trace")
@@ -316,8 +467,8 @@ def trace(event_id: str, as_json: Annotated[bool, typer.Option("--json")] = Fals
             return await show_event(engine, _parse_id(event_id))
 
     detail = _run(go())
-    if as_json:
-        _print_json(detail)
+    if chosen(output, as_json) is Output.JSON:
+        print_json(detail)
         return
     for line in format_trace(detail):
         typer.echo(line)
@@ -350,28 +501,46 @@ def format_trace(d: dict[str, Any]) -> list[str]:
     for dl in d["deliveries"]:
         lines.append(f"  now: {dl['consumer']} {dl['status']} {dl['outcome'] or ''} "
                      f"attempts={dl['attempts']} {dl['lastError'] or ''}".rstrip())
-    lines.append(f"  event status {d['status']} {d['outcome'] or ''} {d['errorMessage'] or d['outcomeReason'] or ''}".rstrip())
+    reason = d["errorMessage"] or d["outcomeReason"] or ""
+    lines.append(f"  event status {d['status']} {d['outcome'] or ''} {reason}".rstrip())
     return lines
 
 
-def purge(dry_run: Annotated[bool, typer.Option("--dry-run", help="count, delete nothing")] = False) -> None:
-    """Apply the retention ages now (what the scheduler's ``jobs.purge`` does daily): one line
-    per table with the rows deleted or emptied, or with --dry-run that would be."""
+def purge(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="count, delete nothing")] = False,
+    output: OutputOption = Output.TABLE,
+) -> None:
+    """Apply the retention ages now (what the scheduler's ``jobs.purge`` does daily).
+
+    One line per table with the rows deleted or emptied as it goes (or, with --dry-run, that
+    would be); -o json prints one document at the end.
+
+    Examples:
+
+        dfm purge --dry-run
+
+        dfm purge -o json
+    """
     from contracts.commands import PurgeRequested
     from services.jobs.purge import Purger
 
     settings = tool_settings("purge")
+    tables: dict[str, int] = {}
 
     async def go() -> Any:
         async with _engine(settings) as engine:
             async def shown(name: str, count: int) -> None:
-                typer.echo(f"{name:<34} {count}")
+                tables[name] = tables.get(name, 0) + count
+                if output is Output.TABLE:
+                    typer.echo(f"{name:<34} {count}")
 
             return await Purger(settings, engine).run(PurgeRequested(dry_run=dry_run, requested_by="cli"),
                                                       progress=shown)
 
     report = _run(go())
-    if dry_run:
+    if output is Output.JSON:
+        print_json({"dryRun": dry_run, "tables": tables, "total": report.total, "batches": report.batches})
+    elif dry_run:
         typer.echo(f"dry run: nothing deleted; {report.total} rows would be purged")
     else:
         typer.echo(f"purged {report.total} rows in {report.batches} batches")
@@ -381,8 +550,13 @@ agents_app = typer.Typer(help="The agent directory behind the call lists.", no_a
 
 
 @agents_app.command("seed")
-def agents_seed() -> None:
-    """Insert or update CHRIS, RAFI and UNASSIGNED, matched to GHL and Aloware users by name."""
+def agents_seed(output: OutputOption = Output.TABLE) -> None:
+    """Insert or update CHRIS, RAFI and UNASSIGNED, matched to GHL and Aloware users by name.
+
+    Examples:
+
+        dfm agents seed
+    """
     from services.clients.aloware import AlowareClient
     from services.clients.ghl import GhlClient
     from services.tooling.agents import seed_agents
@@ -398,7 +572,11 @@ def agents_seed() -> None:
             await ghl.aclose()
             await alo.aclose()
 
-    typer.echo(f"agents seeded: {_run(go())} inserted")
+    inserted = _run(go())
+    if output is Output.JSON:
+        print_json({"inserted": inserted})
+    else:
+        typer.echo(f"agents seeded: {inserted} inserted")
 
 
 def backup(
@@ -449,8 +627,16 @@ effects_app = typer.Typer(
 
 
 @effects_app.command("list")
-def effects_list() -> None:
-    """Claims in state unknown, oldest first (key, effect, event id, detail)."""
+def effects_list(output: OutputOption = Output.JSON) -> None:
+    """Claims in state unknown, oldest first (key, effect, event id, detail); JSON unless
+    -o table (scripts read it as it always was).
+
+    Examples:
+
+        dfm effects list
+
+        dfm effects list -o table
+    """
     from services.domain.effects import list_unknown
 
     settings = tool_settings("events")
@@ -459,7 +645,12 @@ def effects_list() -> None:
         async with _engine(settings) as engine, engine.connect() as conn:
             return await list_unknown(conn)
 
-    _print_json(_run(go()))
+    claims = _run(go())
+    if output is Output.JSON:
+        print_json(claims)
+        return
+    columns = list(claims[0]) if claims else ["key", "effect", "eventId", "detail"]
+    print_table(columns, [[c.get(k) for k in columns] for c in claims])
 
 
 @effects_app.command("resolve")
@@ -467,9 +658,17 @@ def effects_resolve(
     key: str,
     sent: Annotated[bool, typer.Option("--sent/--not-sent", help="what the vendor shows")],
     vendor_id: Annotated[str | None, typer.Option(help="the vendor's id of the write, when sent")] = None,
+    output: OutputOption = Output.TABLE,
 ) -> None:
     """--sent records the write done (a replay then does not write); --not-sent deletes the
-    claim (the next replay writes once)."""
+    claim (the next replay writes once). Check the vendor first.
+
+    Examples:
+
+        dfm effects resolve m2:<GHL messageId> --sent --vendor-id <id>
+
+        dfm effects resolve note:aloware:call:<id> --not-sent
+    """
     from services.domain.effects import resolve
 
     settings = tool_settings("events")
@@ -480,7 +679,10 @@ def effects_resolve(
 
     if not _run(go()):
         _fail(f"no unknown or claimed effect {key}", 1)
-    typer.echo(f"{key}: resolved {'sent' if sent else 'not sent'}")
+    if output is Output.JSON:
+        print_json({"key": key, "resolved": "sent" if sent else "not_sent"})
+    else:
+        typer.echo(f"{key}: resolved {'sent' if sent else 'not sent'}")
 
 
 # --- dfm nats: identities and the topology step (services/infra/nats_auth.py) -------------
@@ -494,7 +696,14 @@ def nats_creds(
     finish_rotation: Annotated[bool, typer.Option(help="drop the old seeds: only the new are accepted")] = False,
 ) -> None:
     """Write one nkey seed per identity (<identity>.nk) and the servers' auth.inc (public keys and
-    permissions, no secret). Existing seeds are kept; see deploy/README.md "NATS identities"."""
+    permissions, no secret). Existing seeds are kept; see deploy/README.md "NATS identities".
+
+    Examples:
+
+        dfm nats creds --out /etc/dfm/nats
+
+        dfm nats creds --out /etc/dfm/nats --rotate
+    """
     from services.infra.nats_auth import write_credentials
 
     if rotate and finish_rotation:
@@ -517,7 +726,12 @@ def nats_certs(
     """Write a private CA and a NATS server certificate signed by it (the servers' tls blocks read
     them from /etc/nats/tls; clients get ca.pem as NATS_TLS_CA_FILE). An existing CA is kept, so
     running it again renews the server certificate without touching the clients; see
-    deploy/README.md "NATS TLS"."""
+    deploy/README.md "NATS TLS".
+
+    Examples:
+
+        dfm nats certs --out /etc/dfm/nats-tls --host nats-1.internal --host 10.0.0.5
+    """
     from services.infra.nats_auth import DEFAULT_TLS_HOSTS, write_certificates
 
     hosts = host or list(DEFAULT_TLS_HOSTS)
@@ -555,7 +769,14 @@ def nats_topology(
     allow_downgrade: Annotated[bool, typer.Option(help="allow lowering replicas or max_age")] = False,
 ) -> None:
     """Create or update the streams and durables to the settings (admin identity); refuses to
-    lower a stream's replicas or retention unless --allow-downgrade."""
+    lower a stream's replicas or retention unless --allow-downgrade.
+
+    Examples:
+
+        dfm nats topology
+
+        DFM_STREAM_REPLICAS=1 dfm nats topology --allow-downgrade
+    """
     settings = tool_settings("nats")
     try:
         settings.require("nats_url")
