@@ -196,7 +196,7 @@ class Settings(BaseSettings):
     dfm_data_dir: str = ".dfm"
     dfm_up_services: CsvList = Field(
         default_factory=lambda: ["ingress", "recorder", "ghl-sync", "aloware-sync", "verity-sync", "jobs",
-                                 "scheduler", "gateway"],
+                                 "scheduler", "gateway", "console"],
         description="services `dfm up` starts (comma-separated)",
     )
     dfm_sandbox_webhook_url: str | None = Field(

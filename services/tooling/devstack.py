@@ -336,7 +336,7 @@ def start_service(stack: Stack, service: str) -> subprocess.Popen[bytes]:
     """Run ``dfm run <service>`` as a child with the stack's environment; services without an
     HTTP port of their own get a free ``METRICS_PORT`` each (all on one host here)."""
     env = {**os.environ, **stack.env}
-    if service not in ("ingress", "gateway", "sandbox"):
+    if service not in ("ingress", "gateway", "sandbox", "console"):
         env["METRICS_PORT"] = str(free_port())
         stack.metrics[service] = int(env["METRICS_PORT"])
     return stack.spawn(service, [sys.executable, "-m", "services.cli", "run", service], env)
@@ -368,6 +368,12 @@ def start_services(stack: Stack, services: list[str], settings: Settings, say: C
             gateway = f"http://127.0.0.1:{settings.gateway_port}"
             wait_http(gateway + "/health", proc)
             say(f"gateway     {gateway} (/api/verity, Bearer DF_MIDDLEWARE_API_KEY from .dfm/dev-secrets.env)")
+        elif service == "console":
+            console = f"http://{settings.console_host}:{settings.console_port}"
+            wait_http(console + "/health", proc)
+            who = ("CONSOLE_OPERATORS" if settings.console_operators
+                   else "admin with DF_ADMIN_SECRET from .dfm/dev-secrets.env")
+            say(f"console     {console} (operator console: sign in as {who})")
         else:
             port = stack.metrics.get(service)
             say(f"{service:<11} running" + (f" (metrics http://127.0.0.1:{port}/metrics)" if port else ""))

@@ -211,10 +211,14 @@ async def list_events(engine: AsyncEngine, f: EventFilter, *, raw_payload: bool 
         cur = Cursor.decode(f.cursor)
         if cur.order != f.order:
             raise OperationError(422, "cursor belongs to a listing in the other order")
+        # the plain bound next to the OR lets the index scan start at the cursor: without it a
+        # page deep in a million rows walked the index from its end (0.7 s; bench/console)
         if f.order == "asc":
+            conditions.append(model.received_at >= cur.received_at)
             conditions.append(or_(model.received_at > cur.received_at,
                                   and_(model.received_at == cur.received_at, model.id > cur.id)))
         else:
+            conditions.append(model.received_at <= cur.received_at)
             conditions.append(or_(model.received_at < cur.received_at,
                                   and_(model.received_at == cur.received_at, model.id < cur.id)))
     ordering = ((model.received_at.asc(), model.id.asc()) if f.order == "asc"

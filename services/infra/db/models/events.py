@@ -62,6 +62,8 @@ class WebhookEventRow(EventStatusColumns, Base):
         Index("ix_webhook_events_source_status", "source", "status"),
         Index("ix_webhook_events_entity", "entity_type", "entity_id"),
         Index("ix_webhook_events_entity_order", "source", "entity_type", "entity_id", "received_at"),
+        # an id pasted into the console's search, whatever its entity type (0008)
+        Index("ix_webhook_events_entity_id", "entity_id"),
     )
 
 
