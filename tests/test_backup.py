@@ -89,13 +89,13 @@ async def test_backup_then_restore_reproduces_rows_and_messages(
                                                               "webhooks.jsonl.enc"]
         sealed = b"".join(p.read_bytes() for p in kept[-1].iterdir())
         assert b"Dfm-Event-Id" not in sealed and b"webhook_events" not in sealed  # nothing in the clear
-        wrong = cli({**target_env, "DFM_BACKUP_KEY": Fernet.generate_key().decode()}, "restore", str(kept[-1]))
+        wrong = cli({**target_env, "DFM_BACKUP_KEY": Fernet.generate_key().decode()}, "restore", str(kept[-1]), "--yes")
         assert wrong.returncode == 1 and len(errors(wrong)) == 1, wrong.stderr
         assert "does not decrypt with DFM_BACKUP_KEY" in errors(wrong)[0]
         assert await fetch(target_db, "SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'public'") == [{"n": 0}]
         # after a key rotation (a new key first) the backup still restores with the old one listed
         target_env = {**target_env, "DFM_BACKUP_KEY": f"{Fernet.generate_key().decode()},{backup_key}"}
-    restored = cli(target_env, "restore", str(kept[-1]))
+    restored = cli(target_env, "restore", str(kept[-1]), "--yes")
     assert restored.returncode == 0, restored.stderr
     assert await rows(target_db) == before_rows
     after = await messages(target_nats)
@@ -194,7 +194,7 @@ async def test_the_password_never_reaches_a_tool_command_line(
     assert made.returncode == 0, made.stderr
     target_db, target_nats = empty_target
     restored = cli({**env, "DATABASE_URL": as_role(target_db, password_role), "NATS_URL": target_nats},
-                   "restore", str(next((tmp_path / "backups").iterdir())))
+                   "restore", str(next((tmp_path / "backups").iterdir())), "--yes")
     assert restored.returncode == 0, restored.stderr
     recorded = log.read_text()
     assert recorded.startswith("pg_dump ") and "\npg_restore " in recorded, recorded  # the wrappers ran

@@ -585,33 +585,66 @@ def backup(
     keep: Annotated[int | None, typer.Option(min=1, help="backups to keep (default DFM_BACKUP_RETENTION)")] = None,
     encrypt: Annotated[bool | None, typer.Option(
         "--encrypt/--no-encrypt", help="encrypt with DFM_BACKUP_KEY (default: when it is set)")] = None,
+    progress_every: Annotated[int, typer.Option(
+        min=1, help="without a terminal, a progress line on stderr every N messages")] = 10_000,
 ) -> None:
-    """Back up the database (pg_dump) and the WEBHOOKS stream (JSON lines) into a new private
-    (0700) directory."""
+    """Back up the database (pg_dump) and the WEBHOOKS stream (JSON lines, read in batches) into
+    a new private (0700) directory.
+
+    On a terminal a progress bar (messages, rate, time left) shows on stderr, else a line every
+    --progress-every messages; the last line on stdout sums it up.
+
+      dfm backup --dir /var/backups/dfm --keep 14
+    """
     from services.tooling.backup import backup as run_backup
-    from services.tooling.backup import backup_root
+    from services.tooling.backup import backup_root, reporter
 
     settings = tool_settings("backup")
     root = backup_root(settings, directory)
     try:
         report = asyncio.run(run_backup(settings, root, retention=keep or settings.dfm_backup_retention,
-                                        encrypt=encrypt))
+                                        encrypt=encrypt, progress=reporter("backup", progress_every)))
     except Exception as exc:  # tool failures are one line
         _fail(f"backup failed: {exc}", code=1)
-    typer.echo(f"backup {report.path}: database {report.database_bytes} bytes, {report.messages} stream messages"
-               + (", encrypted" if report.encrypted else ""))
+    typer.echo(f"backup {report.path}: database {report.database_bytes} bytes, {report.messages} stream messages "
+               f"({report.stream_bytes} bytes) in {report.seconds:.1f} s" + (", encrypted" if report.encrypted else ""))
 
 
-def restore(source: Annotated[Path, typer.Argument(help="a directory written by `dfm backup`")]) -> None:
-    """Restore a backup into DATABASE_URL (replacing what is there) and NATS_URL's WEBHOOKS stream."""
+def restore(
+    source: Annotated[Path, typer.Argument(help="a directory written by `dfm backup`")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask (needed without a terminal)")] = False,
+    progress_every: Annotated[int, typer.Option(
+        min=1, help="without a terminal, a progress line on stderr every N messages")] = 10_000,
+) -> None:
+    """Restore a backup into DATABASE_URL (replacing what is there) and NATS_URL's WEBHOOKS stream.
+
+    Asks first on a terminal; without one it needs --yes (exit 2 otherwise). The stream file is
+    read line by line, so memory stays flat whatever its size.
+
+      dfm restore ~/.local/state/dfm/backups/20250101T020000000000Z --yes
+    """
+    import sys
+
+    from services.tooling.backup import BackupError, describe_backup, describe_target, reporter
     from services.tooling.backup import restore as run_restore
 
     settings = tool_settings("backup")
     try:
-        result = asyncio.run(run_restore(settings, source))
+        about = describe_backup(source)
+    except BackupError as exc:
+        _fail(f"restore failed: {exc}", code=1)
+    if not yes:
+        target = describe_target(settings)
+        if not sys.stdin.isatty():
+            _fail(f"restore replaces {target}; no terminal to confirm on: pass --yes", code=2)
+        if not typer.confirm(f"Restore {about} into {target}, replacing what is there?", default=False, err=True):
+            _fail("restore not confirmed: nothing changed", code=1)
+    try:
+        result = asyncio.run(run_restore(settings, source, progress=reporter("restore", progress_every)))
     except Exception as exc:  # tool failures are one line
         _fail(f"restore failed: {exc}", code=1)
-    typer.echo(f"restored {source}: database and {result['messages']} stream messages")
+    typer.echo(f"restored {source}: database and {result.messages} stream messages ({result.bytes} bytes) "
+               f"in {result.seconds:.1f} s")
 
 
 effects_app = typer.Typer(

@@ -137,8 +137,11 @@ AP3_SUBJECT = webhook_subject(Source.BROADCAST, EntityType.BROADCAST, "analytics
 _INGRESS_PUBLISH = ("webhooks.>", *STREAM_INFO, _msg_get(WEBHOOKS_STREAM))  # duplicate's first id
 
 IDENTITIES: tuple[Identity, ...] = (
-    Identity(ADMIN, "the topology step (dfm nats topology / migrate upgrade / up), dfm restore",
-             publish=("$JS.API.>", "webhooks.>", "jobs.>")),
+    # $JS.SNAPSHOT.*: the chunk acks of a snapshot and the chunks of a restore travel outside
+    # $JS.API, so `nats stream backup` / `nats stream restore` (deploy/README.md) need them too
+    Identity(ADMIN, "the topology step (dfm nats topology / migrate upgrade / up), dfm restore, "
+             "nats stream backup/restore",
+             publish=("$JS.API.>", "$JS.SNAPSHOT.ACK.>", "$JS.SNAPSHOT.RESTORE.>", "webhooks.>", "jobs.>")),
     Identity("ingress", "ingress without its admin API (no DF_ADMIN_SECRET)", publish=_INGRESS_PUBLISH),
     Identity("ingress-admin", "ingress serving its admin API on the same connection (replay, sweep, "
              "agents seed, lists rebuild)",
