@@ -28,6 +28,7 @@ from nats.aio.msg import Msg
 from contracts.streams import ConsumerSpec
 from services.infra.broker import prepare_topology
 from services.infra.logging import get_logger
+from services.infra.metrics_server import NATS_TIMEOUT_S, PROCESS_HEALTH, FetchLoop
 from services.infra.nats_auth import inbox_prefix
 from services.infra.settings import Settings
 from services.infra.stream_app import durable_broker
@@ -38,10 +39,19 @@ BatchHandler = Callable[[list[Msg]], Awaitable[None]]
 
 
 def batch_broker(
-    settings: Settings, spec: ConsumerSpec, handler: BatchHandler, *, batch: int, fetch_timeout: float
+    settings: Settings,
+    spec: ConsumerSpec,
+    handler: BatchHandler,
+    *,
+    batch: int,
+    fetch_timeout: float,
+    progress: FetchLoop | None = None,
 ) -> NatsBroker:
-    """A broker whose single batch subscriber feeds ``handler`` from the durable ``spec``."""
+    """A broker whose single batch subscriber feeds ``handler`` from the durable ``spec``;
+    every batch is recorded in ``progress`` (one slot: the loop fetches nothing while the
+    handler runs)."""
     broker = durable_broker(settings, spec)
+    progress = progress or FetchLoop(spec.durable, 1)
 
     @broker.subscriber(
         spec.filter_subjects[0],
@@ -52,7 +62,8 @@ def batch_broker(
         inbox_prefix=f"{inbox_prefix(spec.durable)}.".encode(),
     )
     async def on_batch(message: Annotated[NatsBatchMessage, Context("message")]) -> None:
-        await handler(message.raw_message)
+        with progress.handling():
+            await handler(message.raw_message)
 
     return broker
 
@@ -85,14 +96,23 @@ class PullConsumer:
         """Make sure the durable exists (a service only checks; the topology step creates it),
         then consume until ``stop()``."""
         await prepare_topology(self._settings, durables=(self._spec,))
+        progress = FetchLoop(self._spec.durable, 1)
         broker = batch_broker(
-            self._settings, self._spec, self._handler, batch=self._batch, fetch_timeout=self._fetch_timeout
+            self._settings,
+            self._spec,
+            self._handler,
+            batch=self._batch,
+            fetch_timeout=self._fetch_timeout,
+            progress=progress,
         )
         await broker.start()
+        PROCESS_HEALTH.watch(self._settings, progress, lambda: broker.ping(NATS_TIMEOUT_S))
         try:
             self.ready.set()
             log.info("consumer_started", consumer=self._spec.durable, batch=self._batch)
             await self._stopping.wait()
         finally:
+            progress.drain()  # not ready while the batch in hand finishes
             await broker.stop()
+            PROCESS_HEALTH.forget(progress)
             log.info("consumer_stopped", consumer=self._spec.durable)

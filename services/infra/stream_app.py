@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from contracts.streams import ConsumerSpec
 from services.infra.broker import connect_options, prepare_topology
 from services.infra.logging import BROKER_LOGGER
+from services.infra.metrics_server import NATS_TIMEOUT_S, PROCESS_HEALTH, FetchLoop
 from services.infra.nats_auth import inbox_prefix
 from services.infra.runtime import on_termination
 from services.infra.settings import Settings
@@ -75,9 +76,11 @@ def durable_broker(settings: Settings, spec: ConsumerSpec) -> NatsBroker:
 
 
 def sync_broker(settings: Settings, spec: ConsumerSpec, handle: MessageHandler,
-                workers: int) -> NatsBroker:
-    """A broker whose single subscriber feeds ``handle`` from the durable ``spec``."""
+                workers: int, progress: FetchLoop | None = None) -> NatsBroker:
+    """A broker whose single subscriber feeds ``handle`` from the durable ``spec``; every
+    handler run is recorded in ``progress`` (the readiness probe's view of the fetch loop)."""
     broker = durable_broker(settings, spec)
+    progress = progress or FetchLoop(spec.durable, workers)
 
     @broker.subscriber(
         spec.filter_subjects[0],
@@ -90,7 +93,8 @@ def sync_broker(settings: Settings, spec: ConsumerSpec, handle: MessageHandler,
         inbox_prefix=f"{inbox_prefix(spec.durable)}.".encode(),
     )
     async def on_message(msg: NatsMessage) -> None:
-        await handle(msg.raw_message)
+        with progress.handling():
+            await handle(msg.raw_message)
 
     return broker
 
@@ -102,18 +106,22 @@ async def serve_until_terminated(settings: Settings, spec: ConsumerSpec, handle:
     unacked and redelivered to another replica after the AckWait."""
     stop = asyncio.Event()
     on_termination(asyncio.get_running_loop(), stop.set)
-    broker = await start_sync_broker(settings, spec, handle, workers)
+    progress = FetchLoop(spec.durable, workers)
+    broker = await start_sync_broker(settings, spec, handle, workers, progress)
+    PROCESS_HEALTH.watch(settings, progress, lambda: broker.ping(NATS_TIMEOUT_S))
     try:
         await stop.wait()
     finally:
+        progress.drain()  # not ready while the messages in hand finish
         await broker.stop()
+        PROCESS_HEALTH.forget(progress)
 
 
 async def start_sync_broker(settings: Settings, spec: ConsumerSpec, handle: MessageHandler,
-                            workers: int) -> NatsBroker:
+                            workers: int, progress: FetchLoop | None = None) -> NatsBroker:
     """Make sure the durable exists (a service only checks; the topology step creates it),
     then start consuming."""
     await prepare_topology(settings, durables=(spec,))
-    broker = sync_broker(settings, spec, handle, workers)
+    broker = sync_broker(settings, spec, handle, workers, progress)
     await broker.start()
     return broker
