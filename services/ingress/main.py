@@ -12,6 +12,7 @@ from services.infra.logging import configure_logging
 from services.infra.metrics_server import serve_metrics
 from services.infra.settings import Settings, load_settings
 from services.ingress.app import WebhookFastPath, create_asgi
+from services.ingress.metrics import worker_metrics
 
 
 def tune_gc() -> None:
@@ -24,18 +25,18 @@ def tune_gc() -> None:
 
 def serve_production_metrics(settings: Settings) -> None:
     """Production: ``/metrics`` on ``METRICS_PORT``, which stays inside the cluster, and not
-    on the public webhook port (security-audit F21). With several workers the first to bind
-    the port serves its own process's metrics; run one worker per pod to see them all."""
+    on the public webhook port (security-audit F21). With several workers the parent process
+    serves them instead (``run``)."""
     if settings.node_env == "production":
         serve_metrics(settings, "ingress")
 
 
 def app_factory() -> WebhookFastPath:
-    """Build the app in each worker process from the environment (``--workers`` > 1)."""
+    """Build the app in each worker process from the environment (``--workers`` > 1); its
+    metrics go to the multiprocess files the parent serves."""
     tune_gc()
     settings = load_settings()
     configure_logging("ingress", settings.log_level, settings.log_format)  # a spawned process
-    serve_production_metrics(settings)
     return create_asgi(settings)
 
 
@@ -77,10 +78,15 @@ def run(settings: Settings, *, host: str = "0.0.0.0") -> None:
         "limit_concurrency": settings.ingress_limit_concurrency,
     }
     if settings.dfm_ingress_workers > 1:
-        uvicorn.run(
-            "services.ingress.main:app_factory", factory=True,
-            workers=settings.dfm_ingress_workers, **options,  # type: ignore[arg-type]
-        )
+        # prometheus_client's multiprocess mode: the workers write their metrics to files and
+        # this process serves all of them on METRICS_PORT (development too: the app's own
+        # /metrics would show only the worker that answers)
+        with worker_metrics(settings) as registry:
+            serve_metrics(settings, "ingress", registry)
+            uvicorn.run(
+                "services.ingress.main:app_factory", factory=True,
+                workers=settings.dfm_ingress_workers, **options,  # type: ignore[arg-type]
+            )
     else:  # one process: the drain on SIGTERM (run one worker per pod and scale pods)
         tune_gc()
         serve_production_metrics(settings)
