@@ -157,7 +157,13 @@ def run(
     tracing.configure(name, settings.otel_traces_exporter)
     import importlib
 
-    importlib.import_module(RUNNERS[name]).run(settings)
+    module = importlib.import_module(RUNNERS[name])
+    if name == "jobs":  # the composition root: jobs may not import the sync services' planners
+        from services.cli.explain import explainer
+
+        module.run(settings, explainer)
+    else:
+        module.run(settings)
 
 
 @app.command(rich_help_panel=RUN)

@@ -128,22 +128,9 @@ async def _jobs(settings: Settings, explain: bool = False) -> Any:
 
 
 def _explainer(settings: Settings, engine: Any) -> Callable[[Any], Awaitable[list[str]]]:
-    from contracts.streams import expected_consumers
-    from services.aloware_sync.service import explain as aloware_explain
-    from services.ghl_sync.service import explain as ghl_explain
+    from services.cli.explain import explainer
 
-    async def explain(event: Any) -> list[str]:
-        lines: list[str] = []
-        for consumer in expected_consumers(event.subject):
-            if consumer == "ghl-sync":
-                lines += await ghl_explain(settings, engine, event)
-            elif consumer == "aloware-sync":
-                lines += aloware_explain(event)
-            else:
-                lines.append(f"{consumer}: runs its rules for {event.canonical_type}")
-        return lines
-
-    return explain
+    return explainer(settings, engine)
 
 
 def _parse_id(value: str) -> uuid.UUID:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 from nats.aio.client import Client as NatsClient
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.streams import JOBS_CONSUMER
 from services.clients.aloware import AlowareClient
@@ -18,14 +20,18 @@ from services.infra.logging import get_logger
 from services.infra.metrics_server import serve_metrics
 from services.infra.settings import Settings
 from services.infra.stream_app import serve_until_terminated
+from services.jobs.replay import Explainer
 from services.jobs.service import Jobs
 
 log = get_logger(__name__)
+ExplainerFactory = Callable[[Settings, AsyncEngine], Explainer]
 WORKERS = 2  # a long replay does not hold up the next sweep
 
 
-async def serve(settings: Settings) -> None:
-    """Consume commands until SIGTERM/SIGINT; resources close in reverse order of opening."""
+async def serve(settings: Settings, explainer: ExplainerFactory | None = None) -> None:
+    """Consume commands until SIGTERM/SIGINT; resources close in reverse order of opening.
+    ``explainer`` gives dry-run replays the sync services' plans (``dfm run jobs`` passes it:
+    this package may not import them)."""
     async with AsyncExitStack() as stack:
         engine = create_engine(settings)
         stack.push_async_callback(engine.dispose)
@@ -38,7 +44,7 @@ async def serve(settings: Settings) -> None:
             stack.push_async_callback(aloware.aclose)
         nc = await connect(settings, name="dfm-jobs")
         stack.push_async_callback(_drain, nc)
-        jobs = Jobs(settings, engine, nc, ghl, aloware)
+        jobs = Jobs(settings, engine, nc, ghl, aloware, explainer(settings, engine) if explainer else None)
         stack.push_async_callback(jobs.close)
         serve_metrics(settings, "jobs")
         await jobs.start_advisories()
@@ -50,5 +56,5 @@ async def _drain(nc: NatsClient) -> None:
         await nc.drain()
 
 
-def run(settings: Settings) -> None:
-    asyncio.run(serve(settings))
+def run(settings: Settings, explainer: ExplainerFactory | None = None) -> None:
+    asyncio.run(serve(settings, explainer))

@@ -47,7 +47,7 @@ from services.jobs.call_lists import CallListJobs
 from services.jobs.commands import COMMANDS, deliver_command
 from services.jobs.purge import Purger
 from services.jobs.reconcile import ContactReconciler
-from services.jobs.replay import Replayer
+from services.jobs.replay import Explainer, Replayer
 from services.jobs.sweep import Sweeper
 
 log = get_logger(__name__)
@@ -74,13 +74,14 @@ class Jobs:
         nc: NatsClient,
         ghl: GhlClient | None = None,
         aloware: AlowareClient | None = None,
+        explain: Explainer | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.nc = nc
         self.js = nc.jetstream(timeout=max(5.0, settings.dfm_publish_timeout))
         self.sweeper = Sweeper(settings, engine, self.js)
-        self.replayer = Replayer(settings, engine, self.js)
+        self.replayer = Replayer(settings, engine, self.js, explain)
         self.reconciler = ContactReconciler(settings, engine, self.js, ghl)
         self.alerter = Alerter(settings, engine)
         self.purger = Purger(settings, engine)
