@@ -62,9 +62,11 @@ def _service_problems(settings: Settings, service: str) -> list[str]:
     from services.infra.broker import credential_options, tls_context
 
     problems: list[str] = []
-    if settings.nats_url and service in set(Service):
-        problems += _problems_of(lambda: credential_options(settings, nats_identity(settings, service)))
-    if settings.nats_url or settings.nats_tls_ca_file or settings.nats_tls_cert_file or settings.nats_tls_key_file:
+    identity = nats_identity(settings, service) if service in set(Service) else None
+    if settings.nats_url and identity:  # None: a service that never connects (the sandbox)
+        problems += _problems_of(lambda: credential_options(settings, identity))
+    tls = settings.nats_tls_ca_file or settings.nats_tls_cert_file or settings.nats_tls_key_file
+    if tls and service != Service.SANDBOX:
         problems += _problems_of(lambda: tls_context(settings))
     if service == Service.CONSOLE:
         from services.console.auth import Credentials

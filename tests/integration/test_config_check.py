@@ -162,3 +162,41 @@ def test_dfm_reads_dot_env_in_the_current_directory_and_the_environment_wins(tmp
     assert overridden.returncode == 0, overridden.stdout  # GHL_API_KEY still comes from .env
     elsewhere = dfm("config", "check", "ghl-sync", env=env, cwd=tmp_path.parent)
     assert named(elsewhere.stdout.splitlines()) == ["GHL_API_KEY"]  # no .env there: only the environment
+
+
+def test_a_services_own_start_checks_join_the_one_report(tmp_path: Path) -> None:
+    from services.infra import nats_auth
+
+    nats_auth.write_credentials(tmp_path / "creds")
+    nats_auth.seed_path(tmp_path / "creds", "recorder").unlink()
+    recorder = dfm(
+        "config",
+        "check",
+        "recorder",
+        cwd=tmp_path,
+        env={**GHL_SYNC_ENV, "NATS_CREDENTIALS_DIR": str(tmp_path / "creds"), "TAG_MATCH_MODE": "fuzzy"},
+    )
+    assert recorder.returncode == 2
+    assert named(recorder.stdout.splitlines()) == ["TAG_MATCH_MODE", "NATS_CREDENTIALS_DIR"], recorder.stdout
+    console = dfm(
+        "config",
+        "check",
+        "console",
+        cwd=tmp_path,
+        env={**GHL_SYNC_ENV, "NODE_ENV": "production", "CONSOLE_OPERATORS": "bob"},
+    )
+    assert named(console.stdout.splitlines()) == ["CONSOLE_SESSION_SECRET", "CONSOLE_OPERATORS"], console.stdout
+    up = dfm("up", cwd=tmp_path, env={"DFM_UP_SERVICES": "ingress,ghl-synk", "DFM_DATA_DIR": str(tmp_path / "d")})
+    assert up.returncode == 2 and not (tmp_path / "d").exists(), up.stdout + up.stderr  # before starting anything
+    assert up.stderr.startswith("dfm: error: DFM_UP_SERVICES is malformed: ghl-synk is not a service"), up.stderr
+    # the sandbox never connects to NATS: a credentials directory is no problem of its
+    assert (
+        dfm(
+            "config",
+            "check",
+            "sandbox",
+            cwd=tmp_path,
+            env={"NATS_URL": "nats://127.0.0.1:1", "NATS_CREDENTIALS_DIR": str(tmp_path / "creds")},
+        ).returncode
+        == 0
+    )
