@@ -244,3 +244,15 @@ async def test_tools_of_another_major_version_are_refused_with_a_clear_error(
     [error] = errors(made)
     assert f"PostgreSQL {major}" in error and f"PostgreSQL {version}" in error, error
     assert not (tmp_path / "backups").exists() or not any((tmp_path / "backups").iterdir())
+
+
+def test_the_restore_question_names_what_it_replaces_without_credentials() -> None:
+    from services.infra.settings import Settings
+    from services.tooling.backup import describe_target
+
+    settings = Settings(database_url="postgresql://dfm:s3cret-db-pw@db.internal:5433/dfm_prod",
+                        nats_url=["nats://ops:s3cret-nats-pw@nats-1:4222", "tls://nats-2:4222"])
+    target = describe_target(settings)
+    assert target == ("the database dfm_prod on db.internal:5433 and the WEBHOOKS stream on "
+                      "nats://nats-1:4222, tls://nats-2:4222")
+    assert "s3cret" not in target

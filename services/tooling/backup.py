@@ -6,6 +6,13 @@ their original order with their original headers (``Nats-Msg-Id`` included), and
 event rows' ``stream_seq`` from the old sequences to the new ones, so replays by sequence
 and ``dfm trace`` keep working. Older backups beyond ``DFM_BACKUP_RETENTION`` are removed.
 
+Both work at any stream size in flat memory (issue #20): the export reads the stream through
+a pull consumer, EXPORT_BATCH messages per request, and writes each line as it comes; the
+restore reads the file line by line (an encrypted one chunk by chunk), keeps PUBLISH_WINDOW
+publishes in flight and keeps the sequence map as runs in a temporary table
+(:class:`SequenceRuns`). Progress goes to a :class:`ProgressReporter` (the CLI's: a bar on a
+terminal, a line every N messages elsewhere, :func:`reporter`).
+
 A backup holds every payload (message bodies, phone numbers, raw GHL bodies), so (security
 audit F16): the database password reaches pg_dump/pg_restore through a private passfile,
 never the command line other users can read in ``ps``; directories are ``0700`` and files
