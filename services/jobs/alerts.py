@@ -11,6 +11,15 @@ Thresholds are the spec's; the same thresholds exist as Prometheus rules in
 ``deploy/prometheus/alerts.yml``. Auth failures per source are counted only in the
 ingress's metrics, so that condition is a Prometheus rule only.
 
+The backlog, the oldest pending event and the reinstall flag describe the whole database,
+not this process, so every jobs replica computes and exports them (``StateGauges``, every
+``DFM_STATE_GAUGES_INTERVAL_S``; the consumer lag the same way from the stream) and the rules
+and dashboards take their ``max`` across replicas, never their ``sum``: with KEDA at three
+replicas a sum counts every pending event three times. ``REPLICATED_GAUGES`` names them;
+tests/test_alert_rules.py keeps every expression that reads one aggregating it with max/min.
+Every replica rather than one elected exporter: no election to lose or split, a replica that
+goes away simply stops being scraped, and the figures never gap while another takes over.
+
 Besides the thresholds, the specific alerts of spec/outbound.md §2.6: an OAuth installation
 that needs a reinstall (OA-6), mapping conflicts (CA-7) and conversation-provider
 configuration errors (G12), the last two read from the causes the consumers record on the
@@ -19,7 +28,9 @@ failed attempts' ``sync_log`` rows (services/infra/delivery.py).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -37,9 +48,27 @@ from services.infra.settings import Settings
 
 log = get_logger(__name__)
 
-PENDING = Gauge("dfm_events_pending", "Events not finished, per table and status", ["table", "status"])
-OLDEST = Gauge("dfm_event_oldest_pending_age_seconds", "Age of the oldest pending event", ["table"])
-REINSTALL = Gauge("dfm_ghl_oauth_reinstall_needed", "GHL locations whose OAuth installation needs a reinstall")
+# the same value on every jobs replica (the whole database): aggregate with max, never sum
+PENDING = Gauge(
+    "dfm_events_pending", "Events not finished, per table and status (every jobs replica: use max)", ["table", "status"]
+)
+OLDEST = Gauge(
+    "dfm_event_oldest_pending_age_seconds", "Age of the oldest pending event (every jobs replica: use max)", ["table"]
+)
+REINSTALL = Gauge(
+    "dfm_ghl_oauth_reinstall_needed",
+    "GHL locations whose OAuth installation needs a reinstall (every jobs replica: use max)",
+)
+REPLICATED_GAUGES = (
+    "dfm_events_pending",
+    "dfm_event_oldest_pending_age_seconds",
+    "dfm_ghl_oauth_reinstall_needed",
+    # the lag of every durable, read from the stream (services/jobs/service.py)
+    "dfm_consumer_pending_messages",
+    "dfm_consumer_ack_pending_messages",
+    "dfm_consumer_redelivered_messages",
+)
+STATUSES = ("pending", "processing", "error", "dead")
 CAUSE_WINDOW = "15 minutes"  # like dead events: a failure that stops recurring clears its alert
 TABLES = {"webhook": "webhook_events", "texting": "texting_webhook_events", "broadcast": "broadcast_webhook_events"}
 MIN_SAMPLE = 20  # rates over fewer events than this are not judged (one failure of 3 is noise)
@@ -68,10 +97,33 @@ async def _scalar(conn: AsyncConnection, sql: str) -> Any:
     return (await conn.execute(text(sql))).scalar()
 
 
-async def check_pending(conn: AsyncConnection) -> list[Finding]:
-    """Backlog size and processing delay; also refreshes the backlog gauges."""
-    total = 0
-    oldest_age = 0.0
+@dataclass(frozen=True)
+class Backlog:
+    """Unfinished events per table: counts by status, and the oldest pending one's age."""
+
+    counts: dict[str, dict[str, int]]
+    oldest_s: dict[str, float]
+
+    @property
+    def pending(self) -> int:
+        return sum(c.get("pending", 0) for c in self.counts.values())
+
+    @property
+    def oldest_age_s(self) -> float:
+        return max(self.oldest_s.values(), default=0.0)
+
+    def export(self) -> None:
+        """Set the backlog gauges to these figures."""
+        for table, counts in self.counts.items():
+            for status in STATUSES:
+                PENDING.labels(table, status).set(counts.get(status, 0))
+            OLDEST.labels(table).set(self.oldest_s[table])
+
+
+async def read_backlog(conn: AsyncConnection) -> Backlog:
+    """The backlog of every event table, through the status index."""
+    counts: dict[str, dict[str, int]] = {}
+    oldest: dict[str, float] = {}
     for table, name in TABLES.items():
         rows = (
             await conn.execute(
@@ -81,15 +133,80 @@ async def check_pending(conn: AsyncConnection) -> list[Finding]:
                 )
             )
         ).all()
-        counts = {r[0]: int(r[1]) for r in rows}
-        for status in ("pending", "processing", "error", "dead"):
-            PENDING.labels(table, status).set(counts.get(status, 0))
-        total += counts.get("pending", 0)
+        counts[table] = {r[0]: int(r[1]) for r in rows}
         age = await _scalar(
             conn, f"SELECT extract(epoch FROM now() - min(received_at)) FROM {name} WHERE status = 'pending'"
         )
-        OLDEST.labels(table).set(float(age or 0))
-        oldest_age = max(oldest_age, float(age or 0))
+        oldest[table] = float(age or 0)
+    return Backlog(counts, oldest)
+
+
+async def reinstall_locations(conn: AsyncConnection) -> list[str]:
+    """GHL locations whose OAuth installation must be made again (OA-6)."""
+    rows = await conn.execute(
+        text("SELECT location_id FROM ghl_oauth_tokens WHERE needs_reinstall ORDER BY location_id")
+    )
+    return [r[0] for r in rows.all()]
+
+
+class StateGauges:
+    """Keeps this replica's gauges of the whole database (and, through ``streams``, of the
+    stream) fresh on its own clock, every ``interval_s``: the alert check runs on one replica
+    only, and a replica exporting what it saw at its last check would hold a stale figure
+    up in every ``max``. While PostgreSQL does not answer, the backlog series are withdrawn
+    rather than left at their last value."""
+
+    def __init__(
+        self, engine: AsyncEngine, interval_s: float, streams: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        self._engine = engine
+        self._interval_s = interval_s
+        self._streams = streams
+        self._failing = False
+
+    async def refresh(self) -> None:
+        """Read and export every figure once."""
+        try:
+            async with self._engine.connect() as conn:
+                backlog = await read_backlog(conn)
+                locations = await reinstall_locations(conn)
+        except (SQLAlchemyError, OSError) as exc:
+            PENDING.clear()
+            OLDEST.clear()
+            if not self._failing:
+                log.warning("state_gauges_unavailable", error=type(exc).__name__)
+            self._failing = True
+        else:
+            backlog.export()
+            REINSTALL.set(len(locations))
+            if self._failing:
+                log.info("state_gauges_available")
+            self._failing = False
+        if self._streams is not None:
+            await self._streams()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Refresh in the background for the duration of the block."""
+        task = asyncio.create_task(self._every_interval(), name="state-gauges")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _every_interval(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self._interval_s)
+
+
+async def check_pending(conn: AsyncConnection) -> list[Finding]:
+    """Backlog size and processing delay; also refreshes the backlog gauges."""
+    backlog = await read_backlog(conn)
+    backlog.export()
+    total, oldest_age = backlog.pending, backlog.oldest_age_s
     return [
         Finding("pending_events", "Pending events backlog", _level(total, 1000, 500), f"{total} events pending", total),
         Finding(
@@ -213,14 +330,7 @@ async def check_specific_failures(conn: AsyncConnection) -> list[Finding]:
     """OAuth reinstall needed (while any location is flagged), mapping conflicts and provider
     misconfiguration (failed attempts with that cause in the last 15 minutes). Also refreshes
     the reinstall gauge."""
-    locations = [
-        r[0]
-        for r in (
-            await conn.execute(
-                text("SELECT location_id FROM ghl_oauth_tokens WHERE needs_reinstall ORDER BY location_id")
-            )
-        ).all()
-    ]
+    locations = await reinstall_locations(conn)
     REINSTALL.set(len(locations))
     causes = {
         r[0]: int(r[1])

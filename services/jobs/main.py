@@ -20,6 +20,7 @@ from services.infra.logging import get_logger
 from services.infra.metrics_server import serve_metrics
 from services.infra.settings import Settings
 from services.infra.stream_app import serve_until_terminated
+from services.jobs.alerts import StateGauges
 from services.jobs.replay import Explainer
 from services.jobs.service import Jobs
 
@@ -47,6 +48,9 @@ async def serve(settings: Settings, explainer: ExplainerFactory | None = None) -
         jobs = Jobs(settings, engine, nc, ghl, aloware, explainer(settings, engine) if explainer else None)
         stack.push_async_callback(jobs.close)
         serve_metrics(settings, "jobs")
+        # every replica exports the whole database's and stream's figures, fresh (alerts.py)
+        gauges = StateGauges(engine, settings.dfm_state_gauges_interval_s, jobs.refresh_consumer_gauges)
+        await stack.enter_async_context(gauges.running())
         await jobs.start_advisories()
         await serve_until_terminated(settings, JOBS_CONSUMER, jobs.handle, WORKERS)
 
