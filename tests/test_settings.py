@@ -70,13 +70,13 @@ def test_feature_flags_keep_the_original_string_semantics(
     assert settings.enable_power_dialer_lists is power_dialer
 
 
-def test_invalid_choices_fall_back_like_the_original() -> None:
-    settings = load_settings(
-        contact_source_of_truth="bogus", tag_match_mode="fuzzy", aloware_status_to_sequence="{x"
-    )
-    assert settings.contact_source_of_truth == "merge"
-    assert settings.tag_match_mode == "case_insensitive"
-    assert settings.aloware_status_to_sequence == {}
+def test_invalid_choices_stop_the_start_naming_each_variable() -> None:
+    # issue #20 replaced the original's silent fallback (bogus -> "merge", "fuzzy" ->
+    # "case_insensitive", invalid JSON -> {}) with an error naming every variable at once
+    with pytest.raises(ConfigError) as raised:
+        load_settings(contact_source_of_truth="bogus", tag_match_mode="fuzzy", aloware_status_to_sequence="{x")
+    assert [p.split()[0] for p in raised.value.problems] == [
+        "ALOWARE_STATUS_TO_SEQUENCE", "CONTACT_SOURCE_OF_TRUTH", "TAG_MATCH_MODE"]
 
 
 def test_nats_url_accepts_several_servers() -> None:
