@@ -17,8 +17,13 @@ class Processes:
         self.by_service: dict[str, list[subprocess.Popen[bytes]]] = {}
 
     def start(self, service: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, "-m", "services.cli", "run", service], env=self.env, cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "run", service],
+            env=self.env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.by_service.setdefault(service, []).append(proc)
         return proc
 

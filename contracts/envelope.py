@@ -13,7 +13,14 @@ from contracts.json_body import parse_body
 from contracts.subjects import EntityType, Source, webhook_subject
 
 AuthMethod = Literal[
-    "ed25519", "rsa", "workflow_token", "basic", "bearer", "hmac", "plain_secret", "insecure",
+    "ed25519",
+    "rsa",
+    "workflow_token",
+    "basic",
+    "bearer",
+    "hmac",
+    "plain_secret",
+    "insecure",
     "internal",
 ]
 
@@ -65,7 +72,8 @@ class WebhookEvent(BaseModel):
     payload: dict[str, Any]
     payload_raw_b64: str | None = None
     forward_signature: str | None = Field(
-        default=None, description="the sender's x-ghl-signature header, for the Verity forward (F-1)")
+        default=None, description="the sender's x-ghl-signature header, for the Verity forward (F-1)"
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -104,8 +104,7 @@ def _clean(value: Any, replace_nul: bool = True) -> Any:
     return root
 
 
-def parse_body(raw: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH,
-               replace_nul: bool = True) -> dict[str, Any]:
+def parse_body(raw: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH, replace_nul: bool = True) -> dict[str, Any]:
     """Parse a webhook body into the payload every service works on; ``BodyError`` if it
     cannot be accepted (reasons: ``body_not_utf8``, ``invalid_json``,
     ``body_must_be_a_json_object``, ``json_too_deep``, ``non_finite_number``,

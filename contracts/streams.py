@@ -124,6 +124,7 @@ def consumer(durable: str) -> ConsumerSpec:
 def expected_consumers(subject: str) -> list[str]:
     """The consumers (recorder excluded) whose filters take a webhook ``subject``."""
     return [
-        spec.durable for spec in CONSUMERS
+        spec.durable
+        for spec in CONSUMERS
         if spec is not RECORDER and any(subject_matches(f, subject) for f in spec.filter_subjects)
     ]

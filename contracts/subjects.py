@@ -58,9 +58,7 @@ def webhook_subject(source: Source | str, entity_type: EntityType | str, event_t
     """
     src = Source(source).subject_token if source in Source._value2member_map_ else "unknown"
     entity = entity_type if entity_type in EntityType._value2member_map_ else EntityType.UNKNOWN
-    return ".".join(
-        (WEBHOOKS_PREFIX, src, str(EntityType(entity).value), normalise_token(event_type))
-    )
+    return ".".join((WEBHOOKS_PREFIX, src, str(EntityType(entity).value), normalise_token(event_type)))
 
 
 def fallback_subject(source: Source | str, event_type: str = "unknown") -> str:

@@ -174,7 +174,7 @@ class DocumentSettings(Settings):
 def document_settings() -> Settings:
     """A development configuration whose connections are never opened (the apps open them in
     their lifespan, which documents do not run)."""
-    return DocumentSettings(database_url="postgresql://docs@127.0.0.1:1/docs", nats_url="nats://127.0.0.1:1")
+    return DocumentSettings(database_url="postgresql://docs@127.0.0.1:1/docs", nats_url=["nats://127.0.0.1:1"])
 
 
 # --- AsyncAPI ------------------------------------------------------------------------------

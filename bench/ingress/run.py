@@ -59,15 +59,17 @@ def make_requests(path: Path, count: int) -> str:
         for n in range(count):
             kind = n % 5
             if kind in (0, 1):  # 40 % signed marketplace
-                body = json.dumps({**ghl_a, "webhookId": str(uuid.uuid4()), "timestamp": now,
-                                   "id": f"c{n}"}, separators=(",", ":")).encode()
+                body = json.dumps(
+                    {**ghl_a, "webhookId": str(uuid.uuid4()), "timestamp": now, "id": f"c{n}"}, separators=(",", ":")
+                ).encode()
                 line = ("/api/webhooks/ghl", "x-ghl-signature", ghl_ed25519_signature(key, body), body)
             elif kind == 2:  # 20 % workflow body with token
                 body = json.dumps({**ghl_b, "contact_id": f"w{n}"}, separators=(",", ":")).encode()
                 line = (f"/api/webhooks/ghl?token={WF_TOKEN}", "x-bench", "1", body)
             else:  # 40 % Aloware
-                body = json.dumps({"event": alo["event"], "body": {**alo["body"], "id": str(n)}},
-                                  separators=(",", ":")).encode()
+                body = json.dumps(
+                    {"event": alo["event"], "body": {**alo["body"], "id": str(n)}}, separators=(",", ":")
+                ).encode()
                 line = ("/api/webhooks/aloware", "authorization", auth, body)
             out.write(f"{line[0]}\t{line[1]}\t{line[2]}\t{line[3].decode()}\n")
     return public
@@ -75,8 +77,19 @@ def make_requests(path: Path, count: int) -> str:
 
 def wrk(url: str, script: Path, requests_file: Path, duration: int, threads: int = 2) -> dict[str, float]:
     """Run wrk and parse its summary (rate, p50/p90/p99, non-2xx)."""
-    cmd = ["wrk", f"-t{threads}", f"-c{CONNECTIONS}", f"-d{duration}s", "--latency",
-           "-s", str(script), url, "--", str(requests_file), str(threads)]
+    cmd = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{CONNECTIONS}",
+        f"-d{duration}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+        "--",
+        str(requests_file),
+        str(threads),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
     def ms(label: str) -> float:
@@ -90,8 +103,15 @@ def wrk(url: str, script: Path, requests_file: Path, duration: int, threads: int
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
-    return {"rate": rate, "p50": ms("50"), "p90": ms("90"), "p99": ms("99"), "total": total,
-            "non2xx": int(bad.group(1)) if bad else 0, "socket_errors": errors.group(1) if errors else ""}
+    return {
+        "rate": rate,
+        "p50": ms("50"),
+        "p90": ms("90"),
+        "p99": ms("99"),
+        "total": total,
+        "non2xx": int(bad.group(1)) if bad else 0,
+        "socket_errors": errors.group(1) if errors else "",
+    }
 
 
 def _tree(pid: int) -> list[int]:
@@ -218,10 +238,26 @@ def main() -> int:
         # 1. raw HTTP limit: bare ASGI echo under the same server settings
         echo_port = free_port()
         echo = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "bench.ingress.echo:app", "--port", str(echo_port),
-             "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
-             "--workers", str(args.workers)],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bench.ingress.echo:app",
+                "--port",
+                str(echo_port),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+                "--workers",
+                str(args.workers),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         procs.append(echo)
         wait_http(f"http://127.0.0.1:{echo_port}/", echo)
@@ -236,15 +272,27 @@ def main() -> int:
         # 4. the ingress itself
         port = free_port()
         env = {
-            **os.environ, "NATS_URL": nats_server.url, "DATABASE_URL": db_url,
-            "INGRESS_PORT": str(port), "DFM_INGRESS_WORKERS": str(args.workers),
-            "GHL_WEBHOOK_ED25519_PUBLIC_KEY": public, "GHL_WORKFLOW_WEBHOOK_TOKEN": WF_TOKEN,
-            "ALOWARE_WEBHOOK_BASIC_USER": "aloware", "ALOWARE_WEBHOOK_BASIC_PASS": ALOWARE_PASS,
-            "DF_ADMIN_SECRET": "bench", "X_DF_JOBS_SECRET": "bench", "LOG_LEVEL": "warning",
+            **os.environ,
+            "NATS_URL": nats_server.url,
+            "DATABASE_URL": db_url,
+            "INGRESS_PORT": str(port),
+            "DFM_INGRESS_WORKERS": str(args.workers),
+            "GHL_WEBHOOK_ED25519_PUBLIC_KEY": public,
+            "GHL_WORKFLOW_WEBHOOK_TOKEN": WF_TOKEN,
+            "ALOWARE_WEBHOOK_BASIC_USER": "aloware",
+            "ALOWARE_WEBHOOK_BASIC_PASS": ALOWARE_PASS,
+            "DF_ADMIN_SECRET": "bench",
+            "X_DF_JOBS_SECRET": "bench",
+            "LOG_LEVEL": "warning",
             "GHL_LOCATION_ID": "ghlLocationDemo00001",
         }
-        ingress = subprocess.Popen([sys.executable, "-m", "services.cli", "run", "ingress"],
-                                   env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        ingress = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "run", "ingress"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         procs.append(ingress)
         wait_http(f"http://127.0.0.1:{port}/api/health", ingress)
         before = asyncio.run(stream_last_seq(nats_server.url))
@@ -266,35 +314,36 @@ def main() -> int:
 
     accepted_rate = on_stream / args.duration
     ratio = res["rate"] / echo_res["rate"]
-    report = "\n".join([
-        f"### ingress — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-        "",
-        f"- command: `python bench/ingress/run.py --duration {args.duration} --workers {args.workers}`",
-        f"- machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-        f"Python {platform.python_version()}; wrk, ingress, nats-server and PostgreSQL on the same host",
-        f"- load: {CONNECTIONS} connections, 2 wrk threads, mix 40 % GHL Ed25519-signed, "
-        f"20 % GHL workflow token, 40 % Aloware Basic; every request unique",
-        "",
-        "| measurement | rate /s | p50 ms | p90 ms | p99 ms | notes |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
-        f"| ingress (accepted, new on stream) | {accepted_rate:,.0f} | {res['p50']:.2f} | {res['p90']:.2f} | "
-        f"{res['p99']:.2f} | {res['total']:,} requests, {res['non2xx']} non-2xx, {on_stream:,} on stream |",
-        f"| raw: bare ASGI echo, same bodies | {echo_res['rate']:,.0f} | {echo_res['p50']:.2f} | "
-        f"{echo_res['p90']:.2f} | {echo_res['p99']:.2f} | ingress/echo = {ratio:.2f} |",
-        f"| raw: JetStream acked publish (Python, 32 in flight) | {js_rate:,.0f} | | | | |",
-        f"| raw: PostgreSQL single-row insert (32 connections) | {pg_rate:,.0f} | | | | |",
-        "",
-        f"CPU during the ingress run: ingress {cpu_ingress / args.duration:.2f} cores "
-        f"({1e6 * cpu_ingress / max(on_stream, 1):.0f} µs per accepted webhook), "
-        f"nats-server {cpu_nats / args.duration:.2f} cores; the rest of the 2 cores is wrk.",
-        "",
-    ])
+    report = "\n".join(
+        [
+            f"### ingress — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+            "",
+            f"- command: `python bench/ingress/run.py --duration {args.duration} --workers {args.workers}`",
+            f"- machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+            f"Python {platform.python_version()}; wrk, ingress, nats-server and PostgreSQL on the same host",
+            f"- load: {CONNECTIONS} connections, 2 wrk threads, mix 40 % GHL Ed25519-signed, "
+            f"20 % GHL workflow token, 40 % Aloware Basic; every request unique",
+            "",
+            "| measurement | rate /s | p50 ms | p90 ms | p99 ms | notes |",
+            "| --- | ---: | ---: | ---: | ---: | --- |",
+            f"| ingress (accepted, new on stream) | {accepted_rate:,.0f} | {res['p50']:.2f} | {res['p90']:.2f} | "
+            f"{res['p99']:.2f} | {res['total']:,} requests, {res['non2xx']} non-2xx, {on_stream:,} on stream |",
+            f"| raw: bare ASGI echo, same bodies | {echo_res['rate']:,.0f} | {echo_res['p50']:.2f} | "
+            f"{echo_res['p90']:.2f} | {echo_res['p99']:.2f} | ingress/echo = {ratio:.2f} |",
+            f"| raw: JetStream acked publish (Python, 32 in flight) | {js_rate:,.0f} | | | | |",
+            f"| raw: PostgreSQL single-row insert (32 connections) | {pg_rate:,.0f} | | | | |",
+            "",
+            f"CPU during the ingress run: ingress {cpu_ingress / args.duration:.2f} cores "
+            f"({1e6 * cpu_ingress / max(on_stream, 1):.0f} µs per accepted webhook), "
+            f"nats-server {cpu_nats / args.duration:.2f} cores; the rest of the 2 cores is wrk.",
+            "",
+        ]
+    )
     print(report)
     if args.record:
         with (ROOT / "bench" / "RESULTS.md").open("a") as out:
             out.write("\n" + report)
     return 0 if res["non2xx"] == 0 else 1
-
 
 
 if __name__ == "__main__":

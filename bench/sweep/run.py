@@ -83,8 +83,9 @@ async def main(args: argparse.Namespace) -> None:
         sweeper = Sweeper(settings, engine, js)
 
         # raw limits: the bare selection of one step, and publishing a batch with nothing else
-        sql = str(sweeper.selection("webhook", "S1").compile(
-            dialect=engine.dialect, compile_kwargs={"literal_binds": True})).replace(" FOR UPDATE SKIP LOCKED", "")
+        sql = str(
+            sweeper.selection("webhook", "S1").compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
+        ).replace(" FOR UPDATE SKIP LOCKED", "")
         select_ms = []
         for _ in range(5):
             t = time.perf_counter()
@@ -103,8 +104,10 @@ async def main(args: argparse.Namespace) -> None:
             runs.append((report.duration_ms, acted, report.totals["webhook"]))
             if acted == 0:
                 break
-        left = await conn.fetchval("SELECT count(*) FROM webhook_events WHERE status IN ('pending','processing','error') "
-                                   "AND (next_attempt_at IS NULL OR next_attempt_at <= now())")
+        left = await conn.fetchval(
+            "SELECT count(*) FROM webhook_events WHERE status IN ('pending','processing','error') "
+            "AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
+        )
         await conn.close()
         await engine.dispose()
         await nc.close()
@@ -119,7 +122,8 @@ async def main(args: argparse.Namespace) -> None:
         f"### sweep — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
         f"- command: `python bench/sweep/run.py --done {args.done} --stuck {args.stuck}"
-        + (" --database-url …`" if args.database_url else "`") + f" (PostgreSQL {'server' if args.database_url else 'embedded pgserver'})",
+        + (" --database-url …`" if args.database_url else "`")
+        + f" (PostgreSQL {'server' if args.database_url else 'embedded pgserver'})",
         f"- machine: {_machine()}",
         f"- table: {args.done:,} done + {args.stuck:,} stuck rows in webhook_events ({size}); filled in {fill_s:.0f} s",
         "",
@@ -127,7 +131,9 @@ async def main(args: argparse.Namespace) -> None:
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for i, (ms, acted, t) in enumerate(runs, 1):
-        lines.append(f"| {i} | {acted} | {ms:.0f} | {t.get('S4', 0)} | {t.get('S2', 0)} | {t.get('S1', 0)} | {t.get('S3', 0)} |")
+        lines.append(
+            f"| {i} | {acted} | {ms:.0f} | {t.get('S4', 0)} | {t.get('S2', 0)} | {t.get('S1', 0)} | {t.get('S3', 0)} |"
+        )
     lines += [
         "",
         f"Busy sweeps: median {statistics.median(busy):.0f} ms, max {max(busy):.0f} ms; "
@@ -146,8 +152,10 @@ async def main(args: argparse.Namespace) -> None:
 def _machine() -> str:
     import os
 
-    return f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; " \
-           "PostgreSQL, nats-server and the sweeper on the same host"
+    return (
+        f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; "
+        "PostgreSQL, nats-server and the sweeper on the same host"
+    )
 
 
 if __name__ == "__main__":

@@ -47,10 +47,7 @@ def is_ghl_marketplace(payload: dict[str, Any]) -> bool:
     """Family A: a PascalCase ``type`` and a ``locationId`` (spec/inbound.md §2.3.1)."""
     name = payload.get("type")
     return (
-        isinstance(name, str)
-        and name[:1].isupper()
-        and "." not in name
-        and isinstance(payload.get("locationId"), str)
+        isinstance(name, str) and name[:1].isupper() and "." not in name and isinstance(payload.get("locationId"), str)
     )
 
 

@@ -82,17 +82,14 @@ def normalise_texting(payload: dict[str, Any]) -> NormalisedTextingMessage:
     status = _first_str(m.get("status"), root.get("status"))
     error_code = m.get("errorCode", root.get("errorCode"))
     return NormalisedTextingMessage(
-        event_name=_first_str(root.get("type"), root.get("eventType"), root.get("event"))
-        or "unknown",
+        event_name=_first_str(root.get("type"), root.get("eventType"), root.get("event")) or "unknown",
         message_id=_first_str(m.get("id"), m.get("messageId"), root.get("messageId")),
         conversation_id=_first_str(m.get("conversationId"), root.get("conversationId")),
         direction=_direction(_first_str(m.get("direction"), root.get("direction"))),
         from_number=_first_str(m.get("from"), root.get("from")),
         to_number=_first_str(m.get("to"), root.get("to")),
         body=_first_str(m.get("body"), m.get("text"), m.get("message"), root.get("body")),
-        timestamp=_first_str(
-            m.get("timestamp"), m.get("createdAt"), m.get("date"), root.get("timestamp")
-        ),
+        timestamp=_first_str(m.get("timestamp"), m.get("createdAt"), m.get("date"), root.get("timestamp")),
         status=status if status in KNOWN_STATUSES else None,
         error_code=str(error_code) if error_code is not None else None,
         error_message=_first_str(m.get("errorMessage"), m.get("error"), root.get("errorMessage")),

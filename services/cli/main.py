@@ -46,8 +46,9 @@ def _version(show: bool) -> None:
 
 @app.callback()
 def root(
-    show_version: Annotated[bool, typer.Option(
-        "--version", is_eager=True, callback=_version, help="Print the version and exit.")] = False,
+    show_version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_version, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """DF-Middleware: keeps GoHighLevel, Aloware, texting and Verity in sync."""
 
@@ -107,7 +108,7 @@ def up() -> None:
     typer.echo(f"dfm up: data in {data_dir}")
     try:
         stack = start_infrastructure(settings, data_dir, typer.echo)
-    except Exception as exc:  # any start-up failure is reported in one line
+    except Exception as exc:  # any start-up failure is reported in one line  # noqa: BLE001
         fail(f"could not start the stack: {exc}", code=1)
     try:
         wanted = [s for s in settings.dfm_up_services if s != "none"]  # names checked by settings_for
@@ -329,4 +330,3 @@ def main() -> None:
         for problem in exc.problems:
             typer.echo(f"dfm: error: {problem}", err=True)
         sys.exit(2)
-

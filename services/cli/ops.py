@@ -112,11 +112,10 @@ async def _jobs(settings: Settings, explain: bool = False) -> Any:
     async with _engine(settings) as engine:
         try:
             nc = await connect(settings, name="dfm-cli", max_reconnect_attempts=2)
-        except Exception as exc:  # any connection failure is one line for the operator
+        except Exception as exc:  # any connection failure is one line for the operator  # noqa: BLE001
             from services.infra.broker import redact_url
 
-            _fail(f"cannot reach NATS at {','.join(map(redact_url, settings.nats_url))}: {type(exc).__name__}",
-                  code=1)
+            _fail(f"cannot reach NATS at {','.join(map(redact_url, settings.nats_url))}: {type(exc).__name__}", code=1)
         jobs = Jobs(settings, engine, nc)
         if explain:
             jobs.replayer.explain = _explainer(settings, engine)
@@ -175,9 +174,18 @@ def events_list(
     from services.tooling.operations import EventFilter, list_events
 
     settings = tool_settings("events")
-    f = EventFilter(table=table.value, status=status.value if status else None,
-                    source=source.value if source else None, event_type=event_type, entity_id=entity_id,
-                    received_from=since, received_to=until, order=order.value, limit=limit, cursor=cursor)
+    f = EventFilter(
+        table=table.value,
+        status=status.value if status else None,
+        source=source.value if source else None,
+        event_type=event_type,
+        entity_id=entity_id,
+        received_from=since,
+        received_to=until,
+        order=order.value,
+        limit=limit,
+        cursor=cursor,
+    )
 
     async def go() -> tuple[list[dict[str, Any]], str | None]:
         async with _engine(settings) as engine:
@@ -187,9 +195,22 @@ def events_list(
     if chosen(output, as_json) is Output.JSON:
         print_json({"events": events, "count": len(events), "nextCursor": next_cursor})
         return
-    print_table(["id", "received", "source", "type", "status", "outcome", "attempts", "error"],
-                [(e["id"], e["receivedAt"][:23], e["source"], e["eventType"], e["status"], e["outcome"],
-                  e["attempts"], e["errorMessage"] or e["outcomeReason"]) for e in events])
+    print_table(
+        ["id", "received", "source", "type", "status", "outcome", "attempts", "error"],
+        [
+            (
+                e["id"],
+                e["receivedAt"][:23],
+                e["source"],
+                e["eventType"],
+                e["status"],
+                e["outcome"],
+                e["attempts"],
+                e["errorMessage"] or e["outcomeReason"],
+            )
+            for e in events
+        ],
+    )
     typer.echo(f"{len(events)} events" + (f"; next page: --cursor {next_cursor}" if next_cursor else ""))
 
 
@@ -216,18 +237,29 @@ def events_show(event_id: str, output: OutputOption = Output.TABLE) -> None:
     if output is Output.JSON:
         print_json(d)
         return
-    print_fields([
-        ("id", d["id"]), ("table", d["table"]), ("received", d["receivedAt"]), ("source", d["source"]),
-        ("type", d["eventType"]), ("entity", f"{d['entityType']}:{d['entityId']}"), ("status", d["status"]),
-        ("outcome", d["outcome"]), ("reason", d["errorMessage"] or d["outcomeReason"]),
-        ("attempts", d["attempts"]), ("stream seq", d["streamSeq"]), ("next attempt", d["nextAttemptAt"]),
-        ("processed", d["processedAt"]),
-    ])
+    print_fields(
+        [
+            ("id", d["id"]),
+            ("table", d["table"]),
+            ("received", d["receivedAt"]),
+            ("source", d["source"]),
+            ("type", d["eventType"]),
+            ("entity", f"{d['entityType']}:{d['entityId']}"),
+            ("status", d["status"]),
+            ("outcome", d["outcome"]),
+            ("reason", d["errorMessage"] or d["outcomeReason"]),
+            ("attempts", d["attempts"]),
+            ("stream seq", d["streamSeq"]),
+            ("next attempt", d["nextAttemptAt"]),
+            ("processed", d["processedAt"]),
+        ]
+    )
     if d.get("deliveries"):
         typer.echo("")
-        print_table(["consumer", "status", "outcome", "attempts", "last error"],
-                    [(x["consumer"], x["status"], x["outcome"], x["attempts"], x["lastError"])
-                     for x in d["deliveries"]])
+        print_table(
+            ["consumer", "status", "outcome", "attempts", "last error"],
+            [(x["consumer"], x["status"], x["outcome"], x["attempts"], x["lastError"]) for x in d["deliveries"]],
+        )
 
 
 @events_app.command("mark-done")
@@ -331,12 +363,23 @@ def replay(
     if not subject and not event_id:
         _fail("give --subject (with an optional time or sequence range) or --event-id")
     if force and subject and not dry_run:
-        confirm_or_exit(f"Replay every event on {subject} in the range given, releasing the quarantined ones?",
-                        yes=yes, refusal=f"replay --force releases every quarantined event on {subject}",
-                        command="replay")
-    _replay(subject=subject, since=since, until=until, from_seq=from_seq, to_seq=to_seq,
-            event_ids=[_parse_id(i) for i in event_id or []], force=force, dry_run=dry_run,
-            output=chosen(output, as_json))
+        confirm_or_exit(
+            f"Replay every event on {subject} in the range given, releasing the quarantined ones?",
+            yes=yes,
+            refusal=f"replay --force releases every quarantined event on {subject}",
+            command="replay",
+        )
+    _replay(
+        subject=subject,
+        since=since,
+        until=until,
+        from_seq=from_seq,
+        to_seq=to_seq,
+        event_ids=[_parse_id(i) for i in event_id or []],
+        force=force,
+        dry_run=dry_run,
+        output=chosen(output, as_json),
+    )
 
 
 def _replay(*, output: Output = Output.TABLE, **fields: Any) -> None:
@@ -361,12 +404,13 @@ def _replay(*, output: Output = Output.TABLE, **fields: Any) -> None:
     verb = "would replay" if command.dry_run else "replayed"
     for item in report.items:
         state = f"{item.action}" + (f" ({item.reason})" if item.reason else "")
-        typer.echo(f"{item.event_id}  {item.subject}  was={item.status_before}  {state}  "
-                   f"consumers={','.join(item.consumers) or '-'}")
+        typer.echo(
+            f"{item.event_id}  {item.subject}  was={item.status_before}  {state}  "
+            f"consumers={','.join(item.consumers) or '-'}"
+        )
         for line in item.plan:
             typer.echo(f"    {line}")
-    typer.echo(f"scanned {report.scanned} stream messages; {verb} {report.replayed}, "
-               f"skipped {report.skipped}")
+    typer.echo(f"scanned {report.scanned} stream messages; {verb} {report.replayed}, skipped {report.skipped}")
 
 
 def sweep(
@@ -406,15 +450,18 @@ def sweep(
 
         nc = await connect(settings, name="dfm-cli", max_reconnect_attempts=2)
         try:
-            ack = await nc.jetstream().publish(SWEEP_SUBJECT, command.model_dump_json().encode(),
-                                               headers={"Nats-Msg-Id": f"sweep:manual:{command.command_id}"})
+            ack = await nc.jetstream().publish(
+                SWEEP_SUBJECT,
+                command.model_dump_json().encode(),
+                headers={"Nats-Msg-Id": f"sweep:manual:{command.command_id}"},
+            )
         finally:
             await nc.drain()
         return int(ack.seq)
 
     try:
         seq = asyncio.run(queue())
-    except Exception as exc:  # connection failures are one line
+    except Exception as exc:  # connection failures are one line  # noqa: BLE001
         _fail(f"cannot queue the sweep: {type(exc).__name__}: {exc}", code=1)
     if output is Output.JSON:
         print_json({"commandId": str(command.command_id), "queued": True, "jobsStreamSeq": seq})
@@ -470,8 +517,10 @@ def format_trace(d: dict[str, Any]) -> list[str]:
     ]
     for a in d["attemptLog"]:
         via = f" via {a['redrive']}" if a["redrive"] else ""
-        lines.append(f"  {a['startedAt']}  {a['consumer']} attempt {a['attempt']}{via} "
-                     f"(stream seq {a['streamSeq'] or '-'}, delivery #{a['numDelivered'] or '-'})")
+        lines.append(
+            f"  {a['startedAt']}  {a['consumer']} attempt {a['attempt']}{via} "
+            f"(stream seq {a['streamSeq'] or '-'}, delivery #{a['numDelivered'] or '-'})"
+        )
         for c in a["vendorCalls"]:
             lines.append(f"      {c['vendor']:<8} {c['method']:<6} {c['path']}  → {c['status']}  {c['ms']} ms")
         for m in a["mappings"]:
@@ -480,14 +529,20 @@ def format_trace(d: dict[str, Any]) -> list[str]:
         tail = a["outcome"] or ""
         lines.append(f"  {a['finishedAt']}  {a['consumer']} → {a['status']} {tail} {a['detail'] or ''}".rstrip())
     for s in d["syncLog"]:
-        lines.append(f"  sync_log {s['rule'] or '-'} {s['direction']} {s['status']} "
-                     f"{s['sourceId']} → {s['targetId'] or '-'} {s['message'] or ''}".rstrip())
+        lines.append(
+            f"  sync_log {s['rule'] or '-'} {s['direction']} {s['status']} "
+            f"{s['sourceId']} → {s['targetId'] or '-'} {s['message'] or ''}".rstrip()
+        )
     for q in d["quarantine"]:
-        lines.append(f"  {q['quarantinedAt']}  quarantined: {q['reason']}"
-                     + (f" (released {q['releasedAt']})" if q["releasedAt"] else ""))
+        lines.append(
+            f"  {q['quarantinedAt']}  quarantined: {q['reason']}"
+            + (f" (released {q['releasedAt']})" if q["releasedAt"] else "")
+        )
     for dl in d["deliveries"]:
-        lines.append(f"  now: {dl['consumer']} {dl['status']} {dl['outcome'] or ''} "
-                     f"attempts={dl['attempts']} {dl['lastError'] or ''}".rstrip())
+        lines.append(
+            f"  now: {dl['consumer']} {dl['status']} {dl['outcome'] or ''} "
+            f"attempts={dl['attempts']} {dl['lastError'] or ''}".rstrip()
+        )
     reason = d["errorMessage"] or d["outcomeReason"] or ""
     lines.append(f"  event status {d['status']} {d['outcome'] or ''} {reason}".rstrip())
     return lines
@@ -516,13 +571,15 @@ def purge(
 
     async def go() -> Any:
         async with _engine(settings) as engine:
+
             async def shown(name: str, count: int) -> None:
                 tables[name] = tables.get(name, 0) + count
                 if output is Output.TABLE:
                     typer.echo(f"{name:<34} {count}")
 
-            return await Purger(settings, engine).run(PurgeRequested(dry_run=dry_run, requested_by="cli"),
-                                                      progress=shown)
+            return await Purger(settings, engine).run(
+                PurgeRequested(dry_run=dry_run, requested_by="cli"), progress=shown
+            )
 
     report = _run(go())
     if output is Output.JSON:
@@ -567,13 +624,17 @@ def agents_seed(output: OutputOption = Output.TABLE) -> None:
 
 
 def backup(
-    directory: Annotated[Path | None, typer.Option(
-        "--dir", help="backup root (default DFM_BACKUP_DIR, else ~/.local/state/dfm/backups)")] = None,
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="backup root (default DFM_BACKUP_DIR, else ~/.local/state/dfm/backups)")
+    ] = None,
     keep: Annotated[int | None, typer.Option(min=1, help="backups to keep (default DFM_BACKUP_RETENTION)")] = None,
-    encrypt: Annotated[bool | None, typer.Option(
-        "--encrypt/--no-encrypt", help="encrypt with DFM_BACKUP_KEY (default: when it is set)")] = None,
-    progress_every: Annotated[int, typer.Option(
-        min=1, help="without a terminal, a progress line on stderr every N messages")] = 10_000,
+    encrypt: Annotated[
+        bool | None,
+        typer.Option("--encrypt/--no-encrypt", help="encrypt with DFM_BACKUP_KEY (default: when it is set)"),
+    ] = None,
+    progress_every: Annotated[
+        int, typer.Option(min=1, help="without a terminal, a progress line on stderr every N messages")
+    ] = 10_000,
 ) -> None:
     """Back up the database (pg_dump) and the WEBHOOKS stream (JSON lines, read in batches) into
     a new private (0700) directory.
@@ -589,19 +650,29 @@ def backup(
     settings = tool_settings("backup")
     root = backup_root(settings, directory)
     try:
-        report = asyncio.run(run_backup(settings, root, retention=keep or settings.dfm_backup_retention,
-                                        encrypt=encrypt, progress=reporter("backup", progress_every)))
-    except Exception as exc:  # tool failures are one line
+        report = asyncio.run(
+            run_backup(
+                settings,
+                root,
+                retention=keep or settings.dfm_backup_retention,
+                encrypt=encrypt,
+                progress=reporter("backup", progress_every),
+            )
+        )
+    except Exception as exc:  # tool failures are one line  # noqa: BLE001
         _fail(f"backup failed: {exc}", code=1)
-    typer.echo(f"backup {report.path}: database {report.database_bytes} bytes, {report.messages} stream messages "
-               f"({report.stream_bytes} bytes) in {report.seconds:.1f} s" + (", encrypted" if report.encrypted else ""))
+    typer.echo(
+        f"backup {report.path}: database {report.database_bytes} bytes, {report.messages} stream messages "
+        f"({report.stream_bytes} bytes) in {report.seconds:.1f} s" + (", encrypted" if report.encrypted else "")
+    )
 
 
 def restore(
     source: Annotated[Path, typer.Argument(help="a directory written by `dfm backup`")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask (needed without a terminal)")] = False,
-    progress_every: Annotated[int, typer.Option(
-        min=1, help="without a terminal, a progress line on stderr every N messages")] = 10_000,
+    progress_every: Annotated[
+        int, typer.Option(min=1, help="without a terminal, a progress line on stderr every N messages")
+    ] = 10_000,
 ) -> None:
     """Restore a backup into DATABASE_URL (replacing what is there) and NATS_URL's WEBHOOKS stream.
 
@@ -628,10 +699,12 @@ def restore(
             _fail("restore not confirmed: nothing changed", code=1)
     try:
         result = asyncio.run(run_restore(settings, source, progress=reporter("restore", progress_every)))
-    except Exception as exc:  # tool failures are one line
+    except Exception as exc:  # tool failures are one line  # noqa: BLE001
         _fail(f"restore failed: {exc}", code=1)
-    typer.echo(f"restored {source}: database and {result.messages} stream messages ({result.bytes} bytes) "
-               f"in {result.seconds:.1f} s")
+    typer.echo(
+        f"restored {source}: database and {result.messages} stream messages ({result.bytes} bytes) "
+        f"in {result.seconds:.1f} s"
+    )
 
 
 effects_app = typer.Typer(
@@ -732,16 +805,23 @@ def nats_creds(
         conf = write_credentials(out, rotate=rotate, finish_rotation=finish_rotation)
     except (OSError, ValueError) as exc:
         _fail(str(exc), code=1)
-    step = ("rotation started: reload the servers, move services to the new seeds, then --finish-rotation"
-            if rotate else "rotation finished: reload the servers" if finish_rotation else "ready")
+    step = (
+        "rotation started: reload the servers, move services to the new seeds, then --finish-rotation"
+        if rotate
+        else "rotation finished: reload the servers"
+        if finish_rotation
+        else "ready"
+    )
     typer.echo(f"{conf} and the seeds in {out}: {step}")
 
 
 @nats_app.command("certs")
 def nats_certs(
     out: Annotated[Path, typer.Option(help="directory for ca.pem, ca-key.pem, server-cert.pem, server-key.pem")],
-    host: Annotated[list[str] | None, typer.Option(
-        help="a name or IP clients and routes dial (repeat; default localhost, 127.0.0.1, nats)")] = None,
+    host: Annotated[
+        list[str] | None,
+        typer.Option(help="a name or IP clients and routes dial (repeat; default localhost, 127.0.0.1, nats)"),
+    ] = None,
 ) -> None:
     """Write a private CA and a NATS server certificate signed by it (the servers' tls blocks read
     them from /etc/nats/tls; clients get ca.pem as NATS_TLS_CA_FILE). An existing CA is kept, so
@@ -759,8 +839,10 @@ def nats_certs(
         write_certificates(out, hosts)
     except (OSError, ValueError) as exc:
         _fail(str(exc), code=1)
-    typer.echo(f"{out}: ca.pem (every client), server-cert.pem and server-key.pem (the servers), "
-               f"ca-key.pem (keep offline); hosts {', '.join(hosts)}")
+    typer.echo(
+        f"{out}: ca.pem (every client), server-cert.pem and server-key.pem (the servers), "
+        f"ca-key.pem (keep offline); hosts {', '.join(hosts)}"
+    )
 
 
 def run_topology(settings: Settings, *, allow_downgrade: bool | None = None, wait_s: float = 60.0) -> None:
@@ -773,12 +855,13 @@ def run_topology(settings: Settings, *, allow_downgrade: bool | None = None, wai
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            asyncio.run(prepare_topology(settings.model_copy(update={"nats_identity": None}),
-                                         allow_downgrade=allow_downgrade))
+            asyncio.run(
+                prepare_topology(settings.model_copy(update={"nats_identity": None}), allow_downgrade=allow_downgrade)
+            )
             return
         except (TopologyDowngrade, ConfigError) as exc:
             _fail(str(exc))
-        except Exception as exc:  # NATS not up yet, or refused: retried, then one line
+        except Exception as exc:  # NATS not up yet, or refused: retried, then one line  # noqa: BLE001
             if time.monotonic() >= deadline:
                 _fail(f"topology step failed: {type(exc).__name__}: {exc}", code=1)
             time.sleep(1.0)  # NATS start-up poll

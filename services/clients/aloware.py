@@ -72,8 +72,9 @@ class AlowareClient:
         """The client for ``ALOWARE_BASE_URL`` / ``ALOWARE_API_TOKEN`` / ``ALOWARE_MAX_RPS``."""
         settings.require("aloware_api_token")
         assert settings.aloware_api_token is not None
-        return cls(settings.aloware_base_url, settings.aloware_api_token.get_secret_value(),
-                   max_rps=settings.aloware_max_rps)
+        return cls(
+            settings.aloware_base_url, settings.aloware_api_token.get_secret_value(), max_rps=settings.aloware_max_rps
+        )
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -83,8 +84,11 @@ class AlowareClient:
         """A2; None only for Aloware's 404 "Contact not found." (BUG-02)."""
         await self._pacer.wait()
         response = await self._http.request(
-            "GET", "/webhook/contact/phone-number", "contact.lookup",
-            params={"api_token": self._token, "phone_number": phone}, passthrough=(404, 400),
+            "GET",
+            "/webhook/contact/phone-number",
+            "contact.lookup",
+            params={"api_token": self._token, "phone_number": phone},
+            passthrough=(404, 400),
         )
         if response.status_code == 404:
             return None
@@ -96,8 +100,11 @@ class AlowareClient:
         """A4: remove a contact from every power-dialer list; False when Aloware says 404."""
         await self._pacer.wait()
         response = await self._http.request(
-            "POST", "/webhook/powerdialer-remove-contact-from-lists", "powerdialer.remove",
-            json={"api_token": self._token, "contact_id": contact_id}, passthrough=(404,),
+            "POST",
+            "/webhook/powerdialer-remove-contact-from-lists",
+            "powerdialer.remove",
+            json={"api_token": self._token, "contact_id": contact_id},
+            passthrough=(404,),
         )
         return response.status_code != 404
 
@@ -111,8 +118,7 @@ class AlowareClient:
         """A9 ⚠ (undocumented): the company's power-dialer lists (``id``, ``name``). Errors
         raise: a failed listing is never mistaken for "no such list"."""
         await self._pacer.wait()
-        response = await self._http.request("GET", "/call-lists", "call_lists.list",
-                                            params={"api_token": self._token})
+        response = await self._http.request("GET", "/call-lists", "call_lists.list", params={"api_token": self._token})
         data = response.json()
         items = data if isinstance(data, list) else (data.get("data") or data.get("lists") or [])
         return [i for i in items if isinstance(i, dict)]
@@ -122,36 +128,56 @@ class AlowareClient:
         the endpoint is not available (permanent)."""
         await self._pacer.wait()
         response = await self._http.request(
-            "POST", "/webhook/powerdialer-add-contact-to-lists", "powerdialer.add",
-            json={"api_token": self._token, "list_id": list_id, "contact_ids": [contact_id]}, passthrough=(404,))
+            "POST",
+            "/webhook/powerdialer-add-contact-to-lists",
+            "powerdialer.add",
+            json={"api_token": self._token, "list_id": list_id, "contact_ids": [contact_id]},
+            passthrough=(404,),
+        )
         if response.status_code == 404:
             raise Permanent("Aloware has no add-to-list endpoint here; use a CSV import")
 
     async def clear_list(self, list_id: str) -> None:
         """A5: empty a power-dialer list (admin rebuild)."""
         await self._pacer.wait()
-        await self._http.request("POST", "/webhook/powerdialer-clear-list", "powerdialer.clear",
-                                 json={"api_token": self._token, "list_id": list_id})
+        await self._http.request(
+            "POST",
+            "/webhook/powerdialer-clear-list",
+            "powerdialer.clear",
+            json={"api_token": self._token, "list_id": list_id},
+        )
 
     async def enroll_sequence(self, sequence_id: str, phone: str) -> str:
         """A6: enrol by phone number (forced); Aloware's message."""
         await self._pacer.wait()
-        response = await self._http.request("POST", "/webhook/sequence-enroll", "sequence.enroll", json={
-            "api_token": self._token, "sequence_id": sequence_id, "force_enroll": True,
-            "source": "phone_number", "phone_number": phone})
+        response = await self._http.request(
+            "POST",
+            "/webhook/sequence-enroll",
+            "sequence.enroll",
+            json={
+                "api_token": self._token,
+                "sequence_id": sequence_id,
+                "force_enroll": True,
+                "source": "phone_number",
+                "phone_number": phone,
+            },
+        )
         body = parse_body(response)
         return str(body.get("message", "")) if isinstance(body, dict) else str(body)
 
     async def disenroll_sequences(self, phone: str) -> None:
         """A7: out of every sequence."""
         await self._pacer.wait()
-        await self._http.request("POST", "/webhook/sequence-disenroll", "sequence.disenroll", json={
-            "api_token": self._token, "source": "phone_number", "phone_number": phone})
+        await self._http.request(
+            "POST",
+            "/webhook/sequence-disenroll",
+            "sequence.disenroll",
+            json={"api_token": self._token, "source": "phone_number", "phone_number": phone},
+        )
 
     async def list_users(self) -> list[dict[str, Any]]:
         """A1: the company's users (``id``, ``name``, ``email``, ``status``)."""
         await self._pacer.wait()
-        response = await self._http.request("GET", "/webhook/users", "users.list",
-                                            params={"api_token": self._token})
+        response = await self._http.request("GET", "/webhook/users", "users.list", params={"api_token": self._token})
         data = response.json()
         return [u for u in data if isinstance(u, dict)] if isinstance(data, list) else []

@@ -6,12 +6,12 @@ budget is small (≈8 requests/s), and a function holding an advisory lock gives
 window shared by all replicas in one round trip; KV would need compare-and-set retries
 under contention. Buckets are one second wide; a request is allowed when the sum over the
 ``window_s + 1`` buckets that can overlap the vendor's exact sliding window is below the
-limit, so the count can never exceed the vendor's (it errs by up to a second of headroom). When the budget is empty, a caller waits for
-it in-process as long as the total wait stays within ``max_wait_s`` (a rule half done keeps
-its progress, and the wait is far below the consumer's AckWait); beyond that it gets
-``RetryLater(counts_as_attempt=False)`` and the message is nak'ed with the delay. Failing
-fast on every empty budget would livelock: each attempt would spend budget on its first
-calls and be thrown away at a later one.
+limit, so the count can never exceed the vendor's (it errs by up to a second of headroom).
+When the budget is empty, a caller waits for it in-process as long as the total wait stays
+within ``max_wait_s`` (a rule half done keeps its progress, and the wait is far below the
+consumer's AckWait); beyond that it gets ``RetryLater(counts_as_attempt=False)`` and the message
+is nak'ed with the delay. Failing fast on every empty budget would livelock: each attempt would
+spend budget on its first calls and be thrown away at a later one.
 
 The daily quota (``GHL_RATE_LIMIT_PER_DAY``) is checked in the same statement, under the
 same lock, over a rolling 24 h counted in five-minute buckets (migration 0007): GHL does not
@@ -42,21 +42,28 @@ log = get_logger(__name__)
 # One statement, run outside any transaction of ours: the function takes the advisory
 # transaction lock, reads the window after it holds it, takes a request if there is room and
 # purges old buckets now and then (migrations/versions/0004_round_trip_functions.py).
-_TAKE = text("SELECT granted, oldest FROM dfm_rate_take(CAST(:key AS text), CAST(:now AS bigint), "
-             "CAST(:window AS bigint), CAST(:limit AS bigint), CAST(:purge AS boolean))")
+_TAKE = text(
+    "SELECT granted, oldest FROM dfm_rate_take(CAST(:key AS text), CAST(:now AS bigint), "
+    "CAST(:window AS bigint), CAST(:limit AS bigint), CAST(:purge AS boolean))"
+)
 # The same with the daily quota (migrations/versions/0007_daily_quota.py).
 _TAKE_WITH_QUOTA = text(
     "SELECT granted, oldest, quota_used, quota_oldest FROM dfm_rate_take_with_quota("
     "CAST(:key AS text), CAST(:now AS bigint), CAST(:window AS bigint), CAST(:limit AS bigint), "
     "CAST(:quota_window AS bigint), CAST(:quota_bucket AS bigint), CAST(:quota AS bigint), "
-    "CAST(:purge AS boolean))")
+    "CAST(:purge AS boolean))"
+)
 QUOTA_WINDOW_S = 86_400
 QUOTA_BUCKET_S = 300
 
-QUOTA_REMAINING = Gauge("dfm_rate_budget_quota_remaining",
-                        "Requests left in the rolling daily quota, as last seen by this process", ["budget"])
-QUOTA_REFUSALS = Counter("dfm_rate_budget_quota_refusals_total",
-                         "Vendor calls held back because the daily quota is spent", ["budget"])
+QUOTA_REMAINING = Gauge(
+    "dfm_rate_budget_quota_remaining",
+    "Requests left in the rolling daily quota, as last seen by this process",
+    ["budget"],
+)
+QUOTA_REFUSALS = Counter(
+    "dfm_rate_budget_quota_refusals_total", "Vendor calls held back because the daily quota is spent", ["budget"]
+)
 
 
 class QuotaSpent(RetryLater):
@@ -65,16 +72,24 @@ class QuotaSpent(RetryLater):
     Not counted as an attempt (our own budget, no vendor was asked)."""
 
     def __init__(self, key: str, delay: float) -> None:
-        super().__init__(delay, f"rate budget {key}: daily quota spent, next request in {delay:.0f} s",
-                         counts_as_attempt=False)
+        super().__init__(
+            delay, f"rate budget {key}: daily quota spent, next request in {delay:.0f} s", counts_as_attempt=False
+        )
         self.key = key
 
 
 class RateBudget:
     """A shared sliding-window budget under ``key``, with an optional daily ``quota``."""
 
-    def __init__(self, engine: AsyncEngine, key: str, limit: int, window_s: int = 10,
-                 max_wait_s: float | None = None, quota: int | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        key: str,
+        limit: int,
+        window_s: int = 10,
+        max_wait_s: float | None = None,
+        quota: int | None = None,
+    ) -> None:
         self._engine = engine
         self.key = key
         self.limit = limit
@@ -88,8 +103,13 @@ class RateBudget:
     def for_ghl(cls, engine: AsyncEngine, settings: Settings, window_s: int = 10) -> RateBudget:
         """The per-location GHL budget (``GHL_RATE_LIMIT_PER_10S``, ``GHL_RATE_LIMIT_PER_DAY``)
         all replicas share."""
-        return cls(engine, f"ghl:{settings.ghl_location_id}", settings.ghl_rate_limit_per_10s, window_s,
-                   quota=settings.ghl_rate_limit_per_day)
+        return cls(
+            engine,
+            f"ghl:{settings.ghl_location_id}",
+            settings.ghl_rate_limit_per_10s,
+            window_s,
+            quota=settings.ghl_rate_limit_per_day,
+        )
 
     async def acquire(self) -> None:
         """Take one request from the budget, waiting up to ``max_wait_s``, else RetryLater
@@ -138,8 +158,7 @@ class RateBudget:
         QUOTA_REMAINING.labels(self.key).set(max(0, self.quota - used))
         spent = not granted and used >= self.quota
         if spent and not self._quota_spent:
-            log.warning("rate_budget_quota_spent", budget=self.key, quota=self.quota,
-                        window_s=QUOTA_WINDOW_S)
+            log.warning("rate_budget_quota_spent", budget=self.key, quota=self.quota, window_s=QUOTA_WINDOW_S)
         elif granted and self._quota_spent:
             log.info("rate_budget_quota_available", budget=self.key)
         if spent:

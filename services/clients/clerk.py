@@ -71,8 +71,14 @@ class ClerkVerifier:
             raise TokenInvalid("token verification is not configured (CLERK_JWT_KEY or CLERK_JWKS_URL)")
         options: jwt.types.Options = {"require": ["exp", "sub"], "verify_iss": bool(self.settings.clerk_jwt_issuer)}
         try:
-            claims = jwt.decode(token, key, algorithms=["RS256"], leeway=LEEWAY_S, options=options,
-                                issuer=self.settings.clerk_jwt_issuer or None)
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=["RS256"],
+                leeway=LEEWAY_S,
+                options=options,
+                issuer=self.settings.clerk_jwt_issuer or None,
+            )
         except jwt.ExpiredSignatureError:
             raise TokenInvalid("token expired") from None
         except jwt.InvalidIssuerError:
@@ -96,8 +102,8 @@ class ClerkTokenManager:
         self.settings = settings
         secret = settings.clerk_secret_key.get_secret_value() if settings.clerk_secret_key else ""
         self.client = client or httpx.AsyncClient(
-            base_url=settings.clerk_api_url.rstrip("/"), timeout=15,
-            headers={"Authorization": f"Bearer {secret}"})
+            base_url=settings.clerk_api_url.rstrip("/"), timeout=15, headers={"Authorization": f"Bearer {secret}"}
+        )
         self._token: str | None = None
         self._expires_at = 0.0
         self._lock = asyncio.Lock()
@@ -117,8 +123,7 @@ class ClerkTokenManager:
             return self._token
         generation = self._generation
         async with self._lock:
-            if self._token and self._expires_at - time.monotonic() > REUSE_MARGIN_S \
-                    and generation == self._generation:
+            if self._token and self._expires_at - time.monotonic() > REUSE_MARGIN_S and generation == self._generation:
                 return self._token
             token = await self._mint()
             self._token, self._expires_at = token, time.monotonic() + TOKEN_TTL_S
@@ -138,8 +143,10 @@ class ClerkTokenManager:
             sessions = sessions.get("data", sessions) if isinstance(sessions, dict) else sessions
             active = [s for s in sessions if s.get("status") == "active"]
             if not active:
-                raise ClerkError(f"no active Clerk session for service user {user_id}; sign the "
-                                 "service user in once (sessions cannot be created from the backend)")
+                raise ClerkError(
+                    f"no active Clerk session for service user {user_id}; sign the "
+                    "service user in once (sessions cannot be created from the backend)"
+                )
             session = max(active, key=lambda s: s.get("last_active_at") or 0)
             try:  # Clerk's answer names the session; it must not name another path
                 session_path = f"/sessions/{segment(session.get('id'), 'clerk session id')}/tokens"

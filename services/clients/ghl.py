@@ -76,17 +76,16 @@ class GhlClient:
     ) -> None:
         self.location_id = location_id
         self._acquire = acquire
-        self._http = VendorHttp(
-            "ghl", base_url, headers={"Authorization": f"Bearer {api_key}"}, transport=transport
-        )
+        self._http = VendorHttp("ghl", base_url, headers={"Authorization": f"Bearer {api_key}"}, transport=transport)
 
     @classmethod
     def from_settings(cls, settings: Settings, acquire: Acquire = _no_budget) -> GhlClient:
         """The client for ``GHL_BASE_URL`` / ``GHL_API_KEY`` / ``GHL_LOCATION_ID``."""
         settings.require("ghl_api_key", "ghl_location_id")
         assert settings.ghl_api_key is not None and settings.ghl_location_id is not None
-        return cls(settings.ghl_base_url, settings.ghl_api_key.get_secret_value(),
-                   settings.ghl_location_id, acquire=acquire)
+        return cls(
+            settings.ghl_base_url, settings.ghl_api_key.get_secret_value(), settings.ghl_location_id, acquire=acquire
+        )
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -131,8 +130,9 @@ class GhlClient:
 
     async def update_contact(self, contact_id: str, fields: dict[str, Any]) -> GhlContact | None:
         """G4: only the changed scalar fields (never tags or notes); None when GHL says 404."""
-        response = await self._call("PUT", _contact_path(contact_id), "contacts.update", json=fields,
-                                    passthrough=(404,))
+        response = await self._call(
+            "PUT", _contact_path(contact_id), "contacts.update", json=fields, passthrough=(404,)
+        )
         if response.status_code == 404:
             return None
         return GhlContact.model_validate(response.json()["contact"])
@@ -147,16 +147,22 @@ class GhlClient:
 
     async def create_note(self, contact_id: str, body: str) -> str | None:
         """G7: returns the note id; None when GHL has no such contact (404)."""
-        response = await self._call("POST", _contact_path(contact_id, "/notes"), "contacts.notes.create",
-                                    json={"body": body}, passthrough=(404,))
+        response = await self._call(
+            "POST",
+            _contact_path(contact_id, "/notes"),
+            "contacts.notes.create",
+            json={"body": body},
+            passthrough=(404,),
+        )
         if response.status_code == 404:
             return None
         return str(response.json()["note"]["id"])
 
     async def list_notes(self, contact_id: str) -> list[dict[str, Any]] | None:
         """The contact's notes (``id``, ``body``); None when the contact is gone."""
-        response = await self._call("GET", _contact_path(contact_id, "/notes"), "contacts.notes.list",
-                                    passthrough=(404,))
+        response = await self._call(
+            "GET", _contact_path(contact_id, "/notes"), "contacts.notes.list", passthrough=(404,)
+        )
         if response.status_code == 404:
             return None
         notes = response.json().get("notes", [])
@@ -164,20 +170,29 @@ class GhlClient:
 
     async def search_records(self, object_key: str, query: str) -> list[dict[str, Any]]:
         """G16: records of a custom object matching ``query`` (first page of 20)."""
-        response = await self._call("POST", _records_path(object_key, "/search"), "objects.records.search",
-                                    json={"locationId": self.location_id, "page": 1, "pageLimit": 20, "query": query})
+        response = await self._call(
+            "POST",
+            _records_path(object_key, "/search"),
+            "objects.records.search",
+            json={"locationId": self.location_id, "page": 1, "pageLimit": 20, "query": query},
+        )
         return [r for r in response.json().get("records", []) if isinstance(r, dict)]
 
     async def create_record(self, object_key: str, properties: dict[str, Any]) -> tuple[str, bool]:
         """G17: (record id, created). A duplicate 400 names the conflicting record instead."""
-        response = await self._call("POST", _records_path(object_key), "objects.records.create",
-                                    json={"locationId": self.location_id, "properties": properties},
-                                    passthrough=(400,))
+        response = await self._call(
+            "POST",
+            _records_path(object_key),
+            "objects.records.create",
+            json={"locationId": self.location_id, "properties": properties},
+            passthrough=(400,),
+        )
         body = parse_body(response)
         if response.status_code == 400:
             for error in body.get("errors", []) if isinstance(body, dict) else []:
-                if error.get("errorCode") in ("duplicate_record", "primary_property_conflict") and \
-                        error.get("conflictingRecordId"):
+                if error.get("errorCode") in ("duplicate_record", "primary_property_conflict") and error.get(
+                    "conflictingRecordId"
+                ):
                     return str(error["conflictingRecordId"]), False
             raise Permanent(f"ghl 400 at objects.records.create: {body}")
         return str(body["record"]["id"]), True
@@ -185,16 +200,22 @@ class GhlClient:
     async def update_record(self, object_key: str, record_id: str, properties: dict[str, Any]) -> bool:
         """G18: False when the record is gone (404)."""
         path = _records_path(object_key, "/" + segment(record_id, "ghl record id"))
-        response = await self._call("PUT", path, "objects.records.update",
-                                    params={"locationId": self.location_id}, json={"properties": properties},
-                                    passthrough=(404,))
+        response = await self._call(
+            "PUT",
+            path,
+            "objects.records.update",
+            params={"locationId": self.location_id},
+            json={"properties": properties},
+            passthrough=(404,),
+        )
         return response.status_code != 404
 
     async def appointment_contact(self, appointment_id: str) -> str | None:
         """G15: the contact of an appointment (None when GHL has no such appointment)."""
         path = "/calendars/events/appointments/" + segment(appointment_id, "ghl appointment id")
-        response = await self._call("GET", path, "calendars.appointments.get", passthrough=(404,),
-                                    headers={"Version": "2021-04-15"})
+        response = await self._call(
+            "GET", path, "calendars.appointments.get", passthrough=(404,), headers={"Version": "2021-04-15"}
+        )
         if response.status_code == 404:
             return None
         event = response.json().get("event") or response.json().get("appointment") or {}
@@ -203,8 +224,9 @@ class GhlClient:
 
     async def pipeline_stages(self) -> dict[str, str]:
         """G20: stage id → stage name over every pipeline of the location."""
-        response = await self._call("GET", "/opportunities/pipelines", "pipelines.list",
-                                    params={"locationId": self.location_id})
+        response = await self._call(
+            "GET", "/opportunities/pipelines", "pipelines.list", params={"locationId": self.location_id}
+        )
         stages: dict[str, str] = {}
         for pipeline in response.json().get("pipelines", []):
             for stage in pipeline.get("stages", []):

@@ -21,8 +21,14 @@ CONVERSATIONS_VERSION = "2021-04-15"
 class GhlConversations:
     """G10–G14 for one location."""
 
-    def __init__(self, settings: Settings, oauth: GhlOAuth, *, acquire: Acquire = _no_budget,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        oauth: GhlOAuth,
+        *,
+        acquire: Acquire = _no_budget,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         settings.require("ghl_location_id")
         self.settings = settings
         self.location_id = str(settings.ghl_location_id)
@@ -33,14 +39,28 @@ class GhlConversations:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _call(self, method: str, path: str, endpoint: str, *, ok: tuple[int, ...] = (200, 201),
-                    passthrough: tuple[int, ...] = (), **kwargs: Any) -> httpx.Response:
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        endpoint: str,
+        *,
+        ok: tuple[int, ...] = (200, 201),
+        passthrough: tuple[int, ...] = (),
+        **kwargs: Any,
+    ) -> httpx.Response:
         token = await self.oauth.access_token(self.location_id)
         for attempt in (1, 2):
             await self._acquire()
             response = await self._http.request(
-                method, path, endpoint, ok=ok, passthrough=(*passthrough, 401),
-                headers={"Version": CONVERSATIONS_VERSION, "Authorization": f"Bearer {token}"}, **kwargs)
+                method,
+                path,
+                endpoint,
+                ok=ok,
+                passthrough=(*passthrough, 401),
+                headers={"Version": CONVERSATIONS_VERSION, "Authorization": f"Bearer {token}"},
+                **kwargs,
+            )
             if response.status_code != 401:
                 return response
             if attempt == 1:
@@ -50,36 +70,57 @@ class GhlConversations:
 
     async def find_conversation(self, contact_id: str) -> str | None:
         """G10: the contact's first conversation."""
-        response = await self._call("GET", "/conversations/search", "conversations.search",
-                                    params={"locationId": self.location_id, "contactId": contact_id})
+        response = await self._call(
+            "GET",
+            "/conversations/search",
+            "conversations.search",
+            params={"locationId": self.location_id, "contactId": contact_id},
+        )
         found = response.json().get("conversations") or []
         return str(found[0]["id"]) if found else None
 
     async def create_conversation(self, contact_id: str) -> str:
         """G11."""
-        response = await self._call("POST", "/conversations/", "conversations.create",
-                                    json={"locationId": self.location_id, "contactId": contact_id})
+        response = await self._call(
+            "POST",
+            "/conversations/",
+            "conversations.create",
+            json={"locationId": self.location_id, "contactId": contact_id},
+        )
         body = response.json()
         conversation = body.get("conversation") or body
         return str(conversation["id"])
 
-    async def add_message(self, *, contact_id: str, conversation_id: str, text: str, direction: str,
-                          date: str | None, attachments: list[str]) -> tuple[str, str]:
+    async def add_message(
+        self,
+        *,
+        contact_id: str,
+        conversation_id: str,
+        text: str,
+        direction: str,
+        date: str | None,
+        attachments: list[str],
+    ) -> tuple[str, str]:
         """G12: (GHL message id, conversation id). A 400/422 is permanent (provider or type
         misconfiguration) and carries GHL's message."""
         provider = self.settings.ghl_conversation_provider_id
         if not provider:
             raise Misconfigured("GHL_CONVERSATION_PROVIDER_ID is not set")
         body: dict[str, Any] = {
-            "type": self.settings.ghl_provider_message_type, "contactId": contact_id,
-            "conversationId": conversation_id, "conversationProviderId": provider, "message": text,
-            "direction": direction, "attachments": attachments,
+            "type": self.settings.ghl_provider_message_type,
+            "contactId": contact_id,
+            "conversationId": conversation_id,
+            "conversationProviderId": provider,
+            "message": text,
+            "direction": direction,
+            "attachments": attachments,
         }
         if date:
             body["date"] = date
         try:
-            response = await self._call("POST", "/conversations/messages/inbound",
-                                        "conversations.messages.inbound", json=body)
+            response = await self._call(
+                "POST", "/conversations/messages/inbound", "conversations.messages.inbound", json=body
+            )
         except Permanent as exc:
             # G12's 400s are the provider id/type GHL does not accept for this app (spec §2.2)
             if isinstance(exc.__cause__, VendorError) and exc.__cause__.status == 400:
@@ -95,7 +136,7 @@ class GhlConversations:
         if response.status_code == 404:
             return []
         data = response.json()
-        messages = (data.get("messages") or {})
+        messages = data.get("messages") or {}
         items = messages.get("messages", []) if isinstance(messages, dict) else messages
         return [m for m in items if isinstance(m, dict)]
 

@@ -121,8 +121,9 @@ def _state_key(settings: Settings) -> bytes:
         return settings.ghl_oauth_state_key.get_secret_value().encode()
     if settings.ghl_client_secret is None:
         raise Permanent("GHL_OAUTH_STATE_KEY or GHL_CLIENT_SECRET is needed to sign install states")
-    return hmac.new(settings.ghl_client_secret.get_secret_value().encode(), b"dfm-ghl-oauth-state-key",
-                    hashlib.sha256).digest()
+    return hmac.new(
+        settings.ghl_client_secret.get_secret_value().encode(), b"dfm-ghl-oauth-state-key", hashlib.sha256
+    ).digest()
 
 
 def _state_mac(key: bytes, payload: str) -> str:
@@ -168,8 +169,13 @@ def redirect_uri(settings: Settings) -> str | None:
 def install_url(settings: Settings, state: str) -> str:
     """GHL's location chooser for our app, carrying ``state`` (reference/ghl/docs/oauth/
     Authorization.md §3)."""
-    query = {"response_type": "code", "redirect_uri": redirect_uri(settings) or "",
-             "client_id": settings.ghl_client_id or "", "scope": settings.ghl_oauth_scopes, "state": state}
+    query = {
+        "response_type": "code",
+        "redirect_uri": redirect_uri(settings) or "",
+        "client_id": settings.ghl_client_id or "",
+        "scope": settings.ghl_oauth_scopes,
+        "state": state,
+    }
     return f"{settings.ghl_oauth_authorize_url}?{urlencode(query)}"
 
 
@@ -195,7 +201,9 @@ class GhlOAuth:
         """OA-2: the location's token, refreshed first when it expires within 5 minutes."""
         location_id = location_id.strip()
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(GhlOauthTokenRow).where(GhlOauthTokenRow.location_id == location_id))).first()
+            row = (
+                await conn.execute(select(GhlOauthTokenRow).where(GhlOauthTokenRow.location_id == location_id))
+            ).first()
         row = self._usable(row, location_id)
         if row.expires_at - datetime.now(UTC) <= REFRESH_MARGIN:
             return await self.refresh(location_id)
@@ -205,8 +213,11 @@ class GhlOAuth:
         """OA-3/OA-4 under the row lock. ``rejected`` is a token GHL just answered 401 to
         (OA-5): refresh unless another worker already replaced it."""
         async with self.engine.begin() as conn:
-            row = (await conn.execute(select(GhlOauthTokenRow).where(GhlOauthTokenRow.location_id == location_id)
-                                      .with_for_update())).first()
+            row = (
+                await conn.execute(
+                    select(GhlOauthTokenRow).where(GhlOauthTokenRow.location_id == location_id).with_for_update()
+                )
+            ).first()
             row = self._usable(row, location_id)
             current = self.cipher.decrypt(row.access_token)
             fresh = row.expires_at - datetime.now(UTC) > REFRESH_MARGIN
@@ -216,19 +227,25 @@ class GhlOAuth:
                 raise Permanent(f"No refresh token for location {location_id}; install the Marketplace App again")
             refused: TokenRefused | None = None
             try:
-                data = await self._token_call({"grant_type": "refresh_token",
-                                               "refresh_token": self.cipher.decrypt(row.refresh_token)})
+                data = await self._token_call(
+                    {"grant_type": "refresh_token", "refresh_token": self.cipher.decrypt(row.refresh_token)}
+                )
             except TokenRefused as exc:  # OA-6, under this lock and committed with this block
                 refused = exc
-                await conn.execute(update(GhlOauthTokenRow).where(GhlOauthTokenRow.id == row.id).values(
-                    needs_reinstall=True, last_refresh_error=exc.error[:500], updated_at=datetime.now(UTC)))
+                await conn.execute(
+                    update(GhlOauthTokenRow)
+                    .where(GhlOauthTokenRow.id == row.id)
+                    .values(needs_reinstall=True, last_refresh_error=exc.error[:500], updated_at=datetime.now(UTC))
+                )
             else:
                 values = self._row_values(data, keep_refresh=row.refresh_token)
                 await conn.execute(update(GhlOauthTokenRow).where(GhlOauthTokenRow.id == row.id).values(**values))
         if refused is not None:
             log.error("ghl_oauth_needs_reinstall", location_id=location_id, error=refused.error[:200])
-            raise Permanent(f"OAuth installation of location {location_id} needs a reinstall "
-                            f"(refresh refused: {refused.error[:200]})") from refused
+            raise Permanent(
+                f"OAuth installation of location {location_id} needs a reinstall "
+                f"(refresh refused: {refused.error[:200]})"
+            ) from refused
         log.info("ghl_oauth_refreshed", location_id=location_id)
         return str(data["access_token"])
 
@@ -247,8 +264,11 @@ class GhlOAuth:
             raise LocationNotAllowed(location_id or None)
         values = self._row_values(data, keep_refresh=None)
         async with self.engine.begin() as conn:
-            await conn.execute(pg_insert(GhlOauthTokenRow).values(location_id=location_id, **values)
-                               .on_conflict_do_update(index_elements=["location_id"], set_=values))
+            await conn.execute(
+                pg_insert(GhlOauthTokenRow)
+                .values(location_id=location_id, **values)
+                .on_conflict_do_update(index_elements=["location_id"], set_=values)
+            )
         log.info("ghl_oauth_installed", location_id=location_id)
         return Installation(location_id, data.get("companyId"))
 
@@ -258,8 +278,10 @@ class GhlOAuth:
         if row is None:
             raise Permanent(f"No OAuth token for location {location_id}; install the Marketplace App")
         if row.needs_reinstall:
-            raise Permanent(f"OAuth installation of location {location_id} needs a reinstall "
-                            f"({row.last_refresh_error or 'refresh refused'})")
+            raise Permanent(
+                f"OAuth installation of location {location_id} needs a reinstall "
+                f"({row.last_refresh_error or 'refresh refused'})"
+            )
         return row
 
     async def _token_call(self, form: dict[str, str]) -> dict[str, Any]:
@@ -269,9 +291,15 @@ class GhlOAuth:
         if not client_id or secret is None:
             raise Permanent("GHL_CLIENT_ID / GHL_CLIENT_SECRET are not set")
         body = {"client_id": client_id, "client_secret": secret.get_secret_value(), "user_type": "Location", **form}
-        response = await self.http.request("POST", "/oauth/token", "oauth.token", data=body,
-                                            headers={"Content-Type": "application/x-www-form-urlencoded"},
-                                            ok=(200, 201), passthrough=(400, 401))
+        response = await self.http.request(
+            "POST",
+            "/oauth/token",
+            "oauth.token",
+            data=body,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            ok=(200, 201),
+            passthrough=(400, 401),
+        )
         if response.status_code in (400, 401):
             error = parse_body(response)
             raise TokenRefused(str(error.get("error", error) if isinstance(error, dict) else error))
@@ -286,10 +314,14 @@ class GhlOAuth:
         return {
             "access_token": self.cipher.encrypt(str(data["access_token"])),
             "refresh_token": self.cipher.encrypt(str(refresh)) if refresh else keep_refresh,
-            "token_type": data.get("token_type") or "Bearer", "scope": data.get("scope"),
+            "token_type": data.get("token_type") or "Bearer",
+            "scope": data.get("scope"),
             "expires_at": datetime.now(UTC) + timedelta(seconds=expires_in),
-            "updated_at": datetime.now(UTC), "company_id": data.get("companyId"),
-            "user_type": data.get("userType"), "needs_reinstall": False, "last_refresh_error": None,
+            "updated_at": datetime.now(UTC),
+            "company_id": data.get("companyId"),
+            "user_type": data.get("userType"),
+            "needs_reinstall": False,
+            "last_refresh_error": None,
         }
 
 
@@ -298,5 +330,17 @@ def new_key() -> str:
     return Fernet.generate_key().decode()
 
 
-__all__ = ["GhlOAuth", "Installation", "InvalidState", "LocationNotAllowed", "TokenCipher", "TokenRefused",
-           "allowed_locations", "install_url", "new_key", "redirect_uri", "sign_state", "verify_state"]
+__all__ = [
+    "GhlOAuth",
+    "Installation",
+    "InvalidState",
+    "LocationNotAllowed",
+    "TokenCipher",
+    "TokenRefused",
+    "allowed_locations",
+    "install_url",
+    "new_key",
+    "redirect_uri",
+    "sign_state",
+    "verify_state",
+]

@@ -21,11 +21,11 @@ from services.infra.trace import vendor_call
 
 log = get_logger(__name__)
 
-VENDOR_REQUESTS = Counter(
-    "dfm_vendor_requests_total", "Calls to vendor APIs", ["vendor", "endpoint", "status"]
-)
+VENDOR_REQUESTS = Counter("dfm_vendor_requests_total", "Calls to vendor APIs", ["vendor", "endpoint", "status"])
 VENDOR_DURATION = Histogram(
-    "dfm_vendor_request_duration_seconds", "Vendor API latency", ["vendor", "endpoint"],
+    "dfm_vendor_request_duration_seconds",
+    "Vendor API latency",
+    ["vendor", "endpoint"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 TIMEOUTS = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=5.0)
@@ -148,8 +148,11 @@ class VendorHttp:
         started = time.perf_counter()
         status = "error"
         try:
-            with tracing.span(f"{self.vendor} {endpoint}", kind=SpanKind.CLIENT,
-                              attributes={"http.request.method": method, "dfm.vendor": self.vendor}) as span:
+            with tracing.span(
+                f"{self.vendor} {endpoint}",
+                kind=SpanKind.CLIENT,
+                attributes={"http.request.method": method, "dfm.vendor": self.vendor},
+            ) as span:
                 headers = tracing.inject(dict(kwargs.pop("headers", None) or {}))
                 response = await self.client.request(method, path, headers=headers, **kwargs)
                 status = str(response.status_code)
@@ -157,27 +160,36 @@ class VendorHttp:
         except httpx.TimeoutException as exc:
             raise RetryLater(None, f"{self.vendor} timeout: {type(exc).__name__}", cause=_transport_cause(exc)) from exc
         except httpx.TransportError as exc:
-            raise RetryLater(None, f"{self.vendor} unreachable: {type(exc).__name__}",
-                             cause=_transport_cause(exc)) from exc
+            raise RetryLater(
+                None, f"{self.vendor} unreachable: {type(exc).__name__}", cause=_transport_cause(exc)
+            ) from exc
         finally:
             elapsed = time.perf_counter() - started
             VENDOR_REQUESTS.labels(self.vendor, endpoint, status).inc()
             VENDOR_DURATION.labels(self.vendor, endpoint).observe(elapsed)
             vendor_call(self.vendor, method, path, status, elapsed)
-            log.info("vendor_call", vendor=self.vendor, method=method, endpoint=endpoint,
-                     status=status, duration_ms=round(elapsed * 1000, 1))
+            log.info(
+                "vendor_call",
+                vendor=self.vendor,
+                method=method,
+                endpoint=endpoint,
+                status=status,
+                duration_ms=round(elapsed * 1000, 1),
+            )
         code = response.status_code
         if code in ok or code in passthrough:
             return response
         url = redact_url(str(response.request.url))
         if code == 429:
-            raise RetryLater(retry_delay(response.headers), f"{self.vendor} 429 at {endpoint}", status=429,
-                             cause=Cause.THROTTLED)
+            raise RetryLater(
+                retry_delay(response.headers), f"{self.vendor} 429 at {endpoint}", status=429, cause=Cause.THROTTLED
+            )
         if code >= 500 or code in RETRYABLE_STATUS:
             raise RetryLater(None, f"{self.vendor} {code} at {endpoint}", status=code, cause=status_cause(code))
         body = parse_body(response)
-        raise Permanent(f"{self.vendor} {code} at {endpoint}: {_short(body)}", status=code,
-                        cause=status_cause(code)) from VendorError(self.vendor, code, body, url)
+        raise Permanent(
+            f"{self.vendor} {code} at {endpoint}: {_short(body)}", status=code, cause=status_cause(code)
+        ) from VendorError(self.vendor, code, body, url)
 
 
 # transport failures raised before a byte of the request left: the vendor cannot have acted

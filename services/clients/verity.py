@@ -33,12 +33,14 @@ from services.infra.settings import Settings
 
 log = get_logger(__name__)
 
-UPSTREAM_REQUESTS = Counter("dfm_verity_upstream_requests_total", "Calls proxied to Verity",
-                            ["endpoint", "status"])
-UPSTREAM_DURATION = Histogram("dfm_verity_upstream_duration_seconds", "Verity upstream latency",
-                              ["endpoint"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
-SEND_REFUSALS = Counter("dfm_verity_sends_refused_total", "Sends the opt-out gate kept from Verity",
-                        ["sender", "code"])
+UPSTREAM_REQUESTS = Counter("dfm_verity_upstream_requests_total", "Calls proxied to Verity", ["endpoint", "status"])
+UPSTREAM_DURATION = Histogram(
+    "dfm_verity_upstream_duration_seconds",
+    "Verity upstream latency",
+    ["endpoint"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+SEND_REFUSALS = Counter("dfm_verity_sends_refused_total", "Sends the opt-out gate kept from Verity", ["sender", "code"])
 DEFAULT_BASE_URL = "http://localhost:3000"
 SEND_MESSAGE_PATH = "/api/integrations/df-middleware/send-message"
 _PLACEHOLDER = re.compile(r"\[([^\]/]+)\]|\{([^}/]+)\}")
@@ -110,9 +112,13 @@ class Catalog:
         try:
             data: dict[str, Any] = json.loads(self.path.read_text())
             endpoints = [
-                Endpoint(path=str(e["path"]), methods=tuple(str(m).upper() for m in e["methods"]),
-                         description=e.get("description"), parameters=dict(e.get("parameters") or {}),
-                         auth_type=e.get("authType"))
+                Endpoint(
+                    path=str(e["path"]),
+                    methods=tuple(str(m).upper() for m in e["methods"]),
+                    description=e.get("description"),
+                    parameters=dict(e.get("parameters") or {}),
+                    auth_type=e.get("authType"),
+                )
                 for e in data["endpoints"]
             ]
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -170,9 +176,9 @@ def rewrite(path: str) -> str:
     if path == "/apisms" or path.startswith("/apisms/"):
         return SEND_MESSAGE_PATH
     if path.startswith("/apicalls"):
-        return "/api/calls" + path[len("/apicalls"):]
+        return "/api/calls" + path[len("/apicalls") :]
     if path.startswith("/apicomms"):
-        return "/api/comms" + path[len("/apicomms"):]
+        return "/api/comms" + path[len("/apicomms") :]
     return path
 
 
@@ -249,9 +255,23 @@ class SendingEndpoint:
 # Field names a sending body may name a recipient with. Verity's send-message reads ``to``
 # (§2.4 V1); the others cost nothing to check and keep a caller who spells the field another
 # way (or a future Verity that reads it) from texting an opted-out number. ``from`` is ours.
-RECIPIENT_FIELDS = frozenset({"to", "recipient", "recipients", "phone", "phones", "phonenumber",
-                              "phone_number", "phonee164", "phone_e164", "number", "numbers",
-                              "tonumber", "to_number"})
+RECIPIENT_FIELDS = frozenset(
+    {
+        "to",
+        "recipient",
+        "recipients",
+        "phone",
+        "phones",
+        "phonenumber",
+        "phone_number",
+        "phonee164",
+        "phone_e164",
+        "number",
+        "numbers",
+        "tonumber",
+        "to_number",
+    }
+)
 # The one list of endpoints that text a person: add a line here when Verity's catalog gains
 # one (the gateway, the MCP server and redirects all read this). Broadcasts are not here:
 # their recipients are Verity's own contact lists, which no request to us names.
@@ -279,8 +299,11 @@ def recipients(endpoint: SendingEndpoint, body: Any, query: dict[str, Any] | Non
             raise SendRefused(400, "INVALID_RECIPIENT", f"more than {MAX_RECIPIENTS} recipients in one send")
         number = to_e164(value, region)
         if number is None:
-            raise SendRefused(400, "INVALID_RECIPIENT", "a recipient is not a phone number the opt-out "
-                                                        "registry can be asked about; nothing was sent")
+            raise SendRefused(
+                400,
+                "INVALID_RECIPIENT",
+                "a recipient is not a phone number the opt-out registry can be asked about; nothing was sent",
+            )
         if number not in found:
             found.append(number)
     if not found:
@@ -352,24 +375,50 @@ class OptOutGate:
                 refused = [n for n in numbers if await optout.is_opted_out(conn, n)]
                 for number in refused:
                     await store.log_sync(
-                        conn, direction=f"{self.sender}_to_texting", entity_type="message",
-                        source_id=_source_id(body) or correlation, status="skipped", started_at=started,
-                        correlation_id=correlation, rule="O-5a", attempt=1, target_id=number,
+                        conn,
+                        direction=f"{self.sender}_to_texting",
+                        entity_type="message",
+                        source_id=_source_id(body) or correlation,
+                        status="skipped",
+                        started_at=started,
+                        correlation_id=correlation,
+                        rule="O-5a",
+                        attempt=1,
+                        target_id=number,
                         message="recipient_opted_out",
-                        details={"endpoint": path, "method": method, "recipients": len(numbers),
-                                 "opted_out": len(refused)})
+                        details={
+                            "endpoint": path,
+                            "method": method,
+                            "recipients": len(numbers),
+                            "opted_out": len(refused),
+                        },
+                    )
         except (_RegistryUnreadable, SQLAlchemyError, OSError, TimeoutError) as exc:
             SEND_REFUSALS.labels(self.sender, "OPTOUT_REGISTRY_UNAVAILABLE").inc()
-            log.error("verity_send_refused_registry_unavailable", sender=self.sender, endpoint=endpoint.name,
-                      error=type(exc).__name__)
-            raise SendRefused(503, "OPTOUT_REGISTRY_UNAVAILABLE",
-                              "the opt-out registry cannot be read; nothing was sent") from None
+            log.error(
+                "verity_send_refused_registry_unavailable",
+                sender=self.sender,
+                endpoint=endpoint.name,
+                error=type(exc).__name__,
+            )
+            raise SendRefused(
+                503, "OPTOUT_REGISTRY_UNAVAILABLE", "the opt-out registry cannot be read; nothing was sent"
+            ) from None
         if refused:
             SEND_REFUSALS.labels(self.sender, "recipient_opted_out").inc()
-            log.warning("verity_send_refused_opted_out", sender=self.sender, endpoint=endpoint.name,
-                        recipients=len(numbers), opted_out=len(refused), correlation_id=correlation)
-            raise SendRefused(403, "recipient_opted_out",
-                              f"{len(refused)} of {len(numbers)} recipients opted out of SMS; nothing was sent")
+            log.warning(
+                "verity_send_refused_opted_out",
+                sender=self.sender,
+                endpoint=endpoint.name,
+                recipients=len(numbers),
+                opted_out=len(refused),
+                correlation_id=correlation,
+            )
+            raise SendRefused(
+                403,
+                "recipient_opted_out",
+                f"{len(refused)} of {len(numbers)} recipients opted out of SMS; nothing was sent",
+            )
 
 
 class _RegistryUnreadable(Exception):
@@ -411,22 +460,32 @@ class VerityProxy:
     passes ``gate`` first (:class:`OptOutGate`); without one, sends are refused (there is no
     registry to ask) and everything else is proxied."""
 
-    def __init__(self, settings: Settings, client: httpx.AsyncClient | None = None, *,
-                 gate: OptOutGate | None = None) -> None:
+    def __init__(
+        self, settings: Settings, client: httpx.AsyncClient | None = None, *, gate: OptOutGate | None = None
+    ) -> None:
         self.settings = settings
         self.gate = gate or OptOutGate(settings, None, sender="proxy")
         self.base_url = (settings.verity_base_url or DEFAULT_BASE_URL).rstrip("/")
         self.production = settings.node_env == "production"
         self.client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.verity_proxy_timeout_s, connect=5.0), follow_redirects=False)
+            timeout=httpx.Timeout(settings.verity_proxy_timeout_s, connect=5.0), follow_redirects=False
+        )
 
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def call(self, endpoint: str, method: str, *, params: dict[str, Any] | None = None,
-                   query: dict[str, Any] | None = None, body: Any = None,
-                   headers: dict[str, str] | None = None, token: str | None = None,
-                   metric_endpoint: str | None = None) -> ProxyResult:
+    async def call(
+        self,
+        endpoint: str,
+        method: str,
+        *,
+        params: dict[str, Any] | None = None,
+        query: dict[str, Any] | None = None,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        token: str | None = None,
+        metric_endpoint: str | None = None,
+    ) -> ProxyResult:
         path = target(endpoint, params)
         await self.gate.check(path, method, body, query)  # SendRefused: nothing goes to Verity
         url = self.base_url + path
@@ -441,22 +500,34 @@ class VerityProxy:
         meta = {"endpoint": endpoint, "method": method}
         try:
             with tracing.span(f"verity {label}", kind=SpanKind.CLIENT, attributes={"http.request.method": method}):
-                response = await self.client.request(method, url, headers=tracing.inject(send_headers),
-                                                     content=content)
+                response = await self.client.request(method, url, headers=tracing.inject(send_headers), content=content)
         except httpx.InvalidURL as exc:  # e.g. a query too long for a URL: the caller's to fix
             UPSTREAM_REQUESTS.labels(label, "invalid_url").inc()
             raise ProxyError(400, "INVALID_REQUEST", f"the request cannot be sent as a URL: {exc}") from None
         except httpx.TimeoutException:
             UPSTREAM_REQUESTS.labels(label, "timeout").inc()
-            return ProxyResult(504, {"success": False, "error": {
-                "message": f"Verity did not answer within {self.settings.verity_proxy_timeout_s:g} s",
-                "code": "UPSTREAM_TIMEOUT"}, "meta": self._meta(meta, 504, started)})
+            return ProxyResult(
+                504,
+                {
+                    "success": False,
+                    "error": {
+                        "message": f"Verity did not answer within {self.settings.verity_proxy_timeout_s:g} s",
+                        "code": "UPSTREAM_TIMEOUT",
+                    },
+                    "meta": self._meta(meta, 504, started),
+                },
+            )
         except httpx.TransportError as exc:
             UPSTREAM_REQUESTS.labels(label, "unreachable").inc()
             message = f"Verity unreachable: {type(exc).__name__}"
-            return ProxyResult(502, {"success": False, "error": {
-                "message": sanitise(message) if self.production else message, "code": "PROXY_ERROR"},
-                "meta": self._meta(meta, 502, started)})
+            return ProxyResult(
+                502,
+                {
+                    "success": False,
+                    "error": {"message": sanitise(message) if self.production else message, "code": "PROXY_ERROR"},
+                    "meta": self._meta(meta, 502, started),
+                },
+            )
         finally:
             UPSTREAM_DURATION.labels(label).observe(time.perf_counter() - started)
         UPSTREAM_REQUESTS.labels(label, str(response.status_code)).inc()
@@ -466,11 +537,18 @@ class VerityProxy:
         if response.is_success:
             return ProxyResult(response.status_code, {"success": True, "data": data, "meta": envelope_meta}, passed)
         if response.is_redirect:  # not followed (it could carry our credentials to another host)
-            return ProxyResult(502, {"success": False, "error": {
-                "message": f"Verity answered a redirect ({response.status_code}); not followed",
-                "code": "UPSTREAM_REDIRECT"}, "meta": self._meta(meta, 502, started)})
-        error: dict[str, Any] = {"message": self._error_message(response, data),
-                                 "code": f"HTTP_{response.status_code}"}
+            return ProxyResult(
+                502,
+                {
+                    "success": False,
+                    "error": {
+                        "message": f"Verity answered a redirect ({response.status_code}); not followed",
+                        "code": "UPSTREAM_REDIRECT",
+                    },
+                    "meta": self._meta(meta, 502, started),
+                },
+            )
+        error: dict[str, Any] = {"message": self._error_message(response, data), "code": f"HTTP_{response.status_code}"}
         if not self.production:
             error["details"] = data
         return ProxyResult(response.status_code, {"success": False, "error": error, "meta": envelope_meta}, passed)
@@ -486,8 +564,12 @@ class VerityProxy:
 
     @staticmethod
     def _meta(meta: dict[str, Any], status: int, started: float) -> dict[str, Any]:
-        return {**meta, "status": status, "duration": round((time.perf_counter() - started) * 1000, 1),
-                "timestamp": datetime.now(UTC).isoformat()}
+        return {
+            **meta,
+            "status": status,
+            "duration": round((time.perf_counter() - started) * 1000, 1),
+            "timestamp": datetime.now(UTC).isoformat(),
+        }
 
 
 def _parse(response: httpx.Response) -> Any:

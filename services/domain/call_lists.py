@@ -44,8 +44,11 @@ def resolve_agent(agents: Iterable[Agent], contact: ContactView, default: str) -
     for agent in agents:
         if contact.assigned_to and agent.ghl_owner_id == contact.assigned_to:
             return agent.agent_key, f"owner_id_match:{contact.assigned_to}"
-        if contact.assigned_email and agent.ghl_owner_email and \
-                agent.ghl_owner_email.lower() == contact.assigned_email.lower():
+        if (
+            contact.assigned_email
+            and agent.ghl_owner_email
+            and agent.ghl_owner_email.lower() == contact.assigned_email.lower()
+        ):
             return agent.agent_key, f"owner_email_match:{contact.assigned_email}"
     for agent in agents:
         if contact.field_value and agent.field_value and agent.field_value.lower() == contact.field_value.lower():
@@ -137,9 +140,16 @@ def stage_intent(stage: str, list_keys: Iterable[str]) -> tuple[list[str], list[
     return [], []
 
 
-def list_intent(canonical_type: str, payload: dict[str, Any], contact_tags: Iterable[str], *,
-                opted_out: bool, list_keys: list[str], mode: str, stage: str | None = None
-                ) -> tuple[list[str], list[str]]:
+def list_intent(
+    canonical_type: str,
+    payload: dict[str, Any],
+    contact_tags: Iterable[str],
+    *,
+    opted_out: bool,
+    list_keys: list[str],
+    mode: str,
+    stage: str | None = None,
+) -> tuple[list[str], list[str]]:
     """L-1: (add, remove) list keys."""
     if opted_out:
         return [], list(list_keys)

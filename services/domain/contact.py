@@ -74,9 +74,13 @@ class CanonicalContact:
         """Inverse of ``snapshot``; a snapshot written before these were kept has no
         custom fields (unknown) and no ``seen_at`` (age unknown)."""
         customs = data.get("custom_fields")
-        return cls(**{k: data.get(k) for k in FIELDS}, tags=tuple(data.get("tags") or ()),
-                   custom_fields=None if customs is None else custom_pairs(customs),
-                   date_updated=data.get("date_updated"), seen_at=_parse_time(data.get("seen_at")))
+        return cls(
+            **{k: data.get(k) for k in FIELDS},
+            tags=tuple(data.get("tags") or ()),
+            custom_fields=None if customs is None else custom_pairs(customs),
+            date_updated=data.get("date_updated"),
+            seen_at=_parse_time(data.get("seen_at")),
+        )
 
     def with_fields(self, **values: Any) -> CanonicalContact:
         """A copy with some fields replaced."""
@@ -103,33 +107,58 @@ def ghl_to_canonical(contact: Any, region: str = "US") -> CanonicalContact:
     fields are known and it was seen now."""
     canonical = CanonicalContact.build(
         region,
-        first_name=contact.first_name, last_name=contact.last_name, email=contact.email,
-        phone=contact.phone, timezone=contact.timezone, country=contact.country,
-        state=contact.state, city=contact.city, tags=contact.tags,
+        first_name=contact.first_name,
+        last_name=contact.last_name,
+        email=contact.email,
+        phone=contact.phone,
+        timezone=contact.timezone,
+        country=contact.country,
+        state=contact.state,
+        city=contact.city,
+        tags=contact.tags,
     )
     customs = getattr(contact, "custom_fields", None)
     values = {f.id: f.value for f in customs} if customs is not None else None
-    return canonical.with_fields(custom_fields=None if values is None else custom_pairs(values),
-                                 date_updated=getattr(contact, "date_updated", None), seen_at=datetime.now(UTC))
+    return canonical.with_fields(
+        custom_fields=None if values is None else custom_pairs(values),
+        date_updated=getattr(contact, "date_updated", None),
+        seen_at=datetime.now(UTC),
+    )
 
 
 def aloware_to_canonical(contact: Any, region: str = "US") -> CanonicalContact:
     """From an Aloware contact (webhook body or lookup record)."""
     return CanonicalContact.build(
         region,
-        first_name=contact.first_name, last_name=contact.last_name, email=contact.email,
-        phone=contact.phone_number, timezone=getattr(contact, "timezone", None),
-        country=getattr(contact, "country", None), state=getattr(contact, "state", None),
-        city=getattr(contact, "city", None), tags=getattr(contact, "tags", ()),
+        first_name=contact.first_name,
+        last_name=contact.last_name,
+        email=contact.email,
+        phone=contact.phone_number,
+        timezone=getattr(contact, "timezone", None),
+        country=getattr(contact, "country", None),
+        state=getattr(contact, "state", None),
+        city=getattr(contact, "city", None),
+        tags=getattr(contact, "tags", ()),
     )
 
 
 GHL_NAMES = {
-    "first_name": "firstName", "last_name": "lastName", "email": "email", "phone": "phone",
-    "timezone": "timezone", "country": "country", "state": "state", "city": "city",
+    "first_name": "firstName",
+    "last_name": "lastName",
+    "email": "email",
+    "phone": "phone",
+    "timezone": "timezone",
+    "country": "country",
+    "state": "state",
+    "city": "city",
 }
 ALOWARE_NAMES = {
-    "first_name": "first_name", "last_name": "last_name", "email": "email",
-    "phone": "phone_number", "timezone": "timezone", "country": "country", "state": "state",
+    "first_name": "first_name",
+    "last_name": "last_name",
+    "email": "email",
+    "phone": "phone_number",
+    "timezone": "timezone",
+    "country": "country",
+    "state": "state",
     "city": "city",
 }

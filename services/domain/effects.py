@@ -88,8 +88,9 @@ class Settled:
     detail: str | None
 
 
-async def claim(conn: AsyncConnection, key: str, effect: str, *, event_id: uuid.UUID | None,
-                ttl_s: float) -> Claim | Settled:
+async def claim(
+    conn: AsyncConnection, key: str, effect: str, *, event_id: uuid.UUID | None, ttl_s: float
+) -> Claim | Settled:
     """Claim ``key`` for this attempt, or say how an earlier claim ended.
 
     Raises ``RetryLater`` (not counted against the retry budget: no vendor was asked) while
@@ -99,39 +100,60 @@ async def claim(conn: AsyncConnection, key: str, effect: str, *, event_id: uuid.
     for _ in range(3):  # a row released or resolved between the statements: claim again
         inserted = await conn.scalar(
             pg_insert(EffectClaimRow)
-            .values(key=key, effect=effect, state="claimed", token=token, event_id=event_id,
-                    expires_at=expires)
+            .values(key=key, effect=effect, state="claimed", token=token, event_id=event_id, expires_at=expires)
             .on_conflict_do_nothing(index_elements=["key"])
-            .returning(EffectClaimRow.token))
+            .returning(EffectClaimRow.token)
+        )
         if inserted is not None:
             return Claim(key, token)
         taken = await conn.scalar(
             update(EffectClaimRow)
             .where(EffectClaimRow.key == key, EffectClaimRow.state == "claimed", EffectClaimRow.expires_at < func.now())
-            .values(token=token, event_id=event_id, claimed_at=func.now(), expires_at=expires,
-                    attempts=EffectClaimRow.attempts + 1)
-            .returning(EffectClaimRow.token))
+            .values(
+                token=token,
+                event_id=event_id,
+                claimed_at=func.now(),
+                expires_at=expires,
+                attempts=EffectClaimRow.attempts + 1,
+            )
+            .returning(EffectClaimRow.token)
+        )
         if taken is not None:
             log.warning("effect_claim_recovered", key=key, effect=effect)
             return Claim(key, token, recovered=True)
-        row = (await conn.execute(
-            select(EffectClaimRow.state, EffectClaimRow.vendor_id, EffectClaimRow.detail,
-                   extract("epoch", EffectClaimRow.expires_at - func.now()).label("left"))
-            .where(EffectClaimRow.key == key))).first()
+        row = (
+            await conn.execute(
+                select(
+                    EffectClaimRow.state,
+                    EffectClaimRow.vendor_id,
+                    EffectClaimRow.detail,
+                    extract("epoch", EffectClaimRow.expires_at - func.now()).label("left"),
+                ).where(EffectClaimRow.key == key)
+            )
+        ).first()
         if row is None:
             continue
         if row.state in ("done", "unknown"):
             return Settled(key, row.state, row.vendor_id, row.detail)
-        raise RetryLater(max(1.0, float(row.left) + 1.0), f"{effect} {key} is being written by another attempt",
-                         counts_as_attempt=False, cause=Cause.CLAIM_HELD)
+        raise RetryLater(
+            max(1.0, float(row.left) + 1.0),
+            f"{effect} {key} is being written by another attempt",
+            counts_as_attempt=False,
+            cause=Cause.CLAIM_HELD,
+        )
     raise RetryLater(None, f"{effect} {key}: claim kept changing")
 
 
 async def settled(conn: AsyncConnection, key: str) -> Settled | None:
     """How an earlier claim of ``key`` ended, without claiming it (a planner's known state,
     the dry run): None while it was never claimed or is still being written."""
-    row = (await conn.execute(select(EffectClaimRow.state, EffectClaimRow.vendor_id, EffectClaimRow.detail)
-                              .where(EffectClaimRow.key == key))).first()
+    row = (
+        await conn.execute(
+            select(EffectClaimRow.state, EffectClaimRow.vendor_id, EffectClaimRow.detail).where(
+                EffectClaimRow.key == key
+            )
+        )
+    ).first()
     if row is None or row.state not in ("done", "unknown"):
         return None
     return Settled(key, row.state, row.vendor_id, row.detail)
@@ -139,43 +161,63 @@ async def settled(conn: AsyncConnection, key: str) -> Settled | None:
 
 async def done(conn: AsyncConnection, key: str, vendor_id: str | None) -> None:
     """The write happened (this attempt's, or one found at the vendor)."""
-    await conn.execute(update(EffectClaimRow).where(EffectClaimRow.key == key)
-                       .values(state="done", vendor_id=vendor_id, detail=None, settled_at=func.now()))
+    await conn.execute(
+        update(EffectClaimRow)
+        .where(EffectClaimRow.key == key)
+        .values(state="done", vendor_id=vendor_id, detail=None, settled_at=func.now())
+    )
 
 
 async def unknown(conn: AsyncConnection, key: str, detail: str) -> None:
     """The write may have happened; an operator decides (never an automatic resend)."""
-    await conn.execute(update(EffectClaimRow).where(EffectClaimRow.key == key, EffectClaimRow.state != "done")
-                       .values(state="unknown", detail=detail[:2000], settled_at=func.now()))
+    await conn.execute(
+        update(EffectClaimRow)
+        .where(EffectClaimRow.key == key, EffectClaimRow.state != "done")
+        .values(state="unknown", detail=detail[:2000], settled_at=func.now())
+    )
     log.error("effect_outcome_unknown", key=key, detail=detail[:200])
 
 
 async def release(conn: AsyncConnection, owned: Claim) -> None:
     """The vendor did not act on the write: free the key so a retry can perform it."""
-    await conn.execute(delete(EffectClaimRow).where(EffectClaimRow.key == owned.key, EffectClaimRow.token == owned.token,
-                                                 EffectClaimRow.state == "claimed"))
+    await conn.execute(
+        delete(EffectClaimRow).where(
+            EffectClaimRow.key == owned.key, EffectClaimRow.token == owned.token, EffectClaimRow.state == "claimed"
+        )
+    )
 
 
 async def expire(conn: AsyncConnection, owned: Claim) -> None:
     """Give the claim up without saying the write did not happen (this attempt could not
     check the vendor): the next attempt takes it over at once and checks again."""
-    await conn.execute(update(EffectClaimRow).where(EffectClaimRow.key == owned.key, EffectClaimRow.token == owned.token,
-                                                 EffectClaimRow.state == "claimed")
-                       .values(expires_at=func.now()))
+    await conn.execute(
+        update(EffectClaimRow)
+        .where(EffectClaimRow.key == owned.key, EffectClaimRow.token == owned.token, EffectClaimRow.state == "claimed")
+        .values(expires_at=func.now())
+    )
 
 
-async def reopen(conn: AsyncConnection, key: str, vendor_id: str, *, event_id: uuid.UUID | None,
-                 ttl_s: float) -> Claim | None:
+async def reopen(
+    conn: AsyncConnection, key: str, vendor_id: str, *, event_id: uuid.UUID | None, ttl_s: float
+) -> Claim | None:
     """Claim a ``done`` write again because what it made is gone at the vendor (a GHL
     contact deleted since): only the attempt whose update matched may write it anew."""
     token = uuid.uuid4()
     taken = await conn.scalar(
         update(EffectClaimRow)
         .where(EffectClaimRow.key == key, EffectClaimRow.state == "done", EffectClaimRow.vendor_id == vendor_id)
-        .values(state="claimed", token=token, event_id=event_id, claimed_at=func.now(), vendor_id=None,
-                expires_at=func.now() + timedelta(seconds=ttl_s), settled_at=None,
-                attempts=EffectClaimRow.attempts + 1)
-        .returning(EffectClaimRow.token))
+        .values(
+            state="claimed",
+            token=token,
+            event_id=event_id,
+            claimed_at=func.now(),
+            vendor_id=None,
+            expires_at=func.now() + timedelta(seconds=ttl_s),
+            settled_at=None,
+            attempts=EffectClaimRow.attempts + 1,
+        )
+        .returning(EffectClaimRow.token)
+    )
     return Claim(key, token) if taken is not None else None
 
 
@@ -197,15 +239,19 @@ def may_have_landed(exc: BaseException) -> bool:
     return not isinstance(exc, Permanent)
 
 
-async def resolve(conn: AsyncConnection, key: str, outcome: Literal["sent", "not_sent"],
-                  vendor_id: str | None = None) -> bool:
+async def resolve(
+    conn: AsyncConnection, key: str, outcome: Literal["sent", "not_sent"], vendor_id: str | None = None
+) -> bool:
     """Operator decision on an ``unknown`` (or stuck ``claimed``) write, after checking the
     vendor: ``sent`` records it done (a replay then does not write), ``not_sent`` deletes
     the claim (the next replay writes). False when there is no such unsettled claim."""
     where = (EffectClaimRow.key == key, EffectClaimRow.state.in_(("unknown", "claimed")))
     if outcome == "sent":
-        result = await conn.execute(update(EffectClaimRow).where(*where).values(
-            state="done", vendor_id=vendor_id, detail="resolved by operator: sent", settled_at=func.now()))
+        result = await conn.execute(
+            update(EffectClaimRow)
+            .where(*where)
+            .values(state="done", vendor_id=vendor_id, detail="resolved by operator: sent", settled_at=func.now())
+        )
     else:
         result = await conn.execute(delete(EffectClaimRow).where(*where))
     return bool(result.rowcount)
@@ -214,7 +260,16 @@ async def resolve(conn: AsyncConnection, key: str, outcome: Literal["sent", "not
 async def list_unknown(conn: AsyncConnection, limit: int = 100) -> list[dict[str, Any]]:
     """Writes waiting for an operator, oldest first."""
     rows = await conn.execute(
-        select(EffectClaimRow.key, EffectClaimRow.effect, EffectClaimRow.event_id, EffectClaimRow.detail,
-               EffectClaimRow.claimed_at, EffectClaimRow.settled_at)
-        .where(EffectClaimRow.state == "unknown").order_by(EffectClaimRow.claimed_at).limit(limit))
+        select(
+            EffectClaimRow.key,
+            EffectClaimRow.effect,
+            EffectClaimRow.event_id,
+            EffectClaimRow.detail,
+            EffectClaimRow.claimed_at,
+            EffectClaimRow.settled_at,
+        )
+        .where(EffectClaimRow.state == "unknown")
+        .order_by(EffectClaimRow.claimed_at)
+        .limit(limit)
+    )
     return [dict(r._mapping) for r in rows]

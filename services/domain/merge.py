@@ -92,9 +92,9 @@ def changed_fields(current: CanonicalContact, target: CanonicalContact) -> dict[
     return out
 
 
-def plan_existing(ghl: CanonicalContact, alo: CanonicalContact, mode: str) -> tuple[
-    CanonicalContact | None, dict[str, Any], list[Decision]
-]:
+def plan_existing(
+    ghl: CanonicalContact, alo: CanonicalContact, mode: str
+) -> tuple[CanonicalContact | None, dict[str, Any], list[Decision]]:
     """(what Aloware should hold or None for no write, GHL write-back fields, decisions)."""
     merged, decisions = merge(ghl, alo)
     if mode == "aloware":

@@ -56,44 +56,93 @@ class Decision:
     reason: str | None = None
 
 
-def decide(current_status: str | None, current_source: str | None, current_at: datetime | None,
-           status: Status, source: Source, reason: str | None, at: datetime) -> Decision:
+def decide(
+    current_status: str | None,
+    current_source: str | None,
+    current_at: datetime | None,
+    status: Status,
+    source: Source,
+    reason: str | None,
+    at: datetime,
+) -> Decision:
     """O-4 as a pure function."""
     if current_status is None:
         return Decision(True, status)
     if current_at is not None and at < current_at:
         return Decision(False, current_status, "stale_event")  # type: ignore[arg-type]
     if status == "opted_in" and current_status == "opted_out":
-        allowed = (source == current_source or source == "manual"
-                   or (source == "texting" and (reason or "").upper() in OPT_IN_WORDS))
+        allowed = (
+            source == current_source
+            or source == "manual"
+            or (source == "texting" and (reason or "").upper() in OPT_IN_WORDS)
+        )
         if not allowed:
             return Decision(False, "opted_out", f"opt_in_blocked_by_{current_source}")
     return Decision(True, status)
 
 
-async def record(conn: AsyncConnection, phone: str, status: Status, source: Source, reason: str | None,
-                 *, at: datetime, event_id: uuid.UUID | None) -> Decision:
+async def record(
+    conn: AsyncConnection,
+    phone: str,
+    status: Status,
+    source: Source,
+    reason: str | None,
+    *,
+    at: datetime,
+    event_id: uuid.UUID | None,
+) -> Decision:
     """O-1 with O-4: upsert the number's row (locked while deciding) and append the history.
     Call inside a transaction."""
-    await conn.execute(pg_insert(OptoutRegistryRow).values(
-        phone_number=phone, status=status, source=source, reason=reason, last_event_at=at,
-        last_event_id=event_id).on_conflict_do_nothing(index_elements=["phone_number"])
-        .returning(OptoutRegistryRow.id))
-    row = (await conn.execute(select(OptoutRegistryRow).where(OptoutRegistryRow.phone_number == phone)
-                              .with_for_update())).one()
+    await conn.execute(
+        pg_insert(OptoutRegistryRow)
+        .values(
+            phone_number=phone, status=status, source=source, reason=reason, last_event_at=at, last_event_id=event_id
+        )
+        .on_conflict_do_nothing(index_elements=["phone_number"])
+        .returning(OptoutRegistryRow.id)
+    )
+    row = (
+        await conn.execute(select(OptoutRegistryRow).where(OptoutRegistryRow.phone_number == phone).with_for_update())
+    ).one()
     fresh = row.last_event_id == event_id and row.status == status and row.source == source
-    decision = Decision(True, status) if fresh else decide(
-        row.status, row.source, row.last_event_at, status, source, reason, at)
+    decision = (
+        Decision(True, status)
+        if fresh
+        else decide(row.status, row.source, row.last_event_at, status, source, reason, at)
+    )
     if decision.applied and not fresh:
-        await conn.execute(update(OptoutRegistryRow).where(OptoutRegistryRow.phone_number == phone).values(
-            status=status, source=source, reason=reason, last_event_at=at, last_event_id=event_id,
-            updated_at=datetime.now(at.tzinfo)))
-    already = await conn.scalar(select(OptoutEventRow.id).where(
-        OptoutEventRow.phone_number == phone, OptoutEventRow.event_id == event_id).limit(1)) if event_id else None
+        await conn.execute(
+            update(OptoutRegistryRow)
+            .where(OptoutRegistryRow.phone_number == phone)
+            .values(
+                status=status,
+                source=source,
+                reason=reason,
+                last_event_at=at,
+                last_event_id=event_id,
+                updated_at=datetime.now(at.tzinfo),
+            )
+        )
+    already = (
+        await conn.scalar(
+            select(OptoutEventRow.id)
+            .where(OptoutEventRow.phone_number == phone, OptoutEventRow.event_id == event_id)
+            .limit(1)
+        )
+        if event_id
+        else None
+    )
     if already is None:
-        await conn.execute(insert(OptoutEventRow).values(
-            phone_number=phone, status=status, source=source,
-            reason=reason if decision.applied else f"{reason} ({decision.reason})", event_id=event_id, at=at))
+        await conn.execute(
+            insert(OptoutEventRow).values(
+                phone_number=phone,
+                status=status,
+                source=source,
+                reason=reason if decision.applied else f"{reason} ({decision.reason})",
+                event_id=event_id,
+                at=at,
+            )
+        )
     return decision
 
 

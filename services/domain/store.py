@@ -50,7 +50,9 @@ def contact_lock_key(phone: str | None, ghl_id: str | None = None, aloware_id: s
 
 
 async def mapping_by_aloware(conn: AsyncConnection, aloware_id: str) -> Any:
-    return (await conn.execute(select(ContactMappingRow).where(ContactMappingRow.aloware_contact_id == aloware_id))).first()
+    return (
+        await conn.execute(select(ContactMappingRow).where(ContactMappingRow.aloware_contact_id == aloware_id))
+    ).first()
 
 
 async def mapping_by_ghl(conn: AsyncConnection, ghl_id: str) -> Any:
@@ -59,9 +61,14 @@ async def mapping_by_ghl(conn: AsyncConnection, ghl_id: str) -> Any:
 
 async def mapping_by_phone(conn: AsyncConnection, phone: str) -> Any:
     """The mapping of an E.164 number (the most recently synced one if several)."""
-    return (await conn.execute(
-        select(ContactMappingRow).where(ContactMappingRow.phone_number == phone, ContactMappingRow.ghl_deleted_at.is_(None))
-        .order_by(ContactMappingRow.last_synced_at.desc()).limit(1))).first()
+    return (
+        await conn.execute(
+            select(ContactMappingRow)
+            .where(ContactMappingRow.phone_number == phone, ContactMappingRow.ghl_deleted_at.is_(None))
+            .order_by(ContactMappingRow.last_synced_at.desc())
+            .limit(1)
+        )
+    ).first()
 
 
 async def drop_mapping(conn: AsyncConnection, ghl_id: str) -> None:
@@ -84,9 +91,7 @@ async def upsert_mapping(
     """CA-7/CG-7: upsert on the GHL id; a different non-null Aloware id is a conflict."""
     existing = await mapping_by_ghl(conn, ghl_id)
     if existing and aloware_id and existing.aloware_contact_id not in (None, aloware_id):
-        raise MappingConflict(
-            f"GHL {ghl_id} is mapped to Aloware {existing.aloware_contact_id}, not {aloware_id}"
-        )
+        raise MappingConflict(f"GHL {ghl_id} is mapped to Aloware {existing.aloware_contact_id}, not {aloware_id}")
     now = datetime.now(UTC)
     values: dict[str, Any] = {"last_synced_at": now, "updated_at": now}
     if aloware_id:
@@ -118,9 +123,13 @@ async def is_echo(conn: AsyncConnection, system: str, entity_id: str, field_hash
     """True when we wrote exactly this projection of this record within the window."""
     since = datetime.now(UTC) - timedelta(seconds=window_s)
     found = await conn.scalar(
-        select(func.count()).select_from(OutboundWriteRow).where(
-            OutboundWriteRow.system == system, OutboundWriteRow.entity_id == entity_id,
-            OutboundWriteRow.field_hash == field_hash, OutboundWriteRow.written_at >= since,
+        select(func.count())
+        .select_from(OutboundWriteRow)
+        .where(
+            OutboundWriteRow.system == system,
+            OutboundWriteRow.entity_id == entity_id,
+            OutboundWriteRow.field_hash == field_hash,
+            OutboundWriteRow.written_at >= since,
         )
     )
     return bool(found)
@@ -145,9 +154,19 @@ async def log_sync(
     row_id = uuid4()
     await conn.execute(
         insert(SyncLogRow).values(
-            id=row_id, direction=direction, entity_type=entity_type, entity_id=source_id, source_id=source_id,
-            target_id=target_id, status=status, started_at=started_at, finished_at=datetime.now(UTC),
-            error_message=message, correlation_id=correlation_id, rule=rule, attempt=attempt,
+            id=row_id,
+            direction=direction,
+            entity_type=entity_type,
+            entity_id=source_id,
+            source_id=source_id,
+            target_id=target_id,
+            status=status,
+            started_at=started_at,
+            finished_at=datetime.now(UTC),
+            error_message=message,
+            correlation_id=correlation_id,
+            rule=rule,
+            attempt=attempt,
             details=details,
         )
     )
@@ -158,8 +177,11 @@ async def log_sync(
 async def mark_ghl_deleted(conn: AsyncConnection, ghl_id: str) -> None:
     """D-3: the GHL contact is gone; its list memberships end."""
     now = datetime.now(UTC)
-    await conn.execute(update(ContactMappingRow).where(ContactMappingRow.ghl_contact_id == ghl_id)
-                       .values(ghl_deleted_at=now, updated_at=now))
+    await conn.execute(
+        update(ContactMappingRow)
+        .where(ContactMappingRow.ghl_contact_id == ghl_id)
+        .values(ghl_deleted_at=now, updated_at=now)
+    )
     mapping_touched("contact", "ghl_deleted", ghl_contact_id=ghl_id)
     await conn.execute(
         update(ContactListMembershipRow)

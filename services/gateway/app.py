@@ -21,7 +21,7 @@ it cannot be read, sends are ``503 OPTOUT_REGISTRY_UNAVAILABLE`` (fail closed).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -69,13 +69,19 @@ log = get_logger(__name__)
 # ``route`` is the matched route's template, or "other": never the raw path (a caller could
 # otherwise create a series per path it makes up)
 REQUESTS = Counter("dfm_gateway_requests_total", "Gateway requests", ["route", "status"])
-DURATION = Histogram("dfm_gateway_request_duration_seconds", "Gateway request time", ["route"],
-                     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+DURATION = Histogram(
+    "dfm_gateway_request_duration_seconds",
+    "Gateway request time",
+    ["route"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 MAX_BODY_BYTES = 100 * 1024
 MAX_BODY_DEPTH = 32  # a proxy request is {endpoint, method, params, query, body, headers}
 UNLIMITED = ("/health", "/metrics")  # spec §3.1: health is exempt (and cheap: health.py)
-DESCRIPTION = ("POST a JSON object {endpoint, method, params?, query?, body?, headers?} to proxy "
-               "one request to the Verity API; GET returns this catalog.")
+DESCRIPTION = (
+    "POST a JSON object {endpoint, method, params?, query?, body?, headers?} to proxy "
+    "one request to the Verity API; GET returns this catalog."
+)
 
 
 # --- OpenAPI documentation (the handlers parse bodies themselves, for the spec's error codes) --
@@ -87,8 +93,10 @@ class ProxyRequest(BaseModel):
     params: dict[str, str] | None = Field(default=None, description="values of the path's {name} parts")
     query: dict[str, Any] | None = None
     body: Any = None
-    headers: dict[str, str] | None = Field(default=None, description="Authorization: Bearer <Clerk token>, "
-                                           "and the forwarded headers GATEWAY_FORWARD_HEADERS names")
+    headers: dict[str, str] | None = Field(
+        default=None,
+        description="Authorization: Bearer <Clerk token>, and the forwarded headers GATEWAY_FORWARD_HEADERS names",
+    )
 
 
 class GatewayError(BaseModel):
@@ -106,22 +114,30 @@ class Envelope(BaseModel):
 
 
 ERROR_ANSWER = {"model": Envelope, "description": "the gateway's error, or Verity's own status passed through"}
-TOO_MANY = {"description": "rate limit (RATE_LIMIT_MAX per 15 minutes per key or client address; "
-                           "GATEWAY_AUTH_FAILURE_MAX failed key attempts per address)",
-            "content": {"text/plain": {"schema": {"type": "string"}}}}
+TOO_MANY = {
+    "description": "rate limit (RATE_LIMIT_MAX per 15 minutes per key or client address; "
+    "GATEWAY_AUTH_FAILURE_MAX failed key attempts per address)",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+}
 # The key is checked by the limits middleware, before any route (the limits are per verified
 # key); the routes that need it depend on this scheme so the OpenAPI document declares it there.
-API_KEY = HTTPBearer(scheme_name="GatewayKey", auto_error=False,
-                     description="DF_MIDDLEWARE_API_KEY (any of its comma-separated values)")
+API_KEY = HTTPBearer(
+    scheme_name="GatewayKey", auto_error=False, description="DF_MIDDLEWARE_API_KEY (any of its comma-separated values)"
+)
 PROXY_DOC: dict[str, Any] = {
-    "requestBody": {"required": True, "content": {"application/json": {
-        "schema": ProxyRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}},
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": ProxyRequest.model_json_schema(ref_template="#/components/schemas/{model}")}
+        },
+    },
 }
 
 
 def _fail(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"success": False, "error": {"message": message, "code": code}},
-                        status_code=status, headers=headers)
+    return JSONResponse(
+        {"success": False, "error": {"message": message, "code": code}}, status_code=status, headers=headers
+    )
 
 
 # one connection: the health probe's and the opt-out lookups' (deploy/README.md connection budget)
@@ -132,10 +148,15 @@ def create_app(settings: Settings) -> FastAPI:
     catalog = Catalog(settings.verity_catalog_path)
     # creating the engine connects nothing; the lifespan disposes of it
     engine = create_engine(settings, pool_size=POOL_SIZE) if settings.database_url else None
-    proxy = VerityProxy(settings, client=httpx.AsyncClient(
-        timeout=httpx.Timeout(settings.verity_proxy_timeout_s, connect=5.0), follow_redirects=False,
-        transport=SameOriginRedirects(settings.verity_base_url or DEFAULT_BASE_URL)),
-        gate=OptOutGate(settings, engine, sender="gateway"))
+    proxy = VerityProxy(
+        settings,
+        client=httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.verity_proxy_timeout_s, connect=5.0),
+            follow_redirects=False,
+            transport=SameOriginRedirects(settings.verity_base_url or DEFAULT_BASE_URL),
+        ),
+        gate=OptOutGate(settings, engine, sender="gateway"),
+    )
     verifier = ClerkVerifier(settings)
     limiter = RateLimiter(settings.rate_limit_max)
     failures = RateLimiter(settings.gateway_auth_failure_max)
@@ -159,8 +180,13 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="DF-Middleware Verity gateway", version="0.1.0", lifespan=lifespan)
     origins = ["*"] if settings.node_env == "development" else settings.cors_allowed_origins
-    app.add_middleware(CORSMiddleware, allow_origins=origins, allow_credentials=origins != ["*"],
-                       allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["*"])
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=origins,
+        allow_credentials=origins != ["*"],
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["*"],
+    )
 
     def route_of(request: Request) -> str:
         """The template of the route the request matches, else "other" (a bounded label set)."""
@@ -172,8 +198,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     def caller(request: Request) -> tuple[str, str | None]:
         """(the client's address, the id of the verified key or None)."""
-        address = client_address(request.client.host if request.client else None,
-                                 request.headers.getlist("x-forwarded-for"), trusted)
+        address = client_address(
+            request.client.host if request.client else None, request.headers.getlist("x-forwarded-for"), trusted
+        )
         return address, key_id(request.headers.get("authorization"), settings.df_middleware_api_key)
 
     def key_refused(request: Request, address: str, verified: str | None) -> bool:
@@ -189,7 +216,7 @@ def create_app(settings: Settings) -> FastAPI:
         return False
 
     @app.middleware("http")
-    async def limits(request: Request, call_next: Any) -> Response:
+    async def limits(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         route = route_of(request)
         started = time.perf_counter()
         address, verified = caller(request)
@@ -200,14 +227,20 @@ def create_app(settings: Settings) -> FastAPI:
         if refused:
             REQUESTS.labels(route, "429").inc()
             headers = failures.headers(key=address)
-            return PlainTextResponse("Too many failed API key attempts, please try again later.",
-                                     status_code=429, headers={**headers, "Retry-After": str(reset_in())})
+            return PlainTextResponse(
+                "Too many failed API key attempts, please try again later.",
+                status_code=429,
+                headers={**headers, "Retry-After": str(reset_in())},
+            )
         bucket = f"key:{verified}" if request.state.key_id else f"ip:{address}"
         allowed, headers = limiter.hit(bucket)
         if not allowed:
             REQUESTS.labels(route, "429").inc()
-            return PlainTextResponse("Too many requests, please try again later.", status_code=429,
-                                     headers={**headers, "Retry-After": headers["RateLimit-Reset"]})
+            return PlainTextResponse(
+                "Too many requests, please try again later.",
+                status_code=429,
+                headers={**headers, "Retry-After": headers["RateLimit-Reset"]},
+            )
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
             REQUESTS.labels(route, "413").inc()
@@ -225,36 +258,61 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
         """Public: each check's status. With the API key: why (the messages) too."""
-        checks = {**await probe.checks(),
-                  "externalApi_ghl": _configured(settings.ghl_api_key, "GHL_API_KEY"),
-                  "externalApi_aloware": _configured(settings.aloware_api_token, "ALOWARE_API_TOKEN"),
-                  "externalApi_verity": _configured(settings.verity_base_url, "VERITY_BASE_URL")}
-        checks["catalog"] = ({"status": "ok"} if catalog.load() is not None
-                             else {"status": "warning", "message": catalog.error})
+        checks: dict[str, Mapping[str, str | None]] = {
+            **await probe.checks(),
+            "externalApi_ghl": _configured(settings.ghl_api_key, "GHL_API_KEY"),
+            "externalApi_aloware": _configured(settings.aloware_api_token, "ALOWARE_API_TOKEN"),
+            "externalApi_verity": _configured(settings.verity_base_url, "VERITY_BASE_URL"),
+        }
+        checks["catalog"] = (
+            {"status": "ok"} if catalog.load() is not None else {"status": "warning", "message": catalog.error}
+        )
         degraded = any(c["status"] == "error" for c in checks.values())
         if not authorised(request):
             checks = {name: {"status": check["status"]} for name, check in checks.items()}
-        return JSONResponse({"status": "degraded" if degraded else "ok",
-                             "timestamp": datetime.now(UTC).isoformat(), "service": "df-middleware",
-                             "checks": checks}, status_code=503 if degraded else 200)
+        return JSONResponse(
+            {
+                "status": "degraded" if degraded else "ok",
+                "timestamp": datetime.now(UTC).isoformat(),
+                "service": "df-middleware",
+                "checks": checks,
+            },
+            status_code=503 if degraded else 200,
+        )
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/api/verity", response_model=Envelope, dependencies=[Security(API_KEY)],
-             responses={401: ERROR_ANSWER, 429: TOO_MANY, 503: ERROR_ANSWER})
+    @app.get(
+        "/api/verity",
+        response_model=Envelope,
+        dependencies=[Security(API_KEY)],
+        responses={401: ERROR_ANSWER, 429: TOO_MANY, 503: ERROR_ANSWER},
+    )
     async def get_catalog(request: Request) -> JSONResponse:
         if not authorised(request):
             return _fail(401, "UNAUTHORIZED", "missing or invalid API key")
         data = catalog.load()
         if data is None:
             return _fail(503, "CATALOG_UNAVAILABLE", "the Verity API catalog is unavailable")
-        return JSONResponse({"success": True, "data": {"catalog": data, "gateway": {
-            "endpoint": "/api/verity", "method": "POST", "description": DESCRIPTION}}})
+        return JSONResponse(
+            {
+                "success": True,
+                "data": {
+                    "catalog": data,
+                    "gateway": {"endpoint": "/api/verity", "method": "POST", "description": DESCRIPTION},
+                },
+            }
+        )
 
-    @app.post("/api/verity", response_model=Envelope, openapi_extra=PROXY_DOC, dependencies=[Security(API_KEY)],
-              responses={"4XX": ERROR_ANSWER, 429: TOO_MANY, "5XX": ERROR_ANSWER})
+    @app.post(
+        "/api/verity",
+        response_model=Envelope,
+        openapi_extra=PROXY_DOC,
+        dependencies=[Security(API_KEY)],
+        responses={"4XX": ERROR_ANSWER, 429: TOO_MANY, "5XX": ERROR_ANSWER},
+    )
     async def post_proxy(request: Request) -> Response:
         if not authorised(request):
             return _fail(401, "UNAUTHORIZED", "missing or invalid API key")
@@ -269,8 +327,10 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             spec = parse_body(bytes(raw) or b"{}", max_depth=MAX_BODY_DEPTH, replace_nul=False)
         except BodyError as exc:
-            message = {"invalid_json": "body is not JSON",
-                       "body_must_be_a_json_object": "body must be a JSON object"}.get(exc.reason, exc.reason)
+            message = {
+                "invalid_json": "body is not JSON",
+                "body_must_be_a_json_object": "body must be a JSON object",
+            }.get(exc.reason, exc.reason)
             return _fail(400, "INVALID_REQUEST", message)
         endpoint, method = spec.get("endpoint"), spec.get("method")
         try:
@@ -283,8 +343,9 @@ def create_app(settings: Settings) -> FastAPI:
             resolved = target(endpoint, spec.get("params"))
         except ProxyError as exc:
             return _fail(exc.status, exc.code, exc.message)
-        known, needs_admin = catalog.entry_for(endpoint, resolved, method) if catalog.load() is not None \
-            else (None, False)
+        known, needs_admin = (
+            catalog.entry_for(endpoint, resolved, method) if catalog.load() is not None else (None, False)
+        )
         if known is None and catalog.load() is not None:
             log.warning("gateway_endpoint_not_in_catalog", endpoint=endpoint, method=method)
             if settings.gateway_catalog_enforce:
@@ -304,9 +365,16 @@ def create_app(settings: Settings) -> FastAPI:
         extra = {k: v for k, v in given.items() if k in forward and k != "authorization"}
         try:
             with tracing.span("gateway proxy", kind=SpanKind.SERVER, parent=request.headers):
-                result = await proxy.call(endpoint, method, params=spec.get("params"), query=spec.get("query"),
-                                          body=spec.get("body"), headers=extra, token=token,
-                                          metric_endpoint=known.path if known else "uncatalogued")
+                result = await proxy.call(
+                    endpoint,
+                    method,
+                    params=spec.get("params"),
+                    query=spec.get("query"),
+                    body=spec.get("body"),
+                    headers=extra,
+                    token=token,
+                    metric_endpoint=known.path if known else "uncatalogued",
+                )
         except ProxyError as exc:
             return _fail(exc.status, exc.code, exc.message)
         headers = dict(result.headers)

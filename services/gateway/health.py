@@ -62,7 +62,7 @@ class DependencyProbe:
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_S), self.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
-        except Exception as exc:  # any failure is reported, never raised
+        except Exception as exc:  # any failure is reported, never raised  # noqa: BLE001
             return {"status": "error", "message": f"database unreachable: {type(exc).__name__}"}
         return {"status": "ok"}
 
@@ -79,7 +79,7 @@ class DependencyProbe:
             return {"status": "error", "message": "NATS unreachable: not connected"}
         try:
             await self._nats.flush(timeout=PROBE_TIMEOUT_S)
-        except Exception as exc:  # reported, never raised
+        except Exception as exc:  # reported, never raised  # noqa: BLE001
             return {"status": "error", "message": f"NATS unreachable: {type(exc).__name__}"}
         return {"status": "ok"}
 
@@ -93,7 +93,7 @@ class DependencyProbe:
     async def _connect_nats(self) -> None:
         try:
             self._nats = await connect(self.settings, name="dfm-gateway", reconnect_time_wait=2)
-        except Exception as exc:  # the next probe starts another attempt
+        except Exception as exc:  # the next probe starts another attempt  # noqa: BLE001
             log.warning("gateway_health_nats_connect_failed", error=type(exc).__name__)
 
     async def aclose(self) -> None:

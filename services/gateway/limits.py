@@ -57,15 +57,18 @@ class RateLimiter:
     def headers(self, count: int | None = None, key: str | None = None) -> dict[str, str]:
         if count is None:
             count = self._count(key or "", int(time.time() // WINDOW_S))
-        return {"RateLimit-Limit": str(self.limit), "RateLimit-Remaining": str(max(0, self.limit - count)),
-                "RateLimit-Reset": str(reset_in())}
+        return {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(max(0, self.limit - count)),
+            "RateLimit-Reset": str(reset_in()),
+        }
 
     def _forget(self, window: int) -> None:
         """Stale windows first; if a flood of distinct keys still overflows the table, the least
         recently used half (a forgotten key starts again at zero: the cost of bounded memory)."""
         self._windows = {k: v for k, v in self._windows.items() if v[0] == window}
         if len(self._windows) > MAX_TRACKED:
-            keep = list(self._windows.items())[len(self._windows) // 2:]
+            keep = list(self._windows.items())[len(self._windows) // 2 :]
             self._windows = dict(keep)
 
 
@@ -89,7 +92,7 @@ def trusted_networks(values: Sequence[str]) -> list[Network]:
 def _address(text: str) -> Address | None:
     text = text.strip()
     if text.startswith("[") and "]" in text:  # [v6]:port
-        text = text[1:text.index("]")]
+        text = text[1 : text.index("]")]
     elif text.count(":") == 1:  # v4:port
         text = text.split(":")[0]
     try:

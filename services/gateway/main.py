@@ -14,5 +14,13 @@ def run(settings: Settings, *, host: str = "0.0.0.0") -> None:
     ``proxy_headers=False``: uvicorn would otherwise take ``X-Forwarded-For`` as the client's
     address from any peer in ``FORWARDED_ALLOW_IPS`` (127.0.0.1 by default, so from anything on
     the pod's loopback); the rate limits read it only from ``GATEWAY_TRUSTED_PROXIES``."""
-    uvicorn.run(create_app(settings), host=host, port=settings.gateway_port, log_level="warning",
-                log_config=None, access_log=False, timeout_graceful_shutdown=30, proxy_headers=False)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=settings.gateway_port,
+        log_level="warning",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+        proxy_headers=False,
+    )

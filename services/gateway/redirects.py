@@ -39,8 +39,9 @@ def origin(url: httpx.URL) -> tuple[str, str, int | None]:
 class SameOriginRedirects(httpx.AsyncBaseTransport):
     """Follows redirects whose target is on ``base_url``'s origin."""
 
-    def __init__(self, base_url: str, inner: httpx.AsyncBaseTransport | None = None,
-                 max_redirects: int = MAX_REDIRECTS) -> None:
+    def __init__(
+        self, base_url: str, inner: httpx.AsyncBaseTransport | None = None, max_redirects: int = MAX_REDIRECTS
+    ) -> None:
         self.origin = origin(httpx.URL(base_url))
         self.inner = inner or httpx.AsyncHTTPTransport()
         self.max_redirects = max_redirects
@@ -69,8 +70,13 @@ class SameOriginRedirects(httpx.AsyncBaseTransport):
             return None
         if origin(url) != self.origin:
             # the host only: the path and query of a redirect may carry what the caller sent
-            log.warning("verity_redirect_refused", status=response.status_code,
-                        target_scheme=url.scheme, target_host=url.host, target_port=url.port)
+            log.warning(
+                "verity_redirect_refused",
+                status=response.status_code,
+                target_scheme=url.scheme,
+                target_host=url.host,
+                target_port=url.port,
+            )
             return None
         if sending_endpoint(url.path) is not None and sending_endpoint(request.url.path) is None:
             log.warning("verity_redirect_into_send_refused", status=response.status_code)
@@ -78,7 +84,8 @@ class SameOriginRedirects(httpx.AsyncBaseTransport):
         method = request.method
         # what every client does (RFC 9110 §15.4): 303 becomes GET, and so does a POST on 301/302
         if (response.status_code == 303 and method != "HEAD") or (
-                response.status_code in (301, 302) and method == "POST"):
+            response.status_code in (301, 302) and method == "POST"
+        ):
             method = "GET"
         headers = httpx.Headers(request.headers)
         content: bytes | None = request.content

@@ -70,8 +70,7 @@ def _without_userinfo(url: str) -> str:
 def connection_identity(settings: Settings, name: str, identity: str | None = None) -> str | None:
     """Which identity of ``nats_auth.IDENTITIES`` a connection uses: the one asked for, else the
     one of its connection name, else the process's (``NATS_IDENTITY``; `dfm run` sets it)."""
-    return (identity or nats_auth.identity_for(name, admin_api=bool(settings.df_admin_secret))
-            or settings.nats_identity)
+    return identity or nats_auth.identity_for(name, admin_api=bool(settings.df_admin_secret)) or settings.nats_identity
 
 
 def credential_options(settings: Settings, identity: str | None) -> dict[str, Any]:
@@ -211,22 +210,34 @@ def _differences(wanted: dict[str, Any], current: dict[str, Any]) -> dict[str, A
     out = {}
     for key, value in wanted.items():
         have = current.get(key)
-        same = (math.isclose(float(have), float(value), rel_tol=1e-6)
-                if isinstance(value, int | float) and isinstance(have, int | float) else have == value)
+        same = (
+            math.isclose(float(have), float(value), rel_tol=1e-6)
+            if isinstance(value, int | float) and isinstance(have, int | float)
+            else have == value
+        )
         if not same:
             out[key] = (have, value)
     return out
 
 
 def _stream_fields(config: StreamConfig) -> dict[str, Any]:
-    return {"subjects": sorted(config.subjects or []), "num_replicas": config.num_replicas,
-            "max_age": config.max_age or 0, "duplicate_window": config.duplicate_window or 0}
+    return {
+        "subjects": sorted(config.subjects or []),
+        "num_replicas": config.num_replicas,
+        "max_age": config.max_age or 0,
+        "duplicate_window": config.duplicate_window or 0,
+    }
 
 
 def _consumer_fields(config: ConsumerConfig) -> dict[str, Any]:
     filters = sorted(config.filter_subjects or ([config.filter_subject] if config.filter_subject else []))
-    return {"filter_subjects": filters, "ack_wait": config.ack_wait, "max_deliver": config.max_deliver,
-            "max_ack_pending": config.max_ack_pending, "backoff": list(config.backoff or [])}
+    return {
+        "filter_subjects": filters,
+        "ack_wait": config.ack_wait,
+        "max_deliver": config.max_deliver,
+        "max_ack_pending": config.max_ack_pending,
+        "backoff": list(config.backoff or []),
+    }
 
 
 async def ensure_stream(js: JetStreamContext, spec: StreamSpec, settings: Settings) -> None:
@@ -238,33 +249,41 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec, settings: Settin
         info = await js.stream_info(spec.name)
     except NotFoundError:
         if not _may_manage(js):
-            raise TopologyMissing(f"stream {spec.name} does not exist: run `dfm nats topology` "
-                                  "(or `dfm migrate upgrade`) with the admin identity") from None
+            raise TopologyMissing(
+                f"stream {spec.name} does not exist: run `dfm nats topology` "
+                "(or `dfm migrate upgrade`) with the admin identity"
+            ) from None
         await js.add_stream(wanted)
         return
     diff = _differences(_stream_fields(wanted), _stream_fields(info.config))
     if diff:
-        log.warning("stream_config_differs", stream=spec.name, **{k: {"current": c, "settings": w}
-                                                                  for k, (c, w) in diff.items()})
+        log.warning(
+            "stream_config_differs",
+            stream=spec.name,
+            **{k: {"current": c, "settings": w} for k, (c, w) in diff.items()},
+        )
 
 
-async def ensure_consumer(
-    js: JetStreamContext, spec: ConsumerSpec, ack_wait_s: float | None = None
-) -> None:
+async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec, ack_wait_s: float | None = None) -> None:
     """Check that the durable exists; never change it (see ``ensure_stream``)."""
     wanted = consumer_config(spec, ack_wait_s)
     try:
         info = await js.consumer_info(spec.stream, spec.durable)
     except NotFoundError:
         if not _may_manage(js):
-            raise TopologyMissing(f"durable {spec.durable} on {spec.stream} does not exist: run "
-                                  "`dfm nats topology` (or `dfm migrate upgrade`) with the admin identity") from None
+            raise TopologyMissing(
+                f"durable {spec.durable} on {spec.stream} does not exist: run "
+                "`dfm nats topology` (or `dfm migrate upgrade`) with the admin identity"
+            ) from None
         await js.add_consumer(spec.stream, wanted)
         return
     diff = _differences(_consumer_fields(wanted), _consumer_fields(info.config))
     if diff:
-        log.warning("consumer_config_differs", consumer=spec.durable, **{k: {"current": c, "settings": w}
-                                                                          for k, (c, w) in diff.items()})
+        log.warning(
+            "consumer_config_differs",
+            consumer=spec.durable,
+            **{k: {"current": c, "settings": w} for k, (c, w) in diff.items()},
+        )
 
 
 def _ack_wait(settings: Settings, consumer: ConsumerSpec) -> float | None:
@@ -294,8 +313,9 @@ def _downgrades(wanted: StreamConfig, current: StreamConfig) -> list[str]:
     return lowered
 
 
-async def apply_stream(js: JetStreamContext, spec: StreamSpec, settings: Settings, *,
-                       allow_downgrade: bool = False) -> None:
+async def apply_stream(
+    js: JetStreamContext, spec: StreamSpec, settings: Settings, *, allow_downgrade: bool = False
+) -> None:
     """The topology step for one stream: create it, or update it to the settings. Lowering
     replicas or retention loses redundancy or accepted events, so it is refused
     (``TopologyDowngrade``) unless ``allow_downgrade`` (``DFM_STREAM_ALLOW_DOWNGRADE``)."""
@@ -307,16 +327,22 @@ async def apply_stream(js: JetStreamContext, spec: StreamSpec, settings: Setting
         return
     lowered = _downgrades(wanted, info.config)
     if lowered and not allow_downgrade:
-        raise TopologyDowngrade(f"stream {spec.name}: refusing to lower {', '.join(lowered)} "
-                                "(set DFM_STREAM_ALLOW_DOWNGRADE=true to do it on purpose)")
+        raise TopologyDowngrade(
+            f"stream {spec.name}: refusing to lower {', '.join(lowered)} "
+            "(set DFM_STREAM_ALLOW_DOWNGRADE=true to do it on purpose)"
+        )
     if _differences(_stream_fields(wanted), _stream_fields(info.config)):
         await js.update_stream(wanted)
         log.info("stream_updated", stream=spec.name, lowered=lowered or None)
 
 
-async def apply_topology(js: JetStreamContext, settings: Settings,
-                         consumers: tuple[ConsumerSpec, ...] = CONSUMERS, *,
-                         allow_downgrade: bool | None = None) -> None:
+async def apply_topology(
+    js: JetStreamContext,
+    settings: Settings,
+    consumers: tuple[ConsumerSpec, ...] = CONSUMERS,
+    *,
+    allow_downgrade: bool | None = None,
+) -> None:
     """Streams and durables created or updated to the settings (ARCHITECTURE.md §4); the admin
     identity's job."""
     allow = settings.dfm_stream_allow_downgrade if allow_downgrade is None else allow_downgrade
@@ -326,15 +352,17 @@ async def apply_topology(js: JetStreamContext, settings: Settings,
         await js.add_consumer(consumer.stream, consumer_config(consumer, _ack_wait(settings, consumer)))
 
 
-async def prepare_topology(settings: Settings, durables: tuple[ConsumerSpec, ...] = (), *,
-                           allow_downgrade: bool | None = None) -> None:
+async def prepare_topology(
+    settings: Settings, durables: tuple[ConsumerSpec, ...] = (), *, allow_downgrade: bool | None = None
+) -> None:
     """At start-up: the topology step when this process is not a service (``NATS_IDENTITY``
     unset or ``admin``: migrations, ``dfm up``, tools, in-process test rigs), connecting as the
     admin identity; for a service, only the check that the streams and ``durables`` exist."""
     role = settings.nats_identity
     manage = role in (None, nats_auth.ADMIN)
-    nc = await connect(settings, name="dfm-topology", identity=nats_auth.ADMIN if manage else role,
-                       max_reconnect_attempts=3)
+    nc = await connect(
+        settings, name="dfm-topology", identity=nats_auth.ADMIN if manage else role, max_reconnect_attempts=3
+    )
     try:
         js = nc.jetstream()
         if manage:

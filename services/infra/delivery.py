@@ -51,29 +51,33 @@ from services.infra.trace import CURRENT, AttemptTrace
 log = get_logger(__name__)
 
 OutcomeName = Literal["applied", "skipped", "ignored", "echo"]
-EVENTS = Counter("dfm_events_total", "Event outcomes per consumer",
-                 ["consumer", "canonical_type", "status", "outcome"])
-PROCESSING = Histogram("dfm_event_processing_duration_seconds", "Rule duration",
-                       ["consumer", "canonical_type"])
-ATTEMPTS = Histogram("dfm_event_attempts", "Attempts an event needed", ["consumer"],
-                     buckets=(1, 2, 3, 5, 8, 11, 20))
-ECHOES = Counter("dfm_events_echo_total", "Webhooks recognised as echoes of our own writes",
-                 ["source"])
-MALFORMED = Counter("dfm_malformed_messages_total", "Stream messages that are not envelopes",
-                    ["consumer"])
-HEARTBEAT_FAILURES = Counter("dfm_heartbeat_failures_total",
-                             "Heartbeats (+WPI or claim renewal) that failed and are tried again next tick",
-                             ["consumer"])
-CLAIM_HELD = Counter("dfm_deliveries_claim_held_total",
-                     "Messages NAKed because another attempt holds a live claim on the delivery", ["consumer"])
-RULE_FAILURES = Counter("dfm_rule_failures_total",
-                        "Failed rule attempts (each one sync_log error row), by cause", ["consumer", "cause"])
+EVENTS = Counter("dfm_events_total", "Event outcomes per consumer", ["consumer", "canonical_type", "status", "outcome"])
+PROCESSING = Histogram("dfm_event_processing_duration_seconds", "Rule duration", ["consumer", "canonical_type"])
+ATTEMPTS = Histogram("dfm_event_attempts", "Attempts an event needed", ["consumer"], buckets=(1, 2, 3, 5, 8, 11, 20))
+ECHOES = Counter("dfm_events_echo_total", "Webhooks recognised as echoes of our own writes", ["source"])
+MALFORMED = Counter("dfm_malformed_messages_total", "Stream messages that are not envelopes", ["consumer"])
+HEARTBEAT_FAILURES = Counter(
+    "dfm_heartbeat_failures_total",
+    "Heartbeats (+WPI or claim renewal) that failed and are tried again next tick",
+    ["consumer"],
+)
+CLAIM_HELD = Counter(
+    "dfm_deliveries_claim_held_total",
+    "Messages NAKed because another attempt holds a live claim on the delivery",
+    ["consumer"],
+)
+RULE_FAILURES = Counter(
+    "dfm_rule_failures_total", "Failed rule attempts (each one sync_log error row), by cause", ["consumer", "cause"]
+)
 # The sync_log direction of a consumer's rules, by the event's source (spec/outbound.md §0.3):
 # the failure row of a rule that wrote none itself says what the rule would have.
 _DIRECTIONS = {
-    ("ghl-sync", "aloware"): "aloware_to_ghl", ("ghl-sync", "texting"): "texting_to_ghl",
-    ("ghl-sync", "broadcast"): "texting_to_ghl", ("aloware-sync", "ghl"): "ghl_to_aloware",
-    ("aloware-sync", "texting"): "texting_to_aloware", ("verity-sync", "ghl"): "ghl_to_verity",
+    ("ghl-sync", "aloware"): "aloware_to_ghl",
+    ("ghl-sync", "texting"): "texting_to_ghl",
+    ("ghl-sync", "broadcast"): "texting_to_ghl",
+    ("aloware-sync", "ghl"): "ghl_to_aloware",
+    ("aloware-sync", "texting"): "texting_to_aloware",
+    ("verity-sync", "ghl"): "ghl_to_verity",
     ("verity-sync", "ghl_provider"): "ghl_to_texting",
 }
 
@@ -121,8 +125,10 @@ class Claim:
     held_for_s: float | None = None
 
 
-_AGGREGATE = text("SELECT dfm_event_aggregate(CAST(:table AS text), CAST(:event AS uuid), "
-                  "CAST(:expected AS text[]), CAST(:error AS text), CAST(:next AS timestamptz))")
+_AGGREGATE = text(
+    "SELECT dfm_event_aggregate(CAST(:table AS text), CAST(:event AS uuid), "
+    "CAST(:expected AS text[]), CAST(:error AS text), CAST(:next AS timestamptz))"
+)
 
 
 def event_table(event: WebhookEvent) -> TableName:
@@ -145,8 +151,9 @@ class DeliveryLedger:
     delivery of the event take it over.
     """
 
-    def __init__(self, engine: AsyncEngine, consumer: str, settings: Settings, *,
-                 claim_lease_s: float | None = None) -> None:
+    def __init__(
+        self, engine: AsyncEngine, consumer: str, settings: Settings, *, claim_lease_s: float | None = None
+    ) -> None:
         self._engine = engine
         self.consumer = consumer
         self._settings = settings
@@ -174,8 +181,13 @@ class DeliveryLedger:
             # conflict target: the recorder or another consumer inserting the same event at the
             # same moment collides on the primary key too, and that must not be an error (it
             # was: an IntegrityError and a NAK, ~1 s late, in the e2e bench)
-            inserted = (insert(table).values(**values).on_conflict_do_nothing()
-                        .returning(table.id, table.status).cte("inserted"))
+            inserted = (
+                insert(table)
+                .values(**values)
+                .on_conflict_do_nothing()
+                .returning(table.id, table.status)
+                .cte("inserted")
+            )
             existing = select(table.id, table.status).where(table.dedupe_key == event.dedupe_key)
             row = (await conn.execute(select(inserted.c.id, inserted.c.status).union_all(existing))).first()
             if row is None:  # another transaction committed it while this statement waited
@@ -192,12 +204,22 @@ class DeliveryLedger:
             claimed = (
                 await conn.execute(
                     insert(EventDeliveryRow)
-                    .values(event_id=event.event_id, consumer=self.consumer, event_table=table_name,
-                            status="processing", attempts=1, claimed_at=func.now())
+                    .values(
+                        event_id=event.event_id,
+                        consumer=self.consumer,
+                        event_table=table_name,
+                        status="processing",
+                        attempts=1,
+                        claimed_at=func.now(),
+                    )
                     .on_conflict_do_update(
                         index_elements=["event_id", "consumer"],
-                        set_={"status": "processing", "attempts": EventDeliveryRow.attempts + 1,
-                              "claimed_at": func.now(), "updated_at": datetime.now(UTC)},
+                        set_={
+                            "status": "processing",
+                            "attempts": EventDeliveryRow.attempts + 1,
+                            "claimed_at": func.now(),
+                            "updated_at": datetime.now(UTC),
+                        },
                         where=EventDeliveryRow.status.in_(("pending", "error"))
                         | ((EventDeliveryRow.status == "processing") & expired),
                     )
@@ -212,9 +234,13 @@ class DeliveryLedger:
     async def _not_claimed(self, conn: Any, event: WebhookEvent) -> Claim:
         """Finished (ack), or held by a live attempt: look again when its lease could end."""
         remaining = extract("epoch", EventDeliveryRow.claimed_at + timedelta(seconds=self.claim_lease_s) - func.now())
-        state = (await conn.execute(
-            select(EventDeliveryRow.status, remaining.label("remaining"))
-            .where(EventDeliveryRow.event_id == event.event_id, EventDeliveryRow.consumer == self.consumer))).first()
+        state = (
+            await conn.execute(
+                select(EventDeliveryRow.status, remaining.label("remaining")).where(
+                    EventDeliveryRow.event_id == event.event_id, EventDeliveryRow.consumer == self.consumer
+                )
+            )
+        ).first()
         if state is not None and state.status not in ("processing", "pending", "error"):
             return Claim()  # done or dead: never run again
         # processing (live), or changed since the claim was refused: never longer than a lease
@@ -227,9 +253,14 @@ class DeliveryLedger:
         async with self._engine.begin() as conn:
             renewed = await conn.execute(
                 update(EventDeliveryRow)
-                .where(EventDeliveryRow.event_id == event.event_id, EventDeliveryRow.consumer == self.consumer,
-                       EventDeliveryRow.status == "processing", EventDeliveryRow.attempts == attempt)
-                .values(claimed_at=func.now()))
+                .where(
+                    EventDeliveryRow.event_id == event.event_id,
+                    EventDeliveryRow.consumer == self.consumer,
+                    EventDeliveryRow.status == "processing",
+                    EventDeliveryRow.attempts == attempt,
+                )
+                .values(claimed_at=func.now())
+            )
         return bool(renewed.rowcount)
 
     async def finish(
@@ -250,7 +281,9 @@ class DeliveryLedger:
         attempt's ``sync_log`` error row (``_failure_rows``)."""
         table = EVENT_TABLES[event_table(event)]
         values: dict[str, Any] = {
-            "status": status, "updated_at": datetime.now(UTC), "next_attempt_at": next_attempt_at,
+            "status": status,
+            "updated_at": datetime.now(UTC),
+            "next_attempt_at": next_attempt_at,
             "outcome": outcome.outcome if outcome else None,
             "outcome_reason": outcome.reason if outcome else None,
         }
@@ -266,28 +299,41 @@ class DeliveryLedger:
             values["last_error"] = None  # the history stays in event_attempts
         if refund_attempt:
             values["attempts"] = EventDeliveryRow.attempts - 1
-        delivery = (update(EventDeliveryRow)
-                    .where(EventDeliveryRow.event_id == event.event_id, EventDeliveryRow.consumer == self.consumer)
-                    .values(**values))
+        delivery = (
+            update(EventDeliveryRow)
+            .where(EventDeliveryRow.event_id == event.event_id, EventDeliveryRow.consumer == self.consumer)
+            .values(**values)
+        )
         statement: Executable = delivery
         if trace is not None and attempt is not None:  # all writes in one statement (round trip)
             ctes = [delivery.cte("delivery")]
             if failure is not None:
                 ctes += self._failure_rows(event, status, attempt, trace, failure)
-            statement = insert(EventAttemptRow).values(
-                event_id=event.event_id, consumer=self.consumer, attempt=attempt,
-                stream_seq=trace.stream_seq, num_delivered=trace.num_delivered,
-                replay_of=trace.replay_of, started_at=trace.started_at, status=status,
-                outcome=outcome.outcome if outcome else None,
-                detail=(outcome.reason if outcome else error),
-                vendor_calls=trace.vendor_calls, mappings=trace.mappings,
-            ).add_cte(*ctes)
+            statement = (
+                insert(EventAttemptRow)
+                .values(
+                    event_id=event.event_id,
+                    consumer=self.consumer,
+                    attempt=attempt,
+                    stream_seq=trace.stream_seq,
+                    num_delivered=trace.num_delivered,
+                    replay_of=trace.replay_of,
+                    started_at=trace.started_at,
+                    status=status,
+                    outcome=outcome.outcome if outcome else None,
+                    detail=(outcome.reason if outcome else error),
+                    vendor_calls=trace.vendor_calls,
+                    mappings=trace.mappings,
+                )
+                .add_cte(*ctes)
+            )
         async with self._engine.begin() as conn:
             await conn.execute(statement)
             await self._aggregate(conn, event, table, error=error, next_attempt_at=next_attempt_at)
 
-    def _failure_rows(self, event: WebhookEvent, status: str, attempt: int, trace: AttemptTrace,
-                      failure: Failure) -> list[Any]:
+    def _failure_rows(
+        self, event: WebhookEvent, status: str, attempt: int, trace: AttemptTrace, failure: Failure
+    ) -> list[Any]:
         """The failed attempt's ``sync_log`` error row, as CTEs of ``finish``'s statement.
 
         A rule that logged its own error row in this attempt (M-1, F-1: with its rule id and
@@ -302,27 +348,45 @@ class DeliveryLedger:
         entity = "message" if event.entity_type is EntityType.PROVIDER_MESSAGE else event.entity_type.value
         row = {
             "direction": _DIRECTIONS.get((self.consumer, event.source.value), "unknown"),
-            "entity_type": entity, "entity_id": event.entity_id or "unknown",
-            "source_id": event.entity_id or "unknown", "status": "error", "started_at": trace.started_at,
-            "finished_at": func.now(), "error_message": failure.reason[:2000],
-            "correlation_id": str(event.event_id), "attempt": attempt, "details": cast(mark, JSONB),
+            "entity_type": entity,
+            "entity_id": event.entity_id or "unknown",
+            "source_id": event.entity_id or "unknown",
+            "status": "error",
+            "started_at": trace.started_at,
+            "finished_at": func.now(),
+            "error_message": failure.reason[:2000],
+            "correlation_id": str(event.event_id),
+            "attempt": attempt,
+            "details": cast(mark, JSONB),
         }
         if not trace.sync_errors:
             return [insert(SyncLogRow).values(**row).cte("sync_error")]
         # details may be SQL NULL or JSON null (how log_sync stores None): merge into an object
         details = case((func.jsonb_typeof(SyncLogRow.details) == "object", SyncLogRow.details), else_=cast({}, JSONB))
-        marked = (update(SyncLogRow).where(SyncLogRow.id.in_(trace.sync_errors), SyncLogRow.status == "error")
-                  .values(details=details.op("||")(cast(mark, JSONB)))
-                  .returning(SyncLogRow.id).cte("sync_marked"))
+        marked = (
+            update(SyncLogRow)
+            .where(SyncLogRow.id.in_(trace.sync_errors), SyncLogRow.status == "error")
+            .values(details=details.op("||")(cast(mark, JSONB)))
+            .returning(SyncLogRow.id)
+            .cte("sync_marked")
+        )
         columns = [SyncLogRow.__table__.c[name] for name in row]
         values: list[Any] = [
             v if name in ("finished_at", "details") else literal(v, type_=SyncLogRow.__table__.c[name].type)
-            for name, v in row.items()]
+            for name, v in row.items()
+        ]
         unless_marked = select(*values).where(~exists(select(marked.c.id)))
         return [marked, insert(SyncLogRow).from_select(columns, unless_marked).cte("sync_error")]
 
-    async def _aggregate(self, conn: Any, event: WebhookEvent, table: Any, *,
-                         error: str | None = None, next_attempt_at: datetime | None = None) -> None:
+    async def _aggregate(
+        self,
+        conn: Any,
+        event: WebhookEvent,
+        table: Any,
+        *,
+        error: str | None = None,
+        next_attempt_at: datetime | None = None,
+    ) -> None:
         """The event's status from its deliveries (spec/inbound.md §4.2), in one round trip.
 
         The database function locks the event row, then reads the deliveries and updates the
@@ -331,9 +395,16 @@ class DeliveryLedger:
         pending); when done, the best outcome (applied > echo > skipped > ignored) and a
         reason, preferring one that says more than "Unhandled…"/"…_disabled"; on error/dead,
         the error and next attempt time. A quarantined event is left alone."""
-        await conn.execute(_AGGREGATE, {"table": table.__tablename__, "event": event.event_id,
-                                        "expected": expected_consumers(event.subject), "error": error,
-                                        "next": next_attempt_at})
+        await conn.execute(
+            _AGGREGATE,
+            {
+                "table": table.__tablename__,
+                "event": event.event_id,
+                "expected": expected_consumers(event.subject),
+                "error": error,
+                "next": next_attempt_at,
+            },
+        )
 
 
 def consumer_batch(settings: Settings) -> int:
@@ -381,8 +452,12 @@ class EventConsumer:
             event = WebhookEvent.from_bytes(msg.data)
         except (ValidationError, ValueError) as exc:
             MALFORMED.labels(self._spec.durable).inc()
-            log.error("malformed_message_terminated", consumer=self._spec.durable,
-                      subject=msg.subject, error=str(exc).splitlines()[0])
+            log.error(
+                "malformed_message_terminated",
+                consumer=self._spec.durable,
+                subject=msg.subject,
+                error=str(exc).splitlines()[0],
+            )
             await msg.term()
             return
         meta = msg.metadata if msg.reply else None
@@ -398,36 +473,58 @@ class EventConsumer:
                 # the event's own row cannot be stored: retrying cannot help, and the recorder
                 # gives it a dead_letters row; terminate (the advisory records it too)
                 MALFORMED.labels(self._spec.durable).inc()
-                log.error("unstorable_event_terminated", event_id=str(event.event_id),
-                          consumer=self._spec.durable, error=type(cause).__name__, sqlstate=sqlstate(cause))
+                log.error(
+                    "unstorable_event_terminated",
+                    event_id=str(event.event_id),
+                    consumer=self._spec.durable,
+                    error=type(cause).__name__,
+                    sqlstate=sqlstate(cause),
+                )
                 await msg.term()
                 return
-            log.warning("claim_failed_will_retry", event_id=str(event.event_id),
-                        consumer=self._spec.durable, error=type(exc).__name__)
+            log.warning(
+                "claim_failed_will_retry",
+                event_id=str(event.event_id),
+                consumer=self._spec.durable,
+                error=type(exc).__name__,
+            )
             await msg.nak(delay=1.0)
             return
         if claim.held_for_s is not None:  # another attempt runs it now (DeliveryLedger.begin)
             CLAIM_HELD.labels(self._spec.durable).inc()
-            log.info("delivery_claim_held", event_id=str(event.event_id), consumer=self._spec.durable,
-                     delay_s=round(claim.held_for_s, 2), redrive=trace.replay_of)
+            log.info(
+                "delivery_claim_held",
+                event_id=str(event.event_id),
+                consumer=self._spec.durable,
+                delay_s=round(claim.held_for_s, 2),
+                redrive=trace.replay_of,
+            )
             await msg.nak(delay=claim.held_for_s)
             return
         if claim.attempt is None:
             await msg.ack()
             return
         attempt = claim.attempt
-        bound = {"event_id": str(event.event_id), "consumer": self._spec.durable,
-                 "canonical_type": event.canonical_type, "subject": event.subject}
+        bound = {
+            "event_id": str(event.event_id),
+            "consumer": self._spec.durable,
+            "canonical_type": event.canonical_type,
+            "subject": event.subject,
+        }
         if trace.replay_of:
             bound["redrive"] = trace.replay_of
         loop = asyncio.get_running_loop()
         started = loop.time()
-        heartbeat = asyncio.create_task(self._keep_alive(msg, event, attempt,
-                                                         started + self._settings.dfm_rule_deadline_s))
+        heartbeat = asyncio.create_task(
+            self._keep_alive(msg, event, attempt, started + self._settings.dfm_rule_deadline_s)
+        )
         # continues the trace the ingress put in the message headers (tracing.py)
-        with tracing.span(f"{self._spec.durable} {event.canonical_type}", kind=SpanKind.CONSUMER,
-                          parent=msg.headers or {}, attributes={"dfm.event_id": str(event.event_id),
-                                                                "dfm.attempt": attempt}):
+        with tracing.span(
+            f"{self._spec.durable} {event.canonical_type}",
+            kind=SpanKind.CONSUMER,
+            parent=msg.headers or {},
+            attributes={"dfm.event_id": str(event.event_id), "dfm.attempt": attempt},
+        ):
             token = CURRENT.set(trace)
             try:
                 outcome = await self._run_rule(event, attempt)
@@ -438,8 +535,9 @@ class EventConsumer:
                 heartbeat.cancel()
                 why = failure_cause(exc)
                 log.warning("event_dead", reason=exc.reason, attempt=attempt, cause=why, **bound)
-                await self.ledger.finish(event, "dead", error=exc.reason, attempt=attempt, trace=trace,
-                                         failure=Failure(exc.reason, why))
+                await self.ledger.finish(
+                    event, "dead", error=exc.reason, attempt=attempt, trace=trace, failure=Failure(exc.reason, why)
+                )
                 self._failed(event, "dead", why)
                 await msg.term()
             except Exception as exc:  # an unexpected bug: retried with back-off, then dead
@@ -497,8 +595,12 @@ class EventConsumer:
         while True:
             await asyncio.sleep(self._heartbeat_s)
             if loop.time() >= deadline_at:
-                log.warning("heartbeat_stopped_past_deadline", event_id=str(event.event_id),
-                            consumer=self._spec.durable, attempt=attempt)
+                log.warning(
+                    "heartbeat_stopped_past_deadline",
+                    event_id=str(event.event_id),
+                    consumer=self._spec.durable,
+                    attempt=attempt,
+                )
                 return
             try:
                 await msg.in_progress()
@@ -511,8 +613,12 @@ class EventConsumer:
                 self._beat_failed(event, "claim", exc)
             else:
                 if not ours:
-                    log.warning("delivery_claim_lost", event_id=str(event.event_id),
-                                consumer=self._spec.durable, attempt=attempt)
+                    log.warning(
+                        "delivery_claim_lost",
+                        event_id=str(event.event_id),
+                        consumer=self._spec.durable,
+                        attempt=attempt,
+                    )
 
     def _failed(self, event: WebhookEvent, status: str, cause: str | None) -> None:
         """Count a failed attempt: as an event outcome and by cause (its sync_log row's)."""
@@ -521,20 +627,26 @@ class EventConsumer:
 
     def _beat_failed(self, event: WebhookEvent, beat: str, exc: Exception) -> None:
         HEARTBEAT_FAILURES.labels(self._spec.durable).inc()
-        log.warning("heartbeat_failed", event_id=str(event.event_id), consumer=self._spec.durable,
-                    beat=beat, error=type(exc).__name__)
+        log.warning(
+            "heartbeat_failed",
+            event_id=str(event.event_id),
+            consumer=self._spec.durable,
+            beat=beat,
+            error=type(exc).__name__,
+        )
 
-    async def _dead(self, msg: Msg, event: WebhookEvent, attempt: int, reason: str,
-                    bound: dict[str, Any], trace: AttemptTrace) -> None:
+    async def _dead(
+        self, msg: Msg, event: WebhookEvent, attempt: int, reason: str, bound: dict[str, Any], trace: AttemptTrace
+    ) -> None:
         """End the delivery ``dead`` with ``reason`` (and its sync_log error row), terminate."""
         log.warning("event_dead", reason=reason, attempt=attempt, **bound)
-        await self.ledger.finish(event, "dead", error=reason, attempt=attempt, trace=trace,
-                                 failure=Failure(reason))
+        await self.ledger.finish(event, "dead", error=reason, attempt=attempt, trace=trace, failure=Failure(reason))
         self._failed(event, "dead", None)
         await msg.term()
 
-    async def _retry(self, msg: Msg, event: WebhookEvent, attempt: int, exc: RetryLater,
-                     bound: dict[str, Any], trace: AttemptTrace) -> None:
+    async def _retry(
+        self, msg: Msg, event: WebhookEvent, attempt: int, exc: RetryLater, bound: dict[str, Any], trace: AttemptTrace
+    ) -> None:
         """Record ``error`` (or ``dead`` once the budget is spent) and schedule the next try.
 
         A retry due within ``DFM_RETRY_NAK_MAX_DELAY_S`` is a NAK with that delay (JetStream
@@ -551,9 +663,13 @@ class EventConsumer:
         # the attempt is refunded, writes no sync_log error row and counts as `deferred`, so
         # neither error rate rises while we only pace ourselves
         await self.ledger.finish(
-            event, "error", error=exc.reason,
+            event,
+            "error",
+            error=exc.reason,
             next_attempt_at=datetime.now(UTC) + timedelta(seconds=delay),
-            refund_attempt=not exc.counts_as_attempt, attempt=attempt, trace=trace,
+            refund_attempt=not exc.counts_as_attempt,
+            attempt=attempt,
+            trace=trace,
             failure=Failure(exc.reason) if exc.counts_as_attempt else None,
         )
         if exc.counts_as_attempt:
@@ -564,6 +680,5 @@ class EventConsumer:
             log.info("event_retry", reason=exc.reason, delay_s=round(delay, 2), attempt=attempt, **bound)
             await msg.nak(delay=delay)
         else:
-            log.info("event_retry_by_sweep", reason=exc.reason, delay_s=round(delay, 2),
-                     attempt=attempt, **bound)
+            log.info("event_retry_by_sweep", reason=exc.reason, delay_s=round(delay, 2), attempt=attempt, **bound)
             await msg.ack()

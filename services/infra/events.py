@@ -28,12 +28,14 @@ from services.infra.db.models import WebhookEventRow as WebhookRow
 def _status(event: WebhookEvent) -> dict[str, Any]:
     if event.outcome_hint:
         outcome, _, reason = event.outcome_hint.partition(":")
-        return {"status": "done", "outcome": outcome, "outcome_reason": reason,
-                "processed_at": event.received_at}
+        return {"status": "done", "outcome": outcome, "outcome_reason": reason, "processed_at": event.received_at}
     if not expected_consumers(event.subject):
-        return {"status": "done", "outcome": "ignored",
-                "outcome_reason": f"Unhandled event type: {event.event_name}",
-                "processed_at": event.received_at}
+        return {
+            "status": "done",
+            "outcome": "ignored",
+            "outcome_reason": f"Unhandled event type: {event.event_name}",
+            "processed_at": event.received_at,
+        }
     return {"status": "pending", "outcome": None, "outcome_reason": None, "processed_at": None}
 
 
@@ -61,7 +63,9 @@ def row_for(event: WebhookEvent, stream_seq: int | None, region: str) -> tuple[t
         }
     if event.source is Source.BROADCAST:
         return BroadcastWebhookEventRow, {
-            **common, "broadcast_id": event.entity_id, "event_type": event.event_name,
+            **common,
+            "broadcast_id": event.entity_id,
+            "event_type": event.event_name,
         }
     raw = base64.b64decode(event.payload_raw_b64) if event.payload_raw_b64 else None
     return WebhookRow, {

@@ -85,8 +85,9 @@ class Identity:
     def permissions(self) -> dict[str, dict[str, list[str]]]:
         """The nats-server ``permissions`` map. Nothing to publish is ``deny: [">"]`` (a missing
         ``publish`` block would allow everything); every identity subscribes to its inbox."""
-        publish: dict[str, list[str]] = ({"allow": list(dict.fromkeys(self.publish))} if self.publish
-                                         else {"deny": [">"]})
+        publish: dict[str, list[str]] = (
+            {"allow": list(dict.fromkeys(self.publish))} if self.publish else {"deny": [">"]}
+        )
         if self.publish_deny:
             publish["deny"] = list(self.publish_deny)
         subscribe: dict[str, list[str]] = {"allow": [*self.subscribe, f"{self.inbox}.>"]}
@@ -110,9 +111,11 @@ STREAM_INFO = tuple(_api("STREAM", "INFO", s) for s in (WEBHOOKS_STREAM, JOBS_ST
 def _consume(spec: ConsumerSpec) -> tuple[str, ...]:
     """Pull and settle messages of one durable, and read its info (FastStream and PullConsumer
     look the durable up before they fetch; they create nothing when it exists)."""
-    return (_api("CONSUMER", "INFO", spec.stream, spec.durable),
-            _api("CONSUMER", "MSG", "NEXT", spec.stream, spec.durable),
-            f"$JS.ACK.{spec.stream}.{spec.durable}.>")
+    return (
+        _api("CONSUMER", "INFO", spec.stream, spec.durable),
+        _api("CONSUMER", "MSG", "NEXT", spec.stream, spec.durable),
+        f"$JS.ACK.{spec.stream}.{spec.durable}.>",
+    )
 
 
 def _msg_get(stream: str) -> str:
@@ -124,10 +127,15 @@ WEBHOOK_DURABLES = tuple(c for c in CONSUMERS if c.stream == WEBHOOKS_STREAM)
 # consumer with a random name; the deny list keeps that grant from creating, changing or
 # draining a service's durable
 SCAN = (_api("CONSUMER", "CREATE", WEBHOOKS_STREAM, ">"), _api("CONSUMER", "MSG", "NEXT", WEBHOOKS_STREAM, "*"))
-SCAN_DENY = tuple(s for c in WEBHOOK_DURABLES for s in (
-    _api("CONSUMER", "CREATE", WEBHOOKS_STREAM, c.durable),
-    _api("CONSUMER", "CREATE", WEBHOOKS_STREAM, c.durable, ">"),
-    _api("CONSUMER", "MSG", "NEXT", WEBHOOKS_STREAM, c.durable)))
+SCAN_DENY = tuple(
+    s
+    for c in WEBHOOK_DURABLES
+    for s in (
+        _api("CONSUMER", "CREATE", WEBHOOKS_STREAM, c.durable),
+        _api("CONSUMER", "CREATE", WEBHOOKS_STREAM, c.durable, ">"),
+        _api("CONSUMER", "MSG", "NEXT", WEBHOOKS_STREAM, c.durable),
+    )
+)
 CONSUMER_INFO_ALL = tuple(_api("CONSUMER", "INFO", c.stream, c.durable) for c in CONSUMERS)  # lag gauges
 # services/ingress/admin/: replays, sweeps and the call-list commands whose vendor calls jobs makes
 ADMIN_API_COMMANDS = (REPLAY_SUBJECT, SWEEP_SUBJECT, AGENTS_SEED_SUBJECT, LISTS_REBUILD_SUBJECT)
@@ -139,35 +147,66 @@ _INGRESS_PUBLISH = ("webhooks.>", *STREAM_INFO, _msg_get(WEBHOOKS_STREAM))  # du
 IDENTITIES: tuple[Identity, ...] = (
     # $JS.SNAPSHOT.*: the chunk acks of a snapshot and the chunks of a restore travel outside
     # $JS.API, so `nats stream backup` / `nats stream restore` (deploy/README.md) need them too
-    Identity(ADMIN, "the topology step (dfm nats topology / migrate upgrade / up), dfm restore, "
-             "nats stream backup/restore",
-             publish=("$JS.API.>", "$JS.SNAPSHOT.ACK.>", "$JS.SNAPSHOT.RESTORE.>", "webhooks.>", "jobs.>")),
+    Identity(
+        ADMIN,
+        "the topology step (dfm nats topology / migrate upgrade / up), dfm restore, nats stream backup/restore",
+        publish=("$JS.API.>", "$JS.SNAPSHOT.ACK.>", "$JS.SNAPSHOT.RESTORE.>", "webhooks.>", "jobs.>"),
+    ),
     Identity("ingress", "ingress without its admin API (no DF_ADMIN_SECRET)", publish=_INGRESS_PUBLISH),
-    Identity("ingress-admin", "ingress serving its admin API on the same connection (replay, sweep, "
-             "agents seed, lists rebuild)",
-             publish=(*_INGRESS_PUBLISH, *ADMIN_API_COMMANDS)),
+    Identity(
+        "ingress-admin",
+        "ingress serving its admin API on the same connection (replay, sweep, agents seed, lists rebuild)",
+        publish=(*_INGRESS_PUBLISH, *ADMIN_API_COMMANDS),
+    ),
     Identity("recorder", "recorder", publish=(*STREAM_INFO, *_consume(RECORDER))),
     Identity("ghl-sync", "ghl-sync", publish=(*STREAM_INFO, *_consume(GHL_SYNC))),
     Identity("aloware-sync", "aloware-sync", publish=(*STREAM_INFO, *_consume(ALOWARE_SYNC))),
     Identity("verity-sync", "verity-sync", publish=(*STREAM_INFO, *_consume(VERITY_SYNC), AP3_SUBJECT)),
-    Identity("jobs", "jobs: commands, dead-letter advisories, sweeps, replays, reconcile",
-             publish=(*STREAM_INFO, *_consume(JOBS_CONSUMER), *CONSUMER_INFO_ALL, _msg_get(WEBHOOKS_STREAM),
-                      _msg_get(JOBS_STREAM), "webhooks.>", "jobs.>", *SCAN),  # jobs.>: a command publisher, like cli
-             publish_deny=SCAN_DENY,
-             subscribe=("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>",
-                        "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.>")),
-    Identity("scheduler", "scheduler", publish=(*STREAM_INFO, SWEEP_SUBJECT, ALERTS_SUBJECT, RECONCILE_SUBJECT,
-                                                PURGE_SUBJECT)),
+    Identity(
+        "jobs",
+        "jobs: commands, dead-letter advisories, sweeps, replays, reconcile",
+        publish=(
+            *STREAM_INFO,
+            *_consume(JOBS_CONSUMER),
+            *CONSUMER_INFO_ALL,
+            _msg_get(WEBHOOKS_STREAM),
+            _msg_get(JOBS_STREAM),
+            "webhooks.>",
+            "jobs.>",
+            *SCAN,
+        ),  # jobs.>: a command publisher, like cli
+        publish_deny=SCAN_DENY,
+        subscribe=("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>", "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.>"),
+    ),
+    Identity(
+        "scheduler",
+        "scheduler",
+        publish=(*STREAM_INFO, SWEEP_SUBJECT, ALERTS_SUBJECT, RECONCILE_SUBJECT, PURGE_SUBJECT),
+    ),
     Identity("gateway", "gateway (health connects, nothing else)"),
-    Identity("mcp", "mcp operator tools: stream stats, replay", publish=(*STREAM_INFO, *CONSUMER_INFO_ALL,
-                                                                        REPLAY_SUBJECT)),
-    Identity("console", "operator console: replays it queues for jobs, stream info, every durable's info (its lag)",
-             publish=(*STREAM_INFO, *CONSUMER_INFO_ALL, REPLAY_SUBJECT)),
-    Identity("cli", "operator CLI: dfm replay, sweep, backup (a replay and `sweep --here` run jobs' "
-             "code in the CLI process; `dfm sweep` queues one)",
-             publish=(*STREAM_INFO, *CONSUMER_INFO_ALL, _msg_get(WEBHOOKS_STREAM), _msg_get(JOBS_STREAM),
-                      SWEEP_SUBJECT, "webhooks.>", *SCAN),
-             publish_deny=SCAN_DENY),
+    Identity(
+        "mcp", "mcp operator tools: stream stats, replay", publish=(*STREAM_INFO, *CONSUMER_INFO_ALL, REPLAY_SUBJECT)
+    ),
+    Identity(
+        "console",
+        "operator console: replays it queues for jobs, stream info, every durable's info (its lag)",
+        publish=(*STREAM_INFO, *CONSUMER_INFO_ALL, REPLAY_SUBJECT),
+    ),
+    Identity(
+        "cli",
+        "operator CLI: dfm replay, sweep, backup (a replay and `sweep --here` run jobs' "
+        "code in the CLI process; `dfm sweep` queues one)",
+        publish=(
+            *STREAM_INFO,
+            *CONSUMER_INFO_ALL,
+            _msg_get(WEBHOOKS_STREAM),
+            _msg_get(JOBS_STREAM),
+            SWEEP_SUBJECT,
+            "webhooks.>",
+            *SCAN,
+        ),
+        publish_deny=SCAN_DENY,
+    ),
 )
 BY_NAME = {i.name: i for i in IDENTITIES}
 
@@ -188,9 +227,16 @@ CONNECTION_IDENTITIES = {
 }
 # `dfm run <service>`: the identity of the process (prepare_topology then only verifies)
 SERVICE_IDENTITIES = {
-    "ingress": "ingress-admin", "recorder": "recorder", "ghl-sync": "ghl-sync",
-    "aloware-sync": "aloware-sync", "verity-sync": "verity-sync", "jobs": "jobs",
-    "scheduler": "scheduler", "gateway": "gateway", "mcp": "mcp", "console": "console",
+    "ingress": "ingress-admin",
+    "recorder": "recorder",
+    "ghl-sync": "ghl-sync",
+    "aloware-sync": "aloware-sync",
+    "verity-sync": "verity-sync",
+    "jobs": "jobs",
+    "scheduler": "scheduler",
+    "gateway": "gateway",
+    "mcp": "mcp",
+    "console": "console",
 }
 
 
@@ -231,7 +277,8 @@ class PasswordUser:
     user: str
     password: str
     permissions: dict[str, dict[str, list[str]]] = field(
-        default_factory=lambda: {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}})
+        default_factory=lambda: {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
+    )
 
 
 def _quoted(items: Iterable[str]) -> str:
@@ -249,15 +296,20 @@ def _permissions_conf(perms: dict[str, dict[str, list[str]]]) -> str:
 def render_authorization(keys: dict[str, list[str]], extra_users: Iterable[PasswordUser] = ()) -> str:
     """The server's ``authorization`` block: one entry per public key (two for an identity in
     the middle of a rotation), each with its identity's permissions."""
-    lines = ["# written by `dfm nats creds`: public keys only, no secret (services/infra/nats_auth.py)",
-             "authorization {", "  users = ["]
+    lines = [
+        "# written by `dfm nats creds`: public keys only, no secret (services/infra/nats_auth.py)",
+        "authorization {",
+        "  users = [",
+    ]
     for name in sorted(keys):
         perms = _permissions_conf(BY_NAME[name].permissions())
         for key in keys[name]:
             lines.append(f"    {{nkey: {key}, permissions: {perms}}}  # {name}")
     for extra in extra_users:
-        lines.append(f'    {{user: "{extra.user}", password: "{extra.password}", '
-                     f"permissions: {_permissions_conf(extra.permissions)}}}")
+        lines.append(
+            f'    {{user: "{extra.user}", password: "{extra.password}", '
+            f"permissions: {_permissions_conf(extra.permissions)}}}"
+        )
     lines += ["  ]", "}"]
     return "\n".join(lines) + "\n"
 
@@ -285,8 +337,13 @@ def public_keys(directory: Path) -> dict[str, list[str]]:
     return keys
 
 
-def write_credentials(directory: Path | str, *, rotate: bool = False, finish_rotation: bool = False,
-                      extra_users: Iterable[PasswordUser] = ()) -> Path:
+def write_credentials(
+    directory: Path | str,
+    *,
+    rotate: bool = False,
+    finish_rotation: bool = False,
+    extra_users: Iterable[PasswordUser] = (),
+) -> Path:
     """Make (or rotate) every identity's seed in ``directory`` and write ``auth.inc`` from them.
 
     First run: one seed per identity. ``rotate``: each current seed becomes ``.nk.old`` and a new
@@ -342,12 +399,23 @@ def observer(password: str) -> PasswordUser:
     """`dfm up` only: the user of connections without credentials (``no_auth_user``), so local
     tools can list streams and consumers of the dev stack. It reads JetStream metadata and
     nothing else: no publish, no message content, not the replies meant for an identity."""
-    reads = ("$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST", "$JS.API.STREAM.INFO.*",
-             "$JS.API.CONSUMER.NAMES.*", "$JS.API.CONSUMER.LIST.*", "$JS.API.CONSUMER.INFO.*.*")
-    return PasswordUser("observer", password, {
-        "publish": {"allow": list(reads)},
-        "subscribe": {"allow": ["_INBOX.>"], "deny": [f"{i.inbox}.>" for i in IDENTITIES]},
-    })
+    reads = (
+        "$JS.API.INFO",
+        "$JS.API.STREAM.NAMES",
+        "$JS.API.STREAM.LIST",
+        "$JS.API.STREAM.INFO.*",
+        "$JS.API.CONSUMER.NAMES.*",
+        "$JS.API.CONSUMER.LIST.*",
+        "$JS.API.CONSUMER.INFO.*.*",
+    )
+    return PasswordUser(
+        "observer",
+        password,
+        {
+            "publish": {"allow": list(reads)},
+            "subscribe": {"allow": ["_INBOX.>"], "deny": [f"{i.inbox}.>" for i in IDENTITIES]},
+        },
+    )
 
 
 # --- TLS (deploy/README.md "NATS TLS") -----------------------------------------------------
@@ -360,8 +428,9 @@ DEFAULT_TLS_HOSTS = ("localhost", "127.0.0.1", "nats")
 TLS_DAYS = 825  # the longest server-certificate lifetime common clients accept
 
 
-def write_certificates(directory: Path | str, hosts: Iterable[str] = DEFAULT_TLS_HOSTS, *,
-                       days: int = TLS_DAYS) -> Path:
+def write_certificates(
+    directory: Path | str, hosts: Iterable[str] = DEFAULT_TLS_HOSTS, *, days: int = TLS_DAYS
+) -> Path:
     """A private CA and one server certificate signed by it, for every NATS server of a
     deployment (client port and cluster routes): ``ca.pem`` (public: every client gets it),
     ``ca-key.pem`` (0600, keep it offline: it signs the next certificate),
@@ -387,8 +456,9 @@ def write_certificates(directory: Path | str, hosts: Iterable[str] = DEFAULT_TLS
     now = datetime.datetime.now(datetime.UTC)
 
     def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption()).strip()
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).strip()
 
     ca_cert_path, ca_key_path = directory / CA_CERT, directory / CA_KEY
     if ca_cert_path.exists() and ca_key_path.exists():
@@ -399,17 +469,32 @@ def write_certificates(directory: Path | str, hosts: Iterable[str] = DEFAULT_TLS
     else:
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "df-middleware NATS CA")])
-        ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-                   .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(days=10 * 365))
-                   .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                   .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                                key_encipherment=False, data_encipherment=False,
-                                                key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                                encipher_only=False, decipher_only=False), critical=True)
-                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-                   .sign(ca_key, hashes.SHA256()))
+        ca_cert = (
+            x509.CertificateBuilder()
+            .subject_name(ca_name)
+            .issuer_name(ca_name)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=10 * 365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
         write_secret(ca_key_path, pem_key(ca_key))
         ca_cert_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
         ca_cert_path.chmod(0o644)
@@ -421,18 +506,22 @@ def write_certificates(directory: Path | str, hosts: Iterable[str] = DEFAULT_TLS
         except ValueError:
             names.append(x509.DNSName(host))
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                                  ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     write_secret(directory / SERVER_KEY, pem_key(key))
     (directory / SERVER_CERT).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (directory / SERVER_CERT).chmod(0o644)

@@ -30,21 +30,26 @@ DB_ERRORS = (SQLAlchemyError, OSError, TimeoutError, asyncio.TimeoutError)
 
 # NATS unreachable or not ready: says nothing about the row, the drain stops and waits
 CONNECTION_ERRORS = (
-    TimeoutError, asyncio.TimeoutError, OSError, nats.errors.ConnectionClosedError,
-    nats.errors.OutboundBufferLimitError, nats.errors.NoServersError,
-    nats.errors.StaleConnectionError, nats.errors.NoRespondersError,
-    nats.errors.ConnectionDrainingError, nats.errors.ConnectionReconnectingError,
-    ServiceUnavailableError, NoStreamResponseError,
+    TimeoutError,
+    asyncio.TimeoutError,
+    OSError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.NoServersError,
+    nats.errors.StaleConnectionError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.ConnectionReconnectingError,
+    ServiceUnavailableError,
+    NoStreamResponseError,
 )
 # the server refuses this message for a reason of its own: retrying cannot help
-ROW_ERRORS = (nats.errors.MaxPayloadError, nats.errors.BadSubjectError, nats.errors.BadHeaderError,
-              BadRequestError)
+ROW_ERRORS = (nats.errors.MaxPayloadError, nats.errors.BadSubjectError, nats.errors.BadHeaderError, BadRequestError)
 # a row that keeps failing otherwise while NATS is up is set aside after this many tries
 MAX_ROW_ATTEMPTS = 5
 
 
-async def drain_outbox(engine: AsyncEngine, js: JetStreamContext, *, limit: int,
-                       publish_timeout: float) -> int:
+async def drain_outbox(engine: AsyncEngine, js: JetStreamContext, *, limit: int, publish_timeout: float) -> int:
     """Publish up to ``limit`` outbox rows, fewest attempts first, then oldest; how many
     reached the stream.
 
@@ -58,8 +63,13 @@ async def drain_outbox(engine: AsyncEngine, js: JetStreamContext, *, limit: int,
     async with engine.begin() as conn:
         rows = (
             await conn.execute(
-                select(IngressOutboxRow.id, IngressOutboxRow.subject, IngressOutboxRow.headers,
-                       IngressOutboxRow.body, IngressOutboxRow.attempts)
+                select(
+                    IngressOutboxRow.id,
+                    IngressOutboxRow.subject,
+                    IngressOutboxRow.headers,
+                    IngressOutboxRow.body,
+                    IngressOutboxRow.attempts,
+                )
                 .where(IngressOutboxRow.published_at.is_(None), IngressOutboxRow.failed_at.is_(None))
                 .order_by(IngressOutboxRow.attempts, IngressOutboxRow.created_at)
                 .limit(limit)
@@ -69,23 +79,31 @@ async def drain_outbox(engine: AsyncEngine, js: JetStreamContext, *, limit: int,
         done: list[Any] = []
         for row in rows:
             try:
-                await js.publish(row.subject, row.body, headers=dict(row.headers),
-                                 timeout=publish_timeout)
+                await js.publish(row.subject, row.body, headers=dict(row.headers), timeout=publish_timeout)
             except CONNECTION_ERRORS as exc:
-                log.warning("outbox_publish_failed", subject=row.subject, error=type(exc).__name__,
-                            left=len(rows) - len(done))
+                log.warning(
+                    "outbox_publish_failed", subject=row.subject, error=type(exc).__name__, left=len(rows) - len(done)
+                )
                 break
             except NATS_ERRORS as exc:
                 attempts = row.attempts + 1
                 failed = isinstance(exc, ROW_ERRORS) or attempts >= MAX_ROW_ATTEMPTS
                 await conn.execute(
-                    update(IngressOutboxRow).where(IngressOutboxRow.id == row.id).values(
-                        attempts=attempts, last_error=f"{type(exc).__name__}: {exc}"[:500],
-                        failed_at=func.now() if failed else None)
+                    update(IngressOutboxRow)
+                    .where(IngressOutboxRow.id == row.id)
+                    .values(
+                        attempts=attempts,
+                        last_error=f"{type(exc).__name__}: {exc}"[:500],
+                        failed_at=func.now() if failed else None,
+                    )
                 )
-                log.error("outbox_row_failed" if failed else "outbox_row_publish_failed",
-                          outbox_id=str(row.id), subject=row.subject, error=type(exc).__name__,
-                          attempts=attempts)
+                log.error(
+                    "outbox_row_failed" if failed else "outbox_row_publish_failed",
+                    outbox_id=str(row.id),
+                    subject=row.subject,
+                    error=type(exc).__name__,
+                    attempts=attempts,
+                )
                 continue
             done.append(row.id)
         if done:
@@ -99,7 +117,8 @@ async def outbox_depth(engine: AsyncEngine) -> int:
     """Rows still to publish (failed rows excluded: ``outbox_failed`` counts those)."""
     async with engine.connect() as conn:
         count = await conn.scalar(
-            select(func.count()).select_from(IngressOutboxRow)
+            select(func.count())
+            .select_from(IngressOutboxRow)
             .where(IngressOutboxRow.published_at.is_(None), IngressOutboxRow.failed_at.is_(None))
         )
     return int(count or 0)

@@ -37,27 +37,43 @@ log = get_logger(__name__)
 def envelope_from_row(table: TableName, row: Any) -> WebhookEvent:
     """Rebuild the envelope of a recorded event (its stream message has aged out)."""
     auth = AuthInfo(method="insecure", verified=True)  # it was authenticated when accepted
-    common = {"event_id": row.id, "received_at": row.received_at, "dedupe_key": row.dedupe_key,
-              "payload": row.payload_json, "auth": auth, "event_name": row.event_type}
+    common = {
+        "event_id": row.id,
+        "received_at": row.received_at,
+        "dedupe_key": row.dedupe_key,
+        "payload": row.payload_json,
+        "auth": auth,
+        "event_name": row.event_type,
+    }
     if table == "webhook":
         raw = row.payload_raw
         import base64
 
         return WebhookEvent(
-            **common, source=Source(row.source), event_type=row.event_token,
-            canonical_type=row.canonical_type, entity_type=EntityType(row.entity_type),
-            entity_id=row.entity_id, location_id=row.location_id,
+            **common,
+            source=Source(row.source),
+            event_type=row.event_token,
+            canonical_type=row.canonical_type,
+            entity_type=EntityType(row.entity_type),
+            entity_id=row.entity_id,
+            location_id=row.location_id,
             payload_raw_b64=base64.b64encode(raw).decode() if raw else None,
         )
     if table == "texting":
         return WebhookEvent(
-            **common, source=Source.TEXTING, event_type=normalise_token(row.event_type),
-            canonical_type=row.canonical_type, entity_type=EntityType(row.entity_type),
+            **common,
+            source=Source.TEXTING,
+            event_type=normalise_token(row.event_type),
+            canonical_type=row.canonical_type,
+            entity_type=EntityType(row.entity_type),
             entity_id=row.entity_id or "",
         )
     return WebhookEvent(
-        **common, source=Source.BROADCAST, event_type=normalise_token(row.event_type),
-        canonical_type="broadcast.analytics", entity_type=EntityType.BROADCAST,
+        **common,
+        source=Source.BROADCAST,
+        event_type=normalise_token(row.event_type),
+        canonical_type="broadcast.analytics",
+        entity_type=EntityType.BROADCAST,
         entity_id=row.broadcast_id,
     )
 
@@ -77,15 +93,17 @@ async def envelope_for(js: JetStreamContext, table: TableName, row: Any) -> Webh
     return envelope_from_row(table, row)
 
 
-async def publish_redrive(js: JetStreamContext, event: WebhookEvent, tag: str,
-                          timeout: float = 5.0) -> int:
+async def publish_redrive(js: JetStreamContext, event: WebhookEvent, tag: str, timeout: float = 5.0) -> int:
     """Publish ``event`` again on its subject; the stream sequence it got."""
     headers = event.nats_headers()
     headers[HEADER_MSG_ID] = f"{event.dedupe_key}:{tag}"
     headers[HEADER_REDRIVE] = tag
     # a re-drive is a trace of its own (the webhook's may be long over), carried like the ingress's
-    with tracing.span(f"redrive {event.canonical_type}", kind=SpanKind.PRODUCER,
-                      attributes={"dfm.event_id": str(event.event_id), "dfm.redrive": tag}):
+    with tracing.span(
+        f"redrive {event.canonical_type}",
+        kind=SpanKind.PRODUCER,
+        attributes={"dfm.event_id": str(event.event_id), "dfm.redrive": tag},
+    ):
         tracing.inject(headers)
         ack = await js.publish(event.subject, event.to_bytes(), headers=headers, timeout=timeout)
     return int(ack.seq)

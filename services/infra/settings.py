@@ -81,13 +81,15 @@ def _status_to_sequence(value: Any) -> Any:
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"expected {_SEQUENCE_MAP}, but it is not valid JSON ({exc.msg} at column {exc.colno})") \
-            from None
+        raise ValueError(
+            f"expected {_SEQUENCE_MAP}, but it is not valid JSON ({exc.msg} at column {exc.colno})"
+        ) from None
     if not isinstance(parsed, dict):
         raise ValueError(f"expected {_SEQUENCE_MAP}, got a JSON {type(parsed).__name__}")
     for status, entry in parsed.items():
-        if not isinstance(entry, str | dict) or (isinstance(entry, dict) and not set(entry) <= {"sequence_id",
-                                                                                              "optional"}):
+        if not isinstance(entry, str | dict) or (
+            isinstance(entry, dict) and not set(entry) <= {"sequence_id", "optional"}
+        ):
             raise ValueError(f"expected {_SEQUENCE_MAP}, but the entry of {status!r} is neither")
     return parsed
 
@@ -131,6 +133,7 @@ def pem_public_keys(text: str) -> list[Any]:
 
 def _public_keys_of(kind: str) -> Any:
     """A validator: the text holds only ``kind`` keys (``ed25519`` or ``rsa``)."""
+
     def check(value: Any) -> Any:
         from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
@@ -177,7 +180,9 @@ class Settings(BaseSettings):
     base_url: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console", "auto"] = Field(
-        default="auto", description="auto: human-readable lines on a terminal, JSON elsewhere (a pipe, a file, a journal)")
+        default="auto",
+        description="auto: human-readable lines on a terminal, JSON elsewhere (a pipe, a file, a journal)",
+    )
     # spans are always made and carried (traceparent in NATS and vendor headers); exported only
     # when this says so; the OTLP exporter reads the standard OTEL_EXPORTER_OTLP_* variables
     otel_traces_exporter: Literal["none", "console", "otlp"] = "none"
@@ -186,17 +191,33 @@ class Settings(BaseSettings):
     db_connection_timeout: int = Field(default=10, ge=1)
     # applied to every connection of the services' engines (db/session.py); 0 turns one off
     db_statement_timeout_ms: int = Field(
-        default=60_000, ge=0, description="longest statement; a runaway query fails instead of holding a connection")
+        default=60_000, ge=0, description="longest statement; a runaway query fails instead of holding a connection"
+    )
     db_lock_timeout_ms: int = Field(
-        default=30_000, ge=0, description="longest wait for a lock (rows, contact advisory locks); then the "
-        "statement fails and the delivery is retried")
+        default=30_000,
+        ge=0,
+        description="longest wait for a lock (rows, contact advisory locks); then the "
+        "statement fails and the delivery is retried",
+    )
     db_idle_in_transaction_timeout_ms: int = Field(
-        default=120_000, ge=0, description="a session idle inside a transaction this long is closed by the server "
-        "and its locks released; longer than an OAuth refresh call (held under its row lock)")
+        default=120_000,
+        ge=0,
+        description="a session idle inside a transaction this long is closed by the server "
+        "and its locks released; longer than an OAuth refresh call (held under its row lock)",
+    )
     dfm_data_dir: str = ".dfm"
     dfm_up_services: CsvList = Field(
-        default_factory=lambda: ["ingress", "recorder", "ghl-sync", "aloware-sync", "verity-sync", "jobs",
-                                 "scheduler", "gateway", "console"],
+        default_factory=lambda: [
+            "ingress",
+            "recorder",
+            "ghl-sync",
+            "aloware-sync",
+            "verity-sync",
+            "jobs",
+            "scheduler",
+            "gateway",
+            "console",
+        ],
         description="services `dfm up` starts (comma-separated)",
     )
     dfm_sandbox_webhook_url: str | None = Field(
@@ -206,8 +227,11 @@ class Settings(BaseSettings):
         default=None, gt=0, description="override the durable consumers' AckWait (seconds)"
     )
     dfm_rule_deadline_s: float = Field(
-        default=120, gt=0, le=3600, description="longest run of one rule; then it is cancelled and retried "
-        "(RetryLater) and its heartbeat stops")
+        default=120,
+        gt=0,
+        le=3600,
+        description="longest run of one rule; then it is cancelled and retried (RetryLater) and its heartbeat stops",
+    )
     dfm_fault_pause_after_vendor_write_s: float = Field(
         default=0, ge=0, description="fault tests only: pause between a vendor write and the ack"
     )
@@ -226,85 +250,128 @@ class Settings(BaseSettings):
     nats_creds_file: str | None = Field(default=None, description="JWT .creds file (operator mode)")
     nats_nkey_seed_file: str | None = Field(default=None, description="nkey seed file of this process")
     nats_credentials_dir: str | None = Field(
-        default=None, description="`dfm nats creds --out` directory: each connection uses <identity>.nk")
+        default=None, description="`dfm nats creds --out` directory: each connection uses <identity>.nk"
+    )
     nats_user: str | None = None
     nats_password: SecretStr | None = None
     nats_identity: str | None = Field(
-        default=None, description="this process's identity in the table; `dfm run` sets the service's")
+        default=None, description="this process's identity in the table; `dfm run` sets the service's"
+    )
     # NATS TLS (deploy/README.md "NATS TLS"): with a CA file every connection is TLS, verified
     nats_tls_ca_file: str | None = Field(default=None, description="CA that signed the NATS servers' certificate")
     nats_tls_cert_file: str | None = Field(default=None, description="client certificate (servers that verify)")
     nats_tls_key_file: str | None = Field(default=None, description="key of NATS_TLS_CERT_FILE")
     nats_tls_hostname: str | None = Field(
-        default=None, description="name to verify the server certificate against, when not the URL's host")
+        default=None, description="name to verify the server certificate against, when not the URL's host"
+    )
     dfm_stream_allow_downgrade: bool = Field(
-        default=False, description="let the topology step lower num_replicas or max_age of a stream")
+        default=False, description="let the topology step lower num_replicas or max_age of a stream"
+    )
 
     # --- server ports ---------------------------------------------------------------------
     ingress_port: int = Field(default=3002, ge=1, le=65535)
     dfm_ingress_workers: int = Field(default=1, ge=1, le=64, description="uvicorn processes")
     dfm_drain_grace_s: float = Field(
-        default=5, ge=0, le=300,
-        description="after SIGTERM the ingress answers readiness 503 this long before it stops accepting")
+        default=5,
+        ge=0,
+        le=300,
+        description="after SIGTERM the ingress answers readiness 503 this long before it stops accepting",
+    )
     dfm_backup_dir: str | None = Field(
-        default=None, description="where `dfm backup` writes (default $XDG_STATE_HOME/dfm/backups, else "
-        "~/.local/state/dfm/backups: outside the repository)")
+        default=None,
+        description="where `dfm backup` writes (default $XDG_STATE_HOME/dfm/backups, else "
+        "~/.local/state/dfm/backups: outside the repository)",
+    )
     dfm_backup_retention: int = Field(default=7, ge=1, le=1000, description="backups `dfm backup` keeps")
     dfm_backup_key: SecretList = Field(
-        default_factory=list, description="Fernet key(s) encrypting backups (`dfm backup --encrypt`, the "
-        "default when set); the first encrypts, all decrypt; not DFM_TOKEN_KEY")
-    dfm_pg_bin_dir: str | None = Field(
-        default=None, description="the only directory `dfm backup`/`restore` take pg_dump/pg_restore from "
-        "(default: PATH, /usr/lib/postgresql/<major>/bin, the pgserver wheel; the server's major version)")
-    dfm_drain_timeout_s: float = Field(
-        default=20, gt=0, le=600, description="how long a stopping consumer waits for messages in hand")
-    gateway_port: int = Field(
-        default=3001, ge=1, le=65535, validation_alias=AliasChoices("gateway_port", "port")
+        default_factory=list,
+        description="Fernet key(s) encrypting backups (`dfm backup --encrypt`, the "
+        "default when set); the first encrypts, all decrypt; not DFM_TOKEN_KEY",
     )
+    dfm_pg_bin_dir: str | None = Field(
+        default=None,
+        description="the only directory `dfm backup`/`restore` take pg_dump/pg_restore from "
+        "(default: PATH, /usr/lib/postgresql/<major>/bin, the pgserver wheel; the server's major version)",
+    )
+    dfm_drain_timeout_s: float = Field(
+        default=20, gt=0, le=600, description="how long a stopping consumer waits for messages in hand"
+    )
+    gateway_port: int = Field(default=3001, ge=1, le=65535, validation_alias=AliasChoices("gateway_port", "port"))
     sandbox_port: int = Field(default=3099, ge=1, le=65535)
     # --- operator console (services/console) --------------------------------------------
     console_port: int = Field(default=3004, ge=1, le=65535)
     console_host: str = Field(
-        default="127.0.0.1", description="address the console binds; anything but loopback needs "
-        "CONSOLE_TLS_PROXY (a TLS-terminating proxy in front) under NODE_ENV=production")
+        default="127.0.0.1",
+        description="address the console binds; anything but loopback needs "
+        "CONSOLE_TLS_PROXY (a TLS-terminating proxy in front) under NODE_ENV=production",
+    )
     console_operators: CsvList = Field(
-        default_factory=list, description="name:hash pairs, comma-separated; the hash is what "
-        "`dfm console hash-password` prints (scrypt$…). Unset: DF_ADMIN_SECRET signs in as admin (first start)")
+        default_factory=list,
+        description="name:hash pairs, comma-separated; the hash is what "
+        "`dfm console hash-password` prints (scrypt$…). Unset: DF_ADMIN_SECRET signs in as admin (first start)",
+    )
     console_session_secret: SecretStr | None = Field(
-        default=None, description="key signing the console's session cookie; required in production "
-        "(elsewhere a random one per process: sessions end when it restarts)")
+        default=None,
+        description="key signing the console's session cookie; required in production "
+        "(elsewhere a random one per process: sessions end when it restarts)",
+    )
     console_idle_timeout_s: int = Field(
-        default=1800, ge=60, le=86_400, description="a console session unused this long is signed out")
+        default=1800, ge=60, le=86_400, description="a console session unused this long is signed out"
+    )
     console_session_max_age_s: int = Field(
-        default=43_200, ge=300, le=604_800, description="a console session ends this long after sign-in, used or not")
+        default=43_200, ge=300, le=604_800, description="a console session ends this long after sign-in, used or not"
+    )
     console_tls_proxy: bool = Field(
-        default=False, description="the console is reached only through a TLS-terminating proxy (required "
-        "in production when CONSOLE_HOST is not loopback)")
+        default=False,
+        description="the console is reached only through a TLS-terminating proxy (required "
+        "in production when CONSOLE_HOST is not loopback)",
+    )
     console_trusted_proxies: CsvList = Field(
-        default_factory=list, description="CIDRs of proxies whose X-Forwarded-For the console believes for "
-        "sign-in throttling (default none: the peer address is the client)")
+        default_factory=list,
+        description="CIDRs of proxies whose X-Forwarded-For the console believes for "
+        "sign-in throttling (default none: the peer address is the client)",
+    )
     console_signin_max_failures: int = Field(
-        default=5, ge=1, le=1000, description="failed console sign-ins per client address, and per user name, "
-        "in 15 minutes; then sign-in is refused for them until the window passes")
+        default=5,
+        ge=1,
+        le=1000,
+        description="failed console sign-ins per client address, and per user name, "
+        "in 15 minutes; then sign-in is refused for them until the window passes",
+    )
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     # the metrics port also answers GET /health/live and GET /health (services/infra/metrics_server.py)
     dfm_health_stall_s: float = Field(
-        default=180, gt=0, le=3600, description="a consumer is not ready (GET /health on METRICS_PORT answers "
+        default=180,
+        gt=0,
+        le=3600,
+        description="a consumer is not ready (GET /health on METRICS_PORT answers "
         "503) when every handler of its fetch loop has been busy this long with no message started or finished; "
-        "longer than DFM_RULE_DEADLINE_S")
+        "longer than DFM_RULE_DEADLINE_S",
+    )
     dfm_state_gauges_interval_s: float = Field(
-        default=15, gt=0, le=3600, description="how often every jobs replica recomputes the gauges of the whole "
+        default=15,
+        gt=0,
+        le=3600,
+        description="how often every jobs replica recomputes the gauges of the whole "
         "database and stream (backlog, oldest pending event, consumer lag); replicas export the same values, so "
-        "rules and dashboards take their max")
+        "rules and dashboards take their max",
+    )
     dfm_metrics_multiproc_dir: str | None = Field(
-        default=None, description="with DFM_INGRESS_WORKERS > 1: where the ingress makes a fresh directory for its "
+        default=None,
+        description="with DFM_INGRESS_WORKERS > 1: where the ingress makes a fresh directory for its "
         "workers' metric files at each start, removed at exit (default: the system temp directory; on a read-only "
-        "root filesystem a writable volume)")
+        "root filesystem a writable volume)",
+    )
     ingress_limit_concurrency: int = Field(
-        default=256, ge=1, le=100_000, description="connections plus requests in progress per ingress process; "
-        "beyond it uvicorn answers 503 (each may buffer up to WEBHOOK_MAX_BODY_BYTES)")
+        default=256,
+        ge=1,
+        le=100_000,
+        description="connections plus requests in progress per ingress process; "
+        "beyond it uvicorn answers 503 (each may buffer up to WEBHOOK_MAX_BODY_BYTES)",
+    )
     ingress_docs_enabled: bool | None = Field(
-        default=None, description="/docs, /redoc and /openapi.json on the ingress (default: on outside production)")
+        default=None, description="/docs, /redoc and /openapi.json on the ingress (default: on outside production)"
+    )
 
     # --- GHL --------------------------------------------------------------------------------
     ghl_api_key: SecretStr | None = None
@@ -318,24 +385,31 @@ class Settings(BaseSettings):
     ghl_oauth_redirect_uri: str | None = None
     # the install callback (services/ingress/oauth_route.py; security-audit F12)
     ghl_oauth_state_key: SecretStr | None = Field(
-        default=None, description="HMAC key signing the install `state` (default: derived from GHL_CLIENT_SECRET)")
+        default=None, description="HMAC key signing the install `state` (default: derived from GHL_CLIENT_SECRET)"
+    )
     ghl_oauth_state_ttl_s: int = Field(
-        default=900, ge=60, le=86_400, description="how long an install started at /leadconnector/oauth/start may take")
+        default=900, ge=60, le=86_400, description="how long an install started at /leadconnector/oauth/start may take"
+    )
     ghl_oauth_allow_install_without_state: bool = Field(
-        default=False, description="accept installs started from the Marketplace, which carry no state of ours "
-        "(the location must still be allowed)")
+        default=False,
+        description="accept installs started from the Marketplace, which carry no state of ours "
+        "(the location must still be allowed)",
+    )
     ghl_oauth_allowed_locations: CsvList = Field(
         default_factory=list,
         description="locations whose tokens the install callback stores (default: GHL_LOCATION_ID)",
     )
     ghl_oauth_rate_limit_max: int = Field(
-        default=20, ge=1, description="install callbacks per client address per 15 minutes")
+        default=20, ge=1, description="install callbacks per client address per 15 minutes"
+    )
     ghl_oauth_authorize_url: str = "https://marketplace.gohighlevel.com/v2/oauth/chooselocation"
-    ghl_oauth_scopes: str = ("conversations.readonly conversations.write conversations/message.readonly "
-                             "conversations/message.write")
+    ghl_oauth_scopes: str = (
+        "conversations.readonly conversations.write conversations/message.readonly conversations/message.write"
+    )
     dfm_token_key: SecretList = Field(
         default_factory=list,
-        description="Fernet key(s) encrypting OAuth tokens at rest; the first encrypts, all decrypt")
+        description="Fernet key(s) encrypting OAuth tokens at rest; the first encrypts, all decrypt",
+    )
     ghl_provider_message_type: str = "SMS"
     ghl_cf_aloware_contact_id: str | None = None
     ghl_cf_lead_source: str | None = None
@@ -345,12 +419,13 @@ class Settings(BaseSettings):
         default=80, ge=1, le=1_000_000, description="GHL allows 100; more only against the sandbox"
     )
     ghl_rate_limit_per_day: int = Field(
-        default=180_000, ge=1,
-        description="GHL allows 200,000 a day; held over a rolling 24 h by all replicas (clients/budget.py)")
+        default=180_000,
+        ge=1,
+        description="GHL allows 200,000 a day; held over a rolling 24 h by all replicas (clients/budget.py)",
+    )
     ghl_note_max_chars: int = Field(default=50_000, ge=100)
     ghl_set_dnd_on_optout: FlagTrue = False
-    ghl_webhook_ed25519_public_key: Annotated[str, BeforeValidator(_public_keys_of("ed25519"))] = \
-        GHL_ED25519_PUBLIC_KEY
+    ghl_webhook_ed25519_public_key: Annotated[str, BeforeValidator(_public_keys_of("ed25519"))] = GHL_ED25519_PUBLIC_KEY
     ghl_webhook_rsa_public_key: Annotated[str, BeforeValidator(_public_keys_of("rsa"))] = GHL_RSA_PUBLIC_KEY
     ghl_accept_legacy_rsa: bool = True
     ghl_webhook_verify_mode: Literal["enforce", "log_only"] = "enforce"
@@ -365,10 +440,11 @@ class Settings(BaseSettings):
     aloware_webhook_basic_pass: SecretList = Field(default_factory=list)
     aloware_webhook_bearer_token: SecretList = Field(default_factory=list)
     aloware_webhook_allowed_events: CsvList = Field(default_factory=list)
-    aloware_status_to_sequence: Annotated[
-        dict[str, Any], NoDecode, BeforeValidator(_status_to_sequence)
-    ] = Field(default_factory=dict, description="JSON: Aloware list status → sequence id, or "
-              '{"sequence_id": ..., "optional": true}; invalid JSON stops the start')
+    aloware_status_to_sequence: Annotated[dict[str, Any], NoDecode, BeforeValidator(_status_to_sequence)] = Field(
+        default_factory=dict,
+        description="JSON: Aloware list status → sequence id, or "
+        '{"sequence_id": ..., "optional": true}; invalid JSON stops the start',
+    )
     enable_aloware_sequences: FlagTrue = False
 
     # --- Verity, texting, Clerk --------------------------------------------------------------
@@ -376,13 +452,17 @@ class Settings(BaseSettings):
     verity_api_key: SecretStr | None = None
     verity_webhook_secret: SecretList = Field(default_factory=list)
     verity_forward_secret: SecretStr | None = Field(
-        default=None, description="sent as X-Middleware-Secret on the F-1 forward to Verity; outside production "
-        "VERITY_WEBHOOK_SECRET stands in (with a warning), in production nothing does")
+        default=None,
+        description="sent as X-Middleware-Secret on the F-1 forward to Verity; outside production "
+        "VERITY_WEBHOOK_SECRET stands in (with a warning), in production nothing does",
+    )
     verity_database_url: str | None = None
     verity_catalog_path: str | None = None
     mcp_tool_allowlist: CsvList = Field(
-        default_factory=list, description="catalog tools `dfm run mcp` lists: tool names or glob patterns "
-        "(comms_*), comma-separated; empty lists every catalog tool; the dfm_* operator tools are always listed")
+        default_factory=list,
+        description="catalog tools `dfm run mcp` lists: tool names or glob patterns "
+        "(comms_*), comma-separated; empty lists every catalog tool; the dfm_* operator tools are always listed",
+    )
     verity_proxy_timeout_s: float = Field(default=60, gt=0)
     texting_sync_to_aloware: FlagTrue = False
     # the plain shared-secret header: a static bearer (security-audit F13); default on outside production
@@ -403,31 +483,44 @@ class Settings(BaseSettings):
     x_df_jobs_secret: SecretList = Field(default_factory=list)
     dfm_insecure_allow_unsigned: CsvList = Field(default_factory=list)
     dfm_allow_insecure_in_production: CsvList = Field(
-        default_factory=list, description="insecure switches (INSECURE_SWITCHES) a production process accepts")
+        default_factory=list, description="insecure switches (INSECURE_SWITCHES) a production process accepts"
+    )
     webhook_max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
     webhook_body_read_timeout_s: float = Field(
-        default=10, gt=0, le=300, description="longest time to receive a webhook body; then 408 (the body is "
-        "buffered before authentication, so a slow one must not hold its worker for ever)")
+        default=10,
+        gt=0,
+        le=300,
+        description="longest time to receive a webhook body; then 408 (the body is "
+        "buffered before authentication, so a slow one must not hold its worker for ever)",
+    )
     # the consumers' envelope parser refuses more than 200 levels and the envelope adds its own
-    webhook_max_json_depth: int = Field(default=64, ge=2, le=190,
-                                        description="deepest JSON nesting a webhook body may have")
+    webhook_max_json_depth: int = Field(
+        default=64, ge=2, le=190, description="deepest JSON nesting a webhook body may have"
+    )
     # NATS's max_payload when no server has told us yet (the outbox path while NATS is down);
     # every shipped NATS config sets max_payload to this value
-    dfm_nats_max_payload: int = Field(default=2_097_152, ge=65_536,
-                                      description="bytes; used until a server announces its own")
+    dfm_nats_max_payload: int = Field(
+        default=2_097_152, ge=65_536, description="bytes; used until a server announces its own"
+    )
 
     # --- gateway ------------------------------------------------------------------------------
     gateway_forward_headers: CsvList = Field(default_factory=list)
     gateway_catalog_enforce: bool = Field(
-        default=False, description="answer 404 for endpoints missing from the catalog (default: warn)")
+        default=False, description="answer 404 for endpoints missing from the catalog (default: warn)"
+    )
     cors_allowed_origins: CsvList = Field(default_factory=list)
     rate_limit_max: int = Field(default=100, ge=1)
     gateway_auth_failure_max: int = Field(
-        default=10, ge=1, description="failed API-key attempts per client address per 15 minutes; then "
-        "every request of that address carrying a key is 429 until the window ends")
+        default=10,
+        ge=1,
+        description="failed API-key attempts per client address per 15 minutes; then "
+        "every request of that address carrying a key is 429 until the window ends",
+    )
     gateway_trusted_proxies: CsvList = Field(
-        default_factory=list, description="CIDRs of proxies whose X-Forwarded-For the gateway believes "
-        "(default none: the peer address is the client)")
+        default_factory=list,
+        description="CIDRs of proxies whose X-Forwarded-For the gateway believes "
+        "(default none: the peer address is the client)",
+    )
     webhook_rate_limit_max: int = Field(default=1000, ge=1)
     admin_rate_limit_max: int = Field(default=50, ge=1)
 
@@ -440,14 +533,18 @@ class Settings(BaseSettings):
     sweep_pending_min_age_s: int = Field(default=120, ge=0)
     sweep_stale_processing_s: int = Field(default=900, ge=1)
     dfm_effect_claim_ttl_s: float = Field(
-        default=300, gt=0, description="how long an attempt holds the claim on an irreversible vendor write "
-        "before another may take it over; longer than the vendor timeouts plus the rate-budget wait")
+        default=300,
+        gt=0,
+        description="how long an attempt holds the claim on an irreversible vendor write "
+        "before another may take it over; longer than the vendor timeouts plus the rate-budget wait",
+    )
     reconcile_cron: str | None = None
     reconcile_batch_size: int = Field(default=200, ge=1, le=10_000)
     alert_webhook_url: str | None = None
     alert_check_cron: str | None = "* * * * *"
     dfm_retry_nak_max_delay_s: float = Field(
-        default=120, ge=0,
+        default=120,
+        ge=0,
         description="retries due sooner are NAKed with that delay; later ones are left to the sweep",
     )
     echo_window_seconds: int = Field(default=600, ge=1)
@@ -456,13 +553,20 @@ class Settings(BaseSettings):
     purge_batch_size: int = Field(default=1000, ge=1, le=100_000, description="rows per DELETE/UPDATE")
     retention_sync_log_days: int = Field(default=180, ge=0)  # spec/outbound.md §4.3
     retention_event_attempts_days: int = Field(default=30, ge=0)
-    retention_event_payloads_days: int = Field(default=30, ge=0, description="finished events' payloads "
-        "are emptied (payload_json '{}', payload_raw NULL); the status rows stay")
-    retention_outbound_writes_s: int = Field(default=86_400, ge=0, description="echo ledger (spec §4.9: "
-        "1 day); never less than ECHO_WINDOW_SECONDS")
+    retention_event_payloads_days: int = Field(
+        default=30,
+        ge=0,
+        description="finished events' payloads are emptied (payload_json '{}', payload_raw NULL); the status rows stay",
+    )
+    retention_outbound_writes_s: int = Field(
+        default=86_400, ge=0, description="echo ledger (spec §4.9: 1 day); never less than ECHO_WINDOW_SECONDS"
+    )
     retention_outbox_published_s: int = Field(default=86_400, ge=0)
-    retention_payload_raw_forwarded_s: int = Field(default=3600, ge=0, description="raw GHL bodies of "
-        "events received longer ago are dropped once the Verity forward (F-1) is done")
+    retention_payload_raw_forwarded_s: int = Field(
+        default=3600,
+        ge=0,
+        description="raw GHL bodies of events received longer ago are dropped once the Verity forward (F-1) is done",
+    )
 
     # --- routing, lists, features ------------------------------------------------------------
     # an unknown value stops the start naming the variable; the original quietly used the default
@@ -470,11 +574,12 @@ class Settings(BaseSettings):
     sync_ghl_contacts_to_aloware: bool = True
     sync_aloware_contacts_to_ghl: bool = True
     ghl_snapshot_max_age_s: float = Field(
-        default=900, ge=0, description="CA trusts the GHL snapshot kept with a mapping for this long; an older "
-        "one is verified with one GET first (a lost GHL webhook goes unnoticed for at most this long; 0: always)")
-    agent_list_keys: CsvList = Field(
-        default_factory=lambda: ["CALL_NOW", "NEW_LEADS", "FOLLOW_UP", "HOT"]
+        default=900,
+        ge=0,
+        description="CA trusts the GHL snapshot kept with a mapping for this long; an older "
+        "one is verified with one GET first (a lost GHL webhook goes unnoticed for at most this long; 0: always)",
     )
+    agent_list_keys: CsvList = Field(default_factory=lambda: ["CALL_NOW", "NEW_LEADS", "FOLLOW_UP", "HOT"])
     default_agent_key: str = "UNASSIGNED"
     enable_agent_list_sync: FlagUnlessFalse = True
     enable_power_dialer_lists: FlagTrue = False
@@ -490,8 +595,9 @@ class Settings(BaseSettings):
     def _trim(cls, value: Any) -> Any:
         return value.strip() if isinstance(value, str) else value
 
-    @field_validator("texting_accept_plain_secret", "broadcast_accept_plain_secret", "ingress_docs_enabled",
-                     mode="before")
+    @field_validator(
+        "texting_accept_plain_secret", "broadcast_accept_plain_secret", "ingress_docs_enabled", mode="before"
+    )
     @classmethod
     def _on_unless_production(cls, value: Any, info: ValidationInfo) -> Any:
         """Unset: on for development and tests (``dfm up``, the suite), off in production; so
@@ -522,12 +628,18 @@ class Settings(BaseSettings):
     def insecure_problems(self) -> list[str]:
         """What :meth:`refuse_insecure_in_production` refuses, one line per variable."""
         accepted = {name.upper() for name in self.dfm_allow_insecure_in_production}
-        problems = [f"DFM_ALLOW_INSECURE_IN_PRODUCTION is malformed: {name} is not an insecure switch, expected "
-                    f"some of {', '.join(INSECURE_SWITCHES)}" for name in sorted(accepted - set(INSECURE_SWITCHES))]
+        problems = [
+            f"DFM_ALLOW_INSECURE_IN_PRODUCTION is malformed: {name} is not an insecure switch, expected "
+            f"some of {', '.join(INSECURE_SWITCHES)}"
+            for name in sorted(accepted - set(INSECURE_SWITCHES))
+        ]
         if self.node_env == "production":
-            problems += [f"{name}={value} is refused under NODE_ENV=production: unset it, or name it in "
-                         "DFM_ALLOW_INSECURE_IN_PRODUCTION to accept the risk"
-                         for name, value in self.insecure_switches().items() if name not in accepted]
+            problems += [
+                f"{name}={value} is refused under NODE_ENV=production: unset it, or name it in "
+                "DFM_ALLOW_INSECURE_IN_PRODUCTION to accept the risk"
+                for name, value in self.insecure_switches().items()
+                if name not in accepted
+            ]
         return problems
 
     def refuse_insecure_console(self) -> None:
@@ -538,18 +650,25 @@ class Settings(BaseSettings):
         if self.node_env != "production":
             return
         if self.console_session_secret is None or len(self.console_session_secret.get_secret_value()) < 32:
-            raise ConfigError("CONSOLE_SESSION_SECRET is required under NODE_ENV=production: expected a random "
-                              "value of at least 32 characters")
+            raise ConfigError(
+                "CONSOLE_SESSION_SECRET is required under NODE_ENV=production: expected a random "
+                "value of at least 32 characters"
+            )
         if not _loopback(self.console_host) and not self.console_tls_proxy:
-            raise ConfigError(f"CONSOLE_HOST={self.console_host} is refused under NODE_ENV=production without "
-                              "CONSOLE_TLS_PROXY=true: serve the console through a TLS-terminating proxy, or bind "
-                              "it to 127.0.0.1")
+            raise ConfigError(
+                f"CONSOLE_HOST={self.console_host} is refused under NODE_ENV=production without "
+                "CONSOLE_TLS_PROXY=true: serve the console through a TLS-terminating proxy, or bind "
+                "it to 127.0.0.1"
+            )
 
     # --------------------------------------------------------------------------------------
     def missing(self, *names: str) -> list[str]:
         """One ``NAME is required: expected ...`` line for each of ``names`` unset or empty."""
-        return [f"{name.upper()} is required: expected {REQUIRED_HINTS.get(name, 'a non-empty value')}"
-                for name in names if getattr(self, name) in (None, [], "")]
+        return [
+            f"{name.upper()} is required: expected {REQUIRED_HINTS.get(name, 'a non-empty value')}"
+            for name in names
+            if getattr(self, name) in (None, [], "")
+        ]
 
     def require(self, *names: str) -> None:
         """Raise ``ConfigError`` naming every one of ``names`` that is unset or empty."""
@@ -659,8 +778,9 @@ def _describe(error: ErrorDetails) -> str:
 DOT_ENV = ".env"
 
 
-def collect_settings(env_file: str | None = None, *, service: str | None = None,
-                     **overrides: Any) -> tuple[Settings, list[str]]:
+def collect_settings(
+    env_file: str | None = None, *, service: str | None = None, **overrides: Any
+) -> tuple[Settings, list[str]]:
     """Build ``Settings`` from the environment, ``./.env`` and ``env_file`` (later wins; the
     environment over both files), and list *every* problem, one line each naming its variable:
     malformed values (unknown choices, bad JSON, out of range), what ``service`` requires and

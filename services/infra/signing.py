@@ -23,9 +23,11 @@ def generate_ed25519() -> tuple[ed25519.Ed25519PrivateKey, str]:
 
 def public_pem(key: ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey) -> str:
     """PEM (SubjectPublicKeyInfo) of the public half of ``key``."""
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 def private_pem(key: ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey) -> str:

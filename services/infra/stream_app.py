@@ -46,8 +46,18 @@ def faststream_auth(options: dict[str, Any]) -> dict[str, Any]:
             NatsUserPassword,
         )
     except ImportError:  # FastStream 0.6: only the keyword arguments
-        options.update({k: v for k, v in (("nkeys_seed", seed), ("user_credentials", creds),
-                                          ("tls", tls["ssl_context"]), ("tls_hostname", tls["tls_hostname"])) if v})
+        options.update(
+            {
+                k: v
+                for k, v in (
+                    ("nkeys_seed", seed),
+                    ("user_credentials", creds),
+                    ("tls", tls["ssl_context"]),
+                    ("tls_hostname", tls["tls_hostname"]),
+                )
+                if v
+            }
+        )
         NatsCredentials = NatsNKey = NatsSecurity = NatsUserPassword = None  # type: ignore[assignment,misc]
     if NatsNKey is None:
         if user:
@@ -70,13 +80,20 @@ def durable_broker(settings: Settings, spec: ConsumerSpec) -> NatsBroker:
     servers, auth = connect_options(settings, name=f"dfm-{spec.durable}", identity=spec.durable)
     # its records go through structlog (configure_logging); its per-message "Received" and
     # "Processed" lines are debug, its errors keep their level
-    return NatsBroker(servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                      graceful_timeout=settings.dfm_drain_timeout_s, **faststream_auth(auth),
-                      logger=logging.getLogger(BROKER_LOGGER), log_level=logging.DEBUG)
+    return NatsBroker(
+        servers,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,  # type: ignore[arg-type]  # FastStream hints int; nats-py takes float seconds
+        graceful_timeout=settings.dfm_drain_timeout_s,
+        **faststream_auth(auth),
+        logger=logging.getLogger(BROKER_LOGGER),
+        log_level=logging.DEBUG,
+    )
 
 
-def sync_broker(settings: Settings, spec: ConsumerSpec, handle: MessageHandler,
-                workers: int, progress: FetchLoop | None = None) -> NatsBroker:
+def sync_broker(
+    settings: Settings, spec: ConsumerSpec, handle: MessageHandler, workers: int, progress: FetchLoop | None = None
+) -> NatsBroker:
     """A broker whose single subscriber feeds ``handle`` from the durable ``spec``; every
     handler run is recorded in ``progress`` (the readiness probe's view of the fetch loop)."""
     broker = durable_broker(settings, spec)
@@ -99,8 +116,7 @@ def sync_broker(settings: Settings, spec: ConsumerSpec, handle: MessageHandler,
     return broker
 
 
-async def serve_until_terminated(settings: Settings, spec: ConsumerSpec, handle: MessageHandler,
-                                 workers: int) -> None:
+async def serve_until_terminated(settings: Settings, spec: ConsumerSpec, handle: MessageHandler, workers: int) -> None:
     """Consume until SIGTERM/SIGINT, then drain: no new fetches, the messages in hand finish
     and are acked (up to ``DFM_DRAIN_TIMEOUT_S``); anything fetched but not started is left
     unacked and redelivered to another replica after the AckWait."""
@@ -117,8 +133,9 @@ async def serve_until_terminated(settings: Settings, spec: ConsumerSpec, handle:
         PROCESS_HEALTH.forget(progress)
 
 
-async def start_sync_broker(settings: Settings, spec: ConsumerSpec, handle: MessageHandler,
-                            workers: int, progress: FetchLoop | None = None) -> NatsBroker:
+async def start_sync_broker(
+    settings: Settings, spec: ConsumerSpec, handle: MessageHandler, workers: int, progress: FetchLoop | None = None
+) -> NatsBroker:
     """Make sure the durable exists (a service only checks; the topology step creates it),
     then start consuming."""
     await prepare_topology(settings, durables=(spec,))

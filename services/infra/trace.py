@@ -37,19 +37,23 @@ def vendor_call(vendor: str, method: str, path: str, status: str, seconds: float
     """Note a vendor request (path without its query: no phone numbers or tokens)."""
     trace = CURRENT.get()
     if trace is not None:
-        trace.vendor_calls.append({
-            "vendor": vendor, "method": method, "path": path.split("?", 1)[0],
-            "status": status, "ms": round(seconds * 1000, 1),
-            "at": datetime.now(UTC).isoformat(),
-        })
+        trace.vendor_calls.append(
+            {
+                "vendor": vendor,
+                "method": method,
+                "path": path.split("?", 1)[0],
+                "status": status,
+                "ms": round(seconds * 1000, 1),
+                "at": datetime.now(UTC).isoformat(),
+            }
+        )
 
 
 def mapping_touched(kind: str, action: str, **ids: str | None) -> None:
     """Note a mapping row written or removed by the rule."""
     trace = CURRENT.get()
     if trace is not None:
-        trace.mappings.append({"kind": kind, "action": action,
-                               **{k: v for k, v in ids.items() if v is not None}})
+        trace.mappings.append({"kind": kind, "action": action, **{k: v for k, v in ids.items() if v is not None}})
 
 
 def sync_error_logged(row_id: UUID) -> None:

@@ -67,11 +67,15 @@ def inject(headers: H) -> H:
 
 
 @contextmanager
-def span(name: str, *, kind: SpanKind = SpanKind.INTERNAL, parent: Mapping[str, str] | None = None,
-         attributes: dict[str, Any] | None = None) -> Iterator[Span]:
+def span(
+    name: str,
+    *,
+    kind: SpanKind = SpanKind.INTERNAL,
+    parent: Mapping[str, str] | None = None,
+    attributes: dict[str, Any] | None = None,
+) -> Iterator[Span]:
     """A current span; a child of the context in ``parent`` headers when given, else of the
     current span (a new trace when there is none)."""
     context = extract(parent) if parent is not None else None
     with _tracer.start_as_current_span(name, context=context, kind=kind, attributes=attributes) as current:
         yield current
-

@@ -23,8 +23,13 @@ class VerityDatabase:
     async def pool(self) -> asyncpg.Pool:
         if self._pool is None:
             assert self.settings.verity_database_url is not None
-            self._pool = await asyncpg.create_pool(sync_url(self.settings.verity_database_url), min_size=0,
-                                                   max_size=5, max_inactive_connection_lifetime=20, timeout=10)
+            self._pool = await asyncpg.create_pool(
+                sync_url(self.settings.verity_database_url),
+                min_size=0,
+                max_size=5,
+                max_inactive_connection_lifetime=20,
+                timeout=10,
+            )
         return self._pool
 
     async def aclose(self) -> None:

@@ -156,7 +156,7 @@ class Readiness:
                 async with self.engine.connect() as conn:
                     await conn.execute(text("SELECT 1"))
             checks["database"] = "ok"
-        except Exception as exc:  # any failure of the probe is a failed check, reported
+        except Exception as exc:  # any failure of the probe is a failed check, reported  # noqa: BLE001
             checks["database"] = f"error: {type(exc).__name__}"
         checks["stream"] = "ok" if await self.publisher.stream_present() else "error: missing"
         self._cached = (time.monotonic(), checks)
@@ -166,8 +166,9 @@ class Readiness:
 class Ingress:
     """Request handling with its dependencies made explicit (no module globals)."""
 
-    def __init__(self, settings: Settings, publisher: EventPublisher, engine: Any,
-                 readiness: Readiness | None = None) -> None:
+    def __init__(
+        self, settings: Settings, publisher: EventPublisher, engine: Any, readiness: Readiness | None = None
+    ) -> None:
         self.settings = settings
         self.publisher = publisher
         self.engine = engine
@@ -208,8 +209,9 @@ class Ingress:
         classify: Callable[[dict[str, Any]], Classification],
     ) -> tuple[str, JSONResponse]:
         try:
-            body = await read_body(request, self.settings.webhook_max_body_bytes,
-                                   self.settings.webhook_body_read_timeout_s)
+            body = await read_body(
+                request, self.settings.webhook_max_body_bytes, self.settings.webhook_body_read_timeout_s
+            )
         except BodyTooLarge:
             return _rejected(413, "too_large", "body_too_large")
         except BodyTooSlow:
@@ -256,8 +258,7 @@ class Ingress:
         body: bytes,
         signature: str | None = None,
     ) -> tuple[str, JSONResponse]:
-        event = result.envelope(auth, payload, raw=body if source.startswith("ghl") else None,
-                                signature=signature)
+        event = result.envelope(auth, payload, raw=body if source.startswith("ghl") else None, signature=signature)
         event_id = event.event_id
         trace.get_current_span().set_attribute("dfm.event_id", str(event_id))
         published = await self.publisher.publish(event)
@@ -281,31 +282,38 @@ class Ingress:
             return _reply(200, "accepted", fields)
         if isinstance(published, Duplicate):
             log.info("webhook_duplicate", outcome="duplicate", **bound)
-            return _reply(200, "duplicate", {
-                "success": True,
-                "status": "duplicate",
-                "id": str(published.first_id) if published.first_id else None,
-                "message": "Duplicate event ignored",
-            })
+            return _reply(
+                200,
+                "duplicate",
+                {
+                    "success": True,
+                    "status": "duplicate",
+                    "id": str(published.first_id) if published.first_id else None,
+                    "message": "Duplicate event ignored",
+                },
+            )
         if isinstance(published, TooLarge):
-            log.info("webhook_too_large_for_stream", size=published.size, limit=published.limit,
-                     **bound)
-            return _rejected(413, "too_large",
-                             f"event_too_large: {published.size} bytes as a stream message, "
-                             f"the limit is {published.limit}")
+            log.info("webhook_too_large_for_stream", size=published.size, limit=published.limit, **bound)
+            return _rejected(
+                413,
+                "too_large",
+                f"event_too_large: {published.size} bytes as a stream message, the limit is {published.limit}",
+            )
         log.error("webhook_unavailable", outcome="unavailable", reason=published.reason, **bound)
         status = 429 if source in ("ghl", "ghl_provider") else 503
         return _reply(status, "unavailable", UNAVAILABLE)
 
     # --- per-source authentication and classification ------------------------------------
     def auth_ghl(self, request: Request, body: bytes) -> AuthInfo:
-        return authenticate_ghl(
-            self.settings, self.ghl_verifier, request.headers, request.query_params, body
-        )
+        return authenticate_ghl(self.settings, self.ghl_verifier, request.headers, request.query_params, body)
 
     def auth_provider(self, request: Request, body: bytes) -> AuthInfo:
         return authenticate_ghl(
-            self.settings, self.ghl_verifier, request.headers, request.query_params, body,
+            self.settings,
+            self.ghl_verifier,
+            request.headers,
+            request.query_params,
+            body,
             provider=True,
         )
 
@@ -314,7 +322,10 @@ class Ingress:
 
     def auth_texting(self, request: Request, body: bytes) -> AuthInfo:
         return authenticate_verity(
-            self.settings, request.headers, body, source="texting",
+            self.settings,
+            request.headers,
+            body,
+            source="texting",
             signature_headers=("x-texting-signature", "x-signature"),
             plain_header="x-texting-secret",
             accept_plain=bool(self.settings.texting_accept_plain_secret),
@@ -322,7 +333,10 @@ class Ingress:
 
     def auth_broadcast(self, request: Request, body: bytes) -> AuthInfo:
         return authenticate_verity(
-            self.settings, request.headers, body, source="broadcast",
+            self.settings,
+            request.headers,
+            body,
+            source="broadcast",
             signature_headers=("x-broadcast-signature", "x-signature"),
             plain_header="x-df-broadcast-secret",
             accept_plain=bool(self.settings.broadcast_accept_plain_secret),
@@ -390,8 +404,12 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        log.info("ingress_mode", node_env=settings.node_env, verify_mode=settings.ghl_webhook_verify_mode,
-                 docs=bool(settings.ingress_docs_enabled))
+        log.info(
+            "ingress_mode",
+            node_env=settings.node_env,
+            verify_mode=settings.ghl_webhook_verify_mode,
+            docs=bool(settings.ingress_docs_enabled),
+        )
         for source, ok in configured_sources(settings).items():
             if not ok and source not in settings.dfm_insecure_allow_unsigned:
                 log.error("webhook_source_unconfigured_fails_closed", source=source)
@@ -438,18 +456,21 @@ def create_app(settings: Settings) -> FastAPI:
 
     webhook("/api/webhooks/ghl", "ghl", ingress.auth_ghl, ingress.classify_ghl)
     webhook(
-        "/api/webhooks/ghl/provider-delivery", "ghl_provider", ingress.auth_provider,
+        "/api/webhooks/ghl/provider-delivery",
+        "ghl_provider",
+        ingress.auth_provider,
         ingress.classify_provider,
     )
     webhook("/api/webhooks/aloware", "aloware", ingress.auth_aloware, ingress.classify_aloware)
     webhook(
-        "/api/integrations/aloware/webhook", "aloware", ingress.auth_aloware,
-        ingress.classify_aloware, alias="w4",
+        "/api/integrations/aloware/webhook",
+        "aloware",
+        ingress.auth_aloware,
+        ingress.classify_aloware,
+        alias="w4",
     )
     webhook("/api/webhooks/texting", "texting", ingress.auth_texting, classify_texting)
-    webhook(
-        "/api/webhooks/broadcast", "broadcast", ingress.auth_broadcast, ingress.classify_broadcast
-    )
+    webhook("/api/webhooks/broadcast", "broadcast", ingress.auth_broadcast, ingress.classify_broadcast)
 
     @app.get("/api/health", summary="readiness with dependency checks")
     async def health() -> JSONResponse:
@@ -470,13 +491,14 @@ def create_app(settings: Settings) -> FastAPI:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(
-                title=app.title, version=app.version, description=app.description,
+                title=app.title,
+                version=app.version,
+                description=app.description,
                 routes=app.routes,
             )
             for path, source in documented.items():
                 schema["paths"][path] = {
-                    "post": {"summary": f"{source} webhook", "operationId": f"webhook_{path}",
-                             **WEBHOOK_BODY_DOC}
+                    "post": {"summary": f"{source} webhook", "operationId": f"webhook_{path}", **WEBHOOK_BODY_DOC}
                 }
             app.openapi_schema = schema
         return app.openapi_schema

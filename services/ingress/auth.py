@@ -61,12 +61,12 @@ class GhlVerifier:
     def from_settings(cls, settings: Settings) -> GhlVerifier:
         """Keys from ``GHL_WEBHOOK_ED25519_PUBLIC_KEY`` / ``GHL_WEBHOOK_RSA_PUBLIC_KEY``."""
         eds = tuple(
-            k for k in load_public_keys(settings.ghl_webhook_ed25519_public_key)
+            k
+            for k in load_public_keys(settings.ghl_webhook_ed25519_public_key)
             if isinstance(k, ed25519.Ed25519PublicKey)
         )
         rsas = tuple(
-            k for k in load_public_keys(settings.ghl_webhook_rsa_public_key)
-            if isinstance(k, rsa.RSAPublicKey)
+            k for k in load_public_keys(settings.ghl_webhook_rsa_public_key) if isinstance(k, rsa.RSAPublicKey)
         )
         return cls(eds, rsas, settings.ghl_accept_legacy_rsa)
 
@@ -133,9 +133,7 @@ def authenticate_ghl(
     raise AuthFailure("missing_signature")
 
 
-def check_ghl_freshness(
-    payload: dict[str, Any], auth: AuthInfo, max_age_s: int, now: datetime | None = None
-) -> None:
+def check_ghl_freshness(payload: dict[str, Any], auth: AuthInfo, max_age_s: int, now: datetime | None = None) -> None:
     """Replay window for signed marketplace bodies with ``timestamp`` and ``webhookId`` (§1.4.4)."""
     if auth.method not in ("ed25519", "rsa"):
         return
@@ -149,9 +147,7 @@ def check_ghl_freshness(
     if sent.tzinfo is None:
         sent = sent.replace(tzinfo=UTC)
     current = now or datetime.now(UTC)
-    if sent < current - timedelta(seconds=max_age_s) or sent > current + timedelta(
-        seconds=FUTURE_SKEW_S
-    ):
+    if sent < current - timedelta(seconds=max_age_s) or sent > current + timedelta(seconds=FUTURE_SKEW_S):
         raise AuthFailure("expired")
 
 

@@ -38,14 +38,19 @@ class Classified:
     def __post_init__(self) -> None:
         # ids and names from the body become indexed columns and the Nats-Msg-Id header:
         # bound them here, once for every source (contracts.tokens.bounded_id says why)
-        for name, limit in (("entity_id", None), ("event_name", None), ("location_id", None),
-                            ("dedupe_key", MAX_KEY_CHARS)):
+        for name, limit in (
+            ("entity_id", None),
+            ("event_name", None),
+            ("location_id", None),
+            ("dedupe_key", MAX_KEY_CHARS),
+        ):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, bounded_id(value, *(() if limit is None else (limit,))))
 
-    def envelope(self, auth: AuthInfo, payload: dict[str, Any], raw: bytes | None = None,
-                 signature: str | None = None) -> WebhookEvent:
+    def envelope(
+        self, auth: AuthInfo, payload: dict[str, Any], raw: bytes | None = None, signature: str | None = None
+    ) -> WebhookEvent:
         """The accepted event (new event id, received now); ``raw`` and the sender's
         ``x-ghl-signature`` kept when given (the Verity forward, rule F-1, needs both)."""
         return WebhookEvent(
@@ -120,8 +125,14 @@ def _first_name(body: dict[str, Any], keys: tuple[str, ...]) -> str | None:
 
 
 GENERIC_ID_PATHS = (
-    "id", "contactId", "contact_id", "communication_id", "contact.id",
-    "body.id", "body.contact_id", "body.communication_id",
+    "id",
+    "contactId",
+    "contact_id",
+    "communication_id",
+    "contact.id",
+    "body.id",
+    "body.contact_id",
+    "body.communication_id",
 )
 
 # --- GHL (W1) -------------------------------------------------------------------------------
@@ -206,21 +217,14 @@ def classify_ghl(body: dict[str, Any], *, expected_location_id: str | None) -> C
     location = body.get("locationId") if isinstance(body.get("locationId"), str) else None
     if location is None and isinstance(_get(body, "location.id"), str):
         location = _get(body, "location.id")
-    if (
-        hint is None
-        and is_ghl_marketplace(body)
-        and expected_location_id
-        and location != expected_location_id
-    ):
+    if hint is None and is_ghl_marketplace(body) and expected_location_id and location != expected_location_id:
         hint = "ignored:foreign_location"
     webhook_id = body.get("webhookId")
     if isinstance(webhook_id, str) and webhook_id.strip():
         dedupe = f"ghl:wh:{webhook_id.strip()}"
     else:
         dedupe = f"ghl:{token}:{entity_id}:{h16(canon(body))}"
-    return Classified(
-        Source.GHL, name, token, canonical, entity, entity_id, dedupe, location, hint
-    )
+    return Classified(Source.GHL, name, token, canonical, entity, entity_id, dedupe, location, hint)
 
 
 # --- GHL provider delivery (W2) ---------------------------------------------------------------
@@ -304,10 +308,7 @@ def aloware_allowed(name: str, allow_list: list[str]) -> bool:
     entries = [normalise_token(entry) for entry in allow_list]
     if token in entries:
         return True
-    return any(
-        token.startswith(family) and any(e.startswith(family) for e in entries)
-        for family in _CALL_FAMILIES
-    )
+    return any(token.startswith(family) and any(e.startswith(family) for e in entries) for family in _CALL_FAMILIES)
 
 
 def classify_aloware(body: dict[str, Any], *, allow_list: list[str]) -> Classification:
@@ -365,9 +366,7 @@ def classify_texting(body: dict[str, Any]) -> Classification:
     key_entity = msg.message_id or h16(canon(body))
     inner = h16(f"texting:{name}:{key_entity}:{msg.timestamp or ''}")
     dedupe = f"texting:{name}:{key_entity}:{inner}"
-    return Classified(
-        Source.TEXTING, name, normalise_token(name), canonical, entity, entity_id, dedupe
-    )
+    return Classified(Source.TEXTING, name, normalise_token(name), canonical, entity, entity_id, dedupe)
 
 
 # --- Broadcast (W6) ------------------------------------------------------------------------------

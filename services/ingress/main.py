@@ -84,8 +84,10 @@ def run(settings: Settings, *, host: str = "0.0.0.0") -> None:
         with worker_metrics(settings) as registry:
             serve_metrics(settings, "ingress", registry)
             uvicorn.run(
-                "services.ingress.main:app_factory", factory=True,
-                workers=settings.dfm_ingress_workers, **options,  # type: ignore[arg-type]
+                "services.ingress.main:app_factory",
+                factory=True,
+                workers=settings.dfm_ingress_workers,
+                **options,  # type: ignore[arg-type]
             )
     else:  # one process: the drain on SIGTERM (run one worker per pod and scale pods)
         tune_gc()

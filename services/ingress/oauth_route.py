@@ -51,25 +51,27 @@ log = get_logger(__name__)
 class InstallFailed(BaseModel):
     success: Literal[False]
     error: str
-    errorDescription: str | None = None  # noqa: N815 - the API's field name
+    errorDescription: str | None = None
 
 
 class Installed(BaseModel):
     success: Literal[True]
     message: str
-    locationId: str  # noqa: N815
+    locationId: str
 
 
 class InstallStarted(BaseModel):
     success: Literal[True]
     url: str
-    expiresInS: int  # noqa: N815
+    expiresInS: int
 
 
-def _failed(status: int, error: str, description: str | None = None,
-            headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"success": False, "error": error, "errorDescription": description},
-                        status_code=status, headers=headers)
+def _failed(
+    status: int, error: str, description: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"success": False, "error": error, "errorDescription": description}, status_code=status, headers=headers
+    )
 
 
 def unconfigured(settings: Settings) -> JSONResponse | None:
@@ -88,16 +90,32 @@ def oauth_router(settings: Settings, engine: AsyncEngine, admin_failures: Slidin
     callbacks = SlidingWindow(settings.ghl_oauth_rate_limit_max)
     failure = {"model": InstallFailed}
 
-    @router.get("/leadconnector/oauth", summary="GHL Marketplace install callback", response_model=Installed,
-                responses={400: {**failure, "description": "GHL sent an error, no code, a missing, forged or "
-                                 "expired state, or GHL refused the code (token_exchange_failed)"},
-                           403: {**failure, "description": "the token is for a location this deployment does "
-                                 "not serve (location_not_allowed)"},
-                           429: {**failure, "description": "too many callbacks from this address; see Retry-After"},
-                           502: {**failure, "description": "GHL unreachable or its answer unusable"},
-                           503: {**failure, "description": "installs are not configured here"}})
-    async def install(request: Request, code: str | None = None, state: str | None = None,
-                      error: str | None = None, error_description: str | None = None) -> JSONResponse:
+    @router.get(
+        "/leadconnector/oauth",
+        summary="GHL Marketplace install callback",
+        response_model=Installed,
+        responses={
+            400: {
+                **failure,
+                "description": "GHL sent an error, no code, a missing, forged or "
+                "expired state, or GHL refused the code (token_exchange_failed)",
+            },
+            403: {
+                **failure,
+                "description": "the token is for a location this deployment does not serve (location_not_allowed)",
+            },
+            429: {**failure, "description": "too many callbacks from this address; see Retry-After"},
+            502: {**failure, "description": "GHL unreachable or its answer unusable"},
+            503: {**failure, "description": "installs are not configured here"},
+        },
+    )
+    async def install(
+        request: Request,
+        code: str | None = None,
+        state: str | None = None,
+        error: str | None = None,
+        error_description: str | None = None,
+    ) -> JSONResponse:
         address = client_address(request)
         retry_after = callbacks.retry_after(address)
         if retry_after is not None:
@@ -132,14 +150,22 @@ def oauth_router(settings: Settings, engine: AsyncEngine, admin_failures: Slidin
             return _failed(502, "token_exchange_failed", "GHL's token endpoint gave an unexpected answer")
         finally:
             await oauth.aclose()
-        return JSONResponse({"success": True, "message": "Installation complete",
-                             "locationId": installed.location_id})
+        return JSONResponse({"success": True, "message": "Installation complete", "locationId": installed.location_id})
 
-    @router.get("/leadconnector/oauth/start", summary="start a GHL Marketplace install (redirect to GHL)",
-                dependencies=[admin_guard(settings, admin_failures)], status_code=302,
-                responses={302: {"model": InstallStarted, "description": "to GHL's location chooser (Location "
-                                 "header; the same URL in the body)"},
-                           503: {**failure, "description": "installs are not configured here"}, **GUARDED})
+    @router.get(
+        "/leadconnector/oauth/start",
+        summary="start a GHL Marketplace install (redirect to GHL)",
+        dependencies=[admin_guard(settings, admin_failures)],
+        status_code=302,
+        responses={
+            302: {
+                "model": InstallStarted,
+                "description": "to GHL's location chooser (Location header; the same URL in the body)",
+            },
+            503: {**failure, "description": "installs are not configured here"},
+            **GUARDED,
+        },
+    )
     async def start() -> JSONResponse:
         refused = unconfigured(settings)
         if refused is None and redirect_uri(settings) is None:
@@ -147,7 +173,10 @@ def oauth_router(settings: Settings, engine: AsyncEngine, admin_failures: Slidin
         if refused is not None:
             return refused
         url = install_url(settings, sign_state(settings))
-        return JSONResponse({"success": True, "url": url, "expiresInS": settings.ghl_oauth_state_ttl_s},
-                            status_code=302, headers={"Location": url})
+        return JSONResponse(
+            {"success": True, "url": url, "expiresInS": settings.ghl_oauth_state_ttl_s},
+            status_code=302,
+            headers={"Location": url},
+        )
 
     return router

@@ -179,8 +179,9 @@ class EventPublisher:
         if self._js is None or not self.nats_connected:
             return False
         try:
-            await self._js.publish(subject, body, headers={"Nats-Msg-Id": msg_id},
-                                   timeout=self._settings.dfm_publish_timeout)
+            await self._js.publish(
+                subject, body, headers={"Nats-Msg-Id": msg_id}, timeout=self._settings.dfm_publish_timeout
+            )
         except NATS_ERRORS as exc:
             log.warning("command_publish_failed", subject=subject, error=type(exc).__name__)
             return False
@@ -200,9 +201,7 @@ class EventPublisher:
         except ValueError:
             return None
 
-    async def _to_outbox(
-        self, subject: str, dedupe_key: str, headers: dict[str, str], body: bytes
-    ) -> PublishResult:
+    async def _to_outbox(self, subject: str, dedupe_key: str, headers: dict[str, str], body: bytes) -> PublishResult:
         stmt = (
             insert(IngressOutboxRow)
             .values(subject=subject, dedupe_key=dedupe_key, headers=headers, body=body)
@@ -226,8 +225,9 @@ class EventPublisher:
         """Publish up to one batch of outbox rows; returns how many reached the stream."""
         if self._js is None or not self.nats_connected:
             return 0
-        return await drain_outbox(self._engine, self._js, limit=DRAIN_BATCH,
-                                  publish_timeout=self._settings.dfm_publish_timeout)
+        return await drain_outbox(
+            self._engine, self._js, limit=DRAIN_BATCH, publish_timeout=self._settings.dfm_publish_timeout
+        )
 
     async def outbox_depth(self) -> int:
         """Rows not yet on the stream."""

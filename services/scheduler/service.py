@@ -34,26 +34,36 @@ from services.infra.outbox import NATS_ERRORS
 from services.infra.settings import Settings
 
 log = get_logger(__name__)
-PUBLISHED = Counter("dfm_scheduler_commands_total", "Commands published by the scheduler",
-                    ["subject", "result"])
+PUBLISHED = Counter("dfm_scheduler_commands_total", "Commands published by the scheduler", ["subject", "result"])
 
 
 def schedule_of(settings: Settings) -> list[tuple[str, str, Callable[[str], BaseModel]]]:
     """(subject, cron, command factory for a slot) for every enabled periodic command."""
     entries: list[tuple[str, str, Callable[[str], BaseModel]]] = []
     if settings.sweep_cron:
-        entries.append((SWEEP_SUBJECT, settings.sweep_cron,
-                        lambda slot: SweepRequested(slot=slot, requested_by="scheduler")))
+        entries.append(
+            (SWEEP_SUBJECT, settings.sweep_cron, lambda slot: SweepRequested(slot=slot, requested_by="scheduler"))
+        )
     if settings.alert_check_cron:
-        entries.append((ALERTS_SUBJECT, settings.alert_check_cron,
-                        lambda slot: AlertCheckRequested(slot=slot, requested_by="scheduler")))
+        entries.append(
+            (
+                ALERTS_SUBJECT,
+                settings.alert_check_cron,
+                lambda slot: AlertCheckRequested(slot=slot, requested_by="scheduler"),
+            )
+        )
     if settings.purge_cron:
-        entries.append((PURGE_SUBJECT, settings.purge_cron,
-                        lambda slot: PurgeRequested(slot=slot, requested_by="scheduler")))
+        entries.append(
+            (PURGE_SUBJECT, settings.purge_cron, lambda slot: PurgeRequested(slot=slot, requested_by="scheduler"))
+        )
     if settings.reconcile_cron:
-        entries.append((RECONCILE_SUBJECT, settings.reconcile_cron,
-                        lambda slot: ReconcileRequested(limit=settings.reconcile_batch_size,
-                                                        requested_by="scheduler")))
+        entries.append(
+            (
+                RECONCILE_SUBJECT,
+                settings.reconcile_cron,
+                lambda slot: ReconcileRequested(limit=settings.reconcile_batch_size, requested_by="scheduler"),
+            )
+        )
     return entries
 
 
@@ -68,8 +78,15 @@ class CommandScheduler:
     def start(self) -> None:
         for subject, cron, factory in schedule_of(self.settings):
             trigger = parse_cron(cron)
-            self.scheduler.add_job(self.fire, trigger, args=(subject, trigger, factory),
-                                   id=subject, max_instances=1, coalesce=True, misfire_grace_time=30)
+            self.scheduler.add_job(
+                self.fire,
+                trigger,
+                args=(subject, trigger, factory),
+                id=subject,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=30,
+            )
             log.info("scheduled", subject=subject, cron=cron)
         self.scheduler.start()
 
@@ -87,15 +104,17 @@ class CommandScheduler:
         delay = 0.2
         while True:
             try:
-                ack = await self.js.publish(subject, command.model_dump_json().encode(),
-                                            headers={HEADER_MSG_ID: msg_id},
-                                            timeout=self.settings.dfm_publish_timeout)
+                ack = await self.js.publish(
+                    subject,
+                    command.model_dump_json().encode(),
+                    headers={HEADER_MSG_ID: msg_id},
+                    timeout=self.settings.dfm_publish_timeout,
+                )
             except NATS_ERRORS as exc:
                 next_fire = trigger.get_next_fire_time(slot_time, datetime.now(UTC))
                 if next_fire is None or (next_fire - datetime.now(UTC)).total_seconds() < delay:
                     PUBLISHED.labels(subject, "failed").inc()
-                    log.error("scheduled_command_lost_slot", subject=subject, slot=slot,
-                              error=type(exc).__name__)
+                    log.error("scheduled_command_lost_slot", subject=subject, slot=slot, error=type(exc).__name__)
                     return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -31,6 +31,7 @@ log = get_logger(__name__)
 # not cost a GHL call per event)
 FIELD_REFRESH_S = 60.0
 
+
 class DefaultAgent(TypedDict):
     """One agent the seed writes (spec/outbound.md L-6): no field value or tag for UNASSIGNED."""
 
@@ -55,29 +56,40 @@ def _match(users: list[dict[str, Any]], display: str) -> dict[str, Any] | None:
     return None
 
 
-async def seed_agents(engine: AsyncEngine, ghl_users: list[dict[str, Any]],
-                      aloware_users: list[dict[str, Any]]) -> int:
+async def seed_agents(engine: AsyncEngine, ghl_users: list[dict[str, Any]], aloware_users: list[dict[str, Any]]) -> int:
     """Insert or update the default agents; the number of rows inserted."""
     inserted = 0
     async with engine.begin() as conn:
         for agent in DEFAULT_AGENTS:
             ghl = _match(ghl_users, agent["display_name"]) if agent["agent_key"] != "UNASSIGNED" else None
             alo = _match(aloware_users, agent["display_name"]) if agent["agent_key"] != "UNASSIGNED" else None
-            found = {"ghl_owner_id": str(ghl["id"]) if ghl else None,
-                     "ghl_owner_email": str(ghl.get("email")) if ghl and ghl.get("email") else None,
-                     "aloware_user_id": str(alo["id"]) if alo else None}
-            existing = (await conn.execute(select(AgentDirectoryRow).where(
-                AgentDirectoryRow.agent_key == agent["agent_key"]))).first()
+            found = {
+                "ghl_owner_id": str(ghl["id"]) if ghl else None,
+                "ghl_owner_email": str(ghl.get("email")) if ghl and ghl.get("email") else None,
+                "aloware_user_id": str(alo["id"]) if alo else None,
+            }
+            existing = (
+                await conn.execute(select(AgentDirectoryRow).where(AgentDirectoryRow.agent_key == agent["agent_key"]))
+            ).first()
             if existing is None:
-                await conn.execute(pg_insert(AgentDirectoryRow).values(
-                    agent_key=agent["agent_key"], display_name=agent["display_name"],
-                    ghl_assigned_agent_field_value=agent["field"], required_tag=agent["tag"], is_active=True,
-                    **found))
+                await conn.execute(
+                    pg_insert(AgentDirectoryRow).values(
+                        agent_key=agent["agent_key"],
+                        display_name=agent["display_name"],
+                        ghl_assigned_agent_field_value=agent["field"],
+                        required_tag=agent["tag"],
+                        is_active=True,
+                        **found,
+                    )
+                )
                 inserted += 1
                 continue
             keep = {k: v for k, v in found.items() if v is not None}
-            await conn.execute(update(AgentDirectoryRow).where(AgentDirectoryRow.id == existing.id).values(
-                display_name=agent["display_name"], is_active=True, **keep))
+            await conn.execute(
+                update(AgentDirectoryRow)
+                .where(AgentDirectoryRow.id == existing.id)
+                .values(display_name=agent["display_name"], is_active=True, **keep)
+            )
     return inserted
 
 
@@ -94,8 +106,14 @@ class AgentField:
     logged and the field counts as absent until the next refresh.
     """
 
-    def __init__(self, ghl: GhlClient, key: str, *, refresh_s: float = FIELD_REFRESH_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        ghl: GhlClient,
+        key: str,
+        *,
+        refresh_s: float = FIELD_REFRESH_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._ghl = ghl
         self.key = key.strip()
         self._refresh_s = refresh_s
@@ -114,8 +132,11 @@ class AgentField:
             if self.key in (item.id, extra.get("key"), extra.get("fieldKey")):
                 return _text(item.value)
         field_id = await self.field_id({item.id for item in contact.custom_fields})
-        return next((_text(item.value) for item in contact.custom_fields if item.id == field_id), None) \
-            if field_id else None
+        return (
+            next((_text(item.value) for item in contact.custom_fields if item.id == field_id), None)
+            if field_id
+            else None
+        )
 
     async def field_id(self, seen: set[str] | frozenset[str] = frozenset()) -> str | None:
         """The resolved field id; ``seen`` are the ids a contact carries (a miss if unknown)."""
@@ -123,8 +144,9 @@ class AgentField:
             return None
         if self._loaded_at is None or self._missed(seen):
             async with self._lock:
-                if self._loaded_at is None or (self._missed(seen) and
-                                               self._clock() - self._loaded_at >= self._refresh_s):
+                if self._loaded_at is None or (
+                    self._missed(seen) and self._clock() - self._loaded_at >= self._refresh_s
+                ):
                     await self._load()
         return self._field_id
 

@@ -371,8 +371,11 @@ def start_services(stack: Stack, services: list[str], settings: Settings, say: C
         elif service == "console":
             console = f"http://{settings.console_host}:{settings.console_port}"
             wait_http(console + "/health", proc)
-            who = ("CONSOLE_OPERATORS" if settings.console_operators
-                   else "admin with DF_ADMIN_SECRET from .dfm/dev-secrets.env")
+            who = (
+                "CONSOLE_OPERATORS"
+                if settings.console_operators
+                else "admin with DF_ADMIN_SECRET from .dfm/dev-secrets.env"
+            )
             say(f"console     {console} (operator console: sign in as {who})")
         else:
             port = stack.metrics.get(service)

@@ -124,12 +124,17 @@ class EmbeddedNats:
         conf.write_text("\n".join(lines) + "\n")
         args = [
             nats_server_binary(),
-            "-c", str(conf),
-            "-a", self.host,
-            "-p", str(self.port),
+            "-c",
+            str(conf),
+            "-a",
+            self.host,
+            "-p",
+            str(self.port),
             "-js",
-            "-sd", str(self.store_dir),
-            "-l", str(self.log_path),
+            "-sd",
+            str(self.store_dir),
+            "-l",
+            str(self.log_path),
             *self.extra_args,
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

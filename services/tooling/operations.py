@@ -33,10 +33,23 @@ from services.infra.db.models import (
 )
 
 REDACTED = "[REDACTED]"
-PII_KEYS = frozenset({
-    "email", "phone", "phone_number", "phonenumber", "from", "to", "body", "message",
-    "first_name", "last_name", "firstname", "lastname", "name",
-})
+PII_KEYS = frozenset(
+    {
+        "email",
+        "phone",
+        "phone_number",
+        "phonenumber",
+        "from",
+        "to",
+        "body",
+        "message",
+        "first_name",
+        "last_name",
+        "firstname",
+        "lastname",
+        "name",
+    }
+)
 MAX_LIMIT = 500
 
 
@@ -58,9 +71,10 @@ def redact(value: Any) -> Any:
     A listed key holding an object or list (Aloware's ``body`` wrapper) is walked into
     rather than blanked, so the structure stays readable and its personal fields are hidden."""
     if isinstance(value, dict):
-        return {k: (redact(v) if isinstance(v, (dict, list)) or v is None or k.lower() not in PII_KEYS
-                    else REDACTED)
-                for k, v in value.items()}
+        return {
+            k: (redact(v) if isinstance(v, (dict, list)) or v is None or k.lower() not in PII_KEYS else REDACTED)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [redact(v) for v in value]
     return value
@@ -166,16 +180,18 @@ def _column(model: type[EventRow], name: str) -> ColumnElement[Any]:
 
 def _search(table: TableName, model: type[EventRow], text: str) -> ColumnElement[bool]:
     """Equality on every id column an operator may paste (each has an index)."""
-    columns = {"webhook": ("entity_id",), "texting": ("entity_id", "conversation_id"),
-               "broadcast": ("broadcast_id",)}[table]
+    columns = {"webhook": ("entity_id",), "texting": ("entity_id", "conversation_id"), "broadcast": ("broadcast_id",)}[
+        table
+    ]
     matches: list[ColumnElement[bool]] = [model.dedupe_key == text, *(_column(model, c) == text for c in columns)]
     with contextlib.suppress(ValueError):
         matches.append(model.id == uuid.UUID(text))
     return or_(*matches)
 
 
-async def list_events(engine: AsyncEngine, f: EventFilter, *, raw_payload: bool = False
-                      ) -> tuple[list[dict[str, Any]], str | None]:
+async def list_events(
+    engine: AsyncEngine, f: EventFilter, *, raw_payload: bool = False
+) -> tuple[list[dict[str, Any]], str | None]:
     """One page of events and the cursor of the next page (None at the end).
 
     Keyset pagination on ``(received_at, id)``: rows present when the listing started are
@@ -183,8 +199,14 @@ async def list_events(engine: AsyncEngine, f: EventFilter, *, raw_payload: bool 
     """
     if not 1 <= f.limit <= MAX_LIMIT:
         raise OperationError(422, f"limit must be between 1 and {MAX_LIMIT}")
-    no_nul(source=f.source, status=f.status, event_type=f.event_type, entity_type=f.entity_type,
-           entity_id=f.entity_id, search=f.search)
+    no_nul(
+        source=f.source,
+        status=f.status,
+        event_type=f.event_type,
+        entity_type=f.entity_type,
+        entity_id=f.entity_id,
+        search=f.search,
+    )
     model = EVENT_TABLES[f.table]
     conditions: list[Any] = []
     if f.status:
@@ -215,30 +237,33 @@ async def list_events(engine: AsyncEngine, f: EventFilter, *, raw_payload: bool 
         # page deep in a million rows walked the index from its end (0.7 s; bench/console)
         if f.order == "asc":
             conditions.append(model.received_at >= cur.received_at)
-            conditions.append(or_(model.received_at > cur.received_at,
-                                  and_(model.received_at == cur.received_at, model.id > cur.id)))
+            conditions.append(
+                or_(model.received_at > cur.received_at, and_(model.received_at == cur.received_at, model.id > cur.id))
+            )
         else:
             conditions.append(model.received_at <= cur.received_at)
-            conditions.append(or_(model.received_at < cur.received_at,
-                                  and_(model.received_at == cur.received_at, model.id < cur.id)))
-    ordering = ((model.received_at.asc(), model.id.asc()) if f.order == "asc"
-                else (model.received_at.desc(), model.id.desc()))
+            conditions.append(
+                or_(model.received_at < cur.received_at, and_(model.received_at == cur.received_at, model.id < cur.id))
+            )
+    ordering = (
+        (model.received_at.asc(), model.id.asc()) if f.order == "asc" else (model.received_at.desc(), model.id.desc())
+    )
     stmt = select(model).where(*conditions).order_by(*ordering).limit(f.limit + 1)
     async with engine.connect() as conn:
         rows = list((await conn.execute(stmt)).all())
     more = len(rows) > f.limit
     rows = rows[: f.limit]
     events = [event_summary(f.table, r, raw_payload=raw_payload) for r in rows]
-    next_cursor = (Cursor(rows[-1].received_at, rows[-1].id, f.order).encode()
-                   if more and rows else None)
+    next_cursor = Cursor(rows[-1].received_at, rows[-1].id, f.order).encode() if more and rows else None
     return events, next_cursor
 
 
 # --- finding and showing one event -----------------------------------------------------------
-async def find_event(conn: AsyncConnection, event_id: uuid.UUID, table: TableName | None = None,
-                     *, lock: bool = False) -> tuple[TableName, Any]:
+async def find_event(
+    conn: AsyncConnection, event_id: uuid.UUID, table: TableName | None = None, *, lock: bool = False
+) -> tuple[TableName, Any]:
     """The event's table and row (searched in every table unless ``table`` is given)."""
-    for name in ((table,) if table else TABLE_NAMES):
+    for name in (table,) if table else TABLE_NAMES:
         model = EVENT_TABLES[name]
         stmt = select(model).where(model.id == event_id)
         if lock:
@@ -249,51 +274,95 @@ async def find_event(conn: AsyncConnection, event_id: uuid.UUID, table: TableNam
     raise not_found(event_id)
 
 
-async def show_event(engine: AsyncEngine, event_id: uuid.UUID, table: TableName | None = None,
-                     *, raw_payload: bool = False) -> dict[str, Any]:
+async def show_event(
+    engine: AsyncEngine, event_id: uuid.UUID, table: TableName | None = None, *, raw_payload: bool = False
+) -> dict[str, Any]:
     """One event with its per-consumer deliveries, attempts, quarantine records and
     ``sync_log`` rows."""
     async with engine.connect() as conn:
         name, row = await find_event(conn, event_id, table)
-        deliveries = (await conn.execute(
-            select(EventDeliveryRow).where(EventDeliveryRow.event_id == event_id)
-            .order_by(EventDeliveryRow.consumer))).all()
-        attempts = (await conn.execute(
-            select(EventAttemptRow).where(EventAttemptRow.event_id == event_id)
-            .order_by(EventAttemptRow.started_at))).all()
-        logs = (await conn.execute(
-            select(SyncLogRow).where(SyncLogRow.correlation_id == str(event_id))
-            .order_by(SyncLogRow.started_at))).all()
-        quarantines = (await conn.execute(
-            select(QuarantineEventRow).where(QuarantineEventRow.event_id == event_id)
-            .order_by(QuarantineEventRow.quarantined_at))).all()
+        deliveries = (
+            await conn.execute(
+                select(EventDeliveryRow)
+                .where(EventDeliveryRow.event_id == event_id)
+                .order_by(EventDeliveryRow.consumer)
+            )
+        ).all()
+        attempts = (
+            await conn.execute(
+                select(EventAttemptRow).where(EventAttemptRow.event_id == event_id).order_by(EventAttemptRow.started_at)
+            )
+        ).all()
+        logs = (
+            await conn.execute(
+                select(SyncLogRow).where(SyncLogRow.correlation_id == str(event_id)).order_by(SyncLogRow.started_at)
+            )
+        ).all()
+        quarantines = (
+            await conn.execute(
+                select(QuarantineEventRow)
+                .where(QuarantineEventRow.event_id == event_id)
+                .order_by(QuarantineEventRow.quarantined_at)
+            )
+        ).all()
     detail = event_summary(name, row, raw_payload=raw_payload)
     detail["dedupeKey"] = row.dedupe_key
     detail["canonicalType"] = getattr(row, "canonical_type", None)
     detail["deliveries"] = [
-        {"consumer": d.consumer, "status": d.status, "outcome": d.outcome,
-         "outcomeReason": d.outcome_reason, "attempts": d.attempts, "lastError": d.last_error,
-         "nextAttemptAt": _iso(d.next_attempt_at), "claimedAt": _iso(d.claimed_at),
-         "updatedAt": _iso(d.updated_at)}
+        {
+            "consumer": d.consumer,
+            "status": d.status,
+            "outcome": d.outcome,
+            "outcomeReason": d.outcome_reason,
+            "attempts": d.attempts,
+            "lastError": d.last_error,
+            "nextAttemptAt": _iso(d.next_attempt_at),
+            "claimedAt": _iso(d.claimed_at),
+            "updatedAt": _iso(d.updated_at),
+        }
         for d in deliveries
     ]
     detail["attemptLog"] = [
-        {"consumer": a.consumer, "attempt": a.attempt, "status": a.status, "outcome": a.outcome,
-         "detail": a.detail, "streamSeq": a.stream_seq, "numDelivered": a.num_delivered,
-         "redrive": a.replay_of, "startedAt": _iso(a.started_at), "finishedAt": _iso(a.finished_at),
-         "vendorCalls": a.vendor_calls, "mappings": a.mappings}
+        {
+            "consumer": a.consumer,
+            "attempt": a.attempt,
+            "status": a.status,
+            "outcome": a.outcome,
+            "detail": a.detail,
+            "streamSeq": a.stream_seq,
+            "numDelivered": a.num_delivered,
+            "redrive": a.replay_of,
+            "startedAt": _iso(a.started_at),
+            "finishedAt": _iso(a.finished_at),
+            "vendorCalls": a.vendor_calls,
+            "mappings": a.mappings,
+        }
         for a in attempts
     ]
     detail["syncLog"] = [
-        {"rule": s.rule, "direction": s.direction, "entityType": s.entity_type,
-         "sourceId": s.source_id, "targetId": s.target_id, "status": s.status,
-         "message": s.error_message, "attempt": s.attempt, "startedAt": _iso(s.started_at),
-         "finishedAt": _iso(s.finished_at), "details": s.details}
+        {
+            "rule": s.rule,
+            "direction": s.direction,
+            "entityType": s.entity_type,
+            "sourceId": s.source_id,
+            "targetId": s.target_id,
+            "status": s.status,
+            "message": s.error_message,
+            "attempt": s.attempt,
+            "startedAt": _iso(s.started_at),
+            "finishedAt": _iso(s.finished_at),
+            "details": s.details,
+        }
         for s in logs
     ]
     detail["quarantine"] = [
-        {"reason": q.reason, "quarantinedAt": _iso(q.quarantined_at), "quarantinedBy": q.quarantined_by,
-         "releasedAt": _iso(q.released_at), "releasedBy": q.released_by}
+        {
+            "reason": q.reason,
+            "quarantinedAt": _iso(q.quarantined_at),
+            "quarantinedBy": q.quarantined_by,
+            "releasedAt": _iso(q.released_at),
+            "releasedBy": q.released_by,
+        }
         for q in quarantines
     ]
     return detail
@@ -311,23 +380,42 @@ async def mark_done(engine: AsyncEngine, event_id: uuid.UUID, by: str | None = N
         if row.status == "done":
             return name
         if row.status not in ("pending", "error", "dead"):
-            raise OperationError(409, f"event is {row.status}; only pending, error or dead "
-                                      "events can be marked done")
+            raise OperationError(409, f"event is {row.status}; only pending, error or dead events can be marked done")
         model = EVENT_TABLES[name]
         now = datetime.now(UTC)
-        await conn.execute(update(model).where(model.id == event_id).values(
-            status="done", outcome="skipped", outcome_reason="marked_done_by_operator",
-            processed_at=now, next_attempt_at=None))
+        await conn.execute(
+            update(model)
+            .where(model.id == event_id)
+            .values(
+                status="done",
+                outcome="skipped",
+                outcome_reason="marked_done_by_operator",
+                processed_at=now,
+                next_attempt_at=None,
+            )
+        )
         await conn.execute(
             update(EventDeliveryRow)
             .where(EventDeliveryRow.event_id == event_id, EventDeliveryRow.status != "done")
-            .values(status="done", outcome="skipped", outcome_reason="marked_done_by_operator",
-                    next_attempt_at=None, updated_at=now))
+            .values(
+                status="done",
+                outcome="skipped",
+                outcome_reason="marked_done_by_operator",
+                next_attempt_at=None,
+                updated_at=now,
+            )
+        )
     return name
 
 
-async def quarantine(engine: AsyncEngine, event_id: uuid.UUID, *, reason: str = "Manual quarantine",
-                     by: str | None = None, source: TableName | None = None) -> TableName:
+async def quarantine(
+    engine: AsyncEngine,
+    event_id: uuid.UUID,
+    *,
+    reason: str = "Manual quarantine",
+    by: str | None = None,
+    source: TableName | None = None,
+) -> TableName:
     """Any status but ``processing`` → ``quarantined``; idempotent (one active record)."""
     async with engine.begin() as conn:
         name, row = await find_event(conn, event_id, source, lock=True)
@@ -336,16 +424,23 @@ async def quarantine(engine: AsyncEngine, event_id: uuid.UUID, *, reason: str = 
         await conn.execute(
             insert(QuarantineEventRow)
             .values(event_id=event_id, event_source=name, reason=reason, quarantined_by=by)
-            .on_conflict_do_nothing(index_elements=["event_id", "event_source"],
-                                    index_where=QuarantineEventRow.released_at.is_(None)))
+            .on_conflict_do_nothing(
+                index_elements=["event_id", "event_source"], index_where=QuarantineEventRow.released_at.is_(None)
+            )
+        )
         model = EVENT_TABLES[name]
         await conn.execute(update(model).where(model.id == event_id).values(status="quarantined"))
     return name
 
 
-async def reset_for_replay(conn: AsyncConnection, event_id: uuid.UUID, *,
-                           table: TableName | None = None, force: bool = False,
-                           by: str | None = None) -> tuple[TableName, Any]:
+async def reset_for_replay(
+    conn: AsyncConnection,
+    event_id: uuid.UUID,
+    *,
+    table: TableName | None = None,
+    force: bool = False,
+    by: str | None = None,
+) -> tuple[TableName, Any]:
     """The state half of a replay (spec §4.2): ``done``/``error``/``dead`` (and, with
     ``force``, ``quarantined``) → ``pending`` with attempts and errors cleared, and every
     consumer's delivery back to ``pending`` so it runs again. Idempotency of the rules, not
@@ -361,17 +456,37 @@ async def reset_for_replay(conn: AsyncConnection, event_id: uuid.UUID, *,
         await conn.execute(
             update(QuarantineEventRow)
             .where(QuarantineEventRow.event_id == event_id, QuarantineEventRow.released_at.is_(None))
-            .values(released_at=now, released_by=by))
-    await conn.execute(update(model).where(model.id == event_id).values(
-        status="pending", attempts=0, error_message=None, last_error_at=None,
-        next_attempt_at=None, claimed_at=None, outcome=None, outcome_reason=None, processed_at=None))
+            .values(released_at=now, released_by=by)
+        )
+    await conn.execute(
+        update(model)
+        .where(model.id == event_id)
+        .values(
+            status="pending",
+            attempts=0,
+            error_message=None,
+            last_error_at=None,
+            next_attempt_at=None,
+            claimed_at=None,
+            outcome=None,
+            outcome_reason=None,
+            processed_at=None,
+        )
+    )
     await conn.execute(delete(EventDeliveryRow).where(EventDeliveryRow.event_id == event_id))
     return name, row
 
 
 # --- replay commands (queued on the JOBS stream; the jobs service runs them) ---------------
-async def replay_command(engine: AsyncEngine, event_id: uuid.UUID, *, table: TableName | None = None,
-                         force: bool = False, dry_run: bool = False, requested_by: str) -> ReplayRequested:
+async def replay_command(
+    engine: AsyncEngine,
+    event_id: uuid.UUID,
+    *,
+    table: TableName | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    requested_by: str,
+) -> ReplayRequested:
     """The replay command for one event, after the checks the admin API answers at once (404
     unknown, 409 quarantined without ``force`` or being processed) instead of leaving them to
     the jobs service's report. Publish it with ``replay_msg_id`` as ``Nats-Msg-Id``."""
@@ -381,8 +496,9 @@ async def replay_command(engine: AsyncEngine, event_id: uuid.UUID, *, table: Tab
         raise OperationError(409, "event is quarantined; replay with force=true to release it")
     if row.status == "processing":
         raise OperationError(409, "event is being processed; replay it when it ends")
-    return ReplayRequested(event_ids=[event_id], event_table=name, force=force, dry_run=dry_run,
-                           requested_by=requested_by)
+    return ReplayRequested(
+        event_ids=[event_id], event_table=name, force=force, dry_run=dry_run, requested_by=requested_by
+    )
 
 
 def replay_msg_id(command: ReplayRequested) -> str:
@@ -396,17 +512,20 @@ async def replay_report(engine: AsyncEngine, command_id: uuid.UUID) -> dict[str,
     async with engine.connect() as conn:
         totals = await conn.scalar(
             select(ReconcileRunRow.totals)
-            .where(ReconcileRunRow.job_name == "replay",
-                   ReconcileRunRow.totals["commandId"].astext == str(command_id))
-            .order_by(ReconcileRunRow.started_at.desc()).limit(1))
+            .where(ReconcileRunRow.job_name == "replay", ReconcileRunRow.totals["commandId"].astext == str(command_id))
+            .order_by(ReconcileRunRow.started_at.desc())
+            .limit(1)
+        )
     return dict(totals) if isinstance(totals, dict) else None
 
 
 async def is_quarantined(conn: AsyncConnection, event_id: uuid.UUID) -> bool:
     """True while an unreleased quarantine record exists."""
     found = await conn.scalar(
-        select(QuarantineEventRow.id).where(QuarantineEventRow.event_id == event_id,
-                                         QuarantineEventRow.released_at.is_(None)).limit(1))
+        select(QuarantineEventRow.id)
+        .where(QuarantineEventRow.event_id == event_id, QuarantineEventRow.released_at.is_(None))
+        .limit(1)
+    )
     return found is not None
 
 
@@ -434,17 +553,35 @@ async def failed_outbox_rows(engine: AsyncEngine, limit: int = 100) -> list[dict
     """Outbox rows the stream refused for good (``services.infra.outbox``), newest first:
     each was answered 2xx, so each needs an operator (shrink, re-send, or note it lost)."""
     async with engine.connect() as conn:
-        rows = (await conn.execute(
-            select(IngressOutboxRow.id, IngressOutboxRow.subject, IngressOutboxRow.dedupe_key,
-                   IngressOutboxRow.headers, IngressOutboxRow.attempts, IngressOutboxRow.last_error,
-                   IngressOutboxRow.created_at, IngressOutboxRow.failed_at,
-                   func.length(IngressOutboxRow.body).label("size"))
-            .where(IngressOutboxRow.failed_at.is_not(None))
-            .order_by(IngressOutboxRow.failed_at.desc()).limit(max(1, min(limit, MAX_LIMIT)))
-        )).all()
-    return [{
-        "id": str(r.id), "subject": r.subject, "dedupeKey": r.dedupe_key,
-        "eventId": (r.headers or {}).get("Dfm-Event-Id"), "sizeBytes": r.size,
-        "attempts": r.attempts, "error": r.last_error, "createdAt": _iso(r.created_at),
-        "failedAt": _iso(r.failed_at),
-    } for r in rows]
+        rows = (
+            await conn.execute(
+                select(
+                    IngressOutboxRow.id,
+                    IngressOutboxRow.subject,
+                    IngressOutboxRow.dedupe_key,
+                    IngressOutboxRow.headers,
+                    IngressOutboxRow.attempts,
+                    IngressOutboxRow.last_error,
+                    IngressOutboxRow.created_at,
+                    IngressOutboxRow.failed_at,
+                    func.length(IngressOutboxRow.body).label("size"),
+                )
+                .where(IngressOutboxRow.failed_at.is_not(None))
+                .order_by(IngressOutboxRow.failed_at.desc())
+                .limit(max(1, min(limit, MAX_LIMIT)))
+            )
+        ).all()
+    return [
+        {
+            "id": str(r.id),
+            "subject": r.subject,
+            "dedupeKey": r.dedupe_key,
+            "eventId": (r.headers or {}).get("Dfm-Event-Id"),
+            "sizeBytes": r.size,
+            "attempts": r.attempts,
+            "error": r.last_error,
+            "createdAt": _iso(r.created_at),
+            "failedAt": _iso(r.failed_at),
+        }
+        for r in rows
+    ]

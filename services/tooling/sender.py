@@ -63,9 +63,7 @@ def sign(settings: Settings, source: str, body: bytes) -> SignedRequest:
     return SignedRequest(WEBHOOK_PATHS[source], headers, params)
 
 
-def build_request(
-    settings: Settings, raw: bytes, source: str, *, fresh: bool = False
-) -> tuple[bytes, SignedRequest]:
+def build_request(settings: Settings, raw: bytes, source: str, *, fresh: bool = False) -> tuple[bytes, SignedRequest]:
     """The body (refreshed when asked) and its signed request."""
     body = raw
     if fresh:

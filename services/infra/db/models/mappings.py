@@ -83,13 +83,9 @@ class MessageMappingRow(Base):
     body_sha256: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
-        UniqueConstraint(
-            "texting_message_id", name="message_mappings_texting_message_id_unique"
-        ),
+        UniqueConstraint("texting_message_id", name="message_mappings_texting_message_id_unique"),
         UniqueConstraint("ghl_message_id", name="message_mappings_ghl_message_id_unique"),
-        UniqueConstraint(
-            "aloware_message_id", name="message_mappings_aloware_message_id_unique"
-        ),
+        UniqueConstraint("aloware_message_id", name="message_mappings_aloware_message_id_unique"),
         UniqueConstraint("verity_message_id", name="message_mappings_verity_message_id_unique"),
         CheckConstraint(_in("direction", ("inbound", "outbound"), nullable=True), name="direction"),
         CheckConstraint(
@@ -153,9 +149,7 @@ class OutboundWriteRow(Base):
     field_hash: Mapped[str] = mapped_column(Text, nullable=False)
     written_at: Mapped[datetime] = _now()
 
-    __table_args__ = (
-        Index("ix_outbound_writes_lookup", "system", "entity_id", "written_at"),
-    )
+    __table_args__ = (Index("ix_outbound_writes_lookup", "system", "entity_id", "written_at"),)
 
 
 class SyncLogRow(Base):

@@ -62,13 +62,11 @@ class AlertIncidentRow(Base):
     last_seen_at: Mapped[datetime] = _now()
     resolved_at: Mapped[datetime | None] = _ts()
     notified_open: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
-    notified_resolved: Mapped[bool] = mapped_column(
-        Boolean, nullable=False, server_default=text("false"))
+    notified_resolved: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
 
     __table_args__ = (
         CheckConstraint(_in("level", ("warning", "critical")), name="level"),
-        Index("ix_alert_incidents_open_key", "key", unique=True,
-              postgresql_where=text("resolved_at IS NULL")),
+        Index("ix_alert_incidents_open_key", "key", unique=True, postgresql_where=text("resolved_at IS NULL")),
         Index("ix_alert_incidents_opened_at", "opened_at"),
     )
 
@@ -101,9 +99,7 @@ class GhlOauthTokenRow(Base):
     updated_at: Mapped[datetime] = _now()
     company_id: Mapped[str | None] = mapped_column(Text)
     user_type: Mapped[str | None] = mapped_column(Text)
-    needs_reinstall: Mapped[bool] = mapped_column(
-        Boolean, nullable=False, server_default=text("false")
-    )
+    needs_reinstall: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
     last_refresh_error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
