@@ -79,10 +79,14 @@ async def history(stack: Any, database: str) -> dict[str, Any]:
         database,
         "INSERT INTO contact_list_memberships (contact_id, agent_key, list_key, status, reason) "
         "VALUES ($1, 'CHRIS', 'CALL_NOW', 'active', 'tag call-now'), "
-        "($1, 'CHRIS', 'HOT', 'removed', 'opted out')",
+        "($1, 'CHRIS', 'HOT', 'removed', 'opted out') ON CONFLICT DO NOTHING",
         grace,
     )
-    await execute(database, "INSERT INTO contact_agent_state (contact_id, agent_key) VALUES ($1, 'CHRIS')", grace)
+    await execute(
+        database,
+        "INSERT INTO contact_agent_state (contact_id, agent_key) VALUES ($1, 'CHRIS') ON CONFLICT DO NOTHING",
+        grace,
+    )
     return {"grace": grace}
 
 

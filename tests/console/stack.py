@@ -105,10 +105,13 @@ def stack_env(base_env: dict[str, str], tmp: Path, **extra: str) -> dict[str, st
 
 
 def _spawn(stack: Stack, service: str) -> subprocess.Popen[bytes]:
+    env = stack.env
+    if service == "sandbox":  # the fake vendors never touch NATS, so they have no identity on it
+        env = {k: v for k, v in env.items() if k not in ("NATS_URL", "NATS_CREDENTIALS_DIR")}
     with (stack.logs / f"{service}.log").open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.cli", "run", service],
-            env=stack.env,
+            env=env,
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
