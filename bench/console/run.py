@@ -31,7 +31,6 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
-# ruff: noqa: E402 - the imports below need ROOT on sys.path first
 
 from services.console.app import create_console_app
 from services.console.auth import hash_password

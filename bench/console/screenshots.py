@@ -20,7 +20,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
-# ruff: noqa: E402 - the imports below need ROOT on sys.path first
 
 from playwright.async_api import async_playwright, expect
 
