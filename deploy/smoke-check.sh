@@ -14,7 +14,7 @@
 set -euo pipefail
 NS=${1:-dfm}
 TIMEOUT=${SMOKE_TIMEOUT_S:-120}
-SERVICES="ingress gateway recorder ghl-sync aloware-sync verity-sync jobs scheduler"
+SERVICES="ingress gateway recorder ghl-sync aloware-sync verity-sync jobs scheduler console"
 INGRESS_URL="http://ingress.${NS}.svc:3002"
 
 for d in $SERVICES; do

@@ -25,8 +25,12 @@ from services.ingress.app import create_app as ingress_app
 from services.tooling.embedded import nats_server_binary
 
 ROOT = Path(__file__).parents[1]
-LONG_RUNNING = ("ingress", "recorder", "ghl-sync", "aloware-sync", "verity-sync", "jobs", "scheduler", "gateway")
+LONG_RUNNING = (
+    "ingress", "recorder", "ghl-sync", "aloware-sync", "verity-sync", "jobs", "scheduler", "gateway", "console"
+)
 HTTP = {"ingress": 3002, "gateway": 3001}
+# the operator console's port: reached through a tunnel or a TLS proxy, opened to no source
+CONSOLE_PORT = Settings.model_fields["console_port"].default
 FIELDS = {name.upper() for name in Settings.model_fields}
 PORT_ALIASES = {"PORT"}
 
@@ -121,7 +125,7 @@ def test_a_deployment_per_service_with_probes_on_real_paths(manifests: list[dict
         assert grace > (JOBS_CONSUMER.ack_wait_s if name == "jobs" else 20)  # longer than the drain
     for name in LONG_RUNNING:
         assert name in of_kind(manifests, "PodDisruptionBudget"), name
-    assert of_kind(manifests, "Service").keys() == HTTP.keys()
+    assert of_kind(manifests, "Service").keys() == HTTP.keys() | {"console"}
 
 
 def test_config_and_secret_cover_every_required_variable(manifests: list[dict[str, Any]]) -> None:
@@ -303,8 +307,11 @@ def test_network_policies_open_the_public_services_on_their_http_ports_only(
 # Connections one process of each service may hold at most, from the code: consumers and jobs
 # size their engine by DB_MAX_CONNECTIONS (db/session.py, max_overflow=0); the ingress takes
 # min(DB_MAX_CONNECTIONS, 5) for the outbox (ingress/app.py) plus one for its readiness check;
-# the gateway's health pool holds one (gateway/health.py); the scheduler none.
+# the gateway's health pool holds one (gateway/health.py); the scheduler none; the console
+# min(DB_MAX_CONNECTIONS, 5) (console/app.py).
 def pod_connections(service: str, db_max: int) -> int:
+    if service == "console":
+        return min(db_max, 5)
     if service == "ingress":
         return min(db_max, 5) + 1
     if service == "gateway":
@@ -622,3 +629,95 @@ def test_compose_every_container_of_the_image_takes_the_env_file(compose: dict[s
     for name, service in compose["services"].items():
         if name not in ours:
             assert "env_file" not in service, name  # no secrets in containers that do not need them
+
+
+# --- the operator console: loopback, a tunnel or a TLS proxy; never open -----------------------
+def console_routes() -> set[str]:
+    from services.console.app import create_console_app
+
+    settings = Settings(
+        database_url="postgresql://probe@127.0.0.1:1/probe", nats_url="nats://127.0.0.1:1", node_env="development"
+    )
+    return {getattr(r, "path", "") for r in create_console_app(settings).routes}  # nothing connects
+
+
+def console_settings(monkeypatch: pytest.MonkeyPatch, env: dict[str, Any]) -> Settings:
+    """The settings a console process gets from ``env`` alone, every ``${VAR:?...}`` (compose's
+    values from .env) filled in with a random-looking value."""
+    for name in FIELDS:
+        monkeypatch.delenv(name, raising=False)
+    filled = {k: re.sub(r"\$\{[^}]*\}", "f" * 40, str(v)) for k, v in env.items()}
+    return Settings(_env_file=None, **{k.lower(): v for k, v in filled.items()})
+
+
+def test_compose_console_is_published_on_loopback_only_and_starts_in_production_mode(
+        compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside its container the console binds 0.0.0.0 (else the port mapping cannot reach it);
+    the mapping publishes it on the host's 127.0.0.1 only, whence the operator comes through an
+    SSH tunnel or the host's TLS proxy: what CONSOLE_TLS_PROXY=true states (deploy/README.md
+    "Operator console"). Without that statement production refuses the open bind."""
+    from services.infra.settings import ConfigError
+
+    console = compose["services"]["console"]
+    assert console["image"] == "df-middleware:local" and console["command"] == ["run", "console"]
+    assert console["ports"] == [f"127.0.0.1:{CONSOLE_PORT}:{CONSOLE_PORT}"]
+    test = " ".join(console["healthcheck"]["test"])
+    path = re.search(rf"http://localhost:{CONSOLE_PORT}(/[^'\"]*)", test)
+    assert path and path.group(1) in console_routes(), test
+    env = console["environment"]
+    assert str(env["CONSOLE_SESSION_SECRET"]).startswith("${CONSOLE_SESSION_SECRET:?")  # from .env, fails fast
+    settings = console_settings(monkeypatch, env)
+    assert settings.node_env == "production" and settings.console_host == "0.0.0.0"
+    assert settings.console_port == CONSOLE_PORT
+    settings.refuse_insecure_console()  # starts
+    without = {k: v for k, v in env.items() if k != "CONSOLE_TLS_PROXY"}
+    with pytest.raises(ConfigError, match="CONSOLE_TLS_PROXY"):
+        console_settings(monkeypatch, without).refuse_insecure_console()
+    for name, service in compose["services"].items():  # the statement is the console's alone
+        if name != "console":
+            assert not {"CONSOLE_HOST", "CONSOLE_TLS_PROXY"} & set(service.get("environment", {})), name
+
+
+def test_kubernetes_console_is_reached_by_port_forward_only_by_default(
+        manifests: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ClusterIP Service and a NetworkPolicy that admits no source: `kubectl port-forward`
+    (through the API server, over TLS, into the pod) is the way in until an Ingress with TLS is
+    added and the policy opened to its controller (deploy/README.md "Operator console")."""
+    from services.infra.settings import ConfigError
+
+    deployment = of_kind(manifests, "Deployment")["console"]
+    assert deployment["spec"]["replicas"] == 1
+    assert "console" not in {d["spec"]["scaleTargetRef"]["name"] for d in of_kind(manifests, "ScaledObject").values()}
+    template = deployment["spec"]["template"]
+    labels = template["metadata"]["labels"]
+    [container] = template["spec"]["containers"]
+    assert container["ports"] == [{"name": "http", "containerPort": CONSOLE_PORT}]  # no metrics port
+    ready = container["readinessProbe"]["httpGet"]
+    assert ready["port"] == CONSOLE_PORT and ready["path"] in console_routes()
+    assert container["livenessProbe"]["tcpSocket"]["port"] == CONSOLE_PORT  # not PostgreSQL's health
+    service = of_kind(manifests, "Service")["console"]
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP" and service["spec"]["selector"] == labels
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(CONSOLE_PORT, "http")]
+    policies = of_kind(manifests, "NetworkPolicy")
+    policy = policies["console"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == labels
+    assert policy["spec"]["policyTypes"] == ["Ingress"] and allowed(policy) == {}
+    for name, other in policies.items():  # nothing else opens its port either
+        selector = other["spec"]["podSelector"].get("matchLabels", {})
+        if all(labels.get(k) == v for k, v in selector.items()):
+            assert CONSOLE_PORT not in allowed(other), name
+    assert not of_kind(manifests, "Ingress")  # no public way in is shipped
+    config = of_kind(manifests, "ConfigMap")["dfm-config"]["data"]
+    secret = of_kind(manifests, "Secret")["dfm-secrets"]["stringData"]
+    assert {"CONSOLE_SESSION_SECRET", "CONSOLE_OPERATORS"} <= set(secret)
+    assert not {k for k in config if k.startswith("CONSOLE_")}  # its own settings are on its Deployment
+    filled = {"DATABASE_URL": "postgresql://dfm@postgresql:5432/dfm", "CONSOLE_SESSION_SECRET": "f" * 40}  # Secret
+    env = {**config, **filled, **{e["name"]: e["value"] for e in container["env"] if "value" in e}}
+    without = {k: v for k, v in env.items() if k != "CONSOLE_TLS_PROXY"}
+    settings = console_settings(monkeypatch, env)
+    assert settings.node_env == "production" and settings.console_host == "0.0.0.0"
+    settings.refuse_insecure_console()  # starts
+    with pytest.raises(ConfigError, match="CONSOLE_TLS_PROXY"):
+        console_settings(monkeypatch, without).refuse_insecure_console()
+    docs = (ROOT / "deploy" / "README.md").read_text()
+    assert f"kubectl -n dfm port-forward svc/console {CONSOLE_PORT}:{CONSOLE_PORT}" in docs

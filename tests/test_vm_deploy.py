@@ -39,6 +39,10 @@ PYTHON_ENV = {"PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
 # speaks on stdio (one process per connection, dfm-mcp.socket); the sandbox fakes the vendors
 NOT_LONG_RUNNING = {"mcp": "stdio, one process per connection", "sandbox": "fake vendors, staging only"}
 LONG_RUNNING = tuple(s for s in SERVICES if s not in NOT_LONG_RUNNING)
+# long-running services that serve no /metrics at all (neither METRICS_PORT nor a route of their
+# own): nothing scrapes them. test_services_without_metrics_really_serve_none keeps this true,
+# so a service that gains /metrics fails until Prometheus and the PodMonitors scrape it.
+NO_METRICS = {"console": "the operator console: its pages and /health only, no metrics yet"}
 CONSUMER_SERVICES = {spec.durable for spec in CONSUMERS} & set(SERVICES)  # scale to N replicas
 HARDENING = {
     "NoNewPrivileges": "yes",
@@ -489,7 +493,8 @@ def test_prometheus_scrapes_every_metrics_port_of_the_compose_stack(compose: dic
             paths = {getattr(r, "path", "") for r in create_app(Settings()).routes}
             assert "/metrics" in paths
             expected[name] = int(env.get("GATEWAY_PORT", fields["gateway_port"].default))
-    assert set(expected) == set(LONG_RUNNING)
+    assert set(dfm_services(compose).values()) >= set(LONG_RUNNING)  # every service runs in compose
+    assert set(expected) == set(LONG_RUNNING) - set(NO_METRICS)  # and each one with /metrics is scraped
     assert scraped == expected
 
 
@@ -667,12 +672,16 @@ def test_pod_monitors_scrape_every_pods_metrics_port() -> None:
         expected = "metrics" if serves_metrics_port(name) else "http"
         if expected == "metrics":
             assert ports.get("metrics") == metrics_port, name
+        elif name in NO_METRICS:  # nothing to scrape: no PodMonitor may select it
+            expected = ""
+            assert "metrics" not in ports, name
         else:  # the gateway: /metrics on its HTTP port
             assert name == "gateway" and ports["http"] == Settings.model_fields["gateway_port"].default
         scraping = [
             (m, e) for m in monitors if matches(m["spec"]["selector"], labels) for e in m["spec"]["podMetricsEndpoints"]
         ]
-        assert [(e["port"], e.get("path", "/metrics")) for _, e in scraping] == [(expected, "/metrics")], name
+        found = [(e["port"], e.get("path", "/metrics")) for _, e in scraping]
+        assert found == ([(expected, "/metrics")] if expected else []), name
         for monitor, _ in scraping:
             assert monitor["metadata"]["namespace"] == "dfm", name
 
@@ -704,3 +713,61 @@ def test_the_vm_install_instructions_name_real_files_and_the_units_ports(units: 
         assert f"{service} {port}" in section, service
     templated = {n.removesuffix("@.service") for n, s in services(units).items() if s in CONSUMER_SERVICES}
     assert templated == set(re.findall(r"`(dfm-[\w-]+)@N`", section))
+
+
+# --- the operator console on a host ------------------------------------------------------------
+def test_services_without_metrics_really_serve_none() -> None:
+    """NO_METRICS holds: the runner serves no METRICS_PORT and the app has no /metrics route, so
+    no scrape config or PodMonitor is missing one; when the console gains /metrics this fails."""
+    from fastapi.testclient import TestClient
+
+    from services.console.app import create_console_app
+
+    apps = {"console": create_console_app}  # every NO_METRICS entry with its app
+    assert set(apps) == set(NO_METRICS) and set(NO_METRICS) <= set(LONG_RUNNING)
+    probe = Settings(
+        database_url="postgresql://probe@127.0.0.1:1/probe", nats_url="nats://127.0.0.1:1", node_env="development"
+    )
+    for service, factory in apps.items():
+        assert not serves_metrics_port(service), service
+        app = factory(probe)
+        assert "/health" in {getattr(r, "path", "") for r in app.routes}, service  # the table is the app's
+        client = TestClient(app)  # outside `with`: no lifespan, nothing connects
+        assert client.get("/static/console.css").status_code == 200, service
+        assert client.get("/metrics").status_code == 404, service
+
+
+def test_the_console_binds_loopback_on_a_host_and_its_port_is_its_own(
+    units: dict[str, Unit], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a VM the operator reaches the console through an SSH tunnel or a TLS proxy on the host
+    (deploy/README.md): the unit, the Procfile line and .env.example leave CONSOLE_HOST at its
+    loopback default, which production accepts (an open host it refuses), and its port is no
+    other listener's on the host."""
+    from services.infra.settings import ConfigError
+
+    for name in FIELDS:
+        monkeypatch.delenv(name, raising=False)
+    console = {"CONSOLE_HOST", "CONSOLE_TLS_PROXY"}
+    assert not console & set(environment(units["dfm-console.service"]))
+    assert not {w.split("=", 1)[0] for w in procfile()["console"].split()} & console
+    assert not console & {name for commented, name, _ in env_example_lines() if not commented}
+    fields = Settings.model_fields
+    assert fields["console_host"].default == "127.0.0.1"
+    secret = "s" * 32
+    Settings(node_env="production", console_session_secret=secret).refuse_insecure_console()  # starts
+    with pytest.raises(ConfigError, match="CONSOLE_HOST"):
+        Settings(node_env="production", console_session_secret=secret, console_host="0.0.0.0").refuse_insecure_console()
+    taken = {fields[f"{s}_port"].default for s in ("ingress", "gateway", "sandbox")}
+    for name, unit in units.items():
+        value = environment(unit).get("METRICS_PORT")
+        instances = [str(i) for i in range(1, 10)] if name.endswith("@.service") else [None]
+        if value is not None:
+            taken |= {
+                Settings.model_validate({"metrics_port": environment(unit, i)["METRICS_PORT"]}).metrics_port
+                for i in instances
+            }
+    assert fields["console_port"].default not in taken
+    text = (ROOT / "deploy" / "README.md").read_text()
+    section = text[text.index("## Install on a VM with systemd") : text.index("## Observability")]
+    assert "ssh -L 3004:127.0.0.1:3004" in section and "dfm-console" in section
