@@ -9,6 +9,7 @@ set, otherwise an embedded server from the pgserver wheel; testcontainers only w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -50,11 +51,10 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNa
     the link) work with the plain ``url``. Services never are the harness: they get
     ``NATS_CREDENTIALS_DIR`` (``base_env``), connect with their own nkey, and a connection
     of ours without an identity is a configuration error, not a silent harness connection.
-    tests/test_nats_auth.py refuses unauthenticated clients on a server without the harness."""
+    tests/integration/test_nats_auth.py refuses unauthenticated clients on a server without the harness."""
     global SESSION_NATS
     store = tmp_path_factory.mktemp("nats")
-    conf = write_credentials(store / "credentials",
-                             extra_users=[PasswordUser("harness", secrets.token_urlsafe(16))])
+    conf = write_credentials(store / "credentials", extra_users=[PasswordUser("harness", secrets.token_urlsafe(16))])
     server = EmbeddedNats(store_dir=store / "server", auth_config=conf, no_auth_user="harness").start()
     SESSION_NATS = server
     yield server
@@ -161,10 +161,8 @@ async def clean_streams(nats_server: EmbeddedNats) -> None:
     try:
         js = nc.jetstream()
         for stream in ("WEBHOOKS", "JOBS"):
-            try:
+            with contextlib.suppress(NotFoundError):
                 await js.delete_stream(stream)
-            except NotFoundError:
-                pass
         await apply_topology(js, Settings(nats_url=nats_server.url))
     finally:
         await nc.close()

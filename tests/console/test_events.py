@@ -18,7 +18,7 @@ from tests.console.rig import (
     insert_event,
     signed_in,
 )
-from tests.jobs_rig import running_jobs
+from tests.support.jobs_rig import running_jobs
 
 EVENT_LINK = re.compile(r'href="/events/([0-9a-f-]{36})\?table=webhook" class="event-link"')
 COMMAND = re.compile(r'id="command-([0-9a-f-]{36})"')

@@ -8,7 +8,7 @@ from services.console.bus import CONNECTION_NAME, CommandBus
 from services.infra import nats_auth
 from services.infra.settings import Settings
 from services.tooling.embedded import EmbeddedNats
-from tests.test_nats_auth import OUTBOUND_SMS, as_identity
+from tests.support.nats_auth import OUTBOUND_SMS, as_identity
 
 
 def test_the_console_connects_as_the_console_identity() -> None:

@@ -46,9 +46,9 @@ from services.infra.settings import Settings
 from services.tooling.backup import backup, restore
 from services.tooling.embedded import EmbeddedNats, free_port
 from tests.conftest import create_database, drop_database
-from tests.jobs_rig import fetch
-from tests.sync_rig import eventually
-from tests.test_jobs import cli
+from tests.support.jobs import cli
+from tests.support.jobs_rig import fetch
+from tests.support.sync_rig import eventually
 
 MESSAGES = 20_000
 BODY = 1024

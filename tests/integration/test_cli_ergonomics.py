@@ -24,7 +24,7 @@ import typer
 
 from services.cli.main import app
 from services.tooling.backup import DUMP
-from tests.test_admin import insert_events
+from tests.support.admin import insert_events
 
 NOWHERE = {"DATABASE_URL": "postgresql://dfm@127.0.0.1:1/dfm", "NATS_URL": "nats://127.0.0.1:1"}
 PANELS = {

@@ -27,9 +27,9 @@ from services.infra.metrics_server import PROBE_TIMEOUT_S
 from services.infra.settings import Settings
 from services.tooling.embedded import EmbeddedNats
 from tests.conftest import TEST_SECRETS
-from tests.ingress_rig import count_rows, running_ingress
-from tests.process_rig import http_service
-from tests.sync_rig import eventually
+from tests.support.ingress_rig import count_rows, running_ingress
+from tests.support.process_rig import http_service
+from tests.support.sync_rig import eventually
 
 ROOT = Path(__file__).parents[2]
 TEXTING_SECRET = TEST_SECRETS["VERITY_WEBHOOK_SECRET"].split(",")[0]

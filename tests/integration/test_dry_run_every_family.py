@@ -10,9 +10,9 @@ from typing import Any
 
 from services.tooling.sender import build_request
 from tests.conftest import load_fixture
-from tests.jobs_rig import fetch
-from tests.sync_rig import eventually, pipeline_settings, running_pipeline
-from tests.test_jobs import cli
+from tests.support.jobs import cli
+from tests.support.jobs_rig import fetch
+from tests.support.sync_rig import eventually, pipeline_settings, running_pipeline
 
 # fixture -> (its source, the plan lines that must be there: "<consumer> <rule id>")
 FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {

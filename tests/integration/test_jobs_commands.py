@@ -22,9 +22,9 @@ from services.jobs.commands import COMMANDS
 from services.jobs.service import Jobs
 from services.sandbox.app import create_sandbox_app
 from tests.conftest import TEST_SECRETS
-from tests.ingress_rig import running_ingress, running_recorder, serving, stream_messages
-from tests.jobs_rig import fetch, running_jobs
-from tests.sync_rig import Pipeline, consumers, eventually, pipeline_settings, running_pipeline
+from tests.support.ingress_rig import running_ingress, running_recorder, serving, stream_messages
+from tests.support.jobs_rig import fetch, running_jobs
+from tests.support.sync_rig import Pipeline, consumers, eventually, pipeline_settings, running_pipeline
 
 GHL = {"Authorization": "Bearer sandbox-ghl-key", "Version": "2021-07-28"}
 

@@ -20,8 +20,8 @@ from mcp.client.session import IncomingMessage
 from mcp.client.subscriptions import ToolsListChanged
 
 from services.infra.settings import Settings
-from tests.jobs_rig import execute, running_jobs
-from tests.test_mcp import (
+from tests.support.jobs_rig import execute, running_jobs
+from tests.support.mcp import (
     OPERATOR,
     PARITY,
     catalog_json,

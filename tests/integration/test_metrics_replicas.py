@@ -32,9 +32,9 @@ from contracts.streams import CONSUMERS
 from services.infra.settings import Settings
 from services.tooling.embedded import free_port
 from tests.conftest import TEST_SECRETS
-from tests.ingress_rig import count_rows, running_ingress, running_recorder
-from tests.process_rig import http_service
-from tests.sync_rig import eventually
+from tests.support.ingress_rig import count_rows, running_ingress, running_recorder
+from tests.support.process_rig import http_service
+from tests.support.sync_rig import eventually
 
 ROOT = Path(__file__).parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"

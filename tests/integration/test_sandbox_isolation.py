@@ -10,7 +10,7 @@ import pytest
 
 from services.infra.settings import Settings
 from services.sandbox.app import create_sandbox_app
-from tests.ingress_rig import serving
+from tests.support.ingress_rig import serving
 
 GHL = {"Authorization": "Bearer sandbox-ghl-key", "Version": "2021-07-28"}
 ALOWARE_LOOKUP = "/aloware/api/v1/webhook/contact/phone-number"

@@ -101,5 +101,5 @@ def run(plan: Plan, answers: Answers = ()) -> tuple[list[Operation], Done | Base
                     break
     except StopIteration as stop:
         return seen, stop.value
-    except Exception as exc:  # noqa: BLE001 - the table says which error the plan raises
+    except Exception as exc:
         return seen, exc
