@@ -16,7 +16,7 @@ not this process, so every jobs replica computes and exports them (``StateGauges
 ``DFM_STATE_GAUGES_INTERVAL_S``; the consumer lag the same way from the stream) and the rules
 and dashboards take their ``max`` across replicas, never their ``sum``: with KEDA at three
 replicas a sum counts every pending event three times. ``REPLICATED_GAUGES`` names them;
-tests/test_alert_rules.py keeps every expression that reads one aggregating it with max/min.
+tests/unit/test_alert_rules.py keeps every expression that reads one aggregating it with max/min.
 Every replica rather than one elected exporter: no election to lose or split, a replica that
 goes away simply stops being scraped, and the figures never gap while another takes over.
 
