@@ -345,12 +345,17 @@ def replay(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print what would be re-delivered and the plans")] = False,
     output: OutputOption = Output.TABLE,
     as_json: JsonFlag = False,
+    progress_every: Annotated[
+        int, typer.Option(min=1, help="without a terminal, a progress line on stderr every N events")
+    ] = 500,
 ) -> None:
     """Re-deliver events from the WEBHOOKS stream, through the same idempotency as live traffic.
 
     --force over a --subject releases every quarantined event it matches, so it asks first on
     a terminal and needs --yes without one (exit 2 otherwise); --dry-run changes nothing and
-    never asks.
+    never asks. Progress goes to stderr (a bar on a terminal, else a line every
+    --progress-every events) and the command ends with a summary; --dry-run lists each event
+    and its plan.
 
     Examples:
 
@@ -379,10 +384,11 @@ def replay(
         force=force,
         dry_run=dry_run,
         output=chosen(output, as_json),
+        progress_every=progress_every,
     )
 
 
-def _replay(*, output: Output = Output.TABLE, **fields: Any) -> None:
+def _replay(*, output: Output = Output.TABLE, progress_every: int = 500, **fields: Any) -> None:
     from pydantic import ValidationError
 
     from contracts.commands import ReplayRequested
@@ -393,24 +399,40 @@ def _replay(*, output: Output = Output.TABLE, **fields: Any) -> None:
         _fail(exc.errors()[0]["msg"])
     settings = tool_settings("replay")
 
+    import time
+    from collections import Counter
+
+    from services.tooling.progress import reporter
+
     async def go() -> Any:
         async with _jobs(settings, explain=command.dry_run) as jobs:
+            jobs.replayer.progress = reporter("replay", progress_every, unit="events", what="events")
             return await jobs.execute(command)
 
+    started = time.monotonic()
     report = _run(go())
+    seconds = time.monotonic() - started
     if output is Output.JSON:
         print_json(report.as_json())
         return
     verb = "would replay" if command.dry_run else "replayed"
-    for item in report.items:
-        state = f"{item.action}" + (f" ({item.reason})" if item.reason else "")
-        typer.echo(
-            f"{item.event_id}  {item.subject}  was={item.status_before}  {state}  "
-            f"consumers={','.join(item.consumers) or '-'}"
-        )
-        for line in item.plan:
-            typer.echo(f"    {line}")
-    typer.echo(f"scanned {report.scanned} stream messages; {verb} {report.replayed}, skipped {report.skipped}")
+    if command.dry_run:  # a preview: each event and its plan
+        for item in report.items:
+            state = f"{item.action}" + (f" ({item.reason})" if item.reason else "")
+            typer.echo(
+                f"{item.event_id}  {item.subject}  was={item.status_before}  {state}  "
+                f"consumers={','.join(item.consumers) or '-'}"
+            )
+            for line in item.plan:
+                typer.echo(f"    {line}")
+    else:  # a summary: the skipped ones by reason
+        for reason, count in Counter(i.reason for i in report.items if i.action == "skipped").most_common():
+            typer.echo(f"skipped {count}: {reason}")
+    rate = len(report.items) / seconds if seconds > 0 else 0.0
+    typer.echo(
+        f"scanned {report.scanned} stream messages; {verb} {report.replayed}, skipped {report.skipped} "
+        f"in {seconds:.1f} s ({rate:.0f} events/s)"
+    )
 
 
 def sweep(
@@ -645,7 +667,8 @@ def backup(
       dfm backup --dir /var/backups/dfm --keep 14
     """
     from services.tooling.backup import backup as run_backup
-    from services.tooling.backup import backup_root, reporter
+    from services.tooling.backup import backup_root
+    from services.tooling.progress import reporter
 
     settings = tool_settings("backup")
     root = backup_root(settings, directory)
@@ -683,8 +706,9 @@ def restore(
     """
     import sys
 
-    from services.tooling.backup import BackupError, describe_backup, describe_target, reporter
+    from services.tooling.backup import BackupError, describe_backup, describe_target
     from services.tooling.backup import restore as run_restore
+    from services.tooling.progress import reporter
 
     settings = tool_settings("backup")
     try:

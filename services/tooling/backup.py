@@ -33,7 +33,6 @@ import re
 import shutil
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 from collections import deque
@@ -41,7 +40,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Itera
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Protocol, TextIO
+from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -50,18 +49,6 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
-from rich import filesize
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 from sqlalchemy.engine import URL, make_url
 
 from contracts.streams import WEBHOOKS, WEBHOOKS_STREAM
@@ -69,6 +56,7 @@ from services.infra.broker import connect, ensure_topology
 from services.infra.db.session import sync_url
 from services.infra.nats_auth import ADMIN
 from services.infra.settings import Settings
+from services.tooling.progress import ProgressReporter, SilentProgress
 
 DUMP = "database.dump"
 STREAM = "webhooks.jsonl"
@@ -329,114 +317,6 @@ def _file_lines(path: Path, key: MultiFernet | None) -> Iterator[bytes]:
     if not path.exists():
         return iter(())
     return _lines(decrypted_chunks(path, key) if key else _plain_chunks(path))
-
-
-# --- progress --------------------------------------------------------------------------------
-class ProgressReporter(Protocol):
-    """What a stream transfer reports to: ``start`` once (the messages expected, when known),
-    ``advance`` per message (its bytes in the file), ``stop`` at the end, failed or not."""
-
-    def start(self, total: int | None) -> None: ...
-
-    def advance(self, nbytes: int) -> None: ...
-
-    def stop(self) -> None: ...
-
-
-class SilentProgress:
-    """No progress output (library calls and tests)."""
-
-    def start(self, total: int | None) -> None:
-        pass
-
-    def advance(self, nbytes: int) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-
-class ProgressLines:
-    """Without a terminal (a log file, journald, a CI log): one line every ``every`` messages,
-    ``dfm backup: 10000 of 25000 messages, 14.1 MB, 5210 msg/s, eta 3 s``."""
-
-    def __init__(self, command: str, every: int, out: TextIO) -> None:
-        self.command, self.every, self.out = command, every, out
-        self.total: int | None = None
-        self.done = self.bytes = 0
-        self.started = time.monotonic()
-
-    def start(self, total: int | None) -> None:
-        self.total, self.started = total, time.monotonic()
-
-    def advance(self, nbytes: int) -> None:
-        self.done += 1
-        self.bytes += nbytes
-        if self.done % self.every == 0:
-            self.out.write(self.line() + "\n")
-            self.out.flush()
-
-    def line(self) -> str:
-        rate = self.done / max(time.monotonic() - self.started, 1e-6)
-        of = f" of {self.total}" if self.total is not None else ""
-        eta = f", eta {max(self.total - self.done, 0) / rate:.0f} s" if self.total is not None and rate else ""
-        return f"dfm {self.command}: {self.done}{of} messages, {self.bytes / 1e6:.1f} MB, {rate:.0f} msg/s{eta}"
-
-    def stop(self) -> None:
-        pass
-
-
-class _RateColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.0f} msg/s" if speed is not None else "? msg/s", style="progress.data.speed")
-
-
-class _BytesColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        return Text(filesize.decimal(int(task.fields.get("bytes", 0))), style="progress.filesize")
-
-
-class ProgressBar:
-    """On a terminal: a bar with the count, the rate, the bytes and the time left (rich)."""
-
-    def __init__(self, description: str, console: Console) -> None:
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            _RateColumn(),
-            _BytesColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=console,
-        )
-        self.task = self.progress.add_task(description, start=False, total=None, bytes=0)
-        self.bytes = 0
-
-    def start(self, total: int | None) -> None:
-        self.progress.update(self.task, total=total)
-        self.progress.start_task(self.task)
-        self.progress.start()
-
-    def advance(self, nbytes: int) -> None:
-        self.bytes += nbytes
-        self.progress.update(self.task, advance=1, bytes=self.bytes)
-
-    def stop(self) -> None:
-        task = self.progress.tasks[0]
-        if task.total is None or task.completed > task.total:
-            self.progress.update(self.task, total=task.completed)  # the bar ends full
-        self.progress.stop()
-
-
-def reporter(command: str, every: int, out: TextIO | None = None) -> ProgressReporter:
-    """A bar when ``out`` (stderr by default: stdout stays the command's result) is a terminal,
-    else a line every ``every`` messages."""
-    out = out if out is not None else sys.stderr
-    if out.isatty():
-        return ProgressBar(f"{command} WEBHOOKS", Console(file=out))
-    return ProgressLines(command, every, out)
 
 
 # --- backup --------------------------------------------------------------------------------
@@ -871,6 +751,5 @@ __all__ = [
     "default_backup_dir",
     "describe_backup",
     "describe_target",
-    "reporter",
     "restore",
 ]
