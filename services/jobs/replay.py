@@ -6,6 +6,12 @@ Effects are not repeated: the rules re-read vendor state during a replay and wri
 what differs (spec/outbound.md LP-2), so replaying done events writes nothing, and a
 contact deleted in the vendor since is recreated once. Quarantined events are left alone
 unless ``force`` releases them. ``dry_run`` selects and describes without changing anything.
+
+A subject replay reads the stream once, in batches (``SCAN_BATCH``), and re-publishes the
+envelope it read there: no ``get_msg`` per event. Progress goes to the ``progress`` reporter
+(the CLI's bar or lines) per event and to ``on_progress`` every ``PROGRESS_EVERY`` events (the
+jobs service logs it and writes it to the command's ``reconcile_runs`` row, which
+``GET /api/admin/replays/{commandId}`` and the MCP tool read while it runs).
 """
 
 from __future__ import annotations
@@ -30,13 +36,19 @@ from services.infra.logging import get_logger
 from services.infra.redrive import envelope_for, publish_redrive
 from services.infra.settings import Settings
 from services.tooling.operations import OperationError, find_event, reset_for_replay
+from services.tooling.progress import ProgressReporter, SilentProgress
 
 log = get_logger(__name__)
 SCAN_BATCH = 256
+PROGRESS_EVERY = 250  # events between two progress reports of the jobs service
 
 # Describes what the rules would do with an event, for --dry-run (given by the CLI, which
 # may import the sync services; the jobs service itself passes none).
 Explainer = Callable[[WebhookEvent], Awaitable[list[str]]]
+# Told the report so far and the events selected: at the start, every PROGRESS_EVERY events.
+ProgressHook = Callable[["ReplayReport", int], Awaitable[None]]
+# An event to replay: its id, and the envelope read on the stream by the scan (None: by id)
+Target = tuple[uuid.UUID, WebhookEvent | None]
 
 
 @dataclass
@@ -74,12 +86,26 @@ class ReplayReport:
     def skipped(self) -> int:
         return sum(1 for i in self.items if i.action == "skipped")
 
+    def progress_json(self, selected: int) -> dict[str, Any]:
+        """The totals so far, without the items (what a running replay's row holds)."""
+        return {
+            "commandId": self.command_id,
+            "dryRun": self.dry_run,
+            "scanned": self.scanned,
+            "selected": selected,
+            "done": len(self.items),
+            "replayed": 0 if self.dry_run else self.replayed,
+            "wouldReplay": self.replayed if self.dry_run else None,
+            "skipped": self.skipped,
+        }
+
     def as_json(self) -> dict[str, Any]:
         return {
             "commandId": self.command_id,
             "dryRun": self.dry_run,
             "scanned": self.scanned,
             "selected": len(self.items),
+            "done": len(self.items),
             "replayed": 0 if self.dry_run else self.replayed,
             "wouldReplay": self.replayed if self.dry_run else None,
             "skipped": self.skipped,
@@ -97,15 +123,27 @@ class Replayer:
         self.engine = engine
         self.js = js
         self.explain = explain
+        self.progress: ProgressReporter = SilentProgress()  # the CLI sets its bar or lines
+        self.every = PROGRESS_EVERY
 
-    async def run(self, command: ReplayRequested) -> ReplayReport:
+    async def run(self, command: ReplayRequested, on_progress: ProgressHook | None = None) -> ReplayReport:
         report = ReplayReport(str(command.command_id), command.dry_run)
         if command.event_ids:
-            targets: list[tuple[uuid.UUID, str | None]] = [(i, None) for i in dict.fromkeys(command.event_ids)]
+            targets: list[Target] = [(i, None) for i in dict.fromkeys(command.event_ids)]
         else:
             targets = await self._scan(command, report)
-        for event_id, subject in targets:
-            report.items.append(await self._one(command, event_id, subject))
+        total = len(targets)
+        if on_progress is not None:
+            await on_progress(report, total)
+        self.progress.start(total)
+        try:
+            for n, (event_id, event) in enumerate(targets, start=1):
+                report.items.append(await self._one(command, event_id, event))
+                self.progress.advance()
+                if on_progress is not None and n % self.every == 0 and n < total:
+                    await on_progress(report, total)
+        finally:
+            self.progress.stop()
         log.info(
             "replay_done",
             command_id=report.command_id,
@@ -117,8 +155,8 @@ class Replayer:
         )
         return report
 
-    async def _one(self, command: ReplayRequested, event_id: uuid.UUID, subject: str | None) -> ReplayItem:
-        item = ReplayItem(str(event_id), subject or "")
+    async def _one(self, command: ReplayRequested, event_id: uuid.UUID, scanned: WebhookEvent | None) -> ReplayItem:
+        item = ReplayItem(str(event_id), scanned.subject if scanned else "")
         table_hint: TableName | None = command.event_table if command.event_ids else None
         async with self.engine.begin() as conn:
             try:
@@ -132,7 +170,8 @@ class Replayer:
                 else:
                     return _skip(item, "event not found in PostgreSQL (not recorded yet?)")
             item.table, item.status_before, item.stream_seq = table, row.status, row.stream_seq
-            event = await envelope_for(self.js, table, row)
+            # the scan read the envelope already; by id, it is read from the stream (or the row)
+            event = scanned if scanned is not None else await envelope_for(self.js, table, row)
             item.subject = event.subject
             item.consumers = expected_consumers(event.subject)
             if not item.consumers:
@@ -150,9 +189,10 @@ class Replayer:
         await publish_redrive(self.js, event, f"replay:{command.command_id}", self.settings.dfm_publish_timeout)
         return item
 
-    async def _scan(self, command: ReplayRequested, report: ReplayReport) -> list[tuple[uuid.UUID, str | None]]:
-        """Event ids on the stream matching the subject filter and range, first occurrence
-        only (re-deliveries we published are copies and are passed over)."""
+    async def _scan(self, command: ReplayRequested, report: ReplayReport) -> list[Target]:
+        """Events on the stream matching the subject filter and range, with the envelope as
+        accepted: first occurrence only (re-deliveries we published are copies and are
+        passed over)."""
         assert command.subject is not None
         try:
             info = await self.js.stream_info(WEBHOOKS_STREAM)
@@ -170,7 +210,7 @@ class Replayer:
             config.deliver_policy = DeliverPolicy.BY_START_TIME
             config.opt_start_time = command.since  # nats-py sends it as RFC 3339 in UTC
         sub = await self.js.pull_subscribe(command.subject, stream=WEBHOOKS_STREAM, config=config)
-        found: dict[uuid.UUID, str | None] = {}
+        found: dict[uuid.UUID, WebhookEvent | None] = {}
         try:
             done = False
             while not done:
@@ -191,7 +231,7 @@ class Replayer:
                         event = WebhookEvent.from_bytes(msg.data)
                     except (ValidationError, ValueError):
                         continue
-                    found.setdefault(event.event_id, event.subject)
+                    found.setdefault(event.event_id, event)
         finally:
             await sub.unsubscribe()
         return list(found.items())

@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 from prometheus_client import Gauge
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -47,7 +47,7 @@ from services.jobs.call_lists import CallListJobs
 from services.jobs.commands import COMMANDS, deliver_command
 from services.jobs.purge import Purger
 from services.jobs.reconcile import ContactReconciler
-from services.jobs.replay import Explainer, Replayer
+from services.jobs.replay import Explainer, Replayer, ReplayReport
 from services.jobs.sweep import Sweeper
 
 log = get_logger(__name__)
@@ -121,25 +121,70 @@ class Jobs:
         return await runner(command)
 
     async def _replay(self, command: ReplayRequested) -> Any:
-        report = await self.replayer.run(command)
-        await self._record_replay(command, report.as_json())
+        """A replay's ``reconcile_runs`` row is written at the start (``running``), updated
+        every ``Replayer.every`` events with the totals so far, and ends with the report."""
+        run_id = await self._start_replay(command)
+
+        async def progress(report: ReplayReport, selected: int) -> None:
+            totals = {**report.progress_json(selected), "requestedBy": command.requested_by}
+            log.info(
+                "replay_progress",
+                command_id=report.command_id,
+                done=totals["done"],
+                selected=selected,
+                replayed=report.replayed,
+                skipped=report.skipped,
+            )
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    update(ReconcileRunRow).where(ReconcileRunRow.id == run_id).values(totals=_plain(totals))
+                )
+
+        try:
+            report = await self.replayer.run(command, progress)
+        except Exception as exc:
+            await self._finish_replay(run_id, "error", None, f"{type(exc).__name__}: {exc}"[:500])
+            raise
+        await self._finish_replay(run_id, "success", self._recorded(command, report.as_json()), None)
         return report
 
     async def _check_alerts(self, _: AlertCheckRequested) -> Any:
         await self.refresh_consumer_gauges()
         return await self.alerter.check()
 
-    async def _record_replay(self, command: ReplayRequested, report: dict[str, Any]) -> None:
-        report = {**report, "items": report["items"][:MAX_ITEMS_RECORDED], "requestedBy": command.requested_by}
+    @staticmethod
+    def _recorded(command: ReplayRequested, report: dict[str, Any]) -> dict[str, Any]:
+        return _plain({**report, "items": report["items"][:MAX_ITEMS_RECORDED], "requestedBy": command.requested_by})
+
+    async def _start_replay(self, command: ReplayRequested) -> Any:
+        """The command's row, ``running`` (one row per command: a retried command reuses it)."""
+        totals = {"commandId": str(command.command_id), "dryRun": command.dry_run, "requestedBy": command.requested_by}
         async with self.engine.begin() as conn:
-            await conn.execute(
-                insert(ReconcileRunRow).values(
-                    job_name="replay",
-                    status="success",
-                    totals=json.loads(json.dumps(report, default=str)),
-                    finished_at=func.now(),
+            run_id = await conn.scalar(
+                select(ReconcileRunRow.id).where(
+                    ReconcileRunRow.job_name == "replay",
+                    ReconcileRunRow.totals["commandId"].astext == str(command.command_id),
                 )
             )
+            if run_id is not None:
+                await conn.execute(
+                    update(ReconcileRunRow)
+                    .where(ReconcileRunRow.id == run_id)
+                    .values(status="running", totals=totals, finished_at=None, error_message=None)
+                )
+                return run_id
+            return await conn.scalar(
+                insert(ReconcileRunRow)
+                .values(job_name="replay", status="running", totals=totals)
+                .returning(ReconcileRunRow.id)
+            )
+
+    async def _finish_replay(self, run_id: Any, status: str, totals: dict[str, Any] | None, error: str | None) -> None:
+        values: dict[str, Any] = {"status": status, "finished_at": func.now(), "error_message": error}
+        if totals is not None:
+            values["totals"] = totals
+        async with self.engine.begin() as conn:
+            await conn.execute(update(ReconcileRunRow).where(ReconcileRunRow.id == run_id).values(**values))
 
     async def refresh_consumer_gauges(self) -> None:
         """Lag of every durable (what KEDA scales on), for dashboards and alerts."""
@@ -225,6 +270,12 @@ class Jobs:
                         .on_conflict_do_nothing(index_elements=["event_id", "consumer"])
                     )
             await DeliveryLedger(self.engine, consumer, self.settings).finish(event, "dead", error=reason)
+
+
+def _plain(totals: dict[str, Any]) -> dict[str, Any]:
+    """JSON-ready (UUIDs, times as strings)."""
+    plain: dict[str, Any] = json.loads(json.dumps(totals, default=str))
+    return plain
 
 
 def _dead_letter_upsert(

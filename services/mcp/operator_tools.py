@@ -1,4 +1,4 @@
-"""The operator tools of our own (events, stream stats, replay, quarantine, mark done) as MCP
+"""The operator tools of our own (events, stream stats, replay and its status, quarantine, mark done) as MCP
 declares them: input schemas, what each does to the world (the annotations an agent's client
 uses to decide what needs a human's yes) and the shape of each result (``outputSchema``; the
 result's ``structuredContent`` is checked against it by the official client).
@@ -108,6 +108,25 @@ REPLAY_REPORT: dict[str, Any] = {
     },
     "required": ["commandId", "dryRun", "replayed", "items"],
 }
+# services.ingress.admin.replays.status_body (GET /api/admin/replays/{commandId})
+REPLAY_STATUS: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "commandId": _STR,
+        "status": {"type": "string", "enum": ["queued", "running", "success", "error"]},
+        "dryRun": {"type": "boolean"},
+        "scanned": _INT,
+        "selected": _OPT_INT,
+        "done": _INT,
+        "replayed": _INT,
+        "wouldReplay": _OPT_INT,
+        "skipped": _INT,
+        "startedAt": _OPT_STR,
+        "finishedAt": _OPT_STR,
+        "error": _STR,
+    },
+    "required": ["commandId", "status"],
+}
 
 
 def _transition(status: str) -> dict[str, Any]:
@@ -181,7 +200,8 @@ OPERATOR_TOOLS: list[types.Tool] = [
     types.Tool(
         name="dfm_replay",
         description="Replay events by id or by subject and time/sequence range through the jobs service. "
-        "dry_run (default true) only reports what would be re-delivered.",
+        "dry_run (default true) only reports what would be re-delivered. Sends progress notifications "
+        "while it waits (give a progressToken); a long replay goes on after the wait: read dfm_replay_status.",
         input_schema={
             "type": "object",
             "properties": {
@@ -199,6 +219,19 @@ OPERATOR_TOOLS: list[types.Tool] = [
         output_schema=REPLAY_REPORT,
         # each call is a new command; the rules keep effects single, but the events run again
         annotations=_changes("Replay events", idempotent=False),
+    ),
+    types.Tool(
+        name="dfm_replay_status",
+        description="The progress of a replay command (its commandId): status queued, running, success or "
+        "error, and the events selected, done, replayed and skipped so far.",
+        input_schema={
+            "type": "object",
+            "properties": {"command_id": {"type": "string"}},
+            "required": ["command_id"],
+            "additionalProperties": False,
+        },
+        output_schema=REPLAY_STATUS,
+        annotations=_reads("Replay progress"),
     ),
     types.Tool(
         name="dfm_event_quarantine",

@@ -25,6 +25,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
 
@@ -37,7 +38,6 @@ from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from nats.js.errors import NotFoundError
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.commands import ReplayRequested
@@ -53,7 +53,6 @@ from services.clients.verity import (
     VerityProxy,
     is_send_message,
 )
-from services.infra.db.models import ReconcileRunRow
 from services.infra.db.session import create_engine
 from services.infra.logging import get_logger
 from services.infra.settings import Settings
@@ -66,6 +65,8 @@ from services.tooling.operations import (
     list_events,
     mark_done,
     quarantine,
+    replay_status,
+    replay_status_body,
     show_event,
 )
 
@@ -73,6 +74,10 @@ log = get_logger(__name__)
 SERVER_NAME = "df-middleware-mcp-server"
 SERVER_VERSION = "1.0.0"
 REPLAY_WAIT_S = 30.0
+# progress, total, message -> notifications/progress for the tool call being served (a no-op
+# when the caller gave no progressToken)
+ProgressSender = Callable[[float, float | None, str | None], Awaitable[None]]
+PROGRESS: ContextVar[ProgressSender | None] = ContextVar("mcp_progress", default=None)
 INSTRUCTIONS = (
     "DF-Middleware: tools named after Verity's API (one per endpoint and method) call Verity; the dfm_* tools "
     "read and act on the middleware's own events and streams. Read-only tools are annotated so; dfm_replay "
@@ -271,19 +276,39 @@ async def _replay(b: McpBackend, a: dict[str, Any]) -> Any:
     await js.publish(
         REPLAY_SUBJECT, command.model_dump_json().encode(), headers={"Nats-Msg-Id": f"replay:{command.command_id}"}
     )
-    engine = b.engine()
-    async with asyncio.timeout(REPLAY_WAIT_S):
-        while True:
-            async with engine.connect() as conn:
-                totals = await conn.scalar(
-                    select(ReconcileRunRow.totals).where(
-                        ReconcileRunRow.job_name == "replay",
-                        ReconcileRunRow.totals["commandId"].astext == str(command.command_id),
-                    )
-                )
-            if totals is not None:
-                return totals
-            await asyncio.sleep(0.2)
+    send = PROGRESS.get()
+    last: tuple[Any, ...] | None = None
+    try:
+        async with asyncio.timeout(REPLAY_WAIT_S):
+            while True:
+                found = await replay_status(b.engine(), command.command_id)
+                if found is not None and found["status"] == "success":
+                    return found["totals"]
+                if found is not None and found["status"] == "error":
+                    raise ToolError(f"replay {command.command_id} failed: {found['error']}")
+                totals = (found or {}).get("totals") or {}
+                now = (totals.get("done", 0), totals.get("selected"))
+                if send is not None and now != last:
+                    last = now
+                    done, selected = now
+                    of = f" of {selected}" if selected is not None else ""
+                    await send(float(done), float(selected) if selected is not None else None, f"replayed {done}{of}")
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        raise ToolError(
+            f"replay {command.command_id} still running after {REPLAY_WAIT_S:.0f} s; follow it with dfm_replay_status"
+        ) from None
+
+
+async def _replay_status(b: McpBackend, a: dict[str, Any]) -> Any:
+    try:
+        command_id = uuid.UUID(str(a["command_id"]))
+    except ValueError:
+        raise ToolError(f"not a command id: {a['command_id']!r}") from None
+    found = await replay_status(b.engine(), command_id)
+    if found is None:  # queued and not taken yet, or unknown
+        return {"commandId": str(command_id), "status": "queued"}
+    return replay_status_body(str(command_id), found)
 
 
 async def _quarantine(b: McpBackend, a: dict[str, Any]) -> Any:
@@ -317,6 +342,7 @@ OPERATOR_HANDLERS: dict[str, Callable[[McpBackend, dict[str, Any]], Awaitable[An
     "dfm_event_show": _event_show,
     "dfm_stream_stats": _stream_stats,
     "dfm_replay": _replay,
+    "dfm_replay_status": _replay_status,
     "dfm_event_quarantine": _quarantine,
     "dfm_event_mark_done": _mark_done,
 }
@@ -352,7 +378,11 @@ def build_server(backend: McpBackend, audience: ToolListAudience, watch: Catalog
         return types.ListToolsResult(tools=tools)
 
     async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
-        return await backend.call(params.name, params.arguments or {})
+        token = PROGRESS.set(ctx.session.report_progress)
+        try:
+            return await backend.call(params.name, params.arguments or {})
+        finally:
+            PROGRESS.reset(token)
 
     return Server(
         SERVER_NAME,

@@ -508,15 +508,59 @@ def replay_msg_id(command: ReplayRequested) -> str:
 
 async def replay_report(engine: AsyncEngine, command_id: uuid.UUID) -> dict[str, Any] | None:
     """The report the jobs service recorded for a replay command (``reconcile_runs``, job
-    ``replay``), or None while it has not run."""
+    ``replay``), or None until it has run through (while it runs: :func:`replay_status`)."""
+    status = await replay_status(engine, command_id)
+    if status is None or status["status"] != "success":
+        return None
+    return dict(status["totals"])
+
+
+async def replay_status(engine: AsyncEngine, command_id: uuid.UUID) -> dict[str, Any] | None:
+    """A replay command's row: ``status`` (running, success, error), ``totals`` (while
+    running the counts so far: selected, done, replayed, skipped; then the report), the
+    times and the error; None until the jobs service takes the command."""
     async with engine.connect() as conn:
-        totals = await conn.scalar(
-            select(ReconcileRunRow.totals)
-            .where(ReconcileRunRow.job_name == "replay", ReconcileRunRow.totals["commandId"].astext == str(command_id))
-            .order_by(ReconcileRunRow.started_at.desc())
-            .limit(1)
-        )
-    return dict(totals) if isinstance(totals, dict) else None
+        row = (
+            await conn.execute(
+                select(
+                    ReconcileRunRow.status,
+                    ReconcileRunRow.totals,
+                    ReconcileRunRow.started_at,
+                    ReconcileRunRow.finished_at,
+                    ReconcileRunRow.error_message,
+                )
+                .where(
+                    ReconcileRunRow.job_name == "replay", ReconcileRunRow.totals["commandId"].astext == str(command_id)
+                )
+                .order_by(ReconcileRunRow.started_at.desc())
+                .limit(1)
+            )
+        ).first()
+    if row is None:
+        return None
+    return {
+        "status": row.status,
+        "totals": dict(row.totals) if isinstance(row.totals, dict) else {},
+        "startedAt": row.started_at,
+        "finishedAt": row.finished_at,
+        "error": row.error_message,
+    }
+
+
+REPLAY_PROGRESS_FIELDS = ("dryRun", "scanned", "selected", "done", "replayed", "wouldReplay", "skipped")
+
+
+def replay_status_body(command_id: str, found: dict[str, Any]) -> dict[str, Any]:
+    """What ``GET /api/admin/replays/{commandId}`` and ``dfm_replay_status``
+    answer: the status, the counts (so far, while running), the times, the error."""
+    totals = found["totals"]
+    body: dict[str, Any] = {"commandId": command_id, "status": found["status"]}
+    body.update({k: totals.get(k) for k in REPLAY_PROGRESS_FIELDS if k in totals})
+    body["startedAt"] = found["startedAt"].isoformat() if found["startedAt"] else None
+    body["finishedAt"] = found["finishedAt"].isoformat() if found["finishedAt"] else None
+    if found["error"]:
+        body["error"] = found["error"]
+    return body
 
 
 async def is_quarantined(conn: AsyncConnection, event_id: uuid.UUID) -> bool:
@@ -544,6 +588,8 @@ __all__ = [
     "replay_command",
     "replay_msg_id",
     "replay_report",
+    "replay_status",
+    "replay_status_body",
     "reset_for_replay",
     "show_event",
 ]

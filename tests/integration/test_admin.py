@@ -34,6 +34,8 @@ ADMIN_CALLS = [
     ("POST", f"/api/admin/events/{uuid.uuid4()}/replay"),
     ("POST", f"/api/admin/events/{uuid.uuid4()}/mark-done"),
     ("POST", f"/api/admin/events/{uuid.uuid4()}/quarantine"),
+    ("POST", "/api/admin/replays"),
+    ("GET", f"/api/admin/replays/{uuid.uuid4()}"),
 ]
 JOBS_CALLS = [
     ("POST", "/api/jobs/process-pending"),

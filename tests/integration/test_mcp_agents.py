@@ -39,6 +39,7 @@ OPERATOR_HINTS = {
     "dfm_event_show": (True, False, True, False),
     "dfm_stream_stats": (True, False, True, False),
     "dfm_replay": (False, True, False, False),
+    "dfm_replay_status": (True, False, True, False),
     "dfm_event_quarantine": (False, True, True, False),
     "dfm_event_mark_done": (False, True, True, False),
 }

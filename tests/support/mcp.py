@@ -86,6 +86,7 @@ OPERATOR = {
     "dfm_event_show",
     "dfm_stream_stats",
     "dfm_replay",
+    "dfm_replay_status",
     "dfm_event_quarantine",
     "dfm_event_mark_done",
 }

@@ -2,6 +2,7 @@
 router per area, built with the collaborators of ``deps.AdminDeps``.
 
 - ``events``: list and show events, the failed outbox rows, mark done, quarantine, replay;
+- ``replays``: a replay by subject and range, and the progress of any replay command;
 - ``call_lists``: the agent directory seed and the lists rebuild (L-5, L-6);
 - ``jobs``: the sweeps of the jobs API.
 
@@ -29,6 +30,7 @@ from services.ingress.admin.deps import (
 )
 from services.ingress.admin.events import events_router
 from services.ingress.admin.jobs import jobs_router
+from services.ingress.admin.replays import replays_router
 from services.ingress.admin.responses import GUARDED
 from services.ingress.limits import SlidingWindow
 
@@ -51,6 +53,6 @@ def admin_router(
     attempts of both secrets count in ``failures`` (per address, ``ADMIN_RATE_LIMIT_MAX``)."""
     deps = AdminDeps.build(settings, engine, commands, failures or SlidingWindow(settings.admin_rate_limit_max))
     router = APIRouter()
-    for area in (events_router, call_lists_router, jobs_router):  # the order of the OpenAPI paths
+    for area in (events_router, replays_router, call_lists_router, jobs_router):  # the order of the OpenAPI paths
         router.include_router(area(deps))
     return router
