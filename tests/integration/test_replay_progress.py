@@ -1,7 +1,8 @@
 """A replay of 5,000 events (issue #20, "Progress on long work"): queued through the admin API,
 its ``reconcile_runs`` row shows the counts growing while the jobs service works and
 ``GET /api/admin/replays/{commandId}`` reads them, then the totals; ``dfm replay`` without a
-terminal prints a progress line every N events and a summary, not a line per event. Neither
+terminal prints a progress line every N events and a summary, not a line per event; the MCP
+``dfm_replay`` sends progress notifications while it waits (the official client). Neither
 reads the stream once per event: the scan streams the envelopes in batches and the replay
 re-publishes what it read, so the connection sends about one message per event (the
 re-publish), not two (``/connz`` of a NATS server with its monitoring port on counts them)."""
@@ -30,6 +31,7 @@ from tests.support.admin import ADMIN
 from tests.support.ingress_rig import running_ingress
 from tests.support.jobs import cli, probe_event
 from tests.support.jobs_rig import running_jobs
+from tests.support.mcp import mcp_env, mcp_session, sandbox_api
 
 EVENTS = 5_000
 SUBJECT = "webhooks.aloware.contact.>"
@@ -158,3 +160,33 @@ async def test_dfm_replay_without_a_terminal_prints_progress_lines_and_a_summary
     assert not any(str(e.event_id) in result.stdout + result.stderr for e in events[:50])
     (sent,) = sent_by(monitor, "dfm-cli", "closed")
     assert EVENTS <= sent < EVENTS + OVERHEAD, sent
+
+
+async def test_the_mcp_replay_sends_progress_notifications_while_it_waits(
+    base_env: dict[str, str], clean_db: str, monitored: tuple[EmbeddedNats, int]
+) -> None:
+    server, _ = monitored
+    await fill(server.url, clean_db)
+    settings = Settings(**{k.lower(): v for k, v in env_for(base_env, server).items()})
+    heard: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        heard.append((progress, total, message))
+
+    async with (
+        sandbox_api() as (url, _),
+        running_jobs(settings),
+        mcp_session(mcp_env(env_for(base_env, server), url)) as session,
+    ):
+        result = await session.call_tool("dfm_replay", {"subject": SUBJECT}, progress_callback=on_progress)
+        assert not result.is_error, result
+        report = result.structured_content
+        assert report is not None
+        assert report["dryRun"] is True and report["wouldReplay"] == EVENTS and report["selected"] == EVENTS
+        status = await session.call_tool("dfm_replay_status", {"command_id": report["commandId"]})
+        assert not status.is_error and status.structured_content is not None
+        assert status.structured_content["status"] == "success" and status.structured_content["done"] == EVENTS
+
+    counts = [p for p, total, _ in heard if total == EVENTS]
+    assert len(set(counts)) >= 2 and counts == sorted(counts), heard  # it moved while the tool waited
+    assert heard[-1][2] is not None and heard[-1][2].startswith("replayed ")
