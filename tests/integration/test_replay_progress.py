@@ -93,12 +93,17 @@ def env_for(base_env: dict[str, str], server: EmbeddedNats) -> dict[str, str]:
     return {**base_env, "NATS_URL": server.url}
 
 
+def settings_for(env: dict[str, str]) -> Settings:
+    fields: dict[str, Any] = {k.lower(): v for k, v in env.items()}  # as the environment gives them
+    return Settings(**fields)
+
+
 async def test_a_replay_queued_through_the_admin_api_reports_its_progress_while_it_runs(
     base_env: dict[str, str], clean_db: str, monitored: tuple[EmbeddedNats, int]
 ) -> None:
     server, monitor = monitored
     await fill(server.url, clean_db)
-    settings = Settings(**{k.lower(): v for k, v in env_for(base_env, server).items()})
+    settings = settings_for(env_for(base_env, server))
     async with (
         running_jobs(settings),
         running_ingress(settings) as url,
@@ -167,7 +172,7 @@ async def test_the_mcp_replay_sends_progress_notifications_while_it_waits(
 ) -> None:
     server, _ = monitored
     await fill(server.url, clean_db)
-    settings = Settings(**{k.lower(): v for k, v in env_for(base_env, server).items()})
+    settings = settings_for(env_for(base_env, server))
     heard: list[tuple[float, float | None, str | None]] = []
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
