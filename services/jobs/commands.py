@@ -93,8 +93,9 @@ async def deliver_command(msg: Msg, run: RunCommand) -> None:
 
 @contextlib.asynccontextmanager
 async def _in_progress(msg: Msg) -> AsyncIterator[None]:
-    """+WPI three times per AckWait while the command runs (a lost beat is not fatal)."""
-    interval = heartbeat_interval(JOBS_CONSUMER.ack_wait_s)
+    """+WPI three times per AckWait while the command runs (a lost beat is not fatal). With a
+    BackOff list the server redelivers after its first step (30 s), not AckWait: beat to that."""
+    interval = heartbeat_interval(min((JOBS_CONSUMER.ack_wait_s, *JOBS_CONSUMER.backoff_s)))
 
     async def beat() -> None:
         while True:
