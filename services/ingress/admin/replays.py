@@ -64,7 +64,9 @@ def replays_router(deps: AdminDeps) -> APIRouter:
                 requested_by=body.requestedBy or "admin-api",
             )
         except ValidationError as exc:
-            return JSONResponse({"success": False, "error": str(exc.errors()[0]["msg"])}, status_code=400)
+            # a body of the right types that no replay can take (e.g. toSeq < fromSeq): invalid
+            # parameters, answered like the other admin routes' (ErrorBody under 422)
+            return JSONResponse({"success": False, "error": str(exc.errors()[0]["msg"])}, status_code=422)
         failed = await queue_command(deps.commands, REPLAY_SUBJECT, command, replay_msg_id(command), "replay")
         if failed is not None:
             return failed
@@ -84,13 +86,14 @@ def replays_router(deps: AdminDeps) -> APIRouter:
         "/api/admin/replays/{commandId}",
         dependencies=[admin],
         summary="the progress of a replay command",
-        responses=errors(400, 404),
+        responses=errors(404),
     )
     async def get_replay(commandId: str) -> JSONResponse:
         try:
             command_id = uuid.UUID(commandId)
         except ValueError:
-            return JSONResponse({"success": False, "error": f"not a command id: {commandId!r}"}, status_code=400)
+            # a malformed id names no command: 404, as a malformed event id does (parse_event_id)
+            return JSONResponse({"success": False, "error": f"not a command id: {commandId!r}"}, status_code=404)
         found = await replay_status(engine, command_id)
         if found is None:
             return JSONResponse(
