@@ -12,18 +12,10 @@ its answer from."""
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import hashlib
 import json
-import os
-import pty
 import re
-import select
-import struct
 import subprocess
-import sys
-import termios
-import time
 import tracemalloc
 import urllib.request
 import uuid
@@ -49,6 +41,7 @@ from tests.conftest import create_database, drop_database
 from tests.support.jobs import cli
 from tests.support.jobs_rig import fetch
 from tests.support.sync_rig import eventually
+from tests.support.terminal import on_a_terminal
 
 MESSAGES = 20_000
 BODY = 1024
@@ -322,44 +315,6 @@ async def test_without_a_terminal_progress_is_a_line_every_n_and_restore_needs_y
     done = SUMMARY_RESTORE.match(restored.stdout.splitlines()[-1])
     assert done and int(done.group(2)) == int(summary.group(2)), restored.stdout
     assert await stream_messages(target_nats) == SMALL and await public_tables(target_db) > 0
-
-
-def on_a_terminal(env: dict[str, str], *args: str, answer: str | None = None, timeout: float = 120) -> tuple[int, str]:
-    """Run ``dfm *args`` with a pseudo-terminal as stdin, stdout and stderr (160 columns);
-    type ``answer`` once the restore's ``[y/N]`` question shows. (exit code, what it wrote)."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", *args],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        close_fds=True,
-        env={"PATH": os.environ["PATH"], "DFM_DATA_DIR": "/nonexistent", "TERM": "xterm-256color", **env},
-    )
-    os.close(slave)
-    out, answered, deadline = b"", False, time.monotonic() + timeout
-    try:
-        while True:
-            ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                raise AssertionError(f"dfm {' '.join(args)} did not finish: {out.decode(errors='replace')}")
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the process closed the terminal
-                break
-            if not chunk:
-                break
-            out += chunk
-            if answer is not None and not answered and b"[y/N]" in out:
-                os.write(master, answer.encode() + b"\n")
-                answered = True
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        os.close(master)
-    return proc.returncode, out.decode(errors="replace")
 
 
 async def test_on_a_terminal_progress_is_a_bar_and_restore_asks_first(

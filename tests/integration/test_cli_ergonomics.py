@@ -4,17 +4,11 @@ and destructive commands that ask first or take ``--yes``."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import pty
 import re
-import select
-import struct
 import subprocess
 import sys
-import termios
-import time
 import uuid
 from importlib.metadata import version
 from pathlib import Path
@@ -25,6 +19,7 @@ import typer
 from services.cli.main import app
 from services.tooling.backup import DUMP
 from tests.support.admin import insert_events
+from tests.support.terminal import on_a_terminal
 
 NOWHERE = {"DATABASE_URL": "postgresql://dfm@127.0.0.1:1/dfm", "NATS_URL": "nats://127.0.0.1:1"}
 PANELS = {
@@ -162,46 +157,11 @@ def test_a_forced_bulk_replay_without_yes_and_no_terminal_is_refused() -> None:
         assert passed.returncode == 1 and "cannot reach NATS" in passed.stderr, (args, passed.stderr)
 
 
-def on_a_terminal(*args: str, answer: str, env: dict[str, str]) -> tuple[int, str]:
-    """``dfm *args`` on a pseudo-terminal, typing ``answer`` at the ``[y/N]`` question."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", *args],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        close_fds=True,
-        env={"PATH": os.environ["PATH"], "DFM_DATA_DIR": "/nonexistent", "TERM": "xterm-256color", **env},
-    )
-    os.close(slave)
-    out, answered, deadline = b"", False, time.monotonic() + 60
-    try:
-        while True:
-            ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                raise AssertionError(f"dfm {' '.join(args)} did not finish: {out.decode(errors='replace')}")
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the process closed the terminal
-                break
-            if not chunk:
-                break
-            out += chunk
-            if not answered and b"[y/N]" in out:
-                os.write(master, answer.encode() + b"\n")
-                answered = True
-    finally:
-        code = proc.wait(timeout=30)
-        os.close(master)
-    return code, out.decode(errors="replace")
-
-
 def test_a_forced_bulk_replay_on_a_terminal_asks_first() -> None:
     args = ("replay", "--subject", "webhooks.aloware.>", "--force")
-    code, said = on_a_terminal(*args, answer="n", env=NOWHERE)
+    code, said = on_a_terminal(NOWHERE, *args, answer="n", timeout=60)
     assert code == 1 and "[y/N]" in said and "quarantined" in said and "cannot reach NATS" not in said, said
-    code, said = on_a_terminal(*args, answer="y", env=NOWHERE)
+    code, said = on_a_terminal(NOWHERE, *args, answer="y", timeout=60)
     assert code == 1 and "cannot reach NATS" in said, said
 
 
