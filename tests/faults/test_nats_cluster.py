@@ -11,37 +11,15 @@ from pathlib import Path
 import nats
 import pytest
 
-from services.tooling.embedded import EmbeddedNats, free_port
+from services.tooling.embedded import EmbeddedNats
 from tests.support.contacts import ALOWARE_AUTH, aloware_contact, done
+from tests.support.nats_cluster import three_nodes
 from tests.support.sync_rig import eventually, pipeline_settings, running_pipeline
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[list[EmbeddedNats]]:
-    ports, cluster_ports = [free_port() for _ in range(3)], [free_port() for _ in range(3)]
-    routes = ",".join(f"nats://127.0.0.1:{p}" for p in cluster_ports)
-    nodes = [
-        EmbeddedNats(
-            store_dir=tmp_path / f"n{i}",
-            port=ports[i],
-            extra_args=(
-                "--server_name",
-                f"n{i}",
-                "--cluster_name",
-                "dfm",
-                "--cluster",
-                f"nats://127.0.0.1:{cluster_ports[i]}",
-                "--routes",
-                routes,
-            ),
-        )
-        for i in range(3)
-    ]
-    for node in nodes:
-        node.start()
-    yield nodes
-    for node in nodes:
-        node.stop()
+    yield from three_nodes(tmp_path)
 
 
 async def jetstream_ready(urls: list[str]) -> bool:

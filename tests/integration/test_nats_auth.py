@@ -38,6 +38,7 @@ from services.infra.settings import Settings
 from services.infra.stream_app import start_sync_broker
 from services.tooling.embedded import EmbeddedNats, free_port
 from tests.support.nats_auth import OUTBOUND_SMS, As, as_identity  # noqa: F401
+from tests.support.nats_cluster import three_nodes
 from tests.support.sync_rig import eventually
 
 
@@ -406,32 +407,7 @@ def test_the_cli_writes_seeds_private_and_the_server_config_without_secrets(tmp_
 def cluster(tmp_path: Path) -> Iterator[list[EmbeddedNats]]:
     """Three authenticated JetStream nodes (streams with three replicas)."""
     conf = nats_auth.write_credentials(tmp_path / "creds", extra_users=[nats_auth.PasswordUser("harness", "pw")])
-    ports, cluster_ports = [free_port() for _ in range(3)], [free_port() for _ in range(3)]
-    routes = ",".join(f"nats://127.0.0.1:{p}" for p in cluster_ports)
-    nodes = [
-        EmbeddedNats(
-            store_dir=tmp_path / f"n{i}",
-            port=ports[i],
-            auth_config=conf,
-            client_credentials=("harness", "pw"),
-            extra_args=(
-                "--server_name",
-                f"n{i}",
-                "--cluster_name",
-                "dfm",
-                "--cluster",
-                f"nats://127.0.0.1:{cluster_ports[i]}",
-                "--routes",
-                routes,
-            ),
-        )
-        for i in range(3)
-    ]
-    for node in nodes:
-        node.start()
-    yield nodes
-    for node in nodes:
-        node.stop()
+    yield from three_nodes(tmp_path, auth_config=conf, client_credentials=("harness", "pw"))
 
 
 async def _stream(urls: list[str]) -> Any:
