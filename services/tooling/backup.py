@@ -570,10 +570,9 @@ def describe_target(settings: Settings) -> str:
     servers = ", ".join(
         urlunsplit(urlsplit(u)._replace(netloc=urlsplit(u).netloc.rsplit("@", 1)[-1])) for u in settings.nats_url
     )
-    return (
-        f"the database {url.database} on {url.host or 'localhost'}:{url.port or 5432} "
-        f"and the {WEBHOOKS_STREAM} stream on {servers or 'NATS_URL'}"
-    )
+    socket = url.query.get("host")  # libpq's ?host=/run/postgresql: a Unix socket directory
+    where = (socket if isinstance(socket, str) else None) or f"{url.host or 'localhost'}:{url.port or 5432}"
+    return f"the database {url.database} on {where} and the {WEBHOOKS_STREAM} stream on {servers or 'NATS_URL'}"
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ import pytest
 from cryptography.fernet import Fernet
 from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from sqlalchemy.engine import make_url
 
 from services.infra.broker import apply_topology, connect
 from services.infra.db.session import sync_url
@@ -334,7 +335,10 @@ async def test_on_a_terminal_progress_is_a_bar_and_restore_asks_first(
     target_env = {**env, "DATABASE_URL": target_db, "NATS_URL": target_nats}
     code, out = on_a_terminal(target_env, "restore", path, answer="n")
     assert code == 1, out
-    assert "[y/N]" in out and target_db.rsplit("/", 1)[-1] in out, out  # it names the database it replaces
+    replaced = make_url(target_db)
+    where = replaced.query.get("host") or f"{replaced.host or 'localhost'}:{replaced.port or 5432}"
+    # it names the database it replaces, and where that database lives (a socket directory or host:port)
+    assert "[y/N]" in out and f"database {replaced.database} on {where} " in out, out
     assert await public_tables(target_db) == 0 and await stream_messages(target_nats) == 0
 
     code, out = on_a_terminal(target_env, "restore", path, answer="y")
