@@ -8,7 +8,9 @@ declares them on every guarded operation (``AdminSecret``/``AdminBearer``,
 ``JobsSecret``/``JobsBearer``: either one of a pair). Missing or wrong → 401 JSON; after
 ``ADMIN_RATE_LIMIT_MAX`` failures from one address in 15 minutes every attempt from it is 429
 until the oldest failure is 15 minutes old, the right secret too (otherwise guessing would
-simply go on between the refusals).
+simply go on between the refusals). Once the secret is right, a query parameter given more than
+once is 422 (no guarded route takes a list in its query; Starlette would keep the last value
+and answer as if the first had never been sent).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fastapi import Depends, Request, Security
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, SecretStr
@@ -130,9 +133,28 @@ def _guard(secrets: Sequence[SecretStr], header: str, realm: str, variable: str,
                 reason="missing_credentials" if given is None else "bad_credentials",
             )
             raise Unauthorized("missing credentials" if given is None else "bad credentials")
+        _each_query_parameter_once(request)
         return realm
 
     return check
+
+
+def _each_query_parameter_once(request: Request) -> None:
+    """422 (FastAPI's validation body) for every query parameter given more than once."""
+    names = [name for name, _ in request.query_params.multi_items()]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "repeated_parameter",
+                    "loc": ("query", name),
+                    "msg": f"given {names.count(name)} times; give it once",
+                    "input": request.query_params.getlist(name),
+                }
+                for name in repeated
+            ]
+        )
 
 
 def admin_guard(settings: Settings, failures: SlidingWindow) -> Any:
