@@ -423,6 +423,10 @@ class Settings(BaseSettings):
         ge=1,
         description="GHL allows 200,000 a day; held over a rolling 24 h by all replicas (clients/budget.py)",
     )
+    # --- vendor budget (#18): fields of services/clients/budget.py go here ---
+    # --- end vendor budget ---
+    # --- lanes (#18): fields of the lane classification go here ---
+    # --- end lanes ---
     ghl_note_max_chars: int = Field(default=50_000, ge=100)
     ghl_set_dnd_on_optout: FlagTrue = False
     ghl_webhook_ed25519_public_key: Annotated[str, BeforeValidator(_public_keys_of("ed25519"))] = GHL_ED25519_PUBLIC_KEY
