@@ -179,14 +179,33 @@ def install_url(settings: Settings, state: str) -> str:
     return f"{settings.ghl_oauth_authorize_url}?{urlencode(query)}"
 
 
+@dataclass(frozen=True)
+class _Cached:
+    token: str
+    expires_at: datetime
+    read_at: float  # GhlOAuth.clock() when it came from the database
+
+
 class GhlOAuth:
-    """Location access tokens: read, refresh once under a row lock, install by code."""
+    """Location access tokens: read, refresh once under a row lock, install by code.
+
+    A token is kept in the process with its expiry, so a GHL call costs no database read and no
+    decryption (issue #18: CPU per event). It is read again after ``CACHE_S`` — another replica's
+    refresh, a reinstall or a ``needs_reinstall`` mark is seen within a minute — and at once when
+    it enters the refresh margin or GHL rejects it (``refresh``, OA-5)."""
+
+    CACHE_S = 60.0
 
     def __init__(self, settings: Settings, engine: AsyncEngine, http: VendorHttp | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.http = http or VendorHttp("ghl", settings.ghl_base_url)
         self._cipher: TokenCipher | None = None
+        self._cache: dict[str, _Cached] = {}
+
+    def clock(self) -> float:
+        """Monotonic seconds (a method, so a test can move time)."""
+        return time.monotonic()
 
     @property
     def cipher(self) -> TokenCipher:
@@ -200,6 +219,14 @@ class GhlOAuth:
     async def access_token(self, location_id: str) -> str:
         """OA-2: the location's token, refreshed first when it expires within 5 minutes."""
         location_id = location_id.strip()
+        cached = self._cache.get(location_id)
+        if (
+            cached is not None
+            and self.clock() - cached.read_at < self.CACHE_S
+            and cached.expires_at - datetime.now(UTC) > REFRESH_MARGIN
+        ):
+            return cached.token
+        self._cache.pop(location_id, None)
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(select(GhlOauthTokenRow).where(GhlOauthTokenRow.location_id == location_id))
@@ -207,11 +234,16 @@ class GhlOAuth:
         row = self._usable(row, location_id)
         if row.expires_at - datetime.now(UTC) <= REFRESH_MARGIN:
             return await self.refresh(location_id)
-        return self.cipher.decrypt(row.access_token)
+        return self._keep(location_id, self.cipher.decrypt(row.access_token), row.expires_at)
+
+    def _keep(self, location_id: str, token: str, expires_at: datetime) -> str:
+        self._cache[location_id] = _Cached(token, expires_at, self.clock())
+        return token
 
     async def refresh(self, location_id: str, *, rejected: str | None = None) -> str:
         """OA-3/OA-4 under the row lock. ``rejected`` is a token GHL just answered 401 to
         (OA-5): refresh unless another worker already replaced it."""
+        self._cache.pop(location_id, None)
         async with self.engine.begin() as conn:
             row = (
                 await conn.execute(
@@ -222,7 +254,7 @@ class GhlOAuth:
             current = self.cipher.decrypt(row.access_token)
             fresh = row.expires_at - datetime.now(UTC) > REFRESH_MARGIN
             if fresh and (rejected is None or rejected != current):
-                return current
+                return self._keep(location_id, current, row.expires_at)
             if not row.refresh_token:
                 raise Permanent(f"No refresh token for location {location_id}; install the Marketplace App again")
             refused: TokenRefused | None = None
@@ -247,7 +279,7 @@ class GhlOAuth:
                 f"(refresh refused: {refused.error[:200]})"
             ) from refused
         log.info("ghl_oauth_refreshed", location_id=location_id)
-        return str(data["access_token"])
+        return self._keep(location_id, str(data["access_token"]), values["expires_at"])
 
     async def install(self, code: str) -> Installation:
         """OA-7: exchange an authorization code and store the location's tokens, when GHL's
