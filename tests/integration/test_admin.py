@@ -27,15 +27,17 @@ async def ingress(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+# fixed ids, not uuid4(): pytest-xdist's workers must collect the same test names
+SOME_EVENT = "5a1d0000-0000-4000-8000-00000000a001"
 ADMIN_CALLS = [
     ("GET", "/api/admin/events"),
     ("GET", "/api/admin/texting/events"),
-    ("GET", f"/api/admin/events/{uuid.uuid4()}"),
-    ("POST", f"/api/admin/events/{uuid.uuid4()}/replay"),
-    ("POST", f"/api/admin/events/{uuid.uuid4()}/mark-done"),
-    ("POST", f"/api/admin/events/{uuid.uuid4()}/quarantine"),
+    ("GET", f"/api/admin/events/{SOME_EVENT}"),
+    ("POST", f"/api/admin/events/{SOME_EVENT}/replay"),
+    ("POST", f"/api/admin/events/{SOME_EVENT}/mark-done"),
+    ("POST", f"/api/admin/events/{SOME_EVENT}/quarantine"),
     ("POST", "/api/admin/replays"),
-    ("GET", f"/api/admin/replays/{uuid.uuid4()}"),
+    ("GET", f"/api/admin/replays/{SOME_EVENT}"),
 ]
 JOBS_CALLS = [
     ("POST", "/api/jobs/process-pending"),
