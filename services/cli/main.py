@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import sys
+from enum import StrEnum
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 
+from contracts.lanes import LANES
 from contracts.subjects import Source
 from services.cli import ops as cli_ops
 from services.cli.config import Service, config_app, data_dir, nats_identity, settings_or_exit
@@ -126,21 +128,41 @@ def up() -> None:
     raise typer.Exit(code)
 
 
+class LaneChoice(StrEnum):
+    """Which of ghl-sync's lanes a process serves (issue #18)."""
+
+    ALL = "all"
+    REALTIME = "realtime"
+    BULK = "bulk"
+
+
 @app.command(rich_help_panel=RUN)
 def run(
     service: Annotated[Service, typer.Argument(help="the service to run", show_default=False)],
+    lane: Annotated[
+        LaneChoice,
+        typer.Option(
+            help="ghl-sync only: serve its real-time durable (ghl-sync), its bulk one (ghl-sync-bulk, "
+            "DFM_BULK_SUBJECTS) or both",
+        ),
+    ] = LaneChoice.ALL,
 ) -> None:
     """Run one service in the foreground (configuration from the environment and ./.env).
 
     Every missing or malformed setting is listed before it starts, one line each, exit 2 (the
     report of `dfm config check SERVICE`). Logs go to stderr (LOG_FORMAT), SIGTERM drains.
+    ghl-sync serves both its lanes unless --lane names one (to scale a lane alone).
 
     Examples:
 
         dfm run ingress
 
         NATS_URL=nats://nats-1:4222,nats://nats-2:4222 dfm run ghl-sync
+
+        dfm run ghl-sync --lane bulk
     """
+    if lane is not LaneChoice.ALL and service is not Service.GHL_SYNC:
+        fail(f"--lane is an option of ghl-sync only, not of {service.value}")
     from services.infra.logging import configure_logging
 
     name = service.value
@@ -163,6 +185,8 @@ def run(
         from services.cli.explain import explainer
 
         module.run(settings, explainer)
+    elif service is Service.GHL_SYNC:
+        module.run(settings, tuple(x for x in LANES if lane is LaneChoice.ALL or x == lane.value))
     else:
         module.run(settings)
 
@@ -311,6 +335,7 @@ app.add_typer(cli_ops.events_app, name="events", rich_help_panel=OPERATE)
 app.command("replay", rich_help_panel=OPERATE)(cli_ops.replay)
 app.command("sweep", rich_help_panel=OPERATE)(cli_ops.sweep)
 app.command("trace", rich_help_panel=OPERATE)(cli_ops.trace)
+app.command("lanes", rich_help_panel=OPERATE)(cli_ops.lanes)
 app.add_typer(cli_ops.effects_app, name="effects", rich_help_panel=OPERATE)
 app.add_typer(cli_ops.agents_app, name="agents", rich_help_panel=OPERATE)
 app.add_typer(migrate_app, name="migrate", rich_help_panel=MAINTAIN)

@@ -491,6 +491,77 @@ def sweep(
         typer.echo(f"sweep {command.command_id} queued (jobs stream seq {seq})")
 
 
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "never (no budget left)"
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def lanes(output: OutputOption = Output.TABLE) -> None:
+    """Show ghl-sync's lanes: each one's durable, backlog and expected drain time.
+
+    Backlog is what the durable has not acked yet (pending plus in flight). Drain time is
+    backlog x DFM_LANE_REQUESTS_PER_EVENT / GHL budget per second (GHL_RATE_LIMIT_PER_10S / 10),
+    the real-time lane served first, so the bulk lane's time includes the real-time backlog.
+    DFM_BULK_SUBJECTS says which subjects are bulk; `dfm migrate upgrade` applies a change.
+
+    Examples:
+
+        dfm lanes
+
+        dfm lanes -o json
+    """
+    from contracts.lanes import LANES, Lane, lane_drain_seconds
+    from contracts.streams import ghl_sync_lanes
+
+    settings = tool_settings("sweep")  # what it needs: NATS
+    specs = ghl_sync_lanes(settings.dfm_bulk_subjects)
+    budget_per_s = settings.ghl_rate_limit_per_10s / 10
+    per_event = settings.dfm_lane_requests_per_event
+
+    async def read() -> dict[Lane, tuple[int, int]]:
+        from services.infra.broker import connect
+
+        nc = await connect(settings, name="dfm-cli", max_reconnect_attempts=2)
+        try:
+            js = nc.jetstream()
+            found: dict[Lane, tuple[int, int]] = {}
+            for lane in LANES:
+                info = await js.consumer_info(specs[lane].stream, specs[lane].durable)
+                found[lane] = (info.num_pending or 0, info.num_ack_pending or 0)
+            return found
+        finally:
+            await nc.close()
+
+    try:
+        counts = asyncio.run(read())
+    except Exception as exc:  # connection failures and a missing durable are one line  # noqa: BLE001
+        _fail(f"cannot read the lanes' durables: {type(exc).__name__}: {exc}", code=1)
+    drain = lane_drain_seconds({lane: sum(counts[lane]) for lane in LANES}, per_event, budget_per_s)
+    rows = [
+        {
+            "lane": lane,
+            "durable": specs[lane].durable,
+            "pending": counts[lane][0],
+            "inFlight": counts[lane][1],
+            "drainSeconds": None if drain[lane] == float("inf") else round(drain[lane], 1),
+            "subjects": list(specs[lane].filter_subjects),
+        }
+        for lane in LANES
+    ]
+    if output is Output.JSON:
+        print_json({"budgetPerSecond": budget_per_s, "requestsPerEvent": per_event, "lanes": rows})
+        return
+    print_table(
+        ("lane", "durable", "pending", "in flight", "drain"),
+        [(lane, specs[lane].durable, *counts[lane], _duration(drain[lane])) for lane in LANES],
+    )
+    typer.echo(f"at {budget_per_s:g} GHL requests/s and {per_event:g} requests per event (DFM_LANE_REQUESTS_PER_EVENT)")
+
+
 def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     """Nested totals as ``a.b  value`` rows."""
     rows: list[tuple[str, Any]] = []

@@ -1,12 +1,21 @@
-"""``dfm run ghl-sync``: the composition root. Every resource is entered into one
-``AsyncExitStack``, so they close in reverse order of opening however serving ends."""
+"""``dfm run ghl-sync [--lane realtime|bulk|all]``: the composition root. Every resource is
+entered into one ``AsyncExitStack``, so they close in reverse order of opening however serving
+ends.
+
+The process serves ghl-sync's lanes (issue #18): the real-time durable ``ghl-sync`` and the
+bulk one ``ghl-sync-bulk``, each with its own fetch loop, so a contact import queued on the
+bulk durable never stands in front of a call note or a STOP; each delivery runs in its lane
+(``lane_scope``), which the GHL budget reads to serve real-time first. ``--lane`` lets an
+operator scale one lane alone (more bulk replicas for an import, or a real-time replica that
+never takes bulk work)."""
 
 from __future__ import annotations
 
 import asyncio
 from contextlib import AsyncExitStack
 
-from contracts.streams import GHL_SYNC
+from contracts.lanes import LANES, Lane
+from contracts.streams import ghl_sync_lanes
 from services.clients.aloware import AlowareClient
 from services.clients.budget import RateBudget
 from services.clients.ghl import GhlClient
@@ -17,11 +26,21 @@ from services.infra.db.session import create_engine
 from services.infra.delivery import EventConsumer, consumer_batch
 from services.infra.metrics_server import serve_metrics
 from services.infra.settings import Settings
-from services.infra.stream_app import serve_until_terminated
+from services.infra.stream_app import Subscription, serve_all_until_terminated
 
 
-async def serve(settings: Settings) -> None:
-    """Consume until SIGTERM/SIGINT."""
+def lane_workers(batch: int, lanes: tuple[Lane, ...]) -> dict[Lane, int]:
+    """The process's handlers (``consumer_batch``: what its database pool holds) shared by the
+    lanes it serves: one lane gets them all; both share them, real-time getting the odd one,
+    and each at least one."""
+    if len(lanes) == 1:
+        return {lanes[0]: batch}
+    bulk = max(1, batch // 2)
+    return {"realtime": max(1, batch - bulk), "bulk": bulk}
+
+
+async def serve(settings: Settings, lanes: tuple[Lane, ...] = LANES) -> None:
+    """Consume ``lanes`` (default both) until SIGTERM/SIGINT."""
     serve_metrics(settings, "ghl-sync")
     async with AsyncExitStack() as stack:
         engine = create_engine(settings)
@@ -38,9 +57,14 @@ async def serve(settings: Settings) -> None:
         stack.push_async_callback(ghl.aclose)
         sync = GhlSync(settings, engine, ghl, aloware, conversations)
         stack.push_async_callback(sync.aclose)
-        consumer = EventConsumer(settings, GHL_SYNC, engine, sync.handle)
-        await serve_until_terminated(settings, GHL_SYNC, consumer.handle, consumer_batch(settings))
+        specs = ghl_sync_lanes(settings.dfm_bulk_subjects)
+        workers = lane_workers(consumer_batch(settings), lanes)
+        subscriptions = [
+            Subscription(specs[lane], EventConsumer(settings, specs[lane], engine, sync.handle).handle, workers[lane])
+            for lane in lanes
+        ]
+        await serve_all_until_terminated(settings, subscriptions)
 
 
-def run(settings: Settings) -> None:
-    asyncio.run(serve(settings))
+def run(settings: Settings, lanes: tuple[Lane, ...] = LANES) -> None:
+    asyncio.run(serve(settings, lanes))

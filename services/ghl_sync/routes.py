@@ -1,6 +1,8 @@
 """The dispatch table of ghl-sync (spec/outbound.md §1.1): which rule plans an event, by its
-source and canonical type, and the durable's filter subject that delivers it
-(``contracts.streams.GHL_SYNC``). ``GhlSync.handle`` runs the plan; ``explain`` prints it.
+source and canonical type, and the filter subject that delivers it
+(``contracts.streams.GHL_SYNC_FILTERS``, split between the real-time durable ``ghl-sync`` and
+the bulk one ``ghl-sync-bulk`` by ``DFM_BULK_SUBJECTS``, issue #18). ``GhlSync.handle`` runs
+the plan; ``explain`` prints it.
 
 Each entry's planner reads the payload into its contract model (an invalid payload is
 ``Permanent``) and returns the rule's plan (``rules/ops.py``).
@@ -105,8 +107,9 @@ def _broadcast(event: WebhookEvent, ctx: RuleContext) -> Plan:
 
 @dataclass(frozen=True)
 class Route:
-    """Events of ``source`` with one of ``canonical_types``, delivered on ``subject`` (a
-    filter subject of the ``ghl-sync`` durable), are planned by ``plan`` (rule ``rule``)."""
+    """Events of ``source`` with one of ``canonical_types``, delivered on ``subject`` (one of
+    ``GHL_SYNC_FILTERS``, which ghl-sync's two lane durables split), are planned by ``plan``
+    (rule ``rule``)."""
 
     subject: str
     source: str

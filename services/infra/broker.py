@@ -31,7 +31,7 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError
 
-from contracts.streams import CONSUMERS, JOBS, STREAMS, WEBHOOKS, ConsumerSpec, StreamSpec
+from contracts.streams import JOBS, STREAMS, WEBHOOKS, ConsumerSpec, StreamSpec, consumers_with_lanes
 from services.infra import nats_auth
 from services.infra.logging import get_logger
 from services.infra.settings import ConfigError, Settings
@@ -290,14 +290,19 @@ def _ack_wait(settings: Settings, consumer: ConsumerSpec) -> float | None:
     return settings.dfm_consumer_ack_wait_s if consumer.stream == WEBHOOKS.name else None
 
 
+def topology_consumers(settings: Settings) -> tuple[ConsumerSpec, ...]:
+    """Every durable, ghl-sync's lanes split by ``DFM_BULK_SUBJECTS`` (issue #18)."""
+    return consumers_with_lanes(settings.dfm_bulk_subjects)
+
+
 async def ensure_topology(
-    js: JetStreamContext, settings: Settings, consumers: tuple[ConsumerSpec, ...] = CONSUMERS
+    js: JetStreamContext, settings: Settings, consumers: tuple[ConsumerSpec, ...] | None = None
 ) -> None:
     """Streams and consumers exist (created when missing by an identity allowed to; an existing
     one is never changed here: ``apply_topology`` does that)."""
     for spec in STREAMS:
         await ensure_stream(js, spec, settings)
-    for consumer in consumers:
+    for consumer in topology_consumers(settings) if consumers is None else consumers:
         await ensure_consumer(js, consumer, _ack_wait(settings, consumer))
 
 
@@ -336,20 +341,49 @@ async def apply_stream(
         log.info("stream_updated", stream=spec.name, lowered=lowered or None)
 
 
+async def _where_to_start(js: JetStreamContext, spec: ConsumerSpec, config: ConsumerConfig) -> None:
+    """Keep an existing durable's start (JetStream refuses to change it), and start a lane's
+    new durable where its sibling's acknowledged messages end: the first upgrade to lanes
+    narrows ``ghl-sync`` to the real-time subjects, so the contact events it had not acked yet
+    must come from ``ghl-sync-bulk``, and replaying the stream's whole retention into it would
+    only be acked again by the ledger (a finished delivery is never re-run)."""
+    try:
+        info = await js.consumer_info(spec.stream, spec.durable)
+    except NotFoundError:
+        info = None
+    if info is not None:
+        config.deliver_policy, config.opt_start_seq = info.config.deliver_policy, info.config.opt_start_seq
+        return
+    if spec.lane != "bulk":
+        return
+    try:
+        sibling = await js.consumer_info(spec.stream, spec.owner)
+    except NotFoundError:
+        return  # a fresh install: from the start, as every durable
+    floor = sibling.ack_floor.stream_seq if sibling.ack_floor and sibling.ack_floor.stream_seq else 0
+    config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, floor + 1
+    log.info("lane_durable_created_after_sibling", consumer=spec.durable, sibling=spec.owner, start_seq=floor + 1)
+
+
 async def apply_topology(
     js: JetStreamContext,
     settings: Settings,
-    consumers: tuple[ConsumerSpec, ...] = CONSUMERS,
+    consumers: tuple[ConsumerSpec, ...] | None = None,
     *,
     allow_downgrade: bool | None = None,
 ) -> None:
     """Streams and durables created or updated to the settings (ARCHITECTURE.md §4); the admin
-    identity's job."""
+    identity's job. ghl-sync's lanes get the filters ``DFM_BULK_SUBJECTS`` gives them; a bulk
+    lane's durable created next to an existing ``ghl-sync`` starts after what that one acked."""
     allow = settings.dfm_stream_allow_downgrade if allow_downgrade is None else allow_downgrade
     for spec in STREAMS:
         await apply_stream(js, spec, settings, allow_downgrade=allow)
-    for consumer in consumers:
-        await js.add_consumer(consumer.stream, consumer_config(consumer, _ack_wait(settings, consumer)))
+    # the bulk lane first: it must read its sibling's ack floor before that one's filter narrows
+    wanted = topology_consumers(settings) if consumers is None else consumers
+    for consumer in sorted(wanted, key=lambda c: c.lane != "bulk"):
+        config = consumer_config(consumer, _ack_wait(settings, consumer))
+        await _where_to_start(js, consumer, config)
+        await js.add_consumer(consumer.stream, config)
 
 
 async def prepare_topology(
@@ -390,4 +424,5 @@ __all__ = [
     "redact_url",
     "stream_config",
     "tls_context",
+    "topology_consumers",
 ]

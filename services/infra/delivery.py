@@ -31,6 +31,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import HEADER_REDRIVE, WebhookEvent
+from contracts.lanes import Lane
 from contracts.streams import ConsumerSpec, expected_consumers
 from contracts.subjects import EntityType, Source
 from services.infra import tracing
@@ -44,6 +45,7 @@ from services.infra.errors import (
     RetryLater,
 )
 from services.infra.events import row_for
+from services.infra.lanes import lane_scope
 from services.infra.logging import get_logger
 from services.infra.settings import Settings
 from services.infra.trace import CURRENT, AttemptTrace
@@ -444,17 +446,24 @@ class EventConsumer:
         self._rule = rule
         self._ack_wait = settings.dfm_consumer_ack_wait_s or spec.ack_wait_s
         self._heartbeat_s = heartbeat_interval(self._ack_wait)
-        self.ledger = DeliveryLedger(engine, spec.durable, settings, claim_lease_s=3 * self._heartbeat_s)
+        # a lane's durable records under its service (ghl-sync-bulk's deliveries are ghl-sync's)
+        self._name = spec.owner
+        self._lane: Lane = spec.lane or "realtime"
+        self.ledger = DeliveryLedger(engine, self._name, settings, claim_lease_s=3 * self._heartbeat_s)
 
     async def handle(self, msg: Msg) -> None:
-        """One message, end to end."""
+        """One message, end to end, in its durable's lane (what the vendor budget reads)."""
+        with lane_scope(self._lane):
+            await self._handle(msg)
+
+    async def _handle(self, msg: Msg) -> None:
         try:
             event = WebhookEvent.from_bytes(msg.data)
         except (ValidationError, ValueError) as exc:
-            MALFORMED.labels(self._spec.durable).inc()
+            MALFORMED.labels(self._name).inc()
             log.error(
                 "malformed_message_terminated",
-                consumer=self._spec.durable,
+                consumer=self._name,
                 subject=msg.subject,
                 error=str(exc).splitlines()[0],
             )
@@ -472,11 +481,11 @@ class EventConsumer:
             if (cause := driver_error(exc, UNSTORABLE_VALUE)) is not None:
                 # the event's own row cannot be stored: retrying cannot help, and the recorder
                 # gives it a dead_letters row; terminate (the advisory records it too)
-                MALFORMED.labels(self._spec.durable).inc()
+                MALFORMED.labels(self._name).inc()
                 log.error(
                     "unstorable_event_terminated",
                     event_id=str(event.event_id),
-                    consumer=self._spec.durable,
+                    consumer=self._name,
                     error=type(cause).__name__,
                     sqlstate=sqlstate(cause),
                 )
@@ -485,17 +494,17 @@ class EventConsumer:
             log.warning(
                 "claim_failed_will_retry",
                 event_id=str(event.event_id),
-                consumer=self._spec.durable,
+                consumer=self._name,
                 error=type(exc).__name__,
             )
             await msg.nak(delay=1.0)
             return
         if claim.held_for_s is not None:  # another attempt runs it now (DeliveryLedger.begin)
-            CLAIM_HELD.labels(self._spec.durable).inc()
+            CLAIM_HELD.labels(self._name).inc()
             log.info(
                 "delivery_claim_held",
                 event_id=str(event.event_id),
-                consumer=self._spec.durable,
+                consumer=self._name,
                 delay_s=round(claim.held_for_s, 2),
                 redrive=trace.replay_of,
             )
@@ -507,7 +516,8 @@ class EventConsumer:
         attempt = claim.attempt
         bound = {
             "event_id": str(event.event_id),
-            "consumer": self._spec.durable,
+            "consumer": self._name,
+            "lane": self._lane,
             "canonical_type": event.canonical_type,
             "subject": event.subject,
         }
@@ -557,9 +567,9 @@ class EventConsumer:
             else:
                 heartbeat.cancel()
                 await self.ledger.finish(event, "done", outcome=outcome, attempt=attempt, trace=trace)
-                PROCESSING.labels(self._spec.durable, event.canonical_type).observe(loop.time() - started)
-                ATTEMPTS.labels(self._spec.durable).observe(attempt)
-                EVENTS.labels(self._spec.durable, event.canonical_type, "done", outcome.outcome).inc()
+                PROCESSING.labels(self._name, event.canonical_type).observe(loop.time() - started)
+                ATTEMPTS.labels(self._name).observe(attempt)
+                EVENTS.labels(self._name, event.canonical_type, "done", outcome.outcome).inc()
                 if outcome.outcome == "echo":
                     ECHOES.labels(event.source.value).inc()
                 log.info("event_done", outcome=outcome.outcome, reason=outcome.reason, attempt=attempt, **bound)
@@ -598,7 +608,7 @@ class EventConsumer:
                 log.warning(
                     "heartbeat_stopped_past_deadline",
                     event_id=str(event.event_id),
-                    consumer=self._spec.durable,
+                    consumer=self._name,
                     attempt=attempt,
                 )
                 return
@@ -616,21 +626,21 @@ class EventConsumer:
                     log.warning(
                         "delivery_claim_lost",
                         event_id=str(event.event_id),
-                        consumer=self._spec.durable,
+                        consumer=self._name,
                         attempt=attempt,
                     )
 
     def _failed(self, event: WebhookEvent, status: str, cause: str | None) -> None:
         """Count a failed attempt: as an event outcome and by cause (its sync_log row's)."""
-        EVENTS.labels(self._spec.durable, event.canonical_type, status, "").inc()
-        RULE_FAILURES.labels(self._spec.durable, cause or "other").inc()
+        EVENTS.labels(self._name, event.canonical_type, status, "").inc()
+        RULE_FAILURES.labels(self._name, cause or "other").inc()
 
     def _beat_failed(self, event: WebhookEvent, beat: str, exc: Exception) -> None:
-        HEARTBEAT_FAILURES.labels(self._spec.durable).inc()
+        HEARTBEAT_FAILURES.labels(self._name).inc()
         log.warning(
             "heartbeat_failed",
             event_id=str(event.event_id),
-            consumer=self._spec.durable,
+            consumer=self._name,
             beat=beat,
             error=type(exc).__name__,
         )
@@ -675,7 +685,7 @@ class EventConsumer:
         if exc.counts_as_attempt:
             self._failed(event, "error", None)
         else:
-            EVENTS.labels(self._spec.durable, event.canonical_type, "deferred", "").inc()
+            EVENTS.labels(self._name, event.canonical_type, "deferred", "").inc()
         if delay <= self._settings.dfm_retry_nak_max_delay_s:
             log.info("event_retry", reason=exc.reason, delay_s=round(delay, 2), attempt=attempt, **bound)
             await msg.nak(delay=delay)

@@ -40,6 +40,7 @@ from contracts.streams import (
     ALOWARE_SYNC,
     CONSUMERS,
     GHL_SYNC,
+    GHL_SYNC_BULK,
     JOBS_CONSUMER,
     JOBS_STREAM,
     RECORDER,
@@ -159,7 +160,8 @@ IDENTITIES: tuple[Identity, ...] = (
         publish=(*_INGRESS_PUBLISH, *ADMIN_API_COMMANDS),
     ),
     Identity("recorder", "recorder", publish=(*STREAM_INFO, *_consume(RECORDER))),
-    Identity("ghl-sync", "ghl-sync", publish=(*STREAM_INFO, *_consume(GHL_SYNC))),
+    # both lanes' durables (issue #18): `dfm run ghl-sync [--lane realtime|bulk|all]`
+    Identity("ghl-sync", "ghl-sync", publish=(*STREAM_INFO, *_consume(GHL_SYNC), *_consume(GHL_SYNC_BULK))),
     Identity("aloware-sync", "aloware-sync", publish=(*STREAM_INFO, *_consume(ALOWARE_SYNC))),
     Identity("verity-sync", "verity-sync", publish=(*STREAM_INFO, *_consume(VERITY_SYNC), AP3_SUBJECT)),
     Identity(

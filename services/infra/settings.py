@@ -426,6 +426,32 @@ class Settings(BaseSettings):
     # --- vendor budget (#18): fields of services/clients/budget.py go here ---
     # --- end vendor budget ---
     # --- lanes (#18): fields of the lane classification go here ---
+    dfm_bulk_subjects: CsvList = Field(
+        # contracts.lanes.DEFAULT_BULK_SUBJECTS (tests/unit/test_lanes.py keeps them equal)
+        default_factory=lambda: [
+            "webhooks.aloware.contact.contact_created",
+            "webhooks.aloware.contact.contact_updated",
+        ],
+        description="subject patterns ghl-sync serves on its bulk lane (durable ghl-sync-bulk), after the "
+        "real-time one; everything else it takes is real-time. `dfm migrate upgrade` applies a change",
+    )
+    dfm_lane_requests_per_event: float = Field(
+        default=2.0,
+        gt=0,
+        le=100,
+        description="GHL requests one event costs on average, for the lanes' expected drain time "
+        "(dfm_lane_drain_seconds, dfm lanes)",
+    )
+
+    @field_validator("dfm_bulk_subjects")
+    @classmethod
+    def _bulk_subjects_split_ghl_sync(cls, value: list[str]) -> list[str]:
+        from contracts.lanes import check_bulk_pattern, split_filters
+        from contracts.streams import GHL_SYNC_FILTERS
+
+        split_filters(GHL_SYNC_FILTERS, [check_bulk_pattern(p) for p in value])  # a LaneConfigError names it
+        return value
+
     # --- end lanes ---
     ghl_note_max_chars: int = Field(default=50_000, ge=100)
     ghl_set_dnd_on_optout: FlagTrue = False

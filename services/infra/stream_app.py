@@ -9,8 +9,10 @@ message goes to ``EventConsumer.handle``, which acks, naks with delay or termina
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from faststream import AckPolicy
@@ -75,9 +77,10 @@ def faststream_auth(options: dict[str, Any]) -> dict[str, Any]:
 
 def durable_broker(settings: Settings, spec: ConsumerSpec) -> NatsBroker:
     """A broker connecting as the durable ``spec``'s own identity, with no subscriber yet."""
-    # the durable's own identity (nats_auth): it may pull, ack and read the info of this
-    # durable only; FastStream reads that info first and, the durable existing, creates nothing
-    servers, auth = connect_options(settings, name=f"dfm-{spec.durable}", identity=spec.durable)
+    # the service's own identity (nats_auth): it may pull, ack and read the info of its own
+    # durables only (ghl-sync's two lanes are one identity); FastStream reads that info first
+    # and, the durable existing, creates nothing
+    servers, auth = connect_options(settings, name=f"dfm-{spec.durable}", identity=spec.owner)
     # its records go through structlog (configure_logging); its per-message "Received" and
     # "Processed" lines are debug, its errors keep their level
     return NatsBroker(
@@ -116,21 +119,42 @@ def sync_broker(
     return broker
 
 
+@dataclass(frozen=True)
+class Subscription:
+    """One durable a process serves: its messages go to ``handle``, ``workers`` at a time."""
+
+    spec: ConsumerSpec
+    handle: MessageHandler
+    workers: int
+
+
 async def serve_until_terminated(settings: Settings, spec: ConsumerSpec, handle: MessageHandler, workers: int) -> None:
     """Consume until SIGTERM/SIGINT, then drain: no new fetches, the messages in hand finish
     and are acked (up to ``DFM_DRAIN_TIMEOUT_S``); anything fetched but not started is left
     unacked and redelivered to another replica after the AckWait."""
+    await serve_all_until_terminated(settings, [Subscription(spec, handle, workers)])
+
+
+async def serve_all_until_terminated(settings: Settings, subscriptions: Sequence[Subscription]) -> None:
+    """``serve_until_terminated`` for several durables at once (ghl-sync's lanes, issue #18):
+    a broker and fetch loop each, so one durable's backlog never waits behind another's, all
+    drained together on SIGTERM/SIGINT."""
     stop = asyncio.Event()
     on_termination(asyncio.get_running_loop(), stop.set)
-    progress = FetchLoop(spec.durable, workers)
-    broker = await start_sync_broker(settings, spec, handle, workers, progress)
-    PROCESS_HEALTH.watch(settings, progress, lambda: broker.ping(NATS_TIMEOUT_S))
+    started: list[tuple[NatsBroker, FetchLoop]] = []
     try:
+        for sub in subscriptions:
+            progress = FetchLoop(sub.spec.durable, sub.workers)
+            broker = await start_sync_broker(settings, sub.spec, sub.handle, sub.workers, progress)
+            started.append((broker, progress))
+            PROCESS_HEALTH.watch(settings, progress, functools.partial(broker.ping, NATS_TIMEOUT_S))
         await stop.wait()
     finally:
-        progress.drain()  # not ready while the messages in hand finish
-        await broker.stop()
-        PROCESS_HEALTH.forget(progress)
+        for _, progress in started:
+            progress.drain()  # not ready while the messages in hand finish
+        await asyncio.gather(*(broker.stop() for broker, _ in started))
+        for _, progress in started:
+            PROCESS_HEALTH.forget(progress)
 
 
 async def start_sync_broker(

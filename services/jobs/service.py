@@ -35,7 +35,8 @@ from contracts.commands import (
     SweepRequested,
 )
 from contracts.envelope import WebhookEvent
-from contracts.streams import CONSUMERS, WEBHOOKS_STREAM
+from contracts.lanes import LANES, Lane, lane_drain_seconds
+from contracts.streams import CONSUMERS, GHL_SYNC, WEBHOOKS_STREAM
 from services.clients.aloware import AlowareClient
 from services.clients.ghl import GhlClient
 from services.infra.db.models import DeadLetterRow, EventDeliveryRow, ReconcileRunRow
@@ -62,6 +63,15 @@ MAX_ITEMS_RECORDED = 200
 CONSUMER_PENDING = Gauge("dfm_consumer_pending_messages", "Messages not yet delivered to a durable", ["consumer"])
 CONSUMER_ACK_PENDING = Gauge("dfm_consumer_ack_pending_messages", "Messages delivered, not yet acked", ["consumer"])
 CONSUMER_REDELIVERED = Gauge("dfm_consumer_redelivered_messages", "Messages being redelivered", ["consumer"])
+# ghl-sync's lanes (issue #18): the backlog of each (not yet acked: pending plus in flight) and
+# the time it takes at the GHL budget (contracts.lanes.lane_drain_seconds)
+LANE_BACKLOG = Gauge("dfm_lane_backlog_messages", "Messages of a lane not yet acked", ["consumer", "lane"])
+LANE_DRAIN = Gauge(
+    "dfm_lane_drain_seconds",
+    "Expected time to drain a lane's backlog: backlog x DFM_LANE_REQUESTS_PER_EVENT / GHL budget per second, "
+    "real-time served first",
+    ["consumer", "lane"],
+)
 
 
 class Jobs:
@@ -187,7 +197,9 @@ class Jobs:
             await conn.execute(update(ReconcileRunRow).where(ReconcileRunRow.id == run_id).values(**values))
 
     async def refresh_consumer_gauges(self) -> None:
-        """Lag of every durable (what KEDA scales on), for dashboards and alerts."""
+        """Lag of every durable (what KEDA scales on), for dashboards and alerts, and the
+        backlog and drain time of ghl-sync's lanes."""
+        backlog: dict[Lane, int] = {}
         for spec in CONSUMERS:
             try:
                 info = await self.js.consumer_info(spec.stream, spec.durable)
@@ -197,6 +209,15 @@ class Jobs:
             CONSUMER_PENDING.labels(spec.durable).set(info.num_pending or 0)
             CONSUMER_ACK_PENDING.labels(spec.durable).set(info.num_ack_pending or 0)
             CONSUMER_REDELIVERED.labels(spec.durable).set(info.num_redelivered or 0)
+            if spec.lane is not None:
+                backlog[spec.lane] = (info.num_pending or 0) + (info.num_ack_pending or 0)
+        if len(backlog) == len(LANES):  # both lanes read this round: a drain time from half is wrong
+            drain = lane_drain_seconds(
+                backlog, self.settings.dfm_lane_requests_per_event, self.settings.ghl_rate_limit_per_10s / 10
+            )
+            for lane in LANES:
+                LANE_BACKLOG.labels(GHL_SYNC.owner, lane).set(backlog[lane])
+                LANE_DRAIN.labels(GHL_SYNC.owner, lane).set(drain[lane])
 
     # --- dead letters ----------------------------------------------------------------------
     async def on_advisory(self, msg: Msg) -> None:

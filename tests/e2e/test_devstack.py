@@ -15,7 +15,7 @@ import httpx
 import nats
 import pytest
 
-from contracts.streams import GHL_SYNC
+from contracts.streams import GHL_SYNC, GHL_SYNC_BULK
 from contracts.subjects import subject_matches
 from services.infra.broker import ensure_topology
 from services.infra.settings import Settings
@@ -144,6 +144,10 @@ async def test_topology_creation_is_idempotent(nats_server: EmbeddedNats) -> Non
         consumer = await js.consumer_info("WEBHOOKS", "ghl-sync")
         assert consumer.config.max_deliver == 50
         assert consumer.config.filter_subjects == list(GHL_SYNC.filter_subjects)
-        assert any(subject_matches(f, "webhooks.aloware.contact.contact_created") for f in GHL_SYNC.filter_subjects)
+        bulk = await js.consumer_info("WEBHOOKS", "ghl-sync-bulk")  # contact syncs: the bulk lane (#18)
+        assert bulk.config.filter_subjects == list(GHL_SYNC_BULK.filter_subjects)
+        assert any(
+            subject_matches(f, "webhooks.aloware.contact.contact_created") for f in GHL_SYNC_BULK.filter_subjects
+        )
     finally:
         await nc.close()

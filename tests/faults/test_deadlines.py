@@ -29,7 +29,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import WebhookEvent
-from contracts.streams import GHL_SYNC
+from contracts.streams import GHL_SYNC_BULK
 from services.domain.store import contact_lock
 from services.infra.broker import prepare_topology
 from services.infra.db.session import create_engine, sync_url
@@ -73,8 +73,8 @@ async def consumer_rig(settings: Settings, rule: Rule, **connect: Any) -> AsyncI
     nc = await nats.connect(**{"servers": settings.nats_url, **connect})
     try:
         js = nc.jetstream()
-        sub = await js.pull_subscribe_bind(GHL_SYNC.durable, stream=GHL_SYNC.stream)
-        yield Rig(nc, js, sub, EventConsumer(settings, GHL_SYNC, engine, rule), engine)
+        sub = await js.pull_subscribe_bind(GHL_SYNC_BULK.durable, stream=GHL_SYNC_BULK.stream)  # contact events: bulk
+        yield Rig(nc, js, sub, EventConsumer(settings, GHL_SYNC_BULK, engine, rule), engine)
     finally:
         await nc.close()
         await engine.dispose()
@@ -86,7 +86,7 @@ async def publish(js: JetStreamContext, event: WebhookEvent) -> None:
 
 async def delivery(db: str, event: WebhookEvent) -> dict[str, Any]:
     [row] = await fetch(
-        db, "SELECT * FROM event_deliveries WHERE event_id = $1 AND consumer = $2", event.event_id, GHL_SYNC.durable
+        db, "SELECT * FROM event_deliveries WHERE event_id = $1 AND consumer = $2", event.event_id, GHL_SYNC_BULK.owner
     )
     return row
 
@@ -107,7 +107,7 @@ class HeldRule:
 
 
 def heartbeat_failures() -> float:
-    return REGISTRY.get_sample_value("dfm_heartbeat_failures_total", {"consumer": GHL_SYNC.durable}) or 0.0
+    return REGISTRY.get_sample_value("dfm_heartbeat_failures_total", {"consumer": GHL_SYNC_BULK.owner}) or 0.0
 
 
 # --- database timeouts ------------------------------------------------------------------------

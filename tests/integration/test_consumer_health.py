@@ -149,8 +149,8 @@ async def test_liveness_and_readiness_are_served_on_the_metrics_port_of_every_co
 def test_the_kubernetes_probes_of_every_consumer_ask_its_metrics_port() -> None:
     docs = [d for d in yaml.safe_load_all((ROOT / "deploy" / "k8s" / "deployments.yaml").read_text()) if d]
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
-    for spec in CONSUMERS:
-        [container] = deployments[spec.durable]["spec"]["template"]["spec"]["containers"]
+    for spec in CONSUMERS:  # a lane's durable is served by its service's pods (issue #18)
+        [container] = deployments[spec.owner]["spec"]["template"]["spec"]["containers"]
         assert "metrics" in {p["name"] for p in container["ports"]}, spec.durable
         live, ready = container["livenessProbe"]["httpGet"], container["readinessProbe"]["httpGet"]
         assert (live["port"], live["path"]) == ("metrics", "/health/live"), spec.durable

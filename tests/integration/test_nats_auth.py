@@ -23,7 +23,8 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
-from contracts.streams import ALOWARE_SYNC, CONSUMERS, GHL_SYNC, RECORDER, VERITY_SYNC, WEBHOOKS
+from contracts.streams import ALOWARE_SYNC, CONSUMERS, GHL_SYNC, GHL_SYNC_BULK, RECORDER, VERITY_SYNC, WEBHOOKS
+from contracts.streams import consumer as consumer_spec
 from services.infra import nats_auth
 from services.infra.broker import (
     TopologyDowngrade,
@@ -138,7 +139,8 @@ async def test_the_ingress_with_its_admin_api_queues_only_replays_and_sweeps(
 
 # --- the sync consumers ----------------------------------------------------------------------
 SAMPLE = {
-    GHL_SYNC.durable: "webhooks.aloware.contact.created",
+    GHL_SYNC.durable: "webhooks.aloware.call.call_disposed",
+    GHL_SYNC_BULK.durable: "webhooks.aloware.contact.contact_created",  # ghl-sync's bulk lane (#18)
     ALOWARE_SYNC.durable: "webhooks.ghl.contact.update",
     VERITY_SYNC.durable: "webhooks.ghl.contact.update",
     RECORDER.durable: "webhooks.texting.message.inbound",
@@ -151,7 +153,7 @@ async def test_a_consumer_pulls_and_acks_its_own_durable(
 ) -> None:
     async with as_identity(nats_server, "ingress") as ingress:
         ack = await ingress.js.publish(SAMPLE[durable], b"{}")
-    async with as_identity(nats_server, durable) as consumer:
+    async with as_identity(nats_server, consumer_spec(durable).owner) as consumer:
         sub = await consumer.js.pull_subscribe_bind(durable, stream=WEBHOOKS.name)  # reads its info
         [msg] = await sub.fetch(1, timeout=5)
         assert msg.metadata.sequence.stream == ack.seq

@@ -35,9 +35,10 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def _consumer_passed(jobs: Any, seq: int) -> bool:
-    """The ghl-sync durable has acknowledged everything up to stream sequence ``seq``."""
-    info = await jobs.js.consumer_info("WEBHOOKS", "ghl-sync")
-    return info.ack_floor.stream_seq >= seq and info.num_ack_pending == 0
+    """ghl-sync has acknowledged everything up to stream sequence ``seq``: the lane durable
+    that took it (ghl-sync or ghl-sync-bulk, issue #18) acked it, and neither has one in hand."""
+    infos = [await jobs.js.consumer_info("WEBHOOKS", durable) for durable in ("ghl-sync", "ghl-sync-bulk")]
+    return max(i.ack_floor.stream_seq for i in infos) >= seq and all(i.num_ack_pending == 0 for i in infos)
 
 
 def probe_event(n: int) -> WebhookEvent:

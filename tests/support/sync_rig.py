@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from contracts.streams import ALOWARE_SYNC, GHL_SYNC, VERITY_SYNC
+from contracts.streams import ALOWARE_SYNC, GHL_SYNC, VERITY_SYNC, ghl_sync_lanes
 from services.aloware_sync.service import AlowareSync
 from services.clients.aloware import AlowareClient
 from services.clients.budget import RateBudget
@@ -111,8 +111,11 @@ async def consumers(settings: Settings, replicas: int, *, window_s: int = 10) ->
                 verity = VeritySync(settings, engine, conversations, ghl=ghl)
                 clients.append(verity)
                 rule = verity.handle
-            consumer = EventConsumer(settings, durable, engine, rule)
-            brokers.append(await start_sync_broker(settings, durable, consumer.handle, batch))
+            # ghl-sync serves both of its lanes' durables (issue #18), as `dfm run ghl-sync` does
+            lanes = ghl_sync_lanes(settings.dfm_bulk_subjects).values() if durable is GHL_SYNC else (durable,)
+            for spec in lanes:
+                consumer = EventConsumer(settings, spec, engine, rule)
+                brokers.append(await start_sync_broker(settings, spec, consumer.handle, batch))
     try:
         yield
     finally:

@@ -158,15 +158,19 @@ def test_migrations_run_as_a_job(manifests: list[dict[str, Any]]) -> None:
 def test_every_consumer_scales_on_its_own_pending_messages(manifests: list[dict[str, Any]]) -> None:
     scaled = of_kind(manifests, "ScaledObject")
     deployments = of_kind(manifests, "Deployment")
-    expected = {spec.durable: spec.stream for spec in CONSUMERS}
+    # one per service, with a trigger per durable it serves (ghl-sync: both lanes, issue #18)
+    expected = {spec.owner: set() for spec in CONSUMERS}
+    for spec in CONSUMERS:
+        expected[spec.owner].add((spec.stream, spec.durable))
     assert set(scaled) == set(expected)
     for name, doc in scaled.items():
         assert doc["spec"]["scaleTargetRef"]["name"] in deployments
-        [trigger] = doc["spec"]["triggers"]
-        meta = trigger["metadata"]
-        assert trigger["type"] == "nats-jetstream"
-        assert (meta["stream"], meta["consumer"]) == (expected[name], name)
-        assert meta["natsServerMonitoringEndpoint"].endswith(":8222") and int(meta["lagThreshold"]) > 0
+        triggers = doc["spec"]["triggers"]
+        assert {(t["metadata"]["stream"], t["metadata"]["consumer"]) for t in triggers} == expected[name]
+        for trigger in triggers:
+            meta = trigger["metadata"]
+            assert trigger["type"] == "nats-jetstream"
+            assert meta["natsServerMonitoringEndpoint"].endswith(":8222") and int(meta["lagThreshold"]) > 0
     assert RECORDER.durable in scaled
 
 

@@ -1,19 +1,19 @@
-"""ghl-sync's dispatch table takes exactly the subjects its durable filters on
-(contracts/streams.py GHL_SYNC), and each fixture's event reaches the rule meant for it on
+"""ghl-sync's dispatch table takes exactly the subjects its two lanes' durables filter on
+together (contracts/streams.py GHL_SYNC_FILTERS, issue #18), and each fixture's event reaches the rule meant for it on
 one of those subjects."""
 
 from __future__ import annotations
 
 import pytest
 
-from contracts.streams import GHL_SYNC
+from contracts.streams import GHL_SYNC_FILTERS
 from contracts.subjects import subject_matches
 from services.ghl_sync.routes import ROUTES, route_for
 from tests.unit.ghl_sync.ghl_plans import event
 
 
-def test_the_table_s_subjects_are_the_durable_s_filter_subjects() -> None:
-    assert {route.subject for route in ROUTES} == set(GHL_SYNC.filter_subjects)
+def test_the_table_s_subjects_are_the_durables_filter_subjects() -> None:
+    assert {route.subject for route in ROUTES} == set(GHL_SYNC_FILTERS)
 
 
 def test_each_event_type_has_one_route() -> None:
