@@ -49,7 +49,7 @@ siblings ``contact_disposed`` (D-2) and ``contact_dnc_updated`` (D-1) stay realt
 
 CLOSED_FAMILIES: dict[str, tuple[str, ...]] = {
     # services/ingress/classify.py _ALOWARE: the only tokens published as entity `contact`
-    # (any other Aloware event is entity `unknown`); tests/unit/test_lanes.py checks it
+    # (any other Aloware event is entity `unknown`); tests/unit/test_lanes_split.py checks it
     "webhooks.aloware.contact.>": (
         "webhooks.aloware.contact.contact_created",
         "webhooks.aloware.contact.contact_updated",

@@ -103,6 +103,7 @@ def ghl_sync_lanes(bulk: tuple[str, ...] | list[str] = DEFAULT_BULK_SUBJECTS) ->
             durable="ghl-sync-bulk",
             filter_subjects=filters["bulk"],
             description="Rules that write into GHL: the bulk lane (contact syncs, DFM_BULK_SUBJECTS)",
+            lane="bulk",
         ),
     }
 

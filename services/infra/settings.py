@@ -427,7 +427,7 @@ class Settings(BaseSettings):
     # --- end vendor budget ---
     # --- lanes (#18): fields of the lane classification go here ---
     dfm_bulk_subjects: CsvList = Field(
-        # contracts.lanes.DEFAULT_BULK_SUBJECTS (tests/unit/test_lanes.py keeps them equal)
+        # contracts.lanes.DEFAULT_BULK_SUBJECTS (tests/unit/test_lanes_split.py keeps them equal)
         default_factory=lambda: [
             "webhooks.aloware.contact.contact_created",
             "webhooks.aloware.contact.contact_updated",

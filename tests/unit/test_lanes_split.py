@@ -72,7 +72,8 @@ def test_the_two_durables_partition_today_s_filters(bulk: tuple[str, ...]) -> No
 
 
 def test_contact_syncs_are_bulk_and_dnc_dispositions_calls_messages_and_stops_are_realtime() -> None:
-    assert GHL_SYNC.durable == "ghl-sync" and GHL_SYNC_BULK.durable == "ghl-sync-bulk"
+    assert (GHL_SYNC.durable, GHL_SYNC.lane) == ("ghl-sync", "realtime")
+    assert (GHL_SYNC_BULK.durable, GHL_SYNC_BULK.lane) == ("ghl-sync-bulk", "bulk")
     assert set(GHL_SYNC_BULK.filter_subjects) == {
         "webhooks.aloware.contact.contact_created",
         "webhooks.aloware.contact.contact_updated",
