@@ -37,6 +37,7 @@ from contracts.commands import (
 from contracts.envelope import WebhookEvent
 from contracts.lanes import LANES, Lane, lane_drain_seconds
 from contracts.streams import CONSUMERS, GHL_SYNC, WEBHOOKS_STREAM
+from contracts.streams import consumer as consumer_spec
 from services.clients.aloware import AlowareClient
 from services.clients.ghl import GhlClient
 from services.infra.db.models import DeadLetterRow, EventDeliveryRow, ReconcileRunRow
@@ -237,6 +238,9 @@ class Jobs:
     async def record_dead_letter(
         self, stream: str, consumer: str, seq: int, kind: str, advisory: dict[str, Any]
     ) -> None:
+        """A dead letter under the durable JetStream named (``consumer``); the delivery it
+        ends is the owning service's (a lane's durable records under its service)."""
+        owner = _owner(consumer)
         deliveries = advisory.get("deliveries")
         subject: str | None = None
         event: WebhookEvent | None = None
@@ -264,7 +268,7 @@ class Jobs:
                 open_delivery = (
                     await conn.execute(
                         select(EventDeliveryRow.status).where(
-                            EventDeliveryRow.event_id == event.event_id, EventDeliveryRow.consumer == consumer
+                            EventDeliveryRow.event_id == event.event_id, EventDeliveryRow.consumer == owner
                         )
                     )
                 ).scalar()
@@ -283,14 +287,23 @@ class Jobs:
                         pg_insert(EventDeliveryRow)
                         .values(
                             event_id=event.event_id,
-                            consumer=consumer,
+                            consumer=owner,
                             event_table=event_table(event),
                             status="processing",
                             attempts=int(deliveries or 0),
                         )
                         .on_conflict_do_nothing(index_elements=["event_id", "consumer"])
                     )
-            await DeliveryLedger(self.engine, consumer, self.settings).finish(event, "dead", error=reason)
+            await DeliveryLedger(self.engine, owner, self.settings).finish(event, "dead", error=reason)
+
+
+def _owner(durable: str) -> str:
+    """The service whose deliveries a durable carries (``ghl-sync`` for ``ghl-sync-bulk``); a
+    durable that is not ours (a probe, an operator's) is its own."""
+    try:
+        return consumer_spec(durable).owner
+    except KeyError:
+        return durable
 
 
 def _plain(totals: dict[str, Any]) -> dict[str, Any]:

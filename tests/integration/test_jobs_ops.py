@@ -181,6 +181,30 @@ async def test_dead_letters_are_recorded_with_their_reason(settings: Settings, c
     assert "2 deliveries" in delivery["last_error"]
 
 
+async def test_a_dead_letter_of_a_lane_durable_ends_the_services_delivery(settings: Settings, clean_db: str) -> None:
+    """The advisory names the durable (``ghl-sync-bulk``); the delivery is ghl-sync's (both lanes
+    record under the service): it ends dead there, with no stray row under the durable's name."""
+    async with running_recorder(settings), running_jobs(settings, consume=False) as jobs:
+        nc = await nats.connect(settings.nats_url)
+        try:
+            event = probe_event(62)
+            ack = await nc.jetstream().publish(event.subject, event.to_bytes(), headers=event.nats_headers())
+
+            async def recorded() -> list[dict[str, Any]]:
+                return await fetch(clean_db, "SELECT id FROM webhook_events WHERE id = $1", event.event_id)
+
+            await eventually(recorded)
+            await jobs.record_dead_letter("WEBHOOKS", "ghl-sync-bulk", ack.seq, "max_deliveries", {"deliveries": 50})
+        finally:
+            await nc.close()
+    deliveries = await fetch(
+        clean_db, "SELECT consumer, status FROM event_deliveries WHERE event_id = $1", event.event_id
+    )
+    assert [(d["consumer"], d["status"]) for d in deliveries] == [("ghl-sync", "dead")], deliveries
+    [letter] = await fetch(clean_db, "SELECT consumer FROM dead_letters WHERE event_id = $1", event.event_id)
+    assert letter["consumer"] == "ghl-sync-bulk"  # where JetStream gave up
+
+
 # --- sweep cost ------------------------------------------------------------------------------
 async def test_sweep_selections_use_indexes_not_scans_of_done_rows(settings: Settings, clean_db: str) -> None:
     await execute(
