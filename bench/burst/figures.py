@@ -26,6 +26,7 @@ __all__ = [
     "Sent",
     "Statuses",
     "drain",
+    "endpoints",
     "is_write",
     "latencies",
     "new_trace",
@@ -179,3 +180,20 @@ def status_counts(calls: Sequence[dict[str, Any]]) -> Statuses:
         too_many=sum(1 for c in calls if int(c["status"]) == 429),
         invalid=sum(1 for c in calls if int(c["status"]) == 422),
     )
+
+
+def endpoint(call: dict[str, Any]) -> str:
+    """``METHOD /path`` with id-like segments (any digit, or 16+ characters) as ``{id}``."""
+    parts = ["{id}" if any(ch.isdigit() for ch in p) or len(p) >= 16 else p for p in str(call["path"]).split("/")]
+    return f"{call['method']} {'/'.join(parts)}"
+
+
+def endpoints(sent: Sequence[Sent], calls: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """GHL requests by class and endpoint (``endpoint``), most frequent first."""
+    kind_of = {s.trace: s.kind for s in sent if s.accepted}
+    out: dict[str, dict[str, int]] = {}
+    for c in calls:
+        kind = kind_of.get(trace_id(c.get("traceparent")) or "", "unattributed")
+        counts = out.setdefault(kind, {})
+        counts[endpoint(c)] = counts.get(endpoint(c), 0) + 1
+    return {k: dict(sorted(v.items(), key=lambda kv: -kv[1])) for k, v in out.items()}

@@ -10,6 +10,7 @@ import pytest
 from bench.burst.figures import (
     Sent,
     drain,
+    endpoints,
     latencies,
     percentile,
     requests_per_event,
@@ -45,10 +46,10 @@ LOG = [
     call(A, "POST", "/contacts/", 201, 111.0),
     call(B, "GET", "/contacts/search/duplicate", 200, 100.7),
     call(B, "POST", "/contacts/", 201, 130.0),  # the last contact write: drain ends here
-    call(C, "POST", "/contacts/x/notes", 201, 101.4),
-    call(C, "PUT", "/contacts/x", 200, 103.0),  # the call's last write
+    call(C, "POST", "/contacts/ghlContact00000001/notes", 201, 101.4),
+    call(C, "PUT", "/contacts/ghlContact00000001", 200, 103.0),  # the call's last write
     call(D, "POST", "/conversations/messages/inbound", 422, 102.2),  # invalid: no write
-    call(None, "GET", "/contacts/y", 200, 104.0),  # an echo's lookup: no sent event's trace
+    call(None, "GET", "/contacts/ghlContact00000002", 200, 104.0),  # an echo's lookup: no sent event's trace
 ]
 
 
@@ -103,3 +104,10 @@ def test_status_counts_reads_429s_and_openapi_rejections() -> None:
     assert counts.too_many == 1
     assert counts.invalid == 1
     assert counts.total == len(LOG)
+
+
+def test_endpoints_group_requests_by_class_with_ids_folded() -> None:
+    found = endpoints(SENT, LOG)
+    assert found["contact"] == {"POST /contacts/": 3, "GET /contacts/search/duplicate": 2}
+    assert found["call"] == {"POST /contacts/{id}/notes": 1, "PUT /contacts/{id}": 1}
+    assert found["unattributed"] == {"GET /contacts/{id}": 1}
