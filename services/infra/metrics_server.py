@@ -50,7 +50,7 @@ __all__ = ["PROCESS", "PROCESS_HEALTH", "FetchLoop", "ProcessHealth", "serve_met
 
 log = get_logger(__name__)
 PROCESS = Info("dfm_process", "Which DF-Middleware service this process runs")
-CONSUMER_SERVICES = frozenset(spec.durable for spec in CONSUMERS)  # `dfm run <durable>`
+CONSUMER_SERVICES = frozenset(spec.owner for spec in CONSUMERS)  # `dfm run <service>`; lanes count as their service
 PING_EVERY_S = 5.0  # PostgreSQL is asked at most this often; answers in between are the last one
 PING_TIMEOUT_S = 2.0
 NATS_TIMEOUT_S = 0.2
