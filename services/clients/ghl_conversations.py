@@ -10,7 +10,7 @@ import httpx
 
 from services.clients.ghl import Acquire, _no_budget
 from services.clients.ghl_oauth import GhlOAuth
-from services.clients.http import VendorError, VendorHttp, parse_body
+from services.clients.http import Observe, VendorError, VendorHttp, parse_body
 from services.clients.paths import segment
 from services.infra.errors import Misconfigured, Permanent
 from services.infra.settings import Settings
@@ -28,13 +28,16 @@ class GhlConversations:
         *,
         acquire: Acquire = _no_budget,
         transport: httpx.AsyncBaseTransport | None = None,
+        observe: Observe | None = None,
     ) -> None:
+        """``acquire`` takes each call from the rate budget; ``observe`` (the budget's
+        ``observe``) sees every answer's ``X-RateLimit-*`` headers and 429s."""
         settings.require("ghl_location_id")
         self.settings = settings
         self.location_id = str(settings.ghl_location_id)
         self.oauth = oauth
         self._acquire = acquire
-        self._http = VendorHttp("ghl", settings.ghl_base_url, transport=transport)
+        self._http = VendorHttp("ghl", settings.ghl_base_url, transport=transport, observe=observe)
 
     async def aclose(self) -> None:
         await self._http.aclose()

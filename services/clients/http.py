@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -96,6 +96,35 @@ def _until(text: str, now: datetime) -> float | None:
     return min(max(0.0, (when - now).total_seconds()), MAX_RETRY_AFTER_S)
 
 
+Observe = Callable[[httpx.Response], Awaitable[None]]
+"""Something that reads every answer's status and headers, e.g. ``RateBudget.observe``."""
+
+
+class ObservedTransport(httpx.AsyncBaseTransport):
+    """A transport that shows every answer to ``observe`` before the client sees it.
+
+    How the vendor's ``X-RateLimit-*`` headers and 429s reach the shared budget
+    (``services.clients.budget``) without the clients knowing about it: give a client
+    ``transport=ObservedTransport(budget.observe)``. ``inner`` defaults to an
+    ``AsyncHTTPTransport`` with ``max_connections``, as VendorHttp's own pool would be."""
+
+    def __init__(
+        self, observe: Observe, inner: httpx.AsyncBaseTransport | None = None, *, max_connections: int = 20
+    ) -> None:
+        self._observe = observe
+        self._inner = inner or httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        await self._observe(response)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 def parse_body(response: httpx.Response) -> Any:
     """JSON body when there is one, else the text."""
     try:
@@ -115,8 +144,12 @@ class VendorHttp:
         headers: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 20,
+        observe: Observe | None = None,
     ) -> None:
+        """``observe`` sees every answer first (``ObservedTransport``), e.g. the rate budget."""
         self.vendor = vendor
+        if observe is not None:
+            transport = ObservedTransport(observe, transport, max_connections=max_connections)
         self.client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers={"Accept": "application/json", **(headers or {})},

@@ -424,6 +424,29 @@ class Settings(BaseSettings):
         description="GHL allows 200,000 a day; held over a rolling 24 h by all replicas (clients/budget.py)",
     )
     # --- vendor budget (#18): fields of services/clients/budget.py go here ---
+    ghl_rate_budget_learn: bool = Field(
+        default=True,
+        description="adopt the window GHL states in its X-RateLimit-Max / -Interval-Milliseconds headers; "
+        "GHL_RATE_LIMIT_PER_10S holds only until the first answer (false: it holds always)",
+    )
+    ghl_rate_budget_fraction: float = Field(
+        default=0.98, gt=0, le=1, description="share of GHL's learned X-RateLimit-Max the replicas spend together"
+    )
+    ghl_rate_budget_margin: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="a request holds its slot this share of the window longer than the window (network jitter)",
+    )
+    ghl_rate_budget_realtime_reserve: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="share of the window the bulk lane leaves free while the realtime lane is active",
+    )
+    ghl_rate_budget_realtime_demand_s: float = Field(
+        default=2.0, gt=0, le=60, description="how long one realtime request keeps the realtime lane active"
+    )
     # --- end vendor budget ---
     # --- lanes (#18): fields of the lane classification go here ---
     dfm_bulk_subjects: CsvList = Field(

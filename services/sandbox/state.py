@@ -119,35 +119,56 @@ class RequestLog:
 
 
 class RateLimiter:
-    """GHL's sliding window per location (100 requests / 10 s unless configured), with the
-    ``X-RateLimit-*`` headers the real API sends."""
+    """GHL's limits per location: a sliding window (100 requests / 10 s unless configured) and
+    a daily quota (200,000), with the ``X-RateLimit-*`` headers the real API sends on every
+    answer (reference/ghl/docs/oauth/Authorization.md). ``enforce=False`` lifts the limits
+    (nothing is refused) while the headers still count what was sent. A refused request is not
+    counted; GHL documents no ``Retry-After``, so none is sent (a 429 says ``Remaining: 0``)."""
 
-    def __init__(self, limit: int = 100, window_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        limit: int = 100,
+        window_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        per_day: int = 200_000,
+        enforce: bool = True,
+    ) -> None:
         self.limit = limit
         self.window_s = window_s
+        self.per_day = per_day
+        self.enforce = enforce
         self._clock = clock
         self._windows: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
+        self._days: dict[str, tuple[int, int]] = {}  # location → (day number, requests that day)
 
-    def configure(self, limit: int, window_s: float) -> None:
-        self.limit, self.window_s = limit, window_s
+    def configure(self, limit: int, window_s: float, *, per_day: int | None = None, enforce: bool = True) -> None:
+        """GHL's limits from now on (``per_day`` None: as it was); ``enforce=False`` lifts them."""
+        self.limit, self.window_s, self.enforce = limit, window_s, enforce
+        if per_day is not None:
+            self.per_day = per_day
 
     def forget(self) -> None:
-        """Drop every window (the configured limit stays)."""
+        """Drop every window and day count (the configured limits stay)."""
         self._windows.clear()
+        self._days.clear()
 
     def admit(self, location: str) -> bool:
-        """Count a request against ``location`` unless its window is full."""
+        """Count a request against ``location`` unless its window or its day is full."""
         window = self._live(location)
-        if len(window) >= self.limit:
+        today = self._today(location)
+        if self.enforce and (len(window) >= self.limit or today >= self.per_day):
             return False
         window.append(self._clock())
+        self._days[location] = (self._day(), today + 1)
         return True
 
     def headers(self, location: str) -> dict[str, str]:
+        """What GHL says about ``location``'s limits after the request just answered."""
         window = self._live(location)
         return {
-            "X-RateLimit-Limit-Daily": "200000",
-            "X-RateLimit-Daily-Remaining": "199000",
+            "X-RateLimit-Limit-Daily": str(self.per_day),
+            "X-RateLimit-Daily-Remaining": str(max(0, self.per_day - self._today(location))),
             "X-RateLimit-Interval-Milliseconds": str(int(self.window_s * 1000)),
             "X-RateLimit-Max": str(self.limit),
             "X-RateLimit-Remaining": str(max(0, self.limit - len(window))),
@@ -159,6 +180,13 @@ class RateLimiter:
         while window and window[0] <= now - self.window_s:
             window.popleft()
         return window
+
+    def _day(self) -> int:
+        return int(self._clock() // 86_400)
+
+    def _today(self, location: str) -> int:
+        day, count = self._days.get(location, (self._day(), 0))
+        return count if day == self._day() else 0
 
 
 @dataclass
