@@ -212,6 +212,10 @@ class SandboxState:
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)
     appointments: dict[str, dict[str, Any]] = field(default_factory=dict)
     ghl_custom_fields: list[dict[str, Any]] = field(default_factory=list)
+    # per location, what ``PUT /locations/{id}`` set in ``settings`` (``allowDuplicateContact``
+    # decides whether POST /contacts/ refuses a duplicate and how /contacts/upsert matches);
+    # a location never set has GHL's default, duplicates refused
+    ghl_location_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

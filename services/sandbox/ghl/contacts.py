@@ -1,5 +1,11 @@
-"""Fake GHL contacts: duplicate search, create (refusing duplicates as GHL does), read, update
-(custom fields by id), delete, tags and notes; each write sends GHL's webhook, signed."""
+"""Fake GHL contacts: duplicate search, create (refusing duplicates as GHL does unless the
+location allows them), upsert (matching per the location's "Allow Duplicate Contact" setting,
+``services/sandbox/ghl/location.py``), read, update (custom fields by id), delete, tags and
+notes; each write sends GHL's webhook, signed.
+
+``route_contacts`` also answers ``/locations/{id}`` (``location.route_location``): the gate's
+route table (``gate.ROUTES``) is owned elsewhere, and the location's settings decide how the
+contact routes behave."""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from typing import Any
 
 from contracts.phone import to_e164
 from services.infra.signing import ghl_ed25519_signature
+from services.sandbox.ghl.location import allows_duplicates, route_location
 from services.sandbox.ghl.request import Answer, GhlRequest, not_found
 from services.sandbox.state import Sandbox
 
@@ -47,12 +54,16 @@ def find_contact(sandbox: Sandbox, *, phone: str | None = None, email: str | Non
 def route_contacts(sandbox: Sandbox, request: GhlRequest) -> Answer | None:
     """The answer of a ``/contacts`` call, ``None`` when no contact route matches."""
     parts = request.parts
+    if parts[:1] == ["locations"]:
+        return route_location(sandbox, request)
     if parts == ["contacts", "search", "duplicate"]:
         number = request.query.get("number")
         phone = to_e164(number) if number else None
         return 200, {"contact": find_contact(sandbox, phone=phone, email=request.query.get("email"))}
     if parts == ["contacts"] and request.method == "POST":
         return _create(sandbox, request)
+    if parts == ["contacts", "upsert"] and request.method == "POST":
+        return _upsert(sandbox, request)
     if len(parts) >= 2 and parts[0] == "contacts":
         contact = sandbox.state.ghl_contacts.get(parts[1])
         if contact is None:
@@ -90,7 +101,8 @@ def _route_one(sandbox: Sandbox, request: GhlRequest, contact_id: str, contact: 
 def _create(sandbox: Sandbox, request: GhlRequest) -> Answer:
     body, location = request.body, request.location
     phone = to_e164(body.get("phone")) if body.get("phone") else None
-    existing = find_contact(sandbox, phone=phone, email=body.get("email"))
+    duplicates_allowed = allows_duplicates(sandbox, location)
+    existing = None if duplicates_allowed else find_contact(sandbox, phone=phone, email=body.get("email"))
     if existing:
         return 400, {
             "statusCode": 400,
@@ -101,6 +113,35 @@ def _create(sandbox: Sandbox, request: GhlRequest) -> Answer:
                 "matchingField": "phone" if phone else "email",
             },
         }
+    contact = _new_contact(sandbox, body, location, phone)
+    send_ghl_webhook(sandbox, "ContactCreate", contact)
+    return 201, {"contact": contact}
+
+
+def _upsert(sandbox: Sandbox, request: GhlRequest) -> Answer:
+    """GHL's upsert: the contact the location's duplicate rule finds (phone first, then
+    e-mail) gets the fields sent, ``tags`` replacing all of its tags, as GHL documents;
+    otherwise, or when duplicates are allowed and ``createNewIfDuplicateAllowed`` is true, a
+    new contact. 200 either way, ``new`` saying which."""
+    body, location = request.body, request.location
+    phone = to_e164(body.get("phone")) if body.get("phone") else None
+    forced = bool(body.get("createNewIfDuplicateAllowed")) and allows_duplicates(sandbox, location)
+    existing = None if forced else find_contact(sandbox, phone=phone, email=body.get("email"))
+    if existing is None:
+        contact = _new_contact(sandbox, body, location, phone)
+        send_ghl_webhook(sandbox, "ContactCreate", contact)
+        return 200, {"new": True, "contact": contact, "traceId": uuid.uuid4().hex}
+    changed = _apply_fields(existing, body)
+    if "tags" in body and [t.lower() for t in body["tags"]] != existing.get("tags", []):
+        existing["tags"] = [t.lower() for t in body["tags"]]
+        changed = True
+    if changed:
+        existing["dateUpdated"] = datetime.now(UTC).isoformat()
+        send_ghl_webhook(sandbox, "ContactUpdate", existing)
+    return 200, {"new": False, "contact": existing, "traceId": uuid.uuid4().hex}
+
+
+def _new_contact(sandbox: Sandbox, body: dict[str, Any], location: str, phone: str | None) -> dict[str, Any]:
     contact_id = "sbx" + uuid.uuid4().hex[:17]
     contact = {
         "id": contact_id,
@@ -118,11 +159,18 @@ def _create(sandbox: Sandbox, request: GhlRequest) -> Answer:
     if phone:
         contact["phone"] = phone
     sandbox.state.ghl_contacts[contact_id] = contact
-    send_ghl_webhook(sandbox, "ContactCreate", contact)
-    return 201, {"contact": contact}
+    return contact
 
 
 def _update(sandbox: Sandbox, contact: dict[str, Any], body: Any) -> Answer:
+    if _apply_fields(contact, body):
+        contact["dateUpdated"] = datetime.now(UTC).isoformat()
+        send_ghl_webhook(sandbox, "ContactUpdate", contact)
+    return 200, {"succeded": True, "contact": contact}
+
+
+def _apply_fields(contact: dict[str, Any], body: Any) -> bool:
+    """Write the scalar fields and custom fields (by id) ``body`` names; whether any changed."""
     changed = False
     for key in GHL_CONTACT_FIELDS:
         if key in body and contact.get(key) != body[key]:
@@ -137,10 +185,7 @@ def _update(sandbox: Sandbox, contact: dict[str, Any], body: Any) -> Answer:
     if any(held.get(k) != v for k, v in values.items()):
         contact["customFields"] = [{"id": k, "value": v} for k, v in {**held, **values}.items()]
         changed = True
-    if changed:
-        contact["dateUpdated"] = datetime.now(UTC).isoformat()
-        send_ghl_webhook(sandbox, "ContactUpdate", contact)
-    return 200, {"succeded": True, "contact": contact}
+    return changed
 
 
 def _tags(sandbox: Sandbox, contact: dict[str, Any], method: str, body: Any) -> Answer:
