@@ -128,6 +128,28 @@ class GhlClient:
             raise Permanent(f"ghl 400 at contacts.create: {payload}")
         return str(response.json()["contact"]["id"]), True
 
+    async def upsert_contact(self, fields: dict[str, Any]) -> tuple[GhlContact, bool]:
+        """``POST /contacts/upsert``: (the contact after the write, created). GHL finds the
+        contact to update by the location's "Allow Duplicate Contact" setting and overwrites
+        every field sent (``tags`` replace all of the contact's tags), so callers send it
+        only what may overwrite GHL's values (spec/outbound.md §1.5, mode ``aloware``)."""
+        body = {**fields, "locationId": self.location_id}
+        response = await self._call("POST", "/contacts/upsert", "contacts.upsert", json=body)
+        payload = response.json()
+        return GhlContact.model_validate(payload["contact"]), bool(payload.get("new"))
+
+    async def location_allows_duplicates(self) -> bool | None:
+        """The location's "Allow Duplicate Contact" setting (``GET /locations/{id}``,
+        ``location.settings.allowDuplicateContact``): whether ``POST /contacts/`` creates a
+        contact another contact's phone or e-mail already has, instead of refusing it with
+        the duplicate 400. None when GHL does not say."""
+        path = f"/locations/{segment(self.location_id, 'ghl location id')}"
+        response = await self._call("GET", path, "locations.get")
+        location = response.json().get("location")
+        settings = location.get("settings") if isinstance(location, dict) else None
+        value = settings.get("allowDuplicateContact") if isinstance(settings, dict) else None
+        return value if isinstance(value, bool) else None
+
     async def update_contact(self, contact_id: str, fields: dict[str, Any]) -> GhlContact | None:
         """G4: only the changed scalar fields (never tags or notes); None when GHL says 404."""
         response = await self._call(

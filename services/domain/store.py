@@ -1,4 +1,5 @@
-"""Database side of the sync rules: per-contact locks, mappings, echo ledger, sync_log."""
+"""Database side of the sync rules: per-contact locks, mappings, echo ledger, sync_log, and
+the event ledger's view of a contact's queue (coalescing)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import delete, exists, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.infra.db.models import (
     ContactListMembershipRow,
     ContactMappingRow,
+    EventDeliveryRow,
     OutboundWriteRow,
     SyncLogRow,
+    WebhookEventRow,
 )
 from services.infra.errors import MappingConflict
 from services.infra.trace import mapping_touched, sync_error_logged
@@ -172,6 +175,67 @@ async def log_sync(
     )
     if status == "error":  # the attempt's failure row already exists (services/infra/delivery.py)
         sync_error_logged(row_id)
+
+
+# a delivery in one of these states will not run its rule again by itself
+_FINISHED = ("done", "dead", "quarantined")
+
+
+def _payload_time(value: Any) -> datetime | None:
+    """``body.updated_at`` of a stored Aloware payload, as the contact rule reads it."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+async def newer_pending_event(
+    conn: AsyncConnection,
+    *,
+    source: str,
+    entity_type: str,
+    entity_id: str,
+    canonical_types: tuple[str, ...],
+    consumer: str,
+    event_id: UUID,
+    received_at: datetime,
+    event_at: datetime,
+) -> UUID | None:
+    """Coalescing (spec/outbound.md §0.1, spec/inbound.md G2): the id of an event of the same
+    entity, of one of ``canonical_types``, that ``consumer`` is still to run (its event is not
+    dead or quarantined and the consumer's delivery, if any, has not finished) and that comes
+    after this one in the total order (event time, received, id). The event time is the
+    payload's ``body.updated_at``, else when it was received, as the contact rule dates it.
+    A newest event never finds one, so it is never the one coalesced away."""
+    row = WebhookEventRow
+    finished = exists().where(
+        EventDeliveryRow.event_id == row.id,
+        EventDeliveryRow.consumer == consumer,
+        EventDeliveryRow.status.in_(_FINISHED),
+    )
+    candidates = await conn.execute(
+        select(row.id, row.received_at, row.payload_json["body"]["updated_at"].astext.label("updated_at"))
+        .where(
+            row.source == source,
+            row.entity_type == entity_type,
+            row.entity_id == entity_id,
+            row.canonical_type.in_(canonical_types),
+            row.id != event_id,
+            row.status.notin_(("done", "dead", "quarantined")),
+            ~finished,
+        )
+        .order_by(row.received_at.desc())
+        .limit(50)
+    )
+    mine = (event_at, received_at, str(event_id))
+    for candidate in candidates:
+        at = _payload_time(candidate.updated_at) or candidate.received_at
+        if (at, candidate.received_at, str(candidate.id)) > mine:
+            return UUID(str(candidate.id))
+    return None
 
 
 async def mark_ghl_deleted(conn: AsyncConnection, ghl_id: str) -> None:

@@ -8,11 +8,18 @@ claim ``ghl_contact:aloware:<id>`` / ``ghl_contact:phone:<E.164>`` /
 events never create two, and a create whose answer was lost is looked up before anything is
 retried. Every write to the contact is recorded in the echo ledger (LP-1), except on top of
 a GHL change our copy lacked (``KnownGhlContact.missed``).
+
+A contact without a mapping is written without a lookup first where the write finds it
+(``rules.contact.needs_duplicate_search``, whose module docstring says why): an upsert in
+mode ``aloware``, a create while the location refuses duplicates. Whether it does is GHL's
+location setting, read once per ``LOCATION_SETTING_TTL_S``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -25,7 +32,7 @@ from contracts.payloads.aloware import AlowareContact
 from contracts.phone import to_e164
 from contracts.streams import ALOWARE_SYNC
 from services.clients.aloware import AlowareClient
-from services.clients.ghl import GhlClient
+from services.clients.ghl import GhlClient, GhlContact
 from services.domain import effects, store
 from services.domain.contact import (
     FIELDS,
@@ -40,6 +47,8 @@ from services.ghl_sync.rules.contact import (
     CustomFieldIds,
     KnownGhlContact,
     custom_fields,
+    missing_tags,
+    needs_duplicate_search,
     plan_contact_upsert,
     snapshot_doubt,
 )
@@ -49,6 +58,7 @@ from services.ghl_sync.rules.ops import (
     CreateGhlContact,
     KnownMapping,
     UpdateGhlContact,
+    UpsertGhlContact,
 )
 from services.infra.db.models import EventDeliveryRow, WebhookEventRow
 from services.infra.errors import OutcomeUnknown, Permanent, RetryLater
@@ -65,6 +75,13 @@ SNAPSHOT_VERIFIED = Counter(
     "GHL snapshots CA read GHL for before diffing (one GET each), by why the snapshot was in doubt",
     ["reason"],
 )
+# how long the location's "Allow Duplicate Contact" setting is trusted: an admin switching it
+# on is noticed within this long (until then a create may add a duplicate, as a search →
+# create race could before)
+LOCATION_SETTING_TTL_S = 300.0
+# a contact write run under its effect claim: (GHL id, created, the contact as GHL answered
+# it, None when the answer does not show it)
+_Write = Callable[[], Awaitable[tuple[str, bool, GhlContact | None]]]
 SNAPSHOT_MISSED = Counter(
     "dfm_ghl_snapshot_missed_total",
     "GHL changes our snapshot lacked, found by a verify read or in a write's answer",
@@ -159,6 +176,24 @@ class GhlContacts:
         self.cf_ids = cf_ids
         self.claim_ttl_s = claim_ttl_s
         self.fault_pause_s = fault_pause_s
+        self._duplicates: tuple[float, bool | None] | None = None  # (read at, setting)
+        self._duplicates_read = asyncio.Lock()  # concurrent first deliveries share one read
+
+    async def duplicates_allowed(self) -> bool | None:
+        """The location's "Allow Duplicate Contact" setting, read from GHL once per
+        ``LOCATION_SETTING_TTL_S``; None when GHL does not say or refuses to (a token
+        without ``locations.readonly``): then contacts are looked up before a create."""
+        async with self._duplicates_read:
+            now = time.monotonic()
+            if self._duplicates is not None and now - self._duplicates[0] < LOCATION_SETTING_TTL_S:
+                return self._duplicates[1]
+            try:
+                allowed = await self.ghl.location_allows_duplicates()
+            except Permanent as exc:
+                log.warning("ghl_location_setting_unreadable", reason=exc.reason[:200])
+                allowed = None
+            self._duplicates = (now, allowed)
+            return allowed
 
     # --- mappings ---------------------------------------------------------------------------
     @staticmethod
@@ -262,13 +297,37 @@ class GhlContacts:
         duplicate search is asked before the outcome is called ``unknown``; an unknown
         create is never repeated automatically. Without any key (no Aloware id, phone or
         e-mail) GHL cannot find the contact again either: plain G3."""
+
+        async def create() -> tuple[str, bool, GhlContact | None]:
+            return (*await self.ghl.create_contact(fields), None)
+
+        ghl_id, created, _ = await self._write_once(conn, key, create, incoming, region)
+        return ghl_id, created
+
+    async def upsert_once(
+        self, conn: AsyncConnection, key: str | None, fields: dict[str, Any], incoming: CanonicalContact, region: str
+    ) -> tuple[str, GhlContact | None]:
+        """``POST /contacts/upsert`` under the effect claim ``key``, as ``create_once``: (GHL
+        id, the contact as the upsert answered it; None when this attempt did not write: a
+        contact this key made before, or one found after a lost answer)."""
+
+        async def upsert() -> tuple[str, bool, GhlContact | None]:
+            contact, created = await self.ghl.upsert_contact(fields)
+            return contact.id, created, contact
+
+        ghl_id, _, answer = await self._write_once(conn, key, upsert, incoming, region)
+        return ghl_id, answer
+
+    async def _write_once(
+        self, conn: AsyncConnection, key: str | None, write: _Write, incoming: CanonicalContact, region: str
+    ) -> tuple[str, bool, GhlContact | None]:
         if key is None:
-            return await self.ghl.create_contact(fields)
+            return await write()
         held = await effects.claim(conn, key, CONTACT_EFFECT, event_id=None, ttl_s=self.claim_ttl_s)
         if isinstance(held, effects.Settled) and held.state == "done" and held.vendor_id:
             known = await self.by_id(held.vendor_id, region)
             if known is not None and _same_person(key, known.contact, incoming):
-                return known.ghl_id, False
+                return known.ghl_id, False, None
             reopened = await effects.reopen(conn, key, held.vendor_id, event_id=None, ttl_s=self.claim_ttl_s)
             if reopened is None:
                 raise RetryLater(None, f"{key}: claim changed while reopening it")
@@ -280,9 +339,9 @@ class GhlContacts:
                     f"GHL contact create for {key} ({held.detail}); check GHL, then resolve the claim {key}"
                 )
             await effects.done(conn, key, found)
-            return found, False
+            return found, False, None
         try:
-            ghl_id, created = await self.ghl.create_contact(fields)
+            ghl_id, created, answer = await write()
         except Exception as exc:
             if not effects.may_have_landed(exc):
                 await effects.release(conn, held)
@@ -294,9 +353,15 @@ class GhlContacts:
                 raise OutcomeUnknown(
                     f"GHL contact create for {key}: {reason}; check GHL, then resolve the claim {key}"
                 ) from None
-            ghl_id, created = found, False
+            ghl_id, created, answer = found, False, None
         await effects.done(conn, key, ghl_id)
-        return ghl_id, created
+        return ghl_id, created, answer
+
+    async def _must_search(self, mode: str) -> bool:
+        """CA-2 (b), (c) before a write, unless the write finds the contact itself."""
+        if mode == "aloware":
+            return False
+        return needs_duplicate_search(mode, await self.duplicates_allowed())
 
     async def _fault_pause(self) -> None:
         """Fault-test hook: hold the rule between the vendor write and the ack."""
@@ -333,6 +398,18 @@ class GhlContacts:
                         {f["id"]: f["field_value"] for f in operation.fields.get("customFields", [])}
                     ),
                 )
+            elif isinstance(operation, UpsertGhlContact):
+                ghl_id, answer = await self.upsert_once(conn, claim_key, operation.fields, incoming, region)
+                await self._fault_pause()
+                if answer is None:  # this attempt did not write: diff against GHL's contact
+                    return _Replan(ghl_id, reread=True, wrote=wrote)
+                after = ghl_to_canonical(answer, region)
+                add = missing_tags(after.tags, list(operation.add_tags))
+                if add:  # CA-5 from the upsert's answer: no read
+                    if ours:
+                        await store.record_write(conn, "ghl", ghl_id, after.projection_hash())
+                    await self.ghl.add_tags(ghl_id, add)
+                    after = after.with_fields(tags=(*after.tags, *(t.lower() for t in add)))
             elif isinstance(operation, UpdateGhlContact):
                 updated = await self.ghl.update_contact(operation.ghl_id, operation.fields)
                 if updated is None:  # gone from GHL since our snapshot: find or create again
@@ -364,10 +441,13 @@ class GhlContacts:
         ctx: RuleContext,
         *,
         direction: str = "aloware_to_ghl",
+        searched: bool = False,
     ) -> ContactUpserted:
         """CA-2…CA-7 under the caller's contact lock: find (mapping, phone, e-mail) or create
         the GHL contact, write what differs, upsert the mapping (``direction`` on insert: D-1
-        maps ``bidirectional``, §1.17)."""
+        maps ``bidirectional``, §1.17). Without a mapping GHL is searched first only where
+        the write would not find the contact itself (``needs_duplicate_search``), and not
+        again when the caller has just searched (``searched``)."""
         incoming = aloware_to_canonical(body, ctx.region)
         disposition = (body.disposition_status or "").strip() or None
         customs = custom_fields(self.cf_ids, body.id, body.lead_source, body.intake_source)
@@ -375,8 +455,9 @@ class GhlContacts:
         known = await self.from_mapping(conn, mapping, customs, ctx)
         wrote_before = False
         for _ in range(3):  # re-plan when GHL changed under us (contact gone, duplicate, a missed change)
-            if known is None:
+            if known is None and not searched and await self._must_search(ctx.source_of_truth):
                 known = await self.from_search(incoming, ctx.region)
+            searched = False
             plan = plan_contact_upsert(incoming, known, ctx, disposition=disposition, customs=customs)
             applied = await self._apply(conn, plan, known, incoming, claim_key, ctx.region)
             if isinstance(applied, _Replan):
@@ -439,7 +520,9 @@ class GhlContacts:
         else:
             found = await self.from_search(incoming, ctx.region)
             if found is None:
-                upserted = await self.upsert_from_aloware(conn, body, None, None, ctx, direction=direction)
+                upserted = await self.upsert_from_aloware(
+                    conn, body, None, None, ctx, direction=direction, searched=True
+                )
                 return upserted.ghl_id
             ghl_id = found.ghl_id
         await store.upsert_mapping(

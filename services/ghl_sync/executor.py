@@ -24,6 +24,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts.envelope import WebhookEvent
+from contracts.streams import GHL_SYNC
 from services.domain import optout, store
 from services.domain.rules import RuleContext
 from services.ghl_sync import message_rows
@@ -36,12 +37,31 @@ from services.infra.db.models import GhlObjectRecordMappingRow
 from services.infra.delivery import Outcome
 from services.infra.errors import Permanent
 
-__all__ = ["GhlExecutor", "message_key", "note_key"]
+__all__ = ["CONTACT_EVENT_TYPES", "GhlExecutor", "message_key", "newer_contact_event", "note_key"]
+
+# the Aloware events the CA rule runs on (``routes.ROUTES``): the ones that can supersede each other
+CONTACT_EVENT_TYPES = ("contact.created", "contact.updated")
 
 
 def note_key(kind: str, source_id: str) -> str:
     """The effect claim of one activity's note (CL-3, AR-4)."""
     return f"note:aloware:{kind}:{source_id}"
+
+
+async def newer_contact_event(conn: AsyncConnection, op: ops.FindNewerContactEvent, event: WebhookEvent) -> str | None:
+    """``FindNewerContactEvent`` for ``event``, from the event ledger (``webhook_events``)."""
+    newer = await store.newer_pending_event(
+        conn,
+        source=event.source.value,
+        entity_type=event.entity_type.value,
+        entity_id=event.entity_id or op.aloware_id,
+        canonical_types=CONTACT_EVENT_TYPES,
+        consumer=GHL_SYNC.owner,  # both lanes record their deliveries as ghl-sync
+        event_id=event.event_id,
+        received_at=event.received_at,
+        event_at=op.event_at,
+    )
+    return str(newer) if newer is not None else None
 
 
 def message_key(texting_message_id: str | None, event_key: str) -> str:
@@ -156,6 +176,8 @@ class GhlExecutor:
                 return await self.contacts.by_aloware(conn, aloware_id)
             case ops.FindLiveMapping(aloware_id=aloware_id, phone=phone):
                 return await self.contacts.live(conn, aloware_id, phone, ctx.region)
+            case ops.FindNewerContactEvent():
+                return await newer_contact_event(conn, op, event)
             case ops.CheckEcho():
                 return await store.is_echo(conn, op.system, op.entity_id, op.field_hash, self.echo_window_s)
             case ops.ResolveContact():

@@ -120,6 +120,9 @@ class _Narrator:
                     + (f"GHL contact {mapping.ghl_id}" if mapping else "none")
                 )
                 return mapping
+            case ops.FindNewerContactEvent(aloware_id=aloware_id):
+                say(f"a newer pending event of Aloware contact {aloware_id} supersedes this one (asked when run)")
+                return None
             case ops.CheckEcho():
                 echo = await store.is_echo(conn, op.system, op.entity_id, op.field_hash, self.echo_window_s)
                 say("an echo of our own write" if echo else "not an echo of our own write")
@@ -254,8 +257,12 @@ class _Narrator:
         mapping = op.mapping
         if mapping is None or not mapping.ghl_snapshot:
             self.say(
-                "no mapping with a snapshot; search GHL by phone/e-mail, then create the "
-                "contact or update the one found"
+                "no mapping with a snapshot; POST /contacts/upsert with the Aloware values "
+                "(mode aloware), then the disposition tag GHL lacks"
+                if self.ctx.source_of_truth == "aloware"
+                else "no mapping with a snapshot; create the contact (a duplicate answer names the one "
+                "to merge into; GHL is searched by phone/e-mail first when the location allows "
+                "duplicates), or update the one found"
             )
             return ContactUpserted(mapping.ghl_id if mapping else NEW_CONTACT, True)
         body = op.contact
@@ -275,6 +282,8 @@ class _Narrator:
                 self.say(f"PUT /contacts/{write.ghl_id} fields {sorted(write.fields)}")
             elif isinstance(write, ops.CreateGhlContact):
                 self.say(f"POST /contacts/ fields {sorted(write.fields)}")
+            elif isinstance(write, ops.UpsertGhlContact):
+                self.say(f"POST /contacts/upsert fields {sorted(write.fields)}, then tags {list(write.add_tags)}")
             else:
                 self.say(f"POST /contacts/{write.ghl_id}/tags {list(write.tags)}")
         return ContactUpserted(mapping.ghl_id, bool(writes.operations))

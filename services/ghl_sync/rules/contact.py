@@ -5,6 +5,36 @@
 ``SyncGhlContact`` operation runs and re-runs when GHL changed under it
 (``services/ghl_sync/contacts.py``); ``snapshot_doubt`` says when our copy of the GHL
 contact must be re-read first.
+
+Fewest GHL requests per effect (GHL allows 100 / 10 s per location, so requests per synced
+contact are the production ceiling; issue #18):
+
+* A contact we have no mapping of is not looked up before it is written when the write
+  itself finds it. In mode ``aloware`` that write is ``POST /contacts/upsert``: GHL finds
+  the contact by the location's "Allow Duplicate Contact" setting and overwrites the fields
+  sent, which is exactly what ``aloware`` asks (§1.5), so new and existing contacts cost one
+  request (``tags`` are never in it, an upsert replaces them all; a missing disposition tag
+  is added after, from the tags the upsert answered). In ``merge`` and ``ghl`` an upsert
+  would overwrite GHL values the merge keeps, so the write is ``POST /contacts/`` (fields,
+  tags and custom fields in one body): while the location refuses duplicates (read once per
+  process, ``GhlClient.location_allows_duplicates``) that create *is* GHL's duplicate check,
+  atomic at GHL, and answers 400 with ``meta.contactId`` when the person exists (CA-3); the
+  merge then runs on that contact exactly as after a search. Only a location that allows
+  duplicates (or does not say) keeps CA-2's duplicate searches by phone and e-mail first
+  (``needs_duplicate_search``). This narrows today's search → create race instead of
+  widening it: nothing separates the check from the create, and two deliveries still meet
+  at the effect claim of the create (``services/domain/effects.py``). A batched
+  ``POST /contacts/search`` over the pending events' phones and e-mails was the alternative
+  for locations that allow duplicates; it is not used because the sandbox's OpenAPI check
+  refuses every body of that operation (its schema declares no properties).
+* An update diffs against the mapping's snapshot when it is fresh (``snapshot_doubt``):
+  one PUT, no read.
+* Coalescing (spec/outbound.md §0.1, spec/inbound.md G2: only the newest state of a contact
+  matters): before any vendor call, an event for which the ledger holds a newer pending
+  event of the same Aloware contact ends ``skipped`` ``superseded`` with a ``sync_log``
+  row naming that event. "Newer" is a total order (``FindNewerContactEvent``), so the
+  newest of any queue never finds one and is the one that writes. A replay is not
+  coalesced: it is asked for to re-check GHL.
 """
 
 from __future__ import annotations
@@ -27,6 +57,7 @@ from services.ghl_sync.rules.ops import (
     Done,
     EventRef,
     FindAlowareMapping,
+    FindNewerContactEvent,
     GhlOperation,
     KnownMapping,
     LockContact,
@@ -34,6 +65,7 @@ from services.ghl_sync.rules.ops import (
     SyncGhlContact,
     SyncLogFor,
     UpdateGhlContact,
+    UpsertGhlContact,
 )
 
 __all__ = [
@@ -47,15 +79,18 @@ __all__ = [
     "CustomFieldIds",
     "KnownGhlContact",
     "UpdateGhlContact",
+    "UpsertGhlContact",
     "create_fields",
     "custom_field_changes",
     "custom_fields",
     "missing_tags",
+    "needs_duplicate_search",
     "parse_time",
     "plan_aloware_contact",
     "plan_contact_upsert",
     "snapshot_doubt",
     "update_fields",
+    "upsert_fields",
 ]
 
 SOT_SKIP = "aloware_contact_event_ignored_source_of_truth_is_ghl"
@@ -98,6 +133,24 @@ def create_fields(incoming: CanonicalContact, disposition: str | None, customs: 
     if customs:
         body["customFields"] = customs
     return body
+
+
+def upsert_fields(incoming: CanonicalContact, customs: list[dict[str, str]]) -> dict[str, Any]:
+    """The ``POST /contacts/upsert`` body of mode ``aloware`` without ``locationId``: the
+    Aloware values that are set (an empty one leaves GHL's, as ``target_for_ghl`` does) and
+    the CA-6 custom fields; never ``tags`` (an upsert replaces every tag) nor ``source``
+    (§1.4.1: on create only, and an upsert may land on an existing contact)."""
+    body: dict[str, Any] = {GHL_NAMES[k]: v for k, v in _fields(incoming).items() if v}
+    if customs:
+        body["customFields"] = customs
+    return body
+
+
+def needs_duplicate_search(mode: str, duplicates_allowed: bool | None) -> bool:
+    """Whether a contact without a mapping must be looked up (CA-2 b, c) before its write:
+    not in mode ``aloware`` (the upsert finds it), nor while the location refuses duplicates
+    (the create's duplicate 400 finds it); otherwise, also when GHL did not say, yes."""
+    return mode != "aloware" and duplicates_allowed is not False
 
 
 def custom_field_changes(
@@ -160,6 +213,10 @@ def plan_contact_upsert(
     disposition tag; nothing when all agree. ``mode`` (CONTACT_SOURCE_OF_TRUTH) is the
     context's unless given."""
     mode = mode or (ctx.source_of_truth if ctx is not None else "merge")
+    if known is None and mode == "aloware":
+        return ContactWrites(
+            (UpsertGhlContact(upsert_fields(incoming, customs), (disposition,) if disposition else ()),)
+        )
     if known is None:
         return ContactWrites((CreateGhlContact(create_fields(incoming, disposition, customs)),))
     operations: list[GhlOperation] = []
@@ -216,7 +273,8 @@ def plan_aloware_contact(body: AlowareContact, event: EventRef, ctx: RuleContext
     """CA-0 … CA-8 for one Aloware contact event: skipped while Aloware is not a source of
     contacts (CA-0); under the contact's lock, an echo of our own write (LP-1) and an event
     older than the mapping's watermark (CA-2) change nothing; otherwise the GHL contact is
-    found or created and brought up to date (``SyncGhlContact``)."""
+    found or created and brought up to date (``SyncGhlContact``), unless a newer event of
+    the contact is still to run (coalescing: this one ends ``superseded``)."""
     log = SyncLogFor("aloware_to_ghl", "contact", body.id)
     if not ctx.flag(SYNC_ALOWARE_TO_GHL):
         yield log.row("skipped", "CA-0", message=SOT_SKIP)
@@ -238,6 +296,12 @@ def plan_aloware_contact(body: AlowareContact, event: EventRef, ctx: RuleContext
     ):
         yield log.row("skipped", "CA-2", target_id=mapping.ghl_id, message="stale_event")
         return Done("skipped", "stale_event")
+    if not ctx.replay and body.id:
+        newer: str | None = yield FindNewerContactEvent(body.id, event_at)
+        if newer is not None:
+            target = mapping.ghl_id if mapping is not None else None
+            yield log.row("skipped", "CA", target_id=target, message="superseded", details={"superseded_by": newer})
+            return Done("skipped", "superseded")
     upserted: ContactUpserted = yield SyncGhlContact(body, mapping, event_at)
     if upserted.wrote:
         yield log.row("success", "CA", target_id=upserted.ghl_id)

@@ -39,6 +39,7 @@ __all__ = [
     "FindAgentMessage",
     "FindAlowareMapping",
     "FindLiveMapping",
+    "FindNewerContactEvent",
     "FindObjectRecord",
     "FindOutboundEcho",
     "FindSyncedMessage",
@@ -64,6 +65,7 @@ __all__ = [
     "SyncGhlContact",
     "SyncLogFor",
     "UpdateGhlContact",
+    "UpsertGhlContact",
     "UpsertObjectRecord",
 ]
 
@@ -160,6 +162,17 @@ class FindLiveMapping:
 
     aloware_id: str | None
     phone: str | None
+
+
+@dataclass(frozen=True)
+class FindNewerContactEvent:
+    """Coalescing (spec/outbound.md §0.1, spec/inbound.md G2): a newer event of this Aloware
+    contact that ghl-sync has still to run (recorded, not yet done, dead or quarantined).
+    "Newer" is a total order, (``event_at``, received, event id), so of any set of pending
+    events exactly the newest finds none. Answer: that event's id, or ``None``."""
+
+    aloware_id: str
+    event_at: datetime
 
 
 @dataclass(frozen=True)
@@ -318,6 +331,16 @@ class UpdateGhlContact:
 
 
 @dataclass(frozen=True)
+class UpsertGhlContact:
+    """CA-2 … CA-6 in mode ``aloware`` for a contact we have no mapping of:
+    ``POST /contacts/upsert`` with the Aloware values (no ``tags``: an upsert replaces them
+    all), then ``add_tags`` GHL's answer lacks (CA-5) with POST /contacts/{id}/tags."""
+
+    fields: dict[str, Any]
+    add_tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class AddGhlTags:
     """CA-5: POST /contacts/{id}/tags (additive)."""
 
@@ -325,7 +348,7 @@ class AddGhlTags:
     tags: tuple[str, ...]
 
 
-GhlOperation = CreateGhlContact | UpdateGhlContact | AddGhlTags
+GhlOperation = CreateGhlContact | UpdateGhlContact | UpsertGhlContact | AddGhlTags
 
 
 @dataclass(frozen=True)
@@ -429,6 +452,7 @@ Operation = (
     | LockContact
     | FindAlowareMapping
     | FindLiveMapping
+    | FindNewerContactEvent
     | CheckEcho
     | LookupAlowareContact
     | ResolveContact

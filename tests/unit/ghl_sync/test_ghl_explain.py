@@ -107,11 +107,14 @@ async def test_a_contact_replayed_unchanged_has_nothing_to_write(clean_db: str, 
     ]
 
 
-async def test_an_unknown_contact_is_searched_then_created(clean_db: str, engine: AsyncEngine) -> None:
+async def test_an_unknown_contact_is_created_or_merged_into_the_duplicate_ghl_names(
+    clean_db: str, engine: AsyncEngine
+) -> None:
     lines = await explain(configured(clean_db), engine, event("aloware/contact-created.json"))
     assert (
-        "ghl-sync CA: no mapping with a snapshot; search GHL by phone/e-mail, then create the contact or "
-        "update the one found" in lines
+        "ghl-sync CA: no mapping with a snapshot; create the contact (a duplicate answer names the one to merge "
+        "into; GHL is searched by phone/e-mail first when the location allows duplicates), or update the one found"
+        in lines
     )
 
 

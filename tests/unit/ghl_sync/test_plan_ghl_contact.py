@@ -27,6 +27,7 @@ from services.ghl_sync.rules.ops import (
     CreateGhlContact,
     Done,
     FindAlowareMapping,
+    FindNewerContactEvent,
     KnownMapping,
     LockContact,
     LogSync,
@@ -48,6 +49,7 @@ def ca(status: str, rule: str, target: str | None = None, message: str | None = 
 
 
 HEAD = [LockContact("+15555550101"), CheckEcho("aloware", "7000001", ADA_HASH), FindAlowareMapping("7000001")]
+NEWEST = FindNewerContactEvent("7000001", ADA_AT)  # coalescing: no newer event is pending
 
 CASES: list[tuple[str, tuple[str, ...], bool, Answers, list[Any], Done]] = [  # name, off, replay, …
     (
@@ -55,7 +57,7 @@ CASES: list[tuple[str, tuple[str, ...], bool, Answers, list[Any], Done]] = [  # 
         (),
         False,
         [(SyncGhlContact, ContactUpserted("ghlNew", True))],
-        [*HEAD, SyncGhlContact(ADA, None, ADA_AT), ca("success", "CA", "ghlNew")],
+        [*HEAD, NEWEST, SyncGhlContact(ADA, None, ADA_AT), ca("success", "CA", "ghlNew")],
         Done("applied"),
     ),
     (
@@ -63,7 +65,7 @@ CASES: list[tuple[str, tuple[str, ...], bool, Answers, list[Any], Done]] = [  # 
         (),
         False,
         [(FindAlowareMapping, MAPPED), (SyncGhlContact, ContactUpserted("ghlAda", True))],
-        [*HEAD, SyncGhlContact(ADA, MAPPED, ADA_AT), ca("success", "CA", "ghlAda")],
+        [*HEAD, NEWEST, SyncGhlContact(ADA, MAPPED, ADA_AT), ca("success", "CA", "ghlAda")],
         Done("applied"),
     ),
     (
@@ -71,7 +73,7 @@ CASES: list[tuple[str, tuple[str, ...], bool, Answers, list[Any], Done]] = [  # 
         (),
         False,
         [(SyncGhlContact, ContactUpserted("ghlAda", False))],
-        [*HEAD, SyncGhlContact(ADA, None, ADA_AT), ca("skipped", "CA", "ghlAda", "no_changes")],
+        [*HEAD, NEWEST, SyncGhlContact(ADA, None, ADA_AT), ca("skipped", "CA", "ghlAda", "no_changes")],
         Done("skipped", "no_changes"),
     ),
     (
