@@ -172,8 +172,11 @@ async def test_concurrent_replicas_converge_without_duplicates(
         by_phone = {c["phone"]: c for c in contacts}
         for n, name in newest.items():
             assert by_phone[f"+1555555{n:04d}"]["firstName"] == name
-        creates = [c for c in await p.calls("ghl") if c["method"] == "POST" and c["path"] == "/contacts/"]
-        assert len([c for c in creates if c["status"] == 201]) == 20
+        # mode aloware: the upsert finds or creates the contact (spec §1.5), never a plain create
+        writes = [
+            c for c in await p.calls("ghl") if c["method"] == "POST" and c["path"] in ("/contacts/", "/contacts/upsert")
+        ]
+        assert writes and {c["path"] for c in writes} == {"/contacts/upsert"}
         await no_invalid_requests(p)
         conn = await asyncpg.connect(sync_url(clean_db))
         try:
@@ -311,15 +314,15 @@ async def test_t13_a_429_with_no_remaining_budget_waits_the_advertised_interval(
                 "vendor": "ghl",
                 "count": 1,
                 "status": 429,
-                "path_contains": "/contacts/search",
+                "path_contains": "/contacts/",  # the create, the first request of a new contact
                 "headers": {"X-RateLimit-Remaining": "0", "X-RateLimit-Interval-Milliseconds": "10000"},
             },
         )
         answer = await send_aloware(p, aloware_contact(13))
         row = await eventually(lambda: done(clean_db, answer["id"]), timeout=40)
         assert row["status"] == "done" and row["outcome"] == "applied"
-        calls = [c for c in await p.calls("ghl") if c["path"].startswith("/contacts/search")]
-        assert calls[0]["status"] == 429 and calls[1]["status"] == 200
+        calls = [c for c in await p.calls("ghl") if c["path"] == "/contacts/"]
+        assert calls[0]["status"] == 429 and calls[1]["status"] == 201
         assert calls[1]["at"] - calls[0]["at"] >= 10.0  # waited the advertised interval
         conn = await asyncpg.connect(sync_url(clean_db))
         try:
@@ -335,9 +338,10 @@ async def test_t13_a_429_with_no_remaining_budget_waits_the_advertised_interval(
 async def test_t3_a_duplicate_answer_on_create_continues_as_an_update(
     base_env: dict[str, str], tmp_path: Path, clean_db: str
 ) -> None:
-    """T3: GHL's duplicate search misses a contact that exists, the create answers 400
-    duplicate with ``meta.contactId``: that contact is updated, none is created."""
-    settings = pipeline_settings(base_env, tmp_path, CONTACT_SOURCE_OF_TRUTH="aloware")
+    """T3: the create answers 400 duplicate with ``meta.contactId`` (the location refuses
+    duplicates, so the create itself is the duplicate check, no search runs before it): that
+    contact is updated with the merge, none is created."""
+    settings = pipeline_settings(base_env, tmp_path)
     async with running_pipeline(settings) as p:
         existing = await p.sandbox.post(
             "/ghl/contacts/",
@@ -345,9 +349,6 @@ async def test_t3_a_duplicate_answer_on_create_continues_as_an_update(
             json={"locationId": settings.ghl_location_id, "firstName": "Old", "phone": "+15555550033"},
         )
         ghl_id = existing.json()["contact"]["id"]
-        await p.sandbox.post(
-            "/_sandbox/faults", json={"vendor": "ghl", "count": 2, "status": 200, "path_contains": "/contacts/search"}
-        )  # search "misses"
         answer = await send_aloware(p, aloware_contact(33, first="New"))
         row = await eventually(lambda: done(clean_db, answer["id"]))
         assert row["outcome"] == "applied"

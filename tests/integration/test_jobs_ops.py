@@ -248,7 +248,7 @@ async def test_trace_shows_the_life_of_an_event(base_env: dict[str, str], tmp_pa
     settings = pipeline_settings(base_env, tmp_path)
     async with running_pipeline(settings) as p:
         await p.sandbox.post(
-            "/_sandbox/faults", json={"vendor": "ghl", "count": 1, "status": 503, "path_contains": "/contacts/search"}
+            "/_sandbox/faults", json={"vendor": "ghl", "count": 1, "status": 503, "path_contains": "/contacts/"}
         )
         ident = (await send_aloware(p, aloware_contact(71)))["id"]
 
@@ -265,7 +265,7 @@ async def test_trace_shows_the_life_of_an_event(base_env: dict[str, str], tmp_pa
     assert f"event {ident}  aloware Contact Created (contact.created)" in out
     assert f"received; stream seq {seq};" in out
     assert f"ghl-sync attempt 1 (stream seq {seq}, delivery #1)" in out
-    assert "GET    /contacts/search/duplicate  → 503" in out
+    assert "POST   /contacts/  → 503" in out
     assert "ghl-sync → error" in out and "ghl 503" in out
     assert f"ghl-sync attempt 2 (stream seq {seq}, delivery #2)" in out
     assert "POST   /contacts/  → 201" in out

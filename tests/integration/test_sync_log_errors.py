@@ -65,7 +65,7 @@ async def test_a_rule_retried_after_a_vendor_5xx_leaves_an_error_row_for_the_fai
     settings = pipeline_settings(base_env, tmp_path, DFM_SANDBOX_WEBHOOK_URL="")
     async with running_pipeline(settings) as p:
         await p.sandbox.post(
-            "/_sandbox/faults", json={"vendor": "ghl", "count": 1, "status": 503, "path_contains": "/contacts/search"}
+            "/_sandbox/faults", json={"vendor": "ghl", "count": 1, "status": 503, "path_contains": "/contacts/"}
         )
         ident = (await send_aloware(p, aloware_contact(61)))["id"]
         row = await eventually(lambda: done(clean_db, ident), timeout=30)
@@ -74,7 +74,7 @@ async def test_a_rule_retried_after_a_vendor_5xx_leaves_an_error_row_for_the_fai
     assert [(r["attempt"], r["status"]) for r in rows] == [(1, "error"), (2, "success")]
     error = rows[0]
     assert (error["direction"], error["entity_type"], error["source_id"]) == ("aloware_to_ghl", "contact", "8000061")
-    assert error["error_message"].startswith("ghl 503 at contacts.duplicate")
+    assert error["error_message"].startswith("ghl 503 at contacts.create")
     assert error["details"] == {"consumer": "ghl-sync", "canonicalType": "contact.created", "delivery": "error"}
     assert error["started_at"] <= error["finished_at"]
     rate = (await findings(settings))["sync_error_rate"]
