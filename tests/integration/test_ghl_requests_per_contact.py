@@ -246,8 +246,9 @@ async def test_an_update_of_a_contact_with_a_fresh_snapshot_costs_one_request(
 async def test_five_queued_updates_of_one_contact_are_one_ghl_write_with_the_last_values(
     base_env: dict[str, str], tmp_path: Path, clean_db: str
 ) -> None:
-    # one message at a time, in stream order: without coalescing each update would be a PUT
-    settings = pipeline_settings(base_env, tmp_path, DB_MAX_CONNECTIONS="3")
+    # one message at a time, in stream order, and Aloware's values always win (in merge mode a
+    # name no longer than GHL's would not be written): without coalescing each update is a PUT
+    settings = pipeline_settings(base_env, tmp_path, DB_MAX_CONNECTIONS="3", CONTACT_SOURCE_OF_TRUTH="aloware")
     async with without_consumers(settings) as p:
         async with consumers(settings, 1):
             ghl_id = await synced(p, clean_db, 5)
