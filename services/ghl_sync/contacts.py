@@ -542,13 +542,16 @@ class GhlContacts:
 
         The create runs under the effect claim ``ghl_contact:phone:<phone>`` (the key the
         contact rules use for a contact known only by its number), so two texts from a new
-        number create one contact and a lost answer is looked up before anything is retried."""
+        number create one contact and a lost answer is looked up before anything is retried.
+        While the location refuses duplicates the create is the search (its duplicate 400
+        names the contact): one request instead of two."""
         mapping = await store.mapping_by_phone(conn, phone)
         snapshot = None
         if mapping is not None:
             ghl_id = str(mapping.ghl_contact_id)
         else:
-            ghl_id = await self.ghl.find_duplicate(phone=phone) or ""
+            searched = await self._must_search("merge")  # a phone-only create overwrites nothing
+            ghl_id = (await self.ghl.find_duplicate(phone=phone) if searched else None) or ""
             if not ghl_id:
                 incoming = CanonicalContact(phone=phone)
                 ghl_id, created = await self.create_once(
