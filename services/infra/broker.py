@@ -32,6 +32,7 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from contracts.streams import JOBS, STREAMS, WEBHOOKS, ConsumerSpec, StreamSpec, consumers_with_lanes
+from contracts.subjects import subject_matches
 from services.infra import nats_auth
 from services.infra.logging import get_logger
 from services.infra.settings import ConfigError, Settings
@@ -50,6 +51,22 @@ class TopologyMissing(nats.errors.Error):
 
 class TopologyDowngrade(ValueError):
     """The topology step was asked to lower a stream's replicas or retention."""
+
+
+class LaneBacklog(TopologyDowngrade):
+    """``DFM_BULK_SUBJECTS`` would move subjects out of a lane whose durable still has
+    undelivered messages, into a lane that is already past them (they would wait for the
+    sweep). Refused until that lane is empty (``dfm lanes``)."""
+
+
+def _covered(patterns: list[str] | tuple[str, ...], subject: str) -> bool:
+    """``subject`` (itself a filter, wildcards allowed) lies inside one of ``patterns``."""
+    return any(p == subject or subject_matches(p, subject) for p in patterns)
+
+
+def _filters(info: Any) -> list[str]:
+    config = info.config
+    return list(config.filter_subjects or ([config.filter_subject] if config.filter_subject else []))
 
 
 def redact_url(url: str) -> str:
@@ -360,6 +377,11 @@ async def _where_to_start(js: JetStreamContext, spec: ConsumerSpec, config: Cons
         sibling = await js.consumer_info(spec.stream, spec.owner)
     except NotFoundError:
         return  # a fresh install: from the start, as every durable
+    if not all(_covered(_filters(sibling), f) for f in spec.filter_subjects):
+        # the lanes were split before (this durable was deleted since): the sibling's floor says
+        # nothing of these subjects, so from the start; the ledger acks what was finished
+        log.info("lane_durable_recreated_from_the_start", consumer=spec.durable, sibling=spec.owner)
+        return
     floor = sibling.ack_floor.stream_seq if sibling.ack_floor and sibling.ack_floor.stream_seq else 0
     config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, floor + 1
     log.info("lane_durable_created_after_sibling", consumer=spec.durable, sibling=spec.owner, start_seq=floor + 1)
@@ -380,10 +402,44 @@ async def apply_topology(
         await apply_stream(js, spec, settings, allow_downgrade=allow)
     # the bulk lane first: it must read its sibling's ack floor before that one's filter narrows
     wanted = topology_consumers(settings) if consumers is None else consumers
+    await _refuse_moving_a_backlog(js, wanted)
     for consumer in sorted(wanted, key=lambda c: c.lane != "bulk"):
         config = consumer_config(consumer, _ack_wait(settings, consumer))
         await _where_to_start(js, consumer, config)
         await js.add_consumer(consumer.stream, config)
+
+
+async def _refuse_moving_a_backlog(js: JetStreamContext, wanted: tuple[ConsumerSpec, ...]) -> None:
+    """``LaneBacklog`` when a lane durable would lose subjects to another lane's *existing*
+    durable while it still has undelivered messages. (The first split, whose bulk durable is
+    new, is fine: that one starts where the old durable's acknowledged messages end.)"""
+    existing: dict[str, list[str]] = {}
+    pending: dict[str, int] = {}
+    for spec in wanted:
+        if spec.lane is None:
+            continue
+        try:
+            info = await js.consumer_info(spec.stream, spec.durable)
+        except NotFoundError:
+            continue
+        existing[spec.durable], pending[spec.durable] = _filters(info), info.num_pending or 0
+    for spec in wanted:
+        if spec.durable not in existing:
+            continue
+        lost = [f for f in existing[spec.durable] if not _covered(spec.filter_subjects, f)]
+        gainers = [
+            other.durable
+            for other in wanted
+            if other.durable != spec.durable
+            and other.durable in existing
+            and any(_covered(other.filter_subjects, f) or _covered([f], g) for f in lost for g in other.filter_subjects)
+        ]
+        if lost and gainers and pending[spec.durable]:
+            raise LaneBacklog(
+                f"DFM_BULK_SUBJECTS moves {', '.join(sorted(lost))} from {spec.durable} to {', '.join(gainers)}, "
+                f"but {spec.durable} still has {pending[spec.durable]} message(s) waiting that {', '.join(gainers)} "
+                "would never be given; run `dfm migrate upgrade` again once `dfm lanes` shows it empty"
+            )
 
 
 async def prepare_topology(

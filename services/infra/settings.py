@@ -456,7 +456,8 @@ class Settings(BaseSettings):
             "webhooks.aloware.contact.contact_updated",
         ],
         description="subject patterns ghl-sync serves on its bulk lane (durable ghl-sync-bulk), after the "
-        "real-time one; everything else it takes is real-time. `dfm migrate upgrade` applies a change",
+        "real-time one; everything else it takes is real-time. `dfm migrate upgrade` applies a change, "
+        "and refuses while the lane losing subjects still has messages waiting (`dfm lanes`)",
     )
     dfm_lane_requests_per_event: float = Field(
         default=2.0,

@@ -15,7 +15,8 @@ import pytest
 
 from contracts.lanes import LANES
 from contracts.streams import GHL_SYNC, GHL_SYNC_BULK, GHL_SYNC_FILTERS, WEBHOOKS_STREAM, ConsumerSpec
-from services.infra.broker import apply_topology, consumer_config
+from contracts.subjects import subject_matches
+from services.infra.broker import TopologyDowngrade, apply_topology, consumer_config
 from services.infra.settings import Settings
 from services.tooling.embedded import EmbeddedNats
 from tests.conftest import load_fixture
@@ -95,6 +96,62 @@ async def test_the_topology_step_moves_one_durable_to_two_lanes_without_losing_o
         assert realtime.num_pending == 1  # the call
         await apply_topology(js, settings)  # again: nothing changes, nothing is refused
         assert (await js.consumer_info(WEBHOOKS_STREAM, GHL_SYNC_BULK.durable)).num_pending == len(rest)
+    finally:
+        await nc.close()
+
+
+async def test_a_recreated_bulk_durable_starts_from_the_stream_not_after_the_realtime_lane(
+    nats_server: EmbeddedNats, clean_streams: None
+) -> None:
+    """Once the lanes are split, ``ghl-sync``'s ack floor says nothing of contact events: a bulk
+    durable deleted (an operator resetting a wedged lane) and made again starts at the stream's
+    beginning, and the ledger acks what was finished."""
+    settings = Settings(nats_url=nats_server.url)
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        contacts = [probe_event(n) for n in range(3)]
+        for event in contacts:
+            await js.publish(event.subject, event.to_bytes(), headers=event.nats_headers())
+        call = load_fixture("aloware/call-disposed.json")
+        await js.publish("webhooks.aloware.call.call_disposed", json.dumps(call).encode())
+        realtime = await js.pull_subscribe_bind(GHL_SYNC.durable, stream=WEBHOOKS_STREAM)
+        [msg] = await realtime.fetch(1, timeout=5)
+        await msg.ack_sync()  # the real-time lane is past every contact event
+        await realtime.unsubscribe()
+        await js.delete_consumer(WEBHOOKS_STREAM, GHL_SYNC_BULK.durable)
+
+        await apply_topology(js, settings)
+
+        bulk = await js.consumer_info(WEBHOOKS_STREAM, GHL_SYNC_BULK.durable)
+        assert bulk.num_pending == len(contacts)  # none skipped
+    finally:
+        await nc.close()
+
+
+async def test_moving_a_subject_out_of_a_lane_with_a_backlog_is_refused(
+    nats_server: EmbeddedNats, clean_streams: None
+) -> None:
+    """The lane that would take the subject is already past those messages: moving it while
+    they wait would leave them to the sweep. Refused, naming the lane; once it is empty, done."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        event = probe_event(1)  # contact_created: bulk by default
+        await js.publish(event.subject, event.to_bytes(), headers=event.nats_headers())
+        everything_realtime = Settings(nats_url=nats_server.url, dfm_bulk_subjects=[])
+        with pytest.raises(TopologyDowngrade, match=r"ghl-sync-bulk.*1 message"):
+            await apply_topology(js, everything_realtime)
+        bulk = await js.consumer_info(WEBHOOKS_STREAM, GHL_SYNC_BULK.durable)
+        assert sorted(bulk.config.filter_subjects or []) == sorted(GHL_SYNC_BULK.filter_subjects)  # unchanged
+
+        sub = await js.pull_subscribe_bind(GHL_SYNC_BULK.durable, stream=WEBHOOKS_STREAM)
+        [msg] = await sub.fetch(1, timeout=5)
+        await msg.ack_sync()
+        await sub.unsubscribe()
+        await apply_topology(js, everything_realtime)  # the lane is empty: moved
+        realtime = await js.consumer_info(WEBHOOKS_STREAM, GHL_SYNC.durable)
+        assert any(subject_matches(f, event.subject) for f in realtime.config.filter_subjects or [])
     finally:
         await nc.close()
 
