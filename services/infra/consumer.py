@@ -59,7 +59,7 @@ def batch_broker(
         durable=spec.durable,
         pull_sub=PullSub(batch_size=batch, timeout=fetch_timeout, batch=True),
         ack_policy=AckPolicy.MANUAL,
-        inbox_prefix=f"{inbox_prefix(spec.durable)}.".encode(),
+        inbox_prefix=f"{inbox_prefix(spec.owner)}.".encode(),
     )
     async def on_batch(message: Annotated[NatsBatchMessage, Context("message")]) -> None:
         with progress.handling():

@@ -110,7 +110,7 @@ def sync_broker(
         max_workers=workers,
         ack_policy=AckPolicy.MANUAL,
         # the fetch inbox under the identity's prefix too (FastStream's default is _INBOX.)
-        inbox_prefix=f"{inbox_prefix(spec.durable)}.".encode(),
+        inbox_prefix=f"{inbox_prefix(spec.owner)}.".encode(),  # a lane durable: its service's identity
     )
     async def on_message(msg: NatsMessage) -> None:
         with progress.handling():

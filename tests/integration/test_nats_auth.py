@@ -301,6 +301,33 @@ async def test_service_connections_use_their_identity_even_with_a_harness_url(
         await nc.close()
 
 
+@pytest.mark.parametrize("durable", [GHL_SYNC.durable, GHL_SYNC_BULK.durable, ALOWARE_SYNC.durable])
+async def test_a_sync_broker_consumes_its_durable_as_its_service(
+    nats_server: EmbeddedNats, settings: Settings, durable: str
+) -> None:
+    """The FastStream subscriber as `dfm run` builds it, on the service's own identity: its fetch
+    inbox must lie under that identity's prefix (ghl-sync-bulk's is ghl-sync's)."""
+    spec = consumer_spec(durable)
+    service = settings.model_copy(update={"nats_identity": spec.owner})
+    async with as_identity(nats_server, "ingress") as ingress:
+        ack = await ingress.js.publish(SAMPLE[durable], b"{}")
+    seen: list[int] = []
+
+    async def handle(msg: Any) -> None:
+        seen.append(msg.metadata.sequence.stream)
+        await msg.ack()
+
+    async def handled() -> list[int] | None:
+        return seen or None
+
+    broker = await start_sync_broker(service, spec, handle, 1)
+    try:
+        await eventually(handled, timeout=10)
+    finally:
+        await broker.stop()
+    assert seen == [ack.seq]
+
+
 async def test_a_service_never_creates_its_missing_durable(nats_server: EmbeddedNats, settings: Settings) -> None:
     async with harness(nats_server) as js:
         await js.delete_consumer(WEBHOOKS.name, GHL_SYNC.durable)
