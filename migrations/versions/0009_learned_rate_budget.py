@@ -22,7 +22,7 @@ more use than there is and sends less, never more. Both take the same advisory l
 daily quota is counted as in 0007 (``<key>/quota``, 5-minute buckets in epoch seconds). Time
 is the database's clock (``clock_timestamp()``, read after the lock is held), so replicas
 whose clocks differ still share one window. A grant holds its slot for the window and a
-margin (``p_margin``, a share of the window) for the network's jitter.
+margin (``p_margin_ms``) for the network's jitter.
 
 Revision ID: 0009
 Revises: 0008
@@ -61,7 +61,7 @@ WINDOW_ROWS = f"""
 ACQUIRE = f"""
 CREATE FUNCTION dfm_rate_acquire(
     p_key text, p_lane text, p_limit bigint, p_window_ms bigint, p_fraction double precision,
-    p_margin double precision, p_reserve_fraction double precision, p_demand_ms bigint, p_grace_ms bigint,
+    p_margin_ms bigint, p_reserve_fraction double precision, p_demand_ms bigint, p_grace_ms bigint,
     p_max_wait_ms bigint, p_quota bigint, p_quota_window bigint, p_quota_bucket bigint, p_purge boolean)
 RETURNS TABLE (granted boolean, retry_ms bigint, at_ms bigint, used bigint, lane_limit bigint,
                window_limit bigint, window_ms bigint, quota_used bigint, quota_limit bigint,
@@ -90,7 +90,7 @@ BEGIN
     window_ms := win;
     -- a grant holds its slot a margin longer than the window: GHL counts arrivals, and two
     -- requests granted a window apart arrive closer together when the first was slower
-    win := win + ceil(win * p_margin)::bigint;
+    win := win + greatest(0, p_margin_ms);
     lim := CASE WHEN st.learned_max IS NOT NULL AND p_fraction IS NOT NULL
                 THEN greatest(1, floor(st.learned_max * p_fraction))::bigint ELSE p_limit END;
     window_limit := lim;
@@ -180,7 +180,7 @@ OBSERVE = f"""
 CREATE FUNCTION dfm_rate_observe(
     p_key text, p_max bigint, p_interval_ms bigint, p_remaining bigint, p_daily_max bigint,
     p_daily_remaining bigint, p_pause_ms bigint, p_limit bigint, p_window_ms bigint,
-    p_fraction double precision, p_margin double precision, p_quota bigint, p_quota_window bigint,
+    p_fraction double precision, p_margin_ms bigint, p_quota bigint, p_quota_window bigint,
     p_quota_bucket bigint)
 RETURNS TABLE (window_limit bigint, window_ms bigint, window_left bigint, adopted bigint,
                quota_adopted bigint, pause_until timestamptz, pause_started boolean)
@@ -211,7 +211,7 @@ BEGIN
     window_ms := win;
     -- a grant holds its slot a margin longer than the window: GHL counts arrivals, and two
     -- requests granted a window apart arrive closer together when the first was slower
-    win := win + ceil(win * p_margin)::bigint;
+    win := win + greatest(0, p_margin_ms);
     window_limit := CASE WHEN st.learned_max IS NOT NULL AND p_fraction IS NOT NULL
                          THEN greatest(1, floor(st.learned_max * p_fraction))::bigint ELSE p_limit END;
     adopted := 0;
@@ -278,11 +278,11 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute(
         "DROP FUNCTION dfm_rate_observe(text, bigint, bigint, bigint, bigint, bigint, bigint, bigint, bigint, "
-        "double precision, double precision, bigint, bigint, bigint)"
+        "double precision, bigint, bigint, bigint, bigint)"
     )
     op.execute(
-        "DROP FUNCTION dfm_rate_acquire(text, text, bigint, bigint, double precision, double precision, "
-        "double precision, bigint, bigint, bigint, bigint, bigint, bigint, boolean)"
+        "DROP FUNCTION dfm_rate_acquire(text, text, bigint, bigint, double precision, bigint, double precision, "
+        "bigint, bigint, bigint, bigint, bigint, bigint, boolean)"
     )
     # millisecond buckets would look "recent" to dfm_rate_take forever: drop them
     op.execute(f"DELETE FROM rate_budget_buckets WHERE bucket >= {MS_BUCKETS}")

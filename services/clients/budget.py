@@ -10,22 +10,23 @@ of ``rate_budgets``, so every replica uses what any replica learned.
 
 **The window.** Grants are counted per millisecond of the database's clock, read after the
 lock is held. A request is granted when fewer than the limit were granted in the last window
-plus a margin (``(now − window × (1 + margin), now]``), so every window of that length,
-wherever it starts, holds at most ``limit`` grants of all replicas together (replicas' own
-clocks do not matter); under saturated demand a slot comes back one window and its margin
-after it was used, so the steady rate is ``limit / (1 + margin)`` per window.
+plus a margin (``(now − window − margin, now]``), so every window of that length, wherever
+it starts, holds at most ``limit`` grants of all replicas together (replicas' own clocks do
+not matter); under saturated demand a slot comes back one window and its margin after it was
+used, so the steady rate is ``limit × window / (window + margin)`` per window.
 
 **Learning.** ``GHL_RATE_LIMIT_PER_10S`` over 10 s is the starting point: it holds until a GHL
 answer says its window (``X-RateLimit-Max``, ``X-RateLimit-Interval-Milliseconds``), and
 always when ``GHL_RATE_BUDGET_LEARN`` is false. Once learned, the limit is ``floor(max ×
 GHL_RATE_BUDGET_FRACTION)`` over GHL's interval: 98 of 100 per 10 s with a 200 ms margin
-(``GHL_RATE_BUDGET_MARGIN`` 0.02), i.e. 98 / 1.02 = 96 % of GHL's window under saturated
+(``GHL_RATE_BUDGET_MARGIN_S``), i.e. 98 × 10 / 10.2 = 96 % of GHL's window under saturated
 demand. The configured value is not an upper bound then, because a number chosen for "100 per
 10 s" would waste a fifth of the window forever and go wrong when GHL changes it; the fraction
 is the operator's cap. The 2 requests and the 200 ms left over absorb the network: GHL counts
 arrivals, and a burst granted all at once reaches GHL spread over its latencies, so the same
 slots granted again one window later can reach it less than a window after the first ones
-(tests/integration/test_rate_budget.py saw 429s at a window with no margin). The daily quota
+(tests/integration/test_rate_budget.py saw 429s with no margin; the margin is time, not a
+share of the window, because the network's jitter does not shrink with a shorter window). The daily quota
 is the other way round: ``GHL_RATE_LIMIT_PER_DAY`` is the cap and a smaller
 ``X-RateLimit-Limit-Daily`` lowers it, since spending the day early is not throughput but a day
 without GHL.
@@ -103,7 +104,7 @@ log = get_logger(__name__)
 _ACQUIRE = text(
     "SELECT granted, retry_ms, at_ms, used, lane_limit, window_limit, window_ms, quota_used, quota_limit "
     "FROM dfm_rate_acquire(CAST(:key AS text), CAST(:lane AS text), CAST(:limit AS bigint), "
-    "CAST(:window_ms AS bigint), CAST(:fraction AS double precision), CAST(:margin AS double precision), "
+    "CAST(:window_ms AS bigint), CAST(:fraction AS double precision), CAST(:margin_ms AS bigint), "
     "CAST(:reserve AS double precision), "
     "CAST(:demand_ms AS bigint), CAST(:grace_ms AS bigint), CAST(:max_wait_ms AS bigint), "
     "CAST(:quota AS bigint), CAST(:quota_window AS bigint), CAST(:quota_bucket AS bigint), "
@@ -114,7 +115,7 @@ _OBSERVE = text(
     "FROM dfm_rate_observe(CAST(:key AS text), CAST(:max AS bigint), CAST(:interval_ms AS bigint), "
     "CAST(:remaining AS bigint), CAST(:daily_max AS bigint), CAST(:daily_remaining AS bigint), "
     "CAST(:pause_ms AS bigint), CAST(:limit AS bigint), CAST(:window_ms AS bigint), "
-    "CAST(:fraction AS double precision), CAST(:margin AS double precision), CAST(:quota AS bigint), "
+    "CAST(:fraction AS double precision), CAST(:margin_ms AS bigint), CAST(:quota AS bigint), "
     "CAST(:quota_window AS bigint), "
     "CAST(:quota_bucket AS bigint))"
 )
@@ -193,7 +194,7 @@ class BudgetPolicy:
 
     learn: bool = True
     fraction: float = 0.98
-    margin: float = 0.02
+    margin_s: float = 0.2
     realtime_reserve: float = 0.1
     realtime_demand_s: float = 2.0
     realtime_grace_s: float = 0.25
@@ -204,7 +205,7 @@ class BudgetPolicy:
         return cls(
             learn=settings.ghl_rate_budget_learn,
             fraction=settings.ghl_rate_budget_fraction,
-            margin=settings.ghl_rate_budget_margin,
+            margin_s=settings.ghl_rate_budget_margin_s,
             realtime_reserve=settings.ghl_rate_budget_realtime_reserve,
             realtime_demand_s=settings.ghl_rate_budget_realtime_demand_s,
         )
@@ -322,7 +323,7 @@ class RateBudget:
             "limit": self.limit,
             "window_ms": round(self.window_s * 1000),
             "fraction": self.policy.fraction if self.policy.learn else None,
-            "margin": self.policy.margin,
+            "margin_ms": round(self.policy.margin_s * 1000),
             "reserve": self.policy.realtime_reserve,
             "demand_ms": round(self.policy.realtime_demand_s * 1000),
             "grace_ms": round(self.policy.realtime_grace_s * 1000),
@@ -393,7 +394,7 @@ class RateBudget:
             "limit": self.limit,
             "window_ms": round(self.window_s * 1000),
             "fraction": self.policy.fraction if self.policy.learn else None,
-            "margin": self.policy.margin,
+            "margin_ms": round(self.policy.margin_s * 1000),
             "quota": self.quota,
             "quota_window": QUOTA_WINDOW_S,
             "quota_bucket": QUOTA_BUCKET_S,

@@ -432,11 +432,11 @@ class Settings(BaseSettings):
     ghl_rate_budget_fraction: float = Field(
         default=0.98, gt=0, le=1, description="share of GHL's learned X-RateLimit-Max the replicas spend together"
     )
-    ghl_rate_budget_margin: float = Field(
-        default=0.02,
+    ghl_rate_budget_margin_s: float = Field(
+        default=0.2,
         ge=0,
-        le=1,
-        description="a request holds its slot this share of the window longer than the window (network jitter)",
+        le=10,
+        description="a request holds its slot this long after the window (the network's jitter; GHL counts arrivals)",
     )
     ghl_rate_budget_realtime_reserve: float = Field(
         default=0.1,
