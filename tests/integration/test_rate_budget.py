@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client import REGISTRY
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.clients.budget import BudgetPolicy, Grant, RateBudget
@@ -345,3 +346,53 @@ async def test_bulk_leaves_the_reserve_to_active_realtime_and_takes_it_when_real
         grant = await realtime.take("realtime")
         assert (grant.refusals, grant.used, grant.limit) == (0, 19, 20)
         assert _sample("dfm_rate_budget_limit", budget=key, lane="bulk") == 18
+
+
+# --- the sandbox's GHL limits ------------------------------------------------------------
+async def test_the_sandbox_enforces_ghls_limits_by_default_and_can_have_them_lifted(database_url: str) -> None:
+    """By default a full window is a 429 with ``Remaining: 0`` and no Retry-After (GHL
+    documents none), and every answer counts the day down; lifted, nothing is refused while
+    the headers still count."""
+    async with _ghl(database_url) as ghl, httpx.AsyncClient(base_url=ghl.settings.ghl_base_url) as client:
+        ghl.sandbox.limiter.configure(2, 10, per_day=5)
+        headers = {"Authorization": f"Bearer {GHL_KEY}", "Version": "2021-07-28"}
+        answers = [await client.get("/contacts/nobody", headers=headers) for _ in range(3)]
+        assert [a.status_code for a in answers] == [404, 404, 429]
+        assert answers[2].headers["x-ratelimit-remaining"] == "0" and "retry-after" not in answers[2].headers
+        assert [a.headers["x-ratelimit-daily-remaining"] for a in answers] == ["4", "3", "3"]
+        assert answers[0].headers["x-ratelimit-limit-daily"] == "5"
+        ghl.sandbox.limiter.configure(2, 10, enforce=False)
+        lifted = [await client.get("/contacts/nobody", headers=headers) for _ in range(4)]
+        assert [a.status_code for a in lifted] == [404] * 4
+        assert lifted[-1].headers["x-ratelimit-remaining"] == "0"
+        assert lifted[-1].headers["x-ratelimit-daily-remaining"] == "0"
+
+
+async def test_a_replica_of_the_previous_release_counts_the_new_grants_and_sends_less(database_url: str) -> None:
+    """During a rolling deploy ``dfm_rate_take`` (0004) still runs on old replicas: it sees the
+    new release's millisecond buckets as recent use, so it refuses rather than adds to them."""
+    settings = _settings(database_url)
+    key = f"ghl:{settings.ghl_location_id}"
+    async with _engines(settings, 1) as [engine]:
+        new = RateBudget(engine, key, 5, window_s=10, max_wait_s=0)
+        for _ in range(5):
+            await new.take()
+        async with engine.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            old = await auto.execute(
+                text(
+                    "SELECT granted FROM dfm_rate_take(:key, CAST(extract(epoch FROM now()) AS bigint), 10, 5, false)"
+                ),
+                {"key": key},
+            )
+            assert old.scalar_one() is False
+            # and the new release counts a grant of the old one
+            await auto.execute(text("DELETE FROM rate_budget_buckets WHERE key = :key"), {"key": key})
+            taken = await auto.execute(
+                text(
+                    "SELECT granted FROM dfm_rate_take(:key, CAST(extract(epoch FROM now()) AS bigint), 10, 5, false)"
+                ),
+                {"key": key},
+            )
+            assert taken.scalar_one() is True
+        assert (await new.take()).used == 2
