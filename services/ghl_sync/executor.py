@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -37,7 +38,14 @@ from services.infra.db.models import GhlObjectRecordMappingRow
 from services.infra.delivery import Outcome
 from services.infra.errors import Permanent
 
-__all__ = ["CONTACT_EVENT_TYPES", "GhlExecutor", "message_key", "newer_contact_event", "note_key"]
+__all__ = [
+    "CONTACT_EVENT_TYPES",
+    "GhlExecutor",
+    "message_key",
+    "newer_contact_event",
+    "note_key",
+    "pending_contact_sync",
+]
 
 # the Aloware events the CA rule runs on (``routes.ROUTES``): the ones that can supersede each other
 CONTACT_EVENT_TYPES = ("contact.created", "contact.updated")
@@ -62,6 +70,27 @@ async def newer_contact_event(conn: AsyncConnection, op: ops.FindNewerContactEve
         event_at=op.event_at,
     )
     return str(newer) if newer is not None else None
+
+
+async def pending_contact_sync(conn: AsyncConnection, aloware_id: str) -> str | None:
+    """``FindPendingContactSync``: any Aloware contact event of ``aloware_id`` ghl-sync has still
+    to run (every one is "newer" than the start of time)."""
+    waiting = await store.newer_pending_event(
+        conn,
+        source="aloware",
+        entity_type="contact",
+        entity_id=aloware_id,
+        canonical_types=CONTACT_EVENT_TYPES,
+        consumer=GHL_SYNC.owner,
+        event_id=_NO_EVENT,
+        received_at=_DAWN,
+        event_at=_DAWN,
+    )
+    return str(waiting) if waiting is not None else None
+
+
+_NO_EVENT = UUID(int=0)
+_DAWN = datetime.min.replace(tzinfo=UTC)
 
 
 def message_key(texting_message_id: str | None, event_key: str) -> str:
@@ -178,6 +207,8 @@ class GhlExecutor:
                 return await self.contacts.live(conn, aloware_id, phone, ctx.region)
             case ops.FindNewerContactEvent():
                 return await newer_contact_event(conn, op, event)
+            case ops.FindPendingContactSync(aloware_id=aloware_id):
+                return await pending_contact_sync(conn, aloware_id)
             case ops.CheckEcho():
                 return await store.is_echo(conn, op.system, op.entity_id, op.field_hash, self.echo_window_s)
             case ops.ResolveContact():

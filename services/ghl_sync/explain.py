@@ -23,7 +23,7 @@ from services.domain.rules import RuleContext
 from services.ghl_sync import message_rows
 from services.ghl_sync.contacts import GhlContacts, embedded_contact
 from services.ghl_sync.context import rule_context
-from services.ghl_sync.executor import message_key, note_key
+from services.ghl_sync.executor import message_key, note_key, pending_contact_sync
 from services.ghl_sync.routes import route_for
 from services.ghl_sync.rules import ops
 from services.ghl_sync.rules.contact import (
@@ -39,7 +39,7 @@ from services.infra.db.models import (
     GhlObjectRecordMappingRow,
     OptoutRegistryRow,
 )
-from services.infra.errors import Permanent
+from services.infra.errors import Permanent, RetryLater
 from services.infra.settings import Settings
 
 __all__ = ["explain"]
@@ -61,6 +61,8 @@ async def explain(settings: Settings, engine: AsyncEngine, event: WebhookEvent) 
             done = await narrator.drive(route.plan(event, ctx))
         except Permanent as exc:
             return [*narrator.lines, f"{label}: dead ({exc.reason})"]
+        except RetryLater as exc:
+            return [*narrator.lines, f"{label}: try again later ({exc.reason})"]
     return [*narrator.lines, f"{label}: {_ending(done)}"]
 
 
@@ -120,6 +122,13 @@ class _Narrator:
                     + (f"GHL contact {mapping.ghl_id}" if mapping else "none")
                 )
                 return mapping
+            case ops.FindPendingContactSync(aloware_id=aloware_id):
+                waiting = await pending_contact_sync(conn, aloware_id)
+                say(
+                    f"contact sync of Aloware contact {aloware_id} still to run: "
+                    + (f"event {waiting} (this one waits for it)" if waiting else "none")
+                )
+                return waiting
             case ops.FindNewerContactEvent(aloware_id=aloware_id):
                 say(f"a newer pending event of Aloware contact {aloware_id} supersedes this one (asked when run)")
                 return None

@@ -11,7 +11,7 @@ parser of the payload): ``parse_call`` only says where each field is looked for 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -27,15 +27,17 @@ from services.ghl_sync.rules.ops import (
     Done,
     EventRef,
     FindLiveMapping,
+    FindPendingContactSync,
     KnownMapping,
     LockContact,
     LookupAlowareContact,
+    Operation,
     Plan,
     PostNoteOnce,
     ResolveContact,
     SyncLogFor,
 )
-from services.infra.errors import Permanent
+from services.infra.errors import Permanent, RetryLater
 
 __all__ = [
     "CALL_TYPES",
@@ -346,6 +348,24 @@ def plan_call(call: AlowareCall, ctx: RuleContext) -> Plan:
     return Done("applied") if changed else Done("skipped", "already_synced")
 
 
+# how often an artifact or a disposition asks again whether its contact has reached GHL
+CONTACT_SYNC_WAIT_S = 15.0
+
+
+def _wait_for_the_contact_sync(aloware_id: str) -> Generator[Operation, Any, None]:
+    """No mapping yet, but the contact's own sync is still to run (lanes, issue #18: the
+    contact waits in the bulk lane, its calls come through the real-time one): try again later,
+    not as an attempt, instead of skipping for good a note or a tag that has a contact to go to.
+    Once that sync has finished (or ended dead) the rule runs as before."""
+    waiting = yield FindPendingContactSync(aloware_id)
+    if waiting:
+        raise RetryLater(
+            CONTACT_SYNC_WAIT_S,
+            f"Aloware contact {aloware_id} is not in GHL yet: its contact sync ({waiting}) is still to run",
+            counts_as_attempt=False,
+        )
+
+
 def plan_artifact(art: Artifact, event: EventRef, ctx: RuleContext) -> Plan:
     """AR-1…AR-6: one note per artifact (and a summary's tags) on the mapped GHL contact;
     never creates one."""
@@ -355,6 +375,8 @@ def plan_artifact(art: Artifact, event: EventRef, ctx: RuleContext) -> Plan:
     mapping: KnownMapping | None = None
     if not art.skip:
         mapping = yield FindLiveMapping(art.aloware_contact_id, _e164_or_raw(art.phone, ctx))
+    if mapping is None and not art.skip and art.aloware_contact_id:
+        yield from _wait_for_the_contact_sync(art.aloware_contact_id)
     if art.skip or mapping is None or art.note is None:
         reason = art.skip or "No contact mapping found"
         yield log.row("skipped", "AR", message=reason)
@@ -379,6 +401,8 @@ def plan_disposition(disposed: Disposition, ctx: RuleContext) -> Plan:
     """D-2: the disposition tags on the mapped GHL contact."""
     log = SyncLogFor("aloware_to_ghl", "contact", disposed.aloware_id or "unknown")
     mapping: KnownMapping | None = yield FindLiveMapping(disposed.aloware_id, _e164_or_raw(disposed.phone, ctx))
+    if mapping is None and disposed.aloware_id:
+        yield from _wait_for_the_contact_sync(disposed.aloware_id)
     if mapping is None:
         yield log.row("skipped", "D-2", message="No contact mapping found")
         return Done("skipped", "No contact mapping found")

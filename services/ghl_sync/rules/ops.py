@@ -42,6 +42,7 @@ __all__ = [
     "FindNewerContactEvent",
     "FindObjectRecord",
     "FindOutboundEcho",
+    "FindPendingContactSync",
     "FindSyncedMessage",
     "GhlOperation",
     "KnownMapping",
@@ -173,6 +174,15 @@ class FindNewerContactEvent:
 
     aloware_id: str
     event_at: datetime
+
+
+@dataclass(frozen=True)
+class FindPendingContactSync:
+    """Lanes (issue #18): an event of this Aloware contact that the contact sync (CA) has still
+    to run — typically waiting in the bulk lane while the contact's calls come through the
+    real-time one. Answer: that event's id, or ``None``."""
+
+    aloware_id: str
 
 
 @dataclass(frozen=True)
@@ -453,6 +463,7 @@ Operation = (
     | FindAlowareMapping
     | FindLiveMapping
     | FindNewerContactEvent
+    | FindPendingContactSync
     | CheckEcho
     | LookupAlowareContact
     | ResolveContact

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.domain.contact import CanonicalContact
@@ -23,6 +23,7 @@ from services.infra.db.models import (
     OptoutEventRow,
     OptoutRegistryRow,
     SyncLogRow,
+    WebhookEventRow,
 )
 from services.infra.db.session import create_engine
 from services.infra.settings import Settings
@@ -172,9 +173,43 @@ async def test_an_artifact_posted_before_shows_nothing_to_post(clean_db: str, en
 async def test_a_disposition_without_mapping_is_skipped(clean_db: str, engine: AsyncEngine) -> None:
     assert await explain(configured(clean_db), engine, event("aloware/contact-disposed.json")) == [
         "ghl-sync D-2: mapping by Aloware id 7000001, then phone: none",
+        "ghl-sync D-2: contact sync of Aloware contact 7000001 still to run: none",
         "ghl-sync D-2: sync_log skipped D-2 (No contact mapping found)",
         "ghl-sync D-2: skip (No contact mapping found)",
     ]
+
+
+async def test_a_disposition_waits_for_its_contact_s_sync_still_in_the_ledger(
+    clean_db: str, engine: AsyncEngine
+) -> None:
+    """Lanes (#18): the contact's created event is recorded and not yet run (bulk lane): the
+    disposition is tried again later instead of being skipped; once that event is done, skipped."""
+    waiting = uuid.uuid4()
+    await add(
+        engine,
+        WebhookEventRow,
+        id=waiting,
+        source="aloware",
+        event_type="Contact Created",
+        event_token="contact_created",
+        canonical_type="contact.created",
+        entity_type="contact",
+        entity_id="7000001",
+        payload_json={"body": {"id": "7000001"}},
+        dedupe_key=f"k:{waiting}",
+        status="pending",
+    )
+    lines = await explain(configured(clean_db), engine, event("aloware/contact-disposed.json"))
+    assert lines[1:] == [
+        f"ghl-sync D-2: contact sync of Aloware contact 7000001 still to run: event {waiting} (this one waits for it)",
+        f"ghl-sync D-2: try again later (Aloware contact 7000001 is not in GHL yet: its contact sync ({waiting}) "
+        "is still to run)",
+    ], lines
+    async with engine.begin() as conn:
+        await conn.execute(update(WebhookEventRow).values(status="done"))
+    assert (await explain(configured(clean_db), engine, event("aloware/contact-disposed.json")))[-1] == (
+        "ghl-sync D-2: skip (No contact mapping found)"
+    )
 
 
 async def test_a_dnc_removal_after_a_texting_stop_keeps_the_tags(clean_db: str, engine: AsyncEngine) -> None:

@@ -14,6 +14,7 @@ from services.ghl_sync.rules.ops import (
     AddTags,
     Done,
     FindLiveMapping,
+    FindPendingContactSync,
     KnownMapping,
     LockContact,
     LogSync,
@@ -21,7 +22,7 @@ from services.ghl_sync.rules.ops import (
     PostNoteOnce,
     ResolveContact,
 )
-from services.infra.errors import Permanent
+from services.infra.errors import Permanent, RetryLater
 from tests.unit.ghl_sync.ghl_plans import NOW, Answers, ctx, event, plan_of, run
 
 ADA = KnownMapping("ghlAda", "+15555550101")
@@ -365,7 +366,11 @@ ARTIFACTS: list[tuple[str, str, dict[str, Any], Answers, list[Any], Done]] = [
         "aloware/recording-saved.json",
         {},
         [],
-        [FindLiveMapping("7000001", None), ar("recording", "9500001", "skipped", message="No contact mapping found")],
+        [
+            FindLiveMapping("7000001", None),
+            FindPendingContactSync("7000001"),  # none: its contact sync is not still to run
+            ar("recording", "9500001", "skipped", message="No contact mapping found"),
+        ],
         Done("skipped", "No contact mapping found"),
     ),
     (
@@ -447,7 +452,11 @@ DISPOSITIONS: list[tuple[str, dict[str, Any], Answers, list[Any], Done]] = [
         "D-2: a contact without mapping is skipped",
         {"body": {"disposition_status": None, "disposition": "Callback"}},
         [],
-        [FindLiveMapping("7000001", "+15555550101"), d2("skipped", message="No contact mapping found")],
+        [
+            FindLiveMapping("7000001", "+15555550101"),
+            FindPendingContactSync("7000001"),
+            d2("skipped", message="No contact mapping found"),
+        ],
         Done("skipped", "No contact mapping found"),
     ),
 ]
@@ -458,3 +467,19 @@ DISPOSITIONS: list[tuple[str, dict[str, Any], Answers, list[Any], Done]] = [
 )
 def test_plan_disposition(changes: dict[str, Any], answers: Answers, expected: list[Any], done: Done) -> None:
     assert run(plan_of(event("aloware/contact-disposed.json", **changes)), answers) == (expected, done)
+
+
+WAITING = [(FindPendingContactSync, "5a1d0000-0000-4000-8000-00000000c0de")]
+
+
+@pytest.mark.parametrize(
+    "fixture", ["aloware/recording-saved.json", "aloware/contact-disposed.json"], ids=["AR", "D-2"]
+)
+def test_an_unmapped_contact_whose_sync_is_still_to_run_is_waited_for(fixture: str) -> None:
+    """Lanes (#18): the contact's own sync waits in the bulk lane; its note or tag is not
+    skipped for good but tried again, not as an attempt, once that sync may have run."""
+    ops, error = run(plan_of(event(fixture)), WAITING)
+    assert ops[-1] == FindPendingContactSync("7000001"), ops
+    assert isinstance(error, RetryLater) and not error.counts_as_attempt and error.delay == 15.0, error
+    assert "5a1d0000-0000-4000-8000-00000000c0de" in error.reason
+    assert not any(isinstance(op, LogSync) for op in ops)  # no sync_log row for a wait
