@@ -48,6 +48,7 @@ from services.infra.db.models.operations import (
     ConsoleSessionRow,
     GhlOauthTokenRow,
     RateBudgetBucketRow,
+    RateBudgetRow,
     ReconcileRunRow,
 )
 from services.infra.db.models.optouts import OPTOUT_SOURCES, OptoutEventRow, OptoutRegistryRow
@@ -87,6 +88,7 @@ __all__ = [
     "OutboundWriteRow",
     "QuarantineEventRow",
     "RateBudgetBucketRow",
+    "RateBudgetRow",
     "ReconcileRunRow",
     "SyncLogRow",
     "SyncStateRow",

@@ -83,6 +83,24 @@ class RateBudgetBucketRow(Base):
     __table_args__ = (PrimaryKeyConstraint("key", "bucket"),)
 
 
+class RateBudgetRow(Base):
+    """One shared vendor budget's learned window, 429 pause and realtime demand, read and
+    written by every replica under the budget's advisory lock (migration 0009,
+    services/clients/budget.py)."""
+
+    __tablename__ = "rate_budgets"
+
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    learned_max: Mapped[int | None] = mapped_column(Integer)
+    learned_interval_ms: Mapped[int | None] = mapped_column(Integer)
+    learned_daily_max: Mapped[int | None] = mapped_column(Integer)
+    learned_at: Mapped[datetime | None] = _ts()
+    paused_until: Mapped[datetime | None] = _ts()
+    pauses: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    realtime_wanted_at: Mapped[datetime | None] = _ts()
+    realtime_waiting_until: Mapped[datetime | None] = _ts()
+
+
 class GhlOauthTokenRow(Base):
     """Marketplace OAuth tokens per location, encrypted at rest (spec/outbound.md §4.8)."""
 
