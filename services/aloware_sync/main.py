@@ -23,7 +23,8 @@ async def serve(settings: Settings) -> None:
     async with AsyncExitStack() as resources:
         engine = create_engine(settings)
         resources.push_async_callback(engine.dispose)
-        ghl = GhlClient.from_settings(settings, RateBudget.for_ghl(engine, settings).acquire)
+        budget = RateBudget.for_ghl(engine, settings)
+        ghl = GhlClient.from_settings(settings, budget.acquire, budget.observe)
         resources.push_async_callback(ghl.aclose)
         aloware = AlowareClient.from_settings(settings)
         resources.push_async_callback(aloware.aclose)

@@ -9,7 +9,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.payloads._types import Tags
-from services.clients.http import VendorHttp, parse_body
+from services.clients.http import Observe, VendorHttp, parse_body
 from services.clients.paths import segment
 from services.infra.errors import Permanent
 from services.infra.settings import Settings
@@ -73,18 +73,28 @@ class GhlClient:
         *,
         acquire: Acquire = _no_budget,
         transport: httpx.AsyncBaseTransport | None = None,
+        observe: Observe | None = None,
     ) -> None:
         self.location_id = location_id
         self._acquire = acquire
-        self._http = VendorHttp("ghl", base_url, headers={"Authorization": f"Bearer {api_key}"}, transport=transport)
+        # ``observe`` sees every answer: the shared budget learns GHL's window and its 429s from it
+        self._http = VendorHttp(
+            "ghl", base_url, headers={"Authorization": f"Bearer {api_key}"}, transport=transport, observe=observe
+        )
 
     @classmethod
-    def from_settings(cls, settings: Settings, acquire: Acquire = _no_budget) -> GhlClient:
+    def from_settings(
+        cls, settings: Settings, acquire: Acquire = _no_budget, observe: Observe | None = None
+    ) -> GhlClient:
         """The client for ``GHL_BASE_URL`` / ``GHL_API_KEY`` / ``GHL_LOCATION_ID``."""
         settings.require("ghl_api_key", "ghl_location_id")
         assert settings.ghl_api_key is not None and settings.ghl_location_id is not None
         return cls(
-            settings.ghl_base_url, settings.ghl_api_key.get_secret_value(), settings.ghl_location_id, acquire=acquire
+            settings.ghl_base_url,
+            settings.ghl_api_key.get_secret_value(),
+            settings.ghl_location_id,
+            acquire=acquire,
+            observe=observe,
         )
 
     async def aclose(self) -> None:

@@ -51,9 +51,10 @@ async def serve(settings: Settings, lanes: tuple[Lane, ...] = LANES) -> None:
             stack.push_async_callback(aloware.aclose)
         oauth = GhlOAuth(settings, engine)
         stack.push_async_callback(oauth.aclose)
-        conversations = GhlConversations(settings, oauth, acquire=RateBudget.for_ghl(engine, settings).acquire)
+        budget = RateBudget.for_ghl(engine, settings)  # one per process: it learns from every answer
+        conversations = GhlConversations(settings, oauth, acquire=budget.acquire, observe=budget.observe)
         stack.push_async_callback(conversations.aclose)
-        ghl = GhlClient.from_settings(settings, RateBudget.for_ghl(engine, settings).acquire)
+        ghl = GhlClient.from_settings(settings, budget.acquire, budget.observe)
         stack.push_async_callback(ghl.aclose)
         sync = GhlSync(settings, engine, ghl, aloware, conversations)
         stack.push_async_callback(sync.aclose)

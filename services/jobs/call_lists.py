@@ -112,7 +112,8 @@ class CallListJobs:
         async with AsyncExitStack() as stack:
             ghl = self._ghl
             if ghl is None:
-                ghl = GhlClient.from_settings(s, RateBudget.for_ghl(self.engine, s).acquire)
+                budget = RateBudget.for_ghl(self.engine, s)
+                ghl = GhlClient.from_settings(s, budget.acquire, budget.observe)
                 stack.push_async_callback(ghl.aclose)
             aloware = self._aloware
             if aloware is None:

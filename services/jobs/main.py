@@ -38,7 +38,8 @@ async def serve(settings: Settings, explainer: ExplainerFactory | None = None) -
         stack.push_async_callback(engine.dispose)
         ghl = aloware = None
         if settings.ghl_api_key and settings.ghl_location_id:
-            ghl = GhlClient.from_settings(settings, RateBudget.for_ghl(engine, settings).acquire)
+            budget = RateBudget.for_ghl(engine, settings)
+            ghl = GhlClient.from_settings(settings, budget.acquire, budget.observe)
             stack.push_async_callback(ghl.aclose)
         if settings.aloware_api_token:  # the call-list commands (seed, rebuild) write into Aloware
             aloware = AlowareClient.from_settings(settings)

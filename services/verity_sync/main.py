@@ -28,13 +28,14 @@ async def serve(settings: Settings) -> None:
         stack.push_async_callback(engine.dispose)
         oauth = GhlOAuth(settings, engine)
         stack.push_async_callback(oauth.aclose)
+        budget = RateBudget.for_ghl(engine, settings)  # one per process: it learns from every answer
         conversations = None
         if settings.ghl_location_id:
-            conversations = GhlConversations(settings, oauth, acquire=RateBudget.for_ghl(engine, settings).acquire)
+            conversations = GhlConversations(settings, oauth, acquire=budget.acquire, observe=budget.observe)
             stack.push_async_callback(conversations.aclose)
         ghl = None
         if settings.ghl_api_key and settings.ghl_location_id:
-            ghl = GhlClient.from_settings(settings, RateBudget.for_ghl(engine, settings).acquire)
+            ghl = GhlClient.from_settings(settings, budget.acquire, budget.observe)
             stack.push_async_callback(ghl.aclose)
         sync = VeritySync(settings, engine, conversations, ghl=ghl)
         stack.push_async_callback(sync.aclose)

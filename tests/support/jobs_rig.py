@@ -24,8 +24,9 @@ async def running_jobs(settings: Settings, *, consume: bool = True) -> AsyncIter
     await prepare_topology(settings)
     engine = create_engine(settings)
     nc = await connect(settings, name="dfm-jobs")  # the jobs identity, as `dfm run jobs`
+    budget = RateBudget.for_ghl(engine, settings)
     ghl = (
-        GhlClient.from_settings(settings, RateBudget.for_ghl(engine, settings).acquire)
+        GhlClient.from_settings(settings, budget.acquire, budget.observe)
         if settings.ghl_api_key and settings.ghl_location_id
         else None
     )

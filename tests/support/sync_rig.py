@@ -95,11 +95,11 @@ async def consumers(settings: Settings, replicas: int, *, window_s: int = 10) ->
         for durable in (GHL_SYNC, ALOWARE_SYNC, VERITY_SYNC):
             engine = create_engine(settings)
             engines.append(engine)
-            budget = RateBudget.for_ghl(engine, settings, window_s).acquire
-            ghl = GhlClient.from_settings(settings, budget)
+            budget = RateBudget.for_ghl(engine, settings, window_s)  # wired as the services' main.py
+            ghl = GhlClient.from_settings(settings, budget.acquire, budget.observe)
             alo = AlowareClient.from_settings(settings)
             oauth = GhlOAuth(settings, engine)
-            conversations = GhlConversations(settings, oauth, acquire=budget)
+            conversations = GhlConversations(settings, oauth, acquire=budget.acquire, observe=budget.observe)
             clients += [ghl, alo, oauth, conversations]
             if durable is GHL_SYNC:
                 ghl_sync = GhlSync(settings, engine, ghl, alo, conversations)
