@@ -44,7 +44,7 @@ the drain is then the stack's own speed. Without it ghl-sync runs with its confi
 (the project's default, as in production) against the sandbox's 100 / 10 s.
 
 Usage: python -m bench.burst.run [--contacts 300] [--realtime-every 2] [--mix call,text,stop]
-                                 [--replicas 2] [--warm 20] [--lifted] [--at COMMIT]
+                                 [--replicas 2] [--warm W] [--lifted] [--at COMMIT]
                                  [--timeout S] [--json] [--record]
 """
 
@@ -54,6 +54,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import math
 import os
 import platform
 import shutil
@@ -138,10 +139,12 @@ def phone(n: int) -> str:
     return f"+1555{n:07d}"
 
 
-def realtime_body(kind: str, seq: int, warm: int) -> tuple[str, dict[str, Any]]:
-    """(source, body) of real-time event ``seq`` about warm contact ``seq % warm`` (warm
-    contacts are numbered from 0; burst contacts after them)."""
-    n = seq % warm
+def realtime_body(kind: str, seq: int, warm: int, nth: int = 0) -> tuple[str, dict[str, Any]]:
+    """(source, body) of real-time event ``seq``, the ``nth`` of its kind, about a warm contact
+    (numbered from 0; burst contacts after them): calls and texts ``seq % warm``, STOPs ``nth %
+    warm``, so each STOP opts out a number not yet opted out while there are warm contacts left
+    (a second STOP from a number already carrying the opt-out tags writes nothing to GHL)."""
+    n = (nth if kind == "stop" else seq) % warm
     now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     if kind == "call":  # like tests/fixtures/webhooks/aloware/call-disposed.json
         return "aloware", {
@@ -278,9 +281,12 @@ async def burst(
 
         async def realtime() -> None:
             tasks: list[asyncio.Task[Sent]] = []
+            nth: Counter[str] = Counter()
             for seq in itertools.count():
                 kind = next(kinds)
-                tasks.append(asyncio.create_task(sender.send(kind, *realtime_body(kind, seq, args.warm))))
+                body = realtime_body(kind, seq, args.warm, nth[kind])
+                nth[kind] += 1
+                tasks.append(asyncio.create_task(sender.send(kind, *body)))
                 try:
                     await asyncio.wait_for(drained.wait(), timeout=args.realtime_every)
                     break
@@ -361,7 +367,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--replicas", type=int, default=2, help="ghl-sync processes sharing its durable")
     parser.add_argument(
-        "--warm", type=int, default=20, help="contacts created before the burst; real-time events are about them"
+        "--warm",
+        type=int,
+        default=None,
+        help="contacts created before the burst; real-time events are about them (default: 20, or one per STOP "
+        "expected within the target drain of 1.3 × N/10 s when more)",
     )
     parser.add_argument("--lifted", action="store_true", help="GHL limit lifted in the sandbox and in ghl-sync")
     parser.add_argument(
@@ -378,6 +388,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if bad := [k for k in args.mix if k not in REALTIME]:
         parser.error(f"--mix: unknown kind(s) {', '.join(bad)}; expected call, text, stop")
+    args.warm_given = args.warm is not None
+    if args.warm is None:
+        stops = 1.3 * args.contacts / 10 / args.realtime_every * args.mix.count("stop") / len(args.mix)
+        args.warm = max(20, math.ceil(stops))
     if args.warm < 1 or args.contacts < 1 or args.replicas < 1:
         parser.error("--warm, --contacts and --replicas must be at least 1")
     args.timeout = args.timeout or max(600.0, 6 * args.contacts / 10)
@@ -613,7 +627,7 @@ def markdown(args: argparse.Namespace, r: dict[str, Any]) -> str:
     command = (
         f"python -m bench.burst.run --contacts {args.contacts} --realtime-every {args.realtime_every:g} "
         f"--replicas {args.replicas}{' --mix ' + ','.join(args.mix) if args.mix != list(REALTIME) else ''}"
-        f"{f' --warm {args.warm}' if args.warm != 20 else ''}{' --lifted' if args.lifted else ''}"
+        f"{f' --warm {args.warm}' if args.warm_given else ''}{' --lifted' if args.lifted else ''}"
         f"{f' --at {args.at}' if args.at else ''}"
     )
     lines = [
