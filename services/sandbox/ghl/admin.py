@@ -90,6 +90,14 @@ async def ghl_conversations(sandbox: SandboxDep) -> JSONResponse:
 
 @router.post("/_sandbox/rate-limit")
 async def set_rate_limit(request: Request, sandbox: SandboxDep) -> JSONResponse:
+    """``{"per_10s": N, "window_s": 10, "per_day": M, "enforce": true}``: GHL's limits from now
+    on; ``enforce: false`` lifts them while the ``X-RateLimit-*`` headers still count."""
     spec = await request.json()
-    sandbox.limiter.configure(int(spec["per_10s"]), float(spec.get("window_s", 10)))
+    per_day = spec.get("per_day")
+    sandbox.limiter.configure(
+        int(spec["per_10s"]),
+        float(spec.get("window_s", 10)),
+        per_day=None if per_day is None else int(per_day),
+        enforce=bool(spec.get("enforce", True)),
+    )
     return JSONResponse({"ok": True})
