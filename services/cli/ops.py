@@ -504,8 +504,9 @@ def lanes(output: OutputOption = Output.TABLE) -> None:
     """Show ghl-sync's lanes: each one's durable, backlog and expected drain time.
 
     Backlog is what the durable has not acked yet (pending plus in flight). Drain time is
-    backlog x DFM_LANE_REQUESTS_PER_EVENT / GHL budget per second (GHL_RATE_LIMIT_PER_10S / 10),
-    the real-time lane served first, so the bulk lane's time includes the real-time backlog.
+    backlog x DFM_LANE_REQUESTS_PER_EVENT / GHL budget per second (the window the shared budget
+    learned from GHL's X-RateLimit-* headers, else GHL_RATE_LIMIT_PER_10S / 10), the real-time
+    lane served first, so the bulk lane's time includes the real-time backlog.
     DFM_BULK_SUBJECTS says which subjects are bulk; `dfm migrate upgrade` applies a change.
 
     Examples:
@@ -517,10 +518,21 @@ def lanes(output: OutputOption = Output.TABLE) -> None:
     from contracts.lanes import LANES, Lane, lane_drain_seconds
     from contracts.streams import ghl_sync_lanes
 
-    settings = tool_settings("sweep")  # what it needs: NATS
+    settings = tool_settings("sweep")  # what it needs: NATS and the database (the learned budget)
     specs = ghl_sync_lanes(settings.dfm_bulk_subjects)
-    budget_per_s = settings.ghl_rate_limit_per_10s / 10
     per_event = settings.dfm_lane_requests_per_event
+
+    async def budget_rate() -> float:
+        from services.clients.budget import RateBudget
+        from services.infra.db.session import create_engine
+
+        engine = create_engine(settings)
+        try:
+            return await RateBudget.for_ghl(engine, settings).per_second()
+        except Exception:  # noqa: BLE001 - no database at hand: the configured figure
+            return settings.ghl_rate_limit_per_10s / 10
+        finally:
+            await engine.dispose()
 
     async def read() -> dict[Lane, tuple[int, int]]:
         from services.infra.broker import connect
@@ -540,6 +552,7 @@ def lanes(output: OutputOption = Output.TABLE) -> None:
         counts = asyncio.run(read())
     except Exception as exc:  # connection failures and a missing durable are one line  # noqa: BLE001
         _fail(f"cannot read the lanes' durables: {type(exc).__name__}: {exc}", code=1)
+    budget_per_s = round(asyncio.run(budget_rate()), 2)
     drain = lane_drain_seconds({lane: sum(counts[lane]) for lane in LANES}, per_event, budget_per_s)
     rows = [
         {

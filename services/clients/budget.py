@@ -439,6 +439,18 @@ class RateBudget:
             row.learned_max, row.learned_interval_ms, row.learned_daily_max, row.paused_until, row.pauses
         )
 
+    async def per_second(self) -> float:
+        """The steady rate this budget grants under saturated demand, requests per second: the
+        learned window (``floor(max × fraction)`` per GHL's interval) when there is one and
+        learning is on, else the configured ``limit`` per ``window_s``; each slot comes back a
+        window and its margin after it was used (the module docstring)."""
+        limit, window = float(self.limit), self.window_s
+        if self.policy.learn:
+            state = await self.state()
+            if state.learned_max and state.learned_interval_ms:
+                limit, window = float(int(state.learned_max * self.policy.fraction)), state.learned_interval_ms / 1000
+        return limit / (window + self.policy.margin_s)
+
     def _see_quota(self, quota: int, used: int, granted: bool) -> None:
         """The gauge, and one warning per process when the quota runs out (not one per call)."""
         QUOTA_REMAINING.labels(self.key).set(max(0, quota - used))

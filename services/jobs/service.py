@@ -39,6 +39,7 @@ from contracts.lanes import LANES, Lane, lane_drain_seconds
 from contracts.streams import CONSUMERS, GHL_SYNC, WEBHOOKS_STREAM
 from contracts.streams import consumer as consumer_spec
 from services.clients.aloware import AlowareClient
+from services.clients.budget import RateBudget
 from services.clients.ghl import GhlClient
 from services.infra.db.models import DeadLetterRow, EventDeliveryRow, ReconcileRunRow
 from services.infra.delivery import DeliveryLedger, event_table
@@ -214,11 +215,20 @@ class Jobs:
                 backlog[spec.lane] = (info.num_pending or 0) + (info.num_ack_pending or 0)
         if len(backlog) == len(LANES):  # both lanes read this round: a drain time from half is wrong
             drain = lane_drain_seconds(
-                backlog, self.settings.dfm_lane_requests_per_event, self.settings.ghl_rate_limit_per_10s / 10
+                backlog, self.settings.dfm_lane_requests_per_event, await self._budget_per_second()
             )
             for lane in LANES:
                 LANE_BACKLOG.labels(GHL_SYNC.owner, lane).set(backlog[lane])
                 LANE_DRAIN.labels(GHL_SYNC.owner, lane).set(drain[lane])
+
+    async def _budget_per_second(self) -> float:
+        """The GHL budget's steady rate as all replicas see it (the learned window when there
+        is one), else the configured one when the database does not answer."""
+        try:
+            return await RateBudget.for_ghl(self.engine, self.settings).per_second()
+        except Exception as exc:  # noqa: BLE001 - a gauge; the configured figure is still a figure
+            log.debug("budget_state_unavailable", error=type(exc).__name__)
+            return self.settings.ghl_rate_limit_per_10s / 10
 
     # --- dead letters ----------------------------------------------------------------------
     async def on_advisory(self, msg: Msg) -> None:

@@ -23,7 +23,7 @@ from tests.conftest import load_fixture
 from tests.support.activity import send_texting
 from tests.support.contacts import aloware_contact, send_aloware
 from tests.support.jobs import cli, probe_event
-from tests.support.jobs_rig import fetch
+from tests.support.jobs_rig import execute, fetch
 from tests.support.sync_rig import eventually, pipeline_settings, running_pipeline
 
 BACKLOG = 300
@@ -180,6 +180,15 @@ async def test_dfm_lanes_shows_each_lane_s_backlog_and_drain_time(
     assert (lanes["realtime"]["durable"], lanes["realtime"]["pending"]) == ("ghl-sync", 0)
     table = cli(env, "lanes")
     assert table.returncode == 0 and "ghl-sync-bulk" in table.stdout and "1s" in table.stdout, table.stdout
+    # once the budget has learned GHL's window (any replica), the drain time is at that rate
+    await execute(
+        base_env["DATABASE_URL"],
+        "INSERT INTO rate_budgets (key, learned_max, learned_interval_ms) VALUES ($1, 200, 10000)",
+        f"ghl:{base_env['GHL_LOCATION_ID']}",
+    )
+    learned = json.loads(cli(env, "lanes", "-o", "json").stdout)
+    assert learned["budgetPerSecond"] == round(int(200 * 0.98) / 10.2, 2), learned  # 19.22
+    assert {r["lane"]: r["drainSeconds"] for r in learned["lanes"]}["bulk"] == round(4 * 2 / 19.22, 1)
 
 
 @pytest.mark.parametrize("service", ["ingress", "aloware-sync"])
