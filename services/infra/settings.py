@@ -439,7 +439,7 @@ class Settings(BaseSettings):
         description="a request holds its slot this long after the window (the network's jitter; GHL counts arrivals)",
     )
     ghl_rate_budget_realtime_reserve: float = Field(
-        default=0.1,
+        default=0.01,
         ge=0,
         lt=1,
         description="share of the window the bulk lane leaves free while the realtime lane is active",

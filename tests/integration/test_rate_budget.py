@@ -332,10 +332,11 @@ async def test_bulk_leaves_the_reserve_to_active_realtime_and_takes_it_when_real
     settings = _settings(database_url)
     key = f"ghl:{settings.ghl_location_id}"
     async with _engines(settings, 2) as engines:
-        quiet = RateBudget(engines[0], key + "/quiet", 20, window_s=60, max_wait_s=0)
+        tenth = BudgetPolicy(realtime_reserve=0.1)
+        quiet = RateBudget(engines[0], key + "/quiet", 20, window_s=60, max_wait_s=0, policy=tenth)
         for _ in range(20):
             await quiet.take("bulk")  # nobody realtime: bulk may fill the window
-        bulk, realtime = (RateBudget(e, key, 20, window_s=60, max_wait_s=0) for e in engines)
+        bulk, realtime = (RateBudget(e, key, 20, window_s=60, max_wait_s=0, policy=tenth) for e in engines)
         await realtime.take("realtime")
         taken = 0
         with pytest.raises(RetryLater):
