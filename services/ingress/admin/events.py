@@ -64,6 +64,17 @@ def _not_a_number(value: Any) -> Any:
 IsoDateTime = Annotated[datetime, BeforeValidator(_not_a_number)]
 
 
+def _digits(value: object) -> object:
+    """A count in a query is digits: pydantic's lax int also takes ``5.0`` (schemathesis found
+    ``limit=5.0`` answered 200 where the document says integer)."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("expected a whole number of digits")
+    return value
+
+
+Digits = BeforeValidator(_digits)
+
+
 def events_router(deps: AdminDeps) -> APIRouter:
     """``/api/admin/events…``, ``/api/admin/texting/events`` and ``/api/admin/outbox/failed``."""
     engine, admin = deps.engine, deps.admin
@@ -82,7 +93,7 @@ def events_router(deps: AdminDeps) -> APIRouter:
         receivedFrom: IsoDateTime | None = None,
         receivedTo: IsoDateTime | None = None,
         order: Literal["asc", "desc"] = "asc",
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        limit: Annotated[int, Query(ge=1, le=500), Digits] = 50,
         cursor: str | None = None,
         includePayload: Literal["redacted", "raw"] = "redacted",
     ) -> JSONResponse:
@@ -113,7 +124,7 @@ def events_router(deps: AdminDeps) -> APIRouter:
     )
     async def list_texting_events(
         status: str | None = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        limit: Annotated[int, Query(ge=1, le=500), Digits] = 50,
         includeBody: bool = False,
         cursor: str | None = None,
     ) -> JSONResponse:
@@ -176,7 +187,7 @@ def events_router(deps: AdminDeps) -> APIRouter:
         dependencies=[admin],
         summary="accepted events the stream refused (set aside by the outbox drain)",
     )
-    async def get_failed_outbox(limit: Annotated[int, Query(ge=1, le=500)] = 100) -> JSONResponse:
+    async def get_failed_outbox(limit: Annotated[int, Query(ge=1, le=500), Digits] = 100) -> JSONResponse:
         rows = await failed_outbox_rows(engine, limit)
         return JSONResponse({"rows": rows, "count": len(rows)})
 
