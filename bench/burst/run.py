@@ -232,6 +232,23 @@ async def terminal(conn: asyncpg.Connection, ids: list[str]) -> dict[str, str]:
     return {r["id"]: r["status"] for r in rows}
 
 
+async def dead_reasons(db: str, ids: list[str]) -> list[str]:
+    """Why the sent events that ended dead did (their rows' last error), so an unbalanced ledger
+    says what to look at."""
+    conn = await asyncpg.connect(db)
+    try:
+        rows = await conn.fetch(
+            "SELECT e.canonical_type, e.entity_id, e.error_message, "
+            "(SELECT string_agg(d.consumer || ': ' || coalesce(d.last_error, '?'), '; ') FROM event_deliveries d "
+            "WHERE d.event_id = e.id AND d.status = 'dead') AS why "
+            "FROM webhook_events e WHERE e.id = ANY($1::uuid[]) AND e.status = 'dead'",
+            ids,
+        )
+    finally:
+        await conn.close()
+    return [f"{r['canonical_type']} {r['entity_id']}: {r['error_message']} ({r['why']})" for r in rows]
+
+
 async def wait_finished(db: str, ids: list[str], timeout: float, what: str) -> dict[str, str]:
     conn = await asyncpg.connect(sync_url(db))
     try:
@@ -481,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
         calls = httpx.get(f"{sandbox}/_sandbox/calls", params={"vendor": "ghl"}).json()[skip:]
         ghl_contacts = httpx.get(f"{sandbox}/_sandbox/ghl/contacts").json()
         rows = asyncio.run(ledger_rows(pg.url(), [s.event_id for s in sent if s.event_id]))
+        for reason in asyncio.run(dead_reasons(pg.url(), [s.event_id for s in sent if s.event_id])):
+            print(f"dead: {reason}", file=sys.stderr)
         invalid_lines = processes.log_text("sandbox").count("sandbox_invalid_request") - invalid_before
         crashed = {
             name: [p.returncode for p in ps if p.poll() is not None] for name, ps in processes.by_service.items()
