@@ -87,7 +87,7 @@ from bench.burst.figures import (
 )
 from bench.e2e.run import raw_limits, settle_all
 from bench.ingress.run import cpu_seconds, wait_http
-from bench.procs import Processes
+from bench.procs import VERITY_SECRET, Processes, stack_env
 from services.clients.ghl_oauth import sign_state
 from services.infra.db.session import sync_url
 from services.infra.settings import Settings
@@ -95,8 +95,7 @@ from services.infra.signing import generate_ed25519, private_pem, public_pem
 from services.tooling.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from services.tooling.sender import sign
 
-SECRET = "bench-verity-secret"
-LOCATION = "ghlLocationDemo00001"
+SECRET = VERITY_SECRET
 REALTIME = ("call", "text", "stop")
 TERMINAL = ("done", "dead", "quarantined")
 IN_FLIGHT = 32
@@ -425,36 +424,15 @@ def main(argv: list[str] | None = None) -> int:
     (work / "key.pem").write_text(private_pem(key))
     sandbox_port, ingress_port = free_port(), free_port()
     sandbox, ingress = f"http://127.0.0.1:{sandbox_port}", f"http://127.0.0.1:{ingress_port}"
-    env = {
-        **os.environ,
-        "NATS_URL": nats_server.url,
-        "DATABASE_URL": pg.url(),
-        "LOG_LEVEL": "warning",
-        "INGRESS_PORT": str(ingress_port),
-        "SANDBOX_PORT": str(sandbox_port),
-        "METRICS_PORT": "0",
-        "GHL_API_KEY": "sandbox-ghl-key",
-        "GHL_LOCATION_ID": LOCATION,
-        "GHL_BASE_URL": f"{sandbox}/ghl",
-        "ALOWARE_API_TOKEN": "sandbox-aloware-token",
-        "ALOWARE_BASE_URL": f"{sandbox}/aloware/api/v1",
-        "ALOWARE_WEBHOOK_BASIC_USER": "aloware",
-        "ALOWARE_WEBHOOK_BASIC_PASS": "bench:pass",
-        "VERITY_WEBHOOK_SECRET": SECRET,
-        "VERITY_BASE_URL": f"{sandbox}/verity",
-        "VERITY_API_KEY": "sandbox-verity-key",
-        "DF_ADMIN_SECRET": "bench",
-        "X_DF_JOBS_SECRET": "bench",
-        "CONTACT_SOURCE_OF_TRUTH": "aloware",
-        "DFM_GHL_SIGNING_KEY_FILE": str(work / "key.pem"),
-        "GHL_WEBHOOK_ED25519_PUBLIC_KEY": public_pem(key),
-        "DFM_SANDBOX_WEBHOOK_URL": ingress,  # GHL's webhooks about our writes come back (echoes)
-        "GHL_CLIENT_ID": "sandbox-client-id",
-        "GHL_CLIENT_SECRET": "sandbox-client-secret",
-        "GHL_CONVERSATION_PROVIDER_ID": "sandbox-provider",
-        "DFM_TOKEN_KEY": "Qk9_hHuUeXy6sWr5lD6c0mJ3Ojz3v0Yt3kHq3Yl7x8M=",
-        "ALOWARE_MAX_RPS": "100000",
-    }
+    env = stack_env(
+        dict(os.environ),
+        nats_url=nats_server.url,
+        database_url=pg.url(),
+        sandbox_port=sandbox_port,
+        ingress_port=ingress_port,
+        key_file=work / "key.pem",
+        public_key=public_pem(key),
+    )
     if args.lifted:
         env["GHL_RATE_LIMIT_PER_10S"] = "1000000"
     else:

@@ -79,7 +79,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.ingress.run import cpu_seconds, js_publish_rate, pg_insert_rate, wait_http
-from bench.procs import Processes
+from bench.procs import VERITY_SECRET, Processes, stack_env
 from contracts.phone import to_e164
 from services.clients.ghl_oauth import sign_state
 from services.infra.broker import prepare_topology
@@ -90,7 +90,7 @@ from services.infra.signing import generate_ed25519, private_pem, public_pem
 from services.tooling.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from services.tooling.sender import sign
 
-SECRET = "bench-verity-secret"
+SECRET = VERITY_SECRET
 GHL = {"Authorization": "Bearer sandbox-ghl-key", "Version": "2021-07-28"}
 SERVICES = ("recorder", "ghl-sync", "aloware-sync", "verity-sync")
 
@@ -829,35 +829,16 @@ def main() -> int:
     sandbox_port, ingress_port, gateway_port = free_port(), free_port(), free_port()
     sandbox = f"http://127.0.0.1:{sandbox_port}"
     env = {
-        **os.environ,
-        "NATS_URL": nats_server.url,
-        "DATABASE_URL": pg.url(),
-        "LOG_LEVEL": "warning",
-        "INGRESS_PORT": str(ingress_port),
-        "SANDBOX_PORT": str(sandbox_port),
-        "METRICS_PORT": "0",
-        "GHL_API_KEY": "sandbox-ghl-key",
-        "GHL_LOCATION_ID": "ghlLocationDemo00001",
-        "GHL_BASE_URL": f"{sandbox}/ghl",
-        "ALOWARE_API_TOKEN": "sandbox-aloware-token",
-        "ALOWARE_BASE_URL": f"{sandbox}/aloware/api/v1",
-        "ALOWARE_WEBHOOK_BASIC_USER": "aloware",
-        "ALOWARE_WEBHOOK_BASIC_PASS": "bench:pass",
-        "VERITY_WEBHOOK_SECRET": SECRET,
-        "VERITY_BASE_URL": f"{sandbox}/verity",
-        "VERITY_API_KEY": "sandbox-verity-key",
-        "DF_ADMIN_SECRET": "bench",
-        "X_DF_JOBS_SECRET": "bench",
+        **stack_env(
+            dict(os.environ),
+            nats_url=nats_server.url,
+            database_url=pg.url(),
+            sandbox_port=sandbox_port,
+            ingress_port=ingress_port,
+            key_file=work / "key.pem",
+            public_key=public_pem(key),
+        ),
         "GHL_RATE_LIMIT_PER_10S": "1000000",
-        "CONTACT_SOURCE_OF_TRUTH": "aloware",
-        "DFM_GHL_SIGNING_KEY_FILE": str(work / "key.pem"),
-        "GHL_WEBHOOK_ED25519_PUBLIC_KEY": public_pem(key),
-        "DFM_SANDBOX_WEBHOOK_URL": f"http://127.0.0.1:{ingress_port}",
-        "GHL_CLIENT_ID": "sandbox-client-id",
-        "GHL_CLIENT_SECRET": "sandbox-client-secret",
-        "GHL_CONVERSATION_PROVIDER_ID": "sandbox-provider",
-        "DFM_TOKEN_KEY": "Qk9_hHuUeXy6sWr5lD6c0mJ3Ojz3v0Yt3kHq3Yl7x8M=",
-        "ALOWARE_MAX_RPS": "100000",
         # a killed process's messages come back within seconds; retries stay short under chaos
         "DFM_CONSUMER_ACK_WAIT_S": "5",
         "RETRY_BASE_DELAY_S": "0.5",
