@@ -15,19 +15,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from services.infra.settings import Settings
-from services.sandbox.app import create_sandbox_app
 from tests.support.contacts import aloware_contact, done, no_invalid_requests, send_aloware
-from tests.support.ingress_rig import running_ingress, running_recorder, serving
 from tests.support.jobs_rig import fetch
 from tests.support.sync_rig import Pipeline, consumers, eventually, pipeline_settings, running_pipeline
 
@@ -35,19 +31,10 @@ GHL_HEADERS = {"Authorization": "Bearer sandbox-ghl-key", "Version": "2021-07-28
 BURST = 50
 
 
-@asynccontextmanager
-async def without_consumers(settings: Settings) -> AsyncIterator[Pipeline]:
+def without_consumers(settings: Settings) -> AbstractAsyncContextManager[Pipeline]:
     """Sandbox vendors, recorder and ingress, but no sync consumer: events queue on the stream
     and in the ledger until the test starts ``consumers``."""
-    async with AsyncExitStack() as stack:
-        sandbox_url = await stack.enter_async_context(
-            serving(create_sandbox_app(settings), "/_sandbox/calls", port=settings.sandbox_port)
-        )
-        await stack.enter_async_context(running_recorder(settings))
-        ingress_url = await stack.enter_async_context(running_ingress(settings, port=settings.ingress_port))
-        ingress = await stack.enter_async_context(httpx.AsyncClient(base_url=ingress_url, timeout=10))
-        sandbox = await stack.enter_async_context(httpx.AsyncClient(base_url=sandbox_url, timeout=10))
-        yield Pipeline(settings, ingress, sandbox)
+    return running_pipeline(settings, replicas=0)
 
 
 async def settled(db: str, expected: int = 1) -> bool:

@@ -6,12 +6,10 @@ their error family (STYLE.md §4)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-import httpx
 from pydantic import BaseModel
 
 from contracts.commands import AgentsSeedRequested, ListsRebuildRequested
@@ -20,9 +18,8 @@ from contracts.subjects import AGENTS_SEED_SUBJECT, LISTS_REBUILD_SUBJECT, subje
 from services.infra.settings import Settings
 from services.jobs.commands import COMMANDS
 from services.jobs.service import Jobs
-from services.sandbox.app import create_sandbox_app
 from tests.conftest import TEST_SECRETS
-from tests.support.ingress_rig import running_ingress, running_recorder, serving, stream_messages
+from tests.support.ingress_rig import stream_messages
 from tests.support.jobs_rig import fetch, running_jobs
 from tests.support.sync_rig import Pipeline, consumers, eventually, pipeline_settings, running_pipeline
 
@@ -224,19 +221,10 @@ async def run_of(db: str, job: str, command_id: str) -> list[dict[str, Any]]:
     return await finished(db, job, AgentsSeedRequested(command_id=command_id))
 
 
-@asynccontextmanager
-async def without_running_consumers(settings: Settings) -> AsyncIterator[Pipeline]:
+def without_running_consumers(settings: Settings) -> AbstractAsyncContextManager[Pipeline]:
     """Sandbox vendors, recorder and ingress, but no sync consumer: a vendor request the
     sandbox records now was made by the ingress (or by a jobs runner the test starts)."""
-    async with AsyncExitStack() as stack:
-        sandbox_url = await stack.enter_async_context(
-            serving(create_sandbox_app(settings), "/_sandbox/calls", port=settings.sandbox_port)
-        )
-        await stack.enter_async_context(running_recorder(settings))
-        ingress_url = await stack.enter_async_context(running_ingress(settings, port=settings.ingress_port))
-        ingress = await stack.enter_async_context(httpx.AsyncClient(base_url=ingress_url, timeout=10))
-        sandbox = await stack.enter_async_context(httpx.AsyncClient(base_url=sandbox_url, timeout=10))
-        yield Pipeline(settings, ingress, sandbox)
+    return running_pipeline(settings, replicas=0)
 
 
 async def test_the_ingress_queues_the_seed_and_the_rebuild_and_never_calls_a_vendor_for_them(

@@ -129,6 +129,8 @@ async def consumers(settings: Settings, replicas: int, *, window_s: int = 10) ->
 
 @asynccontextmanager
 async def running_pipeline(settings: Settings, replicas: int = 1, **kwargs: Any) -> AsyncIterator[Pipeline]:
+    """Sandbox vendors, recorder, ``replicas`` of every sync consumer (0: none, events wait on
+    the stream and in the ledger) and the ingress."""
     async with AsyncExitStack() as stack:
         sandbox_url = await stack.enter_async_context(
             serving(create_sandbox_app(settings), "/_sandbox/calls", port=settings.sandbox_port)
