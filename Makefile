@@ -36,10 +36,15 @@ run: $(STAMP)
 
 ## test: the whole suite, hermetic (own nats-server, fresh database), on TEST_WORKERS
 ## pytest-xdist workers (default 3: the tests mostly wait on processes and servers;
-## TEST_WORKERS=0 runs them in this process)
+## TEST_WORKERS=0 runs them in this process); tests marked `serial` run after, alone
 TEST_WORKERS ?= 3
 test: $(STAMP) $(CHROMIUM)
-	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS))
+ifeq ($(TEST_WORKERS),0)
+	$(BIN)/python -m pytest
+else
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not serial"
+	$(BIN)/python -m pytest -m serial
+endif
 
 ## lock: requirements/{prod,dev}.lock from pyproject.toml (pins kept where still allowed;
 ## `make lock UPGRADE=1` takes the newest versions the bounds allow)
