@@ -34,10 +34,11 @@ browser: $(CHROMIUM)
 run: $(STAMP)
 	$(BIN)/dfm up
 
-## test: the whole suite, hermetic (own nats-server, fresh database), on TEST_WORKERS
-## pytest-xdist workers (default 3: the tests mostly wait on processes and servers;
-## TEST_WORKERS=0 runs them in this process); tests marked `serial` run after, alone
-TEST_WORKERS ?= 3
+## test: the whole suite, hermetic (own nats-server, fresh database), in this process
+## (about 22 min here). TEST_WORKERS=3 runs it on pytest-xdist workers (about 9 min), the
+## tests marked `serial` after, alone; not the default while parallel runs still show the
+## in-process recorder now and then leaving a row unwritten (README, Tests)
+TEST_WORKERS ?= 0
 test: $(STAMP) $(CHROMIUM)
 ifeq ($(TEST_WORKERS),0)
 	$(BIN)/python -m pytest
