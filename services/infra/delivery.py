@@ -25,8 +25,9 @@ from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
-from sqlalchemy import Executable, case, cast, exists, extract, func, literal, select, text, update
+from sqlalchemy import ARRAY, DateTime, Text, case, cast, exists, func, literal, null, select, text, true, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -127,9 +128,9 @@ class Claim:
     held_for_s: float | None = None
 
 
-_AGGREGATE = text(
-    "SELECT dfm_event_aggregate(CAST(:table AS text), CAST(:event AS uuid), "
-    "CAST(:expected AS text[]), CAST(:error AS text), CAST(:next AS timestamptz))"
+_CLAIM = text(
+    "SELECT o_attempt, o_status, o_held_ms FROM dfm_delivery_claim(CAST(:table AS text), CAST(:event AS uuid), "
+    "CAST(:consumer AS text), CAST(:event_table AS text), CAST(:lease_ms AS bigint), CAST(:expected AS text[]))"
 )
 
 
@@ -178,7 +179,10 @@ class DeliveryLedger:
         """
         table_name = event_table(event)
         table, values = row_for(event, stream_seq, self._settings.default_phone_region)
-        async with self._engine.begin() as conn:
+        # two statements, each its own transaction (migrations/versions/0010): the event row
+        # needs no transaction with the claim (the recorder inserts it on its own too)
+        async with self._engine.connect() as raw:
+            conn = await raw.execution_options(isolation_level="AUTOCOMMIT")
             # one round trip: the row this statement inserted, else the one already there. No
             # conflict target: the recorder or another consumer inserting the same event at the
             # same moment collides on the primary key too, and that must not be an error (it
@@ -199,54 +203,26 @@ class DeliveryLedger:
                 return Claim()
             if row.status == "quarantined" or event.outcome_hint:
                 return Claim()
-            # claimed_at on the database clock, written and compared there: replicas' clocks
-            # may differ by more than a lease
-            lease = timedelta(seconds=self.claim_lease_s)
-            expired = EventDeliveryRow.claimed_at.is_(None) | (EventDeliveryRow.claimed_at < func.now() - lease)
-            claimed = (
+            # the claim and, when made, the event's aggregate: dfm_delivery_claim
+            state = (
                 await conn.execute(
-                    insert(EventDeliveryRow)
-                    .values(
-                        event_id=event.event_id,
-                        consumer=self.consumer,
-                        event_table=table_name,
-                        status="processing",
-                        attempts=1,
-                        claimed_at=func.now(),
-                    )
-                    .on_conflict_do_update(
-                        index_elements=["event_id", "consumer"],
-                        set_={
-                            "status": "processing",
-                            "attempts": EventDeliveryRow.attempts + 1,
-                            "claimed_at": func.now(),
-                            "updated_at": datetime.now(UTC),
-                        },
-                        where=EventDeliveryRow.status.in_(("pending", "error"))
-                        | ((EventDeliveryRow.status == "processing") & expired),
-                    )
-                    .returning(EventDeliveryRow.attempts)
+                    _CLAIM,
+                    {
+                        "table": table.__tablename__,
+                        "event": event.event_id,
+                        "consumer": self.consumer,
+                        "event_table": table_name,
+                        "lease_ms": round(self.claim_lease_s * 1000),
+                        "expected": expected_consumers(event.subject),
+                    },
                 )
-            ).scalar_one_or_none()
-            if claimed is None:
-                return await self._not_claimed(conn, event)
-            await self._aggregate(conn, event, table)
-        return Claim(attempt=int(claimed))
-
-    async def _not_claimed(self, conn: Any, event: WebhookEvent) -> Claim:
-        """Finished (ack), or held by a live attempt: look again when its lease could end."""
-        remaining = extract("epoch", EventDeliveryRow.claimed_at + timedelta(seconds=self.claim_lease_s) - func.now())
-        state = (
-            await conn.execute(
-                select(EventDeliveryRow.status, remaining.label("remaining")).where(
-                    EventDeliveryRow.event_id == event.event_id, EventDeliveryRow.consumer == self.consumer
-                )
-            )
-        ).first()
-        if state is not None and state.status not in ("processing", "pending", "error"):
+            ).one()
+        if state.o_attempt is not None:
+            return Claim(attempt=int(state.o_attempt))
+        if state.o_status is not None and state.o_status not in ("processing", "pending", "error"):
             return Claim()  # done or dead: never run again
         # processing (live), or changed since the claim was refused: never longer than a lease
-        wait = float(state.remaining) if state is not None and state.remaining is not None else 0.0
+        wait = float(state.o_held_ms) / 1000 if state.o_held_ms is not None else 0.0
         return Claim(held_for_s=min(max(wait, 0.5), self.claim_lease_s))
 
     async def renew(self, event: WebhookEvent, attempt: int) -> bool:
@@ -279,8 +255,16 @@ class DeliveryLedger:
         failure: Failure | None = None,
     ) -> None:
         """Record the delivery's end state, the event's aggregate and (with ``trace``) the
-        attempt's ``event_attempts`` row, in one transaction; with ``failure`` too, the
-        attempt's ``sync_log`` error row (``_failure_rows``)."""
+        attempt's ``event_attempts`` row, in one statement; with ``failure`` too, the
+        attempt's ``sync_log`` error row (``_failure_rows``).
+
+        The aggregate (spec/inbound.md §4.2) is the database function's: it locks the event
+        row, then reads the deliveries and updates the row (migrations/versions/0004 and
+        0010): dead > error > processing > pending > done over the consumers that take the
+        subject (no delivery row yet counts as pending); when done, the best outcome (applied
+        > echo > skipped > ignored) and a reason, preferring one that says more than
+        "Unhandled…"/"…_disabled"; on error/dead, the error and next attempt time. A
+        quarantined event is left alone."""
         table = EVENT_TABLES[event_table(event)]
         values: dict[str, Any] = {
             "status": status,
@@ -305,13 +289,19 @@ class DeliveryLedger:
             update(EventDeliveryRow)
             .where(EventDeliveryRow.event_id == event.event_id, EventDeliveryRow.consumer == self.consumer)
             .values(**values)
+            .returning(
+                EventDeliveryRow.status,
+                EventDeliveryRow.outcome,
+                EventDeliveryRow.outcome_reason,
+                EventDeliveryRow.attempts,
+            )
+            .cte("delivery")
         )
-        statement: Executable = delivery
-        if trace is not None and attempt is not None:  # all writes in one statement (round trip)
-            ctes = [delivery.cte("delivery")]
+        ctes: list[Any] = []
+        if trace is not None and attempt is not None:
             if failure is not None:
                 ctes += self._failure_rows(event, status, attempt, trace, failure)
-            statement = (
+            ctes.append(
                 insert(EventAttemptRow)
                 .values(
                     event_id=event.event_id,
@@ -327,11 +317,30 @@ class DeliveryLedger:
                     vendor_calls=trace.vendor_calls,
                     mappings=trace.mappings,
                 )
-                .add_cte(*ctes)
+                .cte("attempt")
             )
-        async with self._engine.begin() as conn:
+        # the end state, its attempt and sync_log rows and the event's aggregate in one
+        # statement, atomic without a transaction around it: the aggregate is told this
+        # delivery's new row (dfm_event_aggregate_as, migrations/versions/0010), which the
+        # statement's own snapshot cannot show it
+        found = delivery.c.status.is_not(None)
+        aggregate = func.dfm_event_aggregate_as(
+            cast(literal(table.__tablename__), Text),
+            cast(literal(event.event_id, PG_UUID(as_uuid=True)), PG_UUID(as_uuid=True)),
+            cast(literal(expected_consumers(event.subject), ARRAY(Text)), ARRAY(Text)),
+            cast(literal(error, Text), Text),
+            cast(literal(next_attempt_at, DateTime(timezone=True)), DateTime(timezone=True)),
+            case((found, cast(literal(self.consumer), Text)), else_=null()),
+            delivery.c.status,
+            delivery.c.outcome,
+            delivery.c.outcome_reason,
+            delivery.c.attempts,
+        )
+        one = select(literal(1).label("one")).subquery("one")
+        statement = select(aggregate).select_from(one.outerjoin(delivery, true())).add_cte(*ctes)
+        async with self._engine.connect() as raw:
+            conn = await raw.execution_options(isolation_level="AUTOCOMMIT")
             await conn.execute(statement)
-            await self._aggregate(conn, event, table, error=error, next_attempt_at=next_attempt_at)
 
     def _failure_rows(
         self, event: WebhookEvent, status: str, attempt: int, trace: AttemptTrace, failure: Failure
@@ -379,34 +388,6 @@ class DeliveryLedger:
         ]
         unless_marked = select(*values).where(~exists(select(marked.c.id)))
         return [marked, insert(SyncLogRow).from_select(columns, unless_marked).cte("sync_error")]
-
-    async def _aggregate(
-        self,
-        conn: Any,
-        event: WebhookEvent,
-        table: Any,
-        *,
-        error: str | None = None,
-        next_attempt_at: datetime | None = None,
-    ) -> None:
-        """The event's status from its deliveries (spec/inbound.md §4.2), in one round trip.
-
-        The database function locks the event row, then reads the deliveries and updates the
-        row (migrations/versions/0004_round_trip_functions.py): dead > error > processing >
-        pending > done over the consumers that take the subject (no delivery row yet counts as
-        pending); when done, the best outcome (applied > echo > skipped > ignored) and a
-        reason, preferring one that says more than "Unhandled…"/"…_disabled"; on error/dead,
-        the error and next attempt time. A quarantined event is left alone."""
-        await conn.execute(
-            _AGGREGATE,
-            {
-                "table": table.__tablename__,
-                "event": event.event_id,
-                "expected": expected_consumers(event.subject),
-                "error": error,
-                "next": next_attempt_at,
-            },
-        )
 
 
 def consumer_batch(settings: Settings) -> int:
