@@ -527,6 +527,17 @@ async def settle_all(db: str, timeout: float) -> int:
         await conn.close()
 
 
+async def attempts_per_consumer(db: str) -> dict[str, int]:
+    """Rule attempts each consumer made (``event_attempts`` rows, retries included): what its
+    CPU seconds are divided by for the CPU per event."""
+    conn = await asyncpg.connect(sync_url(db))
+    try:
+        rows = await conn.fetch("SELECT consumer, count(*) AS n FROM event_attempts GROUP BY consumer")
+        return {r["consumer"]: int(r["n"]) for r in rows}
+    finally:
+        await conn.close()
+
+
 async def optout_state(db: str, phones: list[str], ids: set[str]) -> tuple[int, int]:
     """(opted-out numbers the registry says are opted out, opt-out events done)."""
     conn = await asyncpg.connect(sync_url(db))
@@ -940,6 +951,7 @@ def main() -> int:
                 accepted |= sent2
                 gate["open after phase 2"] = asyncio.run(settle_all(pg.url(), timeout=settle_s))
         lists_db = asyncio.run(list_rows(pg.url(), {r["id"] for r in phase2["results"] if r["id"]}))
+        attempts = asyncio.run(attempts_per_consumer(pg.url()))
         # a process killed by the chaos took its CPU count with it: no figure for its service
         cpu = {name: cpu_seconds(p) - before[name] if processes.pids()[name] == p else None for name, p in pids.items()}
         calls = httpx.get(f"{sandbox}/_sandbox/calls").json()[skip_calls:]
@@ -1102,6 +1114,13 @@ def main() -> int:
         f"{pct(0.99):.0f} / {max(latencies) if latencies else float('nan'):.0f} ms |",
         f"| vendor calls per accepted event | {vendor_calls / max(1, len(accepted)):.2f} |",
         f"| CPU seconds | {', '.join(f'{k} ' + (f'{v:.1f}' if v is not None else 'n/a (killed)') for k, v in cpu.items())} |",
+        "| CPU ms per rule attempt (CPU seconds / event_attempts rows) | "
+        + ", ".join(
+            f"{k} {1000 * v / attempts[k]:.1f} ({attempts[k]} attempts)"
+            for k, v in cpu.items()
+            if v is not None and attempts.get(k)
+        )
+        + " |",
         "",
         "Raw limits, same run and servers, measured just before the load (3 s each):",
         "",
