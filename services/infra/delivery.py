@@ -15,6 +15,7 @@ counts every failure and not only those a rule logged itself.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,7 +26,23 @@ from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
-from sqlalchemy import ARRAY, DateTime, Text, case, cast, exists, func, literal, null, select, text, true, update
+from sqlalchemy import (
+    ARRAY,
+    DateTime,
+    Table,
+    Text,
+    bindparam,
+    case,
+    cast,
+    exists,
+    func,
+    literal,
+    null,
+    select,
+    text,
+    true,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -134,6 +151,19 @@ _CLAIM = text(
 )
 
 
+def cast_table(model: Any) -> Table:
+    """A mapped class's Core ``Table``."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+# Core tables: ORM-enabled DML spends more CPU per statement on the same SQL
+_TABLES: dict[str, Table] = {t.__tablename__: cast_table(t) for t in EVENT_TABLES.values()}
+_DELIVERIES = cast_table(EventDeliveryRow)
+_ATTEMPTS = cast_table(EventAttemptRow)
+
+
 def event_table(event: WebhookEvent) -> TableName:
     """Which event table holds ``event``: webhook, texting or broadcast."""
     if event.source is Source.TEXTING:
@@ -141,6 +171,98 @@ def event_table(event: WebhookEvent) -> TableName:
     if event.source is Source.BROADCAST:
         return "broadcast"
     return "webhook"
+
+
+@functools.cache
+def _event_row_statements(table_name: str, keys: tuple[str, ...]) -> tuple[Any, Any]:
+    """``begin``'s event-row statement for ``table_name`` and ``row_for``'s ``keys``, built once
+    (its parameters ``p_<column>``): the row it inserted, else the one already there; and the
+    second look at the one already there. No conflict target: the recorder or another consumer
+    inserting the same event at the same moment collides on the primary key too, and that
+    must not be an error (it was: an IntegrityError and a NAK, ~1 s late, in the e2e bench).
+    Built per call, these statements' construction and cache keys were most of the ledger's
+    CPU (bench/ledger)."""
+    table = _TABLES[table_name]
+    inserted = (
+        insert(table)
+        .values({k: bindparam(f"p_{k}", type_=table.c[k].type) for k in keys})
+        .on_conflict_do_nothing()
+        .returning(table.c.id, table.c.status)
+        .cte("inserted")
+    )
+    existing = select(table.c.id, table.c.status).where(table.c.dedupe_key == bindparam("p_dedupe_key"))
+    return select(inserted.c.id, inserted.c.status).union_all(existing), existing
+
+
+@functools.cache
+def _finish_statement(table_name: str, keep_applied: bool, last_error: str, refund: bool, with_attempt: bool) -> Any:
+    """``finish``'s statement for one shape, built once (see ``DeliveryLedger.finish``): the
+    delivery's end state as a CTE returning the row it wrote, the attempt's row, and the event's
+    aggregate told that row (dfm_event_aggregate_as, migrations/versions/0010), which the
+    statement's own snapshot cannot show it; one statement, atomic without a transaction."""
+    d = _DELIVERIES
+    values: dict[str, Any] = {
+        "status": bindparam("p_status", type_=Text),
+        "updated_at": bindparam("p_updated_at", type_=DateTime(timezone=True)),
+        "next_attempt_at": bindparam("p_next", type_=DateTime(timezone=True)),
+        "outcome": bindparam("p_outcome", type_=Text),
+        "outcome_reason": bindparam("p_reason", type_=Text),
+    }
+    if keep_applied:
+        # two deliveries of one event ran at once and this one found the work done: the
+        # event's effect was applied, and that is what the delivery keeps saying
+        keep = d.c.outcome == "applied"
+        values["outcome"] = case((keep, "applied"), else_=values["outcome"])
+        values["outcome_reason"] = case((keep, d.c.outcome_reason), else_=values["outcome_reason"])
+    if last_error == "set":
+        values["last_error"] = bindparam("p_error", type_=Text)
+    elif last_error == "clear":
+        values["last_error"] = None  # the history stays in event_attempts
+    if refund:
+        values["attempts"] = d.c.attempts - 1
+    delivery = (
+        update(d)
+        .where(d.c.event_id == bindparam("p_event"), d.c.consumer == bindparam("p_consumer"))
+        .values(values)
+        .returning(d.c.status, d.c.outcome, d.c.outcome_reason, d.c.attempts)
+        .cte("delivery")
+    )
+    ctes: list[Any] = []
+    if with_attempt:
+        a = _ATTEMPTS
+        ctes.append(
+            insert(a)
+            .values(
+                event_id=bindparam("p_event", type_=a.c.event_id.type),
+                consumer=bindparam("p_consumer", type_=Text),
+                attempt=bindparam("p_attempt", type_=a.c.attempt.type),
+                stream_seq=bindparam("p_stream_seq", type_=a.c.stream_seq.type),
+                num_delivered=bindparam("p_num_delivered", type_=a.c.num_delivered.type),
+                replay_of=bindparam("p_replay_of", type_=a.c.replay_of.type),
+                started_at=bindparam("p_started_at", type_=a.c.started_at.type),
+                status=bindparam("p_status", type_=Text),
+                outcome=bindparam("p_outcome", type_=Text),
+                detail=bindparam("p_detail", type_=a.c.detail.type),
+                vendor_calls=bindparam("p_vendor_calls", type_=a.c.vendor_calls.type),
+                mappings=bindparam("p_mappings", type_=a.c.mappings.type),
+            )
+            .cte("attempt")
+        )
+    found = delivery.c.status.is_not(None)
+    aggregate = func.dfm_event_aggregate_as(
+        cast(literal(table_name), Text),
+        cast(bindparam("p_event", type_=PG_UUID(as_uuid=True)), PG_UUID(as_uuid=True)),
+        cast(bindparam("p_expected", type_=ARRAY(Text)), ARRAY(Text)),
+        cast(bindparam("p_error", type_=Text), Text),
+        cast(bindparam("p_next", type_=DateTime(timezone=True)), DateTime(timezone=True)),
+        case((found, cast(bindparam("p_consumer", type_=Text), Text)), else_=null()),
+        delivery.c.status,
+        delivery.c.outcome,
+        delivery.c.outcome_reason,
+        delivery.c.attempts,
+    )
+    one = select(literal(1).label("one")).subquery("one")
+    return select(aggregate).select_from(one.outerjoin(delivery, true())).add_cte(*ctes)
 
 
 class DeliveryLedger:
@@ -187,17 +309,11 @@ class DeliveryLedger:
             # conflict target: the recorder or another consumer inserting the same event at the
             # same moment collides on the primary key too, and that must not be an error (it
             # was: an IntegrityError and a NAK, ~1 s late, in the e2e bench)
-            inserted = (
-                insert(table)
-                .values(**values)
-                .on_conflict_do_nothing()
-                .returning(table.id, table.status)
-                .cte("inserted")
-            )
-            existing = select(table.id, table.status).where(table.dedupe_key == event.dedupe_key)
-            row = (await conn.execute(select(inserted.c.id, inserted.c.status).union_all(existing))).first()
+            recorded, existing = _event_row_statements(table.__tablename__, tuple(values))
+            params = {f"p_{k}": v for k, v in values.items()}
+            row = (await conn.execute(recorded, params)).first()
             if row is None:  # another transaction committed it while this statement waited
-                row = (await conn.execute(existing)).one()
+                row = (await conn.execute(existing, params)).one()
             if row.id != event.event_id:
                 log.info("duplicate_event_skipped", event_id=str(event.event_id), first_id=str(row.id))
                 return Claim()
@@ -266,81 +382,37 @@ class DeliveryLedger:
         "Unhandled…"/"…_disabled"; on error/dead, the error and next attempt time. A
         quarantined event is left alone."""
         table = EVENT_TABLES[event_table(event)]
-        values: dict[str, Any] = {
-            "status": status,
-            "updated_at": datetime.now(UTC),
-            "next_attempt_at": next_attempt_at,
-            "outcome": outcome.outcome if outcome else None,
-            "outcome_reason": outcome.reason if outcome else None,
+        with_attempt = trace is not None and attempt is not None
+        keep_applied = outcome is not None and outcome.outcome != "applied"
+        last_error = "set" if error is not None else "clear" if status == "done" else "keep"
+        statement: Any = _finish_statement(table.__tablename__, keep_applied, last_error, refund_attempt, with_attempt)
+        params: dict[str, Any] = {
+            "p_event": event.event_id,
+            "p_consumer": self.consumer,
+            "p_status": status,
+            "p_updated_at": datetime.now(UTC),
+            "p_next": next_attempt_at,
+            "p_outcome": outcome.outcome if outcome else None,
+            "p_reason": outcome.reason if outcome else None,
+            "p_error": error[:2000] if error is not None else None,
+            "p_expected": expected_consumers(event.subject),
         }
-        if outcome is not None and outcome.outcome != "applied":
-            # two deliveries of one event ran at once and this one found the work done: the
-            # event's effect was applied, and that is what the delivery keeps saying
-            keep = EventDeliveryRow.outcome == "applied"
-            values["outcome"] = case((keep, "applied"), else_=outcome.outcome)
-            values["outcome_reason"] = case((keep, EventDeliveryRow.outcome_reason), else_=outcome.reason)
-        if error is not None:
-            values["last_error"] = error[:2000]
-        elif status == "done":
-            values["last_error"] = None  # the history stays in event_attempts
-        if refund_attempt:
-            values["attempts"] = EventDeliveryRow.attempts - 1
-        delivery = (
-            update(EventDeliveryRow)
-            .where(EventDeliveryRow.event_id == event.event_id, EventDeliveryRow.consumer == self.consumer)
-            .values(**values)
-            .returning(
-                EventDeliveryRow.status,
-                EventDeliveryRow.outcome,
-                EventDeliveryRow.outcome_reason,
-                EventDeliveryRow.attempts,
-            )
-            .cte("delivery")
-        )
-        ctes: list[Any] = []
         if trace is not None and attempt is not None:
-            if failure is not None:
-                ctes += self._failure_rows(event, status, attempt, trace, failure)
-            ctes.append(
-                insert(EventAttemptRow)
-                .values(
-                    event_id=event.event_id,
-                    consumer=self.consumer,
-                    attempt=attempt,
-                    stream_seq=trace.stream_seq,
-                    num_delivered=trace.num_delivered,
-                    replay_of=trace.replay_of,
-                    started_at=trace.started_at,
-                    status=status,
-                    outcome=outcome.outcome if outcome else None,
-                    detail=(outcome.reason if outcome else error),
-                    vendor_calls=trace.vendor_calls,
-                    mappings=trace.mappings,
-                )
-                .cte("attempt")
-            )
-        # the end state, its attempt and sync_log rows and the event's aggregate in one
-        # statement, atomic without a transaction around it: the aggregate is told this
-        # delivery's new row (dfm_event_aggregate_as, migrations/versions/0010), which the
-        # statement's own snapshot cannot show it
-        found = delivery.c.status.is_not(None)
-        aggregate = func.dfm_event_aggregate_as(
-            cast(literal(table.__tablename__), Text),
-            cast(literal(event.event_id, PG_UUID(as_uuid=True)), PG_UUID(as_uuid=True)),
-            cast(literal(expected_consumers(event.subject), ARRAY(Text)), ARRAY(Text)),
-            cast(literal(error, Text), Text),
-            cast(literal(next_attempt_at, DateTime(timezone=True)), DateTime(timezone=True)),
-            case((found, cast(literal(self.consumer), Text)), else_=null()),
-            delivery.c.status,
-            delivery.c.outcome,
-            delivery.c.outcome_reason,
-            delivery.c.attempts,
-        )
-        one = select(literal(1).label("one")).subquery("one")
-        statement = select(aggregate).select_from(one.outerjoin(delivery, true())).add_cte(*ctes)
+            params |= {
+                "p_attempt": attempt,
+                "p_stream_seq": trace.stream_seq,
+                "p_num_delivered": trace.num_delivered,
+                "p_replay_of": trace.replay_of,
+                "p_started_at": trace.started_at,
+                "p_detail": outcome.reason if outcome else error,
+                "p_vendor_calls": trace.vendor_calls,
+                "p_mappings": trace.mappings,
+            }
+            if failure is not None:  # rare: built for this attempt
+                statement = statement.add_cte(*self._failure_rows(event, status, attempt, trace, failure))
         async with self._engine.connect() as raw:
             conn = await raw.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.execute(statement)
+            await conn.execute(statement, params)
 
     def _failure_rows(
         self, event: WebhookEvent, status: str, attempt: int, trace: AttemptTrace, failure: Failure
