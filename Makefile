@@ -34,11 +34,10 @@ browser: $(CHROMIUM)
 run: $(STAMP)
 	$(BIN)/dfm up
 
-## test: the whole suite, hermetic (own nats-server, fresh database), in this process
-## (about 22 min here). TEST_WORKERS=3 runs it on pytest-xdist workers (about 9 min), the
-## tests marked `serial` after, alone; not the default while parallel runs still show the
-## in-process recorder now and then leaving a row unwritten (README, Tests)
-TEST_WORKERS ?= 0
+## test: the whole suite, hermetic (own nats-server, fresh database), on TEST_WORKERS=3
+## pytest-xdist workers, then the tests marked `serial` (timing-sensitive) alone;
+## TEST_WORKERS=0 runs everything in this process (README, Tests)
+TEST_WORKERS ?= 3
 test: $(STAMP) $(CHROMIUM)
 ifeq ($(TEST_WORKERS),0)
 	$(BIN)/python -m pytest

@@ -5,7 +5,7 @@ never the machine's own server. PostgreSQL: a new database on ``TEST_DATABASE_UR
 set, otherwise an embedded server from the pgserver wheel; testcontainers only when
 ``DFM_TEST_CONTAINERS=1``.
 
-Under pytest-xdist (``make test TEST_WORKERS=3``) every worker has its own nats-server and its
+Under pytest-xdist (``make test``, three workers by default) every worker has its own nats-server and its
 own databases; the embedded PostgreSQL is one server, started by the controlling process
 before the workers and handed to them as ``TEST_DATABASE_URL`` (one server per worker cost
 memory and start-up time, and pgserver's per-directory server tracking is not made for

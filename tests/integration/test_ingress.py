@@ -30,11 +30,6 @@ from tests.support.ingress_rig import (
     wait_for_row,
 )
 
-# In make test's serial part: under xdist, with other workers running, a row of this module's
-# in-process recorder was now and then not written within 60 s (1-2 tests in each of four
-# parallel runs, never alone or in one process); the cause is not found yet (stop 23's note).
-pytestmark = pytest.mark.serial
-
 KEYS = Keys.generate()
 FOLDER_SOURCE = {
     "ghl": "ghl",
