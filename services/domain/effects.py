@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
-from sqlalchemy import delete, extract, func, select, update
+from sqlalchemy import Interval, Table, bindparam, delete, extract, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -88,6 +88,35 @@ class Settled:
     detail: str | None
 
 
+# built once (bind parameters, the Core table): the claim and its settling run for every
+# irreversible write, and building them per call cost more CPU than their round trips
+_CLAIMS = EffectClaimRow.__table__
+assert isinstance(_CLAIMS, Table)
+_CLAIM = (
+    pg_insert(_CLAIMS)
+    .values(
+        key=bindparam("p_key", type_=_CLAIMS.c.key.type),
+        effect=bindparam("p_effect", type_=_CLAIMS.c.effect.type),
+        state="claimed",
+        token=bindparam("p_token", type_=_CLAIMS.c.token.type),
+        event_id=bindparam("p_event", type_=_CLAIMS.c.event_id.type),
+        expires_at=func.now() + bindparam("p_ttl", type_=Interval),
+    )
+    .on_conflict_do_nothing(index_elements=["key"])
+    .returning(_CLAIMS.c.token)
+)
+_DONE = (
+    update(_CLAIMS)
+    .where(_CLAIMS.c.key == bindparam("p_key"))
+    .values(
+        state="done",
+        vendor_id=bindparam("p_vendor", type_=_CLAIMS.c.vendor_id.type),
+        detail=None,
+        settled_at=func.now(),
+    )
+)
+
+
 async def claim(
     conn: AsyncConnection, key: str, effect: str, *, event_id: uuid.UUID | None, ttl_s: float
 ) -> Claim | Settled:
@@ -99,10 +128,14 @@ async def claim(
     expires = func.now() + timedelta(seconds=ttl_s)
     for _ in range(3):  # a row released or resolved between the statements: claim again
         inserted = await conn.scalar(
-            pg_insert(EffectClaimRow)
-            .values(key=key, effect=effect, state="claimed", token=token, event_id=event_id, expires_at=expires)
-            .on_conflict_do_nothing(index_elements=["key"])
-            .returning(EffectClaimRow.token)
+            _CLAIM,
+            {
+                "p_key": key,
+                "p_effect": effect,
+                "p_token": token,
+                "p_event": event_id,
+                "p_ttl": timedelta(seconds=ttl_s),
+            },
         )
         if inserted is not None:
             return Claim(key, token)
@@ -161,11 +194,7 @@ async def settled(conn: AsyncConnection, key: str) -> Settled | None:
 
 async def done(conn: AsyncConnection, key: str, vendor_id: str | None) -> None:
     """The write happened (this attempt's, or one found at the vendor)."""
-    await conn.execute(
-        update(EffectClaimRow)
-        .where(EffectClaimRow.key == key)
-        .values(state="done", vendor_id=vendor_id, detail=None, settled_at=func.now())
-    )
+    await conn.execute(_DONE, {"p_key": key, "p_vendor": vendor_id})
 
 
 async def unknown(conn: AsyncConnection, key: str, detail: str) -> None:

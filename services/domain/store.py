@@ -3,13 +3,14 @@ the event ledger's view of a contact's queue (coalescing)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
-from sqlalchemy import delete, exists, func, insert, select, text, update
+from sqlalchemy import Table, bindparam, delete, exists, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -52,26 +53,86 @@ def contact_lock_key(phone: str | None, ghl_id: str | None = None, aloware_id: s
     return f"aloware:{aloware_id}"
 
 
-async def mapping_by_aloware(conn: AsyncConnection, aloware_id: str) -> Any:
+# The statements every event runs are built once, with bind parameters, on Core tables:
+# building them per call (construction, cache key, ORM-enabled DML) cost more of a consumer's
+# CPU than the round trip itself (bench/ledger, issue #18)
+def _table(model: Any) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+_MAPPINGS = _table(ContactMappingRow)
+_WRITES = _table(OutboundWriteRow)
+_SYNC_LOG = _table(SyncLogRow)
+_BY_ALOWARE = select(_MAPPINGS).where(_MAPPINGS.c.aloware_contact_id == bindparam("v"))
+_BY_GHL = select(_MAPPINGS).where(_MAPPINGS.c.ghl_contact_id == bindparam("v"))
+_BY_PHONE = (
+    select(_MAPPINGS)
+    .where(_MAPPINGS.c.phone_number == bindparam("v"), _MAPPINGS.c.ghl_deleted_at.is_(None))
+    .order_by(_MAPPINGS.c.last_synced_at.desc())
+    .limit(1)
+)
+_RECORD_WRITE = insert(_WRITES).values(
+    system=bindparam("p_system", type_=_WRITES.c.system.type),
+    entity_id=bindparam("p_entity", type_=_WRITES.c.entity_id.type),
+    field_hash=bindparam("p_hash", type_=_WRITES.c.field_hash.type),
+)
+_IS_ECHO = (
+    select(func.count())
+    .select_from(_WRITES)
+    .where(
+        _WRITES.c.system == bindparam("p_system"),
+        _WRITES.c.entity_id == bindparam("p_entity"),
+        _WRITES.c.field_hash == bindparam("p_hash"),
+        _WRITES.c.written_at >= bindparam("p_since"),
+    )
+)
+_LOG_COLUMNS = (
+    "id",
+    "direction",
+    "entity_type",
+    "entity_id",
+    "source_id",
+    "target_id",
+    "status",
+    "started_at",
+    "finished_at",
+    "error_message",
+    "correlation_id",
+    "rule",
+    "attempt",
+    "details",
+)
+_LOG_SYNC = insert(_SYNC_LOG).values({c: bindparam(f"p_{c}", type_=_SYNC_LOG.c[c].type) for c in _LOG_COLUMNS})
+
+
+@functools.cache
+def _upsert_mapping_statement(keys: tuple[str, ...]) -> Any:
+    """``upsert_mapping``'s statement for the columns it sets (their parameters ``p_<column>``)."""
+    values = {k: bindparam(f"p_{k}", type_=_MAPPINGS.c[k].type) for k in keys}
     return (
-        await conn.execute(select(ContactMappingRow).where(ContactMappingRow.aloware_contact_id == aloware_id))
-    ).first()
+        pg_insert(_MAPPINGS)
+        .values(
+            ghl_contact_id=bindparam("p_ghl_contact_id", type_=_MAPPINGS.c.ghl_contact_id.type),
+            sync_direction=bindparam("p_sync_direction", type_=_MAPPINGS.c.sync_direction.type),
+            **values,
+        )
+        .on_conflict_do_update(index_elements=["ghl_contact_id"], set_=values)
+    )
+
+
+async def mapping_by_aloware(conn: AsyncConnection, aloware_id: str) -> Any:
+    return (await conn.execute(_BY_ALOWARE, {"v": aloware_id})).first()
 
 
 async def mapping_by_ghl(conn: AsyncConnection, ghl_id: str) -> Any:
-    return (await conn.execute(select(ContactMappingRow).where(ContactMappingRow.ghl_contact_id == ghl_id))).first()
+    return (await conn.execute(_BY_GHL, {"v": ghl_id})).first()
 
 
 async def mapping_by_phone(conn: AsyncConnection, phone: str) -> Any:
     """The mapping of an E.164 number (the most recently synced one if several)."""
-    return (
-        await conn.execute(
-            select(ContactMappingRow)
-            .where(ContactMappingRow.phone_number == phone, ContactMappingRow.ghl_deleted_at.is_(None))
-            .order_by(ContactMappingRow.last_synced_at.desc())
-            .limit(1)
-        )
-    ).first()
+    return (await conn.execute(_BY_PHONE, {"v": phone})).first()
 
 
 async def drop_mapping(conn: AsyncConnection, ghl_id: str) -> None:
@@ -109,31 +170,22 @@ async def upsert_mapping(
         values["ghl_event_at"] = ghl_event_at
     if ghl_snapshot is not None:
         values["ghl_snapshot"] = ghl_snapshot
-    await conn.execute(
-        pg_insert(ContactMappingRow)
-        .values(ghl_contact_id=ghl_id, sync_direction=direction, **values)
-        .on_conflict_do_update(index_elements=["ghl_contact_id"], set_=values)
-    )
+    params = {f"p_{k}": v for k, v in values.items()}
+    params |= {"p_ghl_contact_id": ghl_id, "p_sync_direction": direction}
+    await conn.execute(_upsert_mapping_statement(tuple(values)), params)
     mapping_touched("contact", "upserted", ghl_contact_id=ghl_id, aloware_contact_id=aloware_id)
 
 
 async def record_write(conn: AsyncConnection, system: str, entity_id: str, field_hash: str) -> None:
     """LP-1: remember our own write so its webhook echo is recognised."""
-    await conn.execute(insert(OutboundWriteRow).values(system=system, entity_id=entity_id, field_hash=field_hash))
+    await conn.execute(_RECORD_WRITE, {"p_system": system, "p_entity": entity_id, "p_hash": field_hash})
 
 
 async def is_echo(conn: AsyncConnection, system: str, entity_id: str, field_hash: str, window_s: int) -> bool:
     """True when we wrote exactly this projection of this record within the window."""
     since = datetime.now(UTC) - timedelta(seconds=window_s)
     found = await conn.scalar(
-        select(func.count())
-        .select_from(OutboundWriteRow)
-        .where(
-            OutboundWriteRow.system == system,
-            OutboundWriteRow.entity_id == entity_id,
-            OutboundWriteRow.field_hash == field_hash,
-            OutboundWriteRow.written_at >= since,
-        )
+        _IS_ECHO, {"p_system": system, "p_entity": entity_id, "p_hash": field_hash, "p_since": since}
     )
     return bool(found)
 
@@ -155,24 +207,23 @@ async def log_sync(
 ) -> None:
     """One ``sync_log`` row per rule execution (spec/outbound.md §0.3)."""
     row_id = uuid4()
-    await conn.execute(
-        insert(SyncLogRow).values(
-            id=row_id,
-            direction=direction,
-            entity_type=entity_type,
-            entity_id=source_id,
-            source_id=source_id,
-            target_id=target_id,
-            status=status,
-            started_at=started_at,
-            finished_at=datetime.now(UTC),
-            error_message=message,
-            correlation_id=correlation_id,
-            rule=rule,
-            attempt=attempt,
-            details=details,
-        )
-    )
+    row = {
+        "id": row_id,
+        "direction": direction,
+        "entity_type": entity_type,
+        "entity_id": source_id,
+        "source_id": source_id,
+        "target_id": target_id,
+        "status": status,
+        "started_at": started_at,
+        "finished_at": datetime.now(UTC),
+        "error_message": message,
+        "correlation_id": correlation_id,
+        "rule": rule,
+        "attempt": attempt,
+        "details": details,
+    }
+    await conn.execute(_LOG_SYNC, {f"p_{k}": v for k, v in row.items()})
     if status == "error":  # the attempt's failure row already exists (services/infra/delivery.py)
         sync_error_logged(row_id)
 
@@ -190,6 +241,33 @@ def _payload_time(value: Any) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _newer_pending_statement() -> Any:
+    row = _table(WebhookEventRow)
+    deliveries = _table(EventDeliveryRow)
+    finished = exists().where(
+        deliveries.c.event_id == row.c.id,
+        deliveries.c.consumer == bindparam("p_consumer"),
+        deliveries.c.status.in_(_FINISHED),
+    )
+    return (
+        select(row.c.id, row.c.received_at, row.c.payload_json["body"]["updated_at"].astext.label("updated_at"))
+        .where(
+            row.c.source == bindparam("p_source"),
+            row.c.entity_type == bindparam("p_entity_type"),
+            row.c.entity_id == bindparam("p_entity_id"),
+            row.c.canonical_type.in_(bindparam("p_types", expanding=True)),
+            row.c.id != bindparam("p_event"),
+            row.c.status.notin_(("done", "dead", "quarantined")),
+            ~finished,
+        )
+        .order_by(row.c.received_at.desc())
+        .limit(50)
+    )
+
+
+_NEWER_PENDING = _newer_pending_statement()
 
 
 async def newer_pending_event(
@@ -210,25 +288,16 @@ async def newer_pending_event(
     after this one in the total order (event time, received, id). The event time is the
     payload's ``body.updated_at``, else when it was received, as the contact rule dates it.
     A newest event never finds one, so it is never the one coalesced away."""
-    row = WebhookEventRow
-    finished = exists().where(
-        EventDeliveryRow.event_id == row.id,
-        EventDeliveryRow.consumer == consumer,
-        EventDeliveryRow.status.in_(_FINISHED),
-    )
     candidates = await conn.execute(
-        select(row.id, row.received_at, row.payload_json["body"]["updated_at"].astext.label("updated_at"))
-        .where(
-            row.source == source,
-            row.entity_type == entity_type,
-            row.entity_id == entity_id,
-            row.canonical_type.in_(canonical_types),
-            row.id != event_id,
-            row.status.notin_(("done", "dead", "quarantined")),
-            ~finished,
-        )
-        .order_by(row.received_at.desc())
-        .limit(50)
+        _NEWER_PENDING,
+        {
+            "p_source": source,
+            "p_entity_type": entity_type,
+            "p_entity_id": entity_id,
+            "p_types": list(canonical_types),
+            "p_event": event_id,
+            "p_consumer": consumer,
+        },
     )
     mine = (event_at, received_at, str(event_id))
     for candidate in candidates:
