@@ -108,9 +108,12 @@ _LOG_SYNC = insert(_SYNC_LOG).values({c: bindparam(f"p_{c}", type_=_SYNC_LOG.c[c
 
 
 @functools.cache
-def _upsert_mapping_statement(keys: tuple[str, ...]) -> Any:
-    """``upsert_mapping``'s statement for the columns it sets (their parameters ``p_<column>``)."""
+def _upsert_mapping_statement(keys: tuple[str, ...], guarded: bool) -> Any:
+    """``upsert_mapping``'s statement for the columns it sets (their parameters ``p_<column>``),
+    returning the row's id; ``guarded``: an existing row mapped to another Aloware contact is
+    left alone and nothing is returned (CA-7), so the check costs no read first."""
     values = {k: bindparam(f"p_{k}", type_=_MAPPINGS.c[k].type) for k in keys}
+    aloware = _MAPPINGS.c.aloware_contact_id
     return (
         pg_insert(_MAPPINGS)
         .values(
@@ -118,7 +121,12 @@ def _upsert_mapping_statement(keys: tuple[str, ...]) -> Any:
             sync_direction=bindparam("p_sync_direction", type_=_MAPPINGS.c.sync_direction.type),
             **values,
         )
-        .on_conflict_do_update(index_elements=["ghl_contact_id"], set_=values)
+        .on_conflict_do_update(
+            index_elements=["ghl_contact_id"],
+            set_=values,
+            where=(aloware.is_(None) | (aloware == bindparam("p_aloware_contact_id"))) if guarded else None,
+        )
+        .returning(_MAPPINGS.c.id)
     )
 
 
@@ -153,9 +161,6 @@ async def upsert_mapping(
     ghl_snapshot: dict[str, Any] | None = None,
 ) -> None:
     """CA-7/CG-7: upsert on the GHL id; a different non-null Aloware id is a conflict."""
-    existing = await mapping_by_ghl(conn, ghl_id)
-    if existing and aloware_id and existing.aloware_contact_id not in (None, aloware_id):
-        raise MappingConflict(f"GHL {ghl_id} is mapped to Aloware {existing.aloware_contact_id}, not {aloware_id}")
     now = datetime.now(UTC)
     values: dict[str, Any] = {"last_synced_at": now, "updated_at": now}
     if aloware_id:
@@ -172,7 +177,11 @@ async def upsert_mapping(
         values["ghl_snapshot"] = ghl_snapshot
     params = {f"p_{k}": v for k, v in values.items()}
     params |= {"p_ghl_contact_id": ghl_id, "p_sync_direction": direction}
-    await conn.execute(_upsert_mapping_statement(tuple(values)), params)
+    written = (await conn.execute(_upsert_mapping_statement(tuple(values), bool(aloware_id)), params)).first()
+    if written is None:  # the guard kept a row mapped to another Aloware contact
+        existing = await mapping_by_ghl(conn, ghl_id)
+        other = existing.aloware_contact_id if existing is not None else "another contact"
+        raise MappingConflict(f"GHL {ghl_id} is mapped to Aloware {other}, not {aloware_id}")
     mapping_touched("contact", "upserted", ghl_contact_id=ghl_id, aloware_contact_id=aloware_id)
 
 
