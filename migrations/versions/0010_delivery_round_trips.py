@@ -16,9 +16,9 @@ statements.
 ``dfm_event_aggregate_as`` is the aggregate with one delivery's new values given: ``finish``
 writes the end state in a data-modifying CTE and passes the row it returned, so the end
 state, its attempt and sync_log rows and the event's status are one statement, atomic on its
-own. (Inside one statement the function cannot see the CTE's update: every part of a
-statement reads the same snapshot. So it is told.) ``dfm_event_aggregate`` keeps its
-signature and now calls it with no override.
+own. (Whether the function's own reads see the CTE's row within the same statement is not
+something to lean on: it is told that row and ignores the stored one.) ``dfm_event_aggregate``
+keeps its signature and now calls it with no override.
 
 Revision ID: 0010
 Revises: 0009

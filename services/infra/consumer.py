@@ -15,21 +15,19 @@ and its unsettled messages are redelivered the same way.
 
 One library race is closed here: nats-py's ``fetch`` can time out with a bare ``TimeoutError``
 that FastStream's batch loop does not catch, which dropped the batch gathered in that window
-until the AckWait (``_bare_timeouts_as_nats``).
+until the AckWait (``stream_app.fetch_timeouts_as_nats``).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 from faststream import AckPolicy, Context
 from faststream.nats import JStream, NatsBroker, PullSub
 from faststream.nats.message import NatsBatchMessage
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.client import JetStreamContext
 
 from contracts.streams import ConsumerSpec
 from services.infra.broker import prepare_topology
@@ -37,33 +35,11 @@ from services.infra.logging import get_logger
 from services.infra.metrics_server import NATS_TIMEOUT_S, PROCESS_HEALTH, FetchLoop
 from services.infra.nats_auth import inbox_prefix
 from services.infra.settings import Settings
-from services.infra.stream_app import durable_broker
+from services.infra.stream_app import durable_broker, fetch_timeouts_as_nats
 
 log = get_logger(__name__)
 
 BatchHandler = Callable[[list[Msg]], Awaitable[None]]
-
-
-def _bare_timeouts_as_nats(subscription: JetStreamContext.PullSubscription) -> None:
-    """Make ``subscription.fetch`` raise only ``nats.errors.TimeoutError`` on a timeout.
-
-    nats-py 2.16 (js/client.py ``_fetch_n``, its two ``raise asyncio.TimeoutError``) raises a
-    bare ``TimeoutError`` when the server's 408 for a fetch arrives just before the client's
-    own timer; FastStream 0.7's batch loop (``BatchPullStreamSubscriber._consume_pull``)
-    catches only ``nats.errors.TimeoutError``, so that one ends the loop's task and drops the
-    messages gathered earlier in the same window: they come back only after the AckWait (60 s),
-    and FastStream's supervisor restarts the loop, logging that once per process."""
-    fetch = subscription.fetch
-
-    async def fetch_timing_out_as_nats(*args: Any, **kwargs: Any) -> list[Msg]:
-        try:
-            return await fetch(*args, **kwargs)
-        except NatsTimeoutError:
-            raise
-        except TimeoutError as exc:
-            raise NatsTimeoutError from exc
-
-    subscription.fetch = fetch_timing_out_as_nats  # type: ignore[method-assign]
 
 
 def batch_broker(
@@ -134,13 +110,9 @@ class PullConsumer:
             progress=progress,
         )
         await broker.start()
-        for subscriber in broker.subscribers:
-            # the fetch loop's task, created in start(), has not run yet (FastStream 0.7.8:
-            # nothing suspends between its creation and here), so every fetch goes through this;
-            # tests/integration/test_batch_fetch_timeout.py forces the race
-            subscription = getattr(subscriber, "subscription", None)
-            if isinstance(subscription, JetStreamContext.PullSubscription):
-                _bare_timeouts_as_nats(subscription)
+        # tests/integration/test_batch_fetch_timeout.py forces the race this closes
+        if not fetch_timeouts_as_nats(broker):
+            raise RuntimeError(f"{self._spec.durable}: no pull subscription to guard (FastStream changed?)")
         PROCESS_HEALTH.watch(self._settings, progress, lambda: broker.ping(NATS_TIMEOUT_S))
         try:
             self.ready.set()

@@ -198,8 +198,9 @@ def _event_row_statements(table_name: str, keys: tuple[str, ...]) -> tuple[Any, 
 def _finish_statement(table_name: str, keep_applied: bool, last_error: str, refund: bool, with_attempt: bool) -> Any:
     """``finish``'s statement for one shape, built once (see ``DeliveryLedger.finish``): the
     delivery's end state as a CTE returning the row it wrote, the attempt's row, and the event's
-    aggregate told that row (dfm_event_aggregate_as, migrations/versions/0010), which the
-    statement's own snapshot cannot show it; one statement, atomic without a transaction."""
+    aggregate told that row (dfm_event_aggregate_as, migrations/versions/0010; it ignores the
+    stored one, which the statement may not show it yet); one statement, atomic without a
+    transaction."""
     d = _DELIVERIES
     values: dict[str, Any] = {
         "status": bindparam("p_status", type_=Text),

@@ -13,12 +13,14 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from faststream.security import SASLPlaintext
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.client import JetStreamContext
 
 from contracts.streams import ConsumerSpec
 from services.infra.broker import connect_options, prepare_topology
@@ -157,6 +159,40 @@ async def serve_all_until_terminated(settings: Settings, subscriptions: Sequence
             PROCESS_HEALTH.forget(progress)
 
 
+def fetch_timeouts_as_nats(broker: NatsBroker) -> int:
+    """Make every pull subscription's ``fetch`` of ``broker`` raise only
+    ``nats.errors.TimeoutError`` on a timeout; how many it guarded. Call right after
+    ``broker.start()``: the fetch loops' tasks it created have not run yet (FastStream 0.7.8:
+    nothing suspends between their creation and its return), and they look ``fetch`` up on
+    every call.
+
+    nats-py 2.16 (js/client.py ``_fetch_n``, its two ``raise asyncio.TimeoutError``) raises a
+    bare ``TimeoutError`` when the server's 408 for a fetch arrives just before the client's
+    own timer; FastStream 0.7's pull loops catch only ``nats.errors.TimeoutError``. In the batch
+    loop that ended the loop's task and dropped the messages gathered earlier in the same
+    window: they came back only after the AckWait (60 s), and FastStream's supervisor
+    restarted the loop, logging that once per process. (The single-message loop only got an
+    error log and a restart: nats-py raises it there with nothing gathered.)"""
+    guarded = 0
+    for subscriber in broker.subscribers:
+        subscription = getattr(subscriber, "subscription", None)
+        if not isinstance(subscription, JetStreamContext.PullSubscription):
+            continue
+        fetch = subscription.fetch
+
+        async def fetch_timing_out_as_nats(*args: Any, _fetch: Any = fetch, **kwargs: Any) -> list[Msg]:
+            try:
+                return cast(list[Msg], await _fetch(*args, **kwargs))
+            except NatsTimeoutError:
+                raise
+            except TimeoutError as exc:
+                raise NatsTimeoutError from exc
+
+        subscription.fetch = fetch_timing_out_as_nats  # type: ignore[method-assign]
+        guarded += 1
+    return guarded
+
+
 async def start_sync_broker(
     settings: Settings, spec: ConsumerSpec, handle: MessageHandler, workers: int, progress: FetchLoop | None = None
 ) -> NatsBroker:
@@ -165,4 +201,5 @@ async def start_sync_broker(
     await prepare_topology(settings, durables=(spec,))
     broker = sync_broker(settings, spec, handle, workers, progress)
     await broker.start()
+    fetch_timeouts_as_nats(broker)
     return broker
