@@ -1056,9 +1056,14 @@ def main() -> int:
         if r["id"] in finished and r["answer"] == "accepted" and (done_at := finished[r["id"]][1]) is not None
     )
     vendor_calls = len([c for c in calls if c["vendor"] in ("ghl", "aloware", "verity")])
+    by_kind: dict[str, list[float]] = {}  # phase 1 only: where the tail is
+    for r in run["results"]:
+        if r["id"] in finished and r["answer"] == "accepted" and (done_at := finished[r["id"]][1]) is not None:
+            by_kind.setdefault(str(events[r["i"]][0]), []).append((done_at - r["scheduled"]) * 1000)
 
-    def pct(p: float) -> float:
-        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else float("nan")
+    def pct(p: float, values: list[float] | None = None) -> float:
+        values = latencies if values is None else sorted(values)
+        return values[min(len(values) - 1, int(p * len(values)))] if values else float("nan")
 
     lines = [
         f"### e2e ledger — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
@@ -1112,6 +1117,12 @@ def main() -> int:
         ),
         f"| latency scheduled send → done p50 / p95 / p99 / max | {pct(0.5):.0f} / {pct(0.95):.0f} / "
         f"{pct(0.99):.0f} / {max(latencies) if latencies else float('nan'):.0f} ms |",
+        "| latency p50 / p99 / max by kind (phase 1) | "
+        + ", ".join(
+            f"{kind} {pct(0.5, v):.0f} / {pct(0.99, v):.0f} / {max(v):.0f} ms ({len(v)})"
+            for kind, v in sorted(by_kind.items())
+        )
+        + " |",
         f"| vendor calls per accepted event | {vendor_calls / max(1, len(accepted)):.2f} |",
         f"| CPU seconds | {', '.join(f'{k} ' + (f'{v:.1f}' if v is not None else 'n/a (killed)') for k, v in cpu.items())} |",
         "| CPU ms per rule attempt (CPU seconds / event_attempts rows) | "
