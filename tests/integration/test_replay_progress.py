@@ -10,6 +10,7 @@ re-publish), not two (``/connz`` of a NATS server with its monitoring port on co
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import urllib.request
@@ -151,8 +152,16 @@ async def test_dfm_replay_without_a_terminal_prints_progress_lines_and_a_summary
 ) -> None:
     server, monitor = monitored
     events = await fill(server.url, clean_db)
+    # a hang guard, not a speed test: 5,000 re-publishes ran at ~80/s with three xdist
+    # workers on two cores, just over the default 60 s (bench/ measures speed)
     result = await asyncio.to_thread(
-        cli, env_for(base_env, server), "replay", "--subject", SUBJECT, "--progress-every", "1000"
+        functools.partial(cli, timeout=300),
+        env_for(base_env, server),
+        "replay",
+        "--subject",
+        SUBJECT,
+        "--progress-every",
+        "1000",
     )
     assert result.returncode == 0, result.stderr
     progress = re.findall(r"^dfm replay: (\d+) of (\d+) events, \d+ events/s, eta \d+ s$", result.stderr, re.M)

@@ -23,13 +23,14 @@ async def all_in(db: str, ids: list[str], *statuses: str) -> bool:
     return len(found) == len(ids) and all(r["status"] in statuses for r in found.values())
 
 
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``dfm *args`` in a process of its own; ``timeout`` only guards against a hang."""
     return subprocess.run(
         [sys.executable, "-m", "services.cli", *args],
         capture_output=True,
         text=True,
         env={"PATH": os.environ["PATH"], "DFM_DATA_DIR": "/nonexistent", **env},
-        timeout=60,
+        timeout=timeout,
         check=False,
     )
 
