@@ -41,11 +41,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Interval, Table, bindparam, delete, extract, func, select, update
+from sqlalchemy import Interval, bindparam, delete, extract, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.infra.db.models import EffectClaimRow
+from services.infra.db.models import EffectClaimRow, core_table
 from services.infra.errors import Cause, OutcomeUnknown, Permanent, RetryLater
 from services.infra.logging import get_logger
 
@@ -90,8 +90,7 @@ class Settled:
 
 # built once (bind parameters, the Core table): the claim and its settling run for every
 # irreversible write, and building them per call cost more CPU than their round trips
-_CLAIMS = EffectClaimRow.__table__
-assert isinstance(_CLAIMS, Table)
+_CLAIMS = core_table(EffectClaimRow)
 _CLAIM = (
     pg_insert(_CLAIMS)
     .values(

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
-from sqlalchemy import Table, bindparam, delete, exists, func, insert, select, text, update
+from sqlalchemy import bindparam, delete, exists, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -21,6 +21,7 @@ from services.infra.db.models import (
     OutboundWriteRow,
     SyncLogRow,
     WebhookEventRow,
+    core_table,
 )
 from services.infra.errors import MappingConflict
 from services.infra.trace import mapping_touched, sync_error_logged
@@ -56,15 +57,9 @@ def contact_lock_key(phone: str | None, ghl_id: str | None = None, aloware_id: s
 # The statements every event runs are built once, with bind parameters, on Core tables:
 # building them per call (construction, cache key, ORM-enabled DML) cost more of a consumer's
 # CPU than the round trip itself (bench/ledger, issue #18)
-def _table(model: Any) -> Table:
-    table = model.__table__
-    assert isinstance(table, Table)
-    return table
-
-
-_MAPPINGS = _table(ContactMappingRow)
-_WRITES = _table(OutboundWriteRow)
-_SYNC_LOG = _table(SyncLogRow)
+_MAPPINGS = core_table(ContactMappingRow)
+_WRITES = core_table(OutboundWriteRow)
+_SYNC_LOG = core_table(SyncLogRow)
 _BY_ALOWARE = select(_MAPPINGS).where(_MAPPINGS.c.aloware_contact_id == bindparam("v"))
 _BY_GHL = select(_MAPPINGS).where(_MAPPINGS.c.ghl_contact_id == bindparam("v"))
 _BY_PHONE = (
@@ -253,8 +248,8 @@ def _payload_time(value: Any) -> datetime | None:
 
 
 def _newer_pending_statement() -> Any:
-    row = _table(WebhookEventRow)
-    deliveries = _table(EventDeliveryRow)
+    row = core_table(WebhookEventRow)
+    deliveries = core_table(EventDeliveryRow)
     finished = exists().where(
         deliveries.c.event_id == row.c.id,
         deliveries.c.consumer == bindparam("p_consumer"),

@@ -54,7 +54,7 @@ from contracts.streams import ConsumerSpec, expected_consumers
 from contracts.subjects import EntityType, Source
 from services.infra import tracing
 from services.infra.db.errors import UNSTORABLE_VALUE, driver_error, sqlstate
-from services.infra.db.models import EVENT_TABLES, EventAttemptRow, EventDeliveryRow, SyncLogRow, TableName
+from services.infra.db.models import EVENT_TABLES, EventAttemptRow, EventDeliveryRow, SyncLogRow, TableName, core_table
 from services.infra.errors import (
     DeadlineExceeded,
     MappingConflict,
@@ -151,17 +151,10 @@ _CLAIM = text(
 )
 
 
-def cast_table(model: Any) -> Table:
-    """A mapped class's Core ``Table``."""
-    table = model.__table__
-    assert isinstance(table, Table)
-    return table
-
-
 # Core tables: ORM-enabled DML spends more CPU per statement on the same SQL
-_TABLES: dict[str, Table] = {t.__tablename__: cast_table(t) for t in EVENT_TABLES.values()}
-_DELIVERIES = cast_table(EventDeliveryRow)
-_ATTEMPTS = cast_table(EventAttemptRow)
+_TABLES: dict[str, Table] = {t.__tablename__: core_table(t) for t in EVENT_TABLES.values()}
+_DELIVERIES = core_table(EventDeliveryRow)
+_ATTEMPTS = core_table(EventAttemptRow)
 
 
 def event_table(event: WebhookEvent) -> TableName:

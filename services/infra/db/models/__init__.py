@@ -11,6 +11,7 @@ from services.infra.db.models.base import (
     OUTCOMES,
     Base,
     EventStatusColumns,
+    core_table,
 )
 from services.infra.db.models.events import (
     EVENT_TABLES,
@@ -95,4 +96,5 @@ __all__ = [
     "TableName",
     "TextingWebhookEventRow",
     "WebhookEventRow",
+    "core_table",
 ]

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Table,
     Text,
     text,
 )
@@ -42,6 +43,14 @@ class Base(DeclarativeBase):
     """Declarative base with a stable constraint naming convention."""
 
     metadata = MetaData(naming_convention=NAMING)
+
+
+def core_table(model: Any) -> Table:
+    """A mapped class's Core ``Table``: statements built once on it skip ORM-enabled DML's
+    per-call work (services/infra/delivery.py, services/domain/store.py)."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
 
 
 def _uuid_pk() -> Mapped[uuid.UUID]:
