@@ -138,7 +138,14 @@ async def running_pipeline(settings: Settings, replicas: int = 1, **kwargs: Any)
         await stack.enter_async_context(running_recorder(settings))
         await stack.enter_async_context(consumers(settings, replicas, **kwargs))
         ingress_url = await stack.enter_async_context(running_ingress(settings, port=settings.ingress_port))
-        ingress = await stack.enter_async_context(httpx.AsyncClient(base_url=ingress_url, timeout=10))
+        # Tests send bursts of hundreds of webhooks at once through this client's 100
+        # connections; the rest queue in the client. That queue is the test's, not the
+        # ingress's, so waiting for a connection has no limit (in a CI run with three workers on
+        # two cores, a 400-request burst waited longer than 10 s for one); each exchange keeps
+        # its 10 s bound, which is the hang guard.
+        ingress = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=ingress_url, timeout=httpx.Timeout(10, pool=None))
+        )
         sandbox = await stack.enter_async_context(httpx.AsyncClient(base_url=sandbox_url, timeout=10))
         yield Pipeline(settings, ingress, sandbox)
 
