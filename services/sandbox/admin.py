@@ -17,6 +17,13 @@ async def calls(sandbox: SandboxDep, vendor: str | None = None) -> JSONResponse:
     return JSONResponse(sandbox.log.calls(vendor))
 
 
+@router.get("/_sandbox/webhooks")
+async def webhooks(sandbox: SandboxDep) -> JSONResponse:
+    """The webhooks the fakes sent: how many POSTs are in flight, and each answered one
+    (path, status, the event id the ingress answered with; ``null`` status: not delivered)."""
+    return JSONResponse(sandbox.webhooks.report())
+
+
 @router.post("/_sandbox/faults")
 async def faults(request: Request, sandbox: SandboxDep) -> JSONResponse:
     spec = await request.json()

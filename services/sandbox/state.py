@@ -269,11 +269,13 @@ class Sandbox:
         self.webhooks = WebhookEmitter(settings.dfm_sandbox_webhook_url)
 
     def reset(self) -> None:
-        """Fresh stores, log, faults and rate windows; the configured limit and provider stay."""
+        """Fresh stores, log, faults, rate windows and webhook record; the configured limit and
+        provider stay."""
         self.state = SandboxState()
         self.log.clear()
         self.faults.clear()
         self.limiter.forget()
+        self.webhooks.forget()
 
 
 async def sandbox_of(request: Request) -> Sandbox:

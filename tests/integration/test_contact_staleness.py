@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.commands import ReconcileRequested
-from tests.support.contacts import aloware_contact, done, no_invalid_requests, send_aloware
+from tests.support.contacts import aloware_contact, done, no_invalid_requests, send_aloware, webhooks_settled
 from tests.support.jobs_rig import fetch, running_jobs
 from tests.support.sync_rig import Pipeline, eventually, pipeline_settings, running_pipeline
 
@@ -53,10 +53,11 @@ async def ghl_contact(p: Pipeline, ghl_id: str) -> dict[str, Any]:
     return contact
 
 
-async def settled(db: str) -> bool:
-    """Every event recorded so far is finished (echoes of our writes included)."""
+async def settled(p: Pipeline, db: str) -> bool:
+    """Every event recorded so far is finished, and so is every echo of our writes the sandbox
+    sent (its webhooks run in the background: one still on its way would be missed)."""
     rows = await fetch(db, "SELECT status FROM webhook_events")
-    return bool(rows) and all(r["status"] in ("done", "dead") for r in rows)
+    return bool(rows) and all(r["status"] in ("done", "dead") for r in rows) and await webhooks_settled(p, db)
 
 
 async def ghl_event_done(db: str, ghl_id: str, canonical_type: str, n: int = 1) -> bool:
@@ -82,7 +83,7 @@ async def synced_from_aloware(p: Pipeline, db: str, n: int, **fields: Any) -> st
     )
     ghl_id = str(mapping["ghl_contact_id"])
     await eventually(lambda: ghl_event_done(db, ghl_id, "contact.created"))
-    await eventually(lambda: settled(db))
+    await eventually(lambda: settled(p, db))
     return ghl_id
 
 
@@ -132,7 +133,7 @@ async def test_a_fresh_snapshot_costs_no_ghl_read(base_env: dict[str, str], tmp_
         assert row["outcome"] == "applied"
         assert (await ghl_contact(p, ghl_id))["firstName"] == "Adaline"
         assert [c["body"] for c in await puts(p, ghl_id)] == [{"firstName": "Adaline"}]
-        await eventually(lambda: settled(clean_db))
+        await eventually(lambda: settled(p, clean_db))
         # diffed against the snapshot: no read before the write (the list rules may read after it)
         assert (await contact_calls_since(p, ghl_id, since))[:1] == ["PUT"]
         await no_invalid_requests(p)
@@ -175,7 +176,7 @@ async def test_with_ghl_to_aloware_sync_off_the_snapshot_is_verified_before_it_i
         edit = await p.sandbox.put(f"/ghl/contacts/{ghl_id}", json={"firstName": "Grace"}, headers=GHL_HEADERS)
         assert edit.status_code == 200  # GHL sends ContactUpdate; the CG direction is off
         await eventually(lambda: ghl_event_done(clean_db, ghl_id, "contact.updated"))
-        await eventually(lambda: settled(clean_db))
+        await eventually(lambda: settled(p, clean_db))
         since = await ghl_call_count(p)
         row = await aloware_update(p, clean_db, 3)
         assert row["outcome"] == "applied"
@@ -195,7 +196,7 @@ async def test_a_contact_without_phone_is_verified_before_its_snapshot_is_truste
         edit = await p.sandbox.put(f"/ghl/contacts/{ghl_id}", json={"lastName": "Renamed"}, headers=GHL_HEADERS)
         assert edit.status_code == 200
         await eventually(lambda: ghl_event_done(clean_db, ghl_id, "contact.updated"))
-        await eventually(lambda: settled(clean_db))
+        await eventually(lambda: settled(p, clean_db))
         row = await aloware_update(p, clean_db, 4, phone_number="")
         assert row["outcome"] == "applied"
         assert (await ghl_contact(p, ghl_id))["lastName"] == "Person4"
@@ -246,7 +247,7 @@ async def test_a_missed_ghl_change_our_write_reveals_still_reaches_aloware(
         [mapping] = await eventually(lambda: fetch(clean_db, "SELECT ghl_contact_id FROM contact_mappings"))
         ghl_id = mapping["ghl_contact_id"]
         await eventually(lambda: ghl_event_done(clean_db, ghl_id, "contact.created"))
-        await eventually(lambda: settled(clean_db))
+        await eventually(lambda: settled(p, clean_db))
         assert (
             await p.sandbox.patch(f"/_sandbox/ghl/contacts/{ghl_id}", json={"city": "Shelbyville"})
         ).status_code == 200
@@ -257,7 +258,7 @@ async def test_a_missed_ghl_change_our_write_reveals_still_reaches_aloware(
             return record is not None and record.get("city") == "Shelbyville"
 
         await eventually(aloware_has_the_city)
-        await eventually(lambda: settled(clean_db))
+        await eventually(lambda: settled(p, clean_db))
         contact = await ghl_contact(p, ghl_id)
         assert (contact["firstName"], contact["city"]) == ("Adaline", "Shelbyville")
         assert (await aloware_record(p, phone) or {}).get("first_name") == "Adaline"
@@ -290,7 +291,7 @@ async def test_reconciliation_reads_ghl_and_finds_drift_our_copy_would_miss(
         ghl_id = created.json()["contact"]["id"]
         record = await eventually(lambda: aloware_record(p, "+15555560007"))
         await eventually(lambda: ghl_event_done(clean_db, ghl_id, "contact.created"))
-        await eventually(lambda: settled(clean_db))
+        await eventually(lambda: settled(p, clean_db))
         silently = await p.sandbox.patch(f"/_sandbox/aloware/contacts/{record['id']}", json={"city": "Elsewhere"})
         assert silently.status_code == 200
         reads = len(await contact_reads(p, ghl_id))
@@ -303,7 +304,7 @@ async def test_reconciliation_reads_ghl_and_finds_drift_our_copy_would_miss(
             return ((await aloware_record(p, "+15555560007")) or {}).get("city") == "Springfield"
 
         await eventually(aloware_repaired)
-        await eventually(lambda: settled(clean_db))
+        await eventually(lambda: settled(p, clean_db))
         again = await jobs.execute(ReconcileRequested())
         assert again == {"driftCount": 0, "repairsCount": 0, "errors": 0, "totalProcessed": 1}
         await no_invalid_requests(p)
@@ -334,7 +335,7 @@ async def test_aloware_fields_are_written_on_update(base_env: dict[str, str], tm
         ghl_id = created.json()["contact"]["id"]
         record = await eventually(lambda: aloware_record(p, "+15555560008"))
         await eventually(lambda: ghl_event_done(clean_db, ghl_id, "contact.created"))
-        await eventually(lambda: settled(clean_db))
+        await eventually(lambda: settled(p, clean_db))
         assert _custom(await ghl_contact(p, ghl_id)) == {}
         await aloware_form(
             p,
@@ -350,7 +351,7 @@ async def test_aloware_fields_are_written_on_update(base_env: dict[str, str], tm
 
         fields = await eventually(custom_fields_written)
         assert fields == {"cfAlowareId": record["id"], "cfLeadSource": "Facebook", "cfIntakeSource": "web"}
-        await eventually(lambda: settled(clean_db))
+        await eventually(lambda: settled(p, clean_db))
         assert (await ghl_contact(p, ghl_id))["firstName"] == "Bobby"
         await no_invalid_requests(p)
 

@@ -58,9 +58,23 @@ async def done(database_url: str, event_id: str) -> dict[str, Any] | None:
     return row if row and row["status"] in ("done", "dead") else None
 
 
+async def webhooks_settled(p: Pipeline, database_url: str) -> bool:
+    """Every webhook the sandbox vendors sent (our writes' echoes) has reached the ingress and
+    its event has finished; their POSTs run in the background, so a write's echo may still be
+    on its way when the write's own event is done."""
+    report = await p.webhooks()
+    if report["in_flight"]:
+        return False
+    for sent in report["delivered"]:
+        assert sent["status"] == 200 and sent["event_id"], sent  # the ingress took every echo
+        if await done(database_url, sent["event_id"]) is None:
+            return False
+    return True
+
+
 async def no_invalid_requests(p: Pipeline) -> None:
     bad = [c for c in await p.calls() if c["status"] == 422]
     assert bad == [], bad[:3]
 
 
-__all__ = ["ALOWARE_AUTH", "aloware_contact", "done", "no_invalid_requests", "send_aloware"]
+__all__ = ["ALOWARE_AUTH", "aloware_contact", "done", "no_invalid_requests", "send_aloware", "webhooks_settled"]

@@ -47,6 +47,10 @@ class Pipeline:
         params = {"vendor": vendor} if vendor else {}
         return (await self.sandbox.get("/_sandbox/calls", params=params)).json()
 
+    async def webhooks(self) -> dict[str, Any]:
+        """The webhooks the sandbox vendors sent: ``in_flight`` and every ``delivered`` one."""
+        return (await self.sandbox.get("/_sandbox/webhooks")).json()
+
 
 def pipeline_settings(base_env: dict[str, str], tmp: Path, **extra: str) -> Settings:
     key, _ = generate_ed25519()
