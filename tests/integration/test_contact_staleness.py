@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.commands import ReconcileRequested
-from tests.support.contacts import aloware_contact, done, no_invalid_requests, send_aloware, webhooks_settled
+from tests.support.contacts import aloware_contact, done, no_invalid_requests, send_aloware, settled
 from tests.support.jobs_rig import fetch, running_jobs
 from tests.support.sync_rig import Pipeline, eventually, pipeline_settings, running_pipeline
 
@@ -51,13 +51,6 @@ async def puts(p: Pipeline, ghl_id: str) -> list[dict[str, Any]]:
 async def ghl_contact(p: Pipeline, ghl_id: str) -> dict[str, Any]:
     [contact] = [c for c in await p.ghl_contacts() if c["id"] == ghl_id]
     return contact
-
-
-async def settled(p: Pipeline, db: str) -> bool:
-    """Every event recorded so far is finished, and so is every echo of our writes the sandbox
-    sent (its webhooks run in the background: one still on its way would be missed)."""
-    rows = await fetch(db, "SELECT status FROM webhook_events")
-    return bool(rows) and all(r["status"] in ("done", "dead") for r in rows) and await webhooks_settled(p, db)
 
 
 async def ghl_event_done(db: str, ghl_id: str, canonical_type: str, n: int = 1) -> bool:

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from services.infra.settings import Settings
-from tests.support.contacts import aloware_contact, done, no_invalid_requests, send_aloware, webhooks_settled
+from tests.support.contacts import aloware_contact, done, no_invalid_requests, send_aloware, settled
 from tests.support.jobs_rig import fetch
 from tests.support.sync_rig import Pipeline, consumers, eventually, pipeline_settings, running_pipeline
 
@@ -35,16 +35,6 @@ def without_consumers(settings: Settings) -> AbstractAsyncContextManager[Pipelin
     """Sandbox vendors, recorder and ingress, but no sync consumer: events queue on the stream
     and in the ledger until the test starts ``consumers``."""
     return running_pipeline(settings, replicas=0)
-
-
-async def settled(p: Pipeline, db: str, expected: int = 1) -> bool:
-    """At least ``expected`` events recorded, every one finished, and every echo of our writes
-    the sandbox sent recorded and finished too (a pending echo would put the contact's
-    snapshot in doubt, and the next update would read GHL first)."""
-    rows = await fetch(db, "SELECT status FROM webhook_events")
-    return (
-        len(rows) >= expected and all(r["status"] in ("done", "dead") for r in rows) and await webhooks_settled(p, db)
-    )
 
 
 async def recorded(db: str, n: int) -> bool:

@@ -67,9 +67,31 @@ async def webhooks_settled(p: Pipeline, database_url: str) -> bool:
         return False
     for sent in report["delivered"]:
         assert sent["status"] == 200 and sent["event_id"], sent  # the ingress took every echo
-        if await done(database_url, sent["event_id"]) is None:
-            return False
-    return True
+    ids = list({sent["event_id"] for sent in report["delivered"]})
+    conn = await asyncpg.connect(sync_url(database_url))
+    try:
+        finished = await conn.fetchval(
+            "SELECT count(*) FROM webhook_events WHERE id = ANY($1::uuid[]) AND status IN ('done', 'dead')", ids
+        )
+    finally:
+        await conn.close()
+    return bool(finished == len(ids))
+
+
+async def settled(p: Pipeline, database_url: str, expected: int = 1) -> bool:
+    """At least ``expected`` events recorded, every one finished, and every echo of our writes
+    the sandbox sent recorded and finished too (a pending echo puts the contact's snapshot in
+    doubt, and the next update reads GHL first)."""
+    conn = await asyncpg.connect(sync_url(database_url))
+    try:
+        statuses = [r["status"] for r in await conn.fetch("SELECT status FROM webhook_events")]
+    finally:
+        await conn.close()
+    return (
+        len(statuses) >= expected
+        and all(s in ("done", "dead") for s in statuses)
+        and await webhooks_settled(p, database_url)
+    )
 
 
 async def no_invalid_requests(p: Pipeline) -> None:
@@ -77,4 +99,12 @@ async def no_invalid_requests(p: Pipeline) -> None:
     assert bad == [], bad[:3]
 
 
-__all__ = ["ALOWARE_AUTH", "aloware_contact", "done", "no_invalid_requests", "send_aloware", "webhooks_settled"]
+__all__ = [
+    "ALOWARE_AUTH",
+    "aloware_contact",
+    "done",
+    "no_invalid_requests",
+    "send_aloware",
+    "settled",
+    "webhooks_settled",
+]
