@@ -21,7 +21,10 @@ from tests.support.ingress_rig import running_ingress, running_recorder, serving
 from tests.support.sync_rig import eventually, pipeline_settings
 
 
-def ghl_sync_process(settings: Settings, base_env: dict[str, str], **extra: str) -> subprocess.Popen[bytes]:
+def ghl_sync_process(
+    settings: Settings, base_env: dict[str, str], log: Path, **extra: str
+) -> subprocess.Popen[bytes]:
+    """``dfm run ghl-sync`` in a process of its own, its log lines in ``log``."""
     env = {
         "PATH": os.environ["PATH"],
         **base_env,
@@ -32,12 +35,13 @@ def ghl_sync_process(settings: Settings, base_env: dict[str, str], **extra: str)
         "LOG_LEVEL": "info",
         **extra,
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "run", "ghl-sync"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    with log.open("wb") as sink:  # a file, not a pipe nobody reads: a full pipe would block the process
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "run", "ghl-sync"],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
 
 
 @pytest.mark.slow
@@ -54,7 +58,8 @@ async def test_sigkill_between_vendor_write_and_ack_creates_no_duplicate(
         sandbox = await stack.enter_async_context(httpx.AsyncClient(base_url=sandbox_url))
         ingress = await stack.enter_async_context(httpx.AsyncClient(base_url=ingress_url))
 
-        first = ghl_sync_process(settings, base_env, DFM_FAULT_PAUSE_AFTER_VENDOR_WRITE_S="120")
+        first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+        first = ghl_sync_process(settings, base_env, first_log, DFM_FAULT_PAUSE_AFTER_VENDOR_WRITE_S="120")
         try:
             answer = (
                 await ingress.post(
@@ -62,19 +67,24 @@ async def test_sigkill_between_vendor_write_and_ack_creates_no_duplicate(
                 )
             ).json()
 
-            async def created() -> bool:
-                calls = (await sandbox.get("/_sandbox/calls", params={"vendor": "ghl"})).json()
-                return any(c["method"] == "POST" and c["status"] == 201 for c in calls)
+            async def paused() -> bool:  # GHL answered, the claim is settled, the ack not sent
+                return b"fault_pause_after_vendor_write" in first_log.read_bytes()
 
-            await eventually(created, timeout=30)
+            # not "GHL recorded the POST": under load that can be seen before the process has
+            # settled the claim, and a kill there is another fault (a claim held until its TTL)
+            await eventually(paused, timeout=30)
+            calls = (await sandbox.get("/_sandbox/calls", params={"vendor": "ghl"})).json()
+            assert any(c["method"] == "POST" and c["status"] == 201 for c in calls)
             first.send_signal(signal.SIGKILL)  # the contact exists in GHL; nothing was acked
             first.wait(timeout=10)
         finally:
             if first.poll() is None:
                 first.kill()
-        second = ghl_sync_process(settings, base_env)
+        second = ghl_sync_process(settings, base_env, second_log)
         try:
             row = await eventually(lambda: done(clean_db, answer["id"]), timeout=60)
+        except TimeoutError:
+            pytest.fail(f"the second process did not finish the event; its log:\n{second_log.read_text()[-4000:]}")
         finally:
             second.terminate()
             await asyncio.to_thread(second.wait, 30)
