@@ -21,9 +21,7 @@ from tests.support.ingress_rig import running_ingress, running_recorder, serving
 from tests.support.sync_rig import eventually, pipeline_settings
 
 
-def ghl_sync_process(
-    settings: Settings, base_env: dict[str, str], log: Path, **extra: str
-) -> subprocess.Popen[bytes]:
+def ghl_sync_process(settings: Settings, base_env: dict[str, str], log: Path, **extra: str) -> subprocess.Popen[bytes]:
     """``dfm run ghl-sync`` in a process of its own, its log lines in ``log``."""
     env = {
         "PATH": os.environ["PATH"],
