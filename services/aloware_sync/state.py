@@ -6,15 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.aloware_sync.rules.known import AgentState, KnownMapping, ListState, Membership, OptOutListings
 from services.domain import optout, store
 from services.domain.call_lists import Agent
 from services.infra.db.models import (
-    AgentDirectoryRow,
-    CallListRegistryRow,
     ContactAgentStateRow,
     ContactListMembershipRow,
     ContactMappingRow,
@@ -48,38 +46,46 @@ async def agent_state(conn: AsyncConnection, ghl_id: str) -> AgentState | None:
     return AgentState(row.id, row.agent_key, row.last_aloware_list_status) if row is not None else None
 
 
+# L-0…L-3's six reads in one statement, built once: the active agents, the contact's active
+# memberships, the lists the registry has an Aloware id for, the mapping's Aloware id, the
+# registry's verdict on the number and the contact's agent row. They were six round trips
+# (and six statements built per call) on every Aloware contact event; one also reads them
+# from one snapshot. ``contact_mappings.ghl_contact_id`` and ``contact_agent_state.contact_id``
+# are unique, so the join gives one row.
+_LIST_STATE = text(
+    """
+    SELECT
+      (SELECT coalesce(json_agg(json_build_array(a.agent_key, a.ghl_owner_id, a.ghl_owner_email,
+                                                 a.ghl_assigned_agent_field_value, a.required_tag)
+                                ORDER BY a.agent_key), '[]'::json)
+         FROM agent_directory a WHERE a.is_active IS TRUE) AS agents,
+      (SELECT coalesce(json_agg(json_build_array(m.agent_key, m.list_key)), '[]'::json)
+         FROM contact_list_memberships m
+        WHERE m.contact_id = CAST(:ghl_id AS text) AND m.status = 'active') AS active,
+      (SELECT coalesce(json_agg(json_build_array(r.agent_key, r.list_key)), '[]'::json)
+         FROM call_list_registry r
+        WHERE r.aloware_list_id IS NOT NULL AND r.aloware_list_id <> '') AS registered,
+      (SELECT c.aloware_contact_id FROM contact_mappings c
+        WHERE c.ghl_contact_id = CAST(:ghl_id AS text)) AS aloware_id,
+      (SELECT o.status FROM optout_registry o WHERE o.phone_number = CAST(:phone AS text)) AS optout_status,
+      s.id AS state_id, s.agent_key AS state_agent_key, s.last_aloware_list_status AS state_list_status
+    FROM (SELECT 1) AS one
+    LEFT JOIN contact_agent_state s ON s.contact_id = CAST(:ghl_id AS text)
+    """
+)
+
+
 async def list_state(conn: AsyncConnection, ghl_id: str, phone: str | None) -> ListState:
-    """L-0…L-3's view of one GHL contact."""
-    agents = (
-        await conn.execute(
-            select(AgentDirectoryRow).where(AgentDirectoryRow.is_active.is_(True)).order_by(AgentDirectoryRow.agent_key)
-        )
-    ).all()
-    active = (
-        await conn.execute(
-            select(ContactListMembershipRow.agent_key, ContactListMembershipRow.list_key).where(
-                ContactListMembershipRow.contact_id == ghl_id, ContactListMembershipRow.status == "active"
-            )
-        )
-    ).all()
-    registered = (
-        await conn.execute(
-            select(CallListRegistryRow.agent_key, CallListRegistryRow.list_key).where(
-                CallListRegistryRow.aloware_list_id.is_not(None), CallListRegistryRow.aloware_list_id != ""
-            )
-        )
-    ).all()
-    known = await mapping(conn, ghl_id=ghl_id)
+    """L-0…L-3's view of one GHL contact (``_LIST_STATE``)."""
+    row = (await conn.execute(_LIST_STATE, {"ghl_id": ghl_id, "phone": phone or None})).one()
+    state = AgentState(row.state_id, row.state_agent_key, row.state_list_status) if row.state_id is not None else None
     return ListState(
-        agents=tuple(
-            Agent(r.agent_key, r.ghl_owner_id, r.ghl_owner_email, r.ghl_assigned_agent_field_value, r.required_tag)
-            for r in agents
-        ),
-        agent_state=await agent_state(conn, ghl_id),
-        opted_out=await optout.is_opted_out(conn, phone),
-        active=frozenset((r.agent_key, r.list_key) for r in active),
-        registered=frozenset((r.agent_key, r.list_key) for r in registered),
-        aloware_id=known.aloware_id if known else None,
+        agents=tuple(Agent(*agent) for agent in row.agents),
+        agent_state=state,
+        opted_out=row.optout_status == "opted_out",  # O-5, as optout.is_opted_out
+        active=frozenset((agent, key) for agent, key in row.active),
+        registered=frozenset((agent, key) for agent, key in row.registered),
+        aloware_id=str(row.aloware_id) if row.aloware_id else None,
     )
 
 
