@@ -29,6 +29,26 @@ VENDOR_DURATION = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 TIMEOUTS = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=5.0)
+# A pooled connection idle this long is not used again. httpx keeps one for 5 s, and many
+# servers (uvicorn, Node.js) close an idle keep-alive connection after 5 s too: a request sent
+# on a connection the server is closing at that moment fails with ReadError or "server
+# disconnected", after the request may have reached it, so a create's outcome is unknown
+# (seen: a GHL contact create on the sandbox after a 5 s lull, its claim left "unknown" and
+# the event dead; tests/faults/test_nats_cluster.py). Vendors' own idle limits are not
+# documented; 2 s is under every common default but gunicorn's.
+KEEPALIVE_EXPIRY_S = 2.0
+
+
+def vendor_limits(max_connections: int) -> httpx.Limits:
+    """The pool of a vendor client: ``max_connections``, all kept alive for at most
+    ``KEEPALIVE_EXPIRY_S`` idle."""
+    return httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections,
+        keepalive_expiry=KEEPALIVE_EXPIRY_S,
+    )
+
+
 RETRYABLE_STATUS = frozenset({408, 409, 423, 425, 429})
 _SECRET_QUERY = re.compile(r"(api_token|token|key)=[^&]+", re.IGNORECASE)
 # RFC 9110 delay-seconds is 1*DIGIT (ASCII); a fraction is tolerated. Not float(): it also
@@ -112,9 +132,7 @@ class ObservedTransport(httpx.AsyncBaseTransport):
         self, observe: Observe, inner: httpx.AsyncBaseTransport | None = None, *, max_connections: int = 20
     ) -> None:
         self._observe = observe
-        self._inner = inner or httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        )
+        self._inner = inner or httpx.AsyncHTTPTransport(limits=vendor_limits(max_connections))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self._inner.handle_async_request(request)
@@ -155,7 +173,7 @@ class VendorHttp:
             headers={"Accept": "application/json", **(headers or {})},
             timeout=TIMEOUTS,
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            limits=vendor_limits(max_connections),
             transport=transport,
         )
 

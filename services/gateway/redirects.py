@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import httpx
 
+from services.clients.http import KEEPALIVE_EXPIRY_S
 from services.clients.verity import sending_endpoint
 from services.infra.logging import get_logger
 
@@ -43,7 +44,10 @@ class SameOriginRedirects(httpx.AsyncBaseTransport):
         self, base_url: str, inner: httpx.AsyncBaseTransport | None = None, max_redirects: int = MAX_REDIRECTS
     ) -> None:
         self.origin = origin(httpx.URL(base_url))
-        self.inner = inner or httpx.AsyncHTTPTransport()
+        # httpx's default pool, idle connections dropped before Verity's side may close them
+        self.inner = inner or httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY_S)
+        )
         self.max_redirects = max_redirects
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
