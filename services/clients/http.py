@@ -39,6 +39,11 @@ TIMEOUTS = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=5.0)
 KEEPALIVE_EXPIRY_S = 2.0
 
 
+# httpx's default pool (100 connections, 20 kept alive), idle ones dropped as above: the
+# Verity proxy's, in the gateway and the MCP server
+PROXY_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY_S)
+
+
 def vendor_limits(max_connections: int) -> httpx.Limits:
     """The pool of a vendor client: ``max_connections``, all kept alive for at most
     ``KEEPALIVE_EXPIRY_S`` idle."""

@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.phone import to_e164
+from services.clients.http import PROXY_LIMITS
 from services.clients.paths import UnsafeSegment, segment
 from services.domain import optout, store
 from services.infra import tracing
@@ -468,7 +469,9 @@ class VerityProxy:
         self.base_url = (settings.verity_base_url or DEFAULT_BASE_URL).rstrip("/")
         self.production = settings.node_env == "production"
         self.client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.verity_proxy_timeout_s, connect=5.0), follow_redirects=False
+            timeout=httpx.Timeout(settings.verity_proxy_timeout_s, connect=5.0),
+            follow_redirects=False,
+            limits=PROXY_LIMITS,  # the MCP server's pool: idle connections dropped at 2 s
         )
 
     async def aclose(self) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import httpx
 
-from services.clients.http import KEEPALIVE_EXPIRY_S
+from services.clients.http import PROXY_LIMITS
 from services.clients.verity import sending_endpoint
 from services.infra.logging import get_logger
 
@@ -44,10 +44,7 @@ class SameOriginRedirects(httpx.AsyncBaseTransport):
         self, base_url: str, inner: httpx.AsyncBaseTransport | None = None, max_redirects: int = MAX_REDIRECTS
     ) -> None:
         self.origin = origin(httpx.URL(base_url))
-        # httpx's default pool, idle connections dropped before Verity's side may close them
-        self.inner = inner or httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY_S)
-        )
+        self.inner = inner or httpx.AsyncHTTPTransport(limits=PROXY_LIMITS)
         self.max_redirects = max_redirects
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

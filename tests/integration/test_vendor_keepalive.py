@@ -17,7 +17,9 @@ import httpx
 import pytest
 
 from services.clients.http import KEEPALIVE_EXPIRY_S, VendorHttp
+from services.clients.verity import VerityProxy
 from services.gateway.redirects import SameOriginRedirects
+from services.infra.settings import Settings
 from tests.support.ingress_rig import serving
 
 SERVER_KEEPALIVE_S = 5  # uvicorn's default, as the sandbox and many vendors' servers use
@@ -75,3 +77,19 @@ async def test_the_verity_proxy_pool_drops_idle_connections_too() -> None:
         first = await port_of(get)
         await asyncio.sleep(KEEPALIVE_EXPIRY_S + 0.5)
         assert await port_of(get) != first
+
+
+async def test_the_mcp_servers_verity_pool_drops_idle_connections_too() -> None:
+    """The MCP server builds its proxy without a client of its own (services/mcp/server.py)."""
+    async with serving(peer_port, "/") as base:
+        proxy = VerityProxy(Settings(verity_base_url=base))
+        try:
+
+            async def get() -> httpx.Response:
+                return await proxy.client.get(f"{base}/")
+
+            first = await port_of(get)
+            await asyncio.sleep(KEEPALIVE_EXPIRY_S + 0.5)
+            assert await port_of(get) != first
+        finally:
+            await proxy.aclose()
