@@ -5,6 +5,7 @@ Plain data: services turn these into nats-py ``StreamConfig``/``ConsumerConfig``
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 
 from contracts.lanes import DEFAULT_BULK_SUBJECTS, Lane, split_filters
@@ -171,9 +172,16 @@ def expected_consumers(subject: str) -> list[str]:
     """The consumers (recorder excluded) whose filters take a webhook ``subject``: services,
     not durables (ghl-sync's lanes are one consumer; together they take ``GHL_SYNC_FILTERS``
     whatever the operator's lane split, so this never depends on it)."""
+    return list(_expected_consumers(subject))
+
+
+# every delivery asks (claim, finish, the event row), ~40 µs each by matching every filter;
+# the topology is fixed at import, and senders choose event types, so the cache is bounded
+@functools.lru_cache(maxsize=1024)
+def _expected_consumers(subject: str) -> tuple[str, ...]:
     found = [
         spec.owner
         for spec in CONSUMERS
         if spec is not RECORDER and any(subject_matches(f, subject) for f in spec.filter_subjects)
     ]
-    return list(dict.fromkeys(found))
+    return tuple(dict.fromkeys(found))
