@@ -37,23 +37,6 @@ TIMEOUTS = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=5.0)
 # the event dead; tests/faults/test_nats_cluster.py). Vendors' own idle limits are not
 # documented; 2 s is under every common default but gunicorn's.
 KEEPALIVE_EXPIRY_S = 2.0
-
-
-# httpx's default pool (100 connections, 20 kept alive), idle ones dropped as above: the
-# Verity proxy's, in the gateway and the MCP server
-PROXY_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY_S)
-
-
-def vendor_limits(max_connections: int) -> httpx.Limits:
-    """The pool of a vendor client: ``max_connections``, all kept alive for at most
-    ``KEEPALIVE_EXPIRY_S`` idle."""
-    return httpx.Limits(
-        max_connections=max_connections,
-        max_keepalive_connections=max_connections,
-        keepalive_expiry=KEEPALIVE_EXPIRY_S,
-    )
-
-
 RETRYABLE_STATUS = frozenset({408, 409, 423, 425, 429})
 _SECRET_QUERY = re.compile(r"(api_token|token|key)=[^&]+", re.IGNORECASE)
 # RFC 9110 delay-seconds is 1*DIGIT (ASCII); a fraction is tolerated. Not float(): it also
@@ -63,6 +46,20 @@ _DELAY_SECONDS = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,9})?", re.ASCII)
 # Longer is left to the sweep anyway (DFM_RETRY_NAK_MAX_DELAY_S); unbounded would overflow
 # the ledger's next_attempt_at and never retry.
 MAX_RETRY_AFTER_S = 3600.0
+
+
+def vendor_limits(max_connections: int, max_keepalive: int | None = None) -> httpx.Limits:
+    """A vendor client's pool: ``max_connections``, ``max_keepalive`` of them (all by default)
+    kept alive for at most ``KEEPALIVE_EXPIRY_S`` idle."""
+    return httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections if max_keepalive is None else max_keepalive,
+        keepalive_expiry=KEEPALIVE_EXPIRY_S,
+    )
+
+
+# the Verity proxy's pool, in the gateway and the MCP server: httpx's default size
+PROXY_LIMITS = vendor_limits(100, max_keepalive=20)
 
 
 class VendorError(Exception):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -38,9 +39,17 @@ async def peer_port(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def port_of(send: Any) -> int:
-    response = await send()
-    return int(response.json()["port"])
+async def reconnects_after_idle(get: Callable[[], Awaitable[httpx.Response]]) -> None:
+    """``get`` reuses its connection while busy, and opens a new one after an idle spell past
+    our limit but within the server's (the port the server saw tells the connections apart)."""
+
+    async def port() -> int:
+        return int((await get()).json()["port"])
+
+    first = await port()
+    assert await port() == first  # busy: the connection is reused
+    await asyncio.sleep(KEEPALIVE_EXPIRY_S + 0.5)  # idle past our limit, within the server's
+    assert await port() != first  # a new connection, not one the server may be closing
 
 
 @pytest.mark.parametrize("observed", [False, True], ids=["plain", "observed"])
@@ -53,14 +62,7 @@ async def test_an_idle_vendor_connection_is_replaced_before_the_server_closes_it
     async with serving(peer_port, "/") as base:
         http = VendorHttp("test", base, observe=observe if observed else None)
         try:
-
-            async def get() -> httpx.Response:
-                return await http.request("GET", "/", "test.get")
-
-            first = await port_of(get)
-            assert await port_of(get) == first  # busy: the connection is reused
-            await asyncio.sleep(KEEPALIVE_EXPIRY_S + 0.5)  # idle past our limit, within the server's
-            assert await port_of(get) != first  # a new connection, not one the server may be closing
+            await reconnects_after_idle(lambda: http.request("GET", "/", "test.get"))
         finally:
             await http.aclose()
 
@@ -70,13 +72,7 @@ async def test_the_verity_proxy_pool_drops_idle_connections_too() -> None:
         serving(peer_port, "/") as base,
         httpx.AsyncClient(base_url=base, transport=SameOriginRedirects(base)) as client,
     ):
-
-        async def get() -> httpx.Response:
-            return await client.get("/")
-
-        first = await port_of(get)
-        await asyncio.sleep(KEEPALIVE_EXPIRY_S + 0.5)
-        assert await port_of(get) != first
+        await reconnects_after_idle(lambda: client.get("/"))
 
 
 async def test_the_mcp_servers_verity_pool_drops_idle_connections_too() -> None:
@@ -84,12 +80,6 @@ async def test_the_mcp_servers_verity_pool_drops_idle_connections_too() -> None:
     async with serving(peer_port, "/") as base:
         proxy = VerityProxy(Settings(verity_base_url=base))
         try:
-
-            async def get() -> httpx.Response:
-                return await proxy.client.get(f"{base}/")
-
-            first = await port_of(get)
-            await asyncio.sleep(KEEPALIVE_EXPIRY_S + 0.5)
-            assert await port_of(get) != first
+            await reconnects_after_idle(lambda: proxy.client.get(f"{base}/"))
         finally:
             await proxy.aclose()
