@@ -111,16 +111,20 @@ class _Attempt:
         self.event = event
         self.ctx = ctx
         self._lock: AsyncExitStack | None = None
+        self._key: str | None = None
         self.locked: AsyncConnection | None = None
 
     async def hold(self, key: str) -> None:
+        """The lock of ``key``, the one held released first; holding it already is a no-op."""
+        if self._lock is not None and key == self._key:
+            return
         await self.release()
         lock = AsyncExitStack()
         self.locked = await lock.enter_async_context(store.contact_lock(self.engine, key))
-        self._lock = lock
+        self._lock, self._key = lock, key
 
     async def release(self) -> None:
-        lock, self._lock, self.locked = self._lock, None, None
+        lock, self._lock, self._key, self.locked = self._lock, None, None, None
         if lock is not None:
             await lock.aclose()
 

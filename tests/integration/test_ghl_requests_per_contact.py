@@ -86,6 +86,30 @@ async def test_a_burst_of_new_contacts_costs_at_most_1_1_ghl_requests_each(
         await no_invalid_requests(p)
 
 
+async def test_the_echo_of_a_create_still_being_recorded_is_recognised_without_a_ghl_read(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    """GHL's ContactCreate webhook for a contact ghl-sync just created can reach aloware-sync
+    before ghl-sync has recorded the write (here forced: ghl-sync pauses after the create,
+    holding the contact's lock, before its echo record). aloware-sync waits for that lock and
+    finds the echo on the body: no ``GET /contacts/{id}`` (under load that race cost bursts
+    ~0.1 GHL request per new contact)."""
+    settings = pipeline_settings(base_env, tmp_path, DFM_FAULT_PAUSE_AFTER_VENDOR_WRITE_S="1")
+    async with running_pipeline(settings) as p:
+        answer = await send_aloware(p, aloware_contact(5))
+        row = await eventually(lambda: done(clean_db, answer["id"]))
+        assert row["outcome"] == "applied", row
+        await eventually(lambda: settled(p, clean_db, 2))
+        [echo] = await fetch(
+            clean_db,
+            "SELECT d.status, d.outcome FROM event_deliveries d JOIN webhook_events e ON e.id = d.event_id "
+            "WHERE e.source = 'ghl' AND d.consumer = 'aloware-sync'",
+        )
+        assert (echo["status"], echo["outcome"]) == ("done", "echo")
+        reads = [c["path"] for c in await p.calls("ghl") if c["method"] == "GET" and c["path"].startswith("/contacts/")]
+        assert reads == []
+
+
 # --- contacts GHL already has keep their GHL values where the mode says so -----------------
 
 EXISTING = {

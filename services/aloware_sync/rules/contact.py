@@ -115,11 +115,23 @@ def plan_contact_sync(event: WebhookEvent, ghl_id: str, ctx: RuleContext) -> Flo
 
     LP-1 first on the webhook body itself when it is this contact's marketplace body (it
     carries the whole contact: an echo is recognised without re-reading GHL), then on GHL's
-    answer under the contact's lock, where the Aloware contact is looked up and written."""
+    answer under the contact's lock, where the Aloware contact is looked up and written.
+
+    A body that is not (yet) an echo is checked once more under the lock of its phone: GHL's
+    webhook for a contact ghl-sync just created can arrive while ghl-sync, holding that lock,
+    has not recorded the write yet; waiting for the lock turns that race into an echo found
+    without a GHL read."""
     body = marketplace_contact(event.payload) if ghl_id == event.entity_id else None
-    if body is not None and (yield IsEcho("ghl", ghl_id, ghl_to_canonical(body, ctx.region).projection_hash())):
-        yield _cg(ghl_id, "LP-1", "skipped", "middleware-originated")
-        return ContactSynced(ECHO, body)
+    if body is not None:
+        seen = ghl_to_canonical(body, ctx.region)
+        if (yield IsEcho("ghl", ghl_id, seen.projection_hash())):
+            yield _cg(ghl_id, "LP-1", "skipped", "middleware-originated")
+            return ContactSynced(ECHO, body)
+        if seen.phone:
+            yield HoldContactLock(seen.phone, ghl_id)
+            if (yield IsEcho("ghl", ghl_id, seen.projection_hash())):
+                yield _cg(ghl_id, "LP-1", "skipped", "middleware-originated")
+                return ContactSynced(ECHO, body)
     current = yield ReadGhlContact(ghl_id)
     if current is None:
         yield _cg(ghl_id, "CG-1", "skipped", "ghl_contact_not_found")

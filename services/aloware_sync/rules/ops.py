@@ -143,8 +143,9 @@ class ReadAgentState:
 @dataclass(frozen=True)
 class HoldContactLock:
     """§0.1: serialise every rule touching this contact from here to the end of the rule
-    (or the next ``HoldContactLock``, which releases this one first). The key is the E.164
-    phone, else ``ghl:<id>``, else ``aloware:<id>``."""
+    (or the next ``HoldContactLock``, which releases this one first, unless it is the same
+    key: then the lock is kept). The key is the E.164 phone, else ``ghl:<id>``, else
+    ``aloware:<id>``."""
 
     phone: str | None
     ghl_id: str | None = None

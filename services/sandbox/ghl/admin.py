@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from services.sandbox.ghl.contacts import send_ghl_webhook
+from contracts.phone import to_e164
+from services.sandbox.ghl.contacts import new_contact, send_ghl_webhook
 from services.sandbox.state import SandboxDep
 
 __all__ = ["router"]
@@ -20,6 +21,17 @@ router = APIRouter()
 @router.get("/_sandbox/ghl/contacts")
 async def ghl_contacts(sandbox: SandboxDep) -> JSONResponse:
     return JSONResponse(list(sandbox.state.ghl_contacts.values()))
+
+
+@router.post("/_sandbox/ghl/contacts", status_code=201)
+async def ghl_create_silently(request: Request, sandbox: SandboxDep) -> JSONResponse:
+    """A contact the location ``locationId`` had before the middleware ran: created as
+    ``POST /contacts/`` would (no duplicate check), without GHL's webhook."""
+    body = await request.json()
+    if not body.get("locationId"):
+        return JSONResponse({"error": "locationId is required"}, status_code=422)
+    phone = to_e164(body["phone"]) if body.get("phone") else None
+    return JSONResponse(new_contact(sandbox, body, body["locationId"], phone), status_code=201)
 
 
 @router.patch("/_sandbox/ghl/contacts/{contact_id}")

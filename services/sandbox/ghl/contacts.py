@@ -20,7 +20,7 @@ from services.sandbox.ghl.location import allows_duplicates, route_location
 from services.sandbox.ghl.request import Answer, GhlRequest, not_found
 from services.sandbox.state import Sandbox
 
-__all__ = ["GHL_CONTACT_FIELDS", "find_contact", "route_contacts", "send_ghl_webhook"]
+__all__ = ["GHL_CONTACT_FIELDS", "find_contact", "new_contact", "route_contacts", "send_ghl_webhook"]
 
 GHL_CONTACT_FIELDS = (
     "firstName", "lastName", "name", "email", "phone", "address1", "city", "state", "postalCode",
@@ -113,7 +113,7 @@ def _create(sandbox: Sandbox, request: GhlRequest) -> Answer:
                 "matchingField": "phone" if phone else "email",
             },
         }
-    contact = _new_contact(sandbox, body, location, phone)
+    contact = new_contact(sandbox, body, location, phone)
     send_ghl_webhook(sandbox, "ContactCreate", contact)
     return 201, {"contact": contact}
 
@@ -128,7 +128,7 @@ def _upsert(sandbox: Sandbox, request: GhlRequest) -> Answer:
     forced = bool(body.get("createNewIfDuplicateAllowed")) and allows_duplicates(sandbox, location)
     existing = None if forced else find_contact(sandbox, phone=phone, email=body.get("email"))
     if existing is None:
-        contact = _new_contact(sandbox, body, location, phone)
+        contact = new_contact(sandbox, body, location, phone)
         send_ghl_webhook(sandbox, "ContactCreate", contact)
         return 200, {"new": True, "contact": contact, "traceId": uuid.uuid4().hex}
     changed = _apply_fields(existing, body)
@@ -141,7 +141,7 @@ def _upsert(sandbox: Sandbox, request: GhlRequest) -> Answer:
     return 200, {"new": False, "contact": existing, "traceId": uuid.uuid4().hex}
 
 
-def _new_contact(sandbox: Sandbox, body: dict[str, Any], location: str, phone: str | None) -> dict[str, Any]:
+def new_contact(sandbox: Sandbox, body: dict[str, Any], location: str, phone: str | None) -> dict[str, Any]:
     contact_id = "sbx" + uuid.uuid4().hex[:17]
     contact = {
         "id": contact_id,

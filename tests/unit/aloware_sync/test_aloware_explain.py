@@ -80,6 +80,8 @@ async def test_cg_and_the_lists_of_a_new_contact(clean_db: str, engine: AsyncEng
         f"aloware-sync CG: read GHL contact {ADA}, look it up in Aloware by phone, write only the fields that "
         "differ (nothing if they agree)",
         f"aloware-sync: ghl {ADA}: not our own write",
+        "aloware-sync: take the contact's lock",
+        f"aloware-sync: ghl {ADA}: not our own write",
         f"aloware-sync: read GHL contact {ADA} (the webhook body stands in for GHL's answer)",
         "aloware-sync: take the contact's lock",
         f"aloware-sync: ghl {ADA}: not our own write",

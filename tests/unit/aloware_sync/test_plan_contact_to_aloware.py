@@ -70,8 +70,13 @@ def decisions(mode: str, alo: AlowareContactRecord) -> dict[str, Any]:
     return {"decisions": [d.as_dict() for d in made]}
 
 
-LOCKED = [
+BODY_UNDER_LOCK = [
     IsEcho("ghl", ADA, CANONICAL.projection_hash()),
+    HoldContactLock(PHONE, ADA),
+    IsEcho("ghl", ADA, CANONICAL.projection_hash()),
+]
+LOCKED = [
+    *BODY_UNDER_LOCK,
     ReadGhlContact(ADA),
     HoldContactLock(PHONE, ADA),
     IsEcho("ghl", ADA, CANONICAL.projection_hash()),
@@ -90,11 +95,7 @@ CASES: list[tuple[str, Any, list[tuple[Any, Any]], list[Any], ContactSynced]] = 
         "CG-1: the contact is gone from GHL",
         UPDATE,
         [(IsEcho, False), (ReadGhlContact, None)],
-        [
-            IsEcho("ghl", ADA, CANONICAL.projection_hash()),
-            ReadGhlContact(ADA),
-            cg("CG-1", "skipped", "ghl_contact_not_found"),
-        ],
+        [*BODY_UNDER_LOCK, ReadGhlContact(ADA), cg("CG-1", "skipped", "ghl_contact_not_found")],
         ContactSynced(Outcome("skipped", "ghl_contact_not_found"), None),
     ),
     (
@@ -105,10 +106,17 @@ CASES: list[tuple[str, Any, list[tuple[Any, Any]], list[Any], ContactSynced]] = 
         ContactSynced(Outcome("skipped", "no_phone_for_aloware"), ghl_contact(id=GRACE, phone=None)),
     ),
     (
+        "LP-1 on the body once its phone's lock is held: ghl-sync had not recorded the write yet",
+        UPDATE,
+        [(IsEcho, Then(False, True))],
+        [*BODY_UNDER_LOCK, cg("LP-1", "skipped", "middleware-originated")],
+        ContactSynced(ECHO, CONTACT),
+    ),
+    (
         "LP-1 under the lock: GHL's answer is our own write",
         UPDATE,
-        [(IsEcho, Then(False, True)), (ReadGhlContact, CONTACT)],
-        [*LOCKED[:4], cg("LP-1", "skipped", "middleware-originated")],
+        [(IsEcho, Then(False, False, True)), (ReadGhlContact, CONTACT)],
+        [*LOCKED[:6], cg("LP-1", "skipped", "middleware-originated")],
         ContactSynced(ECHO, CONTACT),
     ),
     (
