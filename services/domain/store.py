@@ -24,7 +24,7 @@ from services.infra.db.models import (
     core_table,
 )
 from services.infra.errors import MappingConflict
-from services.infra.trace import mapping_touched, sync_error_logged
+from services.infra.trace import defer_sync_row, mapping_touched, sync_error_logged
 
 
 @asynccontextmanager
@@ -209,7 +209,10 @@ async def log_sync(
     message: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> None:
-    """One ``sync_log`` row per rule execution (spec/outbound.md §0.3)."""
+    """One ``sync_log`` row per rule execution (spec/outbound.md §0.3). During a delivery a
+    success or skip row is written by the ledger's finish statement with the attempt's end
+    (``services.infra.trace.defer_sync_row``); an error row at once, on ``conn``: the ledger
+    merges the attempt's failure into it."""
     row_id = uuid4()
     row = {
         "id": row_id,
@@ -227,6 +230,8 @@ async def log_sync(
         "attempt": attempt,
         "details": details,
     }
+    if status != "error" and defer_sync_row(row):
+        return
     await conn.execute(_LOG_SYNC, {f"p_{k}": v for k, v in row.items()})
     if status == "error":  # the attempt's failure row already exists (services/infra/delivery.py)
         sync_error_logged(row_id)

@@ -187,13 +187,34 @@ def _event_row_statements(table_name: str, keys: tuple[str, ...]) -> tuple[Any, 
     return select(inserted.c.id, inserted.c.status).union_all(existing), existing
 
 
+_SYNC_ROW_COLUMNS = tuple(c.name for c in SyncLogRow.__table__.columns)
+
+
+def _sync_rows_cte() -> Any:
+    """The rule's deferred ``sync_log`` rows (``AttemptTrace.sync_rows``), a JSON array in
+    ``p_sync_rows``, inserted by ``jsonb_populate_recordset`` (each key cast to its column)."""
+    rows = (
+        func.jsonb_populate_recordset(text("NULL::sync_log"), bindparam("p_sync_rows", type_=JSONB))
+        .table_valued(*_SYNC_ROW_COLUMNS)
+        .alias("r")
+    )
+    columns = [rows.c[name] for name in _SYNC_ROW_COLUMNS]
+    return insert(SyncLogRow).from_select(list(_SYNC_ROW_COLUMNS), select(*columns)).cte("sync_rows")
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else str(v) if k == "id" else v for k, v in row.items()}
+
+
 @functools.cache
-def _finish_statement(table_name: str, keep_applied: bool, last_error: str, refund: bool, with_attempt: bool) -> Any:
+def _finish_statement(
+    table_name: str, keep_applied: bool, last_error: str, refund: bool, with_attempt: bool, with_sync_rows: bool
+) -> Any:
     """``finish``'s statement for one shape, built once (see ``DeliveryLedger.finish``): the
-    delivery's end state as a CTE returning the row it wrote, the attempt's row, and the event's
-    aggregate told that row (dfm_event_aggregate_as, migrations/versions/0010; it ignores the
-    stored one, which the statement may not show it yet); one statement, atomic without a
-    transaction."""
+    delivery's end state as a CTE returning the row it wrote, the attempt's row and its
+    deferred sync_log rows, and the event's aggregate told that row (dfm_event_aggregate_as,
+    migrations/versions/0010; it ignores the stored one, which the statement may not show it
+    yet); one statement, atomic without a transaction."""
     d = _DELIVERIES
     values: dict[str, Any] = {
         "status": bindparam("p_status", type_=Text),
@@ -242,6 +263,8 @@ def _finish_statement(table_name: str, keep_applied: bool, last_error: str, refu
             )
             .cte("attempt")
         )
+        if with_sync_rows:
+            ctes.append(_sync_rows_cte())
     found = delivery.c.status.is_not(None)
     aggregate = func.dfm_event_aggregate_as(
         cast(literal(table_name), Text),
@@ -365,8 +388,9 @@ class DeliveryLedger:
         failure: Failure | None = None,
     ) -> None:
         """Record the delivery's end state, the event's aggregate and (with ``trace``) the
-        attempt's ``event_attempts`` row, in one statement; with ``failure`` too, the
-        attempt's ``sync_log`` error row (``_failure_rows``).
+        attempt's ``event_attempts`` row and the sync_log rows its rule left to the finish, in
+        one statement; with ``failure`` too, the attempt's ``sync_log`` error row
+        (``_failure_rows``).
 
         The aggregate (spec/inbound.md §4.2) is the database function's: it locks the event
         row, then reads the deliveries and updates the row (migrations/versions/0004 and
@@ -379,7 +403,10 @@ class DeliveryLedger:
         with_attempt = trace is not None and attempt is not None
         keep_applied = outcome is not None and outcome.outcome != "applied"
         last_error = "set" if error is not None else "clear" if status == "done" else "keep"
-        statement: Any = _finish_statement(table.__tablename__, keep_applied, last_error, refund_attempt, with_attempt)
+        with_sync_rows = with_attempt and bool(trace and trace.sync_rows)
+        statement: Any = _finish_statement(
+            table.__tablename__, keep_applied, last_error, refund_attempt, with_attempt, with_sync_rows
+        )
         params: dict[str, Any] = {
             "p_event": event.event_id,
             "p_consumer": self.consumer,
@@ -402,6 +429,8 @@ class DeliveryLedger:
                 "p_vendor_calls": trace.vendor_calls,
                 "p_mappings": trace.mappings,
             }
+            if with_sync_rows:
+                params["p_sync_rows"] = [_jsonable(row) for row in trace.sync_rows]
             if failure is not None:  # rare: built for this attempt
                 statement = statement.add_cte(*self._failure_rows(event, status, attempt, trace, failure))
         async with self._engine.connect() as raw:

@@ -1,0 +1,125 @@
+"""A rule's success and skip ``sync_log`` rows are written by the ledger's finish statement,
+with the attempt's end state (issue #18, one round trip fewer per rule): on every end (done,
+error, dead), with the fields the rule gave; an error row, and any row outside a delivery, at
+once. Against the real PostgreSQL, through ``DeliveryLedger`` and ``store.log_sync``."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts.envelope import AuthInfo, WebhookEvent
+from contracts.subjects import EntityType, Source
+from services.domain import store
+from services.infra.db.session import create_engine
+from services.infra.delivery import DeliveryLedger, Failure, Outcome
+from services.infra.settings import Settings
+from services.infra.trace import CURRENT, AttemptTrace
+from tests.support.jobs_rig import fetch
+
+
+@pytest.fixture
+async def engine(clean_db: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(Settings(database_url=clean_db))
+    yield engine
+    await engine.dispose()
+
+
+def contact_event() -> WebhookEvent:
+    return WebhookEvent(
+        source=Source.ALOWARE,
+        event_name="Contact Created",
+        event_type="contact_created",
+        canonical_type="contact.created",
+        entity_type=EntityType.CONTACT,
+        entity_id="7000042",
+        dedupe_key=f"sync-log-at-finish:{uuid.uuid4()}",
+        auth=AuthInfo(method="basic", verified=True),
+        payload={"event": "Contact Created", "body": {"id": "7000042", "phone_number": "+15555550142"}},
+    )
+
+
+async def log(engine: AsyncEngine, event: WebhookEvent, status: str, rule: str, **extra: Any) -> None:
+    async with engine.begin() as conn:
+        await store.log_sync(
+            conn,
+            direction="aloware_to_ghl",
+            entity_type="contact",
+            source_id="7000042",
+            status=status,
+            started_at=datetime.now(UTC) - timedelta(seconds=1),
+            correlation_id=str(event.event_id),
+            rule=rule,
+            attempt=1,
+            **extra,
+        )
+
+
+async def rows(db: str) -> list[dict[str, Any]]:
+    return await fetch(
+        db,
+        "SELECT rule, status, target_id, error_message, details, started_at, finished_at, attempt, "
+        "correlation_id FROM sync_log ORDER BY finished_at",
+    )
+
+
+@pytest.mark.parametrize("end", ["done", "error", "dead"])
+async def test_the_rows_of_a_delivery_are_written_with_its_end(end: str, engine: AsyncEngine, clean_db: str) -> None:
+    settings = Settings(database_url=clean_db)
+    ledger = DeliveryLedger(engine, "ghl-sync", settings)
+    event = contact_event()
+    claim = await ledger.begin(event, 7)
+    assert claim.attempt == 1
+    trace = AttemptTrace(stream_seq=7, num_delivered=1)
+    token = CURRENT.set(trace)
+    try:
+        await log(engine, event, "skipped", "LP-1", message="middleware-originated")
+        await log(engine, event, "success", "CA", target_id="ghlX", details={"decisions": [{"field": "city"}]})
+    finally:
+        CURRENT.reset(token)
+    assert await rows(clean_db) == []  # left to the finish
+    if end == "done":
+        await ledger.finish(event, "done", outcome=Outcome("applied"), attempt=1, trace=trace)
+    elif end == "error":
+        await ledger.finish(
+            event,
+            "error",
+            error="ghl 503",
+            next_attempt_at=datetime.now(UTC),
+            attempt=1,
+            trace=trace,
+            failure=Failure("ghl 503"),
+        )
+    else:
+        await ledger.finish(event, "dead", error="invalid", attempt=1, trace=trace, failure=Failure("invalid"))
+    written = await rows(clean_db)
+    ours = [r for r in written if r["rule"] is not None]
+    assert [(r["rule"], r["status"], r["target_id"], r["error_message"]) for r in ours] == [
+        ("LP-1", "skipped", None, "middleware-originated"),
+        ("CA", "success", "ghlX", None),
+    ]
+    assert ours[1]["details"] in ({"decisions": [{"field": "city"}]}, '{"decisions": [{"field": "city"}]}')
+    assert all(r["correlation_id"] == str(event.event_id) and r["attempt"] == 1 for r in ours)
+    assert all(r["started_at"] < r["finished_at"] <= datetime.now(UTC) for r in ours)
+    # a failed end adds the ledger's own error row (no rule wrote one)
+    assert [r["status"] for r in written if r["rule"] is None] == ([] if end == "done" else ["error"])
+    [attempt] = await fetch(clean_db, "SELECT status FROM event_attempts WHERE event_id = $1", event.event_id)
+    assert attempt["status"] == end
+
+
+async def test_an_error_row_and_a_row_outside_a_delivery_are_written_at_once(
+    engine: AsyncEngine, clean_db: str
+) -> None:
+    event = contact_event()
+    await log(engine, event, "success", "O-5a")  # no delivery: the gateway's rows
+    token = CURRENT.set(AttemptTrace())
+    try:
+        await log(engine, event, "error", "M-1", message="GHL refused the message")
+    finally:
+        CURRENT.reset(token)
+    assert [(r["rule"], r["status"]) for r in await rows(clean_db)] == [("O-5a", "success"), ("M-1", "error")]
