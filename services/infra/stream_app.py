@@ -154,7 +154,7 @@ async def serve_all_until_terminated(settings: Settings, subscriptions: Sequence
     finally:
         for _, progress in started:
             progress.drain()  # not ready while the messages in hand finish
-        await asyncio.gather(*(broker.stop() for broker, _ in started))
+        await asyncio.gather(*(stop_sync_broker(broker) for broker, _ in started))
         for _, progress in started:
             PROCESS_HEALTH.forget(progress)
 
@@ -191,6 +191,28 @@ def fetch_timeouts_as_nats(broker: NatsBroker) -> int:
         subscription.fetch = fetch_timing_out_as_nats  # type: ignore[method-assign]
         guarded += 1
     return guarded
+
+
+async def stop_sync_broker(broker: NatsBroker) -> None:
+    """``broker.stop()``, each pull subscriber's fetch loop ended (and awaited) first.
+
+    FastStream 0.7.8 stops a concurrent pull subscriber by cancelling its fetch task without
+    awaiting it, then closing its in-memory queue at once (``ConcurrentMixin.stop``): a
+    fetched message whose hand-over to the queue was already waking then meets the closed
+    queue, and asyncio logs "Task exception was never retrieved" with a ClosedResourceError
+    traceback on every such SIGTERM. With the fetch task gone first, the messages it held and
+    had not handed over are left unacked (redelivered after the AckWait, as FastStream means
+    them to be); the messages in hand still finish within the graceful timeout."""
+    fetching = [
+        task
+        for subscriber in broker.subscribers
+        for task in getattr(subscriber, "tasks", ())
+        if getattr(task.get_coro(), "__name__", None) == "_consume_pull" and not task.done()
+    ]
+    for task in fetching:
+        task.cancel()
+    await asyncio.gather(*fetching, return_exceptions=True)
+    await broker.stop()
 
 
 async def start_sync_broker(
