@@ -4,13 +4,14 @@ the event ledger's view of a contact's queue (coalescing)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
-from sqlalchemy import bindparam, delete, exists, func, insert, select, text, update
+from sqlalchemy import bindparam, delete, exists, func, insert, literal, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -279,6 +280,91 @@ def _newer_pending_statement() -> Any:
 _NEWER_PENDING = _newer_pending_statement()
 
 
+def _contact_event_state_statement(with_newer: bool) -> Any:
+    """``contact_event_state``'s one statement: the echo check, the mapping (a LEFT JOIN, so a
+    row comes back without one) and, ``with_newer``, the newer pending events as a JSON array."""
+    echo = exists().where(
+        _WRITES.c.system == bindparam("p_system"),
+        _WRITES.c.entity_id == bindparam("p_entity"),
+        _WRITES.c.field_hash == bindparam("p_hash"),
+        _WRITES.c.written_at >= bindparam("p_since"),
+    )
+    columns: list[Any] = [echo.label("echo")]
+    if with_newer:
+        pending = _newer_pending_statement().subquery("pending")
+        newer = select(
+            func.coalesce(
+                func.json_agg(func.json_build_array(pending.c.id, pending.c.received_at, pending.c.updated_at)),
+                text("'[]'::json"),
+            )
+        ).scalar_subquery()
+        columns.append(newer.label("newer"))
+    one = select(literal(1).label("one")).subquery("one")
+    mapping = one.outerjoin(_MAPPINGS, _MAPPINGS.c.aloware_contact_id == bindparam("v"))
+    return select(*columns, *_MAPPINGS.c).select_from(mapping)
+
+
+_CONTACT_EVENT_STATE = {with_newer: _contact_event_state_statement(with_newer) for with_newer in (False, True)}
+
+
+@dataclass(frozen=True)
+class NewerQuery:
+    """Which event a newer one is looked for (see ``newer_pending_event``)."""
+
+    source: str
+    entity_type: str
+    entity_id: str
+    canonical_types: tuple[str, ...]
+    consumer: str
+    event_id: UUID
+    received_at: datetime
+    event_at: datetime
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "p_source": self.source,
+            "p_entity_type": self.entity_type,
+            "p_entity_id": self.entity_id,
+            "p_types": list(self.canonical_types),
+            "p_event": self.event_id,
+            "p_consumer": self.consumer,
+        }
+
+    def first_newer(self, candidates: Iterable[tuple[Any, datetime, str | None]]) -> UUID | None:
+        """The first of ``(id, received_at, updated_at)`` after this event in the total order."""
+        mine = (self.event_at, self.received_at, str(self.event_id))
+        for candidate_id, received_at, updated_at in candidates:
+            at = _payload_time(updated_at) or received_at
+            if (at, received_at, str(candidate_id)) > mine:
+                return UUID(str(candidate_id))
+        return None
+
+
+async def contact_event_state(
+    conn: AsyncConnection, aloware_id: str, field_hash: str, window_s: int, newer: NewerQuery | None
+) -> tuple[bool, Any, UUID | None]:
+    """LP-1, CA-2 and coalescing's reads of one Aloware contact event in one round trip: is
+    ``field_hash`` our own write of the contact within ``window_s`` (``is_echo``), its
+    ``contact_mappings`` row (``mapping_by_aloware``; None without one) and, with ``newer``, a
+    newer event still to run (``newer_pending_event``)."""
+    params: dict[str, Any] = {
+        "p_system": "aloware",
+        "p_entity": aloware_id,
+        "p_hash": field_hash,
+        "p_since": datetime.now(UTC) - timedelta(seconds=window_s),
+        "v": aloware_id,
+    }
+    if newer is not None:
+        params |= newer.params()
+    row = (await conn.execute(_CONTACT_EVENT_STATE[newer is not None], params)).one()
+    found = None
+    if newer is not None:
+        found = newer.first_newer(
+            (ident, datetime.fromisoformat(received), updated) for ident, received, updated in row.newer
+        )
+    return bool(row.echo), row if row.id is not None else None, found
+
+
 async def newer_pending_event(
     conn: AsyncConnection,
     *,
@@ -297,23 +383,9 @@ async def newer_pending_event(
     after this one in the total order (event time, received, id). The event time is the
     payload's ``body.updated_at``, else when it was received, as the contact rule dates it.
     A newest event never finds one, so it is never the one coalesced away."""
-    candidates = await conn.execute(
-        _NEWER_PENDING,
-        {
-            "p_source": source,
-            "p_entity_type": entity_type,
-            "p_entity_id": entity_id,
-            "p_types": list(canonical_types),
-            "p_event": event_id,
-            "p_consumer": consumer,
-        },
-    )
-    mine = (event_at, received_at, str(event_id))
-    for candidate in candidates:
-        at = _payload_time(candidate.updated_at) or candidate.received_at
-        if (at, candidate.received_at, str(candidate.id)) > mine:
-            return UUID(str(candidate.id))
-    return None
+    query = NewerQuery(source, entity_type, entity_id, canonical_types, consumer, event_id, received_at, event_at)
+    candidates = await conn.execute(_NEWER_PENDING, query.params())
+    return query.first_newer((c.id, c.received_at, c.updated_at) for c in candidates)
 
 
 async def mark_ghl_deleted(conn: AsyncConnection, ghl_id: str) -> None:

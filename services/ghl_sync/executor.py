@@ -30,7 +30,7 @@ from services.domain import optout, store
 from services.domain.rules import RuleContext
 from services.ghl_sync import message_rows
 from services.ghl_sync.broadcast_figures import BroadcastFigures
-from services.ghl_sync.contacts import GhlContacts
+from services.ghl_sync.contacts import GhlContacts, known_mapping
 from services.ghl_sync.rules import ops
 from services.ghl_sync.rules.ops import Done, LogSync, Operation, Plan
 from services.ghl_sync.writes import GhlWrites, TagChange
@@ -42,9 +42,9 @@ __all__ = [
     "CONTACT_EVENT_TYPES",
     "GhlExecutor",
     "message_key",
-    "newer_contact_event",
     "note_key",
     "pending_contact_sync",
+    "read_contact_event",
 ]
 
 # the Aloware events the CA rule runs on (``routes.ROUTES``): the ones that can supersede each other
@@ -56,20 +56,25 @@ def note_key(kind: str, source_id: str) -> str:
     return f"note:aloware:{kind}:{source_id}"
 
 
-async def newer_contact_event(conn: AsyncConnection, op: ops.FindNewerContactEvent, event: WebhookEvent) -> str | None:
-    """``FindNewerContactEvent`` for ``event``, from the event ledger (``webhook_events``)."""
-    newer = await store.newer_pending_event(
-        conn,
-        source=event.source.value,
-        entity_type=event.entity_type.value,
-        entity_id=event.entity_id or op.aloware_id,
-        canonical_types=CONTACT_EVENT_TYPES,
-        consumer=GHL_SYNC.owner,  # both lanes record their deliveries as ghl-sync
-        event_id=event.event_id,
-        received_at=event.received_at,
-        event_at=op.event_at,
-    )
-    return str(newer) if newer is not None else None
+async def read_contact_event(
+    conn: AsyncConnection, op: ops.ReadContactEvent, event: WebhookEvent, echo_window_s: int
+) -> ops.ContactEventState:
+    """``ReadContactEvent`` for ``event``: the echo ledger, the mapping and the event ledger
+    (``webhook_events``) in one statement."""
+    newer = None
+    if op.event_at is not None:
+        newer = store.NewerQuery(
+            source=event.source.value,
+            entity_type=event.entity_type.value,
+            entity_id=event.entity_id or op.aloware_id,
+            canonical_types=CONTACT_EVENT_TYPES,
+            consumer=GHL_SYNC.owner,  # both lanes record their deliveries as ghl-sync
+            event_id=event.event_id,
+            received_at=event.received_at,
+            event_at=op.event_at,
+        )
+    echo, mapping, found = await store.contact_event_state(conn, op.aloware_id, op.field_hash, echo_window_s, newer)
+    return ops.ContactEventState(echo, known_mapping(mapping), str(found) if found is not None else None)
 
 
 async def pending_contact_sync(conn: AsyncConnection, aloware_id: str) -> str | None:
@@ -201,16 +206,12 @@ class GhlExecutor:
             case ops.LogSync():
                 await self._log(conn, op, attempt)
                 return None
-            case ops.FindAlowareMapping(aloware_id=aloware_id):
-                return await self.contacts.by_aloware(conn, aloware_id)
+            case ops.ReadContactEvent():
+                return await read_contact_event(conn, op, event, self.echo_window_s)
             case ops.FindLiveMapping(aloware_id=aloware_id, phone=phone):
                 return await self.contacts.live(conn, aloware_id, phone, ctx.region)
-            case ops.FindNewerContactEvent():
-                return await newer_contact_event(conn, op, event)
             case ops.FindPendingContactSync(aloware_id=aloware_id):
                 return await pending_contact_sync(conn, aloware_id)
-            case ops.CheckEcho():
-                return await store.is_echo(conn, op.system, op.entity_id, op.field_hash, self.echo_window_s)
             case ops.ResolveContact():
                 return await self.contacts.find_or_create(conn, op.contact, ctx, direction=op.direction)
             case ops.ResolveTextingContact():

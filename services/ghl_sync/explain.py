@@ -111,10 +111,16 @@ class _Narrator:
             case ops.LockContact(key=key):
                 say(f"take the lock of {key}" if key.startswith("broadcast:") else "take the contact's lock")
                 return None
-            case ops.FindAlowareMapping(aloware_id=aloware_id):
+            case ops.ReadContactEvent(aloware_id=aloware_id, field_hash=field_hash, event_at=event_at):
+                echo = await store.is_echo(conn, "aloware", aloware_id, field_hash, self.echo_window_s)
+                say("an echo of our own write" if echo else "not an echo of our own write")
+                if echo:
+                    return ops.ContactEventState(True, None)
                 mapping = await GhlContacts.by_aloware(conn, aloware_id)
                 say(f"mapping of Aloware contact {aloware_id}: " + (mapping.ghl_id if mapping else "none"))
-                return mapping
+                if event_at is not None:
+                    say(f"a newer pending event of Aloware contact {aloware_id} supersedes this one (asked when run)")
+                return ops.ContactEventState(False, mapping)
             case ops.FindLiveMapping(aloware_id=aloware_id, phone=phone):
                 mapping = await GhlContacts.live(conn, aloware_id, phone, self.ctx.region)
                 say(
@@ -129,13 +135,6 @@ class _Narrator:
                     + (f"event {waiting} (this one waits for it)" if waiting else "none")
                 )
                 return waiting
-            case ops.FindNewerContactEvent(aloware_id=aloware_id):
-                say(f"a newer pending event of Aloware contact {aloware_id} supersedes this one (asked when run)")
-                return None
-            case ops.CheckEcho():
-                echo = await store.is_echo(conn, op.system, op.entity_id, op.field_hash, self.echo_window_s)
-                say("an echo of our own write" if echo else "not an echo of our own write")
-                return echo
             case ops.LookupAlowareContact(embedded=embedded):
                 say(
                     "the contact from the webhook"

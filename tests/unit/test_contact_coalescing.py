@@ -13,14 +13,14 @@ from contracts.payloads.aloware import AlowareContactEvent
 from services.domain.contact import CanonicalContact
 from services.ghl_sync.rules.contact import needs_duplicate_search, plan_contact_upsert
 from services.ghl_sync.rules.ops import (
+    ContactEventState,
     ContactUpserted,
     ContactWrites,
     CreateGhlContact,
     Done,
-    FindAlowareMapping,
-    FindNewerContactEvent,
     KnownMapping,
     LogSync,
+    ReadContactEvent,
     SyncGhlContact,
     UpsertGhlContact,
 )
@@ -33,12 +33,16 @@ MAPPED = KnownMapping("ghlAda", "+15555550101", ADA_AT - timedelta(days=1))
 NEWER = "0b7c2d6e-8f65-4f55-9b0e-4f2f4a4b1a01"
 
 
+def reads(ops: list[object]) -> list[ReadContactEvent]:
+    return [op for op in ops if isinstance(op, ReadContactEvent)]
+
+
 def test_an_event_a_newer_pending_one_supersedes_ends_without_writing() -> None:
     ops, done = run(
         plan_of(event(CREATED)),
-        [(FindAlowareMapping, MAPPED), (FindNewerContactEvent, NEWER), (SyncGhlContact, ContactUpserted("g", True))],
+        [(ReadContactEvent, ContactEventState(False, MAPPED, NEWER)), (SyncGhlContact, ContactUpserted("g", True))],
     )
-    assert FindNewerContactEvent("7000001", ADA_AT) in ops
+    assert [r.event_at for r in reads(ops)] == [ADA_AT]  # asked with the event's time
     assert not any(isinstance(op, SyncGhlContact) for op in ops)
     assert ops[-1] == LogSync(
         "aloware_to_ghl", "contact", "7000001", "skipped", "CA", "ghlAda", "superseded", {"superseded_by": NEWER}
@@ -48,7 +52,8 @@ def test_an_event_a_newer_pending_one_supersedes_ends_without_writing() -> None:
 
 def test_the_newest_event_is_the_one_that_writes() -> None:
     ops, done = run(
-        plan_of(event(CREATED)), [(FindNewerContactEvent, None), (SyncGhlContact, ContactUpserted("g", True))]
+        plan_of(event(CREATED)),
+        [(ReadContactEvent, ContactEventState(False, None, None)), (SyncGhlContact, ContactUpserted("g", True))],
     )
     assert SyncGhlContact(ADA, None, ADA_AT) in ops
     assert done == Done("applied")
@@ -57,15 +62,15 @@ def test_the_newest_event_is_the_one_that_writes() -> None:
 def test_a_replay_is_not_coalesced() -> None:
     ops, done = run(
         plan_of(event(CREATED), ctx(replay=True)),
-        [(FindNewerContactEvent, NEWER), (SyncGhlContact, ContactUpserted("g", True))],
+        [(ReadContactEvent, ContactEventState(False, None)), (SyncGhlContact, ContactUpserted("g", True))],
     )
-    assert not any(isinstance(op, FindNewerContactEvent) for op in ops)
+    assert [r.event_at for r in reads(ops)] == [None]  # no newer event asked for
     assert done == Done("applied")
 
 
-def test_a_stale_event_is_skipped_before_the_ledger_is_asked() -> None:
-    ops, done = run(plan_of(event(CREATED)), [(FindAlowareMapping, KnownMapping("g", None, ADA_AT + timedelta(1)))])
-    assert not any(isinstance(op, FindNewerContactEvent) for op in ops)
+def test_a_stale_event_is_skipped_as_stale_even_with_a_newer_one_pending() -> None:
+    stale = KnownMapping("g", None, ADA_AT + timedelta(1))
+    _, done = run(plan_of(event(CREATED)), [(ReadContactEvent, ContactEventState(False, stale, NEWER))])
     assert done == Done("skipped", "stale_event")
 
 

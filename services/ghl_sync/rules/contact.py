@@ -32,7 +32,7 @@ contact are the production ceiling; issue #18):
 * Coalescing (spec/outbound.md §0.1, spec/inbound.md G2: only the newest state of a contact
   matters): before any vendor call, an event for which the ledger holds a newer pending
   event of the same Aloware contact ends ``skipped`` ``superseded`` with a ``sync_log``
-  row naming that event. "Newer" is a total order (``FindNewerContactEvent``), so the
+  row naming that event. "Newer" is a total order (``ReadContactEvent``), so the
   newest of any queue never finds one and is the one that writes. A replay is not
   coalesced: it is asked for to re-check GHL.
 """
@@ -50,18 +50,16 @@ from services.domain.rules import RuleContext
 from services.domain.store import contact_lock_key
 from services.ghl_sync.rules.ops import (
     AddGhlTags,
-    CheckEcho,
+    ContactEventState,
     ContactUpserted,
     ContactWrites,
     CreateGhlContact,
     Done,
     EventRef,
-    FindAlowareMapping,
-    FindNewerContactEvent,
     GhlOperation,
-    KnownMapping,
     LockContact,
     Plan,
+    ReadContactEvent,
     SyncGhlContact,
     SyncLogFor,
     UpdateGhlContact,
@@ -282,10 +280,14 @@ def plan_aloware_contact(body: AlowareContact, event: EventRef, ctx: RuleContext
     incoming = aloware_to_canonical(body, ctx.region)
     event_at = parse_time(body.updated_at) or event.received_at
     yield LockContact(contact_lock_key(incoming.phone, aloware_id=body.id))
-    if (yield CheckEcho("aloware", body.id, incoming.projection_hash())):
+    coalesce = not ctx.replay and bool(body.id)
+    seen: ContactEventState = yield ReadContactEvent(
+        body.id, incoming.projection_hash(), event_at if coalesce else None
+    )
+    if seen.echo:
         yield log.row("skipped", "LP-1", message="middleware-originated")
         return Done("echo", "middleware-originated")
-    mapping: KnownMapping | None = yield FindAlowareMapping(body.id)
+    mapping = seen.mapping
     # An event as old as the watermark is a redelivery of the newest one: skipped, except
     # in a replay, which is asked for to re-check GHL against it.
     watermark = mapping.aloware_event_at if mapping is not None else None
@@ -296,12 +298,10 @@ def plan_aloware_contact(body: AlowareContact, event: EventRef, ctx: RuleContext
     ):
         yield log.row("skipped", "CA-2", target_id=mapping.ghl_id, message="stale_event")
         return Done("skipped", "stale_event")
-    if not ctx.replay and body.id:
-        newer: str | None = yield FindNewerContactEvent(body.id, event_at)
-        if newer is not None:
-            target = mapping.ghl_id if mapping is not None else None
-            yield log.row("skipped", "CA", target_id=target, message="superseded", details={"superseded_by": newer})
-            return Done("skipped", "superseded")
+    if seen.newer is not None:
+        target = mapping.ghl_id if mapping is not None else None
+        yield log.row("skipped", "CA", target_id=target, message="superseded", details={"superseded_by": seen.newer})
+        return Done("skipped", "superseded")
     upserted: ContactUpserted = yield SyncGhlContact(body, mapping, event_at)
     if upserted.wrote:
         yield log.row("success", "CA", target_id=upserted.ghl_id)

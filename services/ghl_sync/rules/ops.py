@@ -29,7 +29,7 @@ __all__ = [
     "AddGhlTags",
     "AddTags",
     "AgentMessage",
-    "CheckEcho",
+    "ContactEventState",
     "ContactUpserted",
     "ContactWrites",
     "CreateGhlContact",
@@ -37,9 +37,7 @@ __all__ = [
     "EchoOfAgentMessage",
     "EventRef",
     "FindAgentMessage",
-    "FindAlowareMapping",
     "FindLiveMapping",
-    "FindNewerContactEvent",
     "FindObjectRecord",
     "FindOutboundEcho",
     "FindPendingContactSync",
@@ -56,6 +54,7 @@ __all__ = [
     "PostMessageOnce",
     "PostNoteOnce",
     "ReadBroadcastFigures",
+    "ReadContactEvent",
     "RecordDeliveryStatus",
     "RecordOptOut",
     "RemoveTags",
@@ -150,10 +149,26 @@ class KnownMapping:
 
 
 @dataclass(frozen=True)
-class FindAlowareMapping:
-    """The mapping of an Aloware contact id. Answer: ``KnownMapping | None``."""
+class ReadContactEvent:
+    """Under the contact's lock, in one read: LP-1 (did we write exactly this projection of
+    the Aloware contact lately), the contact's mapping, and, with ``event_at``, coalescing
+    (spec/outbound.md §0.1, spec/inbound.md G2): a newer event of this Aloware contact that
+    ghl-sync has still to run (recorded, not yet done, dead or quarantined). "Newer" is a
+    total order, (``event_at``, received, event id), so of any set of pending events exactly
+    the newest finds none. Answer: ``ContactEventState``."""
 
     aloware_id: str
+    field_hash: str
+    event_at: datetime | None  # None: no coalescing (a replay)
+
+
+@dataclass(frozen=True)
+class ContactEventState:
+    """What ``ReadContactEvent`` found."""
+
+    echo: bool
+    mapping: KnownMapping | None
+    newer: str | None = None  # the newer pending event's id
 
 
 @dataclass(frozen=True)
@@ -166,32 +181,12 @@ class FindLiveMapping:
 
 
 @dataclass(frozen=True)
-class FindNewerContactEvent:
-    """Coalescing (spec/outbound.md §0.1, spec/inbound.md G2): a newer event of this Aloware
-    contact that ghl-sync has still to run (recorded, not yet done, dead or quarantined).
-    "Newer" is a total order, (``event_at``, received, event id), so of any set of pending
-    events exactly the newest finds none. Answer: that event's id, or ``None``."""
-
-    aloware_id: str
-    event_at: datetime
-
-
-@dataclass(frozen=True)
 class FindPendingContactSync:
     """Lanes (issue #18): an event of this Aloware contact that the contact sync (CA) has still
     to run — typically waiting in the bulk lane while the contact's calls come through the
     real-time one. Answer: that event's id, or ``None``."""
 
     aloware_id: str
-
-
-@dataclass(frozen=True)
-class CheckEcho:
-    """LP-1: did we write exactly this projection of this record lately? Answer: ``bool``."""
-
-    system: Literal["ghl", "aloware"]
-    entity_id: str
-    field_hash: str
 
 
 @dataclass(frozen=True)
@@ -460,11 +455,9 @@ class UpsertObjectRecord:
 Operation = (
     LogSync
     | LockContact
-    | FindAlowareMapping
     | FindLiveMapping
-    | FindNewerContactEvent
     | FindPendingContactSync
-    | CheckEcho
+    | ReadContactEvent
     | LookupAlowareContact
     | ResolveContact
     | ResolveTextingContact

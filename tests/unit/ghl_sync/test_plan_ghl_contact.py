@@ -21,16 +21,15 @@ from services.ghl_sync.rules.contact import (
 )
 from services.ghl_sync.rules.ops import (
     AddGhlTags,
-    CheckEcho,
+    ContactEventState,
     ContactUpserted,
     ContactWrites,
     CreateGhlContact,
     Done,
-    FindAlowareMapping,
-    FindNewerContactEvent,
     KnownMapping,
     LockContact,
     LogSync,
+    ReadContactEvent,
     SyncGhlContact,
     UpdateGhlContact,
 )
@@ -48,32 +47,38 @@ def ca(status: str, rule: str, target: str | None = None, message: str | None = 
     return LogSync("aloware_to_ghl", "contact", "7000001", status, rule, target, message)  # type: ignore[arg-type]
 
 
-HEAD = [LockContact("+15555550101"), CheckEcho("aloware", "7000001", ADA_HASH), FindAlowareMapping("7000001")]
-NEWEST = FindNewerContactEvent("7000001", ADA_AT)  # coalescing: no newer event is pending
+# the lock, then one read: echo ledger, mapping and (coalescing) a newer pending event
+HEAD = [LockContact("+15555550101"), ReadContactEvent("7000001", ADA_HASH, ADA_AT)]
+UNKNOWN = (ReadContactEvent, ContactEventState(False, None))  # not an echo, no mapping, the newest
+
+
+def seen(mapping: KnownMapping | None = None, *, echo: bool = False) -> tuple[Any, ContactEventState]:
+    return (ReadContactEvent, ContactEventState(echo, mapping))
+
 
 CASES: list[tuple[str, tuple[str, ...], bool, Answers, list[Any], Done]] = [  # name, off, replay, …
     (
         "a new Aloware contact is found or created in GHL and logged",
         (),
         False,
-        [(SyncGhlContact, ContactUpserted("ghlNew", True))],
-        [*HEAD, NEWEST, SyncGhlContact(ADA, None, ADA_AT), ca("success", "CA", "ghlNew")],
+        [UNKNOWN, (SyncGhlContact, ContactUpserted("ghlNew", True))],
+        [*HEAD, SyncGhlContact(ADA, None, ADA_AT), ca("success", "CA", "ghlNew")],
         Done("applied"),
     ),
     (
         "a mapped contact older than the event is brought up to date",
         (),
         False,
-        [(FindAlowareMapping, MAPPED), (SyncGhlContact, ContactUpserted("ghlAda", True))],
-        [*HEAD, NEWEST, SyncGhlContact(ADA, MAPPED, ADA_AT), ca("success", "CA", "ghlAda")],
+        [seen(MAPPED), (SyncGhlContact, ContactUpserted("ghlAda", True))],
+        [*HEAD, SyncGhlContact(ADA, MAPPED, ADA_AT), ca("success", "CA", "ghlAda")],
         Done("applied"),
     ),
     (
         "nothing differing is nothing written",
         (),
         False,
-        [(SyncGhlContact, ContactUpserted("ghlAda", False))],
-        [*HEAD, NEWEST, SyncGhlContact(ADA, None, ADA_AT), ca("skipped", "CA", "ghlAda", "no_changes")],
+        [UNKNOWN, (SyncGhlContact, ContactUpserted("ghlAda", False))],
+        [*HEAD, SyncGhlContact(ADA, None, ADA_AT), ca("skipped", "CA", "ghlAda", "no_changes")],
         Done("skipped", "no_changes"),
     ),
     (
@@ -88,15 +93,15 @@ CASES: list[tuple[str, tuple[str, ...], bool, Answers, list[Any], Done]] = [  # 
         "LP-1: the echo of our own write to Aloware is not synced back",
         (),
         False,
-        [(CheckEcho, True)],
-        [HEAD[0], HEAD[1], ca("skipped", "LP-1", message="middleware-originated")],
+        [seen(echo=True)],
+        [*HEAD, ca("skipped", "LP-1", message="middleware-originated")],
         Done("echo", "middleware-originated"),
     ),
     (
         "CA-2: an event older than the mapping's watermark is stale",
         (),
         False,
-        [(FindAlowareMapping, KnownMapping("ghlAda", None, ADA_AT + timedelta(seconds=1)))],
+        [seen(KnownMapping("ghlAda", None, ADA_AT + timedelta(seconds=1)))],
         [*HEAD, ca("skipped", "CA-2", "ghlAda", "stale_event")],
         Done("skipped", "stale_event"),
     ),
@@ -104,7 +109,7 @@ CASES: list[tuple[str, tuple[str, ...], bool, Answers, list[Any], Done]] = [  # 
         "CA-2: a redelivery of the newest event is stale",
         (),
         False,
-        [(FindAlowareMapping, KnownMapping("ghlAda", None, ADA_AT))],
+        [seen(KnownMapping("ghlAda", None, ADA_AT))],
         [*HEAD, ca("skipped", "CA-2", "ghlAda", "stale_event")],
         Done("skipped", "stale_event"),
     ),
@@ -112,12 +117,10 @@ CASES: list[tuple[str, tuple[str, ...], bool, Answers, list[Any], Done]] = [  # 
         "a replay of the newest event re-checks GHL against it",
         (),
         True,
+        [seen(KnownMapping("ghlAda", None, ADA_AT)), (SyncGhlContact, ContactUpserted("ghlAda", False))],
         [
-            (FindAlowareMapping, KnownMapping("ghlAda", None, ADA_AT)),
-            (SyncGhlContact, ContactUpserted("ghlAda", False)),
-        ],
-        [
-            *HEAD,
+            HEAD[0],
+            ReadContactEvent("7000001", ADA_HASH, None),  # a replay is not coalesced
             SyncGhlContact(ADA, KnownMapping("ghlAda", None, ADA_AT), ADA_AT),
             ca("skipped", "CA", "ghlAda", "no_changes"),
         ],
@@ -138,7 +141,7 @@ def test_plan_aloware_contact(
 def test_an_event_without_updated_at_is_dated_by_its_receipt() -> None:
     envelope = event(CREATED, body={"updated_at": None})
     body = AlowareContactEvent.model_validate(envelope.payload).body
-    ops, _ = run(plan_of(envelope), [(SyncGhlContact, ContactUpserted("g", True))])
+    ops, _ = run(plan_of(envelope), [UNKNOWN, (SyncGhlContact, ContactUpserted("g", True))])
     assert SyncGhlContact(body, None, NOW) in ops
 
 
