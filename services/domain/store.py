@@ -104,13 +104,15 @@ _LOG_SYNC = insert(_SYNC_LOG).values({c: bindparam(f"p_{c}", type_=_SYNC_LOG.c[c
 
 
 @functools.cache
-def _upsert_mapping_statement(keys: tuple[str, ...], guarded: bool) -> Any:
+def _upsert_mapping_statement(keys: tuple[str, ...], guarded: bool, with_echo: bool) -> Any:
     """``upsert_mapping``'s statement for the columns it sets (their parameters ``p_<column>``),
     returning the row's id; ``guarded``: an existing row mapped to another Aloware contact is
-    left alone and nothing is returned (CA-7), so the check costs no read first."""
+    left alone and nothing is returned (CA-7), so the check costs no read first; ``with_echo``:
+    the GHL write's echo record (``record_write``) in the same statement, inserted whether or
+    not the guard holds (the write happened)."""
     values = {k: bindparam(f"p_{k}", type_=_MAPPINGS.c[k].type) for k in keys}
     aloware = _MAPPINGS.c.aloware_contact_id
-    return (
+    statement = (
         pg_insert(_MAPPINGS)
         .values(
             ghl_contact_id=bindparam("p_ghl_contact_id", type_=_MAPPINGS.c.ghl_contact_id.type),
@@ -124,6 +126,14 @@ def _upsert_mapping_statement(keys: tuple[str, ...], guarded: bool) -> Any:
         )
         .returning(_MAPPINGS.c.id)
     )
+    if with_echo:
+        echo = insert(_WRITES).values(
+            system="ghl",
+            entity_id=bindparam("p_ghl_contact_id", type_=_WRITES.c.entity_id.type),
+            field_hash=bindparam("p_echo_hash", type_=_WRITES.c.field_hash.type),
+        )
+        statement = statement.add_cte(echo.cte("echo"))
+    return statement
 
 
 async def mapping_by_aloware(conn: AsyncConnection, aloware_id: str) -> Any:
@@ -155,8 +165,11 @@ async def upsert_mapping(
     aloware_event_at: datetime | None = None,
     ghl_event_at: datetime | None = None,
     ghl_snapshot: dict[str, Any] | None = None,
+    echo_hash: str | None = None,
 ) -> None:
-    """CA-7/CG-7: upsert on the GHL id; a different non-null Aloware id is a conflict."""
+    """CA-7/CG-7: upsert on the GHL id; a different non-null Aloware id is a conflict. With
+    ``echo_hash``, the GHL write just made is recorded for LP-1 in the same statement
+    (``record_write("ghl", ghl_id, echo_hash)``, one round trip fewer)."""
     now = datetime.now(UTC)
     values: dict[str, Any] = {"last_synced_at": now, "updated_at": now}
     if aloware_id:
@@ -173,7 +186,10 @@ async def upsert_mapping(
         values["ghl_snapshot"] = ghl_snapshot
     params = {f"p_{k}": v for k, v in values.items()}
     params |= {"p_ghl_contact_id": ghl_id, "p_sync_direction": direction}
-    written = (await conn.execute(_upsert_mapping_statement(tuple(values), bool(aloware_id)), params)).first()
+    if echo_hash is not None:
+        params["p_echo_hash"] = echo_hash
+    statement = _upsert_mapping_statement(tuple(values), bool(aloware_id), echo_hash is not None)
+    written = (await conn.execute(statement, params)).first()
     if written is None:  # the guard kept a row mapped to another Aloware contact
         existing = await mapping_by_ghl(conn, ghl_id)
         other = existing.aloware_contact_id if existing is not None else "another contact"

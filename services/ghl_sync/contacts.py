@@ -20,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from prometheus_client import Counter
 from sqlalchemy import exists, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.payloads.aloware import AlowareContact
@@ -378,15 +380,21 @@ class GhlContacts:
         incoming: CanonicalContact,
         claim_key: str | None,
         region: str,
-    ) -> tuple[str, CanonicalContact, bool] | _Replan:
-        """Run a plan's operations; every write is recorded in the echo ledger at once,
-        except on top of a GHL change our copy lacked (``KnownGhlContact.missed``): that
-        webhook must reach CG as the person's change it also carries."""
+    ) -> tuple[str, CanonicalContact, bool, str | None] | _Replan:
+        """Run a plan's operations; every write is recorded in the echo ledger before the
+        next one, the last with the mapping (its hash returned: ``upsert_mapping``'s
+        ``echo_hash``, under the same contact lock), except on top of a GHL change our copy
+        lacked (``KnownGhlContact.missed``): that webhook must reach CG as the person's
+        change it also carries."""
         ghl_id = known.ghl_id if known else ""
         after = known.contact if known else incoming
         ours = not (known and known.missed)
         wrote = False
+        echo: str | None = None  # the last write's echo hash, not recorded yet
         for operation in plan.operations:
+            if echo is not None:
+                await store.record_write(conn, "ghl", ghl_id, echo)
+                echo = None
             if isinstance(operation, CreateGhlContact):
                 ghl_id, created = await self.create_once(conn, claim_key, operation.fields, incoming, region)
                 await self._fault_pause()
@@ -428,9 +436,9 @@ class GhlContacts:
                 await self.ghl.add_tags(operation.ghl_id, list(operation.tags))
                 after = after.with_fields(tags=(*after.tags, *(t.lower() for t in operation.tags)))
             if ours:
-                await store.record_write(conn, "ghl", ghl_id, after.projection_hash())
+                echo = after.projection_hash()
             wrote = True
-        return ghl_id, after, wrote
+        return ghl_id, after, wrote, echo
 
     async def upsert_from_aloware(
         self,
@@ -472,21 +480,28 @@ class GhlContacts:
                     else None
                 )
                 continue
-            ghl_id, after, wrote = applied
+            ghl_id, after, wrote, echo = applied
             wrote = wrote or wrote_before
             break
         else:
             raise RetryLater(None, "GHL contact kept changing during the sync")
-        await store.upsert_mapping(
-            conn,
-            ghl_id=ghl_id,
-            aloware_id=body.id,
-            phone=incoming.phone,
-            email=incoming.email,
-            direction=direction,
-            aloware_event_at=event_at,
-            ghl_snapshot=after.snapshot(),
-        )
+        try:
+            await store.upsert_mapping(
+                conn,
+                ghl_id=ghl_id,
+                aloware_id=body.id,
+                phone=incoming.phone,
+                email=incoming.email,
+                direction=direction,
+                aloware_event_at=event_at,
+                ghl_snapshot=after.snapshot(),
+                echo_hash=echo,
+            )
+        except SQLAlchemyError:
+            if echo is not None:  # the statement failed with the write's echo in it: GHL has the write
+                with suppress(SQLAlchemyError):
+                    await store.record_write(conn, "ghl", ghl_id, echo)
+            raise
         return ContactUpserted(ghl_id, wrote)
 
     # --- the activity rules' contacts -------------------------------------------------------

@@ -1,7 +1,8 @@
 """A rule's success and skip ``sync_log`` rows are written by the ledger's finish statement,
 with the attempt's end state (issue #18, one round trip fewer per rule): on every end (done,
 error, dead), with the fields the rule gave; an error row, and any row outside a delivery, at
-once. Against the real PostgreSQL, through ``DeliveryLedger`` and ``store.log_sync``."""
+once. And the echo record a GHL write leaves in the mapping upsert. Against the real
+PostgreSQL, through ``DeliveryLedger`` and ``store``."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from contracts.subjects import EntityType, Source
 from services.domain import store
 from services.infra.db.session import create_engine
 from services.infra.delivery import DeliveryLedger, Failure, Outcome
+from services.infra.errors import MappingConflict
 from services.infra.settings import Settings
 from services.infra.trace import CURRENT, AttemptTrace
 from tests.support.jobs_rig import fetch
@@ -123,3 +125,39 @@ async def test_an_error_row_and_a_row_outside_a_delivery_are_written_at_once(
     finally:
         CURRENT.reset(token)
     assert [(r["rule"], r["status"]) for r in await rows(clean_db)] == [("O-5a", "success"), ("M-1", "error")]
+
+
+# --- a GHL write's echo record rides on the mapping upsert (issue #18) -------------------------
+
+
+async def test_the_echo_record_with_the_mapping_is_kept_when_the_mapping_conflicts(
+    engine: AsyncEngine, clean_db: str
+) -> None:
+    """The write happened either way: a CA-7 conflict still leaves its echo recorded."""
+    async with engine.connect() as conn:
+        await store.upsert_mapping(
+            conn,
+            ghl_id="ghlE",
+            aloware_id="7000001",
+            phone=None,
+            email=None,
+            direction="aloware_to_ghl",
+            echo_hash="h1",
+        )
+        await conn.commit()
+        with pytest.raises(MappingConflict):
+            await store.upsert_mapping(
+                conn,
+                ghl_id="ghlE",
+                aloware_id="7000002",
+                phone=None,
+                email=None,
+                direction="aloware_to_ghl",
+                echo_hash="h2",
+            )
+        await conn.commit()
+        assert await store.is_echo(conn, "ghl", "ghlE", "h1", 60)
+        assert await store.is_echo(conn, "ghl", "ghlE", "h2", 60)
+        assert not await store.is_echo(conn, "ghl", "ghlE", "h3", 60)
+    [mapping] = await fetch(clean_db, "SELECT aloware_contact_id FROM contact_mappings WHERE ghl_contact_id = 'ghlE'")
+    assert mapping["aloware_contact_id"] == "7000001"
