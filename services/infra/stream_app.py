@@ -17,6 +17,7 @@ from typing import Any, cast
 
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from faststream.nats.subscriber.usecases.stream_pull_subscriber import ConcurrentPullStreamSubscriber
 from faststream.security import SASLPlaintext
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -202,11 +203,15 @@ async def stop_sync_broker(broker: NatsBroker) -> None:
     queue, and asyncio logs "Task exception was never retrieved" with a ClosedResourceError
     traceback on every such SIGTERM. With the fetch task gone first, the messages it held and
     had not handed over are left unacked (redelivered after the AckWait, as FastStream means
-    them to be); the messages in hand still finish within the graceful timeout."""
+    them to be); the messages in hand still finish within the graceful timeout.
+
+    Only a concurrent subscriber (``max_workers`` > 1) is touched: with one worker FastStream
+    runs the handler inside the fetch task itself, which must then be left to finish."""
     fetching = [
         task
         for subscriber in broker.subscribers
-        for task in getattr(subscriber, "tasks", ())
+        if isinstance(subscriber, ConcurrentPullStreamSubscriber)
+        for task in subscriber.tasks
         if getattr(task.get_coro(), "__name__", None) == "_consume_pull" and not task.done()
     ]
     for task in fetching:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from services.sandbox.app import create_sandbox_app
 from services.tooling.embedded import free_port
@@ -120,8 +121,11 @@ def _at_least(items: list[Any], n: int) -> Any:
     return check()
 
 
+# ghl-sync's handlers: the default pool's, and one per lane (FastStream then runs the handler
+# inside its fetch task, which the drain must let finish)
+@pytest.mark.parametrize("pool", ["10", "3"], ids=["workers", "one_worker_per_lane"])
 async def test_sigterm_to_a_consumer_finishes_its_messages_and_a_new_one_takes_the_rest(
-    base_env: dict[str, str], tmp_path: Path, clean_db: str
+    base_env: dict[str, str], tmp_path: Path, clean_db: str, pool: str
 ) -> None:
     settings = pipeline_settings(base_env, tmp_path, DFM_CONSUMER_ACK_WAIT_S="3")
     env = {
@@ -129,6 +133,7 @@ async def test_sigterm_to_a_consumer_finishes_its_messages_and_a_new_one_takes_t
         "GHL_BASE_URL": settings.ghl_base_url,
         "DFM_CONSUMER_ACK_WAIT_S": "3",
         "DFM_DRAIN_TIMEOUT_S": "15",
+        "DB_MAX_CONNECTIONS": pool,
     }
     async with AsyncExitStack() as stack:
         sandbox_url = await stack.enter_async_context(
