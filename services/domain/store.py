@@ -225,11 +225,13 @@ async def log_sync(
     target_id: str | None = None,
     message: str | None = None,
     details: dict[str, Any] | None = None,
+    immediate: bool = False,
 ) -> None:
     """One ``sync_log`` row per rule execution (spec/outbound.md §0.3). During a delivery a
     success or skip row is written by the ledger's finish statement with the attempt's end
     (``services.infra.trace.defer_sync_row``); an error row at once, on ``conn``: the ledger
-    merges the attempt's failure into it."""
+    merges the attempt's failure into it. ``immediate``: at once too, for a row a rule reads
+    back as its own state (verity-sync's F-1 "forwarded" marker)."""
     row_id = uuid4()
     row = {
         "id": row_id,
@@ -247,7 +249,7 @@ async def log_sync(
         "attempt": attempt,
         "details": details,
     }
-    if status != "error" and defer_sync_row(row):
+    if status != "error" and not immediate and defer_sync_row(row):
         return
     await conn.execute(_LOG_SYNC, {f"p_{k}": v for k, v in row.items()})
     if status == "error":  # the attempt's failure row already exists (services/infra/delivery.py)

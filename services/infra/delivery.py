@@ -404,9 +404,8 @@ class DeliveryLedger:
         keep_applied = outcome is not None and outcome.outcome != "applied"
         last_error = "set" if error is not None else "clear" if status == "done" else "keep"
         with_sync_rows = with_attempt and bool(trace and trace.sync_rows)
-        statement: Any = _finish_statement(
-            table.__tablename__, keep_applied, last_error, refund_attempt, with_attempt, with_sync_rows
-        )
+        shape = (table.__tablename__, keep_applied, last_error, refund_attempt, with_attempt)
+        statement: Any = _finish_statement(*shape, with_sync_rows)
         params: dict[str, Any] = {
             "p_event": event.event_id,
             "p_consumer": self.consumer,
@@ -433,6 +432,29 @@ class DeliveryLedger:
                 params["p_sync_rows"] = [_jsonable(row) for row in trace.sync_rows]
             if failure is not None:  # rare: built for this attempt
                 statement = statement.add_cte(*self._failure_rows(event, status, attempt, trace, failure))
+        try:
+            await self._autocommit(statement, params)
+        except DBAPIError as exc:
+            refused = driver_error(exc, UNSTORABLE_VALUE) if with_sync_rows else None
+            if refused is None:
+                raise
+            # a value of the rule's rows PostgreSQL refuses (a NUL, say) must not keep the
+            # attempt from ending: its end is written without them, the loss logged
+            assert trace is not None and attempt is not None
+            log.warning(
+                "sync_rows_unstorable",
+                event_id=str(event.event_id),
+                consumer=self.consumer,
+                rows=len(trace.sync_rows),
+                sqlstate=sqlstate(refused),
+            )
+            params.pop("p_sync_rows")
+            statement = _finish_statement(*shape, False)
+            if failure is not None:
+                statement = statement.add_cte(*self._failure_rows(event, status, attempt, trace, failure))
+            await self._autocommit(statement, params)
+
+    async def _autocommit(self, statement: Any, params: dict[str, Any]) -> None:
         async with self._engine.connect() as raw:
             conn = await raw.execution_options(isolation_level="AUTOCOMMIT")
             await conn.execute(statement, params)

@@ -8,6 +8,7 @@ those rows back. Nothing is collected outside a delivery (the variable is then u
 
 from __future__ import annotations
 
+import json
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -68,12 +69,17 @@ def sync_error_logged(row_id: UUID) -> None:
 
 def defer_sync_row(row: dict[str, Any]) -> bool:
     """Leave a ``sync_log`` row to the delivery's finish (False outside a delivery: the caller
-    writes it now). The row is then written whatever the attempt's end, as it was when each
-    row was its own statement; a process that dies before the finish loses it with the
-    attempt, which is run again."""
+    writes it now). The finish writes it whatever the attempt's end (done, error or dead),
+    also where the rule's transaction around it was rolled back; it is lost with the attempt
+    when the finish itself fails or the process dies first (the attempt is then run again),
+    and dropped, with a ``sync_rows_unstorable`` warning, when PostgreSQL refuses one of its
+    values. A row whose ``details`` JSON cannot encode fails here, in the rule, as its own
+    INSERT would have. Rows a rule reads back as state are not deferred (``log_sync``'s
+    ``immediate``)."""
     trace = CURRENT.get()
     if trace is None:
         return False
+    json.dumps(row.get("details"))  # TypeError in the rule, not in the finish
     trace.sync_rows.append(row)
     return True
 

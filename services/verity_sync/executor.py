@@ -36,6 +36,7 @@ from services.verity_sync.collaborators import (
     VerityLeads,
 )
 from services.verity_sync.known import mapped_reach
+from services.verity_sync.rules.forward import RULE as FORWARD_RULE
 from services.verity_sync.rules.ops import (
     FindAppointmentContact,
     FindGhlDuplicate,
@@ -171,6 +172,9 @@ class VerityExecutor:
             target_id=target_id or op.target_id,
             message=op.message,
             details=dict(op.details) if op.details is not None else None,
+            # F-1's success row is how a later attempt knows the webhook went (known_forward):
+            # committed with the forward, not left to the attempt's finish
+            immediate=op.rule == FORWARD_RULE,
         )
 
     # --- M-2: the send's claim ----------------------------------------------------------------

@@ -21,7 +21,7 @@ from services.infra.db.session import create_engine
 from services.infra.delivery import DeliveryLedger, Failure, Outcome
 from services.infra.errors import MappingConflict
 from services.infra.settings import Settings
-from services.infra.trace import CURRENT, AttemptTrace
+from services.infra.trace import CURRENT, AttemptTrace, defer_sync_row
 from tests.support.jobs_rig import fetch
 
 
@@ -114,7 +114,7 @@ async def test_the_rows_of_a_delivery_are_written_with_its_end(end: str, engine:
     assert attempt["status"] == end
 
 
-async def test_an_error_row_and_a_row_outside_a_delivery_are_written_at_once(
+async def test_error_rows_markers_and_rows_outside_a_delivery_are_written_at_once(
     engine: AsyncEngine, clean_db: str
 ) -> None:
     event = contact_event()
@@ -122,9 +122,14 @@ async def test_an_error_row_and_a_row_outside_a_delivery_are_written_at_once(
     token = CURRENT.set(AttemptTrace())
     try:
         await log(engine, event, "error", "M-1", message="GHL refused the message")
+        await log(engine, event, "success", "F-1", immediate=True)  # a marker the rule reads back
     finally:
         CURRENT.reset(token)
-    assert [(r["rule"], r["status"]) for r in await rows(clean_db)] == [("O-5a", "success"), ("M-1", "error")]
+    assert [(r["rule"], r["status"]) for r in await rows(clean_db)] == [
+        ("O-5a", "success"),
+        ("M-1", "error"),
+        ("F-1", "success"),
+    ]
 
 
 # --- a GHL write's echo record rides on the mapping upsert (issue #18) -------------------------
@@ -161,3 +166,32 @@ async def test_the_echo_record_with_the_mapping_is_kept_when_the_mapping_conflic
         assert not await store.is_echo(conn, "ghl", "ghlE", "h3", 60)
     [mapping] = await fetch(clean_db, "SELECT aloware_contact_id FROM contact_mappings WHERE ghl_contact_id = 'ghlE'")
     assert mapping["aloware_contact_id"] == "7000001"
+
+
+async def test_a_row_postgresql_refuses_does_not_keep_the_attempt_from_ending(
+    engine: AsyncEngine, clean_db: str
+) -> None:
+    """A NUL in a deferred row (PostgreSQL's text refuses it): the end is written without the
+    rows, the loss logged, instead of the finish failing on every redelivery."""
+    ledger = DeliveryLedger(engine, "ghl-sync", Settings(database_url=clean_db))
+    event = contact_event()
+    await ledger.begin(event, 9)
+    trace = AttemptTrace(stream_seq=9, num_delivered=1)
+    token = CURRENT.set(trace)
+    try:
+        await log(engine, event, "skipped", "CA", message="bad\x00value")
+    finally:
+        CURRENT.reset(token)
+    await ledger.finish(event, "done", outcome=Outcome("skipped", "no_changes"), attempt=1, trace=trace)
+    [delivery] = await fetch(clean_db, "SELECT status FROM event_deliveries WHERE event_id = $1", event.event_id)
+    assert delivery["status"] == "done"
+    assert await rows(clean_db) == []
+
+
+def test_details_json_cannot_encode_fail_in_the_rule() -> None:
+    token = CURRENT.set(AttemptTrace())
+    try:
+        with pytest.raises(TypeError):
+            defer_sync_row({"details": {"at": datetime.now(UTC)}})
+    finally:
+        CURRENT.reset(token)
