@@ -6,7 +6,6 @@ PostgreSQL, through ``DeliveryLedger`` and ``store``."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,14 +13,14 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts.envelope import AuthInfo, WebhookEvent
-from contracts.subjects import EntityType, Source
+from contracts.envelope import WebhookEvent
 from services.domain import store
 from services.infra.db.session import create_engine
 from services.infra.delivery import DeliveryLedger, Failure, Outcome
 from services.infra.errors import MappingConflict
 from services.infra.settings import Settings
 from services.infra.trace import CURRENT, AttemptTrace, defer_sync_row
+from tests.support.jobs import probe_event
 from tests.support.jobs_rig import fetch
 
 
@@ -30,20 +29,6 @@ async def engine(clean_db: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(Settings(database_url=clean_db))
     yield engine
     await engine.dispose()
-
-
-def contact_event() -> WebhookEvent:
-    return WebhookEvent(
-        source=Source.ALOWARE,
-        event_name="Contact Created",
-        event_type="contact_created",
-        canonical_type="contact.created",
-        entity_type=EntityType.CONTACT,
-        entity_id="7000042",
-        dedupe_key=f"sync-log-at-finish:{uuid.uuid4()}",
-        auth=AuthInfo(method="basic", verified=True),
-        payload={"event": "Contact Created", "body": {"id": "7000042", "phone_number": "+15555550142"}},
-    )
 
 
 async def log(engine: AsyncEngine, event: WebhookEvent, status: str, rule: str, **extra: Any) -> None:
@@ -74,7 +59,7 @@ async def rows(db: str) -> list[dict[str, Any]]:
 async def test_the_rows_of_a_delivery_are_written_with_its_end(end: str, engine: AsyncEngine, clean_db: str) -> None:
     settings = Settings(database_url=clean_db)
     ledger = DeliveryLedger(engine, "ghl-sync", settings)
-    event = contact_event()
+    event = probe_event(42)
     claim = await ledger.begin(event, 7)
     assert claim.attempt == 1
     trace = AttemptTrace(stream_seq=7, num_delivered=1)
@@ -117,7 +102,7 @@ async def test_the_rows_of_a_delivery_are_written_with_its_end(end: str, engine:
 async def test_error_rows_markers_and_rows_outside_a_delivery_are_written_at_once(
     engine: AsyncEngine, clean_db: str
 ) -> None:
-    event = contact_event()
+    event = probe_event(43)
     await log(engine, event, "success", "O-5a")  # no delivery: the gateway's rows
     token = CURRENT.set(AttemptTrace())
     try:
@@ -139,27 +124,23 @@ async def test_the_echo_record_with_the_mapping_is_kept_when_the_mapping_conflic
     engine: AsyncEngine, clean_db: str
 ) -> None:
     """The write happened either way: a CA-7 conflict still leaves its echo recorded."""
-    async with engine.connect() as conn:
+
+    async def mapped(conn: Any, aloware_id: str, echo: str) -> None:
         await store.upsert_mapping(
             conn,
             ghl_id="ghlE",
-            aloware_id="7000001",
+            aloware_id=aloware_id,
             phone=None,
             email=None,
             direction="aloware_to_ghl",
-            echo_hash="h1",
+            echo_hash=echo,
         )
+
+    async with engine.connect() as conn:
+        await mapped(conn, "7000001", "h1")
         await conn.commit()
         with pytest.raises(MappingConflict):
-            await store.upsert_mapping(
-                conn,
-                ghl_id="ghlE",
-                aloware_id="7000002",
-                phone=None,
-                email=None,
-                direction="aloware_to_ghl",
-                echo_hash="h2",
-            )
+            await mapped(conn, "7000002", "h2")
         await conn.commit()
         assert await store.is_echo(conn, "ghl", "ghlE", "h1", 60)
         assert await store.is_echo(conn, "ghl", "ghlE", "h2", 60)
@@ -174,7 +155,7 @@ async def test_a_row_postgresql_refuses_does_not_keep_the_attempt_from_ending(
     """A NUL in a deferred row (PostgreSQL's text refuses it): the end is written without the
     rows, the loss logged, instead of the finish failing on every redelivery."""
     ledger = DeliveryLedger(engine, "ghl-sync", Settings(database_url=clean_db))
-    event = contact_event()
+    event = probe_event(44)
     await ledger.begin(event, 9)
     trace = AttemptTrace(stream_seq=9, num_delivered=1)
     token = CURRENT.set(trace)
