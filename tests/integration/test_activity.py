@@ -14,7 +14,7 @@ from services.domain.optout import decide, keyword
 from services.infra.redrive import publish_redrive
 from tests.conftest import load_fixture
 from tests.support.activity import GHL, notes, send_texting  # noqa: F401
-from tests.support.contacts import send_aloware
+from tests.support.contacts import send_aloware, settled
 from tests.support.jobs import _consumer_passed, all_in
 from tests.support.jobs_rig import fetch, running_jobs
 from tests.support.sync_rig import Pipeline, eventually, pipeline_settings, running_pipeline
@@ -97,6 +97,9 @@ async def test_t1_t2_call_for_an_unknown_phone_creates_the_contact_and_one_note(
             clean_db,
             "SELECT rule, status, entity_type, entity_id, target_id FROM sync_log WHERE direction = 'aloware_to_ghl'",
         )
+        # the echoes of our writes are events of their own: finished (their sync_log rows
+        # are written with the end of each attempt) before they are read
+        await eventually(lambda: settled(p, clean_db, 3))
         echoes = await fetch(
             clean_db, "SELECT rule, status FROM sync_log WHERE direction = 'ghl_to_aloware' AND entity_type = 'contact'"
         )
