@@ -11,6 +11,7 @@ from typing import Any
 from services.domain.call_lists import Agent, ContactView, list_intent, resolve_agent, tag_names
 from services.infra.signing import ghl_ed25519_signature, load_private_key
 from tests.support.admin import ADMIN
+from tests.support.contacts import settled
 from tests.support.jobs_rig import execute, fetch
 from tests.support.lists import GHL, create_contact, job_run, members, memberships, setup_lists
 from tests.support.sync_rig import eventually, pipeline_settings, running_pipeline
@@ -102,6 +103,7 @@ async def test_t9_t10_t11_tag_reassignment_and_opt_out(base_env: dict[str, str],
         await p.sandbox.put(f"/ghl/contacts/{contact['id']}", headers=GHL, json={"firstName": "Leigh"})
         await eventually(lambda: _has(clean_db, ("RAFI", "CALL_NOW"), "removed"))
         assert (await members(p))["DF_RAFI_CALL_NOW"] == []
+        await eventually(lambda: settled(p, clean_db))  # the rule's attempt ended, its rows written
         skipped = await fetch(clean_db, "SELECT error_message FROM sync_log WHERE rule = 'L-2' AND status = 'skipped'")
         assert {"Contact is opted out, cannot add to lists"} == {s["error_message"] for s in skipped}
 
@@ -120,6 +122,7 @@ async def test_t12_a_legacy_marker_tag_is_not_a_reason_to_skip(
         await eventually(lambda: _has(clean_db, ("UNASSIGNED", "NEW_LEADS"), "active"))
         await p.sandbox.post(f"/ghl/contacts/{contact['id']}/tags", headers=GHL, json={"tags": ["call_now"]})
         await eventually(lambda: _has(clean_db, ("UNASSIGNED", "CALL_NOW"), "active"))
+        await eventually(lambda: settled(p, clean_db, 2))  # both attempts ended, their rows written
         rows = await fetch(
             clean_db,
             "SELECT details->>'legacy_marker' AS marker FROM sync_log WHERE rule = 'L-2' AND status = 'success'",

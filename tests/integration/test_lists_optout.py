@@ -23,7 +23,7 @@ from services.tooling.embedded import EmbeddedNats
 from tests.conftest import load_fixture
 from tests.support.activity import send_texting
 from tests.support.admin import ADMIN
-from tests.support.contacts import send_aloware
+from tests.support.contacts import send_aloware, settled
 from tests.support.jobs_rig import fetch
 from tests.support.lists import create_contact, job_run, members, memberships, setup_lists
 from tests.support.lists_optout import _now, send_ghl
@@ -117,9 +117,12 @@ async def test_an_opt_out_takes_the_number_off_every_call_list_at_once(
         assert registry["status"] == "opted_out"
         removes = [c for c in await p.calls("aloware") if c["path"] == "/webhook/powerdialer-remove-contact-from-lists"]
         assert removes and {str(c["body"]["contact_id"]) for c in removes} == {aloware_id}
-        logged = await fetch(
-            clean_db,
-            "SELECT status, target_id FROM sync_log WHERE rule = 'L-2' AND error_message LIKE 'removed from %'",
+        # the row is written with the end of the opt-out's attempt, just after the removal
+        logged = await eventually(
+            lambda: fetch(
+                clean_db,
+                "SELECT status, target_id FROM sync_log WHERE rule = 'L-2' AND error_message LIKE 'removed from %'",
+            )
         )
         assert [(r["status"], r["target_id"]) for r in logged] == [("success", aloware_id)]
         # nothing put it back
@@ -194,6 +197,7 @@ async def test_a_reassignment_that_arrives_looking_like_an_echo_still_moves_the_
         assert (await memberships(clean_db))[("UNASSIGNED", "CALL_NOW")] == "removed"
         lists = await members(p)
         assert lists["DF_CHRIS_CALL_NOW"] == [alo["id"]] and lists["DF_UNASSIGNED_CALL_NOW"] == []
+        await eventually(lambda: settled(p, clean_db))  # every echo's attempt ended, its row written
         echoes = await fetch(
             clean_db, "SELECT count(*) AS n FROM sync_log WHERE rule = 'LP-1' AND source_id = $1", contact["id"]
         )
@@ -324,6 +328,7 @@ async def test_a_contact_whose_agent_is_set_by_custom_field_lands_on_that_agents
             clean_db, "SELECT agent_key FROM contact_agent_state WHERE contact_id = $1", contact["id"]
         )
         assert state["agent_key"] == "CHRIS"
+        await eventually(lambda: settled(p, clean_db))  # the rule's attempt ended, its rows written
         reasons = await fetch(
             clean_db, "SELECT DISTINCT details->>'agent_reason' AS r FROM sync_log WHERE rule = 'L-2'"
         )
