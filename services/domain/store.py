@@ -74,16 +74,14 @@ _RECORD_WRITE = insert(_WRITES).values(
     entity_id=bindparam("p_entity", type_=_WRITES.c.entity_id.type),
     field_hash=bindparam("p_hash", type_=_WRITES.c.field_hash.type),
 )
-_IS_ECHO = (
-    select(func.count())
-    .select_from(_WRITES)
-    .where(
-        _WRITES.c.system == bindparam("p_system"),
-        _WRITES.c.entity_id == bindparam("p_entity"),
-        _WRITES.c.field_hash == bindparam("p_hash"),
-        _WRITES.c.written_at >= bindparam("p_since"),
-    )
+# LP-1: our write of exactly this projection of this record within the window
+_OUR_WRITE = (
+    _WRITES.c.system == bindparam("p_system"),
+    _WRITES.c.entity_id == bindparam("p_entity"),
+    _WRITES.c.field_hash == bindparam("p_hash"),
+    _WRITES.c.written_at >= bindparam("p_since"),
 )
+_IS_ECHO = select(func.count()).select_from(_WRITES).where(*_OUR_WRITE)
 _LOG_COLUMNS = (
     "id",
     "direction",
@@ -301,13 +299,7 @@ _NEWER_PENDING = _newer_pending_statement()
 def _contact_event_state_statement(with_newer: bool) -> Any:
     """``contact_event_state``'s one statement: the echo check, the mapping (a LEFT JOIN, so a
     row comes back without one) and, ``with_newer``, the newer pending events as a JSON array."""
-    echo = exists().where(
-        _WRITES.c.system == bindparam("p_system"),
-        _WRITES.c.entity_id == bindparam("p_entity"),
-        _WRITES.c.field_hash == bindparam("p_hash"),
-        _WRITES.c.written_at >= bindparam("p_since"),
-    )
-    columns: list[Any] = [echo.label("echo")]
+    columns: list[Any] = [exists().where(*_OUR_WRITE).label("echo")]
     if with_newer:
         pending = _newer_pending_statement().subquery("pending")
         newer = select(
