@@ -87,3 +87,22 @@ async def test_oauth_and_clerk_tokens_belong_to_one_app(
     session = {"Authorization": "Bearer " + minted.json()["jwt"]}
     assert (await first.get("/verity/api/leads/1", headers=session)).status_code == 200
     assert (await second.get("/verity/api/leads/1", headers=session)).status_code == 401  # its own signing key
+
+
+async def test_a_contact_seeded_silently_is_kept_and_a_bad_seed_is_refused(
+    two_sandboxes: tuple[httpx.AsyncClient, httpx.AsyncClient],
+) -> None:
+    """``POST /_sandbox/ghl/contacts``: a contact the location had before the middleware ran
+    (that it sends no webhook is what test_contact_sync's T3 relies on)."""
+    first, _ = two_sandboxes
+    seeded = await first.post("/_sandbox/ghl/contacts", json={"locationId": "loc1", "phone": "(555) 555-0178"})
+    assert seeded.status_code == 201 and seeded.json()["phone"] == "+15555550178"
+    assert [c["id"] for c in (await first.get("/_sandbox/ghl/contacts")).json()] == [seeded.json()["id"]]
+    json_body = {"Content-Type": "application/json"}
+    for bad in (b"{", b"[]", b"null", b'{"firstName": "NoLocation"}'):
+        answer = await first.post("/_sandbox/ghl/contacts", content=bad, headers=json_body)
+        assert answer.status_code == 422, (bad, answer.text)
+    hostile = await first.post(
+        "/_sandbox/ghl/contacts", content=b'{"locationId": "loc1\\u0000", "phone": 5}', headers=json_body
+    )
+    assert hostile.status_code < 500, hostile.text

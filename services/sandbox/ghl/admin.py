@@ -27,9 +27,12 @@ async def ghl_contacts(sandbox: SandboxDep) -> JSONResponse:
 async def ghl_create_silently(request: Request, sandbox: SandboxDep) -> JSONResponse:
     """A contact the location ``locationId`` had before the middleware ran: created as
     ``POST /contacts/`` would (no duplicate check), without GHL's webhook."""
-    body = await request.json()
-    if not body.get("locationId"):
-        return JSONResponse({"error": "locationId is required"}, status_code=422)
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not body.get("locationId"):
+        return JSONResponse({"error": "a JSON object with locationId is required"}, status_code=422)
     phone = to_e164(body["phone"]) if body.get("phone") else None
     return JSONResponse(new_contact(sandbox, body, body["locationId"], phone), status_code=201)
 
