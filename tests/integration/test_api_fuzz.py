@@ -11,6 +11,7 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -152,6 +153,29 @@ def webhook_credentials(path: str, body: bytes) -> dict[str, str]:
     return {"x-df-webhook-token": TEST_SECRETS["GHL_WORKFLOW_WEBHOOK_TOKEN"].split(",")[0]}
 
 
+SENT_BY_US = {name.lower() for name in ADMIN}
+
+
+def checks_for(case: Case) -> list[Any]:
+    """The checks to leave out for ``case``. A negative case that mutated a header the test
+    sends itself (``ADMIN`` replaces the generated one) is sent without that mutation; if
+    its other mutations only changed the type of a query or path value, which the query
+    string turns back into a string, what is sent is valid and "invalid data is rejected"
+    cannot apply (seen: a malformed Authorization plus ``entityId`` as an object, sent as
+    the right bearer and a string, answered 200)."""
+    data = getattr(getattr(case.meta, "phase", None), "data", None)
+    mutations = list(getattr(data, "mutations", ()))
+    ours = [m for m in mutations if m.parameter and m.parameter.lower() in SENT_BY_US]
+    others = [m for m in mutations if m not in ours]
+    erased = all(
+        m.parameter and m.parameter_location.name in ("QUERY", "PATH") and not isinstance(m.new_value, str)
+        for m in others
+    )
+    if ours and erased:
+        return [*EXCLUDED, schemathesis.checks.negative_data_rejection]
+    return EXCLUDED
+
+
 def test_ingress_answers_every_generated_request_as_documented(ingress_api: str) -> None:
     def call(case: Case) -> Response:
         if case.path.startswith(("/api/webhooks", "/api/integrations")):
@@ -164,7 +188,7 @@ def test_ingress_answers_every_generated_request_as_documented(ingress_api: str)
             return case.call_and_validate(
                 base_url=ingress_api, headers=ADMIN, excluded_checks=[*EXCLUDED, schemathesis.checks.not_a_server_error]
             )
-        return case.call_and_validate(base_url=ingress_api, headers=ADMIN, excluded_checks=EXCLUDED)
+        return case.call_and_validate(base_url=ingress_api, headers=ADMIN, excluded_checks=checks_for(case))
 
     answers = fuzz(ingress_api, call)
     statuses = {op: {s for (o, s) in answers if o == op} for op, _ in answers}
