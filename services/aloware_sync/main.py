@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from contextlib import AsyncExitStack
 
 from contracts.streams import ALOWARE_SYNC
@@ -13,6 +12,7 @@ from services.clients.ghl import GhlClient
 from services.infra.db.session import create_engine
 from services.infra.delivery import EventConsumer, consumer_batch
 from services.infra.metrics_server import serve_metrics
+from services.infra.runtime import run_service
 from services.infra.settings import Settings
 from services.infra.stream_app import serve_until_terminated
 
@@ -33,4 +33,4 @@ async def serve(settings: Settings) -> None:
 
 
 def run(settings: Settings) -> None:
-    asyncio.run(serve(settings))
+    run_service(serve(settings))

@@ -11,7 +11,6 @@ never takes bulk work)."""
 
 from __future__ import annotations
 
-import asyncio
 from contextlib import AsyncExitStack
 
 from contracts.lanes import LANES, Lane
@@ -25,6 +24,7 @@ from services.ghl_sync.service import GhlSync
 from services.infra.db.session import create_engine
 from services.infra.delivery import EventConsumer, consumer_batch
 from services.infra.metrics_server import serve_metrics
+from services.infra.runtime import run_service
 from services.infra.settings import Settings
 from services.infra.stream_app import Subscription, serve_all_until_terminated
 
@@ -68,4 +68,4 @@ async def serve(settings: Settings, lanes: tuple[Lane, ...] = LANES) -> None:
 
 
 def run(settings: Settings, lanes: tuple[Lane, ...] = LANES) -> None:
-    asyncio.run(serve(settings, lanes))
+    run_service(serve(settings, lanes))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -18,6 +17,7 @@ from services.infra.broker import connect
 from services.infra.db.session import create_engine
 from services.infra.logging import get_logger
 from services.infra.metrics_server import serve_metrics
+from services.infra.runtime import run_service
 from services.infra.settings import Settings
 from services.infra.stream_app import serve_until_terminated
 from services.jobs.alerts import StateGauges
@@ -62,4 +62,4 @@ async def _drain(nc: NatsClient) -> None:
 
 
 def run(settings: Settings, explainer: ExplainerFactory | None = None) -> None:
-    asyncio.run(serve(settings, explainer))
+    run_service(serve(settings, explainer))

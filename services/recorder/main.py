@@ -10,7 +10,7 @@ from contracts.streams import RECORDER
 from services.infra.consumer import PullConsumer
 from services.infra.db.session import create_engine
 from services.infra.metrics_server import serve_metrics
-from services.infra.runtime import on_termination
+from services.infra.runtime import on_termination, run_service
 from services.infra.settings import Settings
 from services.recorder.service import Recorder
 
@@ -32,4 +32,4 @@ async def serve(settings: Settings) -> None:
 
 def run(settings: Settings) -> None:
     """Blocking entry point."""
-    asyncio.run(serve(settings))
+    run_service(serve(settings))

@@ -7,7 +7,7 @@ import contextlib
 
 from services.infra.broker import connect, prepare_topology
 from services.infra.metrics_server import serve_metrics
-from services.infra.runtime import on_termination
+from services.infra.runtime import on_termination, run_service
 from services.infra.settings import Settings
 from services.scheduler.service import CommandScheduler
 
@@ -30,4 +30,4 @@ async def serve(settings: Settings) -> None:
 
 
 def run(settings: Settings) -> None:
-    asyncio.run(serve(settings))
+    run_service(serve(settings))

@@ -4,7 +4,6 @@ consumption ends."""
 
 from __future__ import annotations
 
-import asyncio
 from contextlib import AsyncExitStack
 
 from contracts.streams import VERITY_SYNC
@@ -15,6 +14,7 @@ from services.clients.ghl_oauth import GhlOAuth
 from services.infra.db.session import create_engine
 from services.infra.delivery import EventConsumer, consumer_batch
 from services.infra.metrics_server import serve_metrics
+from services.infra.runtime import run_service
 from services.infra.settings import Settings
 from services.infra.stream_app import serve_until_terminated
 from services.verity_sync.service import VeritySync
@@ -44,4 +44,4 @@ async def serve(settings: Settings) -> None:
 
 
 def run(settings: Settings) -> None:
-    asyncio.run(serve(settings))
+    run_service(serve(settings))
