@@ -82,6 +82,13 @@ _OUR_WRITE = (
     _WRITES.c.written_at >= bindparam("p_since"),
 )
 _IS_ECHO = select(func.count()).select_from(_WRITES).where(*_OUR_WRITE)
+# a tag write's echo record and the GHL snapshot it leaves, in one statement
+_RECORD_TAG_WRITE = (
+    update(_MAPPINGS)
+    .where(_MAPPINGS.c.ghl_contact_id == bindparam("p_entity", type_=_MAPPINGS.c.ghl_contact_id.type))
+    .values(ghl_snapshot=bindparam("p_snapshot", type_=_MAPPINGS.c.ghl_snapshot.type))
+    .add_cte(_RECORD_WRITE.cte("echo"))
+)
 _LOG_COLUMNS = (
     "id",
     "direction",
@@ -198,6 +205,14 @@ async def upsert_mapping(
 async def record_write(conn: AsyncConnection, system: str, entity_id: str, field_hash: str) -> None:
     """LP-1: remember our own write so its webhook echo is recognised."""
     await conn.execute(_RECORD_WRITE, {"p_system": system, "p_entity": entity_id, "p_hash": field_hash})
+
+
+async def record_tag_write(conn: AsyncConnection, ghl_id: str, field_hash: str, snapshot: dict[str, Any]) -> None:
+    """LP-1 for a tag write (``record_write("ghl", ghl_id, field_hash)``) and the contact's
+    state after it as the mapping's GHL snapshot, so the next write diffs against the tags GHL
+    now has; the caller holds the contact's lock (no other writer of the snapshot meanwhile)."""
+    params = {"p_system": "ghl", "p_entity": ghl_id, "p_hash": field_hash, "p_snapshot": snapshot}
+    await conn.execute(_RECORD_TAG_WRITE, params)
 
 
 async def is_echo(conn: AsyncConnection, system: str, entity_id: str, field_hash: str, window_s: int) -> bool:

@@ -262,6 +262,18 @@ class GhlContacts:
             return replace(known, missed=True)
         return known
 
+    async def trusted_snapshot(self, conn: AsyncConnection, ghl_id: str, ctx: RuleContext) -> CanonicalContact | None:
+        """The mapping's snapshot of ``ghl_id`` when it can stand in for a read before a tag
+        write (LP-2): the same doubts as CA-2's (``snapshot_doubt``, a GHL contact event not
+        absorbed since); custom fields play no part in tags. None: read GHL."""
+        mapping = await store.mapping_by_ghl(conn, ghl_id)
+        if mapping is None or mapping.ghl_deleted_at is not None or not mapping.ghl_snapshot:
+            return None
+        snapshot = CanonicalContact.from_snapshot(dict(mapping.ghl_snapshot))
+        if snapshot_doubt(snapshot, [], ctx) or await self._ghl_event_since(conn, ghl_id, snapshot.seen_at):
+            return None
+        return snapshot
+
     @staticmethod
     async def _ghl_event_since(conn: AsyncConnection, ghl_id: str, seen: datetime | None) -> bool:
         """A GHL contact event for ``ghl_id`` recorded after ``seen`` that aloware-sync did

@@ -229,7 +229,16 @@ class GhlExecutor:
                     text=op.text,
                 )
             case ops.AddTags():
-                change = await self.writes.add_missing_tags(op.ghl_id, op.tags, ctx.region)
+                # under the contact's lock the snapshot can spare the read (nothing else writes it)
+                believed = (
+                    await self.contacts.trusted_snapshot(conn, op.ghl_id, ctx)
+                    if op.tags and attempt.locked is not None
+                    else None
+                )
+                change = await self.writes.add_missing_tags(op.ghl_id, op.tags, ctx.region, believed)
+                if change.after is not None and change.after_hash is not None:
+                    await store.record_tag_write(conn, op.ghl_id, change.after_hash, change.after.snapshot())
+                    return change.tags
                 return await self._ledger(conn, op.ghl_id, change)
             case ops.RemoveTags():
                 change = await self.writes.remove_present_tags(op.ghl_id, op.tags, ctx.region)

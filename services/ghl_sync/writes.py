@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.clients.ghl import GhlClient
 from services.clients.ghl_conversations import GhlConversations
 from services.domain import effects
-from services.domain.contact import ghl_to_canonical
+from services.domain.contact import CanonicalContact, ghl_to_canonical
 from services.ghl_sync import message_rows
 from services.ghl_sync.rules.contact import missing_tags
 from services.ghl_sync.rules.messages import body_sha256
@@ -41,10 +41,15 @@ MESSAGE_EFFECT = "ghl.conversation_message"
 
 @dataclass(frozen=True)
 class TagChange:
-    """The tags written, and the contact's projection hash after the write (None: none)."""
+    """The tags written, and the contact's projection hash after the write (None: none);
+    ``after``: the state after a write made from the mapping's snapshot (its new snapshot).
+    A write made after a read leaves the snapshot as it was: refreshing it from that read
+    would hide a person's GHL change whose webhook was lost from the next CA write, which
+    is how such a change still reaches Aloware (``_missed_besides``)."""
 
     tags: list[str]
     after_hash: str | None = None
+    after: CanonicalContact | None = None
 
 
 def _reason(exc: BaseException) -> str:
@@ -133,10 +138,23 @@ class GhlWrites:
         )
 
     # --- tags (LP-2) ------------------------------------------------------------------------
-    async def add_missing_tags(self, ghl_id: str, wanted: tuple[str, ...], region: str) -> TagChange:
-        """Add the tags GHL does not have (a read first)."""
+    async def add_missing_tags(
+        self, ghl_id: str, wanted: tuple[str, ...], region: str, believed: CanonicalContact | None = None
+    ) -> TagChange:
+        """Add the tags GHL does not have. ``believed``: the mapping's snapshot, trusted
+        (``GhlContacts.trusted_snapshot``); the tags it lacks are added without a read. A
+        snapshot may spare the read before a write, never a write: when it has every tag
+        already, GHL is read as without one (a tag removed in GHL whose webhook has not come
+        yet is added again). Adding is additive in GHL, so a tag the snapshot lacked but GHL
+        had costs nothing but the request."""
         if not wanted:
             return TagChange([])
+        if believed is not None:
+            add = missing_tags(list(believed.tags), list(wanted))
+            if add:
+                await self.ghl.add_tags(ghl_id, add)
+                after = believed.with_fields(tags=(*believed.tags, *(t.lower() for t in add)))
+                return TagChange(add, after.projection_hash(), after)
         current = await self.ghl.get_contact(ghl_id)
         if current is None:
             raise Permanent(f"GHL contact {ghl_id} not found when adding tags")

@@ -12,11 +12,13 @@ copy, and that the Aloware custom fields are written on update and on a duplicat
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from contracts.commands import ReconcileRequested
+from tests.conftest import load_fixture
 from tests.support.contacts import aloware_contact, done, no_invalid_requests, send_aloware, settled
 from tests.support.jobs_rig import fetch, running_jobs
 from tests.support.sync_rig import Pipeline, eventually, pipeline_settings, running_pipeline
@@ -42,6 +44,11 @@ async def contact_calls_since(p: Pipeline, ghl_id: str, since: int) -> list[str]
     """The methods of GHL's ``/contacts/{id}`` calls after the first ``since`` GHL calls, in
     order (reads and writes of CA, then whatever CG does about the webhook they caused)."""
     return [c["method"] for c in (await p.calls("ghl"))[since:] if c["path"] == f"/contacts/{ghl_id}"]
+
+
+async def contact_and_sub_calls_since(p: Pipeline, ghl_id: str, since: int) -> list[str]:
+    """``contact_calls_since`` with the contact's notes and tags calls too (``/contacts/{id}/…``)."""
+    return [c["method"] for c in (await p.calls("ghl"))[since:] if c["path"].startswith(f"/contacts/{ghl_id}")]
 
 
 async def puts(p: Pipeline, ghl_id: str) -> list[dict[str, Any]]:
@@ -129,6 +136,73 @@ async def test_a_fresh_snapshot_costs_no_ghl_read(base_env: dict[str, str], tmp_
         await eventually(lambda: settled(p, clean_db))
         # diffed against the snapshot: no read before the write (the list rules may read after it)
         assert (await contact_calls_since(p, ghl_id, since))[:1] == ["PUT"]
+        await no_invalid_requests(p)
+
+
+def aloware_call(n: int, call_id: str, disposition: str = "Interested") -> dict[str, Any]:
+    """Aloware's ``Call Disposed`` for contact ``n`` (``aloware_contact(n)``)."""
+    body = load_fixture("aloware/call-disposed.json")["body"]
+    contact = str(8_000_000 + n)
+    return {
+        "event": "Call Disposed",
+        "body": {
+            **body,
+            "id": call_id,
+            "contact_id": contact,
+            "lead_number": f"+1555555{n:04d}",
+            "disposition": disposition,
+        },
+    }
+
+
+async def snapshot_tags(db: str, ghl_id: str) -> list[str]:
+    [row] = await fetch(
+        db, "SELECT ghl_snapshot->'tags' AS tags FROM contact_mappings WHERE ghl_contact_id = $1", ghl_id
+    )
+    return sorted(json.loads(row["tags"]))
+
+
+async def test_call_tags_on_a_fresh_snapshot_cost_no_ghl_read_and_a_tag_present_is_verified(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    """LP-2 from the snapshot (issue #18 item 1): a call's tags the fresh snapshot lacks are
+    added without reading the contact, and the snapshot then holds them; a call whose tags
+    the snapshot already has reads GHL before it writes nothing (a snapshot never spares a
+    write), so a tag removed in GHL whose webhook was lost is added again."""
+    settings = pipeline_settings(base_env, tmp_path)
+    async with running_pipeline(settings) as p:
+        ghl_id = await synced_from_aloware(p, clean_db, 11)
+        since = await ghl_call_count(p)
+        first = await send_aloware(p, aloware_call(11, "9110001"))
+        assert (await eventually(lambda: done(clean_db, first["id"])))["outcome"] == "applied"
+        assert await contact_and_sub_calls_since(p, ghl_id, since) == [
+            "POST",  # the note
+            "POST",  # the tags: no GET before them
+        ]
+        assert sorted((await ghl_contact(p, ghl_id))["tags"]) == ["call: interested", "outbound call"]
+        assert await snapshot_tags(clean_db, ghl_id) == ["call: interested", "outbound call"]
+        await eventually(lambda: ghl_event_done(clean_db, ghl_id, "contact.tags_changed"))
+        await eventually(lambda: settled(p, clean_db))
+
+        # the same tags again: the snapshot has them, so GHL is read, and nothing is written
+        since = await ghl_call_count(p)
+        second = await send_aloware(p, aloware_call(11, "9110002"))
+        assert (await eventually(lambda: done(clean_db, second["id"])))["outcome"] == "applied"  # its note
+        assert await contact_and_sub_calls_since(p, ghl_id, since) == [
+            "POST",  # the note
+            "GET",  # the tags present in the snapshot: verified, none added
+        ]
+        await eventually(lambda: settled(p, clean_db))
+
+        # a person removes a tag in GHL and its webhook is lost: the snapshot still has it, so
+        # the next call reads GHL, finds it missing and adds it again
+        edit = await p.sandbox.patch(f"/_sandbox/ghl/contacts/{ghl_id}", json={"tags": ["call: interested"]})
+        assert edit.status_code == 200
+        since = await ghl_call_count(p)
+        third = await send_aloware(p, aloware_call(11, "9110003"))
+        assert (await eventually(lambda: done(clean_db, third["id"])))["outcome"] == "applied"
+        assert (await contact_and_sub_calls_since(p, ghl_id, since))[:3] == ["POST", "GET", "POST"]
+        assert sorted((await ghl_contact(p, ghl_id))["tags"]) == ["call: interested", "outbound call"]
         await no_invalid_requests(p)
 
 

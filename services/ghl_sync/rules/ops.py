@@ -377,8 +377,9 @@ class PostNoteOnce:
 
 @dataclass(frozen=True)
 class AddTags:
-    """LP-2: add the tags GHL does not have yet (read first; echo ledger). Answer: the
-    tags added."""
+    """LP-2: add the tags GHL does not have yet (echo ledger). Under the contact's lock a
+    trusted snapshot stands in for the read when it lacks a tag; otherwise GHL is read
+    first. Answer: the tags added."""
 
     ghl_id: str
     tags: tuple[str, ...]
