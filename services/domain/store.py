@@ -11,7 +11,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
-from sqlalchemy import bindparam, delete, exists, func, insert, literal, select, text, update
+from sqlalchemy import Text, bindparam, delete, exists, func, insert, literal, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -82,13 +83,33 @@ _OUR_WRITE = (
     _WRITES.c.written_at >= bindparam("p_since"),
 )
 _IS_ECHO = select(func.count()).select_from(_WRITES).where(*_OUR_WRITE)
-# a tag write's echo record and the GHL snapshot it leaves, in one statement
-_RECORD_TAG_WRITE = (
-    update(_MAPPINGS)
-    .where(_MAPPINGS.c.ghl_contact_id == bindparam("p_entity", type_=_MAPPINGS.c.ghl_contact_id.type))
-    .values(ghl_snapshot=bindparam("p_snapshot", type_=_MAPPINGS.c.ghl_snapshot.type))
-    .add_cte(_RECORD_WRITE.cte("echo"))
-)
+# a tag write's echo record, and its tags added to the mapping's GHL snapshot, in one
+# statement. Only the tags: a snapshot another writer stored meanwhile (CG's, under a lock
+# key of GHL's phone when it differs from the one this write held) keeps everything else.
+_RECORD_TAG_WRITE = text(
+    """
+    WITH echo AS (
+        INSERT INTO outbound_writes (system, entity_id, field_hash) VALUES ('ghl', :p_entity, :p_hash)
+    )
+    UPDATE contact_mappings
+    SET ghl_snapshot = jsonb_set(
+        ghl_snapshot,
+        '{tags}',
+        (
+            SELECT coalesce(jsonb_agg(DISTINCT t.tag), '[]'::jsonb)
+            FROM (
+                SELECT jsonb_array_elements_text(
+                    CASE WHEN jsonb_typeof(ghl_snapshot -> 'tags') = 'array'
+                         THEN ghl_snapshot -> 'tags' ELSE '[]'::jsonb END
+                )
+                UNION
+                SELECT unnest(CAST(:p_tags AS text[]))
+            ) AS t (tag)
+        )
+    )
+    WHERE ghl_contact_id = :p_entity AND jsonb_typeof(ghl_snapshot) = 'object'
+    """
+).bindparams(bindparam("p_tags", type_=ARRAY(Text)))
 _LOG_COLUMNS = (
     "id",
     "direction",
@@ -207,11 +228,11 @@ async def record_write(conn: AsyncConnection, system: str, entity_id: str, field
     await conn.execute(_RECORD_WRITE, {"p_system": system, "p_entity": entity_id, "p_hash": field_hash})
 
 
-async def record_tag_write(conn: AsyncConnection, ghl_id: str, field_hash: str, snapshot: dict[str, Any]) -> None:
-    """LP-1 for a tag write (``record_write("ghl", ghl_id, field_hash)``) and the contact's
-    state after it as the mapping's GHL snapshot, so the next write diffs against the tags GHL
-    now has; the caller holds the contact's lock (no other writer of the snapshot meanwhile)."""
-    params = {"p_system": "ghl", "p_entity": ghl_id, "p_hash": field_hash, "p_snapshot": snapshot}
+async def record_tag_write(conn: AsyncConnection, ghl_id: str, field_hash: str, tags: Iterable[str]) -> None:
+    """LP-1 for a tag write (``record_write("ghl", ghl_id, field_hash)``) and ``tags`` (as GHL
+    keeps them, lower case) added to the mapping's GHL snapshot, so the next write diffs
+    against the tags GHL now has."""
+    params = {"p_entity": ghl_id, "p_hash": field_hash, "p_tags": list(tags)}
     await conn.execute(_RECORD_TAG_WRITE, params)
 
 

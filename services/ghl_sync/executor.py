@@ -229,7 +229,7 @@ class GhlExecutor:
                     text=op.text,
                 )
             case ops.AddTags():
-                # under the contact's lock the snapshot can spare the read (nothing else writes it)
+                # only under a contact lock (a texting status holds none: it reads GHL as before)
                 believed = (
                     await self.contacts.trusted_snapshot(conn, op.ghl_id, ctx)
                     if op.tags and attempt.locked is not None
@@ -237,7 +237,7 @@ class GhlExecutor:
                 )
                 change = await self.writes.add_missing_tags(op.ghl_id, op.tags, ctx.region, believed)
                 if change.after is not None and change.after_hash is not None:
-                    await store.record_tag_write(conn, op.ghl_id, change.after_hash, change.after.snapshot())
+                    await store.record_tag_write(conn, op.ghl_id, change.after_hash, (t.lower() for t in change.tags))
                     return change.tags
                 return await self._ledger(conn, op.ghl_id, change)
             case ops.RemoveTags():

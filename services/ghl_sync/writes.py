@@ -142,17 +142,18 @@ class GhlWrites:
         self, ghl_id: str, wanted: tuple[str, ...], region: str, believed: CanonicalContact | None = None
     ) -> TagChange:
         """Add the tags GHL does not have. ``believed``: the mapping's snapshot, trusted
-        (``GhlContacts.trusted_snapshot``); the tags it lacks are added without a read. A
-        snapshot may spare the read before a write, never a write: when it has every tag
-        already, GHL is read as without one (a tag removed in GHL whose webhook has not come
-        yet is added again). Adding is additive in GHL, so a tag the snapshot lacked but GHL
-        had costs nothing but the request."""
+        (``GhlContacts.trusted_snapshot``). When it lacks one of ``wanted``, all of them are
+        sent without a read: GHL's tag POST is additive, so one the snapshot wrongly believes
+        present (a person removed it, the webhook was lost) is still added, and one it wrongly
+        believes absent costs nothing but its name in the body. A snapshot may spare the read
+        before a write, never a write: when it has every tag already, GHL is read as without
+        one. The answer names the tags the snapshot lacked."""
         if not wanted:
             return TagChange([])
         if believed is not None:
             add = missing_tags(list(believed.tags), list(wanted))
             if add:
-                await self.ghl.add_tags(ghl_id, add)
+                await self.ghl.add_tags(ghl_id, [t for t in dict.fromkeys(wanted) if t])
                 after = believed.with_fields(tags=(*believed.tags, *(t.lower() for t in add)))
                 return TagChange(add, after.projection_hash(), after)
         current = await self.ghl.get_contact(ghl_id)

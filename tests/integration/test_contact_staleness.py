@@ -168,7 +168,8 @@ async def test_call_tags_on_a_fresh_snapshot_cost_no_ghl_read_and_a_tag_present_
     """LP-2 from the snapshot (issue #18 item 1): a call's tags the fresh snapshot lacks are
     added without reading the contact, and the snapshot then holds them; a call whose tags
     the snapshot already has reads GHL before it writes nothing (a snapshot never spares a
-    write), so a tag removed in GHL whose webhook was lost is added again."""
+    write), so a tag removed in GHL whose webhook was lost is added again; and when the
+    snapshot lacks one wanted tag, all of them are sent (one it wrongly holds is added too)."""
     settings = pipeline_settings(base_env, tmp_path)
     async with running_pipeline(settings) as p:
         ghl_id = await synced_from_aloware(p, clean_db, 11)
@@ -203,6 +204,18 @@ async def test_call_tags_on_a_fresh_snapshot_cost_no_ghl_read_and_a_tag_present_
         assert (await eventually(lambda: done(clean_db, third["id"])))["outcome"] == "applied"
         assert (await contact_and_sub_calls_since(p, ghl_id, since))[:3] == ["POST", "GET", "POST"]
         assert sorted((await ghl_contact(p, ghl_id))["tags"]) == ["call: interested", "outbound call"]
+        await eventually(lambda: settled(p, clean_db))
+
+        # lost again, and the next call wants a tag the snapshot lacks besides: no read, and
+        # every wanted tag is sent, so the one the snapshot wrongly believes present is back too
+        edit = await p.sandbox.patch(f"/_sandbox/ghl/contacts/{ghl_id}", json={"tags": ["call: interested"]})
+        assert edit.status_code == 200
+        since = await ghl_call_count(p)
+        fourth = await send_aloware(p, aloware_call(11, "9110004", disposition="Callback"))
+        assert (await eventually(lambda: done(clean_db, fourth["id"])))["outcome"] == "applied"
+        assert await contact_and_sub_calls_since(p, ghl_id, since) == ["POST", "POST"]
+        assert sorted((await ghl_contact(p, ghl_id))["tags"]) == ["call: callback", "call: interested", "outbound call"]
+        assert await snapshot_tags(clean_db, ghl_id) == ["call: callback", "call: interested", "outbound call"]
         await no_invalid_requests(p)
 
 
