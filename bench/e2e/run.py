@@ -664,6 +664,38 @@ async def raw_limits(nats_url: str, db_url: str, sandbox: str, seconds: float = 
     return limits
 
 
+def server_cpu(pg_data: Path, nats_pid: int | None) -> dict[str, tuple[int | None, float]]:
+    """CPU seconds used so far by the servers, with the pid they were read from (a restart
+    by the chaos makes a difference meaningless): PostgreSQL is its postmaster, the backends
+    it has reaped (cutime/cstime) and those still running; NATS the nats-server process."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def stat(pid: int) -> list[str] | None:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+
+    found: dict[str, tuple[int | None, float]] = {}
+    try:
+        postmaster = int((pg_data / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        postmaster = None
+    fields = stat(postmaster) if postmaster else None
+    if fields is None:
+        found["postgres"] = (None, 0.0)
+    else:
+        total = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+        for entry in Path("/proc").iterdir():
+            child = stat(int(entry.name)) if entry.name.isdigit() else None
+            if child is not None and child[1] == str(postmaster):  # field 4: ppid
+                total += int(child[11]) + int(child[12])
+        found["postgres"] = (postmaster, total / tick)
+    nats = stat(nats_pid) if nats_pid else None
+    found["nats"] = (nats_pid, (int(nats[11]) + int(nats[12])) / tick) if nats else (None, 0.0)
+    return found
+
+
 def optout_effects(
     listed: list[Listed],
     lazy: Lazy,
@@ -904,6 +936,8 @@ def main() -> int:
         skip_calls = len(httpx.get(f"{sandbox}/_sandbox/calls").json())  # the ledger counts the load's only
         pids = processes.pids()
         before = {name: cpu_seconds(p) for name, p in pids.items()}
+        nats_pid = nats_server.process.pid if nats_server.process else None
+        servers_before = server_cpu(work / "pg", nats_pid)
         chaos_log: list[str] = []
         chaos = (
             threading.Thread(
@@ -954,6 +988,11 @@ def main() -> int:
         attempts = asyncio.run(attempts_per_consumer(pg.url()))
         # a process killed by the chaos took its CPU count with it: no figure for its service
         cpu = {name: cpu_seconds(p) - before[name] if processes.pids()[name] == p else None for name, p in pids.items()}
+        servers_after = server_cpu(work / "pg", nats_server.process.pid if nats_server.process else None)
+        server_cpu_s = {
+            name: after - servers_before[name][1] if pid is not None and pid == servers_before[name][0] else None
+            for name, (pid, after) in servers_after.items()
+        }
         calls = httpx.get(f"{sandbox}/_sandbox/calls").json()[skip_calls:]
         ghl_contacts = httpx.get(f"{sandbox}/_sandbox/ghl/contacts").json()
         conversations = httpx.get(f"{sandbox}/_sandbox/ghl/conversations").json()
@@ -1065,6 +1104,8 @@ def main() -> int:
         values = latencies if values is None else sorted(values)
         return values[min(len(values) - 1, int(p * len(values)))] if values else float("nan")
 
+    every = [*cpu.values(), *server_cpu_s.values()]
+    host = None if None in every else [v for v in every if v is not None]
     lines = [
         f"### e2e ledger — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
@@ -1125,6 +1166,12 @@ def main() -> int:
         + " |",
         f"| vendor calls per accepted event | {vendor_calls / max(1, len(accepted)):.2f} |",
         f"| CPU seconds | {', '.join(f'{k} ' + (f'{v:.1f}' if v is not None else 'n/a (killed)') for k, v in cpu.items())} |",
+        f"| CPU seconds, servers (same window) | {', '.join(f'{k} ' + (f'{v:.1f}' if v is not None else 'n/a (restarted)') for k, v in server_cpu_s.items())} |",
+        (
+            f"| CPU ms per send, whole host (ours + servers; {sent} sends) | {1000 * sum(host) / max(1, sent):.1f} |"
+            if host is not None
+            else "| CPU ms per send, whole host | n/a (a process was restarted) |"
+        ),
         "| CPU ms per rule attempt (CPU seconds / event_attempts rows) | "
         + ", ".join(
             f"{k} {1000 * v / attempts[k]:.1f} ({attempts[k]} attempts)"
