@@ -83,8 +83,8 @@ _OUR_WRITE = (
     _WRITES.c.written_at >= bindparam("p_since"),
 )
 _IS_ECHO = select(func.count()).select_from(_WRITES).where(*_OUR_WRITE)
-# a tag write's echo record, and its tags added to the mapping's GHL snapshot, in one
-# statement. Only the tags: a snapshot another writer stored meanwhile (CG's, under a lock
+# a tag write's echo record, and its tags added to (or taken off) the mapping's GHL snapshot,
+# in one statement. Only the tags: a snapshot another writer stored meanwhile (CG's, under a lock
 # key of GHL's phone when it differs from the one this write held) keeps everything else.
 _RECORD_TAG_WRITE = text(
     """
@@ -103,13 +103,14 @@ _RECORD_TAG_WRITE = text(
                          THEN ghl_snapshot -> 'tags' ELSE '[]'::jsonb END
                 )
                 UNION
-                SELECT unnest(CAST(:p_tags AS text[]))
+                SELECT unnest(CAST(:p_present AS text[]))
             ) AS t (tag)
+            WHERE lower(t.tag) <> ALL (CAST(:p_absent AS text[]))
         )
     )
     WHERE ghl_contact_id = :p_entity AND jsonb_typeof(ghl_snapshot) = 'object'
     """
-).bindparams(bindparam("p_tags", type_=ARRAY(Text)))
+).bindparams(bindparam("p_present", type_=ARRAY(Text)), bindparam("p_absent", type_=ARRAY(Text)))
 _LOG_COLUMNS = (
     "id",
     "direction",
@@ -228,11 +229,13 @@ async def record_write(conn: AsyncConnection, system: str, entity_id: str, field
     await conn.execute(_RECORD_WRITE, {"p_system": system, "p_entity": entity_id, "p_hash": field_hash})
 
 
-async def record_tag_write(conn: AsyncConnection, ghl_id: str, field_hash: str, tags: Iterable[str]) -> None:
-    """LP-1 for a tag write (``record_write("ghl", ghl_id, field_hash)``) and ``tags`` (as GHL
-    keeps them, lower case) added to the mapping's GHL snapshot, so the next write diffs
-    against the tags GHL now has."""
-    params = {"p_entity": ghl_id, "p_hash": field_hash, "p_tags": list(tags)}
+async def record_tag_write(
+    conn: AsyncConnection, ghl_id: str, field_hash: str, present: Iterable[str], absent: Iterable[str] = ()
+) -> None:
+    """LP-1 for a tag write (``record_write("ghl", ghl_id, field_hash)``), and the mapping's
+    GHL snapshot told which tags GHL now has (``present``) and lacks (``absent``, compared
+    lower-cased), so the next write from the snapshot diffs and hashes against GHL's tags."""
+    params = {"p_entity": ghl_id, "p_hash": field_hash, "p_present": list(present), "p_absent": list(absent)}
     await conn.execute(_RECORD_TAG_WRITE, params)
 
 

@@ -174,9 +174,10 @@ class GhlExecutor:
         )
 
     async def _ledger(self, conn: AsyncConnection, ghl_id: str, change: TagChange) -> list[str]:
-        """LP-1: the tag write's result goes into the echo ledger."""
+        """LP-1: the tag write's result goes into the echo ledger, and its tags into the
+        mapping's snapshot (a later write from the snapshot then hashes what GHL has)."""
         if change.after_hash is not None:
-            await store.record_write(conn, "ghl", ghl_id, change.after_hash)
+            await store.record_tag_write(conn, ghl_id, change.after_hash, change.present, change.absent)
         return change.tags
 
     async def perform(self, op: Operation, attempt: _Attempt) -> Any:
@@ -236,9 +237,6 @@ class GhlExecutor:
                     else None
                 )
                 change = await self.writes.add_missing_tags(op.ghl_id, op.tags, ctx.region, believed)
-                if change.after is not None and change.after_hash is not None:
-                    await store.record_tag_write(conn, op.ghl_id, change.after_hash, (t.lower() for t in change.tags))
-                    return change.tags
                 return await self._ledger(conn, op.ghl_id, change)
             case ops.RemoveTags():
                 change = await self.writes.remove_present_tags(op.ghl_id, op.tags, ctx.region)

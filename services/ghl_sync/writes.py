@@ -41,15 +41,14 @@ MESSAGE_EFFECT = "ghl.conversation_message"
 
 @dataclass(frozen=True)
 class TagChange:
-    """The tags written, and the contact's projection hash after the write (None: none);
-    ``after``: the state after a write made from the mapping's snapshot (its new snapshot).
-    A write made after a read leaves the snapshot as it was: refreshing it from that read
-    would hide a person's GHL change whose webhook was lost from the next CA write, which
-    is how such a change still reaches Aloware (``_missed_besides``)."""
+    """The tags written and the contact's LP-1 hash after the write (None: nothing written);
+    ``present`` / ``absent``: the tags GHL has / lacks after it (lower case), which the
+    mapping's snapshot takes on (``store.record_tag_write``)."""
 
     tags: list[str]
     after_hash: str | None = None
-    after: CanonicalContact | None = None
+    present: tuple[str, ...] = ()
+    absent: tuple[str, ...] = ()
 
 
 def _reason(exc: BaseException) -> str:
@@ -150,12 +149,13 @@ class GhlWrites:
         one. The answer names the tags the snapshot lacked."""
         if not wanted:
             return TagChange([])
+        present = tuple(dict.fromkeys(t.lower() for t in wanted if t))
         if believed is not None:
             add = missing_tags(list(believed.tags), list(wanted))
             if add:
                 await self.ghl.add_tags(ghl_id, [t for t in dict.fromkeys(wanted) if t])
                 after = believed.with_fields(tags=(*believed.tags, *(t.lower() for t in add)))
-                return TagChange(add, after.projection_hash(), after)
+                return TagChange(add, after.projection_hash(), present)
         current = await self.ghl.get_contact(ghl_id)
         if current is None:
             raise Permanent(f"GHL contact {ghl_id} not found when adding tags")
@@ -164,7 +164,7 @@ class GhlWrites:
             return TagChange([])
         await self.ghl.add_tags(ghl_id, add)
         after = ghl_to_canonical(current, region).with_fields(tags=(*current.tags, *(t.lower() for t in add)))
-        return TagChange(add, after.projection_hash())
+        return TagChange(add, after.projection_hash(), present)
 
     async def remove_present_tags(self, ghl_id: str, tags: tuple[str, ...], region: str) -> TagChange:
         """Remove those of ``tags`` GHL has (nothing when the contact is gone)."""
@@ -179,7 +179,7 @@ class GhlWrites:
         after = ghl_to_canonical(current, region).with_fields(
             tags=tuple(t for t in current.tags if t.lower() not in lowered)
         )
-        return TagChange(present, after.projection_hash())
+        return TagChange(present, after.projection_hash(), absent=tuple(sorted(lowered)))
 
     # --- conversations (M-1.6 … M-1.9, M-4) -------------------------------------------------
     async def conversation(self, conn: AsyncConnection, ghl_id: str) -> str:
