@@ -11,6 +11,9 @@ from typing import Any
 from contracts.phone import to_e164
 
 FIELDS = ("first_name", "last_name", "email", "phone", "timezone", "country", "state", "city")
+# GHL's contact webhooks (ContactCreate, ContactUpdate, ContactTagUpdate, ContactDelete) carry
+# no timezone (tests/fixtures/webhooks/ghl, from GHL's webhook docs), though its contacts have one
+GHL_WEBHOOK_OMITS = ("timezone",)
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,21 @@ class CanonicalContact:
 
     def projection_hash(self) -> str:
         """SHA-256 of the canonical JSON of the sync-relevant projection (LP-1)."""
-        data: dict[str, Any] = {k: getattr(self, k) for k in FIELDS}
-        data["email"] = (self.email or "").lower() or None
+        return self._hash(FIELDS)
+
+    def ghl_echo_hash(self) -> str:
+        """LP-1's hash on the GHL side: the projection without the fields GHL's contact
+        webhooks do not carry (``GHL_WEBHOOK_OMITS``), so our write's echo is recognised from
+        the webhook body, without reading the contact back (one GHL request per echo). A
+        person's edit of only such a field within ``ECHO_WINDOW_SECONDS`` of our write is
+        taken for the echo: the webhook could not show it, and a read per echo would cost as
+        many GHL requests as the writes themselves."""
+        return self._hash(tuple(f for f in FIELDS if f not in GHL_WEBHOOK_OMITS))
+
+    def _hash(self, fields: tuple[str, ...]) -> str:
+        data: dict[str, Any] = {k: getattr(self, k) for k in fields}
+        if "email" in data:
+            data["email"] = (self.email or "").lower() or None
         data["tags"] = sorted({t.lower() for t in self.tags})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 

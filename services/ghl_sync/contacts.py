@@ -427,7 +427,7 @@ class GhlContacts:
                 add = missing_tags(after.tags, list(operation.add_tags))
                 if add:  # CA-5 from the upsert's answer: no read
                     if ours:
-                        await store.record_write(conn, "ghl", ghl_id, after.projection_hash())
+                        await store.record_write(conn, "ghl", ghl_id, after.ghl_echo_hash())
                     await self.ghl.add_tags(ghl_id, add)
                     after = after.with_fields(tags=(*after.tags, *(t.lower() for t in add)))
             elif isinstance(operation, UpdateGhlContact):
@@ -448,7 +448,7 @@ class GhlContacts:
                 await self.ghl.add_tags(operation.ghl_id, list(operation.tags))
                 after = after.with_fields(tags=(*after.tags, *(t.lower() for t in operation.tags)))
             if ours:
-                echo = after.projection_hash()
+                echo = after.ghl_echo_hash()
             wrote = True
         return ghl_id, after, wrote, echo
 
@@ -585,7 +585,7 @@ class GhlContacts:
                     conn, contact_claim_key(None, incoming), {"phone": phone, "source": "texting"}, incoming, region
                 )
                 if created:  # the ContactCreate webhook GHL sends for it is our echo (LP-1)
-                    await store.record_write(conn, "ghl", ghl_id, incoming.projection_hash())
+                    await store.record_write(conn, "ghl", ghl_id, incoming.ghl_echo_hash())
                     snapshot = incoming.snapshot()
         await store.upsert_mapping(
             conn,

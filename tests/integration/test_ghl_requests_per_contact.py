@@ -110,6 +110,33 @@ async def test_the_echo_of_a_create_still_being_recorded_is_recognised_without_a
         assert reads == []
 
 
+async def test_the_echo_of_a_write_is_recognised_from_ghls_webhook_which_carries_no_timezone(
+    base_env: dict[str, str], tmp_path: Path, clean_db: str
+) -> None:
+    """GHL's contact webhooks leave the timezone out (tests/fixtures/webhooks/ghl) though the
+    contact we wrote has one (Aloware's): LP-1 on the GHL side hashes what a webhook can show,
+    so the echo of our create and of our update is found on the body, with no
+    ``GET /contacts/{id}``: a read per echo would cost GHL requests as many as the writes."""
+    settings = pipeline_settings(base_env, tmp_path)
+    async with running_pipeline(settings) as p:
+        created = await send_aloware(p, aloware_contact(6))
+        assert created["id"]
+        await eventually(lambda: settled(p, clean_db, 2))
+        later = datetime.now(UTC) + timedelta(seconds=5)
+        await send_aloware(p, aloware_contact(6, first="Adaline", updated_at=later, event="Contact Updated"))
+        await eventually(lambda: settled(p, clean_db, 4))
+        [contact] = await p.ghl_contacts()
+        assert contact["timezone"] == "America/Los_Angeles"  # GHL has it...
+        echoes = await fetch(
+            clean_db,
+            "SELECT e.payload_json ? 'timezone' AS shown, d.outcome FROM event_deliveries d "
+            "JOIN webhook_events e ON e.id = d.event_id WHERE e.source = 'ghl' AND d.consumer = 'aloware-sync'",
+        )
+        assert [(e["shown"], e["outcome"]) for e in echoes] == [(False, "echo")] * 2  # ...its webhooks do not
+        reads = [c["path"] for c in await p.calls("ghl") if c["method"] == "GET" and c["path"].startswith("/contacts/")]
+        assert reads == []
+
+
 # --- contacts GHL already has keep their GHL values where the mode says so -----------------
 
 EXISTING = {

@@ -124,12 +124,12 @@ def plan_contact_sync(event: WebhookEvent, ghl_id: str, ctx: RuleContext) -> Flo
     body = marketplace_contact(event.payload) if ghl_id == event.entity_id else None
     if body is not None:
         seen = ghl_to_canonical(body, ctx.region)
-        if (yield IsEcho("ghl", ghl_id, seen.projection_hash())):
+        if (yield IsEcho("ghl", ghl_id, seen.ghl_echo_hash())):
             yield _cg(ghl_id, "LP-1", "skipped", "middleware-originated")
             return ContactSynced(ECHO, body)
         if seen.phone:
             yield HoldContactLock(seen.phone, ghl_id)
-            if (yield IsEcho("ghl", ghl_id, seen.projection_hash())):
+            if (yield IsEcho("ghl", ghl_id, seen.ghl_echo_hash())):
                 yield _cg(ghl_id, "LP-1", "skipped", "middleware-originated")
                 return ContactSynced(ECHO, body)
     current = yield ReadGhlContact(ghl_id)
@@ -141,7 +141,7 @@ def plan_contact_sync(event: WebhookEvent, ghl_id: str, ctx: RuleContext) -> Flo
         yield _cg(ghl_id, "CG-2", "skipped", "no_phone_for_aloware")
         return ContactSynced(Outcome("skipped", "no_phone_for_aloware"), current)
     yield HoldContactLock(ghl.phone, ghl_id)
-    if (yield IsEcho("ghl", ghl_id, ghl.projection_hash())):
+    if (yield IsEcho("ghl", ghl_id, ghl.ghl_echo_hash())):
         yield _cg(ghl_id, "LP-1", "skipped", "middleware-originated")
         return ContactSynced(ECHO, current)
     record = yield LookupAlowareContact(ghl.phone)
@@ -178,16 +178,14 @@ def plan_echo_check(event: WebhookEvent, ghl_id: str, ctx: RuleContext) -> Flow[
     contact read, when needed, is the one the list rules would make anyway)."""
     skipped = Outcome("skipped", "ghl_contact_sync_disabled")
     body = marketplace_contact(event.payload)
-    if body is not None and (
-        yield IsEcho("ghl", event.entity_id, ghl_to_canonical(body, ctx.region).projection_hash())
-    ):
+    if body is not None and (yield IsEcho("ghl", event.entity_id, ghl_to_canonical(body, ctx.region).ghl_echo_hash())):
         return ContactSynced(ECHO, body)
     if is_ghl_marketplace(event.payload):
         return ContactSynced(skipped, None)
     current = yield ReadGhlContact(ghl_id)
     if current is None:
         return ContactSynced(skipped, None)
-    echo = yield IsEcho("ghl", current.id, ghl_to_canonical(current, ctx.region).projection_hash())
+    echo = yield IsEcho("ghl", current.id, ghl_to_canonical(current, ctx.region).ghl_echo_hash())
     return ContactSynced(ECHO if echo else skipped, current)
 
 

@@ -29,12 +29,18 @@ GHL_CONTACT_FIELDS = (
 )  # fmt: skip
 
 
+# what GHL's contact webhooks leave out of the contact they carry (its webhook docs, the
+# ContactCreate / ContactUpdate / ContactTagUpdate fixtures): its API has a timezone, they do not
+WEBHOOK_OMITS = frozenset({"timezone"})
+
+
 def send_ghl_webhook(sandbox: Sandbox, kind: str, contact: dict[str, Any]) -> None:
     """GHL's webhook of ``kind`` for ``contact``, Ed25519-signed (nothing without a signing key)."""
     if sandbox.ghl_signing_key is None:
         return
+    shown = {k: v for k, v in contact.items() if k not in WEBHOOK_OMITS}
     body = json.dumps({
-        "type": kind, "locationId": contact.get("locationId"), **contact,
+        "type": kind, "locationId": contact.get("locationId"), **shown,
         "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         "webhookId": str(uuid.uuid4()),
     }).encode()  # fmt: skip

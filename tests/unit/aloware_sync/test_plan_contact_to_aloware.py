@@ -71,15 +71,15 @@ def decisions(mode: str, alo: AlowareContactRecord) -> dict[str, Any]:
 
 
 BODY_UNDER_LOCK = [
-    IsEcho("ghl", ADA, CANONICAL.projection_hash()),
+    IsEcho("ghl", ADA, CANONICAL.ghl_echo_hash()),
     HoldContactLock(PHONE, ADA),
-    IsEcho("ghl", ADA, CANONICAL.projection_hash()),
+    IsEcho("ghl", ADA, CANONICAL.ghl_echo_hash()),
 ]
 LOCKED = [
     *BODY_UNDER_LOCK,
     ReadGhlContact(ADA),
     HoldContactLock(PHONE, ADA),
-    IsEcho("ghl", ADA, CANONICAL.projection_hash()),
+    IsEcho("ghl", ADA, CANONICAL.ghl_echo_hash()),
     LookupAlowareContact(PHONE),
 ]
 
@@ -88,7 +88,7 @@ CASES: list[tuple[str, Any, list[tuple[Any, Any]], list[Any], ContactSynced]] = 
         "an echo recognised on the webhook body itself: GHL is not read",
         UPDATE,
         [(IsEcho, True)],
-        [IsEcho("ghl", ADA, CANONICAL.projection_hash()), cg("LP-1", "skipped", "middleware-originated")],
+        [IsEcho("ghl", ADA, CANONICAL.ghl_echo_hash()), cg("LP-1", "skipped", "middleware-originated")],
         ContactSynced(ECHO, CONTACT),
     ),
     (
@@ -232,21 +232,21 @@ ECHO_CASES: list[tuple[str, Any, list[tuple[Any, Any]], list[Any], ContactSynced
         "our own write, seen on the body",
         UPDATE,
         [(IsEcho, True)],
-        [IsEcho("ghl", ADA, CANONICAL.projection_hash())],
+        [IsEcho("ghl", ADA, CANONICAL.ghl_echo_hash())],
         ContactSynced(ECHO, CONTACT),
     ),
     (
         "a marketplace body that is not ours: GHL is not read",
         UPDATE,
         [(IsEcho, False)],
-        [IsEcho("ghl", ADA, CANONICAL.projection_hash())],
+        [IsEcho("ghl", ADA, CANONICAL.ghl_echo_hash())],
         ContactSynced(Outcome("skipped", "ghl_contact_sync_disabled"), None),
     ),
     (
         "a dotted body: GHL's contact is read and checked",
         WORKFLOW,
         [(ReadGhlContact, ghl_contact(id=GRACE)), (IsEcho, True)],
-        [ReadGhlContact(GRACE), IsEcho("ghl", GRACE, CANONICAL.projection_hash())],
+        [ReadGhlContact(GRACE), IsEcho("ghl", GRACE, CANONICAL.ghl_echo_hash())],
         ContactSynced(ECHO, ghl_contact(id=GRACE)),
     ),
     (
