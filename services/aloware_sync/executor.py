@@ -211,7 +211,7 @@ class AlowareExecutor:
                 if updated is not None:
                     async with run.writing() as conn:
                         await store.record_write(
-                            conn, "ghl", ghl_id, ghl_to_canonical(updated, ctx.region).ghl_echo_hash()
+                            conn, "ghl", ghl_id, ghl_to_canonical(updated, ctx.region).ghl_write_hashes()
                         )
                 return updated
             case AddToList(agent=agent, list_key=key, aloware_id=aloware_id):

@@ -27,6 +27,7 @@ from services.aloware_sync.rules.contact import plan_contact_deleted, plan_conta
 from services.aloware_sync.rules.known import (
     FLAG_AGENT_LIST_SYNC,
     FLAG_ALOWARE_SEQUENCES,
+    FLAG_ECHO_READS_TIMEZONE,
     FLAG_GHL_CONTACTS_TO_ALOWARE,
     FLAG_POWER_DIALER_LISTS,
     FLAG_TEXTING_TO_ALOWARE,
@@ -235,6 +236,7 @@ def rule_context(settings: Settings, attempt: int, *, replay: bool = False) -> R
         FLAG_ALOWARE_SEQUENCES: settings.enable_aloware_sequences,
         FLAG_GHL_CONTACTS_TO_ALOWARE: settings.sync_ghl_contacts_to_aloware,
         FLAG_TEXTING_TO_ALOWARE: settings.texting_sync_to_aloware,
+        FLAG_ECHO_READS_TIMEZONE: not settings.ghl_echo_ignores_timezone,
     }
     return RuleContext.for_attempt(
         settings,

@@ -57,13 +57,17 @@ class CanonicalContact:
         return self._hash(FIELDS)
 
     def ghl_echo_hash(self) -> str:
-        """LP-1's hash on the GHL side: the projection without the fields GHL's contact
+        """LP-1's hash of a GHL webhook body: the projection without the fields GHL's contact
         webhooks do not carry (``GHL_WEBHOOK_OMITS``), so our write's echo is recognised from
-        the webhook body, without reading the contact back (one GHL request per echo). A
-        person's edit of only such a field within ``ECHO_WINDOW_SECONDS`` of our write is
-        taken for the echo: the webhook could not show it, and a read per echo would cost as
-        many GHL requests as the writes themselves."""
+        the body, without reading the contact back (one GHL request per echo). A person's
+        edit of only such a field within ``ECHO_WINDOW_SECONDS`` of our write is then taken
+        for the echo (``GHL_ECHO_IGNORES_TIMEZONE=false`` reads such bodies back instead)."""
         return self._hash(tuple(f for f in FIELDS if f not in GHL_WEBHOOK_OMITS))
+
+    def ghl_write_hashes(self) -> tuple[str, str]:
+        """What a GHL write records for LP-1: the full projection (matched by a read) and the
+        webhook body's (``ghl_echo_hash``)."""
+        return self.projection_hash(), self.ghl_echo_hash()
 
     def _hash(self, fields: tuple[str, ...]) -> str:
         data: dict[str, Any] = {k: getattr(self, k) for k in fields}

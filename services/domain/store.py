@@ -75,6 +75,15 @@ _RECORD_WRITE = insert(_WRITES).values(
     entity_id=bindparam("p_entity", type_=_WRITES.c.entity_id.type),
     field_hash=bindparam("p_hash", type_=_WRITES.c.field_hash.type),
 )
+# one write's several LP-1 hashes (a GHL write: ``CanonicalContact.ghl_write_hashes``)
+_RECORD_WRITES = insert(_WRITES).from_select(
+    ["system", "entity_id", "field_hash"],
+    select(
+        bindparam("p_system", type_=_WRITES.c.system.type),
+        bindparam("p_entity", type_=_WRITES.c.entity_id.type),
+        func.unnest(bindparam("p_hashes", type_=ARRAY(Text))),
+    ),
+)
 # LP-1: our write of exactly this projection of this record within the window
 _OUR_WRITE = (
     _WRITES.c.system == bindparam("p_system"),
@@ -89,7 +98,8 @@ _IS_ECHO = select(func.count()).select_from(_WRITES).where(*_OUR_WRITE)
 _RECORD_TAG_WRITE = text(
     """
     WITH echo AS (
-        INSERT INTO outbound_writes (system, entity_id, field_hash) VALUES ('ghl', :p_entity, :p_hash)
+        INSERT INTO outbound_writes (system, entity_id, field_hash)
+        SELECT 'ghl', :p_entity, unnest(CAST(:p_hashes AS text[]))
     )
     UPDATE contact_mappings
     SET ghl_snapshot = jsonb_set(
@@ -110,7 +120,11 @@ _RECORD_TAG_WRITE = text(
     )
     WHERE ghl_contact_id = :p_entity AND jsonb_typeof(ghl_snapshot) = 'object'
     """
-).bindparams(bindparam("p_present", type_=ARRAY(Text)), bindparam("p_absent", type_=ARRAY(Text)))
+).bindparams(
+    bindparam("p_hashes", type_=ARRAY(Text)),
+    bindparam("p_present", type_=ARRAY(Text)),
+    bindparam("p_absent", type_=ARRAY(Text)),
+)
 _LOG_COLUMNS = (
     "id",
     "direction",
@@ -154,10 +168,13 @@ def _upsert_mapping_statement(keys: tuple[str, ...], guarded: bool, with_echo: b
         .returning(_MAPPINGS.c.id)
     )
     if with_echo:
-        echo = insert(_WRITES).values(
-            system="ghl",
-            entity_id=bindparam("p_ghl_contact_id", type_=_WRITES.c.entity_id.type),
-            field_hash=bindparam("p_echo_hash", type_=_WRITES.c.field_hash.type),
+        echo = insert(_WRITES).from_select(
+            ["system", "entity_id", "field_hash"],
+            select(
+                literal("ghl", _WRITES.c.system.type),
+                bindparam("p_ghl_contact_id", type_=_WRITES.c.entity_id.type),
+                func.unnest(bindparam("p_echo_hashes", type_=ARRAY(Text))),
+            ),
         )
         statement = statement.add_cte(echo.cte("echo"))
     return statement
@@ -192,11 +209,11 @@ async def upsert_mapping(
     aloware_event_at: datetime | None = None,
     ghl_event_at: datetime | None = None,
     ghl_snapshot: dict[str, Any] | None = None,
-    echo_hash: str | None = None,
+    echo_hashes: tuple[str, ...] | None = None,
 ) -> None:
     """CA-7/CG-7: upsert on the GHL id; a different non-null Aloware id is a conflict. With
-    ``echo_hash``, the GHL write just made is recorded for LP-1 in the same statement
-    (``record_write("ghl", ghl_id, echo_hash)``, one round trip fewer)."""
+    ``echo_hashes``, the GHL write just made is recorded for LP-1 in the same statement
+    (``record_write("ghl", ghl_id, echo_hashes)``, one round trip fewer)."""
     now = datetime.now(UTC)
     values: dict[str, Any] = {"last_synced_at": now, "updated_at": now}
     if aloware_id:
@@ -213,9 +230,9 @@ async def upsert_mapping(
         values["ghl_snapshot"] = ghl_snapshot
     params = {f"p_{k}": v for k, v in values.items()}
     params |= {"p_ghl_contact_id": ghl_id, "p_sync_direction": direction}
-    if echo_hash is not None:
-        params["p_echo_hash"] = echo_hash
-    statement = _upsert_mapping_statement(tuple(values), bool(aloware_id), echo_hash is not None)
+    if echo_hashes:
+        params["p_echo_hashes"] = list(echo_hashes)
+    statement = _upsert_mapping_statement(tuple(values), bool(aloware_id), bool(echo_hashes))
     written = (await conn.execute(statement, params)).first()
     if written is None:  # the guard kept a row mapped to another Aloware contact
         existing = await mapping_by_ghl(conn, ghl_id)
@@ -224,18 +241,31 @@ async def upsert_mapping(
     mapping_touched("contact", "upserted", ghl_contact_id=ghl_id, aloware_contact_id=aloware_id)
 
 
-async def record_write(conn: AsyncConnection, system: str, entity_id: str, field_hash: str) -> None:
-    """LP-1: remember our own write so its webhook echo is recognised."""
-    await conn.execute(_RECORD_WRITE, {"p_system": system, "p_entity": entity_id, "p_hash": field_hash})
+async def record_write(conn: AsyncConnection, system: str, entity_id: str, field_hash: str | Iterable[str]) -> None:
+    """LP-1: remember our own write so its webhook echo is recognised; ``field_hash`` one
+    hash, or several (a GHL write: ``CanonicalContact.ghl_write_hashes``)."""
+    if isinstance(field_hash, str):
+        await conn.execute(_RECORD_WRITE, {"p_system": system, "p_entity": entity_id, "p_hash": field_hash})
+    else:
+        await conn.execute(_RECORD_WRITES, {"p_system": system, "p_entity": entity_id, "p_hashes": list(field_hash)})
 
 
 async def record_tag_write(
-    conn: AsyncConnection, ghl_id: str, field_hash: str, present: Iterable[str], absent: Iterable[str] = ()
+    conn: AsyncConnection,
+    ghl_id: str,
+    field_hashes: Iterable[str],
+    present: Iterable[str],
+    absent: Iterable[str] = (),
 ) -> None:
-    """LP-1 for a tag write (``record_write("ghl", ghl_id, field_hash)``), and the mapping's
+    """LP-1 for a tag write (``record_write("ghl", ghl_id, field_hashes)``), and the mapping's
     GHL snapshot told which tags GHL now has (``present``) and lacks (``absent``, compared
     lower-cased), so the next write from the snapshot diffs and hashes against GHL's tags."""
-    params = {"p_entity": ghl_id, "p_hash": field_hash, "p_present": list(present), "p_absent": list(absent)}
+    params = {
+        "p_entity": ghl_id,
+        "p_hashes": list(field_hashes),
+        "p_present": list(present),
+        "p_absent": [t.lower() for t in absent],
+    }
     await conn.execute(_RECORD_TAG_WRITE, params)
 
 

@@ -392,7 +392,7 @@ class GhlContacts:
         incoming: CanonicalContact,
         claim_key: str | None,
         region: str,
-    ) -> tuple[str, CanonicalContact, bool, str | None] | _Replan:
+    ) -> tuple[str, CanonicalContact, bool, tuple[str, str] | None] | _Replan:
         """Run a plan's operations; every write is recorded in the echo ledger before the
         next one, the last with the mapping (its hash returned: ``upsert_mapping``'s
         ``echo_hash``, under the same contact lock), except on top of a GHL change our copy
@@ -402,7 +402,7 @@ class GhlContacts:
         after = known.contact if known else incoming
         ours = not (known and known.missed)
         wrote = False
-        echo: str | None = None  # the last write's echo hash, not recorded yet
+        echo: tuple[str, str] | None = None  # the last write's echo hashes, not recorded yet
         for operation in plan.operations:
             if echo is not None:
                 await store.record_write(conn, "ghl", ghl_id, echo)
@@ -427,7 +427,7 @@ class GhlContacts:
                 add = missing_tags(after.tags, list(operation.add_tags))
                 if add:  # CA-5 from the upsert's answer: no read
                     if ours:
-                        await store.record_write(conn, "ghl", ghl_id, after.ghl_echo_hash())
+                        await store.record_write(conn, "ghl", ghl_id, after.ghl_write_hashes())
                     await self.ghl.add_tags(ghl_id, add)
                     after = after.with_fields(tags=(*after.tags, *(t.lower() for t in add)))
             elif isinstance(operation, UpdateGhlContact):
@@ -448,7 +448,7 @@ class GhlContacts:
                 await self.ghl.add_tags(operation.ghl_id, list(operation.tags))
                 after = after.with_fields(tags=(*after.tags, *(t.lower() for t in operation.tags)))
             if ours:
-                echo = after.ghl_echo_hash()
+                echo = after.ghl_write_hashes()
             wrote = True
         return ghl_id, after, wrote, echo
 
@@ -507,7 +507,7 @@ class GhlContacts:
                 direction=direction,
                 aloware_event_at=event_at,
                 ghl_snapshot=after.snapshot(),
-                echo_hash=echo,
+                echo_hashes=echo,
             )
         except SQLAlchemyError:
             if echo is not None:  # the statement failed with the write's echo in it: GHL has the write
@@ -585,7 +585,7 @@ class GhlContacts:
                     conn, contact_claim_key(None, incoming), {"phone": phone, "source": "texting"}, incoming, region
                 )
                 if created:  # the ContactCreate webhook GHL sends for it is our echo (LP-1)
-                    await store.record_write(conn, "ghl", ghl_id, incoming.ghl_echo_hash())
+                    await store.record_write(conn, "ghl", ghl_id, incoming.ghl_write_hashes())
                     snapshot = incoming.snapshot()
         await store.upsert_mapping(
             conn,

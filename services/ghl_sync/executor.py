@@ -176,8 +176,8 @@ class GhlExecutor:
     async def _ledger(self, conn: AsyncConnection, ghl_id: str, change: TagChange) -> list[str]:
         """LP-1: the tag write's result goes into the echo ledger, and its tags into the
         mapping's snapshot (a later write from the snapshot then hashes what GHL has)."""
-        if change.after_hash is not None:
-            await store.record_tag_write(conn, ghl_id, change.after_hash, change.present, change.absent)
+        if change.after_hashes:
+            await store.record_tag_write(conn, ghl_id, change.after_hashes, change.present, change.absent)
         return change.tags
 
     async def perform(self, op: Operation, attempt: _Attempt) -> Any:

@@ -41,13 +41,13 @@ MESSAGE_EFFECT = "ghl.conversation_message"
 
 @dataclass(frozen=True)
 class TagChange:
-    """The tags written and the contact's LP-1 hash after the write (``ghl_echo_hash``; None:
-    nothing written);
+    """The tags written and the contact's LP-1 hashes after the write (``ghl_write_hashes``;
+    none: nothing written);
     ``present`` / ``absent``: the tags GHL has / lacks after it (lower case), which the
     mapping's snapshot takes on (``store.record_tag_write``)."""
 
     tags: list[str]
-    after_hash: str | None = None
+    after_hashes: tuple[str, ...] = ()
     present: tuple[str, ...] = ()
     absent: tuple[str, ...] = ()
 
@@ -156,7 +156,7 @@ class GhlWrites:
             if add:
                 await self.ghl.add_tags(ghl_id, [t for t in dict.fromkeys(wanted) if t])
                 after = believed.with_fields(tags=(*believed.tags, *(t.lower() for t in add)))
-                return TagChange(add, after.ghl_echo_hash(), present)
+                return TagChange(add, after.ghl_write_hashes(), present)
         current = await self.ghl.get_contact(ghl_id)
         if current is None:
             raise Permanent(f"GHL contact {ghl_id} not found when adding tags")
@@ -165,7 +165,7 @@ class GhlWrites:
             return TagChange([])
         await self.ghl.add_tags(ghl_id, add)
         after = ghl_to_canonical(current, region).with_fields(tags=(*current.tags, *(t.lower() for t in add)))
-        return TagChange(add, after.ghl_echo_hash(), present)
+        return TagChange(add, after.ghl_write_hashes(), present)
 
     async def remove_present_tags(self, ghl_id: str, tags: tuple[str, ...], region: str) -> TagChange:
         """Remove those of ``tags`` GHL has (nothing when the contact is gone)."""
@@ -180,7 +180,7 @@ class GhlWrites:
         after = ghl_to_canonical(current, region).with_fields(
             tags=tuple(t for t in current.tags if t.lower() not in lowered)
         )
-        return TagChange(present, after.ghl_echo_hash(), absent=tuple(sorted(lowered)))
+        return TagChange(present, after.ghl_write_hashes(), absent=tuple(sorted(lowered)))
 
     # --- conversations (M-1.6 … M-1.9, M-4) -------------------------------------------------
     async def conversation(self, conn: AsyncConnection, ghl_id: str) -> str:

@@ -602,6 +602,12 @@ class Settings(BaseSettings):
         description="retries due sooner are NAKed with that delay; later ones are left to the sweep",
     )
     echo_window_seconds: int = Field(default=600, ge=1)
+    ghl_echo_ignores_timezone: bool = Field(
+        default=True,
+        description="LP-1: a GHL webhook body without a timezone (GHL's contact webhooks carry none) is "
+        "matched against our write without it, so an echo costs no GHL read; false: each such echo is read "
+        "back (one GHL request), so a person's timezone-only edit within ECHO_WINDOW_SECONDS still reaches Aloware",
+    )
     # --- retention (services/jobs/purge.py): ages past which rows go; 0 keeps them --------
     purge_cron: str | None = "30 3 * * *"
     purge_batch_size: int = Field(default=1000, ge=1, le=100_000, description="rows per DELETE/UPDATE")

@@ -110,14 +110,16 @@ async def test_the_echo_of_a_create_still_being_recorded_is_recognised_without_a
         assert reads == []
 
 
+@pytest.mark.parametrize(("ignores", "reads"), [("true", 0), ("false", 2)], ids=["default", "read_back"])
 async def test_the_echo_of_a_write_is_recognised_from_ghls_webhook_which_carries_no_timezone(
-    base_env: dict[str, str], tmp_path: Path, clean_db: str
+    ignores: str, reads: int, base_env: dict[str, str], tmp_path: Path, clean_db: str
 ) -> None:
     """GHL's contact webhooks leave the timezone out (tests/fixtures/webhooks/ghl) though the
-    contact we wrote has one (Aloware's): LP-1 on the GHL side hashes what a webhook can show,
-    so the echo of our create and of our update is found on the body, with no
-    ``GET /contacts/{id}``: a read per echo would cost GHL requests as many as the writes."""
-    settings = pipeline_settings(base_env, tmp_path)
+    contact we wrote has one (Aloware's): a GHL write is recorded with and without it, so the
+    echo of our create and of our update is found on the body, with no ``GET /contacts/{id}``
+    (a read per echo would cost as many GHL requests as the writes); with
+    ``GHL_ECHO_IGNORES_TIMEZONE=false`` each is read back once and still found ours."""
+    settings = pipeline_settings(base_env, tmp_path, GHL_ECHO_IGNORES_TIMEZONE=ignores)
     async with running_pipeline(settings) as p:
         created = await send_aloware(p, aloware_contact(6))
         assert created["id"]
@@ -133,8 +135,8 @@ async def test_the_echo_of_a_write_is_recognised_from_ghls_webhook_which_carries
             "JOIN webhook_events e ON e.id = d.event_id WHERE e.source = 'ghl' AND d.consumer = 'aloware-sync'",
         )
         assert [(e["shown"], e["outcome"]) for e in echoes] == [(False, "echo")] * 2  # ...its webhooks do not
-        reads = [c["path"] for c in await p.calls("ghl") if c["method"] == "GET" and c["path"].startswith("/contacts/")]
-        assert reads == []
+        got = [c["path"] for c in await p.calls("ghl") if c["method"] == "GET" and c["path"].startswith("/contacts/")]
+        assert got == [f"/contacts/{contact['id']}"] * reads
 
 
 # --- contacts GHL already has keep their GHL values where the mode says so -----------------

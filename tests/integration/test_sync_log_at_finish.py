@@ -125,7 +125,7 @@ async def test_the_echo_record_with_the_mapping_is_kept_when_the_mapping_conflic
 ) -> None:
     """The write happened either way: a CA-7 conflict still leaves its echo recorded."""
 
-    async def mapped(conn: Any, aloware_id: str, echo: str) -> None:
+    async def mapped(conn: Any, aloware_id: str, *echo: str) -> None:
         await store.upsert_mapping(
             conn,
             ghl_id="ghlE",
@@ -133,17 +133,17 @@ async def test_the_echo_record_with_the_mapping_is_kept_when_the_mapping_conflic
             phone=None,
             email=None,
             direction="aloware_to_ghl",
-            echo_hash=echo,
+            echo_hashes=echo,
         )
 
     async with engine.connect() as conn:
-        await mapped(conn, "7000001", "h1")
+        await mapped(conn, "7000001", "h1", "h1-body")  # a GHL write's two hashes (ghl_write_hashes)
         await conn.commit()
         with pytest.raises(MappingConflict):
-            await mapped(conn, "7000002", "h2")
+            await mapped(conn, "7000002", "h2", "h2-body")
         await conn.commit()
-        assert await store.is_echo(conn, "ghl", "ghlE", "h1", 60)
-        assert await store.is_echo(conn, "ghl", "ghlE", "h2", 60)
+        for recorded in ("h1", "h1-body", "h2", "h2-body"):
+            assert await store.is_echo(conn, "ghl", "ghlE", recorded, 60)
         assert not await store.is_echo(conn, "ghl", "ghlE", "h3", 60)
     [mapping] = await fetch(clean_db, "SELECT aloware_contact_id FROM contact_mappings WHERE ghl_contact_id = 'ghlE'")
     assert mapping["aloware_contact_id"] == "7000001"

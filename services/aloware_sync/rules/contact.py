@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from contracts.envelope import WebhookEvent
 from contracts.payloads import is_ghl_marketplace
+from services.aloware_sync.rules.known import FLAG_ECHO_READS_TIMEZONE
 from services.aloware_sync.rules.ops import (
     AlowareOperation,
     CreateAlowareContact,
@@ -105,6 +106,19 @@ def marketplace_contact(payload: dict[str, Any]) -> GhlContact | None:
         return None
 
 
+def body_echo_hash(payload: dict[str, Any], body: GhlContact | None, ctx: RuleContext) -> str | None:
+    """LP-1's hash of a marketplace body (``ghl_write_hashes`` records both kinds): the full
+    projection when the body has a timezone; without one (GHL's contact webhooks carry none)
+    the projection without it, or None under ``GHL_ECHO_IGNORES_TIMEZONE=false`` (the body
+    cannot show a person's timezone edit, so the contact is read back and checked whole)."""
+    if body is None:
+        return None
+    seen = ghl_to_canonical(body, ctx.region)
+    if "timezone" in payload:
+        return seen.projection_hash()
+    return None if ctx.flag(FLAG_ECHO_READS_TIMEZONE) else seen.ghl_echo_hash()
+
+
 def _cg(ghl_id: str, rule: str, status: Any, message: str | None, **extra: Any) -> LogSync:
     return LogSync(rule, status, "ghl_to_aloware", "contact", ghl_id, message=message, **extra)
 
@@ -122,14 +136,15 @@ def plan_contact_sync(event: WebhookEvent, ghl_id: str, ctx: RuleContext) -> Flo
     has not recorded the write yet; waiting for the lock turns that race into an echo found
     without a GHL read."""
     body = marketplace_contact(event.payload) if ghl_id == event.entity_id else None
-    if body is not None:
-        seen = ghl_to_canonical(body, ctx.region)
-        if (yield IsEcho("ghl", ghl_id, seen.ghl_echo_hash())):
+    seen_hash = body_echo_hash(event.payload, body, ctx)
+    if body is not None and seen_hash is not None:
+        if (yield IsEcho("ghl", ghl_id, seen_hash)):
             yield _cg(ghl_id, "LP-1", "skipped", "middleware-originated")
             return ContactSynced(ECHO, body)
-        if seen.phone:
-            yield HoldContactLock(seen.phone, ghl_id)
-            if (yield IsEcho("ghl", ghl_id, seen.ghl_echo_hash())):
+        phone = ghl_to_canonical(body, ctx.region).phone
+        if phone:
+            yield HoldContactLock(phone, ghl_id)
+            if (yield IsEcho("ghl", ghl_id, seen_hash)):
                 yield _cg(ghl_id, "LP-1", "skipped", "middleware-originated")
                 return ContactSynced(ECHO, body)
     current = yield ReadGhlContact(ghl_id)
@@ -141,7 +156,7 @@ def plan_contact_sync(event: WebhookEvent, ghl_id: str, ctx: RuleContext) -> Flo
         yield _cg(ghl_id, "CG-2", "skipped", "no_phone_for_aloware")
         return ContactSynced(Outcome("skipped", "no_phone_for_aloware"), current)
     yield HoldContactLock(ghl.phone, ghl_id)
-    if (yield IsEcho("ghl", ghl_id, ghl.ghl_echo_hash())):
+    if (yield IsEcho("ghl", ghl_id, ghl.projection_hash())):
         yield _cg(ghl_id, "LP-1", "skipped", "middleware-originated")
         return ContactSynced(ECHO, current)
     record = yield LookupAlowareContact(ghl.phone)
@@ -178,14 +193,15 @@ def plan_echo_check(event: WebhookEvent, ghl_id: str, ctx: RuleContext) -> Flow[
     contact read, when needed, is the one the list rules would make anyway)."""
     skipped = Outcome("skipped", "ghl_contact_sync_disabled")
     body = marketplace_contact(event.payload)
-    if body is not None and (yield IsEcho("ghl", event.entity_id, ghl_to_canonical(body, ctx.region).ghl_echo_hash())):
+    seen_hash = body_echo_hash(event.payload, body, ctx)
+    if body is not None and seen_hash is not None and (yield IsEcho("ghl", event.entity_id, seen_hash)):
         return ContactSynced(ECHO, body)
-    if is_ghl_marketplace(event.payload):
-        return ContactSynced(skipped, None)
+    if is_ghl_marketplace(event.payload) and (body is None or seen_hash is not None):
+        return ContactSynced(skipped, None)  # a body that is not our echo (one not to trust alone is read)
     current = yield ReadGhlContact(ghl_id)
     if current is None:
         return ContactSynced(skipped, None)
-    echo = yield IsEcho("ghl", current.id, ghl_to_canonical(current, ctx.region).ghl_echo_hash())
+    echo = yield IsEcho("ghl", current.id, ghl_to_canonical(current, ctx.region).projection_hash())
     return ContactSynced(ECHO if echo else skipped, current)
 
 

@@ -36,6 +36,7 @@ FLAG_POWER_DIALER_LISTS = "power_dialer_lists"  # ENABLE_POWER_DIALER_LISTS
 FLAG_ALOWARE_SEQUENCES = "aloware_sequences"  # ENABLE_ALOWARE_SEQUENCES
 FLAG_GHL_CONTACTS_TO_ALOWARE = "ghl_contacts_to_aloware"  # SYNC_GHL_CONTACTS_TO_ALOWARE
 FLAG_TEXTING_TO_ALOWARE = "texting_to_aloware"  # TEXTING_SYNC_TO_ALOWARE
+FLAG_ECHO_READS_TIMEZONE = "ghl_echo_reads_timezone"  # GHL_ECHO_IGNORES_TIMEZONE=false
 # RuleContext.limits
 LIMIT_ECHO_WINDOW_S = "echo_window_s"  # LP-1
 

@@ -15,7 +15,7 @@ from services.aloware_sync.rules.contact import (
     plan_contact_sync,
     plan_echo_check,
 )
-from services.aloware_sync.rules.known import KnownMapping
+from services.aloware_sync.rules.known import FLAG_ECHO_READS_TIMEZONE, KnownMapping
 from services.aloware_sync.rules.ops import (
     CreateAlowareContact,
     HoldContactLock,
@@ -79,7 +79,7 @@ LOCKED = [
     *BODY_UNDER_LOCK,
     ReadGhlContact(ADA),
     HoldContactLock(PHONE, ADA),
-    IsEcho("ghl", ADA, CANONICAL.ghl_echo_hash()),
+    IsEcho("ghl", ADA, CANONICAL.projection_hash()),
     LookupAlowareContact(PHONE),
 ]
 
@@ -156,6 +156,27 @@ def test_plan_contact_sync(
     ops, outcome = run(plan_contact_sync(incoming, incoming.entity_id, ctx()), answers)
     assert ops == expected
     assert outcome == result
+
+
+def test_a_body_without_a_timezone_is_matched_without_it_unless_told_to_read_it_back() -> None:
+    """GHL's contact webhooks carry no timezone: by default the body is checked with
+    ``ghl_echo_hash``; with ``GHL_ECHO_IGNORES_TIMEZONE=false`` it is not trusted alone, the
+    contact is read and checked whole; a body that has a timezone is checked whole."""
+    assert "timezone" not in UPDATE.payload
+    ops, outcome = run(plan_contact_sync(UPDATE, ADA, ctx()), [(IsEcho, True)])
+    assert ops[0] == IsEcho("ghl", ADA, CANONICAL.ghl_echo_hash()) and outcome == ContactSynced(ECHO, CONTACT)
+    strict = ctx(FLAG_ECHO_READS_TIMEZONE)
+    ops, outcome = run(plan_contact_sync(UPDATE, ADA, strict), [(ReadGhlContact, CONTACT), (IsEcho, True)])
+    read_whole = [ReadGhlContact(ADA), HoldContactLock(PHONE, ADA), IsEcho("ghl", ADA, CANONICAL.projection_hash())]
+    assert ops[:3] == read_whole
+    assert outcome == ContactSynced(ECHO, CONTACT)
+    ops, outcome = run(plan_echo_check(UPDATE, ADA, strict), [(ReadGhlContact, CONTACT), (IsEcho, True)])
+    assert ops == [ReadGhlContact(ADA), IsEcho("ghl", ADA, CANONICAL.projection_hash())]
+    assert outcome == ContactSynced(ECHO, CONTACT)
+    zoned = event("ghl/ContactUpdate.json", timezone="America/Chicago")
+    full = ghl_to_canonical(ghl_contact(timezone="America/Chicago")).projection_hash()
+    ops, _ = run(plan_contact_sync(zoned, ADA, strict), [(IsEcho, True)])
+    assert ops[0] == IsEcho("ghl", ADA, full)
 
 
 def test_cg5_aloware_mode_updates_aloware_with_what_differs_and_records_its_id() -> None:
@@ -246,7 +267,7 @@ ECHO_CASES: list[tuple[str, Any, list[tuple[Any, Any]], list[Any], ContactSynced
         "a dotted body: GHL's contact is read and checked",
         WORKFLOW,
         [(ReadGhlContact, ghl_contact(id=GRACE)), (IsEcho, True)],
-        [ReadGhlContact(GRACE), IsEcho("ghl", GRACE, CANONICAL.ghl_echo_hash())],
+        [ReadGhlContact(GRACE), IsEcho("ghl", GRACE, CANONICAL.projection_hash())],
         ContactSynced(ECHO, ghl_contact(id=GRACE)),
     ),
     (
