@@ -90,7 +90,11 @@ class _Narrator:
                 body = marketplace_contact(self.event.payload)
                 if body is None or body.id != ghl_id:
                     raise _VendorOnly(f"read GHL contact {ghl_id} (G1; not read in a dry run)")
-                self.say(f"read GHL contact {ghl_id} (the webhook body stands in for GHL's answer)")
+                self.say(
+                    f"read GHL contact {ghl_id} (the webhook body stands in for GHL's answer"
+                    + ("" if "timezone" in self.event.payload else "; a webhook carries no timezone")
+                    + ")"
+                )
                 self.contact = body
                 return body
             case ops.ReadAgentView(contact=contact):

@@ -394,8 +394,8 @@ class GhlContacts:
         region: str,
     ) -> tuple[str, CanonicalContact, bool, tuple[str, str] | None] | _Replan:
         """Run a plan's operations; every write is recorded in the echo ledger before the
-        next one, the last with the mapping (its hash returned: ``upsert_mapping``'s
-        ``echo_hash``, under the same contact lock), except on top of a GHL change our copy
+        next one, the last with the mapping (its hashes returned: ``upsert_mapping``'s
+        ``echo_hashes``, under the same contact lock), except on top of a GHL change our copy
         lacked (``KnownGhlContact.missed``): that webhook must reach CG as the person's
         change it also carries."""
         ghl_id = known.ghl_id if known else ""

@@ -42,7 +42,8 @@ JOB_NAME = "reconcile-contacts"
 
 def missed_update_event(location_id: str, contact: Any, state_hash: str) -> WebhookEvent:
     """A ContactUpdate webhook rebuilt from GHL's current state of ``contact``."""
-    body = contact.model_dump(by_alias=True, exclude_none=True)
+    # a read shows the timezone, even an empty one: LP-1 then checks the whole projection
+    body = {**contact.model_dump(by_alias=True, exclude_none=True), "timezone": contact.timezone}
     payload = {"type": "ContactUpdate", "locationId": location_id, **body, "dfmReconciled": True}
     return WebhookEvent(
         source=Source.GHL,

@@ -128,8 +128,10 @@ def plan_contact_sync(event: WebhookEvent, ghl_id: str, ctx: RuleContext) -> Flo
     or opportunity event).
 
     LP-1 first on the webhook body itself when it is this contact's marketplace body (it
-    carries the whole contact: an echo is recognised without re-reading GHL), then on GHL's
-    answer under the contact's lock, where the Aloware contact is looked up and written.
+    carries the contact but its timezone: an echo is recognised without re-reading GHL,
+    ``body_echo_hash``; under ``GHL_ECHO_IGNORES_TIMEZONE=false`` a body without one is not
+    checked alone), then on GHL's answer under the contact's lock, where the Aloware contact
+    is looked up and written.
 
     A body that is not (yet) an echo is checked once more under the lock of its phone: GHL's
     webhook for a contact ghl-sync just created can arrive while ghl-sync, holding that lock,

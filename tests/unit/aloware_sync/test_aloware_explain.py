@@ -25,6 +25,7 @@ from services.infra.settings import Settings
 from tests.unit.aloware_sync.aloware_plans import event
 
 ADA, ADA_PHONE, ALO = "ghlContactAda0000001", "+15555550101", "7000001"
+STAND_IN = "(the webhook body stands in for GHL's answer; a webhook carries no timezone)"
 
 
 def configured(db: str, **extra: Any) -> Settings:
@@ -82,7 +83,7 @@ async def test_cg_and_the_lists_of_a_new_contact(clean_db: str, engine: AsyncEng
         f"aloware-sync: ghl {ADA}: not our own write",
         "aloware-sync: take the contact's lock",
         f"aloware-sync: ghl {ADA}: not our own write",
-        f"aloware-sync: read GHL contact {ADA} (the webhook body stands in for GHL's answer)",
+        f"aloware-sync: read GHL contact {ADA} {STAND_IN}",
         "aloware-sync: take the contact's lock",
         f"aloware-sync: ghl {ADA}: not our own write",
         "aloware-sync: look up the number ending 0101 in Aloware (A2; none mapped, planned as absent)",
@@ -134,7 +135,7 @@ async def test_o7_records_the_dnd_and_r3_empties_the_lists(clean_db: str, engine
         configured(clean_db, enable_power_dialer_lists="true"), engine, event("ghl/ContactDndUpdate.json")
     )
     assert lines[2:] == [
-        f"aloware-sync: read GHL contact {ADA} (the webhook body stands in for GHL's answer)",
+        f"aloware-sync: read GHL contact {ADA} {STAND_IN}",
         "aloware-sync: record the number ending 0101 opted_out (source ghl): changes the registry",
         "aloware-sync: sync_log success O-7 (DND status: opted_out)",
         "aloware-sync: take the contact's lock",
