@@ -244,11 +244,7 @@ class GhlContacts:
         if mapping is None:
             return None
         snapshot = CanonicalContact.from_snapshot(dict(mapping.ghl_snapshot)) if mapping.ghl_snapshot else None
-        doubt: str | None = "no_snapshot"
-        if snapshot is not None:
-            doubt = snapshot_doubt(snapshot, customs, ctx) or (
-                "ghl_event_not_applied" if await self._ghl_event_since(conn, mapping.ghl_id, snapshot.seen_at) else None
-            )
+        doubt = await self._doubt(conn, mapping.ghl_id, snapshot, customs, ctx)
         if snapshot is not None and doubt is None:
             return KnownGhlContact(mapping.ghl_id, snapshot, from_snapshot=True)
         SNAPSHOT_VERIFIED.labels(doubt or "").inc()
@@ -270,9 +266,23 @@ class GhlContacts:
         if mapping is None or mapping.ghl_deleted_at is not None or not mapping.ghl_snapshot:
             return None
         snapshot = CanonicalContact.from_snapshot(dict(mapping.ghl_snapshot))
-        if snapshot_doubt(snapshot, [], ctx) or await self._ghl_event_since(conn, ghl_id, snapshot.seen_at):
-            return None
-        return snapshot
+        return None if await self._doubt(conn, ghl_id, snapshot, [], ctx) else snapshot
+
+    async def _doubt(
+        self,
+        conn: AsyncConnection,
+        ghl_id: str,
+        snapshot: CanonicalContact | None,
+        customs: list[dict[str, str]],
+        ctx: RuleContext,
+    ) -> str | None:
+        """Why ``snapshot`` may not be GHL's current state (``snapshot_doubt``, or a GHL contact
+        event not absorbed since it was seen), or None: it can stand in for a read."""
+        if snapshot is None:
+            return "no_snapshot"
+        if doubt := snapshot_doubt(snapshot, customs, ctx):
+            return doubt
+        return "ghl_event_not_applied" if await self._ghl_event_since(conn, ghl_id, snapshot.seen_at) else None
 
     @staticmethod
     async def _ghl_event_since(conn: AsyncConnection, ghl_id: str, seen: datetime | None) -> bool:

@@ -106,14 +106,14 @@ def marketplace_contact(payload: dict[str, Any]) -> GhlContact | None:
         return None
 
 
-def body_echo_hash(payload: dict[str, Any], body: GhlContact | None, ctx: RuleContext) -> str | None:
-    """LP-1's hash of a marketplace body (``ghl_write_hashes`` records both kinds): the full
+def body_echo_hash(payload: dict[str, Any], seen: CanonicalContact | None, ctx: RuleContext) -> str | None:
+    """LP-1's hash of a marketplace body (``seen``: its canonical form; ``ghl_write_hashes``
+    records both kinds): the full
     projection when the body has a timezone; without one (GHL's contact webhooks carry none)
     the projection without it, or None under ``GHL_ECHO_IGNORES_TIMEZONE=false`` (the body
     cannot show a person's timezone edit, so the contact is read back and checked whole)."""
-    if body is None:
+    if seen is None:
         return None
-    seen = ghl_to_canonical(body, ctx.region)
     if "timezone" in payload:
         return seen.projection_hash()
     return None if ctx.flag(FLAG_ECHO_READS_TIMEZONE) else seen.ghl_echo_hash()
@@ -138,14 +138,14 @@ def plan_contact_sync(event: WebhookEvent, ghl_id: str, ctx: RuleContext) -> Flo
     has not recorded the write yet; waiting for the lock turns that race into an echo found
     without a GHL read."""
     body = marketplace_contact(event.payload) if ghl_id == event.entity_id else None
-    seen_hash = body_echo_hash(event.payload, body, ctx)
-    if body is not None and seen_hash is not None:
+    seen = ghl_to_canonical(body, ctx.region) if body is not None else None
+    seen_hash = body_echo_hash(event.payload, seen, ctx)
+    if seen is not None and seen_hash is not None:
         if (yield IsEcho("ghl", ghl_id, seen_hash)):
             yield _cg(ghl_id, "LP-1", "skipped", "middleware-originated")
             return ContactSynced(ECHO, body)
-        phone = ghl_to_canonical(body, ctx.region).phone
-        if phone:
-            yield HoldContactLock(phone, ghl_id)
+        if seen.phone:
+            yield HoldContactLock(seen.phone, ghl_id)
             if (yield IsEcho("ghl", ghl_id, seen_hash)):
                 yield _cg(ghl_id, "LP-1", "skipped", "middleware-originated")
                 return ContactSynced(ECHO, body)
@@ -195,8 +195,8 @@ def plan_echo_check(event: WebhookEvent, ghl_id: str, ctx: RuleContext) -> Flow[
     contact read, when needed, is the one the list rules would make anyway)."""
     skipped = Outcome("skipped", "ghl_contact_sync_disabled")
     body = marketplace_contact(event.payload)
-    seen_hash = body_echo_hash(event.payload, body, ctx)
-    if body is not None and seen_hash is not None and (yield IsEcho("ghl", event.entity_id, seen_hash)):
+    seen_hash = body_echo_hash(event.payload, ghl_to_canonical(body, ctx.region) if body else None, ctx)
+    if seen_hash is not None and (yield IsEcho("ghl", event.entity_id, seen_hash)):
         return ContactSynced(ECHO, body)
     if is_ghl_marketplace(event.payload) and (body is None or seen_hash is not None):
         return ContactSynced(skipped, None)  # a body that is not our echo (one not to trust alone is read)
