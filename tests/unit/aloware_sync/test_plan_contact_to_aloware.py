@@ -179,6 +179,21 @@ def test_a_body_without_a_timezone_is_matched_without_it_unless_told_to_read_it_
     assert ops[0] == IsEcho("ghl", ADA, full)
 
 
+@pytest.mark.parametrize(
+    "timezone",
+    [{"deep": {"deeper": ["x"] * 50}}, ["America/Chicago"], 7, "\u0000" * 10_000],
+    ids=["object", "array", "number", "nul_huge"],
+)
+def test_a_hostile_timezone_in_a_body_is_never_matched_alone(timezone: Any) -> None:
+    """A body whose timezone is not a string fails the contact's validation and is read
+    back; a string one (NUL, huge) is checked whole, so it can only match a write of it."""
+    hostile = event("ghl/ContactUpdate.json", timezone=timezone)
+    ops, _ = run(plan_contact_sync(hostile, ADA, ctx()), [(IsEcho, False), (ReadGhlContact, None)])
+    checked = [op.projection for op in ops if isinstance(op, IsEcho)]
+    assert CANONICAL.ghl_echo_hash() not in checked
+    assert ReadGhlContact(ADA) in ops
+
+
 def test_cg5_aloware_mode_updates_aloware_with_what_differs_and_records_its_id() -> None:
     alo = ALOWARE.model_copy(update={"first_name": "Adaline", "city": None})
     ops, outcome = run(
